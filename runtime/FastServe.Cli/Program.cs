@@ -1,0 +1,1 @@
+return FastServe.Cli.CliApp.Run(args);

@@ -1,0 +1,67 @@
+using System.CommandLine;
+using FastServe.Runtime;
+using FastServe.Runtime.Backends;
+using FastServe.Runtime.Model;
+using FastServe.Runtime.Quantization;
+
+namespace FastServe.Cli.Commands;
+
+/// <summary>Options every model-loading command shares, and the loading itself (default model, progress, --quantize).</summary>
+internal sealed class ModelOptions
+{
+    public readonly Option<string?> Model = new("--model", "-m") { Description = "Model directory (Hugging Face layout). Default: the built-in default model, made on first use." };
+    public readonly Option<string?> Quantize = new("--quantize") { Description = "Quantize weights at load time: fp8" };
+    public readonly Option<string> Scheme = new("--scheme") { Description = "FP8 scale granularity for --quantize: per-channel or per-tensor", DefaultValueFactory = _ => "per-channel" };
+    public readonly Option<string> Backend = new("--backend") { Description = "Compute backend: cpu or reference", DefaultValueFactory = _ => "cpu" };
+    public readonly Option<int> Threads = new("--threads", "-t") { Description = "Compute threads (0 = all cores)", DefaultValueFactory = _ => 0 };
+    public readonly Option<bool> Json = new("--json") { Description = "Machine-readable JSON output" };
+
+    public void AddTo(Command c)
+    {
+        c.Add(Model);
+        c.Add(Quantize);
+        c.Add(Scheme);
+        c.Add(Backend);
+        c.Add(Threads);
+        c.Add(Json);
+    }
+
+    public Fp8LoadOptions? QuantizeOptions(ParseResult r)
+    {
+        string? q = r.GetValue(Quantize);
+        if (q is null) return null;
+        if (q != "fp8") throw new FastServeException("args.invalid_quantize", $"--quantize accepts fp8, not '{q}'", "--quantize");
+        return new Fp8LoadOptions(ParseScheme(r.GetValue(Scheme)!), QuantizeLayers.All);
+    }
+
+    public static Fp8Scheme ParseScheme(string s) => s switch
+    {
+        "per-channel" => Fp8Scheme.PerChannel,
+        "per-tensor" => Fp8Scheme.PerTensor,
+        _ => throw new FastServeException("args.invalid_scheme", $"--scheme accepts per-channel or per-tensor, not '{s}'", "--scheme"),
+    };
+
+    /// <summary>Resolves the model directory (making the default model if needed) and loads it with progress.</summary>
+    public LoadedModel Load(ParseResult r, Fp8LoadOptions? quantize = null)
+    {
+        bool json = r.GetValue(Json);
+        string dir = r.GetValue(Model) ?? EnsureDefault(json);
+        quantize ??= QuantizeOptions(r);
+        return Output.WithProgress(quantize is null ? "Loading model" : "Loading and quantizing model", json,
+            p => LoadedModel.Load(dir, quantize, p));
+    }
+
+    public IBackend CreateBackend(ParseResult r)
+    {
+        int threads = r.GetValue(Threads);
+        if (threads < 0 || threads > 1024) throw new FastServeException("args.invalid_threads", "--threads must be between 0 and 1024", "--threads");
+        return BackendFactory.Create(r.GetValue(Backend)!, threads);
+    }
+
+    public static string EnsureDefault(bool json)
+    {
+        if (File.Exists(Path.Combine(DefaultModel.Directory, "config.json"))) return DefaultModel.Directory;
+        Output.Info(json, $"[grey]Making the built-in default model ({DefaultModel.Preset}) in {Spectre.Console.Markup.Escape(DefaultModel.Directory)}[/]");
+        return Output.WithProgress("Making default model", json, p => DefaultModel.Ensure(p));
+    }
+}

@@ -115,7 +115,7 @@ public sealed record class ModelConfig
     /// Parses and validates config.json text. Errors (<see cref="FastServeException"/> with path
     /// <paramref name="pathForErrors"/>): <c>config.invalid_json</c>, <c>config.missing_field</c>,
     /// <c>config.invalid_value</c> (wrong JSON type, out-of-range or inconsistent sizes),
-    /// <c>config.unsupported_architecture</c>, <c>config.unsupported_rope_scaling</c>,
+    /// <c>config.unsupported_architecture</c> (also for <c>mlp_bias: true</c>), <c>config.unsupported_rope_scaling</c>,
     /// <c>config.unsupported_activation</c> (hidden_act other than silu), <c>config.unsupported_quantization</c>.
     /// </summary>
     public static ModelConfig Parse(string json, string pathForErrors)
@@ -153,6 +153,9 @@ public sealed record class ModelConfig
             string act = OptString(r, "hidden_act", p) ?? "silu";
             if (act != "silu")
                 throw new FastServeException("config.unsupported_activation", $"{p}: hidden_act '{act}' is not supported (only silu)", p);
+
+            if (OptBool(r, "mlp_bias", p) == true)
+                throw new FastServeException("config.unsupported_architecture", $"{p}: mlp_bias true is not supported (Llama-family MLPs have no bias)", p);
 
             int hidden = ReqInt(r, "hidden_size", p);
             int heads = ReqInt(r, "num_attention_heads", p);

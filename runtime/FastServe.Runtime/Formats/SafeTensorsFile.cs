@@ -77,19 +77,27 @@ public sealed unsafe class SafeTensorsFile : IDisposable
     public static SafeTensorsFile Open(string path)
     {
         path = System.IO.Path.GetFullPath(path);
-        long length;
+        // A stream (not FileInfo) so symbolic links, as in the Hugging Face cache, are sized by their target.
+        FileStream stream;
         try
         {
-            var info = new FileInfo(path);
-            if (!info.Exists) throw new FastServeException("safetensors.file_missing", $"{path}: no such file", path);
-            length = info.Length;
+            stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete, 1, FileOptions.None);
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            throw new FastServeException("safetensors.file_missing", $"{path}: no such file", path, e);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new FastServeException("safetensors.io_error", $"{path}: {e.Message}", path, e);
         }
+
+        long length = stream.Length;
         if (length < 8)
+        {
+            stream.Dispose();
             throw new FastServeException("safetensors.file_too_short", $"{path}: file is {length} bytes, shorter than the 8-byte header length", path);
+        }
 
         MemoryMappedFile? map = null;
         MemoryMappedViewAccessor? view = null;
@@ -99,7 +107,7 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         {
             try
             {
-                map = MemoryMappedFile.CreateFromFile(path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+                map = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
                 view = map.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
                 view.SafeMemoryMappedViewHandle.AcquirePointer(ref ptr);
                 acquired = true;
@@ -116,7 +124,8 @@ public sealed unsafe class SafeTensorsFile : IDisposable
         {
             if (acquired) view!.SafeMemoryMappedViewHandle.ReleasePointer();
             view?.Dispose();
-            map?.Dispose();
+            if (map is not null) map.Dispose();
+            else stream.Dispose();
             throw;
         }
     }

@@ -66,7 +66,7 @@ public static class Fp8Quantizer
                 uint amaxBits = 0;
                 for (int r = 0; r < rows; r++)
                 {
-                    HalfFloats.ToF32(w.DType, w.Data + (long)r * cols * es, r32);
+                    ToF32(w.DType, w.Data + (long)r * cols * es, r32);
                     amaxBits = Math.Max(amaxBits, AbsMaxBits(r32));
                     if (amaxBits >= 0x7F800000) throw NonFinite(w.Name, r);
                 }
@@ -74,7 +74,7 @@ public static class Fp8Quantizer
                 scales[0] = scale;
                 for (int r = 0; r < rows; r++)
                 {
-                    HalfFloats.ToF32(w.DType, w.Data + (long)r * cols * es, r32);
+                    ToF32(w.DType, w.Data + (long)r * cols * es, r32);
                     EncodeScaled(r32, scale, q.Slice(r * cols, cols));
                 }
             }
@@ -82,7 +82,7 @@ public static class Fp8Quantizer
             {
                 for (int r = 0; r < rows; r++)
                 {
-                    HalfFloats.ToF32(w.DType, w.Data + (long)r * cols * es, r32);
+                    ToF32(w.DType, w.Data + (long)r * cols * es, r32);
                     uint bits = AbsMaxBits(r32);
                     if (bits >= 0x7F800000) throw NonFinite(w.Name, r);
                     float scale = ScaleFor(BitConverter.UInt32BitsToSingle(bits));
@@ -243,6 +243,26 @@ public static class Fp8Quantizer
         var code = Vector256.ConditionalSelect(isSub, sub, nrm) | sign;
         var isNaN = ~Vector256.Equals(y, y).AsUInt32();
         return Vector256.ConditionalSelect(isNaN, Vector256.Create((uint)Fp8E4M3.NaN), code);
+    }
+
+    /// <summary>Like <see cref="HalfFloats.ToF32"/>, with BF16 widened 16 lanes at a time (the quantizer's hot loop).</summary>
+    private static unsafe void ToF32(DType dtype, byte* src, Span<float> dst)
+    {
+        if (dtype != DType.BF16 || !Vector256.IsHardwareAccelerated)
+        {
+            HalfFloats.ToF32(dtype, src, dst);
+            return;
+        }
+        int i = 0;
+        ref uint d = ref Unsafe.As<float, uint>(ref MemoryMarshal.GetReference(dst));
+        ushort* s = (ushort*)src;
+        for (; i <= dst.Length - 16; i += 16)
+        {
+            var (lo, hi) = Vector256.Widen(Vector256.Load(s + i));
+            Vector256.ShiftLeft(lo, 16).StoreUnsafe(ref d, (nuint)i);
+            Vector256.ShiftLeft(hi, 16).StoreUnsafe(ref d, (nuint)(i + 8));
+        }
+        for (; i < dst.Length; i++) dst[i] = HalfFloats.BF16ToF32(s[i]);
     }
 
     private static bool EndsWithAny(string name, string[] suffixes)

@@ -39,7 +39,8 @@ public static class DefaultTokenizer
 
         var tokens = new string[ranks.Tokens.Length];
         for (int r = 0; r < tokens.Length; r++)
-            tokens[r] = ranks.Tokens[r] is byte[] b ? ByteLevel.Encode(b) : throw new InvalidOperationException($"cl100k_base has no rank {r}");
+            tokens[r] = ranks.Tokens[r] is byte[] b ? ByteLevel.Encode(b)
+                : throw new FastServeException("tokenizer.default_unavailable", $"the cl100k_base data has no rank {r}");
 
         var specials = TiktokenLoader.Cl100kSpecials.OrderBy(kv => kv.Value).ToArray();
         try
@@ -98,8 +99,9 @@ public static class DefaultTokenizer
     }
 
     /// <summary>
-    /// For each rank, the ranks of the two parts it merges from ((-1, -1) for single bytes). Throws if a
-    /// token's restricted BPE does not end in exactly two parts (never the case for cl100k_base).
+    /// For each rank, the ranks of the two parts it merges from ((-1, -1) for single bytes). Throws
+    /// tokenizer.default_unavailable if a token's restricted BPE does not end in exactly two parts (never the
+    /// case for cl100k_base).
     /// </summary>
     internal static (int Left, int Right)[] DeriveMerges(TiktokenRanks ranks)
     {
@@ -142,7 +144,7 @@ public static class DefaultTokenizer
                 if (at < parts - 1) pairRank[at] = PairRank(token, starts[at], starts[at + 2], r, lookup);
             }
             if (parts != 2)
-                throw new InvalidOperationException($"rank {r} is not reachable by merging two lower-ranked tokens");
+                throw new FastServeException("tokenizer.default_unavailable", $"cl100k_base rank {r} is not reachable by merging two lower-ranked tokens");
             merges[r] = (lookup[token.AsSpan(0, starts[1])], lookup[token.AsSpan(starts[1])]);
         }
         return merges;

@@ -204,7 +204,8 @@ public sealed class TextTokenizer
     /// <summary>
     /// Text of <paramref name="ids"/>: the concatenated bytes of every id, read as UTF-8 (invalid sequences become
     /// U+FFFD). Special tokens decode to their text except SentencePiece control pieces (BOS/EOS/PAD), which
-    /// decode to nothing, as sentencepiece does. Ids the tokenizer does not know decode to nothing.
+    /// decode to nothing, and SentencePiece's unknown piece, which decodes to " ⁇ ", as sentencepiece does. Ids the
+    /// tokenizer does not know decode to nothing.
     /// </summary>
     public string Decode(ReadOnlySpan<int> ids)
     {

@@ -161,4 +161,18 @@ public class SentencePieceTests
             Assert.That(sb.ToString(), Is.EqualTo(text));
         }
     }
+
+    [Test]
+    public void UnsupportedTokenizerJsonFallsBackToTokenizerModel()
+    {
+        string dir = TokenizerFixture.NewDir("sp-fallback");
+        File.Copy(Path.Combine(ModelDir(out _), "tokenizer.model"), Path.Combine(dir, "tokenizer.model"));
+        File.WriteAllText(Path.Combine(dir, "tokenizer.json"), """{"model": {"type": "Unigram", "vocab": [["a", 0.0]]}}""");
+        File.WriteAllText(Path.Combine(dir, "tokenizer_config.json"), """{"bos_token": "</s>", "eos_token": "<s>"}""");
+        TextTokenizer tok = TextTokenizer.Load(dir);
+        Assert.That(tok.Kind, Is.EqualTo("sentencepiece"));
+        Assert.That(Path.GetFileName(tok.SourceFile), Is.EqualTo("tokenizer.model"));
+        Assert.That(tok.BosId, Is.EqualTo(2), "tokenizer_config.json wins over the model's own ids");
+        Assert.That(tok.EosIds, Is.EqualTo(new[] { 1 }));
+    }
 }

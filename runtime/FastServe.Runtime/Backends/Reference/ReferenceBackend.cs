@@ -1,0 +1,370 @@
+using FastServe.Runtime.Numerics;
+
+namespace FastServe.Runtime.Backends.Reference;
+
+/// <summary>
+/// The scalar reference backend: the oracle that every other backend is checked against (op tests and the
+/// check-backend command). Plain loops, no SIMD, no threads; dot products, norms and softmax accumulate in
+/// <see cref="double"/> and round to F32 once at the end. FP8 weights are read as <c>scale · Fp8E4M3.Decode(q)</c>.
+/// A BF16 KV cache stores values rounded with <see cref="HalfFloats.F32ToBF16"/>, exactly as a real BF16 cache would.
+/// Activations and caches live in managed arrays, so each is limited to <see cref="Array.MaxLength"/> elements.
+/// Slow by design: use it on test-sized shapes.
+/// </summary>
+/// <remarks>Error codes: <c>reference.too_large</c> when a tensor or KV cache exceeds the managed-array limit.
+/// Misuse (wrong shapes, foreign tensors, token ids or block ids out of range) throws <see cref="ArgumentException"/>.</remarks>
+public sealed class ReferenceBackend : IBackend
+{
+    public string Name => "reference";
+
+    public BackendWeight LoadMatrix(MatrixWeight weight)
+    {
+        ArgumentNullException.ThrowIfNull(weight);
+        return new ReferenceWeight(weight);
+    }
+
+    public BackendWeight LoadVector(string name, ReadOnlySpan<float> values) => new ReferenceWeight(name, values.ToArray());
+
+    public BackendTensor Alloc(string name, int maxRows, int cols)
+    {
+        if (maxRows < 0 || cols <= 0) throw new ArgumentException($"{name}: bad shape {maxRows}x{cols}");
+        long n = (long)maxRows * cols;
+        if (n > Array.MaxLength)
+            throw new FastServeException("reference.too_large", $"{maxRows}x{cols} activation exceeds the reference backend's array limit", name);
+        return new ReferenceTensor(name, maxRows, cols);
+    }
+
+    public KvCache AllocKvCache(KvCacheSpec spec)
+    {
+        ArgumentNullException.ThrowIfNull(spec);
+        if (spec.Layers <= 0 || spec.KvHeads <= 0 || spec.HeadDim <= 0 || spec.BlockSize <= 0 || spec.NumBlocks <= 0)
+            throw new ArgumentException($"bad KV cache spec {spec}");
+        long n = (long)spec.Layers * spec.NumBlocks * spec.BlockSize * spec.KvHeads * spec.HeadDim;
+        if (n > Array.MaxLength)
+            throw new FastServeException("reference.too_large", $"KV cache of {n} elements per K/V exceeds the reference backend's array limit", "kv_cache");
+        return new ReferenceKvCache(spec, (int)n);
+    }
+
+    public void Embedding(BackendWeight table, ReadOnlySpan<int> tokens, BackendTensor dst)
+    {
+        var t = W(table);
+        var d = T(dst);
+        if (t.Cols != d.Cols) throw new ArgumentException($"{dst.Name}: has {d.Cols} columns, table {table.Name} has {t.Cols}");
+        d.Rows = tokens.Length;
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            int tok = tokens[i];
+            if ((uint)tok >= (uint)t.Rows) throw new ArgumentOutOfRangeException(nameof(tokens), $"token {tok} outside table {table.Name} of {t.Rows} rows");
+            for (int c = 0; c < t.Cols; c++) d.Data[i * d.Cols + c] = (float)t.Get(tok, c);
+        }
+    }
+
+    public void RmsNorm(BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
+    {
+        var xs = T(x);
+        var g = W(gamma);
+        var d = T(dst);
+        if (g.Cols != xs.Cols || d.Cols != xs.Cols) throw new ArgumentException($"RmsNorm: {x.Name}, {gamma.Name} and {dst.Name} differ in width");
+        d.Rows = xs.Rows;
+        for (int r = 0; r < xs.Rows; r++) NormRow(xs.Data, r * xs.Cols, g.Vector!, eps, d.Data, r * d.Cols, xs.Cols);
+    }
+
+    public void AddRmsNorm(BackendTensor residual, BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
+    {
+        var res = T(residual);
+        var xs = T(x);
+        var g = W(gamma);
+        var d = T(dst);
+        if (xs.Cols != res.Cols || g.Cols != res.Cols || d.Cols != res.Cols) throw new ArgumentException($"AddRmsNorm: {residual.Name}, {x.Name}, {gamma.Name} and {dst.Name} differ in width");
+        if (xs.Rows != res.Rows) throw new ArgumentException($"AddRmsNorm: {residual.Name} has {res.Rows} rows, {x.Name} has {xs.Rows}");
+        for (int i = 0; i < res.Rows * res.Cols; i++) res.Data[i] += xs.Data[i];
+        d.Rows = res.Rows;
+        for (int r = 0; r < res.Rows; r++) NormRow(res.Data, r * res.Cols, g.Vector!, eps, d.Data, r * d.Cols, res.Cols);
+    }
+
+    private static void NormRow(float[] x, int xo, float[] gamma, float eps, float[] dst, int o, int cols)
+    {
+        double ss = 0;
+        for (int c = 0; c < cols; c++) ss += (double)x[xo + c] * x[xo + c];
+        double inv = 1.0 / Math.Sqrt(ss / cols + eps);
+        for (int c = 0; c < cols; c++) dst[o + c] = (float)(x[xo + c] * inv * gamma[c]);
+    }
+
+    public void Add(BackendTensor acc, BackendTensor x)
+    {
+        var a = T(acc);
+        var b = T(x);
+        if (a.Cols != b.Cols || a.Rows != b.Rows) throw new ArgumentException($"Add: {acc.Name} is {a.Rows}x{a.Cols}, {x.Name} is {b.Rows}x{b.Cols}");
+        for (int i = 0; i < a.Rows * a.Cols; i++) a.Data[i] += b.Data[i];
+    }
+
+    public void MatMul(BackendTensor x, BackendWeight w, BackendTensor dst)
+    {
+        var xs = T(x);
+        var ws = W(w);
+        var d = T(dst);
+        if (ws.Matrix is null) throw new ArgumentException($"MatMul: {w.Name} is a vector, not a matrix");
+        if (xs.Cols != ws.Cols || d.Cols != ws.Rows) throw new ArgumentException($"MatMul: {x.Name} [{xs.Rows}x{xs.Cols}] · {w.Name}ᵀ [{ws.Rows}x{ws.Cols}] -> {dst.Name} [{d.Cols} cols]");
+        if (ReferenceEquals(xs, d)) throw new ArgumentException($"MatMul: {x.Name} cannot be its own output");
+        d.Rows = xs.Rows;
+        float[]? bias = ws.Matrix.Bias;
+        for (int r = 0; r < xs.Rows; r++)
+        {
+            for (int n = 0; n < ws.Rows; n++)
+            {
+                double acc = 0;
+                for (int k = 0; k < ws.Cols; k++) acc += (double)xs.Data[r * xs.Cols + k] * ws.Get(n, k);
+                if (bias is not null) acc += bias[n];
+                d.Data[r * d.Cols + n] = (float)acc;
+            }
+        }
+    }
+
+    public void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
+    {
+        var xs = T(x);
+        ArgumentNullException.ThrowIfNull(rope);
+        int dim = rope.HeadDim, half = dim / 2;
+        if (heads <= 0 || heads * dim != xs.Cols) throw new ArgumentException($"Rope: {x.Name} has {xs.Cols} columns, not {heads} heads of {dim}");
+        if (positions.Length != xs.Rows) throw new ArgumentException($"Rope: {positions.Length} positions for {xs.Rows} rows of {x.Name}");
+        for (int r = 0; r < xs.Rows; r++)
+        {
+            for (int i = 0; i < half; i++)
+            {
+                float angle = (float)positions[r] * rope.InvFreq[i];
+                double cos = MathF.Cos(angle), sin = MathF.Sin(angle);
+                for (int h = 0; h < heads; h++)
+                {
+                    int o = r * xs.Cols + h * dim + i;
+                    double a = xs.Data[o], b = xs.Data[o + half];
+                    xs.Data[o] = (float)(a * cos - b * sin);
+                    xs.Data[o + half] = (float)(b * cos + a * sin);
+                }
+            }
+        }
+    }
+
+    public void SiluGate(BackendTensor gate, BackendTensor up, BackendTensor dst)
+    {
+        var g = T(gate);
+        var u = T(up);
+        var d = T(dst);
+        if (g.Cols != u.Cols || d.Cols != g.Cols || g.Rows != u.Rows) throw new ArgumentException($"SiluGate: {gate.Name}, {up.Name} and {dst.Name} differ in shape");
+        d.Rows = g.Rows;
+        for (int i = 0; i < g.Rows * g.Cols; i++)
+        {
+            double z = g.Data[i];
+            d.Data[i] = (float)(z / (1.0 + Math.Exp(-z)) * u.Data[i]);
+        }
+    }
+
+    public void KvStore(KvCache cache, int layer, BackendTensor k, BackendTensor v, BatchLayout batch)
+    {
+        var c = C(cache);
+        var ks = T(k);
+        var vs = T(v);
+        var spec = c.Spec;
+        int width = spec.KvHeads * spec.HeadDim;
+        if ((uint)layer >= (uint)spec.Layers) throw new ArgumentOutOfRangeException(nameof(layer));
+        if (ks.Cols != width || vs.Cols != width) throw new ArgumentException($"KvStore: k/v must have {width} columns");
+        if (ks.Rows != batch.TotalRows || vs.Rows != batch.TotalRows) throw new ArgumentException($"KvStore: k/v rows differ from the batch's {batch.TotalRows}");
+        for (int s = 0; s < batch.SequenceCount; s++)
+        {
+            for (int i = 0; i < batch.RowCount(s); i++)
+            {
+                int row = batch.RowStart(s) + i;
+                int pos = batch.StartPos(s) + i;
+                int off = c.SlotOffset(layer, Block(batch, s, pos, spec), pos % spec.BlockSize);
+                for (int j = 0; j < width; j++)
+                {
+                    c.Write(c.K, c.K16, off + j, ks.Data[row * width + j]);
+                    c.Write(c.V, c.V16, off + j, vs.Data[row * width + j]);
+                }
+            }
+        }
+    }
+
+    public void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst)
+    {
+        var qs = T(q);
+        var c = C(cache);
+        var d = T(dst);
+        var spec = c.Spec;
+        int dim = spec.HeadDim;
+        if ((uint)layer >= (uint)spec.Layers) throw new ArgumentOutOfRangeException(nameof(layer));
+        if (qs.Cols % dim != 0) throw new ArgumentException($"Attention: {q.Name} width {qs.Cols} is not a multiple of head_dim {dim}");
+        int heads = qs.Cols / dim;
+        if (heads % spec.KvHeads != 0) throw new ArgumentException($"Attention: {heads} heads do not group over {spec.KvHeads} KV heads");
+        if (d.Cols != qs.Cols) throw new ArgumentException($"Attention: {dst.Name} must have {qs.Cols} columns");
+        if (qs.Rows != batch.TotalRows) throw new ArgumentException($"Attention: {q.Name} has {qs.Rows} rows, the batch {batch.TotalRows}");
+        if (ReferenceEquals(qs, d)) throw new ArgumentException($"Attention: {q.Name} cannot be its own output");
+        int group = heads / spec.KvHeads;
+        double scale = 1.0 / Math.Sqrt(dim);
+        d.Rows = qs.Rows;
+        for (int s = 0; s < batch.SequenceCount; s++)
+        {
+            for (int i = 0; i < batch.RowCount(s); i++)
+            {
+                int row = batch.RowStart(s) + i;
+                int pos = batch.StartPos(s) + i;
+                var scores = new double[pos + 1];
+                for (int h = 0; h < heads; h++)
+                {
+                    int kvh = h / group;
+                    int qo = row * qs.Cols + h * dim;
+                    double max = double.NegativeInfinity;
+                    for (int p = 0; p <= pos; p++)
+                    {
+                        int off = c.SlotOffset(layer, Block(batch, s, p, spec), p % spec.BlockSize) + kvh * dim;
+                        double dot = 0;
+                        for (int j = 0; j < dim; j++) dot += (double)qs.Data[qo + j] * c.Read(c.K, c.K16, off + j);
+                        scores[p] = dot * scale;
+                        max = Math.Max(max, scores[p]);
+                    }
+                    double sum = 0;
+                    for (int p = 0; p <= pos; p++)
+                    {
+                        scores[p] = Math.Exp(scores[p] - max);
+                        sum += scores[p];
+                    }
+                    for (int j = 0; j < dim; j++)
+                    {
+                        double acc = 0;
+                        for (int p = 0; p <= pos; p++)
+                        {
+                            int off = c.SlotOffset(layer, Block(batch, s, p, spec), p % spec.BlockSize) + kvh * dim;
+                            acc += scores[p] * c.Read(c.V, c.V16, off + j);
+                        }
+                        d.Data[row * d.Cols + h * dim + j] = (float)(acc / sum);
+                    }
+                }
+            }
+        }
+    }
+
+    public void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst)
+    {
+        var s = T(src);
+        var d = T(dst);
+        if (s.Cols != d.Cols) throw new ArgumentException($"GatherRows: {src.Name} and {dst.Name} differ in width");
+        GatherCheck.Validate(src.Name, s.Rows, rows, ReferenceEquals(s, d));
+        d.Rows = rows.Length;
+        for (int i = 0; i < rows.Length; i++) Array.Copy(s.Data, rows[i] * s.Cols, d.Data, i * d.Cols, s.Cols);
+    }
+
+    public void CopyToHost(BackendTensor src, Span<float> dst)
+    {
+        var s = T(src);
+        int n = s.Rows * s.Cols;
+        if (dst.Length < n) throw new ArgumentException($"CopyToHost: {src.Name} needs {n} floats, got {dst.Length}");
+        s.Data.AsSpan(0, n).CopyTo(dst);
+    }
+
+    public void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst)
+    {
+        var d = T(dst);
+        if ((uint)rows > (uint)d.MaxRows || data.Length != rows * d.Cols) throw new ArgumentException($"CopyFromHost: {data.Length} floats for {rows} rows of {dst.Name} ({d.Cols} columns, capacity {d.MaxRows})");
+        d.Rows = rows;
+        data.CopyTo(d.Data);
+    }
+
+    public void Dispose()
+    {
+    }
+
+    private static int Block(BatchLayout batch, int seq, int pos, KvCacheSpec spec)
+    {
+        int[] table = batch.BlockTable(seq);
+        int bi = pos / spec.BlockSize;
+        if (bi >= table.Length) throw new ArgumentException($"block table of sequence {seq} has {table.Length} blocks, position {pos} needs {bi + 1}");
+        int block = table[bi];
+        if ((uint)block >= (uint)spec.NumBlocks) throw new ArgumentException($"block id {block} of sequence {seq} outside 0..{spec.NumBlocks - 1}");
+        return block;
+    }
+
+    private static ReferenceTensor T(BackendTensor t) =>
+        t as ReferenceTensor ?? throw new ArgumentException($"{t?.Name}: not a reference-backend tensor");
+
+    private static ReferenceWeight W(BackendWeight w) =>
+        w as ReferenceWeight ?? throw new ArgumentException($"{w?.Name}: not a reference-backend weight");
+
+    private static ReferenceKvCache C(KvCache c) =>
+        c as ReferenceKvCache ?? throw new ArgumentException("not a reference-backend KV cache");
+
+    private sealed class ReferenceTensor(string name, int maxRows, int cols) : BackendTensor(name, maxRows, cols)
+    {
+        public readonly float[] Data = new float[(long)maxRows * cols];
+    }
+
+    private sealed unsafe class ReferenceWeight : BackendWeight
+    {
+        public ReferenceWeight(MatrixWeight m) : base(m.Name, m.DType, m.Rows, m.Cols) => Matrix = m;
+
+        public ReferenceWeight(string name, float[] values) : base(name, DType.F32, 1, values.Length) => Vector = values;
+
+        public MatrixWeight? Matrix { get; }
+        public float[]? Vector { get; }
+
+        /// <summary>Element (n, k) of the matrix, dequantized, in double.</summary>
+        public double Get(int n, int k)
+        {
+            if (Matrix is null) return Vector![k];
+            byte* p = Matrix.Data + ((long)n * Cols + k) * DType.SizeOf();
+            return DType switch
+            {
+                DType.F32 => *(float*)p,
+                DType.F16 => HalfFloats.F16ToF32(*(ushort*)p),
+                DType.BF16 => HalfFloats.BF16ToF32(*(ushort*)p),
+                DType.F8E4M3 => (double)Matrix.Scales![Matrix.Scales.Length == 1 ? 0 : n] * Fp8E4M3.Decode(*p),
+                _ => throw new ArgumentException($"{Name}: unsupported dtype {DType}"),
+            };
+        }
+    }
+
+    private sealed class ReferenceKvCache : KvCache
+    {
+        public readonly float[]? K, V;
+        public readonly ushort[]? K16, V16;
+
+        public ReferenceKvCache(KvCacheSpec spec, int elements) : base(spec)
+        {
+            if (spec.DType == KvDType.F32)
+            {
+                K = new float[elements];
+                V = new float[elements];
+            }
+            else
+            {
+                K16 = new ushort[elements];
+                V16 = new ushort[elements];
+            }
+        }
+
+        /// <summary>Offset of (layer, block, slot, kvHead 0, dim 0) in the [layer][block][slot][kvHead][dim] layout.</summary>
+        public int SlotOffset(int layer, int block, int slot) =>
+            (((layer * Spec.NumBlocks) + block) * Spec.BlockSize + slot) * Spec.KvHeads * Spec.HeadDim;
+
+        public void Write(float[]? f, ushort[]? h, int i, float value)
+        {
+            if (f is not null) f[i] = value;
+            else h![i] = HalfFloats.F32ToBF16(value);
+        }
+
+        public double Read(float[]? f, ushort[]? h, int i) => f is not null ? f[i] : HalfFloats.BF16ToF32(h![i]);
+    }
+}
+
+/// <summary>Shared argument checks for <see cref="IBackend.GatherRows"/>.</summary>
+internal static class GatherCheck
+{
+    /// <summary>Rows must lie in 0..srcRows-1. In place (src is dst) is allowed only when rows are strictly
+    /// increasing and rows[i] ≥ i, so a forward copy never overwrites a row still to be read.</summary>
+    public static void Validate(string name, int srcRows, ReadOnlySpan<int> rows, bool inPlace)
+    {
+        for (int i = 0; i < rows.Length; i++)
+        {
+            if ((uint)rows[i] >= (uint)srcRows) throw new ArgumentOutOfRangeException(nameof(rows), $"GatherRows: row {rows[i]} outside {name}'s {srcRows} rows");
+            if (inPlace && (rows[i] < i || (i > 0 && rows[i] <= rows[i - 1])))
+                throw new ArgumentException($"GatherRows: in place on {name} needs strictly increasing rows with rows[i] >= i");
+        }
+    }
+}

@@ -30,8 +30,13 @@ if ! command -v dotnet >/dev/null 2>&1; then
 fi
 
 log "publishing NativeAOT executable -> dist/fastserve"
-dotnet publish runtime/FastServe.Cli/FastServe.Cli.csproj -c Release -r linux-x64 -o dist -nologo -v q \
-  -p:DebugType=none 2>&1 | grep -v -E '^\s*$' >&2 || { log "publish failed"; exit 1; }
+mkdir -p build
+if ! dotnet publish runtime/FastServe.Cli/FastServe.Cli.csproj -c Release -r linux-x64 -o dist -nologo -v q \
+     -p:DebugType=none >build/publish.log 2>&1; then
+  cat build/publish.log >&2
+  log "publish failed"
+  exit 1
+fi
 test -x dist/fastserve || { log "dist/fastserve was not produced"; exit 1; }
 
 # Native kernels (CUDA): CMake reports and skips cleanly when no CUDA compiler is present.

@@ -32,7 +32,7 @@ internal static class InspectCommand
                 var (c, b, e) = byDtype.GetValueOrDefault(k);
                 byDtype[k] = (c + 1, b + t.ByteLength, e + t.ElementCount);
             }
-            string quant = cfg.Quantization is { } q ? $"fp8 e4m3 ({(q.Scheme == Quantization.Fp8Scheme.PerChannel ? "per-channel" : "per-tensor")}), ignore: {string.Join(", ", q.Ignore)}" : "none";
+            string quant = cfg.Quantization is { } q ? $"fp8 e4m3 ({(q.Scheme == FastServe.Runtime.Quantization.Fp8Scheme.PerChannel ? "per-channel" : "per-tensor")}), ignore: {string.Join(", ", q.Ignore)}" : "none";
             if (j)
             {
                 Output.WriteJson(w =>

@@ -67,6 +67,8 @@ public sealed class Sampler
         for (int i = 0; i < filled; i++) top[i] = new TokenLogprob(top[i].Id, top[i].Logprob - lse);
     }
 
+    // Cumulative-mass comparisons allow 1e-6 of slack: float top_p (0.8f) against a double sum of float
+    // probabilities would otherwise pull in one token too many at exact boundaries.
     private int SampleTempered(ReadOnlySpan<float> logits)
     {
         float invT = 1f / _p.Temperature;
@@ -100,7 +102,7 @@ public sealed class Sampler
             for (int i = 0; i < count; i++)
             {
                 acc += Math.Exp((_val[i] - max) * invT) / sum;
-                if (acc >= _p.TopP) { count = i + 1; break; }
+                if (acc >= _p.TopP - 1e-6) { count = i + 1; break; }
             }
         }
         return Draw(count, invT);
@@ -183,7 +185,7 @@ public sealed class Sampler
             _val[heap] = v; _idx[heap] = id;
             popped++;
             acc += Math.Exp((v - max) * invT) / sum;
-            if (acc >= _p.TopP) break;
+            if (acc >= _p.TopP - 1e-6) break;
         }
         // Popped items sit at the tail in reverse pop order; reversing the whole array puts them first, descending.
         Array.Reverse(_val, 0, n);

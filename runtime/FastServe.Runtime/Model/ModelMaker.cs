@@ -24,11 +24,9 @@ public sealed record ModelPreset(
         All.FirstOrDefault(p => p.Name == name)
         ?? throw new FastServeException("args.unknown_preset", $"unknown preset '{name}' (choose {string.Join(", ", All.Select(p => p.Name))})", "preset");
 
-    public long ParameterCount
-    {
-        long Layer() => (long)Hidden * Heads * HeadDim * 2 + (long)Hidden * KvHeads * HeadDim * 2 + 3L * Hidden * Intermediate + 2L * Hidden;
-        get => (long)Vocab * Hidden * (TieEmbeddings ? 1 : 2) + Layers * Layer() + Hidden;
-    }
+    public long ParameterCount =>
+        (long)Vocab * Hidden * (TieEmbeddings ? 1 : 2) + Hidden
+        + Layers * ((long)Hidden * Heads * HeadDim * 2 + (long)Hidden * KvHeads * HeadDim * 2 + 3L * Hidden * Intermediate + 2L * Hidden);
 }
 
 /// <summary>
@@ -49,7 +47,7 @@ public static class ModelMaker
 {
     public const float InitStd = 0.02f;
     public const float OutlierFactor = 32f;
-    public const float BigramStrength = 0.5f;
+    public const float BigramStrength = 0.03f;
     public const float EmbeddingStd = 1f;
 
     /// <summary>Writes config.json, generation_config.json, model.safetensors and the default tokenizer into a

@@ -1,3 +1,4 @@
+using FastServe.Runtime.Formats;
 using FastServe.Runtime.Backends;
 
 namespace FastServe.Runtime.Model;

@@ -106,10 +106,12 @@ internal sealed unsafe class BackendTestKit : IDisposable
         return maxAbs == 0 ? maxErr : maxErr / maxAbs;
     }
 
-    public static void AssertClose(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected, string what, double tolerance = 1e-5)
+    /// <summary>Asserts the relative error is within tolerance; returns it.</summary>
+    public static double AssertClose(ReadOnlySpan<float> actual, ReadOnlySpan<float> expected, string what, double tolerance = 1e-5)
     {
         double err = RelativeError(actual, expected);
         Assert.That(err, Is.LessThanOrEqualTo(tolerance), $"{what}: relative error {err:E2}");
+        return err;
     }
 
     public static float[] Read(IBackend backend, BackendTensor t)

@@ -38,6 +38,7 @@ public class CpuBackendOpTests
     public void MatMul_AllWeightKinds_MatchReference(CpuIsa isa, int threads)
     {
         using var cpu = new CpuBackend(threads, isa);
+        double worst = 0;
         Assert.That(cpu.Isa, Is.EqualTo(isa.Name()));
         Assert.That(cpu.Threads, Is.EqualTo(threads));
         int checkedCases = 0;
@@ -51,12 +52,13 @@ public class CpuBackendOpTests
                     int seed = BackendTestKit.Seed(key);
                     float[] expected = Reference(key, b => RunMatMul(b, seed, kind, rows, k, n, bias));
                     float[] actual = RunMatMul(cpu, seed, kind, rows, k, n, bias);
-                    BackendTestKit.AssertClose(actual, expected, key, Tol);
+                    worst = Math.Max(worst, BackendTestKit.AssertClose(actual, expected, key, Tol));
                     checkedCases++;
                 }
             }
         }
         Assert.That(checkedCases, Is.EqualTo(MatMulShapes.Length * 10));
+        TestContext.Out.WriteLine($"worst relative error {worst:E2}");
     }
 
     private static float[] RunMatMul(IBackend b, int seed, WeightKind kind, int rows, int k, int n, bool bias)
@@ -77,6 +79,7 @@ public class CpuBackendOpTests
     public void RmsNorm_AddRmsNorm_MatchReference(CpuIsa isa, int threads)
     {
         using var cpu = new CpuBackend(threads, isa);
+        double worst = 0;
         foreach (int cols in Cols)
         {
             foreach (int rows in Rows)
@@ -87,10 +90,11 @@ public class CpuBackendOpTests
                     string key = $"norm/{rows}/{cols}/{mode}";
                     int seed = BackendTestKit.Seed(key);
                     float[] expected = Reference(key, b => RunNorm(b, seed, rows, cols, mode));
-                    BackendTestKit.AssertClose(RunNorm(cpu, seed, rows, cols, mode), expected, key, Tol);
+                    worst = Math.Max(worst, BackendTestKit.AssertClose(RunNorm(cpu, seed, rows, cols, mode), expected, key, Tol));
                 }
             }
         }
+        TestContext.Out.WriteLine($"worst relative error {worst:E2}");
     }
 
     private static float[] RunNorm(IBackend b, int seed, int rows, int cols, int mode)
@@ -122,6 +126,7 @@ public class CpuBackendOpTests
     public void Add_SiluGate_MatchReference(CpuIsa isa, int threads)
     {
         using var cpu = new CpuBackend(threads, isa);
+        double worst = 0;
         foreach (int cols in Cols)
         {
             foreach (int rows in Rows)
@@ -129,9 +134,10 @@ public class CpuBackendOpTests
                 string key = $"addsilu/{rows}/{cols}";
                 int seed = BackendTestKit.Seed(key);
                 float[] expected = Reference(key, b => RunAddSilu(b, seed, rows, cols));
-                BackendTestKit.AssertClose(RunAddSilu(cpu, seed, rows, cols), expected, key, Tol);
+                worst = Math.Max(worst, BackendTestKit.AssertClose(RunAddSilu(cpu, seed, rows, cols), expected, key, Tol));
             }
         }
+        TestContext.Out.WriteLine($"worst relative error {worst:E2}");
     }
 
     private static float[] RunAddSilu(IBackend b, int seed, int rows, int cols)
@@ -159,6 +165,7 @@ public class CpuBackendOpTests
     public void Rope_MatchesReference(CpuIsa isa, int threads)
     {
         using var cpu = new CpuBackend(threads, isa);
+        double worst = 0;
         foreach (var (dim, heads) in new[] { (2, 1), (6, 3), (64, 8), (128, 4), (34, 5), (64, 32) })
         {
             foreach (int rows in new[] { 1, 3, 9, 67 })
@@ -168,10 +175,11 @@ public class CpuBackendOpTests
                     string key = $"rope/{dim}/{heads}/{rows}/{scaled}";
                     int seed = BackendTestKit.Seed(key);
                     float[] expected = Reference(key, b => RunRope(b, seed, dim, heads, rows, scaled));
-                    BackendTestKit.AssertClose(RunRope(cpu, seed, dim, heads, rows, scaled), expected, key, Tol);
+                    worst = Math.Max(worst, BackendTestKit.AssertClose(RunRope(cpu, seed, dim, heads, rows, scaled), expected, key, Tol));
                 }
             }
         }
+        TestContext.Out.WriteLine($"worst relative error {worst:E2}");
     }
 
     private static float[] RunRope(IBackend b, int seed, int dim, int heads, int rows, bool scaled)
@@ -190,6 +198,7 @@ public class CpuBackendOpTests
     public void Embedding_Gather_Copy_MatchReference(CpuIsa isa, int threads)
     {
         using var cpu = new CpuBackend(threads, isa);
+        double worst = 0;
         foreach (WeightKind kind in Enum.GetValues<WeightKind>())
         {
             foreach (int cols in Cols)
@@ -197,9 +206,10 @@ public class CpuBackendOpTests
                 string key = $"embed/{kind}/{cols}";
                 int seed = BackendTestKit.Seed(key);
                 float[] expected = Reference(key, b => RunEmbedding(b, seed, kind, cols));
-                BackendTestKit.AssertClose(RunEmbedding(cpu, seed, kind, cols), expected, key, Tol);
+                worst = Math.Max(worst, BackendTestKit.AssertClose(RunEmbedding(cpu, seed, kind, cols), expected, key, Tol));
             }
         }
+        TestContext.Out.WriteLine($"worst relative error {worst:E2}");
     }
 
     private static float[] RunEmbedding(IBackend b, int seed, WeightKind kind, int cols)
@@ -231,6 +241,7 @@ public class CpuBackendOpTests
     public void KvStore_Attention_PagedBatch_MatchReference(CpuIsa isa, int threads)
     {
         using var cpu = new CpuBackend(threads, isa);
+        double worst = 0;
         foreach (var shape in AttentionShapes)
         {
             foreach (KvDType kv in new[] { KvDType.F32, KvDType.BF16 })
@@ -238,9 +249,10 @@ public class CpuBackendOpTests
                 string key = $"attn/{shape}/{kv}";
                 int seed = BackendTestKit.Seed(key);
                 float[] expected = Reference(key, b => RunAttention(b, seed, shape, kv));
-                BackendTestKit.AssertClose(RunAttention(cpu, seed, shape, kv), expected, key, Tol);
+                worst = Math.Max(worst, BackendTestKit.AssertClose(RunAttention(cpu, seed, shape, kv), expected, key, Tol));
             }
         }
+        TestContext.Out.WriteLine($"worst relative error {worst:E2}");
     }
 
     /// <summary>

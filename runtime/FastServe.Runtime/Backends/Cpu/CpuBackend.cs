@@ -170,11 +170,12 @@ public sealed unsafe class CpuBackend : IBackend
         _pool.Run(job, (ws.Rows + perItem - 1) / perItem);
     }
 
-    /// <summary>Weight rows per work item: about 64 KiB of weights, a multiple of 4, but at least 4 items per thread
+    /// <summary>Weight rows per work item: about 256 KiB of weights (long sequential streams, and the chunk stays in L2
+    /// while activation tiles pass over it), a multiple of 4, but at least 4 items per thread
     /// when the matrix allows, so dynamic scheduling can even out the threads.</summary>
     internal static int MatMulRowsPerItem(int n, long rowBytes, int threads)
     {
-        int rows = (int)Math.Clamp((64 * 1024 + rowBytes - 1) / Math.Max(1, rowBytes), 4, 1 << 20);
+        int rows = (int)Math.Clamp((256 * 1024 + rowBytes - 1) / Math.Max(1, rowBytes), 4, 1 << 20);
         rows = (rows + 3) & ~3;
         while (rows > 4 && (n + rows - 1) / rows < 4 * threads) rows = Math.Max(4, (rows / 2 + 3) & ~3);
         return rows;

@@ -16,11 +16,14 @@ internal unsafe struct MatMulArgs
 }
 
 /// <summary>
-/// dst = x · wᵀ on a range of output features. Register tiles: 4 activation rows × 4 weight rows (16 accumulators),
-/// so each weight vector is loaded and decoded once per 4 rows and each activation vector once per 4 weight rows.
-/// Weight tiles are the outer loop, so a 4-row weight tile stays in L1 while every activation row passes over it:
-/// weight bytes come from memory once per call whatever the row count. Activation rows are processed in blocks
-/// sized to stay in L2. K tails (K not a multiple of the vector width) run scalar with the same decode.
+/// dst = x · wᵀ on a range of output features (one work item's chunk of weight rows, sized to stay in L2).
+/// Four or more activation rows: register tiles of 4 activation rows × 4 weight rows (16 accumulators), so each
+/// weight vector is loaded and decoded once per 4 rows and each activation vector once per 4 weight rows; the
+/// activation tile is the outer loop and the weight chunk, read from memory by the first tile, comes from L2 for
+/// the rest. Fewer rows (decode): one weight row at a time with four accumulator chains, a single sequential
+/// stream per thread, which measured ~1.6x faster than four interleaved row streams on this EPYC.
+/// Activation rows are processed in blocks sized to stay in L2. K tails (K not a multiple of the vector width)
+/// run scalar with the same decode.
 /// </summary>
 internal static unsafe class MatMulKernel<TOps, TVec, TW>
     where TOps : ISimd<TVec> where TVec : struct where TW : IWeightKind
@@ -32,18 +35,21 @@ internal static unsafe class MatMulKernel<TOps, TVec, TW>
         for (int rb = 0; rb < a.Rows; rb += rowBlock)
         {
             int re = Math.Min(a.Rows, rb + rowBlock);
-            int n = n0;
-            for (; n + 4 <= n1; n += 4)
+            int r = rb;
+            for (; r + 4 <= re; r += 4)
             {
-                int r = rb;
-                for (; r + 4 <= re; r += 4) Tile4x4(a, r, n);
-                for (; r < re; r++) Tile1x4(a, r, n);
+                int n = n0;
+                for (; n + 4 <= n1; n += 4) Tile4x4(a, r, n);
+                for (; n < n1; n++) Tile4x1(a, r, n);
             }
-            for (; n < n1; n++)
+            if (r < re)
             {
-                int r = rb;
-                for (; r + 4 <= re; r += 4) Tile4x1(a, r, n);
-                for (; r < re; r++) Tile1x1(a, r, n);
+                // Fewer than 4 rows left (decode: the only row): one weight row at a time, so the weights are a
+                // single sequential stream that the hardware prefetcher follows; later rows reuse it from L1.
+                for (int n = n0; n < n1; n++)
+                {
+                    for (int rr = r; rr < re; rr++) Tile1x1(a, rr, n);
+                }
             }
         }
     }
@@ -60,6 +66,7 @@ internal static unsafe class MatMulKernel<TOps, TVec, TW>
         a.Dst[(long)r * a.N + n] = v;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Tile4x4(in MatMulArgs a, int r, int n)
     {
         int K = a.K, W = TOps.Width, B = TW.Bytes;
@@ -107,49 +114,7 @@ internal static unsafe class MatMulKernel<TOps, TVec, TW>
         Store(a, r + 3, n, s30); Store(a, r + 3, n + 1, s31); Store(a, r + 3, n + 2, s32); Store(a, r + 3, n + 3, s33);
     }
 
-    private static void Tile1x4(in MatMulArgs a, int r, int n)
-    {
-        int K = a.K, W = TOps.Width, B = TW.Bytes;
-        float* x0 = a.X + (long)r * K;
-        byte* w0 = a.W + (long)n * K * B, w1 = w0 + (long)K * B, w2 = w1 + (long)K * B, w3 = w2 + (long)K * B;
-        TVec a0 = TOps.Zero, a1 = TOps.Zero, a2 = TOps.Zero, a3 = TOps.Zero;
-        TVec b0 = TOps.Zero, b1 = TOps.Zero, b2 = TOps.Zero, b3 = TOps.Zero;
-        int k = 0;
-        // Two accumulator sets: eight independent FMA chains keep the decode path off the FMA latency bound.
-        for (; k <= K - 2 * W; k += 2 * W)
-        {
-            TVec x = TOps.Load(x0 + k);
-            a0 = TOps.Fma(x, TW.Load<TOps, TVec>(w0 + k * B), a0);
-            a1 = TOps.Fma(x, TW.Load<TOps, TVec>(w1 + k * B), a1);
-            a2 = TOps.Fma(x, TW.Load<TOps, TVec>(w2 + k * B), a2);
-            a3 = TOps.Fma(x, TW.Load<TOps, TVec>(w3 + k * B), a3);
-            int k2 = k + W;
-            x = TOps.Load(x0 + k2);
-            b0 = TOps.Fma(x, TW.Load<TOps, TVec>(w0 + k2 * B), b0);
-            b1 = TOps.Fma(x, TW.Load<TOps, TVec>(w1 + k2 * B), b1);
-            b2 = TOps.Fma(x, TW.Load<TOps, TVec>(w2 + k2 * B), b2);
-            b3 = TOps.Fma(x, TW.Load<TOps, TVec>(w3 + k2 * B), b3);
-        }
-        for (; k <= K - W; k += W)
-        {
-            TVec x = TOps.Load(x0 + k);
-            a0 = TOps.Fma(x, TW.Load<TOps, TVec>(w0 + k * B), a0);
-            a1 = TOps.Fma(x, TW.Load<TOps, TVec>(w1 + k * B), a1);
-            a2 = TOps.Fma(x, TW.Load<TOps, TVec>(w2 + k * B), a2);
-            a3 = TOps.Fma(x, TW.Load<TOps, TVec>(w3 + k * B), a3);
-        }
-        float s0 = TOps.Sum(TOps.Add(a0, b0)), s1 = TOps.Sum(TOps.Add(a1, b1)), s2 = TOps.Sum(TOps.Add(a2, b2)), s3 = TOps.Sum(TOps.Add(a3, b3));
-        for (; k < K; k++)
-        {
-            float x = x0[k];
-            s0 += x * TW.LoadScalar(w0 + k * B);
-            s1 += x * TW.LoadScalar(w1 + k * B);
-            s2 += x * TW.LoadScalar(w2 + k * B);
-            s3 += x * TW.LoadScalar(w3 + k * B);
-        }
-        Store(a, r, n, s0); Store(a, r, n + 1, s1); Store(a, r, n + 2, s2); Store(a, r, n + 3, s3);
-    }
-
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Tile4x1(in MatMulArgs a, int r, int n)
     {
         int K = a.K, W = TOps.Width, B = TW.Bytes;
@@ -174,20 +139,23 @@ internal static unsafe class MatMulKernel<TOps, TVec, TW>
         Store(a, r, n, s0); Store(a, r + 1, n, s1); Store(a, r + 2, n, s2); Store(a, r + 3, n, s3);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Tile1x1(in MatMulArgs a, int r, int n)
     {
         int K = a.K, W = TOps.Width, B = TW.Bytes;
         float* x0 = a.X + (long)r * K;
         byte* w0 = a.W + (long)n * K * B;
-        TVec a0 = TOps.Zero, a1 = TOps.Zero;
+        TVec a0 = TOps.Zero, a1 = TOps.Zero, a2 = TOps.Zero, a3 = TOps.Zero;
         int k = 0;
-        for (; k <= K - 2 * W; k += 2 * W)
+        for (; k <= K - 4 * W; k += 4 * W)
         {
             a0 = TOps.Fma(TOps.Load(x0 + k), TW.Load<TOps, TVec>(w0 + k * B), a0);
             a1 = TOps.Fma(TOps.Load(x0 + k + W), TW.Load<TOps, TVec>(w0 + (k + W) * B), a1);
+            a2 = TOps.Fma(TOps.Load(x0 + k + 2 * W), TW.Load<TOps, TVec>(w0 + (k + 2 * W) * B), a2);
+            a3 = TOps.Fma(TOps.Load(x0 + k + 3 * W), TW.Load<TOps, TVec>(w0 + (k + 3 * W) * B), a3);
         }
         for (; k <= K - W; k += W) a0 = TOps.Fma(TOps.Load(x0 + k), TW.Load<TOps, TVec>(w0 + k * B), a0);
-        float s0 = TOps.Sum(TOps.Add(a0, a1));
+        float s0 = TOps.Sum(TOps.Add(TOps.Add(a0, a1), TOps.Add(a2, a3)));
         for (; k < K; k++) s0 += x0[k] * TW.LoadScalar(w0 + k * B);
         Store(a, r, n, s0);
     }

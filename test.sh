@@ -10,9 +10,12 @@ log=$(mktemp)
 dotnet test FastServe.sln -c Release -nologo --logger "console;verbosity=normal" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 
-# One summary line per test assembly: "Passed!  - Failed: 0, Passed: 12, Skipped: 0, Total: 12, ..."
-read -r passed failed skipped < <(grep -E '(Passed|Failed)! +- +Failed:' "$log" | awk -F'[:,]' '
-  { f += $2; p += $4; s += $6 } END { printf "%d %d %d\n", p, f, s }')
+# Each test assembly ends with "Total tests: N" then "Passed: N", "Failed: N", "Skipped: N" lines (zeros omitted).
+read -r passed failed skipped < <(awk '
+  /^ *Passed: +[0-9]+ *$/  { p += $2 }
+  /^ *Failed: +[0-9]+ *$/  { f += $2 }
+  /^ *Skipped: +[0-9]+ *$/ { s += $2 }
+  END { printf "%d %d %d\n", p, f, s }' "$log")
 rm -f "$log"
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
 echo "$passed passed, $failed failed, $skipped skipped"

@@ -4,7 +4,9 @@ using FastServe.Benchmarks.Backends;
 // BenchmarkDotNet:  dotnet run -c Release --project bench/FastServe.Benchmarks -- --filter '*' [--job short]
 // Machine ceilings: dotnet run -c Release --project bench/FastServe.Benchmarks -- probe
 // Quick decode check (no BenchmarkDotNet): ... -- decode [threads]
+// Kernel paths side by side:              ... -- isas
 if (args.Length > 0 && args[0] == "probe") return QuickChecks.Probe();
 if (args.Length > 0 && args[0] == "decode") return QuickChecks.Decode(args.Length > 1 ? int.Parse(args[1]) : 0);
+if (args.Length > 0 && args[0] == "isas") return QuickChecks.Isas();
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);
 return 0;

@@ -24,10 +24,13 @@ public class CpuAttentionBenchmarks
     [Params(KvDType.F32, KvDType.BF16)]
     public KvDType Kv { get; set; }
 
+    /// <summary>Kernel path (quick checks only; BenchmarkDotNet runs use the best).</summary>
+    public CpuIsa? Isa { get; set; }
+
     [GlobalSetup]
     public void Setup()
     {
-        _cpu = new CpuBackend();
+        _cpu = new CpuBackend(0, Isa);
         int blocks = Positions / BlockSize + 1;
         var rng = new Random(3);
         int[] table = [.. Enumerable.Range(0, blocks).OrderBy(_ => rng.Next())];

@@ -28,11 +28,14 @@ public class CpuMatMulBenchmarks
     [Params("2048x2048", "8192x2048")]
     public string Shape { get; set; } = "2048x2048";
 
+    /// <summary>Kernel path (quick checks only; BenchmarkDotNet runs use the best).</summary>
+    public CpuIsa? Isa { get; set; }
+
     [GlobalSetup]
     public void Setup()
     {
         int n = int.Parse(Shape.Split('x')[0]), k = int.Parse(Shape.Split('x')[1]);
-        _cpu = new CpuBackend();
+        _cpu = new CpuBackend(0, Isa);
         _ring = new WeightRing(DType, n, k, 512L << 20);
         _weights = [.. _ring.Weights.Select(_cpu.LoadMatrix)];
         _x = _cpu.Alloc("x", Rows, k);

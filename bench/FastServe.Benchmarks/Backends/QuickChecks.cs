@@ -53,6 +53,41 @@ internal static class QuickChecks
         return 0;
     }
 
+    /// <summary>Every supported kernel path on the same matmul and attention shapes.</summary>
+    public static int Isas()
+    {
+        foreach (var dt in new[] { BenchDType.F32, BenchDType.Fp8 })
+        {
+            foreach (int rows in new[] { 1, 8, 64 })
+            {
+                var line = $"matmul {dt} {rows,2} rows 8192x2048:";
+                foreach (var isa in CpuIsaInfo.Supported)
+                {
+                    var m = new CpuMatMulBenchmarks { DType = dt, Rows = rows, Shape = "8192x2048", Isa = isa };
+                    m.Setup();
+                    double s = Time(m.MatMul, 0.7);
+                    m.Cleanup();
+                    line += $"  {isa.Name()} {s * 1e6,7:F0} us";
+                }
+                Console.WriteLine(line);
+            }
+        }
+        foreach (var kv in new[] { KvDType.F32, KvDType.BF16 })
+        {
+            var line = $"attention decode 2048 positions {kv}:";
+            foreach (var isa in CpuIsaInfo.Supported)
+            {
+                var a = new CpuAttentionBenchmarks { Positions = 2048, Kv = kv, Isa = isa };
+                a.Setup();
+                double s = Time(a.AttentionDecode, 0.5);
+                a.Cleanup();
+                line += $"  {isa.Name()} {s * 1e6,6:F0} us";
+            }
+            Console.WriteLine(line);
+        }
+        return 0;
+    }
+
     private static double Time(Action a, double seconds)
     {
         a();

@@ -106,6 +106,7 @@ internal static unsafe class AttentionKernel<TOps, TVec, TKv>
     }
 
     /// <summary>Scores of one block for four query heads: out[h · stride + slot].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Scores4(byte* kt, int bs, int dim, float* q, float* outp, int stride, float scale)
     {
         int W = TOps.Width, E = TKv.Bytes;
@@ -145,6 +146,7 @@ internal static unsafe class AttentionKernel<TOps, TVec, TKv>
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void Scores1(byte* kt, int bs, int dim, float* q, float* outp, float scale)
     {
         int W = TOps.Width, E = TKv.Bytes;
@@ -164,6 +166,7 @@ internal static unsafe class AttentionKernel<TOps, TVec, TKv>
     }
 
     /// <summary>s[i] = exp(s[i] - max) for i &lt; n; returns Σ s[i].</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float Softmax(float* s, int n)
     {
         int W = TOps.Width;

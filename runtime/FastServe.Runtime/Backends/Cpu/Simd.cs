@@ -99,8 +99,24 @@ internal readonly unsafe struct Simd512 : ISimd<Vector512<float>>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Max(Vector512<float> a, Vector512<float> b) => Avx512F.Max(a, b);
 
+    /// <summary>e^a, Cephes expf scheme (round to n·ln2, degree-5 polynomial, 2^n by exponent add); about 2 ulp.
+    /// Inputs are clamped to [-87, 88], keeping 2^n normal: exp(-87) ≈ 1.6e-38 stands in for anything smaller.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<float> Exp(Vector512<float> a) => Vector512.Exp(a);
+    public static Vector512<float> Exp(Vector512<float> a)
+    {
+        Vector512<float> x = Avx512F.Min(Avx512F.Max(a, Vector512.Create(-87f)), Vector512.Create(88f));
+        Vector512<float> n = Vector512.Round(x * Vector512.Create(1.44269504088896341f));
+        Vector512<float> r = Avx512F.FusedMultiplyAdd(n, Vector512.Create(-0.693359375f), x);
+        r = Avx512F.FusedMultiplyAdd(n, Vector512.Create(2.12194440e-4f), r);
+        Vector512<float> p = Vector512.Create(1.9875691500E-4f);
+        p = Avx512F.FusedMultiplyAdd(p, r, Vector512.Create(1.3981999507E-3f));
+        p = Avx512F.FusedMultiplyAdd(p, r, Vector512.Create(8.3334519073E-3f));
+        p = Avx512F.FusedMultiplyAdd(p, r, Vector512.Create(4.1665795894E-2f));
+        p = Avx512F.FusedMultiplyAdd(p, r, Vector512.Create(1.6666665459E-1f));
+        p = Avx512F.FusedMultiplyAdd(p, r, Vector512.Create(5.0000001201E-1f));
+        Vector512<float> y = Avx512F.FusedMultiplyAdd(p, r * r, r + Vector512.Create(1f));
+        return (y.AsInt32() + Vector512.ShiftLeft(Vector512.ConvertToInt32(n), 23)).AsSingle();
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Sum(Vector512<float> v) => Simd256.Sum(v.GetLower() + v.GetUpper());
@@ -156,8 +172,24 @@ internal readonly unsafe struct Simd256 : ISimd<Vector256<float>>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Max(Vector256<float> a, Vector256<float> b) => Avx.Max(a, b);
 
+    /// <summary>e^a, Cephes expf scheme (round to n·ln2, degree-5 polynomial, 2^n by exponent add); about 2 ulp.
+    /// Inputs are clamped to [-87, 88], keeping 2^n normal: exp(-87) ≈ 1.6e-38 stands in for anything smaller.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector256<float> Exp(Vector256<float> a) => Vector256.Exp(a);
+    public static Vector256<float> Exp(Vector256<float> a)
+    {
+        Vector256<float> x = Avx.Min(Avx.Max(a, Vector256.Create(-87f)), Vector256.Create(88f));
+        Vector256<float> n = Vector256.Round(x * Vector256.Create(1.44269504088896341f));
+        Vector256<float> r = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(n, Vector256.Create(-0.693359375f), x);
+        r = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(n, Vector256.Create(2.12194440e-4f), r);
+        Vector256<float> p = Vector256.Create(1.9875691500E-4f);
+        p = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(p, r, Vector256.Create(1.3981999507E-3f));
+        p = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(p, r, Vector256.Create(8.3334519073E-3f));
+        p = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(p, r, Vector256.Create(4.1665795894E-2f));
+        p = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(p, r, Vector256.Create(1.6666665459E-1f));
+        p = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(p, r, Vector256.Create(5.0000001201E-1f));
+        Vector256<float> y = System.Runtime.Intrinsics.X86.Fma.MultiplyAdd(p, r * r, r + Vector256.Create(1f));
+        return (y.AsInt32() + Vector256.ShiftLeft(Vector256.ConvertToInt32(n), 23)).AsSingle();
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Sum(Vector256<float> v)
@@ -225,8 +257,24 @@ internal readonly unsafe struct Simd128 : ISimd<Vector128<float>>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector128<float> Max(Vector128<float> a, Vector128<float> b) => Vector128.MaxNative(a, b);
 
+    /// <summary>e^a, Cephes expf scheme (round to n·ln2, degree-5 polynomial, 2^n by exponent add); about 2 ulp.
+    /// Inputs are clamped to [-87, 88], keeping 2^n normal: exp(-87) ≈ 1.6e-38 stands in for anything smaller.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector128<float> Exp(Vector128<float> a) => Vector128.Exp(a);
+    public static Vector128<float> Exp(Vector128<float> a)
+    {
+        Vector128<float> x = Vector128.MinNative(Vector128.MaxNative(a, Vector128.Create(-87f)), Vector128.Create(88f));
+        Vector128<float> n = Vector128.Round(x * Vector128.Create(1.44269504088896341f));
+        Vector128<float> r = Vector128.MultiplyAddEstimate(n, Vector128.Create(-0.693359375f), x);
+        r = Vector128.MultiplyAddEstimate(n, Vector128.Create(2.12194440e-4f), r);
+        Vector128<float> p = Vector128.Create(1.9875691500E-4f);
+        p = Vector128.MultiplyAddEstimate(p, r, Vector128.Create(1.3981999507E-3f));
+        p = Vector128.MultiplyAddEstimate(p, r, Vector128.Create(8.3334519073E-3f));
+        p = Vector128.MultiplyAddEstimate(p, r, Vector128.Create(4.1665795894E-2f));
+        p = Vector128.MultiplyAddEstimate(p, r, Vector128.Create(1.6666665459E-1f));
+        p = Vector128.MultiplyAddEstimate(p, r, Vector128.Create(5.0000001201E-1f));
+        Vector128<float> y = Vector128.MultiplyAddEstimate(p, r * r, r + Vector128.Create(1f));
+        return (y.AsInt32() + Vector128.ShiftLeft(Vector128.ConvertToInt32(n), 23)).AsSingle();
+    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Sum(Vector128<float> v) => (v.GetElement(0) + v.GetElement(2)) + (v.GetElement(1) + v.GetElement(3));

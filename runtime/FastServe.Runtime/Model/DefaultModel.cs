@@ -27,12 +27,11 @@ public static class DefaultModel
     public static string Directory => Path.Combine(CacheRoot, $"{Preset}-seed{Seed}");
 
     /// <summary>Returns the default model's directory, making it first if it is not cached yet.</summary>
-    public static string Ensure(Action<long, long>? progress = null, Action? making = null)
+    public static string Ensure(Action<long, long>? progress = null)
     {
         string dir = Directory;
         if (File.Exists(Path.Combine(dir, "config.json"))) return dir;
         System.IO.Directory.CreateDirectory(CacheRoot);
-        making?.Invoke();
         try
         {
             ModelMaker.Make(ModelPreset.Parse(Preset), dir, Seed, progress);

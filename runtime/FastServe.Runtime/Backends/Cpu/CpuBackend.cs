@@ -1,5 +1,4 @@
 using System.Runtime.Intrinsics;
-using FastServe.Runtime.Backends.Reference;
 using FastServe.Runtime.Numerics;
 
 namespace FastServe.Runtime.Backends.Cpu;
@@ -76,15 +75,13 @@ public sealed unsafe class CpuBackend : IBackend
 
     public BackendTensor Alloc(string name, int maxRows, int cols)
     {
-        if (maxRows < 0 || cols <= 0) throw new ArgumentException($"{name}: bad shape {maxRows}x{cols}");
+        OpChecks.Alloc(name, maxRows, cols);
         return new CpuTensor(name, maxRows, cols);
     }
 
     public KvCache AllocKvCache(KvCacheSpec spec)
     {
-        ArgumentNullException.ThrowIfNull(spec);
-        if (spec.Layers <= 0 || spec.KvHeads <= 0 || spec.HeadDim <= 0 || spec.BlockSize <= 0 || spec.NumBlocks <= 0)
-            throw new ArgumentException($"bad KV cache spec {spec}");
+        OpChecks.AllocKvCache(spec);
         return new CpuKvCache(spec);
     }
 
@@ -92,11 +89,7 @@ public sealed unsafe class CpuBackend : IBackend
     {
         var t = Mat(table);
         var d = T(dst);
-        if (t.Cols != d.Cols) throw new ArgumentException($"{dst.Name}: has {d.Cols} columns, table {table.Name} has {t.Cols}");
-        foreach (int tok in tokens)
-        {
-            if ((uint)tok >= (uint)t.Rows) throw new ArgumentOutOfRangeException(nameof(tokens), $"token {tok} outside table {table.Name} of {t.Rows} rows");
-        }
+        OpChecks.Embedding(table, tokens, dst);
         d.Rows = tokens.Length;
         int es = t.DType.SizeOf();
         for (int i = 0; i < tokens.Length; i++)
@@ -112,7 +105,7 @@ public sealed unsafe class CpuBackend : IBackend
         var xs = T(x);
         var g = Vec(gamma);
         var d = T(dst);
-        if (g.Cols != xs.Cols || d.Cols != xs.Cols) throw new ArgumentException($"RmsNorm: {x.Name}, {gamma.Name} and {dst.Name} differ in width");
+        OpChecks.RmsNorm(x, gamma, dst);
         d.Rows = xs.Rows;
         RunRows(ElementOp.RmsNorm, xs.Rows, xs.Cols, xs.Data, null, d.Data, (float*)g.Data, eps);
     }
@@ -123,8 +116,7 @@ public sealed unsafe class CpuBackend : IBackend
         var xs = T(x);
         var g = Vec(gamma);
         var d = T(dst);
-        if (xs.Cols != res.Cols || g.Cols != res.Cols || d.Cols != res.Cols) throw new ArgumentException($"AddRmsNorm: {residual.Name}, {x.Name}, {gamma.Name} and {dst.Name} differ in width");
-        if (xs.Rows != res.Rows) throw new ArgumentException($"AddRmsNorm: {residual.Name} has {res.Rows} rows, {x.Name} has {xs.Rows}");
+        OpChecks.AddRmsNorm(residual, x, gamma, dst);
         d.Rows = res.Rows;
         RunRows(ElementOp.RmsNorm, res.Rows, res.Cols, res.Data, xs.Data, d.Data, (float*)g.Data, eps);
     }
@@ -133,7 +125,7 @@ public sealed unsafe class CpuBackend : IBackend
     {
         var a = T(acc);
         var b = T(x);
-        if (a.Cols != b.Cols || a.Rows != b.Rows) throw new ArgumentException($"Add: {acc.Name} is {a.Rows}x{a.Cols}, {x.Name} is {b.Rows}x{b.Cols}");
+        OpChecks.Add(acc, x);
         RunRange(ElementOp.Add, (long)a.Rows * a.Cols, a.Data, b.Data, null);
     }
 
@@ -142,7 +134,7 @@ public sealed unsafe class CpuBackend : IBackend
         var g = T(gate);
         var u = T(up);
         var d = T(dst);
-        if (g.Cols != u.Cols || d.Cols != g.Cols || g.Rows != u.Rows) throw new ArgumentException($"SiluGate: {gate.Name}, {up.Name} and {dst.Name} differ in shape");
+        OpChecks.SiluGate(gate, up, dst);
         d.Rows = g.Rows;
         RunRange(ElementOp.SiluGate, (long)g.Rows * g.Cols, g.Data, u.Data, d.Data);
     }
@@ -152,9 +144,7 @@ public sealed unsafe class CpuBackend : IBackend
         var xs = T(x);
         var ws = Mat(w);
         var d = T(dst);
-        if (xs.Cols != ws.Cols || d.Cols != ws.Rows)
-            throw new ArgumentException($"MatMul: {x.Name} [{xs.Rows}x{xs.Cols}] · {w.Name}ᵀ [{ws.Rows}x{ws.Cols}] -> {dst.Name} [{d.Cols} cols]");
-        if (ReferenceEquals(xs, d)) throw new ArgumentException($"MatMul: {x.Name} cannot be its own output");
+        OpChecks.MatMul(x, w, dst);
         d.Rows = xs.Rows;
         if (xs.Rows == 0) return;
 
@@ -184,10 +174,8 @@ public sealed unsafe class CpuBackend : IBackend
     public void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
     {
         var xs = T(x);
-        ArgumentNullException.ThrowIfNull(rope);
+        OpChecks.Rope(x, heads, positions, rope);
         int dim = rope.HeadDim;
-        if (heads <= 0 || heads * dim != xs.Cols) throw new ArgumentException($"Rope: {x.Name} has {xs.Cols} columns, not {heads} heads of {dim}");
-        if (positions.Length != xs.Rows) throw new ArgumentException($"Rope: {positions.Length} positions for {xs.Rows} rows of {x.Name}");
         if (xs.Rows == 0) return;
         _scratch.Ensure(dim);
         fixed (int* pos = positions)
@@ -215,13 +203,9 @@ public sealed unsafe class CpuBackend : IBackend
         var c = Kv(cache);
         var ks = T(k);
         var vs = T(v);
-        ArgumentNullException.ThrowIfNull(batch);
+        OpChecks.KvStore(cache, layer, k, v, batch);
         var spec = c.Spec;
-        int dim = spec.HeadDim, bs = spec.BlockSize, width = spec.KvHeads * dim;
-        if ((uint)layer >= (uint)spec.Layers) throw new ArgumentOutOfRangeException(nameof(layer), $"layer {layer} outside 0..{spec.Layers - 1}");
-        if (ks.Cols != width || vs.Cols != width) throw new ArgumentException($"KvStore: {k.Name}/{v.Name} must have {width} columns");
-        if (ks.Rows != batch.TotalRows || vs.Rows != batch.TotalRows) throw new ArgumentException($"KvStore: {k.Name}/{v.Name} rows differ from the batch's {batch.TotalRows}");
-        CheckBlockTables(batch, spec);
+        int dim = spec.HeadDim, bs = spec.BlockSize;
         bool bf16 = spec.DType == KvDType.BF16;
         for (int s = 0; s < batch.SequenceCount; s++)
         {
@@ -261,17 +245,10 @@ public sealed unsafe class CpuBackend : IBackend
         var qs = T(q);
         var c = Kv(cache);
         var d = T(dst);
-        ArgumentNullException.ThrowIfNull(batch);
+        OpChecks.Attention(q, cache, layer, batch, dst);
         var spec = c.Spec;
         int dim = spec.HeadDim;
-        if ((uint)layer >= (uint)spec.Layers) throw new ArgumentOutOfRangeException(nameof(layer), $"layer {layer} outside 0..{spec.Layers - 1}");
-        if (qs.Cols % dim != 0) throw new ArgumentException($"Attention: {q.Name} width {qs.Cols} is not a multiple of head_dim {dim}");
         int heads = qs.Cols / dim;
-        if (heads % spec.KvHeads != 0) throw new ArgumentException($"Attention: {heads} heads do not group over {spec.KvHeads} KV heads");
-        if (d.Cols != qs.Cols) throw new ArgumentException($"Attention: {dst.Name} must have {qs.Cols} columns");
-        if (qs.Rows != batch.TotalRows) throw new ArgumentException($"Attention: {q.Name} has {qs.Rows} rows, the batch {batch.TotalRows}");
-        if (ReferenceEquals(qs, d)) throw new ArgumentException($"Attention: {q.Name} cannot be its own output");
-        CheckBlockTables(batch, spec);
         d.Rows = qs.Rows;
         if (qs.Rows == 0) return;
 
@@ -316,8 +293,7 @@ public sealed unsafe class CpuBackend : IBackend
     {
         var s = T(src);
         var d = T(dst);
-        if (s.Cols != d.Cols) throw new ArgumentException($"GatherRows: {src.Name} and {dst.Name} differ in width");
-        GatherCheck.Validate(src.Name, s.Rows, rows, ReferenceEquals(s, d));
+        OpChecks.GatherRows(src, rows, dst);
         d.Rows = rows.Length;
         long bytes = s.Cols * 4L;
         for (int i = 0; i < rows.Length; i++)
@@ -329,16 +305,15 @@ public sealed unsafe class CpuBackend : IBackend
     public void CopyToHost(BackendTensor src, Span<float> dst)
     {
         var s = T(src);
+        OpChecks.CopyToHost(src, dst);
         int n = s.Rows * s.Cols;
-        if (dst.Length < n) throw new ArgumentException($"CopyToHost: {src.Name} needs {n} floats, got {dst.Length}");
         new ReadOnlySpan<float>(s.Data, n).CopyTo(dst);
     }
 
     public void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst)
     {
         var d = T(dst);
-        if ((uint)rows > (uint)d.MaxRows || data.Length != rows * d.Cols)
-            throw new ArgumentException($"CopyFromHost: {data.Length} floats for {rows} rows of {dst.Name} ({d.Cols} columns, capacity {d.MaxRows})");
+        OpChecks.CopyFromHost(data, rows, dst);
         d.Rows = rows;
         data.CopyTo(new Span<float>(d.Data, data.Length));
     }
@@ -380,24 +355,6 @@ public sealed unsafe class CpuBackend : IBackend
         int perItem = (int)Math.Min(total, ParallelElements / 2);
         job.PerItem = perItem;
         _pool.Run(job, (int)((total + perItem - 1) / perItem));
-    }
-
-    private static void CheckBlockTables(BatchLayout batch, KvCacheSpec spec)
-    {
-        for (int s = 0; s < batch.SequenceCount; s++)
-        {
-            int count = batch.RowCount(s);
-            if (count == 0) continue;
-            int last = batch.StartPos(s) + count - 1;
-            if (batch.StartPos(s) < 0) throw new ArgumentException($"sequence {s}: negative start position {batch.StartPos(s)}");
-            int[] table = batch.BlockTable(s) ?? throw new ArgumentException($"sequence {s}: no block table");
-            int needed = last / spec.BlockSize + 1;
-            if (table.Length < needed) throw new ArgumentException($"sequence {s}: block table has {table.Length} blocks, position {last} needs {needed}");
-            for (int i = 0; i < needed; i++)
-            {
-                if ((uint)table[i] >= (uint)spec.NumBlocks) throw new ArgumentException($"sequence {s}: block id {table[i]} outside 0..{spec.NumBlocks - 1}");
-            }
-        }
     }
 
     private static CpuTensor T(BackendTensor t) =>

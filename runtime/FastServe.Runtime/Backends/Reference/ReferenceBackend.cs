@@ -26,7 +26,7 @@ public sealed class ReferenceBackend : IBackend
 
     public BackendTensor Alloc(string name, int maxRows, int cols)
     {
-        if (maxRows < 0 || cols <= 0) throw new ArgumentException($"{name}: bad shape {maxRows}x{cols}");
+        OpChecks.Alloc(name, maxRows, cols);
         long n = (long)maxRows * cols;
         if (n > Array.MaxLength)
             throw new FastServeException("reference.too_large", $"{maxRows}x{cols} activation exceeds the reference backend's array limit", name);
@@ -35,9 +35,7 @@ public sealed class ReferenceBackend : IBackend
 
     public KvCache AllocKvCache(KvCacheSpec spec)
     {
-        ArgumentNullException.ThrowIfNull(spec);
-        if (spec.Layers <= 0 || spec.KvHeads <= 0 || spec.HeadDim <= 0 || spec.BlockSize <= 0 || spec.NumBlocks <= 0)
-            throw new ArgumentException($"bad KV cache spec {spec}");
+        OpChecks.AllocKvCache(spec);
         long n = (long)spec.Layers * spec.NumBlocks * spec.BlockSize * spec.KvHeads * spec.HeadDim;
         if (n > Array.MaxLength)
             throw new FastServeException("reference.too_large", $"KV cache of {n} elements per K/V exceeds the reference backend's array limit", "kv_cache");
@@ -48,12 +46,11 @@ public sealed class ReferenceBackend : IBackend
     {
         var t = W(table);
         var d = T(dst);
-        if (t.Cols != d.Cols) throw new ArgumentException($"{dst.Name}: has {d.Cols} columns, table {table.Name} has {t.Cols}");
+        OpChecks.Embedding(table, tokens, dst);
         d.Rows = tokens.Length;
         for (int i = 0; i < tokens.Length; i++)
         {
             int tok = tokens[i];
-            if ((uint)tok >= (uint)t.Rows) throw new ArgumentOutOfRangeException(nameof(tokens), $"token {tok} outside table {table.Name} of {t.Rows} rows");
             for (int c = 0; c < t.Cols; c++) d.Data[i * d.Cols + c] = (float)t.Get(tok, c);
         }
     }
@@ -63,7 +60,7 @@ public sealed class ReferenceBackend : IBackend
         var xs = T(x);
         var g = W(gamma);
         var d = T(dst);
-        if (g.Cols != xs.Cols || d.Cols != xs.Cols) throw new ArgumentException($"RmsNorm: {x.Name}, {gamma.Name} and {dst.Name} differ in width");
+        OpChecks.RmsNorm(x, gamma, dst);
         d.Rows = xs.Rows;
         for (int r = 0; r < xs.Rows; r++) NormRow(xs.Data, r * xs.Cols, g.Vector!, eps, d.Data, r * d.Cols, xs.Cols);
     }
@@ -74,8 +71,7 @@ public sealed class ReferenceBackend : IBackend
         var xs = T(x);
         var g = W(gamma);
         var d = T(dst);
-        if (xs.Cols != res.Cols || g.Cols != res.Cols || d.Cols != res.Cols) throw new ArgumentException($"AddRmsNorm: {residual.Name}, {x.Name}, {gamma.Name} and {dst.Name} differ in width");
-        if (xs.Rows != res.Rows) throw new ArgumentException($"AddRmsNorm: {residual.Name} has {res.Rows} rows, {x.Name} has {xs.Rows}");
+        OpChecks.AddRmsNorm(residual, x, gamma, dst);
         for (int i = 0; i < res.Rows * res.Cols; i++) res.Data[i] += xs.Data[i];
         d.Rows = res.Rows;
         for (int r = 0; r < res.Rows; r++) NormRow(res.Data, r * res.Cols, g.Vector!, eps, d.Data, r * d.Cols, res.Cols);
@@ -93,7 +89,7 @@ public sealed class ReferenceBackend : IBackend
     {
         var a = T(acc);
         var b = T(x);
-        if (a.Cols != b.Cols || a.Rows != b.Rows) throw new ArgumentException($"Add: {acc.Name} is {a.Rows}x{a.Cols}, {x.Name} is {b.Rows}x{b.Cols}");
+        OpChecks.Add(acc, x);
         for (int i = 0; i < a.Rows * a.Cols; i++) a.Data[i] += b.Data[i];
     }
 
@@ -103,8 +99,7 @@ public sealed class ReferenceBackend : IBackend
         var ws = W(w);
         var d = T(dst);
         if (ws.Matrix is null) throw new ArgumentException($"MatMul: {w.Name} is a vector, not a matrix");
-        if (xs.Cols != ws.Cols || d.Cols != ws.Rows) throw new ArgumentException($"MatMul: {x.Name} [{xs.Rows}x{xs.Cols}] · {w.Name}ᵀ [{ws.Rows}x{ws.Cols}] -> {dst.Name} [{d.Cols} cols]");
-        if (ReferenceEquals(xs, d)) throw new ArgumentException($"MatMul: {x.Name} cannot be its own output");
+        OpChecks.MatMul(x, w, dst);
         d.Rows = xs.Rows;
         float[]? bias = ws.Matrix.Bias;
         for (int r = 0; r < xs.Rows; r++)
@@ -122,10 +117,8 @@ public sealed class ReferenceBackend : IBackend
     public void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
     {
         var xs = T(x);
-        ArgumentNullException.ThrowIfNull(rope);
+        OpChecks.Rope(x, heads, positions, rope);
         int dim = rope.HeadDim, half = dim / 2;
-        if (heads <= 0 || heads * dim != xs.Cols) throw new ArgumentException($"Rope: {x.Name} has {xs.Cols} columns, not {heads} heads of {dim}");
-        if (positions.Length != xs.Rows) throw new ArgumentException($"Rope: {positions.Length} positions for {xs.Rows} rows of {x.Name}");
         for (int r = 0; r < xs.Rows; r++)
         {
             for (int i = 0; i < half; i++)
@@ -148,7 +141,7 @@ public sealed class ReferenceBackend : IBackend
         var g = T(gate);
         var u = T(up);
         var d = T(dst);
-        if (g.Cols != u.Cols || d.Cols != g.Cols || g.Rows != u.Rows) throw new ArgumentException($"SiluGate: {gate.Name}, {up.Name} and {dst.Name} differ in shape");
+        OpChecks.SiluGate(gate, up, dst);
         d.Rows = g.Rows;
         for (int i = 0; i < g.Rows * g.Cols; i++)
         {
@@ -162,11 +155,9 @@ public sealed class ReferenceBackend : IBackend
         var c = C(cache);
         var ks = T(k);
         var vs = T(v);
+        OpChecks.KvStore(cache, layer, k, v, batch);
         var spec = c.Spec;
         int width = spec.KvHeads * spec.HeadDim;
-        if ((uint)layer >= (uint)spec.Layers) throw new ArgumentOutOfRangeException(nameof(layer));
-        if (ks.Cols != width || vs.Cols != width) throw new ArgumentException($"KvStore: k/v must have {width} columns");
-        if (ks.Rows != batch.TotalRows || vs.Rows != batch.TotalRows) throw new ArgumentException($"KvStore: k/v rows differ from the batch's {batch.TotalRows}");
         for (int s = 0; s < batch.SequenceCount; s++)
         {
             for (int i = 0; i < batch.RowCount(s); i++)
@@ -188,15 +179,10 @@ public sealed class ReferenceBackend : IBackend
         var qs = T(q);
         var c = C(cache);
         var d = T(dst);
+        OpChecks.Attention(q, cache, layer, batch, dst);
         var spec = c.Spec;
         int dim = spec.HeadDim;
-        if ((uint)layer >= (uint)spec.Layers) throw new ArgumentOutOfRangeException(nameof(layer));
-        if (qs.Cols % dim != 0) throw new ArgumentException($"Attention: {q.Name} width {qs.Cols} is not a multiple of head_dim {dim}");
         int heads = qs.Cols / dim;
-        if (heads % spec.KvHeads != 0) throw new ArgumentException($"Attention: {heads} heads do not group over {spec.KvHeads} KV heads");
-        if (d.Cols != qs.Cols) throw new ArgumentException($"Attention: {dst.Name} must have {qs.Cols} columns");
-        if (qs.Rows != batch.TotalRows) throw new ArgumentException($"Attention: {q.Name} has {qs.Rows} rows, the batch {batch.TotalRows}");
-        if (ReferenceEquals(qs, d)) throw new ArgumentException($"Attention: {q.Name} cannot be its own output");
         int group = heads / spec.KvHeads;
         double scale = 1.0 / Math.Sqrt(dim);
         d.Rows = qs.Rows;
@@ -245,8 +231,7 @@ public sealed class ReferenceBackend : IBackend
     {
         var s = T(src);
         var d = T(dst);
-        if (s.Cols != d.Cols) throw new ArgumentException($"GatherRows: {src.Name} and {dst.Name} differ in width");
-        GatherCheck.Validate(src.Name, s.Rows, rows, ReferenceEquals(s, d));
+        OpChecks.GatherRows(src, rows, dst);
         d.Rows = rows.Length;
         for (int i = 0; i < rows.Length; i++) Array.Copy(s.Data, rows[i] * s.Cols, d.Data, i * d.Cols, s.Cols);
     }
@@ -254,15 +239,15 @@ public sealed class ReferenceBackend : IBackend
     public void CopyToHost(BackendTensor src, Span<float> dst)
     {
         var s = T(src);
+        OpChecks.CopyToHost(src, dst);
         int n = s.Rows * s.Cols;
-        if (dst.Length < n) throw new ArgumentException($"CopyToHost: {src.Name} needs {n} floats, got {dst.Length}");
         s.Data.AsSpan(0, n).CopyTo(dst);
     }
 
     public void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst)
     {
         var d = T(dst);
-        if ((uint)rows > (uint)d.MaxRows || data.Length != rows * d.Cols) throw new ArgumentException($"CopyFromHost: {data.Length} floats for {rows} rows of {dst.Name} ({d.Cols} columns, capacity {d.MaxRows})");
+        OpChecks.CopyFromHost(data, rows, dst);
         d.Rows = rows;
         data.CopyTo(d.Data);
     }
@@ -271,15 +256,9 @@ public sealed class ReferenceBackend : IBackend
     {
     }
 
-    private static int Block(BatchLayout batch, int seq, int pos, KvCacheSpec spec)
-    {
-        int[] table = batch.BlockTable(seq);
-        int bi = pos / spec.BlockSize;
-        if (bi >= table.Length) throw new ArgumentException($"block table of sequence {seq} has {table.Length} blocks, position {pos} needs {bi + 1}");
-        int block = table[bi];
-        if ((uint)block >= (uint)spec.NumBlocks) throw new ArgumentException($"block id {block} of sequence {seq} outside 0..{spec.NumBlocks - 1}");
-        return block;
-    }
+    /// <summary>Block holding position <paramref name="pos"/> of sequence <paramref name="seq"/>; the op has already
+    /// checked (<see cref="OpChecks"/>) that the table covers it with a valid id.</summary>
+    private static int Block(BatchLayout batch, int seq, int pos, KvCacheSpec spec) => batch.BlockTable(seq)[pos / spec.BlockSize];
 
     private static ReferenceTensor T(BackendTensor t) =>
         t as ReferenceTensor ?? throw new ArgumentException($"{t?.Name}: not a reference-backend tensor");
@@ -350,21 +329,5 @@ public sealed class ReferenceBackend : IBackend
         }
 
         public double Read(float[]? f, ushort[]? h, int i) => f is not null ? f[i] : HalfFloats.BF16ToF32(h![i]);
-    }
-}
-
-/// <summary>Shared argument checks for <see cref="IBackend.GatherRows"/>.</summary>
-internal static class GatherCheck
-{
-    /// <summary>Rows must lie in 0..srcRows-1. In place (src is dst) is allowed only when rows are strictly
-    /// increasing and rows[i] ≥ i, so a forward copy never overwrites a row still to be read.</summary>
-    public static void Validate(string name, int srcRows, ReadOnlySpan<int> rows, bool inPlace)
-    {
-        for (int i = 0; i < rows.Length; i++)
-        {
-            if ((uint)rows[i] >= (uint)srcRows) throw new ArgumentOutOfRangeException(nameof(rows), $"GatherRows: row {rows[i]} outside {name}'s {srcRows} rows");
-            if (inPlace && (rows[i] < i || (i > 0 && rows[i] <= rows[i - 1])))
-                throw new ArgumentException($"GatherRows: in place on {name} needs strictly increasing rows with rows[i] >= i");
-        }
     }
 }

@@ -58,7 +58,7 @@ public sealed class ReferenceBackend : IBackend
     public void RmsNorm(BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
     {
         var xs = T(x);
-        var g = W(gamma);
+        var g = Vec(gamma);
         var d = T(dst);
         OpChecks.RmsNorm(x, gamma, dst);
         d.Rows = xs.Rows;
@@ -69,7 +69,7 @@ public sealed class ReferenceBackend : IBackend
     {
         var res = T(residual);
         var xs = T(x);
-        var g = W(gamma);
+        var g = Vec(gamma);
         var d = T(dst);
         OpChecks.AddRmsNorm(residual, x, gamma, dst);
         for (int i = 0; i < res.Rows * res.Cols; i++) res.Data[i] += xs.Data[i];
@@ -265,6 +265,12 @@ public sealed class ReferenceBackend : IBackend
 
     private static ReferenceWeight W(BackendWeight w) =>
         w as ReferenceWeight ?? throw new ArgumentException($"{w?.Name}: not a reference-backend weight");
+
+    private static ReferenceWeight Vec(BackendWeight w)
+    {
+        var r = W(w);
+        return r.Vector is not null ? r : throw new ArgumentException($"{w.Name}: a norm gain must be a vector weight (LoadVector)");
+    }
 
     private static ReferenceKvCache C(KvCache c) =>
         c as ReferenceKvCache ?? throw new ArgumentException("not a reference-backend KV cache");

@@ -6,7 +6,9 @@ namespace FastServe.Runtime.Numerics;
 /// OCP FP8 E4M3 ("e4m3fn"): 1 sign bit, 4 exponent bits (bias 7), 3 mantissa bits. Largest finite value ±448,
 /// no infinities, S.1111.111 is NaN, exponent 0 encodes subnormals 2^-6 × 0.mmm.
 /// Encoding rounds to nearest, ties to even, and saturates to ±448 (the convention of
-/// <c>torch.float8_e4m3fn</c> casts after clamping, and of every FP8 checkpoint quantizer).
+/// <c>torch.float8_e4m3fn</c> casts after clamping, and of every FP8 checkpoint quantizer). For bulk encoding
+/// with a scale use <see cref="FastServe.Runtime.Quantization.Fp8Quantizer.EncodeScaled"/> (vectorized, bit-identical
+/// to Encode(x / scale)).
 /// </summary>
 public static class Fp8E4M3
 {
@@ -61,14 +63,6 @@ public static class Fp8E4M3
             if (code > 0x7E) code = 0x7E;
         }
         return (byte)(sign | code);
-    }
-
-    /// <summary>Quantizes values with a given scale: code = Encode(x / scale).</summary>
-    public static void Encode(ReadOnlySpan<float> src, float scale, Span<byte> dst)
-    {
-        if (dst.Length < src.Length) throw new ArgumentException("destination too short", nameof(dst));
-        float inv = 1f / scale;
-        for (int i = 0; i < src.Length; i++) dst[i] = Encode(src[i] * inv);
     }
 
     private static float[] BuildDecodeTable()

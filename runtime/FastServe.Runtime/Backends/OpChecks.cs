@@ -155,8 +155,7 @@ internal static class OpChecks
             if (count == 0) continue;
             int last = batch.StartPos(s) + count - 1;
             if (batch.StartPos(s) < 0) ThrowNegativeStart(s, batch.StartPos(s));
-            int[]? table = batch.BlockTable(s);
-            if (table is null) ThrowNoBlockTable(s);
+            var table = batch.BlockTable(s);
             int needed = last / spec.BlockSize + 1;
             if (table.Length < needed) ThrowShortBlockTable(s, table.Length, last, needed);
             for (int i = 0; i < needed; i++)
@@ -249,10 +248,6 @@ internal static class OpChecks
     [DoesNotReturn]
     private static void ThrowNegativeStart(int seq, int start) =>
         throw new ArgumentException($"sequence {seq}: negative start position {start}");
-
-    [DoesNotReturn]
-    private static void ThrowNoBlockTable(int seq) =>
-        throw new ArgumentException($"sequence {seq}: no block table");
 
     [DoesNotReturn]
     private static void ThrowShortBlockTable(int seq, int blocks, int last, int needed) =>

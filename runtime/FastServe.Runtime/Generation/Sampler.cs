@@ -11,14 +11,21 @@ public sealed class Sampler
     private readonly float[] _val;
     private readonly Random _rng;
 
-    public Sampler(int vocabSize, SamplingParams p)
+    /// <param name="scratch">Vocabulary-sized work arrays to use instead of allocating them: many samplers that
+    /// run on one thread (an engine's step executor) share one. Greedy sampling never touches them.</param>
+    public Sampler(int vocabSize, SamplingParams p, SamplerScratch? scratch = null)
     {
         p.Validate();
         _p = p;
-        _idx = new int[vocabSize];
-        _val = new float[vocabSize];
+        if (scratch is not null && scratch.Idx.Length < vocabSize) throw new ArgumentException("scratch is smaller than the vocabulary", nameof(scratch));
+        if (scratch is null && p.Temperature == 0) scratch = SamplerScratch.Empty;
+        scratch ??= new SamplerScratch(vocabSize);
+        _idx = scratch.Idx;
+        _val = scratch.Val;
         _rng = p.Seed is { } s ? new Random(unchecked((int)(s ^ (s >> 32)))) : new Random();
     }
+
+    public SamplingParams Params => _p;
 
     /// <summary>Chooses the next token. When <paramref name="top"/> is non-empty, fills it with the top
     /// log-probabilities (descending) and returns the chosen token's own log-probability in <paramref name="chosenLogprob"/>.</summary>
@@ -227,4 +234,20 @@ public sealed class Sampler
         (_val[a], _val[b]) = (_val[b], _val[a]);
         (_idx[a], _idx[b]) = (_idx[b], _idx[a]);
     }
+}
+
+/// <summary>Vocabulary-sized work arrays for <see cref="Sampler"/>. Samplers sharing one must be used by one thread
+/// at a time.</summary>
+public sealed class SamplerScratch
+{
+    internal static readonly SamplerScratch Empty = new(0);
+
+    public SamplerScratch(int vocabSize)
+    {
+        Idx = new int[vocabSize];
+        Val = new float[vocabSize];
+    }
+
+    internal int[] Idx { get; }
+    internal float[] Val { get; }
 }

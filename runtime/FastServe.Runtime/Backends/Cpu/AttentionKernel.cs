@@ -28,7 +28,7 @@ internal static unsafe class AttentionKernel<TOps, TVec, TKv>
     where TOps : ISimd<TVec> where TVec : struct where TKv : IWeightKind
 {
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    public static void Run(in AttentionArgs a, int row, int pos, int kvHead, int[] table, float* scores)
+    public static void Run(in AttentionArgs a, int row, int pos, int kvHead, ReadOnlySpan<int> table, float* scores)
     {
         int n = pos + 1, bs = a.BlockSize, dim = a.Dim, G = a.Group, W = TOps.Width, E = TKv.Bytes;
         int blocks = (n + bs - 1) / bs;

@@ -209,7 +209,7 @@ public sealed unsafe class CpuBackend : IBackend
         bool bf16 = spec.DType == KvDType.BF16;
         for (int s = 0; s < batch.SequenceCount; s++)
         {
-            int[] table = batch.BlockTable(s);
+            ReadOnlySpan<int> table = batch.BlockTable(s);
             for (int i = 0; i < batch.RowCount(s); i++)
             {
                 int row = batch.RowStart(s) + i, pos = batch.StartPos(s) + i;
@@ -459,7 +459,7 @@ public sealed unsafe class CpuBackend : IBackend
         public override void Execute(int item, int worker)
         {
             int row = item / KvHeads, kvHead = item % KvHeads;
-            int[] table = Batch!.BlockTable(RowSeq[row]);
+            ReadOnlySpan<int> table = Batch!.BlockTable(RowSeq[row]);
             float* scores = Scratch.Get(worker);
             int pos = RowPos[row];
             switch (Isa)

@@ -83,16 +83,17 @@ public sealed class KvBlockManager
 
     /// <summary>
     /// Takes every leading full block of <paramref name="tokens"/> that is in the prefix cache, in order, adding a
-    /// reference to each and appending its id to <paramref name="table"/>. Returns how many tokens those blocks
-    /// cover (a multiple of BlockSize); <paramref name="lastHash"/> is the chain hash after them (0 if none).
-    /// At most <paramref name="maxTokens"/> tokens are matched (callers pass prompt length − 1 so at least one
-    /// token is always computed and yields logits).
+    /// reference to each and writing its id to <paramref name="table"/> (which must have room for them). Returns
+    /// how many tokens those blocks cover (a multiple of BlockSize; the blocks taken are that / BlockSize);
+    /// <paramref name="lastHash"/> is the chain hash after them (0 if none). At most <paramref name="maxTokens"/>
+    /// tokens are matched (callers pass prompt length − 1 so at least one token is always computed and yields logits).
     /// </summary>
-    public int MatchPrefix(ReadOnlySpan<int> tokens, int maxTokens, List<int> table, out ulong lastHash)
+    public int MatchPrefix(ReadOnlySpan<int> tokens, int maxTokens, Span<int> table, out ulong lastHash)
     {
         lastHash = 0;
-        int matched = 0;
-        while (matched + _blockSize <= Math.Min(tokens.Length, maxTokens))
+        int matched = 0, taken = 0;
+        int limit = Math.Min(Math.Min(tokens.Length, maxTokens), table.Length * _blockSize);
+        while (matched + _blockSize <= limit)
         {
             var blockTokens = tokens.Slice(matched, _blockSize);
             ulong h = ChainHash(lastHash, blockTokens);
@@ -101,7 +102,7 @@ public sealed class KvBlockManager
                 break;
             PrefixHits++;
             Acquire(b);
-            table.Add(b);
+            table[taken++] = b;
             lastHash = h;
             matched += _blockSize;
         }
@@ -167,11 +168,11 @@ public sealed class KvBlockManager
         }
     }
 
-    /// <summary>Releases every block of a sequence's table and clears it.</summary>
-    public void ReleaseAll(List<int> table)
+    /// <summary>Releases every block of a sequence's table, last first (so a sequence's tail blocks, the least
+    /// likely to be shared, are the first evicted among its cached ones).</summary>
+    public void ReleaseAll(ReadOnlySpan<int> table)
     {
-        for (int i = table.Count - 1; i >= 0; i--) Release(table[i]);
-        table.Clear();
+        for (int i = table.Length - 1; i >= 0; i--) Release(table[i]);
     }
 
     public int RefCount(int block) => _refCount[block];

@@ -112,12 +112,18 @@ public sealed class StepBatch
     public long StartTicks { get; set; }
     public long EndTicks { get; set; }
 
+    /// <summary>Set by an asynchronous executor when the step has finished (or failed, with <see cref="Error"/>).</summary>
+    internal ManualResetEventSlim Done { get; } = new(false);
+    internal System.Runtime.ExceptionServices.ExceptionDispatchInfo? Error { get; set; }
+
     /// <summary>Empties the step for reuse.</summary>
     public void Clear()
     {
         Layout.Clear();
         for (int i = 0; i < SampleCount; i++) { SampleSampler[i] = null; SampleTop[i] = null; }
         SampleCount = 0;
+        Error = null;
+        Done.Reset();
     }
 
     /// <summary>Appends a sequence's rows (tokens copied in) and returns its index in the layout.</summary>

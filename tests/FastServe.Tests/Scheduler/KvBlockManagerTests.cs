@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using FastServe.Scheduler;
 using NUnit.Framework;
 
@@ -8,8 +9,9 @@ public class KvBlockManagerTests
     // Allocates and commits blocks for `tokens` after whatever prefix matched, as the engine will.
     private static List<int> Admit(KvBlockManager m, int[] tokens, out int matched)
     {
-        var table = new List<int>();
-        matched = m.MatchPrefix(tokens, tokens.Length - 1, table, out ulong h);
+        var buf = new int[tokens.Length / m.BlockSize + 1];
+        matched = m.MatchPrefix(tokens, tokens.Length - 1, buf, out ulong h);
+        var table = buf.Take(matched / m.BlockSize).ToList();
         int bs = m.BlockSize;
         for (int start = matched; start < tokens.Length; start += bs)
         {
@@ -23,6 +25,12 @@ public class KvBlockManagerTests
             }
         }
         return table;
+    }
+
+    private static void Release(KvBlockManager m, List<int> table)
+    {
+        m.ReleaseAll(CollectionsMarshal.AsSpan(table));
+        table.Clear();
     }
 
     private static void AssertAccounting(KvBlockManager m) =>
@@ -43,9 +51,9 @@ public class KvBlockManagerTests
         Assert.That(m.PrefixHits, Is.EqualTo(2));
         AssertAccounting(m);
 
-        m.ReleaseAll(ta);
+        Release(m, ta);
         Assert.That(m.RefCount(tb[0]), Is.EqualTo(1));
-        m.ReleaseAll(tb);
+        Release(m, tb);
         Assert.That(m.UsedBlocks, Is.Zero);
         Assert.That(m.IdleCachedBlocks, Is.EqualTo(2), "the two shared full blocks stay cached; partial blocks are freed");
         Assert.That(m.FreeBlocks, Is.EqualTo(14));
@@ -57,7 +65,7 @@ public class KvBlockManagerTests
     {
         var m = new KvBlockManager(8, 4);
         int[] p = [1, 2, 3, 4, 5, 6, 7, 8];
-        m.ReleaseAll(Admit(m, p, out _));
+        Release(m, Admit(m, p, out _));
         Admit(m, p, out int matched);
         Assert.That(matched, Is.EqualTo(4), "the last block is recomputed so its last token yields logits");
     }
@@ -68,13 +76,13 @@ public class KvBlockManagerTests
         var m = new KvBlockManager(4, 2);
         var t1 = Admit(m, [1, 2, 0], out _);     // block A=[1,2] cached + partial
         var t2 = Admit(m, [3, 4, 0], out _);     // block B=[3,4] cached + partial
-        m.ReleaseAll(t1);                         // A idle first (older)
-        m.ReleaseAll(t2);                         // then B
+        Release(m, t1);                         // A idle first (older)
+        Release(m, t2);                         // then B
         Assert.That(m.IdleCachedBlocks, Is.EqualTo(2));
         Assert.That(m.FreeBlocks, Is.EqualTo(2));
         // Two fresh blocks come from the free list; the third evicts A (least recently used), not B.
         Assert.That(m.TryAllocate(out _) && m.TryAllocate(out _) && m.TryAllocate(out _), Is.True);
-        var probe = new List<int>();
+        var probe = new int[2];
         Assert.That(m.MatchPrefix([1, 2, 9], 2, probe, out _), Is.Zero, "A was evicted");
         Assert.That(m.MatchPrefix([3, 4, 9], 2, probe, out _), Is.EqualTo(2), "B survived");
         Assert.That(m.TryAllocate(out _), Is.False, "everything is held");
@@ -93,7 +101,7 @@ public class KvBlockManagerTests
             if (live.Count > 0 && (rng.Next(3) == 0 || m.AvailableBlocks < 6))
             {
                 int k = rng.Next(live.Count);
-                m.ReleaseAll(live[k]);
+                Release(m, live[k]);
                 live.RemoveAt(k);
             }
             else
@@ -105,7 +113,7 @@ public class KvBlockManagerTests
             }
             AssertAccounting(m);
         }
-        foreach (var t in live) m.ReleaseAll(t);
+        foreach (var t in live) Release(m, t);
         Assert.That(m.UsedBlocks, Is.Zero);
         Assert.That(m.AvailableBlocks, Is.EqualTo(m.NumBlocks));
         for (int b = 0; b < m.NumBlocks; b++) Assert.That(m.RefCount(b), Is.Zero);

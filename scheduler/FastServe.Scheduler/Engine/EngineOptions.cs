@@ -1,0 +1,50 @@
+using FastServe.Runtime;
+using FastServe.Runtime.Tokenization;
+
+namespace FastServe.Scheduler.Engine;
+
+/// <summary>Knobs of an <see cref="InferenceEngine"/>. Validated by <see cref="Validate"/> (code "engine.invalid_option").</summary>
+public sealed record EngineOptions
+{
+    /// <summary>Token budget of one step: decode rows plus prefill chunk rows (clamped to the executor's capacity).</summary>
+    public int MaxBatchedTokens { get; init; } = 512;
+
+    /// <summary>Most sequences running at once (each decodes one token per step); clamped to the executor's capacity.</summary>
+    public int MaxSeqs { get; init; } = 64;
+
+    /// <summary>Pipeline the loop: prepare step N+1 and post-process step N−1 while step N runs.</summary>
+    public bool Overlap { get; init; } = true;
+
+    /// <summary>Bound on requests waiting for admission; beyond it Submit answers Overloaded.</summary>
+    public int MaxWaitingRequests { get; init; } = 4096;
+
+    /// <summary>Bound on prompt tokens waiting for admission; beyond it Submit answers Overloaded.</summary>
+    public long MaxWaitingTokens { get; init; } = 1 << 20;
+
+    /// <summary>Share full KV blocks between requests with equal prefixes.</summary>
+    public bool PrefixCaching { get; init; } = true;
+
+    /// <summary>Token ids that end generation (unless a request sets IgnoreEos).</summary>
+    public IReadOnlyList<int> EosTokenIds { get; init; } = [];
+
+    /// <summary>Needed for requests with stop strings (the engine detokenizes their output to find them).</summary>
+    public TextTokenizer? Tokenizer { get; init; }
+
+    /// <summary>Steps kept in the step history ring (for percentiles of step timings).</summary>
+    public int StepHistory { get; init; } = 8192;
+
+    /// <summary>Blocks kept free when admitting new prompts while others run, so running decodes are not
+    /// preempted the moment a prompt is admitted; 0 = 1% of the cache.</summary>
+    public int AdmissionReserveBlocks { get; init; }
+
+    public void Validate()
+    {
+        static void Bad(string name, string why) => throw new FastServeException("engine.invalid_option", why, name);
+        if (MaxBatchedTokens < 1 || MaxBatchedTokens > 1 << 20) Bad("max_batched_tokens", "max-batched-tokens must be between 1 and 1048576");
+        if (MaxSeqs < 1 || MaxSeqs > 1 << 16) Bad("max_seqs", "max-seqs must be between 1 and 65536");
+        if (MaxWaitingRequests < 0) Bad("max_waiting_requests", "max waiting requests must be ≥ 0");
+        if (MaxWaitingTokens < 0) Bad("max_waiting_tokens", "max waiting tokens must be ≥ 0");
+        if (StepHistory < 16 || StepHistory > 1 << 24) Bad("step_history", "step history must be between 16 and 16777216");
+        if (AdmissionReserveBlocks < 0) Bad("admission_reserve_blocks", "admission reserve must be ≥ 0");
+    }
+}

@@ -1,0 +1,135 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Runtime.ExceptionServices;
+using FastServe.Runtime;
+using FastServe.Runtime.Backends;
+using FastServe.Runtime.Formats;
+using FastServe.Runtime.Generation;
+using FastServe.Runtime.Model;
+
+namespace FastServe.Scheduler.Execution;
+
+/// <summary>Shape of a <see cref="ModelStepExecutor"/>: step capacity and the paged KV cache.</summary>
+public sealed record ModelExecutorOptions
+{
+    public int MaxTokensPerStep { get; init; } = 512;
+    public int MaxSequencesPerStep { get; init; } = 64;
+    /// <summary>Context length per sequence; 0 = the model's max_position_embeddings, capped at 8192.</summary>
+    public int ContextLength { get; init; }
+    public int BlockSize { get; init; } = 16;
+    /// <summary>KV cache size in blocks; 0 = as many as <see cref="KvMemoryBytes"/> holds.</summary>
+    public int KvBlocks { get; init; }
+    /// <summary>Memory budget for the KV cache when <see cref="KvBlocks"/> is 0.</summary>
+    public long KvMemoryBytes { get; init; } = 1L << 30;
+    public KvDType KvDType { get; init; } = KvDType.F32;
+
+    /// <summary>Errors: engine.invalid_option.</summary>
+    public void Validate()
+    {
+        static void Bad(string name, string why) => throw new FastServeException("engine.invalid_option", why, name);
+        if (MaxTokensPerStep < 1 || MaxTokensPerStep > 65536) Bad("max_batched_tokens", "max-batched-tokens must be between 1 and 65536 on this backend");
+        if (MaxSequencesPerStep < 1 || MaxSequencesPerStep > 4096) Bad("max_seqs", "max-seqs must be between 1 and 4096 on this backend");
+        if (BlockSize < 1 || BlockSize > 1024) Bad("block_size", "block size must be between 1 and 1024");
+        if (KvBlocks < 0) Bad("kv_blocks", "kv blocks must be ≥ 0");
+        if (KvMemoryBytes < 1 << 20) Bad("kv_memory", "the KV memory budget must be at least 1 MiB");
+    }
+}
+
+/// <summary>
+/// Runs engine steps on a real backend (CPU or reference) through <see cref="ModelRunner"/>, then samples each
+/// requested row with the sequence's own <see cref="Sampler"/>. Steps execute on a dedicated device thread in
+/// launch order (the backend's compute pool fans each op out from there), so the scheduler thread is free while a
+/// forward pass runs, as it would be with a GPU stream.
+/// </summary>
+public sealed class ModelStepExecutor : IStepExecutor
+{
+    private readonly ModelRunner _runner;
+    private readonly float[] _logits;
+    private readonly BlockingCollection<StepBatch> _queue = new(new ConcurrentQueue<StepBatch>(), 2);
+    private readonly Thread _device;
+    private readonly int _vocab;
+
+    /// <summary>Owns nothing it is given: dispose the backend and the model after this. Errors: engine.invalid_option,
+    /// args.invalid_context.</summary>
+    public ModelStepExecutor(ModelConfig config, ModelWeights weights, IBackend backend, ModelExecutorOptions? options = null)
+    {
+        options ??= new ModelExecutorOptions();
+        options.Validate();
+        int ctx = options.ContextLength > 0 ? options.ContextLength : Math.Min(config.MaxPositionEmbeddings, 8192);
+        if (ctx < 2 || ctx > config.MaxPositionEmbeddings)
+            throw new FastServeException("args.invalid_context", $"context length must be between 2 and {config.MaxPositionEmbeddings}", "ctx");
+        MaxContextLength = ctx;
+        var probe = new KvCacheSpec(config.NumLayers, config.NumKvHeads, config.HeadDim, options.BlockSize, 1, options.KvDType);
+        long blocks = options.KvBlocks > 0 ? options.KvBlocks : options.KvMemoryBytes / (probe.BytesPerToken * options.BlockSize);
+        if (blocks < 1 || blocks > int.MaxValue / options.BlockSize)
+            throw new FastServeException("engine.invalid_option", $"the KV budget gives {blocks} blocks; need 1 to {int.MaxValue / options.BlockSize}", "kv_memory");
+        KvSpec = probe with { NumBlocks = (int)blocks };
+        MaxTokensPerStep = options.MaxTokensPerStep;
+        MaxSequencesPerStep = Math.Min(options.MaxSequencesPerStep, options.MaxTokensPerStep);
+        _vocab = config.VocabSize;
+        _runner = new ModelRunner(config, weights, backend, KvSpec, MaxTokensPerStep, MaxSequencesPerStep);
+        _logits = new float[(long)MaxSequencesPerStep * _vocab];
+        Name = backend.Name;
+        _device = new Thread(DeviceLoop) { IsBackground = true, Name = "fastserve-device" };
+        _device.Start();
+    }
+
+    public string Name { get; }
+    public int VocabSize => _vocab;
+    public int MaxTokensPerStep { get; }
+    public int MaxSequencesPerStep { get; }
+    public int MaxContextLength { get; }
+    public KvCacheSpec KvSpec { get; }
+    public int MaxInFlight => 2;
+
+    public void Launch(StepBatch step)
+    {
+        step.Done.Reset();
+        step.Error = null;
+        step.LaunchTicks = Stopwatch.GetTimestamp();
+        _queue.Add(step);
+    }
+
+    public void Wait(StepBatch step)
+    {
+        step.Done.Wait();
+        step.Error?.Throw();
+    }
+
+    private void DeviceLoop()
+    {
+        try
+        {
+            foreach (var step in _queue.GetConsumingEnumerable())
+            {
+                step.StartTicks = Stopwatch.GetTimestamp();
+                try { Run(step); }
+                catch (Exception e) { step.Error = ExceptionDispatchInfo.Capture(e); }
+                step.EndTicks = Stopwatch.GetTimestamp();
+                step.Done.Set();
+            }
+        }
+        catch (ObjectDisposedException) { }
+    }
+
+    private void Run(StepBatch step)
+    {
+        int n = step.SampleCount;
+        _runner.Forward(step.Tokens.AsSpan(0, step.TokenCount), step.Layout, step.SampleRow.AsSpan(0, n), _logits);
+        for (int i = 0; i < n; i++)
+        {
+            var sampler = step.SampleSampler[i] ?? throw new InvalidOperationException($"sample {i} of step {step.Id} has no sampler");
+            var row = _logits.AsSpan(i * _vocab, _vocab);
+            step.OutToken[i] = sampler.Sample(row, step.SampleTop[i], out float lp);
+            step.OutLogprob[i] = lp;
+        }
+    }
+
+    public void Dispose()
+    {
+        _queue.CompleteAdding();
+        _device.Join();
+        _queue.Dispose();
+        _runner.Dispose();
+    }
+}

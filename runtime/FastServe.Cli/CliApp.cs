@@ -17,6 +17,7 @@ internal static class CliApp
             QuantizeCommand.Create(),
             InspectCommand.Create(),
             BenchModelCommand.Create(),
+            BatchCommand.Create(),
         };
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

@@ -1,0 +1,91 @@
+using System.CommandLine;
+using FastServe.Runtime;
+using FastServe.Runtime.Backends;
+using FastServe.Runtime.Model;
+using FastServe.Scheduler.Engine;
+using FastServe.Scheduler.Execution;
+
+namespace FastServe.Cli.Commands;
+
+/// <summary>Options of the commands that run the engine (batch, bench-engine), and building the engine from them.</summary>
+internal sealed class EngineCliOptions
+{
+    public readonly ModelOptions Model = new();
+    public readonly Option<int> MaxBatchedTokens = new("--max-batched-tokens") { Description = "Token budget of one step (decode rows plus prefill chunks)", DefaultValueFactory = _ => 512 };
+    public readonly Option<int> MaxSeqs = new("--max-seqs") { Description = "Most sequences running at once", DefaultValueFactory = _ => 64 };
+    public readonly Option<string> Overlap = new("--overlap") { Description = "Overlap scheduling and post-processing with the forward pass: on or off", DefaultValueFactory = _ => "on" };
+    public readonly Option<int> KvMemoryMiB = new("--kv-memory") { Description = "KV cache budget in MiB (cpu/reference backends)", DefaultValueFactory = _ => 1024 };
+    public readonly Option<string> KvDtype = new("--kv-dtype") { Description = "KV cache storage: f32 or bf16 (never quantized)", DefaultValueFactory = _ => "f32" };
+    public readonly Option<int> Ctx = new("--ctx") { Description = "Context length per sequence in tokens (0 = model maximum, capped at 8192)" };
+    public readonly Option<int> BlockSize = new("--block-size") { Description = "Tokens per KV block", DefaultValueFactory = _ => 16 };
+    public readonly Option<bool> NoPrefixCache = new("--no-prefix-cache") { Description = "Do not share KV blocks between requests with equal prefixes" };
+    public readonly Option<int> MaxWaiting = new("--max-waiting") { Description = "Requests allowed to wait for admission before new ones are rejected as overloaded", DefaultValueFactory = _ => 4096 };
+
+    public void AddTo(Command c)
+    {
+        Model.AddTo(c);
+        foreach (Option o in new Option[] { MaxBatchedTokens, MaxSeqs, Overlap, KvMemoryMiB, KvDtype, Ctx, BlockSize, NoPrefixCache, MaxWaiting }) c.Add(o);
+    }
+
+    public bool Json(ParseResult r) => r.GetValue(Model.Json);
+
+    /// <summary>Loads the model (or the simulated device) and starts an engine over it.</summary>
+    public EngineSession Open(ParseResult r)
+    {
+        string overlap = r.GetValue(Overlap)!;
+        if (overlap is not ("on" or "off")) throw new FastServeException("args.invalid_overlap", $"--overlap accepts on or off, not '{overlap}'", "--overlap");
+        int kvMiB = r.GetValue(KvMemoryMiB);
+        if (kvMiB < 1 || kvMiB > 1 << 20) throw new FastServeException("args.invalid_kv_memory", "--kv-memory must be between 1 and 1048576 MiB", "--kv-memory");
+        var session = new EngineSession();
+        try
+        {
+            session.Model = Model.Load(r);
+            session.Backend = Model.CreateBackend(r);
+            session.Executor = new ModelStepExecutor(session.Model.Config, session.Model.Weights, session.Backend, new ModelExecutorOptions
+            {
+                MaxTokensPerStep = r.GetValue(MaxBatchedTokens),
+                MaxSequencesPerStep = r.GetValue(MaxSeqs),
+                ContextLength = r.GetValue(Ctx),
+                BlockSize = r.GetValue(BlockSize),
+                KvMemoryBytes = (long)kvMiB << 20,
+                KvDType = GenerateCommand.ParseKvDType(r.GetValue(KvDtype)!),
+            });
+            session.Engine = new InferenceEngine(session.Executor, EngineOptions(r, session.Model));
+            session.Engine.Start();
+            return session;
+        }
+        catch
+        {
+            session.Dispose();
+            throw;
+        }
+    }
+
+    public EngineOptions EngineOptions(ParseResult r, LoadedModel? model) => new()
+    {
+        MaxBatchedTokens = r.GetValue(MaxBatchedTokens),
+        MaxSeqs = r.GetValue(MaxSeqs),
+        Overlap = r.GetValue(Overlap) == "on",
+        PrefixCaching = !r.GetValue(NoPrefixCache),
+        MaxWaitingRequests = r.GetValue(MaxWaiting),
+        EosTokenIds = model?.Tokenizer.EosIds ?? [],
+        Tokenizer = model?.Tokenizer,
+    };
+}
+
+/// <summary>What an engine command holds open: the model, backend, executor and engine, disposed in reverse order.</summary>
+internal sealed class EngineSession : IDisposable
+{
+    public LoadedModel? Model;
+    public IBackend? Backend;
+    public IStepExecutor? Executor;
+    public InferenceEngine? Engine;
+
+    public void Dispose()
+    {
+        Engine?.Dispose();
+        Executor?.Dispose();
+        Backend?.Dispose();
+        Model?.Dispose();
+    }
+}

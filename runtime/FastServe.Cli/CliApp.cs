@@ -18,6 +18,7 @@ internal static class CliApp
             InspectCommand.Create(),
             BenchModelCommand.Create(),
             BatchCommand.Create(),
+            BenchEngineCommand.Create(),
         };
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

@@ -3,7 +3,9 @@ using FastServe.Runtime;
 using FastServe.Runtime.Backends;
 using FastServe.Runtime.Model;
 using FastServe.Scheduler.Engine;
+using FastServe.Runtime.Formats;
 using FastServe.Scheduler.Execution;
+using FastServe.Scheduler.Sim;
 
 namespace FastServe.Cli.Commands;
 
@@ -20,11 +22,13 @@ internal sealed class EngineCliOptions
     public readonly Option<int> BlockSize = new("--block-size") { Description = "Tokens per KV block", DefaultValueFactory = _ => 16 };
     public readonly Option<bool> NoPrefixCache = new("--no-prefix-cache") { Description = "Do not share KV blocks between requests with equal prefixes" };
     public readonly Option<int> MaxWaiting = new("--max-waiting") { Description = "Requests allowed to wait for admission before new ones are rejected as overloaded", DefaultValueFactory = _ => 4096 };
+    public readonly Option<string> SimWeights = new("--sim-weights") { Description = "--backend sim: weight format the simulated GPU runs, fp8 or bf16", DefaultValueFactory = _ => "fp8" };
+    public readonly Option<double> SimTimeScale = new("--sim-time-scale") { Description = "--backend sim: multiply modelled step times (1 = real time)", DefaultValueFactory = _ => 1.0 };
 
     public void AddTo(Command c)
     {
         Model.AddTo(c);
-        foreach (Option o in new Option[] { MaxBatchedTokens, MaxSeqs, Overlap, KvMemoryMiB, KvDtype, Ctx, BlockSize, NoPrefixCache, MaxWaiting }) c.Add(o);
+        foreach (Option o in new Option[] { MaxBatchedTokens, MaxSeqs, Overlap, KvMemoryMiB, KvDtype, Ctx, BlockSize, NoPrefixCache, MaxWaiting, SimWeights, SimTimeScale }) c.Add(o);
     }
 
     public bool Json(ParseResult r) => r.GetValue(Model.Json);
@@ -39,6 +43,13 @@ internal sealed class EngineCliOptions
         var session = new EngineSession();
         try
         {
+            if (r.GetValue(Model.Backend) == "sim")
+            {
+                session.Executor = OpenSim(r);
+                session.Engine = new InferenceEngine(session.Executor, EngineOptions(r, null));
+                session.Engine.Start();
+                return session;
+            }
             session.Model = Model.Load(r);
             session.Backend = Model.CreateBackend(r);
             session.Executor = new ModelStepExecutor(session.Model.Config, session.Model.Weights, session.Backend, new ModelExecutorOptions
@@ -59,6 +70,23 @@ internal sealed class EngineCliOptions
             session.Dispose();
             throw;
         }
+    }
+
+    // The simulated H100: the model's shape (from --model's config.json, or Llama-3.2-1B's) and no weights.
+    private SimStepExecutor OpenSim(ParseResult r)
+    {
+        string w = r.GetValue(SimWeights)!;
+        if (w is not ("fp8" or "bf16")) throw new FastServeException("args.invalid_sim_weights", $"--sim-weights accepts fp8 or bf16, not '{w}'", "--sim-weights");
+        string? dir = r.GetValue(Model.Model);
+        var config = dir is null ? ModelMaker.ConfigFor(ModelPreset.OneB) : ModelConfig.Load(Path.Combine(dir, "config.json"));
+        int ctx = r.GetValue(Ctx);
+        return new SimStepExecutor(SimModelShape.From(config, w == "fp8", ctx > 0 ? ctx : 8192), SimDeviceProfile.H100Sxm, new SimOptions
+        {
+            BlockSize = r.GetValue(BlockSize),
+            MaxTokensPerStep = r.GetValue(MaxBatchedTokens),
+            MaxSequencesPerStep = r.GetValue(MaxSeqs),
+            TimeScale = r.GetValue(SimTimeScale),
+        });
     }
 
     public EngineOptions EngineOptions(ParseResult r, LoadedModel? model) => new()

@@ -362,9 +362,9 @@ public sealed class InferenceEngine : IDisposable
         catch (Exception e)
         {
             // A device fault or a scheduler bug: end every request with Failed and refuse new ones, rather than hang.
-            _failure = $"{e.GetType().Name}: {e.Message}";
-            if (Environment.GetEnvironmentVariable("FASTSERVE_DEBUG") == "1") Console.Error.WriteLine(e);
-            FailAll(RequestStatus.Failed, "engine.failed", _failure);
+            _failure = Environment.GetEnvironmentVariable("FASTSERVE_DEBUG") == "1" ? e.ToString() : $"{e.GetType().Name}: {e.Message}";
+            try { FailAll(RequestStatus.Failed, "engine.failed", _failure); }
+            catch (Exception again) { Console.Error.WriteLine($"fastserve: the engine failed ({_failure}) and could not end every request: {again}"); }
         }
     }
 
@@ -418,9 +418,14 @@ public sealed class InferenceEngine : IDisposable
 
     private void TakeCancels()
     {
-        while (_cancels.TryDequeue(out var c))
-            if (c.Seq.Uid == c.Uid && c.Seq.State != SeqState.Done)
-                Finish(c.Seq, RequestStatus.Cancelled, null, "request.cancelled", "cancelled by the caller");
+        int n = _cancels.Count;
+        for (int i = 0; i < n && _cancels.TryDequeue(out var c); i++)
+        {
+            if (c.Seq.Uid != c.Uid) continue;
+            // Cancelled between its submission and this iteration's intake: it is taken in next time, then ended.
+            if (c.Seq.State == SeqState.Submitted) _cancels.Enqueue(c);
+            else if (c.Seq.State != SeqState.Done) Finish(c.Seq, RequestStatus.Cancelled, null, "request.cancelled", "cancelled by the caller");
+        }
     }
 
     private void ExpireDeadlines(long now)

@@ -6,7 +6,8 @@ using Microsoft.Extensions.ObjectPool;
 
 namespace FastServe.Scheduler.Engine;
 
-internal enum SeqState : byte { Waiting, Running, Done }
+// Submitted: handed to the scheduler's channel but not yet taken in; Done: ended (or in the pool).
+internal enum SeqState : byte { Submitted, Waiting, Running, Done }
 
 /// <summary>
 /// The engine's state for one request. Pooled: every field is reset on return, and <see cref="Uid"/> changes on
@@ -62,6 +63,7 @@ internal sealed class Sequence
     public void Init(int capacityTokens, int capacityBlocks)
     {
         Uid = Interlocked.Increment(ref s_nextUid);
+        State = SeqState.Submitted;
         Tokens = ArrayPool<int>.Shared.Rent(capacityTokens);
         Blocks = ArrayPool<int>.Shared.Rent(capacityBlocks);
     }
@@ -76,7 +78,7 @@ internal sealed class Sequence
         ArrivalOrder = 0;
         Priority = Priority.Interactive;
         DeadlineTicks = long.MaxValue;
-        State = SeqState.Waiting;
+        State = SeqState.Done;
         PromptLength = Length = Generated = BlockCount = Computed = CommittedBlocks = 0;
         ChainHash = 0;
         Pending = 0;

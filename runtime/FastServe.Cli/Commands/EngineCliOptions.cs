@@ -80,8 +80,9 @@ internal sealed class EngineCliOptions
         string? dir = r.GetValue(Model.Model);
         var config = dir is null ? ModelMaker.ConfigFor(ModelPreset.OneB) : ModelConfig.Load(Path.Combine(dir, "config.json"));
         int ctx = r.GetValue(Ctx);
-        return new SimStepExecutor(SimModelShape.From(config, w == "fp8", ctx > 0 ? ctx : 8192), SimDeviceProfile.H100Sxm, new SimOptions
+        return new SimStepExecutor(SimModelShape.FromConfig(config, w == "fp8" ? DType.F8E4M3 : DType.BF16), SimDeviceProfile.H100Sxm, new SimOptions
         {
+            MaxContextLength = ctx,
             BlockSize = r.GetValue(BlockSize),
             MaxTokensPerStep = r.GetValue(MaxBatchedTokens),
             MaxSequencesPerStep = r.GetValue(MaxSeqs),

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using FastServe.Runtime;
 using FastServe.Runtime.Generation;
 using FastServe.Runtime.Model;
 using FastServe.Scheduler.Engine;
@@ -13,7 +14,7 @@ namespace FastServe.Tests.Engine;
 public class EngineLifecycleTests
 {
     private static SimStepExecutor Sim(double timeScale, int kvBlocks = 0, int maxSeqs = 256) =>
-        new(SimModelShape.From(ModelMaker.ConfigFor(ModelPreset.OneB), fp8: true), SimDeviceProfile.H100Sxm,
+        new(SimModelShape.FromConfig(ModelMaker.ConfigFor(ModelPreset.OneB), DType.F8E4M3), SimDeviceProfile.H100Sxm,
             new SimOptions { TimeScale = timeScale, KvBlocks = kvBlocks, MaxSequencesPerStep = maxSeqs, Seed = 3 });
 
     private static int[] Prompt(Random r, int n, int[]? prefix = null)
@@ -126,7 +127,7 @@ public class EngineLifecycleTests
         Assert.That(a.Status, Is.EqualTo(RequestStatus.DeadlineExceeded));
         Assert.That(a.ErrorCode, Is.EqualTo("request.deadline_exceeded"));
         double at = a.Timestamps.EndToEnd;
-        double step = sim.StepSeconds(2, 2, 2, 1000) * 10;
+        double step = sim.TimeSeconds(2, 2, 2, 1000, 1000) * 10;
         Assert.That(at, Is.GreaterThanOrEqualTo(0.300), "not before the deadline");
         Assert.That(at, Is.LessThan(0.300 + 2 * step + 0.1), "within about a step of it");
         Assert.That(a.OutputTokens.Length, Is.InRange(1, 999), "the tokens produced so far were streamed");

@@ -550,7 +550,8 @@ public sealed class InferenceEngine : IDisposable
         }
 
         int start = s.Computed;
-        // With a token in flight the last row's input is that token: a placeholder, patched in just before launch.
+        // With a token in flight the last row's input is that token, not known yet: 0 stands in for it until the
+        // finished step's output is copied in just before launch (StepPlan.PatchFrom).
         if (s.Pending > 0) s.Tokens[s.Length] = 0;
         int seqIndex = plan.Batch.AddSequence(start, s.Tokens.AsSpan(start, rows), s.Blocks.AsSpan(0, s.BlockCount));
         int rowStart = plan.Batch.Layout.RowStart(seqIndex);

@@ -208,7 +208,7 @@ internal static class BatchCommand
             else
             {
                 w.WriteString("status", StatusNames.Of(res.Status));
-                if (res.Finish is { } f) w.WriteString("finish_reason", StatusNames.Of(f));
+                if (res.Finish is { } f) w.WriteString("finish_reason", f.WireName());
                 if (res.ErrorCode is not null) WriteError(w, res.ErrorCode, res.Message ?? "");
                 if (res.RetryAfter is { } ra) w.WriteNumber("retry_after_ms", Math.Round(ra.TotalMilliseconds));
                 w.WriteString("text", Text(tokenizer, res.OutputTokens, p.Sampling!, res.Finish));

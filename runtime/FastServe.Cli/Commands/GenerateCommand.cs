@@ -74,7 +74,7 @@ internal static class GenerateCommand
                     foreach (int t in result.TokenIds) w.WriteNumberValue(t);
                     w.WriteEndArray();
                     w.WriteString("text", result.Text);
-                    w.WriteString("finish_reason", FinishName(result.Finish));
+                    w.WriteString("finish_reason", result.Finish.WireName());
                     w.WriteNumber("load_seconds", model.LoadTime.TotalSeconds);
                     w.WriteNumber("prefill_seconds", result.PrefillTime.TotalSeconds);
                     w.WriteNumber("prefill_tokens_per_second", result.PrefillTokensPerSecond);
@@ -116,7 +116,7 @@ internal static class GenerateCommand
                     Console.Error.WriteLine($"{t.Id,7} {Escape(model.Tokenizer.Decode([t.Id])),-16} {t.Logprob,8:F3}   {tops}");
                 }
             }
-            Output.Info(false, $"[grey]{result.PromptIds.Length} prompt tokens, {result.TokenIds.Length} generated ({FinishName(result.Finish)}) | " +
+            Output.Info(false, $"[grey]{result.PromptIds.Length} prompt tokens, {result.TokenIds.Length} generated ({result.Finish.WireName()}) | " +
                 $"load {model.LoadTime.TotalSeconds:F2} s | prefill {result.PrefillTokensPerSecond:F1} tok/s | decode {result.DecodeTokensPerSecond:F1} tok/s | " +
                 $"{backend.Name}[/]");
             return 0;
@@ -141,14 +141,6 @@ internal static class GenerateCommand
         return ids;
     }
 
-    internal static string FinishName(FinishReason f) => f switch
-    {
-        FinishReason.Eos => "eos",
-        FinishReason.Length => "length",
-        FinishReason.Stop => "stop",
-        FinishReason.ContextFull => "context_full",
-        _ => "cancelled",
-    };
 
     private static string Escape(string s) => s.Replace("\n", "\\n").Replace("\r", "\\r").Replace("\t", "\\t");
 }

@@ -7,6 +7,19 @@ namespace FastServe.Runtime.Generation;
 /// <summary>Why generation ended.</summary>
 public enum FinishReason { Eos, Length, Stop, ContextFull, Cancelled }
 
+/// <summary>Stable wire names of <see cref="FinishReason"/> (JSON output, batch results, the protocol).</summary>
+public static class FinishReasonNames
+{
+    public static string WireName(this FinishReason r) => r switch
+    {
+        FinishReason.Eos => "eos",
+        FinishReason.Length => "length",
+        FinishReason.Stop => "stop",
+        FinishReason.ContextFull => "context_full",
+        _ => "cancelled",
+    };
+}
+
 /// <summary>One streamed token: its id, the text it completed (may be empty), and log-probabilities when asked.
 /// The last event of a generation may carry Id -1: text held back (an incomplete UTF-8 sequence or a possible stop
 /// string prefix) released when generation ends, belonging to no new token.</summary>

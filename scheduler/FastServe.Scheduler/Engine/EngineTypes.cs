@@ -26,7 +26,7 @@ public enum RequestStatus : byte
     Failed,
 }
 
-/// <summary>Stable wire names of <see cref="RequestStatus"/> and <see cref="FinishReason"/>.</summary>
+/// <summary>Stable wire names of <see cref="RequestStatus"/> (finish reasons: <see cref="FinishReasonNames"/>).</summary>
 public static class StatusNames
 {
     public static string Of(RequestStatus s) => s switch
@@ -37,15 +37,6 @@ public static class StatusNames
         RequestStatus.Overloaded => "overloaded",
         RequestStatus.Invalid => "invalid",
         _ => "failed",
-    };
-
-    public static string Of(FinishReason r) => r switch
-    {
-        FinishReason.Eos => "eos",
-        FinishReason.Length => "length",
-        FinishReason.Stop => "stop",
-        FinishReason.ContextFull => "context_full",
-        _ => "cancelled",
     };
 }
 

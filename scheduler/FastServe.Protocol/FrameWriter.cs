@@ -1,0 +1,229 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using System.Text;
+
+namespace FastServe.Protocol;
+
+/// <summary>Sampling and scheduling fields of a REQUEST (the prompt and stops are passed beside it).</summary>
+public struct RequestParams
+{
+    public int MaxTokens;
+    public float Temperature;
+    public float TopP;
+    public int TopK;
+    public ulong? Seed;
+    public uint DeadlineMs;
+    public byte Priority;
+    public bool IgnoreEos;
+    public bool NoText;
+
+    public static RequestParams Default => new() { MaxTokens = 64, TopP = 1f };
+}
+
+/// <summary>
+/// Writes whole frames into an <see cref="IBufferWriter{T}"/> (a pooled send buffer). Each method writes one frame
+/// and never allocates beyond what the buffer writer does. Strings longer than a str16 allows are cut at a
+/// UTF-8 boundary.
+/// </summary>
+public static class FrameWriter
+{
+    private static Span<byte> Begin(IBufferWriter<byte> w, FrameType type, byte flags, ulong id, int payload)
+    {
+        var span = w.GetSpan(Wire.HeaderSize + payload);
+        BinaryPrimitives.WriteUInt32LittleEndian(span, (uint)payload);
+        span[4] = (byte)type;
+        span[5] = flags;
+        BinaryPrimitives.WriteUInt16LittleEndian(span[6..], 0);
+        BinaryPrimitives.WriteUInt64LittleEndian(span[8..], id);
+        return span.Slice(Wire.HeaderSize, payload);
+    }
+
+    private static int Str16Size(ReadOnlySpan<byte> s) => 2 + Math.Min(s.Length, ushort.MaxValue);
+
+    private static int PutStr16(Span<byte> dst, ReadOnlySpan<byte> s)
+    {
+        if (s.Length > ushort.MaxValue) s = s[..Utf8Text.CompletePrefix(s[..ushort.MaxValue])];
+        BinaryPrimitives.WriteUInt16LittleEndian(dst, (ushort)s.Length);
+        s.CopyTo(dst[2..]);
+        return 2 + s.Length;
+    }
+
+    private static byte[]? Utf8(string? s, out ReadOnlySpan<byte> bytes)
+    {
+        if (string.IsNullOrEmpty(s)) { bytes = default; return null; }
+        var b = Encoding.UTF8.GetBytes(s);
+        bytes = b;
+        return b;
+    }
+
+    public static void Hello(IBufferWriter<byte> w, ReadOnlySpan<byte> clientName, ushort major = Wire.Major, ushort minor = Wire.Minor)
+    {
+        int n = 8 + Str16Size(clientName);
+        var p = Begin(w, FrameType.Hello, 0, 0, n);
+        BinaryPrimitives.WriteUInt32LittleEndian(p, Wire.Magic);
+        BinaryPrimitives.WriteUInt16LittleEndian(p[4..], major);
+        BinaryPrimitives.WriteUInt16LittleEndian(p[6..], minor);
+        PutStr16(p[8..], clientName);
+        w.Advance(Wire.HeaderSize + n);
+    }
+
+    public static void HelloOk(IBufferWriter<byte> w, in HelloOk h)
+    {
+        Utf8(h.ServerName, out var name);
+        int n = Wire.HelloOkFixedSize + Str16Size(name);
+        var p = Begin(w, FrameType.HelloOk, 0, 0, n);
+        BinaryPrimitives.WriteUInt16LittleEndian(p, h.Major);
+        BinaryPrimitives.WriteUInt16LittleEndian(p[2..], h.Minor);
+        BinaryPrimitives.WriteUInt32LittleEndian(p[4..], (uint)h.MaxFrame);
+        BinaryPrimitives.WriteUInt32LittleEndian(p[8..], (uint)h.MaxPromptTokens);
+        BinaryPrimitives.WriteUInt32LittleEndian(p[12..], (uint)h.MaxInFlight);
+        BinaryPrimitives.WriteUInt32LittleEndian(p[16..], (uint)h.IdleTimeoutMs);
+        BinaryPrimitives.WriteUInt32LittleEndian(p[20..], (uint)h.ContextLength);
+        PutStr16(p[24..], name);
+        w.Advance(Wire.HeaderSize + n);
+    }
+
+    /// <summary>A REQUEST with a UTF-8 text prompt (<paramref name="promptIds"/> empty) or a token-id prompt.</summary>
+    public static void Request(IBufferWriter<byte> w, ulong id, in RequestParams r, ReadOnlySpan<byte> promptText, ReadOnlySpan<int> promptIds,
+        IReadOnlyList<string>? stops = null)
+    {
+        bool ids = promptText.IsEmpty && !promptIds.IsEmpty;
+        int promptBytes = ids ? promptIds.Length * 4 : promptText.Length;
+        int stopCount = stops?.Count ?? 0;
+        int stopBytes = 0;
+        for (int i = 0; i < stopCount; i++) stopBytes += 2 + Math.Min(Encoding.UTF8.GetByteCount(stops![i]), ushort.MaxValue);
+        int n = Wire.RequestFixedSize + promptBytes + stopBytes;
+        var p = Begin(w, FrameType.Request, 0, id, n);
+        BinaryPrimitives.WriteUInt32LittleEndian(p, (uint)r.MaxTokens);
+        BinaryPrimitives.WriteSingleLittleEndian(p[4..], r.Temperature);
+        BinaryPrimitives.WriteSingleLittleEndian(p[8..], r.TopP);
+        BinaryPrimitives.WriteInt32LittleEndian(p[12..], r.TopK);
+        BinaryPrimitives.WriteUInt64LittleEndian(p[16..], r.Seed ?? 0);
+        BinaryPrimitives.WriteUInt32LittleEndian(p[24..], r.DeadlineMs);
+        p[28] = r.Priority;
+        var flags = RequestFlags.None;
+        if (ids) flags |= RequestFlags.PromptIds;
+        if (r.Seed.HasValue) flags |= RequestFlags.HasSeed;
+        if (r.IgnoreEos) flags |= RequestFlags.IgnoreEos;
+        if (r.NoText) flags |= RequestFlags.NoText;
+        p[29] = (byte)flags;
+        BinaryPrimitives.WriteUInt16LittleEndian(p[30..], (ushort)Math.Min(stopCount, ushort.MaxValue));
+        BinaryPrimitives.WriteUInt32LittleEndian(p[32..], (uint)(ids ? promptIds.Length : promptText.Length));
+        BinaryPrimitives.WriteUInt32LittleEndian(p[36..], 0);
+        int o = Wire.RequestFixedSize;
+        if (ids)
+        {
+            if (BitConverter.IsLittleEndian) MemoryMarshal.AsBytes(promptIds).CopyTo(p[o..]);
+            else for (int i = 0; i < promptIds.Length; i++) BinaryPrimitives.WriteInt32LittleEndian(p[(o + 4 * i)..], promptIds[i]);
+        }
+        else promptText.CopyTo(p[o..]);
+        o += promptBytes;
+        for (int i = 0; i < stopCount; i++) o += PutStr16(p[o..], Encoding.UTF8.GetBytes(stops![i]));
+        w.Advance(Wire.HeaderSize + n);
+    }
+
+    public static void Empty(IBufferWriter<byte> w, FrameType type, ulong id, byte flags = 0)
+    {
+        Begin(w, type, flags, id, 0);
+        w.Advance(Wire.HeaderSize);
+    }
+
+    public static void Cancel(IBufferWriter<byte> w, ulong id) => Empty(w, FrameType.Cancel, id);
+
+    /// <summary>PING or PONG with an opaque payload (at most <see cref="Wire.MaxPingBytes"/>).</summary>
+    public static void Ping(IBufferWriter<byte> w, ReadOnlySpan<byte> payload, bool pong = false)
+    {
+        var p = Begin(w, pong ? FrameType.Pong : FrameType.Ping, 0, 0, payload.Length);
+        payload.CopyTo(p);
+        w.Advance(Wire.HeaderSize + payload.Length);
+    }
+
+    public static void LoadQuery(IBufferWriter<byte> w, uint intervalMs, bool unsubscribe = false)
+    {
+        var p = Begin(w, FrameType.LoadQuery, unsubscribe ? (byte)1 : (byte)0, 0, 4);
+        BinaryPrimitives.WriteUInt32LittleEndian(p, intervalMs);
+        w.Advance(Wire.HeaderSize + 4);
+    }
+
+    public static void Drain(IBufferWriter<byte> w, ReadOnlySpan<byte> token)
+    {
+        int n = Str16Size(token);
+        PutStr16(Begin(w, FrameType.Drain, 0, 0, n), token);
+        w.Advance(Wire.HeaderSize + n);
+    }
+
+    public static void DrainOk(IBufferWriter<byte> w, uint graceMs)
+    {
+        BinaryPrimitives.WriteUInt32LittleEndian(Begin(w, FrameType.DrainOk, 0, 0, 4), graceMs);
+        w.Advance(Wire.HeaderSize + 4);
+    }
+
+    /// <summary>A DELTA of token ids and the UTF-8 text they completed (either may be empty).</summary>
+    public static void Delta(IBufferWriter<byte> w, ulong id, ReadOnlySpan<int> ids, ReadOnlySpan<byte> text)
+    {
+        int n = 8 + ids.Length * 4 + text.Length;
+        var p = Begin(w, FrameType.Delta, 0, id, n);
+        BinaryPrimitives.WriteUInt32LittleEndian(p, (uint)ids.Length);
+        BinaryPrimitives.WriteUInt32LittleEndian(p[4..], (uint)text.Length);
+        if (BitConverter.IsLittleEndian) MemoryMarshal.AsBytes(ids).CopyTo(p[8..]);
+        else for (int i = 0; i < ids.Length; i++) BinaryPrimitives.WriteInt32LittleEndian(p[(8 + 4 * i)..], ids[i]);
+        text.CopyTo(p[(8 + ids.Length * 4)..]);
+        w.Advance(Wire.HeaderSize + n);
+    }
+
+    public static void Final(IBufferWriter<byte> w, ulong id, in FinalInfo f, ReadOnlySpan<byte> detail, ReadOnlySpan<byte> message)
+    {
+        int n = Wire.FinalFixedSize + Str16Size(detail) + Str16Size(message);
+        var p = Begin(w, FrameType.Final, 0, id, n);
+        BinaryPrimitives.WriteUInt16LittleEndian(p, (ushort)f.Status);
+        p[2] = (byte)f.Finish;
+        p[3] = f.Retriable ? (byte)1 : (byte)0;
+        BinaryPrimitives.WriteUInt32LittleEndian(p[4..], f.RetryAfterMs);
+        BinaryPrimitives.WriteUInt32LittleEndian(p[8..], f.PromptTokens);
+        BinaryPrimitives.WriteUInt32LittleEndian(p[12..], f.CachedPromptTokens);
+        BinaryPrimitives.WriteUInt32LittleEndian(p[16..], f.CompletionTokens);
+        BinaryPrimitives.WriteUInt32LittleEndian(p[20..], f.Preemptions);
+        for (int i = 0; i < Wire.TimingSlots; i++) BinaryPrimitives.WriteUInt32LittleEndian(p[(24 + 4 * i)..], f.Timings[i]);
+        int o = Wire.FinalFixedSize;
+        o += PutStr16(p[o..], detail);
+        PutStr16(p[o..], message);
+        w.Advance(Wire.HeaderSize + n);
+    }
+
+    /// <summary>FINAL with string detail and message (encodes them; for cold paths such as rejections).</summary>
+    public static void Final(IBufferWriter<byte> w, ulong id, in FinalInfo f, string? detail, string? message)
+    {
+        Utf8(detail, out var d);
+        Utf8(message, out var m);
+        Final(w, id, f, d, m);
+    }
+
+    public static void LoadReport(IBufferWriter<byte> w, in LoadReport r)
+    {
+        var p = Begin(w, FrameType.LoadReport, 0, 0, Wire.LoadReportSize);
+        p[0] = (byte)r.State;
+        p[1] = 0;
+        BinaryPrimitives.WriteUInt16LittleEndian(p[2..], (ushort)Math.Clamp(r.Workers, 0, ushort.MaxValue));
+        BinaryPrimitives.WriteUInt32LittleEndian(p[4..], (uint)Math.Max(0, r.Running));
+        BinaryPrimitives.WriteUInt32LittleEndian(p[8..], (uint)Math.Max(0, r.Queued));
+        BinaryPrimitives.WriteUInt32LittleEndian(p[12..], (uint)Math.Max(0, r.InFlight));
+        BinaryPrimitives.WriteSingleLittleEndian(p[16..], r.KvFreeFraction);
+        BinaryPrimitives.WriteUInt32LittleEndian(p[20..], (uint)Math.Max(0, r.EstimatedWaitMs));
+        BinaryPrimitives.WriteUInt32LittleEndian(p[24..], (uint)Math.Max(0, r.MaxRunning));
+        BinaryPrimitives.WriteUInt32LittleEndian(p[28..], (uint)Math.Max(0, r.AgeMs));
+        w.Advance(Wire.HeaderSize + Wire.LoadReportSize);
+    }
+
+    public static void Error(IBufferWriter<byte> w, WireStatus status, bool fatal, uint retryAfterMs, string message)
+    {
+        Utf8(message, out var m);
+        int n = 8 + Str16Size(m);
+        var p = Begin(w, FrameType.Error, fatal ? (byte)1 : (byte)0, 0, n);
+        BinaryPrimitives.WriteUInt16LittleEndian(p, (ushort)status);
+        BinaryPrimitives.WriteUInt16LittleEndian(p[2..], 0);
+        BinaryPrimitives.WriteUInt32LittleEndian(p[4..], retryAfterMs);
+        PutStr16(p[8..], m);
+        w.Advance(Wire.HeaderSize + n);
+    }
+}

@@ -1,0 +1,241 @@
+using System.Buffers.Binary;
+using System.Runtime.InteropServices;
+using System.Text;
+using System.Text.Unicode;
+
+namespace FastServe.Protocol;
+
+/// <summary>A parsed HELLO (client name is a slice of the payload).</summary>
+public readonly ref struct HelloView
+{
+    public readonly uint Magic;
+    public readonly ushort Major, Minor;
+    public readonly ReadOnlySpan<byte> ClientName;
+
+    public HelloView(uint magic, ushort major, ushort minor, ReadOnlySpan<byte> name) { Magic = magic; Major = major; Minor = minor; ClientName = name; }
+
+    public static bool TryParse(ReadOnlySpan<byte> payload, out HelloView v)
+    {
+        var r = new PayloadReader(payload);
+        v = default;
+        if (!r.TryU32(out uint magic) || !r.TryU16(out ushort major) || !r.TryU16(out ushort minor)) return false;
+        if (!r.TryStr16(out var name)) name = default; // the name is optional
+        v = new HelloView(magic, major, minor, name);
+        return true;
+    }
+}
+
+/// <summary>The server's answer to HELLO: its version and limits.</summary>
+public readonly record struct HelloOk(ushort Major, ushort Minor, int MaxFrame, int MaxPromptTokens, int MaxInFlight, int IdleTimeoutMs, int ContextLength, string ServerName)
+{
+    public static bool TryParse(ReadOnlySpan<byte> payload, out HelloOk v)
+    {
+        var r = new PayloadReader(payload);
+        v = default;
+        if (!r.TryU16(out ushort major) || !r.TryU16(out ushort minor) || !r.TryU32(out uint maxFrame) || !r.TryU32(out uint maxPrompt)
+            || !r.TryU32(out uint maxInFlight) || !r.TryU32(out uint idle) || !r.TryU32(out uint ctx) || !r.TryStr16(out var name)) return false;
+        v = new HelloOk(major, minor, (int)Math.Min(maxFrame, int.MaxValue), (int)Math.Min(maxPrompt, int.MaxValue), (int)Math.Min(maxInFlight, int.MaxValue),
+            (int)Math.Min(idle, int.MaxValue), (int)Math.Min(ctx, int.MaxValue), Encoding.UTF8.GetString(name));
+        return true;
+    }
+}
+
+/// <summary>Why a REQUEST payload was refused by <see cref="RequestView.TryParse"/>: a stable detail code.</summary>
+public enum RequestParseError : byte
+{
+    None,
+    Truncated,
+    TooManyStops,
+    BadStop,
+    PromptLength,
+    TrailingBytes,
+}
+
+/// <summary>
+/// A parsed REQUEST: fixed fields plus slices of the payload for the prompt and the stop strings. Zero-copy: valid
+/// only while the receive buffer holds the frame. Value ranges (temperature, max_tokens, ...) are checked by the
+/// server, not here; this only checks that the layout is self-consistent.
+/// </summary>
+public readonly ref struct RequestView
+{
+    public readonly uint MaxTokens;
+    public readonly float Temperature, TopP;
+    public readonly int TopK;
+    public readonly ulong Seed;
+    public readonly uint DeadlineMs;
+    public readonly byte Priority;
+    public readonly RequestFlags Flags;
+    public readonly int StopCount;
+    /// <summary>UTF-8 bytes, or 4 × prompt_len bytes of little-endian u32 ids when <see cref="RequestFlags.PromptIds"/>.</summary>
+    public readonly ReadOnlySpan<byte> Prompt;
+    /// <summary>The stop strings, each str16, <see cref="StopCount"/> of them (use <see cref="GetStop"/>).</summary>
+    public readonly ReadOnlySpan<byte> Stops;
+
+    private RequestView(uint maxTokens, float temperature, float topP, int topK, ulong seed, uint deadlineMs, byte priority, RequestFlags flags,
+        int stopCount, ReadOnlySpan<byte> prompt, ReadOnlySpan<byte> stops)
+    {
+        MaxTokens = maxTokens; Temperature = temperature; TopP = topP; TopK = topK; Seed = seed; DeadlineMs = deadlineMs;
+        Priority = priority; Flags = flags; StopCount = stopCount; Prompt = prompt; Stops = stops;
+    }
+
+    public bool PromptIsIds => (Flags & RequestFlags.PromptIds) != 0;
+    public int PromptIdCount => Prompt.Length / 4;
+    public int PromptId(int i) => BinaryPrimitives.ReadInt32LittleEndian(Prompt[(i * 4)..]);
+
+    /// <summary>The i-th stop string's UTF-8 bytes (layout already validated by <see cref="TryParse"/>).</summary>
+    public ReadOnlySpan<byte> GetStop(int i)
+    {
+        var r = new PayloadReader(Stops);
+        ReadOnlySpan<byte> s = default;
+        for (int k = 0; k <= i; k++) r.TryStr16(out s);
+        return s;
+    }
+
+    public static RequestParseError TryParse(ReadOnlySpan<byte> payload, out RequestView v)
+    {
+        v = default;
+        if (payload.Length < Wire.RequestFixedSize) return RequestParseError.Truncated;
+        var r = new PayloadReader(payload);
+        r.TryU32(out uint maxTokens); r.TryF32(out float temp); r.TryF32(out float topP); r.TryI32(out int topK);
+        r.TryU64(out ulong seed); r.TryU32(out uint deadline); r.TryU8(out byte prio); r.TryU8(out byte flags);
+        r.TryU16(out ushort stopCount); r.TryU32(out uint promptLen); r.TryU32(out _);
+        if (stopCount > Wire.MaxStops) return RequestParseError.TooManyStops;
+        bool ids = (flags & (byte)RequestFlags.PromptIds) != 0;
+        long promptBytes = ids ? (long)promptLen * 4 : promptLen;
+        if (promptBytes > r.Remaining) return RequestParseError.PromptLength;
+        r.TryBytes((int)promptBytes, out var prompt);
+        int stopsStart = r.Position;
+        for (int i = 0; i < stopCount; i++)
+        {
+            if (!r.TryStr16(out var s)) return RequestParseError.Truncated;
+            if (s.Length == 0 || s.Length > Wire.MaxStopBytes) return RequestParseError.BadStop;
+        }
+        if (r.Remaining != 0) return RequestParseError.TrailingBytes;
+        v = new RequestView(maxTokens, temp, topP, topK, seed, deadline, prio, (RequestFlags)flags, stopCount, prompt,
+            payload[stopsStart..]);
+        return RequestParseError.None;
+    }
+
+    public static string DetailCode(RequestParseError e) => e switch
+    {
+        RequestParseError.Truncated => "frame.truncated",
+        RequestParseError.TooManyStops => "request.too_many_stops",
+        RequestParseError.BadStop => "request.bad_stop",
+        RequestParseError.PromptLength => "request.prompt_length",
+        RequestParseError.TrailingBytes => "frame.trailing_bytes",
+        _ => "",
+    };
+}
+
+/// <summary>A parsed DELTA: token ids and UTF-8 text, both slices of the payload.</summary>
+public readonly ref struct DeltaView
+{
+    public readonly ReadOnlySpan<byte> IdBytes;
+    public readonly ReadOnlySpan<byte> Text;
+
+    private DeltaView(ReadOnlySpan<byte> ids, ReadOnlySpan<byte> text) { IdBytes = ids; Text = text; }
+
+    public int Count => IdBytes.Length / 4;
+    public int Id(int i) => BinaryPrimitives.ReadInt32LittleEndian(IdBytes[(i * 4)..]);
+
+    public static bool TryParse(ReadOnlySpan<byte> payload, out DeltaView v)
+    {
+        v = default;
+        var r = new PayloadReader(payload);
+        if (!r.TryU32(out uint n) || !r.TryU32(out uint textLen)) return false;
+        if (n > int.MaxValue / 4 || !r.TryBytes((int)n * 4, out var ids)) return false;
+        if (textLen > int.MaxValue || !r.TryBytes((int)textLen, out var text)) return false;
+        v = new DeltaView(ids, text);
+        return true;
+    }
+}
+
+/// <summary>The fixed part of FINAL (the two strings travel beside it).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct FinalInfo
+{
+    public WireStatus Status;
+    public WireFinish Finish;
+    public bool Retriable;
+    public uint RetryAfterMs;
+    public uint PromptTokens, CachedPromptTokens, CompletionTokens, Preemptions;
+    public TimingSlots Timings;
+
+    public static bool TryParse(ReadOnlySpan<byte> payload, out FinalInfo v, out ReadOnlySpan<byte> detail, out ReadOnlySpan<byte> message)
+    {
+        v = default;
+        detail = message = default;
+        var r = new PayloadReader(payload);
+        if (payload.Length < Wire.FinalFixedSize) return false;
+        r.TryU16(out ushort status); r.TryU8(out byte finish); r.TryU8(out byte flags); r.TryU32(out v.RetryAfterMs);
+        r.TryU32(out v.PromptTokens); r.TryU32(out v.CachedPromptTokens); r.TryU32(out v.CompletionTokens); r.TryU32(out v.Preemptions);
+        for (int i = 0; i < Wire.TimingSlots; i++) { r.TryU32(out uint t); v.Timings[i] = t; }
+        if (!r.TryStr16(out detail) || !r.TryStr16(out message)) return false;
+        v.Status = (WireStatus)status;
+        v.Finish = (WireFinish)finish;
+        v.Retriable = (flags & 1) != 0;
+        return true;
+    }
+}
+
+/// <summary>Eight u32 microsecond offsets (<see cref="Timing"/> names them).</summary>
+[System.Runtime.CompilerServices.InlineArray(Wire.TimingSlots)]
+public struct TimingSlots
+{
+    private uint _e0;
+}
+
+/// <summary>A replica's load, as reported in LOAD_REPORT.</summary>
+public readonly record struct LoadReport(ReplicaState State, int Workers, int Running, int Queued, int InFlight, float KvFreeFraction,
+    int EstimatedWaitMs, int MaxRunning, int AgeMs)
+{
+    public static bool TryParse(ReadOnlySpan<byte> payload, out LoadReport v)
+    {
+        v = default;
+        if (payload.Length < Wire.LoadReportSize) return false;
+        var r = new PayloadReader(payload);
+        r.TryU8(out byte state); r.TryU8(out _); r.TryU16(out ushort workers); r.TryU32(out uint running); r.TryU32(out uint queued);
+        r.TryU32(out uint inFlight); r.TryF32(out float kv); r.TryU32(out uint wait); r.TryU32(out uint maxRunning); r.TryU32(out uint age);
+        v = new LoadReport((ReplicaState)state, workers, Sat(running), Sat(queued), Sat(inFlight), kv, Sat(wait), Sat(maxRunning), Sat(age));
+        return true;
+    }
+
+    private static int Sat(uint x) => (int)Math.Min(x, int.MaxValue);
+}
+
+/// <summary>A parsed connection-level ERROR.</summary>
+public readonly record struct ErrorInfo(WireStatus Status, bool Fatal, uint RetryAfterMs, string Message)
+{
+    public static bool TryParse(ReadOnlySpan<byte> payload, byte flags, out ErrorInfo v)
+    {
+        v = default;
+        var r = new PayloadReader(payload);
+        if (!r.TryU16(out ushort status) || !r.TryU16(out _) || !r.TryU32(out uint retry) || !r.TryStr16(out var msg)) return false;
+        v = new ErrorInfo((WireStatus)status, (flags & 1) != 0, retry, Utf8Text.Decode(msg));
+        return true;
+    }
+}
+
+/// <summary>UTF-8 helpers that never throw.</summary>
+public static class Utf8Text
+{
+    public static bool IsValid(ReadOnlySpan<byte> s) => Utf8.IsValid(s);
+
+    /// <summary>Decodes with U+FFFD for invalid sequences.</summary>
+    public static string Decode(ReadOnlySpan<byte> s) => s.IsEmpty ? "" : Encoding.UTF8.GetString(s);
+
+    /// <summary>Length of the longest prefix of <paramref name="s"/> that ends on a UTF-8 sequence boundary
+    /// (drops at most 3 trailing bytes of an unfinished sequence).</summary>
+    public static int CompletePrefix(ReadOnlySpan<byte> s)
+    {
+        int n = s.Length;
+        for (int back = 1; back <= Math.Min(3, n); back++)
+        {
+            byte b = s[n - back];
+            if ((b & 0xC0) == 0x80) continue;          // continuation byte: keep looking for the lead
+            int need = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC0 ? 2 : 1;
+            return need > back ? n - back : n;
+        }
+        return n;
+    }
+}

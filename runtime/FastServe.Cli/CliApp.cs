@@ -20,6 +20,7 @@ internal static class CliApp
             BatchCommand.Create(),
             BenchEngineCommand.Create(),
         };
+        foreach (var c in ServeCommand.Create()) root.Add(c);
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)
         {

@@ -41,6 +41,19 @@ internal static class Output
         Console.Out.WriteLine(Encoding.UTF8.GetString(ms.ToArray()));
     }
 
+    /// <summary>Writes one JSON object on a single line to stdout (events a supervising program reads line by line).</summary>
+    public static void WriteJsonLine(Action<Utf8JsonWriter> body)
+    {
+        using var ms = new MemoryStream();
+        using (var w = new Utf8JsonWriter(ms, new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))
+        {
+            w.WriteStartObject();
+            body(w);
+            w.WriteEndObject();
+        }
+        Console.Out.WriteLine(Encoding.UTF8.GetString(ms.ToArray()));
+    }
+
     /// <summary>Runs <paramref name="work"/> with a progress bar on a terminal (Spectre.Console), or silently otherwise.
     /// The callback reports (done, total) in any unit.</summary>
     public static T WithProgress<T>(string label, bool json, Func<Action<long, long>, T> work)

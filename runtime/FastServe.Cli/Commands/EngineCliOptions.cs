@@ -33,8 +33,24 @@ internal sealed class EngineCliOptions
 
     public bool Json(ParseResult r) => r.GetValue(Model.Json);
 
+    /// <summary>The engine and model options given on this command line, as arguments for a child process
+    /// (`serve` starting `serve-engine`); --model and --json are left to the caller.</summary>
+    public List<string> Forward(ParseResult r)
+    {
+        var args = new List<string>();
+        foreach (Option o in new Option[] { Model.Quantize, Model.Scheme, Model.Backend, Model.Threads, MaxBatchedTokens, MaxSeqs, Overlap, KvMemoryMiB,
+                     KvDtype, Ctx, BlockSize, NoPrefixCache, MaxWaiting, SimWeights, SimTimeScale })
+        {
+            var res = r.GetResult(o);
+            if (res is null || res.Implicit) continue;
+            args.Add(o.Name);
+            foreach (var t in res.Tokens) args.Add(t.Value);
+        }
+        return args;
+    }
+
     /// <summary>Loads the model (or the simulated device) and starts an engine over it.</summary>
-    public EngineSession Open(ParseResult r)
+    public EngineSession Open(ParseResult r, Action? afterIteration = null, Action<StepRecord>? onStep = null)
     {
         string overlap = r.GetValue(Overlap)!;
         if (overlap is not ("on" or "off")) throw new FastServeException("args.invalid_overlap", $"--overlap accepts on or off, not '{overlap}'", "--overlap");
@@ -46,7 +62,7 @@ internal sealed class EngineCliOptions
             if (r.GetValue(Model.Backend) == "sim")
             {
                 session.Executor = OpenSim(r);
-                session.Engine = new InferenceEngine(session.Executor, EngineOptions(r, null));
+                session.Engine = new InferenceEngine(session.Executor, EngineOptions(r, null) with { AfterIteration = afterIteration, OnStep = onStep });
                 session.Engine.Start();
                 return session;
             }
@@ -61,7 +77,7 @@ internal sealed class EngineCliOptions
                 KvMemoryBytes = (long)kvMiB << 20,
                 KvDType = GenerateCommand.ParseKvDType(r.GetValue(KvDtype)!),
             });
-            session.Engine = new InferenceEngine(session.Executor, EngineOptions(r, session.Model));
+            session.Engine = new InferenceEngine(session.Executor, EngineOptions(r, session.Model) with { AfterIteration = afterIteration, OnStep = onStep });
             session.Engine.Start();
             return session;
         }

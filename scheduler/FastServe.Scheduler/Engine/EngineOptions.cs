@@ -37,6 +37,14 @@ public sealed record EngineOptions
     /// preempted the moment a prompt is admitted; 0 = 1% of the cache.</summary>
     public int AdmissionReserveBlocks { get; init; }
 
+    /// <summary>Called on the scheduler thread after every loop iteration that may have delivered tokens or results
+    /// to <see cref="IRequestSink"/>s, and before the loop sleeps: the point to flush what sinks batched.
+    /// Must not throw or block.</summary>
+    public Action? AfterIteration { get; init; }
+
+    /// <summary>Called on the scheduler thread with each finished step's record (metrics). Must not throw or block.</summary>
+    public Action<StepRecord>? OnStep { get; init; }
+
     public void Validate()
     {
         static void Bad(string name, string why) => throw new FastServeException("engine.invalid_option", why, name);

@@ -57,6 +57,24 @@ public sealed record EngineRequest
     public long ReceivedTicks { get; init; }
     /// <summary>Opaque caller id carried into logs and results.</summary>
     public string? Id { get; init; }
+    /// <summary>Where tokens and the result go instead of the handle's stream: a server forwarding to another process
+    /// uses it to batch per step without a channel per request. With a sink, <see cref="RequestHandle.Tokens"/> is
+    /// empty; <see cref="RequestHandle.Completion"/> still completes.</summary>
+    public IRequestSink? Sink { get; init; }
+    /// <summary>Passed back to <see cref="Sink"/> with every call (the caller's key for the request).</summary>
+    public long SinkTag { get; init; }
+}
+
+/// <summary>
+/// Receives a request's tokens and its one result. Called on the engine's scheduler thread, except for a request
+/// rejected inside <see cref="InferenceEngine.Submit"/>, whose <see cref="OnFinished"/> runs on the submitting
+/// thread before Submit returns. Implementations must be quick and must not throw or block (they run inside the
+/// scheduling loop); <see cref="EngineOptions.AfterIteration"/> marks where a batch of calls ends.
+/// </summary>
+public interface IRequestSink
+{
+    void OnToken(long tag, in TokenEvent token);
+    void OnFinished(long tag, RequestResult result);
 }
 
 /// <summary>One generated token as streamed. <see cref="Top"/> is set only when log-probabilities were asked for.</summary>

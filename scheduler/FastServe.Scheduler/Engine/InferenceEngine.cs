@@ -173,10 +173,21 @@ public sealed class InferenceEngine : IDisposable
         seq.Id = request.Id;
         seq.Received = received;
         seq.WaitingTokensCounted = prompt.Length;
-        var channel = Channel.CreateUnbounded<TokenEvent>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
-        seq.Writer = channel.Writer;
+        ChannelReader<TokenEvent> reader;
+        if (request.Sink is { } sink)
+        {
+            seq.Sink = sink;
+            seq.SinkTag = request.SinkTag;
+            reader = EmptyTokens;
+        }
+        else
+        {
+            var channel = Channel.CreateUnbounded<TokenEvent>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+            seq.Writer = channel.Writer;
+            reader = channel.Reader;
+        }
         seq.Completion = new TaskCompletionSource<RequestResult>(TaskCreationOptions.RunContinuationsAsynchronously);
-        var handle = new RequestHandle(this, seq, seq.Uid, channel.Reader, seq.Completion.Task);
+        var handle = new RequestHandle(this, seq, seq.Uid, reader, seq.Completion.Task);
         _incoming.Writer.TryWrite(seq);
         Wake();
         return handle;
@@ -294,9 +305,17 @@ public sealed class InferenceEngine : IDisposable
             Status = status, ErrorCode = code, Message = message, RetryAfter = retryAfter,
             PromptTokens = r.Prompt.Length, Timestamps = ts, Id = r.Id,
         };
+        r.Sink?.OnFinished(r.SinkTag, result);
+        return new RequestHandle(null, null, 0, EmptyTokens, Task.FromResult(result));
+    }
+
+    private static readonly ChannelReader<TokenEvent> EmptyTokens = CreateEmpty();
+
+    private static ChannelReader<TokenEvent> CreateEmpty()
+    {
         var ch = Channel.CreateUnbounded<TokenEvent>();
         ch.Writer.TryComplete();
-        return new RequestHandle(null, null, 0, ch.Reader, Task.FromResult(result));
+        return ch.Reader;
     }
 
     private void Wake(bool force = false)
@@ -328,6 +347,7 @@ public sealed class InferenceEngine : IDisposable
                 if (plan.Batch.TokenCount == 0 && inflight is null)
                 {
                     PublishGauges();
+                    _opt.AfterIteration?.Invoke();
                     IdleWait();
                     continue;
                 }
@@ -351,6 +371,7 @@ public sealed class InferenceEngine : IDisposable
                     PostProcess(plan);
                 }
                 PublishGauges();
+                _opt.AfterIteration?.Invoke();
             }
             if (inflight is not null)
             {
@@ -358,12 +379,13 @@ public sealed class InferenceEngine : IDisposable
                 PostProcess(inflight);
             }
             FailAll(RequestStatus.Cancelled, "engine.shutdown", "the engine was shut down");
+            _opt.AfterIteration?.Invoke();
         }
         catch (Exception e)
         {
             // A device fault or a scheduler bug: end every request with Failed and refuse new ones, rather than hang.
             _failure = Environment.GetEnvironmentVariable("FASTSERVE_DEBUG") == "1" ? e.ToString() : $"{e.GetType().Name}: {e.Message}";
-            try { FailAll(RequestStatus.Failed, "engine.failed", _failure); }
+            try { FailAll(RequestStatus.Failed, "engine.failed", _failure); _opt.AfterIteration?.Invoke(); }
             catch (Exception again) { Console.Error.WriteLine($"fastserve: the engine failed ({_failure}) and could not end every request: {again}"); }
         }
     }
@@ -655,7 +677,8 @@ public sealed class InferenceEngine : IDisposable
             s.Tokens[s.Length++] = tok;
             s.Generated++;
             if (s.FirstToken == 0) s.FirstToken = now;
-            s.Writer.TryWrite(new TokenEvent(tok, b.OutLogprob[i], b.SampleTop[i]));
+            if (s.Sink is { } sink) sink.OnToken(s.SinkTag, new TokenEvent(tok, b.OutLogprob[i], b.SampleTop[i]));
+            else s.Writer!.TryWrite(new TokenEvent(tok, b.OutLogprob[i], b.SampleTop[i]));
             _generated++;
 
             if (!s.IgnoreEos && Array.IndexOf(_eos, tok) >= 0) Finish(s, RequestStatus.Finished, FinishReason.Eos);
@@ -673,6 +696,7 @@ public sealed class InferenceEngine : IDisposable
         var rec = new StepRecord(b.Id, b.Layout.SequenceCount, b.TokenCount, plan.PrefillRows, b.SampleCount, cpu,
             b.LaunchTicks, b.StartTicks, b.EndTicks, plan.IdleGapTicks);
         lock (_historyLock) _history[(_steps - 1) % _history.Length] = rec;
+        _opt.OnStep?.Invoke(rec);
     }
 
     private static bool StopHit(Sequence s, int tok)
@@ -730,7 +754,8 @@ public sealed class InferenceEngine : IDisposable
             default: Interlocked.Increment(ref _failed); break;
         }
         s.State = SeqState.Done;
-        s.Writer.TryComplete();
+        s.Writer?.TryComplete();
+        s.Sink?.OnFinished(s.SinkTag, result);
         s.Completion.TrySetResult(result);
         _pool.Return(s);
     }

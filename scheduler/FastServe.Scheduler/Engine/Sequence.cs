@@ -51,7 +51,9 @@ internal sealed class Sequence
     public IncrementalDecoder? Decoder;
     public bool IgnoreEos;
 
-    public ChannelWriter<TokenEvent> Writer = null!;
+    public ChannelWriter<TokenEvent>? Writer;
+    public IRequestSink? Sink;
+    public long SinkTag;
     public TaskCompletionSource<RequestResult> Completion = null!;
     public string? Id;
 
@@ -90,7 +92,8 @@ internal sealed class Sequence
         Stop = null;
         Decoder = null;
         IgnoreEos = false;
-        Writer = null!;
+        Writer = null;
+        Sink = null;
         Completion = null!;
         Id = null;
         Received = Admitted = FirstScheduled = FirstToken = 0;

@@ -1,0 +1,183 @@
+using System.CommandLine;
+using FastServe.Runtime;
+using FastServe.Runtime.Formats;
+using FastServe.Runtime.Model;
+using FastServe.Server.Engine;
+using FastServe.Server.Supervisor;
+using FastServe.Server.Worker;
+using FastServe.Server;
+
+namespace FastServe.Cli.Commands;
+
+/// <summary>
+/// <c>fastserve serve</c>: one replica — a supervisor, one engine process and K worker processes (docs/server.md).
+/// <c>serve-engine</c> and <c>serve-worker</c> are the children it starts; they are not meant to be run by hand.
+/// </summary>
+internal static class ServeCommand
+{
+    public static IEnumerable<Command> Create() => [Serve(), Engine(), Worker()];
+
+    private static readonly Option<string> HostOpt = new("--host") { Description = "Address to bind (loopback unless told otherwise)", DefaultValueFactory = _ => "127.0.0.1" };
+    private static readonly Option<string> IpcOpt = new("--ipc") { Description = "Engine IPC socket path", Required = true };
+    private static readonly Option<int> ParentOpt = new("--parent") { Description = "Supervisor pid" };
+    private static readonly Option<int> GraceOpt = new("--grace-ms") { Description = "Drain grace period in milliseconds", DefaultValueFactory = _ => 30_000 };
+
+    private static Command Serve()
+    {
+        var e = new EngineCliOptions();
+        var port = new Option<int>("--port", "-p") { Description = "Client port (0 = any free port, printed when ready)", DefaultValueFactory = _ => 7700 };
+        var workers = new Option<int>("--workers") { Description = "Worker processes owning client connections (default: from the core count)" };
+        var metrics = new Option<int>("--metrics-port") { Description = "Prometheus metrics at http://HOST:PORT/metrics (0 = off)" };
+        var agent = new Option<int>("--agent-port") { Description = "HAProxy agent-check port (0 = off)" };
+        var tokenFile = new Option<string?>("--admin-token-file") { Description = "File holding the admin token for DRAIN frames (or set FASTSERVE_ADMIN_TOKEN)" };
+        var maxInFlight = new Option<int>("--max-in-flight") { Description = "Requests in flight per connection", DefaultValueFactory = _ => 1024 };
+        var maxFrame = new Option<int>("--max-frame") { Description = "Largest frame payload in bytes", DefaultValueFactory = _ => 1 << 20 };
+        var idle = new Option<int>("--idle-timeout-ms") { Description = "Close connections idle this long", DefaultValueFactory = _ => 60_000 };
+        var cmd = new Command("serve", "Serve the model over the FastServe protocol: an engine process plus worker processes on one port.");
+        e.AddTo(cmd);
+        foreach (Option o in new Option[] { HostOpt, port, workers, metrics, agent, tokenFile, maxInFlight, maxFrame, idle, GraceOpt }) cmd.Add(o);
+        cmd.SetAction(r =>
+        {
+            bool json = e.Json(r);
+            string host = r.GetValue(HostOpt)!;
+            if (!System.Net.IPAddress.TryParse(host, out var ip) || ip.AddressFamily != System.Net.Sockets.AddressFamily.InterNetwork)
+                throw new FastServeException("args.invalid_host", $"--host must be an IPv4 address, not '{host}'", "--host");
+            int p = r.GetValue(port), mp = r.GetValue(metrics), ap = r.GetValue(agent);
+            foreach (var (v, n) in new[] { (p, "--port"), (mp, "--metrics-port"), (ap, "--agent-port") })
+                if (v < 0 || v > 65535) throw new FastServeException("args.invalid_port", $"{n} must be between 0 and 65535", n);
+            int k = r.GetValue(workers);
+            if (k == 0) k = Math.Clamp(Environment.ProcessorCount / 4, 1, 8);
+            if (k < 1 || k > 64) throw new FastServeException("args.invalid_workers", "--workers must be between 1 and 64", "--workers");
+            int mif = r.GetValue(maxInFlight), mf = r.GetValue(maxFrame), idleMs = r.GetValue(idle), grace = r.GetValue(GraceOpt);
+            if (mif < 1 || mif > 1 << 20) throw new FastServeException("args.invalid_max_in_flight", "--max-in-flight must be between 1 and 1048576", "--max-in-flight");
+            if (mf < 4096 || mf > 64 << 20) throw new FastServeException("args.invalid_max_frame", "--max-frame must be between 4096 and 67108864", "--max-frame");
+            if (idleMs < 100) throw new FastServeException("args.invalid_idle_timeout", "--idle-timeout-ms must be at least 100", "--idle-timeout-ms");
+            if (grace < 0 || grace > 3_600_000) throw new FastServeException("args.invalid_grace", "--grace-ms must be between 0 and 3600000", "--grace-ms");
+
+            string? token = Environment.GetEnvironmentVariable("FASTSERVE_ADMIN_TOKEN");
+            if (r.GetValue(tokenFile) is { } tf)
+            {
+                if (!File.Exists(tf)) throw new FastServeException("args.admin_token_file_missing", "the admin token file does not exist", tf);
+                token = File.ReadAllText(tf).Trim();
+                if (token.Length == 0) throw new FastServeException("args.admin_token_empty", "the admin token file is empty", tf);
+            }
+            // Children get the resolved model directory, so they never race to make the default model.
+            string modelDir = r.GetValue(e.Model.Model) ?? ModelOptions.EnsureDefault(json);
+            if (!File.Exists(Path.Combine(modelDir, "config.json"))) throw new FastServeException("model.not_found", "the model directory has no config.json", modelDir);
+            string exe = Environment.ProcessPath ?? throw new FastServeException("internal", "cannot find the fastserve executable");
+
+            var engineArgs = e.Forward(r);
+            engineArgs.AddRange(["--model", modelDir, "--host", host]);
+            if (mp > 0) engineArgs.AddRange(["--metrics-port", $"{mp}"]);
+            if (ap > 0) engineArgs.AddRange(["--agent-port", $"{ap}"]);
+            var workerArgs = new List<string> { "--model", modelDir, "--max-in-flight", $"{mif}", "--max-frame", $"{mf}", "--idle-timeout-ms", $"{idleMs}" };
+            var env = new Dictionary<string, string>();
+            if (token is not null) env["FASTSERVE_ADMIN_TOKEN"] = token;
+
+            var sup = new Supervisor(new SupervisorOptions
+            {
+                Executable = exe,
+                Host = host,
+                Port = p,
+                Workers = k,
+                EngineArgs = engineArgs,
+                WorkerArgs = workerArgs,
+                ChildEnvironment = env,
+                Grace = TimeSpan.FromMilliseconds(grace),
+                Log = msg => Console.Error.WriteLine($"fastserve serve: {msg}"),
+                OnReady = bound =>
+                {
+                    if (json)
+                        Output.WriteJsonLine(w =>
+                        {
+                            w.WriteString("event", "ready");
+                            w.WriteString("host", host);
+                            w.WriteNumber("port", bound);
+                            w.WriteNumber("workers", k);
+                            w.WriteNumber("metrics_port", mp);
+                            w.WriteNumber("agent_port", ap);
+                            w.WriteNumber("pid", Environment.ProcessId);
+                        });
+                    else Console.Out.WriteLine($"fastserve: ready on {host}:{bound} ({k} worker{(k == 1 ? "" : "s")}, model {modelDir}{(mp > 0 ? $", metrics :{mp}" : "")}{(ap > 0 ? $", agent :{ap}" : "")})");
+                    Console.Out.Flush();
+                },
+            });
+            return sup.Run();
+        });
+        return cmd;
+    }
+
+    private static Command Engine()
+    {
+        var e = new EngineCliOptions();
+        var metrics = new Option<int>("--metrics-port");
+        var agent = new Option<int>("--agent-port");
+        var workers = new Option<int>("--workers") { DefaultValueFactory = _ => 1 };
+        var cmd = new Command("serve-engine", "The engine process of a replica (started by serve).") { Hidden = true };
+        e.AddTo(cmd);
+        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, metrics, agent, workers, GraceOpt }) cmd.Add(o);
+        cmd.SetAction(r =>
+        {
+            int parent = r.GetValue(ParentOpt);
+            if (parent > 0 && !Native.DieWithParent(parent)) return 1;
+            string? dir = r.GetValue(e.Model.Model);
+            int[] warm = [1, 2, 3, 4];
+            if (dir is not null && r.GetValue(e.Model.Backend) != "sim")
+            {
+                var cfg = ModelConfig.Load(Path.Combine(dir, "config.json"));
+                var tok = Runtime.Tokenization.TextTokenizer.Load(dir, cfg.BosTokenId, cfg.EosTokenIds.Count > 0 ? cfg.EosTokenIds : null);
+                warm = tok.Encode("Correct the grammar: warm up.", addBos: tok.BosId is not null);
+            }
+            using var host = new EngineHost(new EngineHostOptions
+            {
+                IpcPath = r.GetValue(IpcOpt)!,
+                Host = r.GetValue(HostOpt)!,
+                MetricsPort = r.GetValue(metrics),
+                AgentPort = r.GetValue(agent),
+                Workers = r.GetValue(workers),
+                Grace = TimeSpan.FromMilliseconds(r.GetValue(GraceOpt)),
+                ParentPid = parent,
+                WarmupPrompt = warm,
+            });
+            return host.Run((after, onStep) =>
+            {
+                var session = e.Open(r, after, onStep);
+                return new StartedEngine(session.Engine!, session);
+            });
+        });
+        return cmd;
+    }
+
+    private static Command Worker()
+    {
+        var model = new Option<string>("--model") { Required = true };
+        var port = new Option<int>("--port") { Required = true };
+        var index = new Option<int>("--index");
+        var maxInFlight = new Option<int>("--max-in-flight") { DefaultValueFactory = _ => 1024 };
+        var maxFrame = new Option<int>("--max-frame") { DefaultValueFactory = _ => 1 << 20 };
+        var idle = new Option<int>("--idle-timeout-ms") { DefaultValueFactory = _ => 60_000 };
+        var cmd = new Command("serve-worker", "A worker process of a replica (started by serve).") { Hidden = true };
+        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, model, port, index, maxInFlight, maxFrame, idle, GraceOpt }) cmd.Add(o);
+        cmd.SetAction(r =>
+        {
+            int parent = r.GetValue(ParentOpt);
+            if (parent > 0 && !Native.DieWithParent(parent)) return 1;
+            using var host = new WorkerHost(new WorkerOptions
+            {
+                IpcPath = r.GetValue(IpcOpt)!,
+                ModelDir = r.GetValue(model)!,
+                Host = r.GetValue(HostOpt)!,
+                Port = r.GetValue(port),
+                Index = r.GetValue(index),
+                ParentPid = parent,
+                MaxInFlight = r.GetValue(maxInFlight),
+                MaxFrame = r.GetValue(maxFrame),
+                IdleTimeout = TimeSpan.FromMilliseconds(r.GetValue(idle)),
+                Grace = TimeSpan.FromMilliseconds(r.GetValue(GraceOpt)),
+                AdminToken = Environment.GetEnvironmentVariable("FASTSERVE_ADMIN_TOKEN"),
+            });
+            return host.Run();
+        });
+        return cmd;
+    }
+}

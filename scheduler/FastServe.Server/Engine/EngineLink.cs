@@ -1,0 +1,231 @@
+using System.Buffers;
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using System.Text;
+using FastServe.Protocol;
+using FastServe.Runtime.Generation;
+using FastServe.Scheduler.Engine;
+using FastServe.Server.Ipc;
+using FastServe.Server.Net;
+
+namespace FastServe.Server.Engine;
+
+/// <summary>
+/// The engine's end of one worker's IPC link. A reader thread turns Submit/Cancel/Report messages into engine calls;
+/// the engine delivers tokens and results to this sink on its scheduler thread, where they are appended to the
+/// link's buffer; <see cref="Signal"/> (after each scheduler iteration) wakes the writer thread, which sends the
+/// whole batch with one write. When the worker goes away, every request it submitted is cancelled.
+/// </summary>
+internal sealed class EngineLink : IRequestSink
+{
+    private sealed class Entry { public RequestHandle? Handle; public long EngineReceived; }
+
+    private readonly EngineHost _host;
+    private readonly Socket _socket;
+    private readonly OutBuffer _out;
+    private readonly ConcurrentDictionary<long, Entry> _active = new();
+    private readonly AutoResetEvent _wake = new(false);
+    private int _dirty;             // set by producers (any thread), cleared by Signal
+    private volatile bool _closed;
+
+    public EngineLink(EngineHost host, Socket socket)
+    {
+        _host = host;
+        _socket = socket;
+        _out = new OutBuffer(socket, 256L << 20, why => Close($"send failed: {why}"));
+    }
+
+    public int Pid { get; private set; }
+    public int Index { get; private set; } = -1;
+    public int Active => _active.Count;
+    public bool IsClosed => _closed;
+
+    public void Start()
+    {
+        new Thread(ReadLoop) { IsBackground = true, Name = "fastserve-ipc-read" }.Start();
+        new Thread(WriteLoop) { IsBackground = true, Name = "fastserve-ipc-write" }.Start();
+    }
+
+    // ---- sink (scheduler thread, or the reader thread for immediate rejections) --------------------------------
+
+    public void OnToken(long tag, in TokenEvent token)
+    {
+        lock (_out.Lock) Ipc.Ipc.WriteTokens(_out.Writer, (ulong)tag, token.Id);
+        Volatile.Write(ref _dirty, 1);
+    }
+
+    public void OnFinished(long tag, RequestResult r)
+    {
+        _active.TryRemove(tag, out var entry);
+        var ts = r.Timestamps;
+        var f = new FinalMsg
+        {
+            Status = (byte)r.Status,
+            Finish = (byte)(r.Finish switch
+            {
+                FinishReason.Length => WireFinish.Length,
+                FinishReason.Eos => WireFinish.Eos,
+                FinishReason.Stop => WireFinish.Stop,
+                FinishReason.ContextFull => WireFinish.ContextFull,
+                _ => WireFinish.None,
+            }),
+            RetryAfterMs = r.RetryAfter is { } ra ? (uint)Math.Clamp(ra.TotalMilliseconds, 1, uint.MaxValue) : 0,
+            PromptTokens = (uint)r.PromptTokens,
+            CachedPromptTokens = (uint)r.CachedPromptTokens,
+            CompletionTokens = (uint)r.OutputTokens.Length,
+            Preemptions = (uint)r.Preemptions,
+            EngineReceived = entry?.EngineReceived ?? 0,
+            Admitted = ts.Admitted,
+            FirstScheduled = ts.FirstScheduled,
+            FirstToken = ts.FirstToken,
+            Finished = ts.Finished,
+        };
+        lock (_out.Lock) Ipc.Ipc.WriteFinal(_out.Writer, (ulong)tag, f, r.ErrorCode, r.Message);
+        Volatile.Write(ref _dirty, 1);
+    }
+
+    /// <summary>Wakes the writer if anything was appended since the last call. Any thread.</summary>
+    public void Signal()
+    {
+        if (Interlocked.Exchange(ref _dirty, 0) == 1) _wake.Set();
+    }
+
+    /// <summary>Appends a message built by <paramref name="write"/> and wakes the writer.</summary>
+    public void Send<TState>(TState state, Action<IBufferWriter<byte>, TState> write)
+    {
+        lock (_out.Lock) write(_out.Writer, state);
+        Volatile.Write(ref _dirty, 1);
+        Signal();
+    }
+
+    private void WriteLoop()
+    {
+        while (!_closed)
+        {
+            _wake.WaitOne(200);
+            if (!_out.FlushBlocking()) break;
+        }
+    }
+
+    // ---- reader ---------------------------------------------------------------------------------------------
+
+    private void ReadLoop()
+    {
+        byte[] buf = ArrayPool<byte>.Shared.Rent(1 << 20);
+        int have = 0;
+        string why = "the worker closed the link";
+        try
+        {
+            while (!_closed)
+            {
+                if (have == buf.Length)
+                {
+                    var bigger = ArrayPool<byte>.Shared.Rent(buf.Length * 2);
+                    buf.AsSpan(0, have).CopyTo(bigger);
+                    ArrayPool<byte>.Shared.Return(buf);
+                    buf = bigger;
+                }
+                int n = _socket.Receive(buf, have, buf.Length - have, SocketFlags.None);
+                if (n == 0) break;
+                have += n;
+                int used = 0;
+                while (true)
+                {
+                    var r = FrameReader.TryRead(buf.AsSpan(used, have - used), Ipc.Ipc.MaxMessage, out var h, out var payload, out int consumed);
+                    if (r == ReadResult.NeedMore) break;
+                    if (r == ReadResult.TooLarge) { why = $"message of {h.Length} bytes is over the IPC limit"; return; }
+                    if (!Handle(h, payload)) { why = $"malformed IPC message type 0x{(byte)h.Type:X2}"; return; }
+                    used += consumed;
+                }
+                if (used > 0)
+                {
+                    buf.AsSpan(used, have - used).CopyTo(buf);
+                    have -= used;
+                }
+                Signal();   // immediate rejections produced while handling this batch
+            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        {
+            why = e.Message;
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buf);
+            Close(why);
+        }
+    }
+
+    private bool Handle(FrameHeader h, ReadOnlySpan<byte> payload)
+    {
+        long tag = (long)h.Id;
+        switch ((IpcType)h.Type)
+        {
+            case IpcType.WorkerHello:
+                if (payload.Length < 8) return false;
+                Pid = MemoryMarshal.Read<int>(payload);
+                Index = MemoryMarshal.Read<int>(payload[4..]);
+                _host.OnWorkerHello(this);
+                return true;
+            case IpcType.Submit:
+            {
+                if (!Ipc.Ipc.TryRead<SubmitMsg>(payload, out var m, out var tail) || tail.Length != (long)m.PromptCount * 4) return false;
+                long engineReceived = Stopwatch.GetTimestamp();
+                var prompt = MemoryMarshal.Cast<byte, int>(tail).ToArray();
+                var sampling = new SamplingParams
+                {
+                    MaxTokens = (int)Math.Min(m.MaxTokens, int.MaxValue),
+                    Temperature = m.Temperature,
+                    TopP = m.TopP,
+                    TopK = m.TopK,
+                    Seed = (m.Flags & 1) != 0 ? m.Seed : null,
+                    IgnoreEos = (m.Flags & 2) != 0,
+                };
+                var entry = new Entry { EngineReceived = engineReceived };
+                _active[tag] = entry;
+                if (_host.Engine is null)
+                {
+                    OnFinished(tag, new RequestResult { Status = RequestStatus.Cancelled, ErrorCode = "engine.starting", Message = "the engine is still loading", PromptTokens = (int)m.PromptCount });
+                    return true;
+                }
+                entry.Handle = _host.Engine!.Submit(new EngineRequest
+                {
+                    Prompt = prompt,
+                    Sampling = sampling,
+                    Priority = m.Priority == 1 ? Priority.Batch : Priority.Interactive,
+                    Deadline = m.DeadlineMs > 0 ? TimeSpan.FromMilliseconds(m.DeadlineMs) : null,
+                    ReceivedTicks = m.ReceivedTicks,
+                    Sink = this,
+                    SinkTag = tag,
+                });
+                return true;
+            }
+            case IpcType.Cancel:
+                if (_active.TryGetValue(tag, out var e)) e.Handle?.Cancel();
+                return true;
+            case IpcType.Report:
+                if (!Ipc.Ipc.TryRead<ReportMsg>(payload, out var rep, out _)) return false;
+                _host.Metrics?.ObserveRequest(rep);
+                return true;
+            default:
+                return false;
+        }
+    }
+
+    /// <summary>Closes the link and cancels every request the worker submitted (it can no longer receive them).</summary>
+    public void Close(string why)
+    {
+        if (_closed) return;
+        _closed = true;
+        _out.Close();
+        _wake.Set();
+        try { _socket.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+        _socket.Dispose();
+        foreach (var kv in _active) kv.Value.Handle?.Cancel();
+        _host.OnLinkClosed(this, why);
+    }
+
+    internal static string Utf8(ReadOnlySpan<byte> s) => Encoding.UTF8.GetString(s);
+}

@@ -1,0 +1,110 @@
+using FastServe.Protocol;
+using FastServe.Scheduler.Engine;
+using FastServe.Server.Ipc;
+using Prometheus;
+
+namespace FastServe.Server.Engine;
+
+/// <summary>
+/// The replica's Prometheus metrics (prometheus-net), served as text exposition at
+/// <c>http://HOST:PORT/metrics</c> by the engine process. Per-request figures come from the workers (one
+/// <see cref="ReportMsg"/> per finished request, over IPC), per-step figures from the engine's step hook, gauges
+/// from engine stats and /proc at scrape time. Names follow Prometheus conventions (unit suffixes, _total).
+/// </summary>
+internal sealed class ServerMetrics : IDisposable
+{
+    private static readonly double[] LatencyBuckets =
+        [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30];
+    private static readonly double[] TpotBuckets =
+        [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1];
+
+    private readonly EngineHost _host;
+    private readonly CollectorRegistry _registry = Metrics.NewCustomRegistry();
+    private readonly MetricServer _server;
+    private readonly Counter _requests, _promptTokens, _generationTokens, _preemptions, _steps;
+    private readonly Histogram _queue, _ttft, _tpot, _e2e, _batchSeqs, _batchTokens, _stepSeconds;
+    private readonly Gauge _running, _waiting, _inflight, _kvUsage, _prefixHitRatio, _cpu, _ready, _deviceIdle;
+
+    public ServerMetrics(EngineHost host, string hostname, int port)
+    {
+        _host = host;
+        var f = Metrics.WithCustomRegistry(_registry);
+        _requests = f.CreateCounter("fastserve_requests_total", "Requests by final status (the protocol's status names).", new CounterConfiguration { LabelNames = ["status"] });
+        _promptTokens = f.CreateCounter("fastserve_prompt_tokens_total", "Prompt tokens of finished requests.");
+        _generationTokens = f.CreateCounter("fastserve_generation_tokens_total", "Tokens generated for finished requests.");
+        _preemptions = f.CreateCounter("fastserve_preemptions_total", "Sequences preempted (KV dropped, recomputed later).");
+        _steps = f.CreateCounter("fastserve_engine_steps_total", "Forward steps run by the engine.");
+        _queue = f.CreateHistogram("fastserve_request_queue_seconds", "Receipt to first scheduled on the device.", new HistogramConfiguration { Buckets = LatencyBuckets });
+        _ttft = f.CreateHistogram("fastserve_time_to_first_token_seconds", "Receipt to the first token sent to the client.", new HistogramConfiguration { Buckets = LatencyBuckets });
+        _tpot = f.CreateHistogram("fastserve_time_per_output_token_seconds", "Mean time between output tokens of a request after the first.", new HistogramConfiguration { Buckets = TpotBuckets });
+        _e2e = f.CreateHistogram("fastserve_request_duration_seconds", "Receipt to the final frame (end to end inside the replica).", new HistogramConfiguration { Buckets = LatencyBuckets });
+        _batchSeqs = f.CreateHistogram("fastserve_batch_size_sequences", "Sequences in one forward step.", new HistogramConfiguration { Buckets = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] });
+        _batchTokens = f.CreateHistogram("fastserve_batch_size_tokens", "Rows (decode plus prefill tokens) in one forward step.", new HistogramConfiguration { Buckets = [1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192] });
+        _stepSeconds = f.CreateHistogram("fastserve_step_seconds", "Device time of one forward step.", new HistogramConfiguration { Buckets = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1] });
+        _running = f.CreateGauge("fastserve_requests_running", "Sequences in the running batch.");
+        _waiting = f.CreateGauge("fastserve_requests_waiting", "Requests queued for admission.");
+        _inflight = f.CreateGauge("fastserve_requests_in_flight", "Requests submitted by workers and not yet finished.");
+        _kvUsage = f.CreateGauge("fastserve_kv_cache_usage_ratio", "Fraction of KV-cache blocks held by requests.");
+        _prefixHitRatio = f.CreateGauge("fastserve_prefix_cache_hit_ratio", "Prefix-cache block hits over lookups since start.");
+        _deviceIdle = f.CreateGauge("fastserve_device_idle_ratio", "Device idle time between steps over busy plus idle, since start.");
+        _ready = f.CreateGauge("fastserve_ready", "1 when the replica is ready, 0 when starting or draining.");
+        _cpu = f.CreateGauge("fastserve_process_cpu_seconds_total", "CPU time (user + system) of each replica process.", new GaugeConfiguration { LabelNames = ["role", "index"] });
+        foreach (var s in WireNames.All) _requests.WithLabels(WireNames.Of(s));
+        _registry.AddBeforeCollectCallback(Refresh);
+        _server = new MetricServer(hostname, port, "metrics/", _registry);
+        _server.Start();
+    }
+
+    /// <summary>A worker's record of one finished request.</summary>
+    public void ObserveRequest(in ReportMsg r)
+    {
+        _requests.WithLabels(WireNames.Of((WireStatus)r.Status)).Inc();
+        _promptTokens.Inc(r.PromptTokens);
+        _generationTokens.Inc(r.CompletionTokens);
+        if (float.IsFinite(r.QueueSeconds)) _queue.Observe(r.QueueSeconds);
+        if (float.IsFinite(r.TtftSeconds)) _ttft.Observe(r.TtftSeconds);
+        if (float.IsFinite(r.TpotSeconds)) _tpot.Observe(r.TpotSeconds);
+        if (float.IsFinite(r.E2eSeconds)) _e2e.Observe(r.E2eSeconds);
+    }
+
+    public void ObserveStep(in StepRecord s)
+    {
+        _steps.Inc();
+        _batchSeqs.Observe(s.Sequences);
+        _batchTokens.Observe(s.Rows);
+        _stepSeconds.Observe(s.ForwardSeconds);
+    }
+
+    private long _lastPreemptions;
+
+    private void Refresh()
+    {
+        var load = _host.CurrentLoad();
+        _inflight.Set(load.InFlight);
+        _ready.Set(load.State == (byte)ReplicaState.Ready ? 1 : 0);
+        if (_host.Engine is { } e)
+        {
+            var s = e.GetStats();
+            _running.Set(s.RunningRequests);
+            _waiting.Set(s.WaitingRequests);
+            _kvUsage.Set(s.KvBlocksTotal == 0 ? 0 : s.KvBlocksUsed / (double)s.KvBlocksTotal);
+            _prefixHitRatio.Set(s.PrefixHitRate);
+            _deviceIdle.Set(s.DeviceIdleFraction);
+            long p = s.Preemptions;
+            if (p > _lastPreemptions) { _preemptions.Inc(p - _lastPreemptions); _lastPreemptions = p; }
+        }
+        SetCpu("engine", "0", Environment.ProcessId);
+        int parent = Native.GetParentPid();
+        if (parent > 1) SetCpu("supervisor", "0", parent);
+        foreach (var l in _host.Links())
+            if (l.Index >= 0) SetCpu("worker", l.Index.ToString(System.Globalization.CultureInfo.InvariantCulture), l.Pid);
+    }
+
+    private void SetCpu(string role, string index, int pid)
+    {
+        double v = Native.ProcessCpuSeconds(pid);
+        if (!double.IsNaN(v)) _cpu.WithLabels(role, index).Set(v);
+    }
+
+    public void Dispose() => _server.Dispose();
+}

@@ -1,0 +1,146 @@
+using System.Buffers;
+using System.Net.Sockets;
+
+namespace FastServe.Server.Net;
+
+/// <summary>
+/// The send side of one connection: frames are appended under <see cref="Lock"/> into a fill buffer, and
+/// <see cref="Flush"/> hands everything appended so far to one sender, which writes it with one send while new
+/// frames collect in the other buffer (double buffering). So a scheduler step's worth of frames for a connection
+/// costs one syscall, and a writer never waits on the network.
+///
+/// Backpressure: more than <c>limit</c> unsent bytes means the peer stopped reading; the buffer then closes
+/// itself and reports it through <c>onFailed</c> (once), and later appends are dropped.
+/// </summary>
+internal sealed class OutBuffer
+{
+    private readonly Socket _socket;
+    private readonly long _limit;
+    private readonly Action<string> _onFailed;
+    // Guarded by Lock: _fill, _sending, _closed. _send is owned by the sender while _sending is true.
+    private ArrayBufferWriter<byte> _fill = new(16 << 10);
+    private ArrayBufferWriter<byte> _send = new(16 << 10);
+    private bool _sending, _closed;
+    private Action? _whenEmpty;
+
+    public OutBuffer(Socket socket, long limit, Action<string> onFailed)
+    {
+        _socket = socket;
+        _limit = limit;
+        _onFailed = onFailed;
+    }
+
+    /// <summary>Held while appending frames to <see cref="Writer"/>.</summary>
+    public readonly Lock Lock = new();
+
+    /// <summary>The fill buffer; use only while holding <see cref="Lock"/>.</summary>
+    public IBufferWriter<byte> Writer => _fill;
+
+    public bool Closed { get { lock (Lock) return _closed; } }
+
+    /// <summary>Bytes appended and not yet handed to the socket (read under the lock).</summary>
+    public int PendingUnsafe => _fill.WrittenCount;
+
+    /// <summary>Starts sending what was appended, unless a send is already running (it will pick it up).</summary>
+    public void Flush()
+    {
+        string? fail = null;
+        lock (Lock)
+        {
+            if (_closed || _sending || _fill.WrittenCount == 0) return;
+            if (_fill.WrittenCount > _limit) { _closed = true; fail = $"more than {_limit} bytes unsent: the peer is not reading"; }
+            else _sending = true;
+        }
+        if (fail is not null) { _onFailed(fail); return; }
+        _ = SendLoopAsync();
+    }
+
+    /// <summary>Sends synchronously on the calling thread (for a dedicated writer thread); returns false once closed.</summary>
+    public bool FlushBlocking()
+    {
+        while (true)
+        {
+            ArrayBufferWriter<byte> batch;
+            lock (Lock)
+            {
+                if (_closed) return false;
+                if (_fill.WrittenCount == 0) return true;
+                (batch, _fill, _send) = (_fill, _send, _fill);
+            }
+            try
+            {
+                var mem = batch.WrittenSpan;
+                while (!mem.IsEmpty) mem = mem[_socket.Send(mem)..];
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                Fail(e.Message);
+                return false;
+            }
+            batch.ResetWrittenCount();
+        }
+    }
+
+    private async Task SendLoopAsync()
+    {
+        while (true)
+        {
+            ArrayBufferWriter<byte> batch;
+            lock (Lock)
+            {
+                if (_closed || _fill.WrittenCount == 0)
+                {
+                    _sending = false;
+                    var then = _whenEmpty;
+                    _whenEmpty = null;
+                    if (then is not null) ThreadPool.UnsafeQueueUserWorkItem(static a => a(), then, preferLocal: false);
+                    return;
+                }
+                if (_fill.WrittenCount > _limit) { _sending = false; _closed = true; }
+                batch = _fill;
+                _fill = _send;
+                _send = batch;
+            }
+            if (_closed) { _onFailed($"more than {_limit} bytes unsent: the peer is not reading"); return; }
+            try
+            {
+                var mem = batch.WrittenMemory;
+                while (!mem.IsEmpty) mem = mem[await _socket.SendAsync(mem, SocketFlags.None).ConfigureAwait(false)..];
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                lock (Lock) _sending = false;
+                Fail(e.Message);
+                return;
+            }
+            batch.ResetWrittenCount();
+        }
+    }
+
+    private void Fail(string why)
+    {
+        bool first;
+        lock (Lock) { first = !_closed; _closed = true; }
+        if (first) _onFailed(why);
+    }
+
+    /// <summary>Sends what is appended, then runs <paramref name="then"/> once (to close the socket after a fatal
+    /// error frame has left). Runs it at once if nothing is pending or the buffer is closed.</summary>
+    public void FlushThen(Action then)
+    {
+        bool now;
+        lock (Lock)
+        {
+            now = _closed || (!_sending && _fill.WrittenCount == 0);
+            if (!now) _whenEmpty = then;
+        }
+        if (now) then();
+        else Flush();
+    }
+
+    /// <summary>Drops unsent frames and refuses new ones.</summary>
+    public void Close()
+    {
+        lock (Lock) _closed = true;
+    }
+}

@@ -1,0 +1,214 @@
+using System.Buffers;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using FastServe.Protocol;
+
+namespace FastServe.Server.Supervisor;
+
+/// <summary>Settings of `fastserve serve` (the supervisor).</summary>
+public sealed record SupervisorOptions
+{
+    /// <summary>The fastserve executable to start children from.</summary>
+    public required string Executable { get; init; }
+    public string Host { get; init; } = "127.0.0.1";
+    /// <summary>Client port; 0 picks a free one (reserved by the supervisor, then shared by the workers).</summary>
+    public int Port { get; init; }
+    public int Workers { get; init; } = 1;
+    /// <summary>Arguments of `serve-engine` (model, backend, engine knobs, metrics and agent ports).</summary>
+    public required IReadOnlyList<string> EngineArgs { get; init; }
+    /// <summary>Arguments of `serve-worker` common to every worker (model, limits).</summary>
+    public required IReadOnlyList<string> WorkerArgs { get; init; }
+    /// <summary>Environment given to children (e.g. the admin token, which must not appear in argv).</summary>
+    public IReadOnlyDictionary<string, string> ChildEnvironment { get; init; } = new Dictionary<string, string>();
+    public TimeSpan Grace { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>Called once the replica answers ready through its own port, with the bound port.</summary>
+    public Action<int>? OnReady { get; init; }
+    public Action<string>? Log { get; init; }
+}
+
+/// <summary>
+/// `fastserve serve`: starts the engine process and the worker processes, restarts whichever dies (the engine's
+/// death makes workers answer `unavailable` until it is back; a worker's death frees its requests in the engine),
+/// and drains on SIGTERM/SIGINT (or when a worker relays an authenticated DRAIN): every child is told to drain,
+/// and the supervisor exits when they have, or kills them when the grace period is over.
+/// </summary>
+public sealed class Supervisor
+{
+    private readonly SupervisorOptions _opt;
+    private readonly string _runDir;
+    private readonly string _ipcPath;
+    private readonly Socket _reserve;
+    private readonly Lock _lock = new();
+    private readonly Child _engine;
+    private readonly Child[] _workers;
+    private volatile bool _draining;
+    private readonly ManualResetEventSlim _changed = new(false);
+
+    private sealed class Child
+    {
+        public required string Role;
+        public required int Index;
+        public required IReadOnlyList<string> Args;
+        public Process? Process;
+        public int Restarts;
+        public long LastStart;
+    }
+
+    public Supervisor(SupervisorOptions options)
+    {
+        _opt = options;
+        _runDir = Path.Combine(Path.GetTempPath(), $"fastserve-{Environment.ProcessId}");
+        Directory.CreateDirectory(_runDir);
+        if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(_runDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        _ipcPath = Path.Combine(_runDir, "engine.sock");
+        // Reserve the port: bound with SO_REUSEPORT but never listening, so it receives no connections, yet no
+        // other program can take it while workers come and go (and port 0 becomes a concrete port to share).
+        _reserve = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        Native.ReusePort(_reserve);
+        _reserve.Bind(new IPEndPoint(IPAddress.Parse(options.Host), options.Port));
+        Port = ((IPEndPoint)_reserve.LocalEndPoint!).Port;
+
+        int me = Environment.ProcessId;
+        _engine = new Child { Role = "engine", Index = 0, Args = ["serve-engine", "--ipc", _ipcPath, "--parent", $"{me}", "--workers", $"{options.Workers}", "--grace-ms", $"{(int)options.Grace.TotalMilliseconds}", .. options.EngineArgs] };
+        _workers = new Child[options.Workers];
+        for (int i = 0; i < options.Workers; i++)
+            _workers[i] = new Child { Role = "worker", Index = i, Args = ["serve-worker", "--ipc", _ipcPath, "--parent", $"{me}", "--index", $"{i}", "--host", options.Host, "--port", $"{Port}", "--grace-ms", $"{(int)options.Grace.TotalMilliseconds}", .. options.WorkerArgs] };
+    }
+
+    public int Port { get; }
+
+    public int Run()
+    {
+        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; Drain("SIGTERM"); });
+        using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; Drain("SIGINT"); });
+        try
+        {
+            lock (_lock)
+            {
+                StartChild(_engine);
+                foreach (var w in _workers) StartChild(w);
+            }
+            new Thread(WaitReady) { IsBackground = true, Name = "fastserve-ready" }.Start();
+            while (!_draining)
+            {
+                _changed.Wait(200);
+                _changed.Reset();
+                if (_draining) break;
+                lock (_lock)
+                {
+                    foreach (var c in All())
+                        if (c.Process is { HasExited: true } p)
+                        {
+                            _opt.Log?.Invoke($"{c.Role} {c.Index} (pid {p.Id}) exited with {Describe(p.ExitCode)}; restarting");
+                            p.Dispose();
+                            c.Process = null;
+                        }
+                    foreach (var c in All()) if (c.Process is null && ReadyToRestart(c)) StartChild(c);
+                }
+            }
+            return AwaitDrain();
+        }
+        finally
+        {
+            _reserve.Dispose();
+            try { Directory.Delete(_runDir, recursive: true); } catch (IOException) { }
+        }
+    }
+
+    private IEnumerable<Child> All() => [_engine, .. _workers];
+
+    // Restarts back off while a child keeps dying within seconds of starting (a crash loop).
+    private static bool ReadyToRestart(Child c)
+    {
+        double since = (Stopwatch.GetTimestamp() - c.LastStart) / (double)Stopwatch.Frequency;
+        double wait = since > 10 ? 0 : Math.Min(5, 0.1 * Math.Pow(2, Math.Min(c.Restarts, 6)));
+        return since >= wait;
+    }
+
+    private void StartChild(Child c)
+    {
+        var psi = new ProcessStartInfo(_opt.Executable) { UseShellExecute = false };
+        foreach (var a in c.Args) psi.ArgumentList.Add(a);
+        foreach (var kv in _opt.ChildEnvironment) psi.Environment[kv.Key] = kv.Value;
+        var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {c.Role}");
+        p.EnableRaisingEvents = true;
+        p.Exited += (_, _) => _changed.Set();
+        if (c.LastStart != 0) c.Restarts++;
+        c.LastStart = Stopwatch.GetTimestamp();
+        c.Process = p;
+    }
+
+    private void Drain(string why)
+    {
+        if (_draining) return;
+        _draining = true;
+        _opt.Log?.Invoke($"draining ({why}): finishing in-flight requests for up to {_opt.Grace.TotalSeconds:F0} s");
+        lock (_lock)
+            foreach (var c in All())
+                if (c.Process is { HasExited: false } p) Native.Kill(p.Id, Native.SIGTERM);
+        _changed.Set();
+    }
+
+    private int AwaitDrain()
+    {
+        var until = Stopwatch.GetTimestamp() + (long)((_opt.Grace.TotalSeconds + 5) * Stopwatch.Frequency);
+        foreach (var c in All())
+        {
+            var p = c.Process;
+            if (p is null) continue;
+            int ms = (int)Math.Max(0, (until - Stopwatch.GetTimestamp()) * 1000 / Stopwatch.Frequency);
+            if (!p.WaitForExit(ms))
+            {
+                _opt.Log?.Invoke($"{c.Role} {c.Index} (pid {p.Id}) did not drain in time; killing it");
+                try { p.Kill(); } catch (InvalidOperationException) { }
+            }
+        }
+        _opt.Log?.Invoke("drained");
+        return 0;
+    }
+
+    private static string Describe(int code) => code > 128 ? $"signal {code - 128}" : $"code {code}";
+
+    // Readiness is judged through the replica's own port: HELLO, then LOAD_QUERY until a worker reports `ready`.
+    private void WaitReady()
+    {
+        var deadline = Stopwatch.GetTimestamp() + 600 * Stopwatch.Frequency;
+        while (!_draining && Stopwatch.GetTimestamp() < deadline)
+        {
+            try
+            {
+                if (ProbeReady()) { _opt.OnReady?.Invoke(Port); return; }
+            }
+            catch (SocketException) { }
+            Thread.Sleep(100);
+        }
+    }
+
+    private bool ProbeReady()
+    {
+        using var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { ReceiveTimeout = 2000 };
+        s.Connect(new IPEndPoint(IPAddress.Parse(_opt.Host), Port));
+        var w = new ArrayBufferWriter<byte>();
+        FrameWriter.Hello(w, "fastserve-supervisor"u8);
+        FrameWriter.LoadQuery(w, 0);
+        s.Send(w.WrittenSpan);
+        var buf = new byte[4096];
+        int have = 0;
+        while (true)
+        {
+            int n = s.Receive(buf, have, buf.Length - have, SocketFlags.None);
+            if (n == 0) return false;
+            have += n;
+            int used = 0;
+            while (FrameReader.TryRead(buf.AsSpan(used, have - used), buf.Length, out var h, out var payload, out int consumed) == ReadResult.Frame)
+            {
+                used += consumed;
+                if (h.Type == FrameType.Error) return false;
+                if (h.Type == FrameType.LoadReport) return LoadReport.TryParse(payload, out var r) && r.State == ReplicaState.Ready;
+            }
+            if (have == buf.Length) return false;
+        }
+    }
+}

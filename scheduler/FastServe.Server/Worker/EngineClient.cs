@@ -1,0 +1,197 @@
+using System.Buffers;
+using System.Diagnostics;
+using System.Net.Sockets;
+using FastServe.Protocol;
+using FastServe.Server.Engine;
+using FastServe.Server.Ipc;
+using FastServe.Server.Net;
+
+namespace FastServe.Server.Worker;
+
+/// <summary>
+/// The worker's end of the IPC link to the engine: connects (and reconnects while the supervisor restarts the
+/// engine), sends submits and cancels in batches, and hands what the engine sends to the <see cref="WorkerHost"/>
+/// on one reader thread.
+/// </summary>
+internal sealed class EngineClient
+{
+    private readonly WorkerHost _host;
+    private readonly string _path;
+    private readonly AutoResetEvent _wake = new(false);
+    private readonly Lock _lock = new();
+    private Socket? _socket;           // guarded by _lock
+    private OutBuffer? _out;           // guarded by _lock
+    private int _dirty;
+    private volatile bool _stopped;
+
+    public EngineClient(WorkerHost host, string path)
+    {
+        _host = host;
+        _path = path;
+    }
+
+    /// <summary>True while a link to an engine exists (its state may still be `starting`).</summary>
+    public volatile bool Connected;
+    public EngineHelloMsg Hello;
+    private LoadMsg _load;
+    private readonly Lock _loadLock = new();
+
+    public LoadMsg Load { get { lock (_loadLock) return _load; } }
+
+    public void Start()
+    {
+        new Thread(ConnectLoop) { IsBackground = true, Name = "fastserve-engine-link" }.Start();
+        new Thread(WriteLoop) { IsBackground = true, Name = "fastserve-engine-write" }.Start();
+    }
+
+    public void Stop()
+    {
+        _stopped = true;
+        lock (_lock) _socket?.Dispose();
+        _wake.Set();
+    }
+
+    /// <summary>Appends a message for the engine; false when there is no link (the caller answers `unavailable`).</summary>
+    public bool TrySend<TState>(TState state, Action<IBufferWriter<byte>, TState> write)
+    {
+        OutBuffer? o;
+        lock (_lock) o = Connected ? _out : null;
+        if (o is null) return false;
+        lock (o.Lock) write(o.Writer, state);
+        Volatile.Write(ref _dirty, 1);
+        return true;
+    }
+
+    /// <summary>Wakes the writer if anything was appended (called at the end of each receive batch).</summary>
+    public void Signal()
+    {
+        if (Interlocked.Exchange(ref _dirty, 0) == 1) _wake.Set();
+    }
+
+    private void WriteLoop()
+    {
+        while (!_stopped)
+        {
+            _wake.WaitOne(200);
+            OutBuffer? o;
+            lock (_lock) o = _out;
+            o?.FlushBlocking();
+        }
+    }
+
+    private void ConnectLoop()
+    {
+        int backoffMs = 20;
+        while (!_stopped)
+        {
+            var s = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+            try
+            {
+                s.Connect(new UnixDomainSocketEndPoint(_path));
+            }
+            catch (SocketException)
+            {
+                s.Dispose();
+                Thread.Sleep(backoffMs);
+                backoffMs = Math.Min(backoffMs * 2, 500);
+                continue;
+            }
+            backoffMs = 20;
+            var o = new OutBuffer(s, 256L << 20, _ => { try { s.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { } });
+            lock (_lock) { _socket = s; _out = o; }
+            lock (o.Lock) Ipc.Ipc.Write(o.Writer, IpcType.WorkerHello, 0, new WorkerHelloMsg { Pid = Environment.ProcessId, Index = _host.Options.Index });
+            o.FlushBlocking();
+            Connected = true;
+            ReadLoop(s);
+            Connected = false;
+            lock (_lock) { _socket = null; _out = null; }
+            o.Close();
+            s.Dispose();
+            lock (_loadLock) _load = default;
+            _host.OnEngineLost();
+        }
+    }
+
+    private void ReadLoop(Socket s)
+    {
+        byte[] buf = ArrayPool<byte>.Shared.Rent(1 << 20);
+        int have = 0;
+        try
+        {
+            while (!_stopped)
+            {
+                if (have == buf.Length)
+                {
+                    var bigger = ArrayPool<byte>.Shared.Rent(buf.Length * 2);
+                    buf.AsSpan(0, have).CopyTo(bigger);
+                    ArrayPool<byte>.Shared.Return(buf);
+                    buf = bigger;
+                }
+                int n = s.Receive(buf, have, buf.Length - have, SocketFlags.None);
+                if (n == 0) return;
+                have += n;
+                int used = 0;
+                while (true)
+                {
+                    var r = FrameReader.TryRead(buf.AsSpan(used, have - used), Ipc.Ipc.MaxMessage, out var h, out var payload, out int consumed);
+                    if (r == ReadResult.NeedMore) break;
+                    if (r == ReadResult.TooLarge || !Handle(h, payload)) { Console.Error.WriteLine($"fastserve worker {_host.Options.Index}: malformed message from the engine (type 0x{(byte)h.Type:X2}); reconnecting"); return; }
+                    used += consumed;
+                }
+                if (used > 0)
+                {
+                    buf.AsSpan(used, have - used).CopyTo(buf);
+                    have -= used;
+                }
+                _host.FlushTouched();
+                Signal();
+            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buf);
+        }
+    }
+
+    private bool Handle(FrameHeader h, ReadOnlySpan<byte> payload)
+    {
+        switch ((IpcType)h.Type)
+        {
+            case IpcType.EngineHello:
+                if (!Ipc.Ipc.TryRead<EngineHelloMsg>(payload, out var hello, out _)) return false;
+                Hello = hello;
+                return true;
+            case IpcType.Load:
+                if (!Ipc.Ipc.TryRead<LoadMsg>(payload, out var load, out _)) return false;
+                lock (_loadLock) _load = load;
+                return true;
+            case IpcType.Tokens:
+            {
+                var p = new PayloadReader(payload);
+                if (!p.TryU32(out uint n) || n > 1 << 20 || !p.TryBytes((int)n * 4, out var ids)) return false;
+                _host.OnTokens(h.Id, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(ids));
+                return true;
+            }
+            case IpcType.Final:
+            {
+                if (!Ipc.Ipc.TryRead<FinalMsg>(payload, out var f, out var tail)) return false;
+                var p = new PayloadReader(tail);
+                if (!p.TryStr16(out var code) || !p.TryStr16(out var message)) return false;
+                _host.OnFinal(h.Id, f, code, message);
+                return true;
+            }
+            default:
+                return false;
+        }
+    }
+
+    /// <summary>Age of the last load report in milliseconds.</summary>
+    public int LoadAgeMs(in LoadMsg m) => m.TakenTicks == 0 ? 0 : (int)Math.Min(int.MaxValue, (Stopwatch.GetTimestamp() - m.TakenTicks) * 1000 / Stopwatch.Frequency);
+}
+
+[System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential, Pack = 1)]
+internal struct WorkerHelloMsg
+{
+    public int Pid, Index;
+}

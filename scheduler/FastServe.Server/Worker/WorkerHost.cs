@@ -1,0 +1,326 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using System.Text;
+using FastServe.Protocol;
+using FastServe.Runtime.Formats;
+using FastServe.Runtime.Tokenization;
+using FastServe.Scheduler.Engine;
+using FastServe.Server.Ipc;
+
+namespace FastServe.Server.Worker;
+
+/// <summary>
+/// A worker process: owns client connections on the shared port (SO_REUSEPORT, the kernel spreads connections over
+/// the workers), parses frames, tokenizes prompts, forwards requests to the engine over IPC, and turns the
+/// engine's token ids into text deltas (incremental detokenization that never splits a UTF-8 sequence, stop
+/// strings held back until they cannot match). CPU work per request lives here, off the engine's process.
+/// </summary>
+public sealed class WorkerHost : IDisposable
+{
+    private readonly ConcurrentDictionary<ulong, WorkerRequest> _requests = new();
+    private readonly ConcurrentDictionary<long, ClientSession> _sessions = new();
+    private readonly List<ClientSession> _touched = [];          // engine-reader thread only
+    private readonly Socket _listener;
+    private readonly EngineClient _engine;
+    private readonly ManualResetEventSlim _exit = new(false);
+    private readonly byte[]? _adminToken;
+    private long _nextKey, _nextSession;
+    private volatile bool _draining;
+    private byte[] _utf8 = new byte[4096];                        // engine-reader thread only
+
+    public WorkerHost(WorkerOptions options)
+    {
+        Options = options;
+        var config = ModelConfig.Load(Path.Combine(options.ModelDir, "config.json"));
+        Tokenizer = TextTokenizer.Load(options.ModelDir, config.BosTokenId, config.EosTokenIds.Count > 0 ? config.EosTokenIds : null);
+        _adminToken = options.AdminToken is { Length: > 0 } t ? Encoding.UTF8.GetBytes(t) : null;
+        _listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        Native.ReusePort(_listener);
+        _listener.Bind(new IPEndPoint(IPAddress.Parse(options.Host), options.Port));
+        _listener.Listen(1024);
+        _engine = new EngineClient(this, options.IpcPath);
+    }
+
+    public WorkerOptions Options { get; }
+    internal TextTokenizer Tokenizer { get; }
+    internal bool Draining => _draining;
+    internal int InFlight => _requests.Count;
+
+    public int Run()
+    {
+        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; BeginDrain(); });
+        using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; BeginDrain(); });
+        _engine.Start();
+        new Thread(TimerLoop) { IsBackground = true, Name = "fastserve-worker-timer" }.Start();
+        _ = AcceptLoop();
+        _exit.Wait();
+        return 0;
+    }
+
+    private async Task AcceptLoop()
+    {
+        while (true)
+        {
+            Socket s;
+            try { s = await _listener.AcceptAsync().ConfigureAwait(false); }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException) { return; }
+            s.NoDelay = true;
+            long id = Interlocked.Increment(ref _nextSession);
+            var session = new ClientSession(this, s, id);
+            _sessions[id] = session;
+            session.Start();
+        }
+    }
+
+    internal void OnSessionClosed(ClientSession s) => _sessions.TryRemove(s.Id, out _);
+
+    // ---- admission (session receive loops) -------------------------------------------------------------------
+
+    internal ulong NextKey() => (ulong)Interlocked.Increment(ref _nextKey);
+
+    /// <summary>The replica's readiness as this worker sees it.</summary>
+    internal ReplicaState State
+    {
+        get
+        {
+            if (_draining) return ReplicaState.Draining;
+            if (!_engine.Connected) return ReplicaState.Unavailable;
+            var l = _engine.Load;
+            return l.TakenTicks == 0 ? ReplicaState.Starting : (ReplicaState)l.State;
+        }
+    }
+
+    internal int ContextLength => _engine.Hello.Context > 0 ? _engine.Hello.Context : 0;
+    internal int Vocab => _engine.Hello.Vocab;
+
+    /// <summary>Registers and forwards a request; false if the engine link is down.</summary>
+    internal bool Submit(WorkerRequest r, in SubmitMsg msg, ReadOnlySpan<int> prompt)
+    {
+        _requests[r.Key] = r;
+        var state = (msg, prompt.ToArray(), r.Key);
+        if (_engine.TrySend(state, static (w, s) => Ipc.Ipc.Write(w, IpcType.Submit, s.Key, s.msg, MemoryMarshal.AsBytes(s.Item2.AsSpan()))))
+            return true;
+        _requests.TryRemove(r.Key, out _);
+        return false;
+    }
+
+    internal void CancelInEngine(ulong key) => _engine.TrySend(key, static (w, k) => Ipc.Ipc.WriteEmpty(w, IpcType.Cancel, k));
+
+    internal void SignalEngine() => _engine.Signal();
+
+    internal LoadReport CurrentLoad()
+    {
+        var l = _engine.Load;
+        return new LoadReport(State, l.Workers, (int)l.Running, (int)l.Queued, (int)l.InFlight, l.KvFreeFraction, (int)l.EstimatedWaitMs,
+            (int)l.MaxRunning, _engine.LoadAgeMs(l));
+    }
+
+    internal bool CheckAdminToken(ReadOnlySpan<byte> token) =>
+        _adminToken is not null && CryptographicEquals(token, _adminToken);
+
+    private static bool CryptographicEquals(ReadOnlySpan<byte> a, ReadOnlySpan<byte> b) =>
+        System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(a, b);
+
+    /// <summary>An authenticated DRAIN: ask the supervisor to drain the whole replica (it signals every process).</summary>
+    internal void RequestReplicaDrain()
+    {
+        if (Options.ParentPid > 1) Native.Kill(Options.ParentPid, Native.SIGTERM);
+        else BeginDrain();
+    }
+
+    // ---- engine output (engine-link reader thread) -----------------------------------------------------------
+
+    internal void OnTokens(ulong key, ReadOnlySpan<int> ids)
+    {
+        if (!_requests.TryGetValue(key, out var r) || r.Done) return;
+        long now = Stopwatch.GetTimestamp();
+        if (r.Completion == 0) r.FirstTokenSent = now;
+        r.LastTokenSent = now;
+        r.Completion += ids.Length;
+        int textLen = 0;
+        if (r.Decoder is not null)
+        {
+            foreach (int id in ids)
+            {
+                string t = r.Decoder.Append(id);
+                if (r.Stop is not null) t = r.Stop.Append(t);
+                textLen = AppendUtf8(t, textLen);
+                if (r.Stop?.Stopped == true) break;
+            }
+        }
+        var session = r.Session;
+        lock (session.Out.Lock) FrameWriter.Delta(session.Out.Writer, r.ClientId, ids, _utf8.AsSpan(0, textLen));
+        Touch(session);
+        if (r.Stop?.Stopped == true)
+        {
+            r.Done = true;
+            var f = new FinalInfo { Status = WireStatus.Ok, Finish = WireFinish.Stop };
+            FinishToClient(r, ref f, default, null, null);
+            CancelInEngine(key);
+        }
+    }
+
+    internal void OnFinal(ulong key, in FinalMsg m, ReadOnlySpan<byte> code, ReadOnlySpan<byte> message)
+    {
+        if (!_requests.TryRemove(key, out var r) || r.Done) return;
+        // Text held back (an unfinished character, a possible stop-string start) is released at the end.
+        if (r.Decoder is not null)
+        {
+            string tail = r.Decoder.Flush();
+            if (r.Stop is not null) tail = r.Stop.Append(tail) + r.Stop.Flush();
+            int n = AppendUtf8(tail, 0);
+            if (n > 0)
+            {
+                lock (r.Session.Out.Lock) FrameWriter.Delta(r.Session.Out.Writer, r.ClientId, [], _utf8.AsSpan(0, n));
+            }
+        }
+        var status = (RequestStatus)m.Status;
+        string codeStr = Encoding.UTF8.GetString(code);
+        var f = new FinalInfo
+        {
+            Status = MapStatus(status, codeStr),
+            Finish = (WireFinish)m.Finish,
+            RetryAfterMs = m.RetryAfterMs,
+            PromptTokens = m.PromptTokens,
+            CachedPromptTokens = m.CachedPromptTokens,
+            CompletionTokens = m.CompletionTokens,
+            Preemptions = m.Preemptions,
+        };
+        if (f.Status == WireStatus.Unavailable && f.RetryAfterMs == 0) f.RetryAfterMs = 500;
+        f.Retriable = WireNames.IsRetriable(f.Status);
+        FinishToClient(r, ref f, m, f.Status == WireStatus.Ok ? null : codeStr, f.Status == WireStatus.Ok ? null : Encoding.UTF8.GetString(message));
+    }
+
+    private static WireStatus MapStatus(RequestStatus s, string code) => s switch
+    {
+        RequestStatus.Finished => WireStatus.Ok,
+        RequestStatus.Cancelled when code is "engine.shutdown" or "engine.starting" => WireStatus.Unavailable,
+        RequestStatus.Cancelled => WireStatus.Cancelled,
+        RequestStatus.DeadlineExceeded => WireStatus.DeadlineExceeded,
+        RequestStatus.Overloaded => WireStatus.Overloaded,
+        RequestStatus.Invalid when code == "prompt.too_long" => WireStatus.TooLarge,
+        RequestStatus.Invalid => WireStatus.BadRequest,
+        _ => WireStatus.Internal,
+    };
+
+    /// <summary>Writes FINAL (with the hand-off timings) and reports the request's figures to the engine's metrics.</summary>
+    private void FinishToClient(WorkerRequest r, ref FinalInfo f, in FinalMsg m, string? code, string? message)
+    {
+        long now = Stopwatch.GetTimestamp();
+        long t0 = r.Received;
+        f.Timings[(int)Timing.Tokenized] = Micros(t0, r.Tokenized);
+        f.Timings[(int)Timing.EngineReceived] = Micros(t0, m.EngineReceived);
+        f.Timings[(int)Timing.Admitted] = Micros(t0, m.Admitted);
+        f.Timings[(int)Timing.FirstScheduled] = Micros(t0, m.FirstScheduled);
+        f.Timings[(int)Timing.FirstToken] = Micros(t0, r.FirstTokenSent);
+        f.Timings[(int)Timing.EngineFinished] = Micros(t0, m.Finished);
+        f.Timings[(int)Timing.FinalSent] = Micros(t0, now);
+        if (f.CompletionTokens == 0) f.CompletionTokens = (uint)r.Completion;
+        if (f.PromptTokens == 0) f.PromptTokens = (uint)r.PromptTokens;
+        var session = r.Session;
+        session.Finished(r.ClientId);
+        lock (session.Out.Lock) FrameWriter.Final(session.Out.Writer, r.ClientId, f, code, message);
+        Touch(session);
+        Report(f.Status, f.Finish, r, m.FirstScheduled, now);
+    }
+
+    /// <summary>Sends the engine a finished request's figures for the metrics endpoint.</summary>
+    internal void Report(WireStatus status, WireFinish finish, WorkerRequest? r, long firstScheduled, long now, int promptTokens = 0)
+    {
+        double f = Stopwatch.Frequency;
+        var rep = new ReportMsg { Status = (ushort)status, Finish = (byte)finish, QueueSeconds = float.NaN, TtftSeconds = float.NaN, TpotSeconds = float.NaN, E2eSeconds = float.NaN, PromptTokens = (uint)promptTokens };
+        if (r is not null)
+        {
+            rep.PromptTokens = (uint)r.PromptTokens;
+            rep.CompletionTokens = (uint)r.Completion;
+            rep.E2eSeconds = (float)((now - r.Received) / f);
+            if (firstScheduled != 0) rep.QueueSeconds = (float)((firstScheduled - r.Received) / f);
+            if (r.FirstTokenSent != 0) rep.TtftSeconds = (float)((r.FirstTokenSent - r.Received) / f);
+            if (r.Completion > 1) rep.TpotSeconds = (float)((r.LastTokenSent - r.FirstTokenSent) / f / (r.Completion - 1));
+        }
+        _engine.TrySend(rep, static (w, x) => Ipc.Ipc.Write(w, IpcType.Report, 0, x));
+    }
+
+    private static uint Micros(long from, long to) =>
+        to == 0 || from == 0 || to < from ? 0 : (uint)Math.Min(uint.MaxValue, (to - from) * 1_000_000 / Stopwatch.Frequency);
+
+    private int AppendUtf8(string s, int at)
+    {
+        if (s.Length == 0) return at;
+        int need = at + Encoding.UTF8.GetMaxByteCount(s.Length);
+        if (need > _utf8.Length) Array.Resize(ref _utf8, Math.Max(need, _utf8.Length * 2));
+        return at + Encoding.UTF8.GetBytes(s, _utf8.AsSpan(at));
+    }
+
+    private void Touch(ClientSession s)
+    {
+        if (s.MarkTouched()) _touched.Add(s);
+    }
+
+    /// <summary>After each batch from the engine: one flush per connection that got frames.</summary>
+    internal void FlushTouched()
+    {
+        foreach (var s in _touched) { s.ClearTouched(); s.Out.Flush(); }
+        _touched.Clear();
+    }
+
+    /// <summary>The engine went away (killed, or restarting): every request in flight ends `unavailable`, retriable.</summary>
+    internal void OnEngineLost()
+    {
+        foreach (var kv in _requests)
+        {
+            if (!_requests.TryRemove(kv.Key, out var r) || r.Done) continue;
+            var f = new FinalInfo { Status = WireStatus.Unavailable, Retriable = true, RetryAfterMs = 500 };
+            FinishToClient(r, ref f, default, "engine.lost", "the engine process went away; the replica is restarting it");
+        }
+        FlushTouched();
+        if (!_draining) Console.Error.WriteLine($"fastserve worker {Options.Index}: lost the engine; reconnecting");
+    }
+
+    // ---- timers, drain -------------------------------------------------------------------------------------
+
+    private void TimerLoop()
+    {
+        long tick = 0;
+        while (!_exit.IsSet)
+        {
+            Thread.Sleep(10);
+            long now = Stopwatch.GetTimestamp();
+            foreach (var kv in _sessions) kv.Value.OnTimer(now, tick % 25 == 0);
+            tick++;
+        }
+    }
+
+    public void BeginDrain()
+    {
+        if (_draining) return;
+        _draining = true;
+        new Thread(() =>
+        {
+            long until = Stopwatch.GetTimestamp() + (long)(Options.Grace.TotalSeconds * Stopwatch.Frequency);
+            while (_requests.Count > 0 && Stopwatch.GetTimestamp() < until) Thread.Sleep(10);
+            foreach (var kv in _requests)
+            {
+                if (!_requests.TryRemove(kv.Key, out var r) || r.Done) continue;
+                var f = new FinalInfo { Status = WireStatus.Draining, Retriable = r.Completion == 0 };
+                lock (r.Session.Out.Lock) FrameWriter.Final(r.Session.Out.Writer, r.ClientId, f, "server.drain_grace_expired", "the replica drained before this request finished");
+                r.Session.Out.Flush();
+            }
+            // Give the last frames a moment to leave, then close every connection cleanly.
+            Thread.Sleep(50);
+            foreach (var kv in _sessions) kv.Value.Close("draining");
+            _exit.Set();
+        }) { IsBackground = true, Name = "fastserve-drain" }.Start();
+    }
+
+    public void Dispose()
+    {
+        _exit.Set();
+        _engine.Stop();
+        _listener.Dispose();
+        foreach (var kv in _sessions) kv.Value.Close("shutting down");
+    }
+}

@@ -1,0 +1,27 @@
+using FastServe.Protocol;
+
+namespace FastServe.Server.Worker;
+
+/// <summary>Settings of a worker process (`fastserve serve-worker`, started by the supervisor).</summary>
+public sealed record WorkerOptions
+{
+    public required string IpcPath { get; init; }
+    /// <summary>Model directory: the worker loads only the tokenizer and config.json from it.</summary>
+    public required string ModelDir { get; init; }
+    public string Host { get; init; } = "127.0.0.1";
+    public required int Port { get; init; }
+    public int Index { get; init; }
+    public int ParentPid { get; init; }
+    public int MaxFrame { get; init; } = Wire.DefaultMaxFrame;
+    public int MaxInFlight { get; init; } = 1024;
+    public TimeSpan IdleTimeout { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>Time allowed to receive the rest of a frame once its first byte arrived (slow senders).</summary>
+    public TimeSpan FrameTimeout { get; init; } = TimeSpan.FromSeconds(10);
+    public TimeSpan HelloTimeout { get; init; } = TimeSpan.FromSeconds(10);
+    /// <summary>Unsent bytes allowed per connection before it is closed as not reading.</summary>
+    public long MaxSendBytes { get; init; } = 8 << 20;
+    /// <summary>Admin token for DRAIN frames; null = every DRAIN is unauthorized.</summary>
+    public string? AdminToken { get; init; }
+    public TimeSpan Grace { get; init; } = TimeSpan.FromSeconds(30);
+    public string ServerName { get; init; } = "fastserve";
+}

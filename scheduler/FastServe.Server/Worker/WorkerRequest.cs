@@ -1,0 +1,23 @@
+using FastServe.Runtime.Generation;
+using FastServe.Runtime.Tokenization;
+
+namespace FastServe.Server.Worker;
+
+/// <summary>
+/// A request as a worker tracks it between the client and the engine. Created by the session's receive loop;
+/// from submission on, touched only by the engine link's reader thread (tokens, final), so it needs no lock.
+/// </summary>
+internal sealed class WorkerRequest
+{
+    public required ulong Key;                 // the worker's id for the engine
+    public required ulong ClientId;            // the client's request id on its connection
+    public required ClientSession Session;
+    public IncrementalDecoder? Decoder;        // null with no_text
+    public StopMatcher? Stop;
+    public int PromptTokens;
+    public int Completion;
+    public long Received, Tokenized, Sent;     // Stopwatch ticks
+    public long FirstTokenSent, LastTokenSent;
+    /// <summary>The client already has its FINAL (a stop string matched); the engine's final only clears the entry.</summary>
+    public bool Done;
+}

@@ -99,8 +99,9 @@ public sealed class EngineHost : IDisposable
         BroadcastLoad();
         new Thread(() =>
         {
-            var until = Stopwatch.GetTimestamp() + (long)(_opt.Grace.TotalSeconds * Stopwatch.Frequency);
-            // Workers exit once their requests are done; the engine follows when none is connected, or at the deadline.
+            // Workers exit once their requests are done (or their grace ends); the engine follows when none is
+            // connected, waiting a little longer than they do so they can end leftovers with `draining` themselves.
+            var until = Stopwatch.GetTimestamp() + (long)((_opt.Grace.TotalSeconds + 2) * Stopwatch.Frequency);
             while (Stopwatch.GetTimestamp() < until)
             {
                 int live; lock (_links) live = _links.Count(l => !l.IsClosed);

@@ -171,7 +171,8 @@ public sealed class Supervisor
 
     private static string Describe(int code) => code > 128 ? $"signal {code - 128}" : $"code {code}";
 
-    // Readiness is judged through the replica's own port: HELLO, then LOAD_QUERY until a worker reports `ready`.
+    // Readiness is judged through the replica's own port: HELLO, then LOAD_QUERY until a worker reports `ready`
+    // with every worker linked to the engine (so all of them listen before clients are told to come).
     private void WaitReady()
     {
         var deadline = Stopwatch.GetTimestamp() + 600 * Stopwatch.Frequency;
@@ -206,7 +207,7 @@ public sealed class Supervisor
             {
                 used += consumed;
                 if (h.Type == FrameType.Error) return false;
-                if (h.Type == FrameType.LoadReport) return LoadReport.TryParse(payload, out var r) && r.State == ReplicaState.Ready;
+                if (h.Type == FrameType.LoadReport) return LoadReport.TryParse(payload, out var r) && r.State == ReplicaState.Ready && r.Workers >= _opt.Workers;
             }
             if (have == buf.Length) return false;
         }

@@ -127,8 +127,8 @@ public sealed class WorkerHost : IDisposable
     /// <summary>An authenticated DRAIN: ask the supervisor to drain the whole replica (it signals every process).</summary>
     internal void RequestReplicaDrain()
     {
+        BeginDrain();
         if (Options.ParentPid > 1) Native.Kill(Options.ParentPid, Native.SIGTERM);
-        else BeginDrain();
     }
 
     // ---- engine output (engine-link reader thread) -----------------------------------------------------------

@@ -115,8 +115,12 @@ internal sealed class ReplicaProcess : IDisposable
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill")]
     public static extern int Kill(int pid, int sig);
 
+    private bool _disposed;
+
     public void Dispose()
     {
+        if (_disposed) return;
+        _disposed = true;
         if (!Proc.HasExited)
         {
             Signal(15);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Bounded coverage-guided fuzzing of the wire protocol codec (scheduler/FastServe.Protocol).
-#   tests/FastServe.Fuzz/run.sh [SECONDS]     (default 60)
+#   tests/FastServe.Fuzz/run.sh [SECONDS]     (default 60; 0 = only build and replay, needs no clang or apt)
 # Builds tests/FastServe.Fuzz, instruments a copy of FastServe.Protocol.dll with SharpFuzz, compiles the libFuzzer
 # driver (driver/libfuzzer_driver.c) and fuzzes FrameParseLoop for SECONDS, starting from corpus/ (checked in) and
 # build/fuzz/corpus (what earlier runs found; new inputs go there, never into corpus/).
@@ -9,7 +9,7 @@
 #   FASTSERVE_FUZZ_ARGS   extra libFuzzer flags (e.g. "-seed=1 -max_len=65552")
 set -uo pipefail
 secs=${1:-60}
-if ! [[ $secs =~ ^[0-9]+$ ]] || [ "$secs" -lt 1 ]; then
+if ! [[ $secs =~ ^[0-9]+$ ]]; then
   echo "usage: $0 [SECONDS]" >&2
   exit 2
 fi
@@ -22,7 +22,6 @@ app="$out/app"
 log() { printf '\033[1m[fuzz]\033[0m %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-"$here/setup.sh" || die "setup failed"
 mkdir -p "$out"
 
 log "building tests/FastServe.Fuzz"
@@ -32,6 +31,8 @@ dotnet build "$here/FastServe.Fuzz.csproj" -c Release -nologo -v q >"$out/build.
 regress=("$here/corpus")
 [ -d "$here/crashes" ] && regress+=("$here/crashes")
 dotnet "$bin/FastServe.Fuzz.dll" replay "${regress[@]}" || die "replay of corpus/crashes failed"
+[ "$secs" -eq 0 ] && exit 0
+"$here/setup.sh" || die "setup failed"
 
 # Instrument a copy, so the ordinary build output stays uninstrumented.
 rm -rf "$app"
@@ -56,6 +57,10 @@ grep -E '^(INFO: seed corpus|#[0-9]+[[:space:]]+(INITED|DONE))|^stat::' "$out/fu
 shopt -s nullglob
 found=("$out"/artifacts/*)
 if [ "$status" -eq 0 ] && [ ${#found[@]} -eq 0 ]; then
+  printf 'seeds only: ' >&2
+  dotnet "$app/FastServe.Fuzz.dll" coverage "$here/corpus" >&2 || true
+  printf 'seeds + build/fuzz/corpus: ' >&2
+  dotnet "$app/FastServe.Fuzz.dll" coverage "$here/corpus" "$out/corpus" >&2 || true
   log "no crash in ${secs}s"
   exit 0
 fi

@@ -33,10 +33,10 @@ public static class FrameReader
         uint len = BinaryPrimitives.ReadUInt32LittleEndian(buffer);
         header = new FrameHeader((int)Math.Min(len, int.MaxValue), (FrameType)buffer[4], buffer[5], BinaryPrimitives.ReadUInt64LittleEndian(buffer[8..]));
         if (len > (uint)maxFrame) return ReadResult.TooLarge;
-        int total = Wire.HeaderSize + (int)len;
-        if (buffer.Length < total) return ReadResult.NeedMore;
+        // Compared as unsigned: header + length overflows an int when maxFrame is near int.MaxValue.
+        if ((uint)(buffer.Length - Wire.HeaderSize) < len) return ReadResult.NeedMore;
         payload = buffer.Slice(Wire.HeaderSize, (int)len);
-        consumed = total;
+        consumed = Wire.HeaderSize + (int)len;
         return ReadResult.Frame;
     }
 }

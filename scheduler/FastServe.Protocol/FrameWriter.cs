@@ -39,11 +39,16 @@ public static class FrameWriter
         return span.Slice(Wire.HeaderSize, payload);
     }
 
-    private static int Str16Size(ReadOnlySpan<byte> s) => 2 + Math.Min(s.Length, ushort.MaxValue);
+    /// <summary>What of <paramref name="s"/> fits a str16: all of it, or the longest whole-sequence prefix of 65535 bytes.
+    /// Sizing and writing both use it, so a frame's length always matches what was written.</summary>
+    private static ReadOnlySpan<byte> Fit16(ReadOnlySpan<byte> s) =>
+        s.Length > ushort.MaxValue ? s[..Utf8Text.CompletePrefix(s[..ushort.MaxValue])] : s;
+
+    private static int Str16Size(ReadOnlySpan<byte> s) => 2 + Fit16(s).Length;
 
     private static int PutStr16(Span<byte> dst, ReadOnlySpan<byte> s)
     {
-        if (s.Length > ushort.MaxValue) s = s[..Utf8Text.CompletePrefix(s[..ushort.MaxValue])];
+        s = Fit16(s);
         BinaryPrimitives.WriteUInt16LittleEndian(dst, (ushort)s.Length);
         s.CopyTo(dst[2..]);
         return 2 + s.Length;
@@ -91,8 +96,9 @@ public static class FrameWriter
         bool ids = promptText.IsEmpty && !promptIds.IsEmpty;
         int promptBytes = ids ? promptIds.Length * 4 : promptText.Length;
         int stopCount = stops?.Count ?? 0;
+        var stopUtf8 = new byte[stopCount][];
         int stopBytes = 0;
-        for (int i = 0; i < stopCount; i++) stopBytes += 2 + Math.Min(Encoding.UTF8.GetByteCount(stops![i]), ushort.MaxValue);
+        for (int i = 0; i < stopCount; i++) stopBytes += Str16Size(stopUtf8[i] = Encoding.UTF8.GetBytes(stops![i]));
         int n = Wire.RequestFixedSize + promptBytes + stopBytes;
         var p = Begin(w, FrameType.Request, 0, id, n);
         BinaryPrimitives.WriteUInt32LittleEndian(p, (uint)r.MaxTokens);
@@ -119,7 +125,7 @@ public static class FrameWriter
         }
         else promptText.CopyTo(p[o..]);
         o += promptBytes;
-        for (int i = 0; i < stopCount; i++) o += PutStr16(p[o..], Encoding.UTF8.GetBytes(stops![i]));
+        for (int i = 0; i < stopCount; i++) o += PutStr16(p[o..], stopUtf8[i]);
         w.Advance(Wire.HeaderSize + n);
     }
 

@@ -6,6 +6,12 @@ cd "$(dirname "$0")"
 
 ./build.sh || { echo "0 passed, 1 failed"; exit 1; }
 
+# Real peers the end-to-end tests talk to over loopback (HAProxy for the agent check).
+if ! command -v haproxy >/dev/null 2>&1 && [ "${FASTSERVE_SKIP_APT:-0}" != 1 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get install -y -qq --no-install-recommends haproxy >/dev/null 2>&1 || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends haproxy; }
+fi
+
 log=$(mktemp)
 dotnet test FastServe.sln -c Release -nologo --logger "console;verbosity=normal" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
@@ -17,6 +23,8 @@ read -r passed failed skipped < <(awk '
   /^ *Skipped: +[0-9]+ *$/ { s += $2 }
   END { printf "%d %d %d\n", p, f, s }' "$log")
 rm -f "$log"
+# Coverage-guided fuzzing of the wire-protocol frame parser (SharpFuzz + libFuzzer) for a bounded time; counted as one test.
+if tests/FastServe.Fuzz/run.sh "${FASTSERVE_FUZZ_SECONDS:-60}"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$status" -eq 0 ] && [ "$failed" -eq 0 ]

@@ -34,9 +34,10 @@ internal static class ServeCommand
         var maxFrame = new Option<int>("--max-frame") { Description = "Largest frame payload in bytes", DefaultValueFactory = _ => 1 << 20 };
         var idle = new Option<int>("--idle-timeout-ms") { Description = "Close connections idle this long", DefaultValueFactory = _ => 60_000 };
         var frameTimeout = new Option<int>("--frame-timeout-ms") { Description = "Close a connection whose started frame does not complete in this time (slow senders)", DefaultValueFactory = _ => 10_000 };
+        var name = new Option<string>("--name") { Description = "Replica name sent in HELLO_OK (at most 64 characters)", DefaultValueFactory = _ => "fastserve" };
         var cmd = new Command("serve", "Serve the model over the FastServe protocol: an engine process plus worker processes on one port.");
         e.AddTo(cmd);
-        foreach (Option o in new Option[] { HostOpt, port, workers, metrics, agent, tokenFile, maxInFlight, maxFrame, idle, frameTimeout, GraceOpt }) cmd.Add(o);
+        foreach (Option o in new Option[] { HostOpt, port, workers, metrics, agent, tokenFile, maxInFlight, maxFrame, idle, frameTimeout, name, GraceOpt }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             bool json = e.Json(r);
@@ -54,6 +55,8 @@ internal static class ServeCommand
             if (mf < 4096 || mf > 64 << 20) throw new FastServeException("args.invalid_max_frame", "--max-frame must be between 4096 and 67108864", "--max-frame");
             if (idleMs < 100) throw new FastServeException("args.invalid_idle_timeout", "--idle-timeout-ms must be at least 100", "--idle-timeout-ms");
             int ftMs = r.GetValue(frameTimeout);
+            string replicaName = r.GetValue(name)!;
+            if (replicaName.Length is 0 or > 64) throw new FastServeException("args.invalid_name", "--name must have 1 to 64 characters", "--name");
             if (ftMs < 100) throw new FastServeException("args.invalid_frame_timeout", "--frame-timeout-ms must be at least 100", "--frame-timeout-ms");
             if (grace < 0 || grace > 3_600_000) throw new FastServeException("args.invalid_grace", "--grace-ms must be between 0 and 3600000", "--grace-ms");
 
@@ -73,7 +76,7 @@ internal static class ServeCommand
             engineArgs.AddRange(["--model", modelDir, "--host", host]);
             if (mp > 0) engineArgs.AddRange(["--metrics-port", $"{mp}"]);
             if (ap > 0) engineArgs.AddRange(["--agent-port", $"{ap}"]);
-            var workerArgs = new List<string> { "--model", modelDir, "--max-in-flight", $"{mif}", "--max-frame", $"{mf}", "--idle-timeout-ms", $"{idleMs}", "--frame-timeout-ms", $"{ftMs}" };
+            var workerArgs = new List<string> { "--model", modelDir, "--max-in-flight", $"{mif}", "--max-frame", $"{mf}", "--idle-timeout-ms", $"{idleMs}", "--frame-timeout-ms", $"{ftMs}", "--name", replicaName };
             var env = new Dictionary<string, string>();
             if (token is not null) env["FASTSERVE_ADMIN_TOKEN"] = token;
 
@@ -160,8 +163,9 @@ internal static class ServeCommand
         var maxFrame = new Option<int>("--max-frame") { DefaultValueFactory = _ => 1 << 20 };
         var idle = new Option<int>("--idle-timeout-ms") { DefaultValueFactory = _ => 60_000 };
         var frameTimeout = new Option<int>("--frame-timeout-ms") { DefaultValueFactory = _ => 10_000 };
+        var name = new Option<string>("--name") { DefaultValueFactory = _ => "fastserve" };
         var cmd = new Command("serve-worker", "A worker process of a replica (started by serve).") { Hidden = true };
-        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, model, port, index, maxInFlight, maxFrame, idle, frameTimeout, GraceOpt }) cmd.Add(o);
+        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, model, port, index, maxInFlight, maxFrame, idle, frameTimeout, name, GraceOpt }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             int parent = r.GetValue(ParentOpt);
@@ -181,6 +185,7 @@ internal static class ServeCommand
                 HelloTimeout = TimeSpan.FromMilliseconds(Math.Min(10_000, r.GetValue(frameTimeout))),
                 Grace = TimeSpan.FromMilliseconds(r.GetValue(GraceOpt)),
                 AdminToken = Environment.GetEnvironmentVariable("FASTSERVE_ADMIN_TOKEN"),
+                ServerName = r.GetValue(name)!,
             });
             return host.Run();
         });

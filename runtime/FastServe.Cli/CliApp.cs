@@ -19,6 +19,8 @@ internal static class CliApp
             BenchModelCommand.Create(),
             BatchCommand.Create(),
             BenchEngineCommand.Create(),
+            ClientCommand.Create(),
+            BenchCommand.Create(),
         };
         var parse = root.Parse(args);
         if (parse.Errors.Count > 0)

@@ -33,6 +33,12 @@ public sealed record BenchOptions
     /// counted as unfinished (infinitely late).</summary>
     public TimeSpan DrainLimit { get; init; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>
+    /// Before the warm-up, wait at most this long for the server to report an idle engine (LOAD_QUERY: nothing running
+    /// or queued), so the leftovers of a previous run (a sweep's failing point) do not skew this one. A server that
+    /// does not answer within a second is not waited for. Zero skips the wait.
+    /// </summary>
+    public TimeSpan SettleLimit { get; init; } = TimeSpan.FromSeconds(10);
     /// <summary>Prompts, drawn uniformly at random per request. Null: <see cref="GrammarCorpus.Prompts"/>.</summary>
     public IReadOnlyList<string>? Prompts { get; init; }
     /// <summary>Sampling and scheduling fields of every request (default: 50 tokens, greedy, ignore_eos).</summary>
@@ -55,6 +61,7 @@ public sealed record BenchOptions
         if (Connections < 1 || Connections > 4096) throw new ArgumentOutOfRangeException(nameof(Connections), "must be in [1, 4096]");
         if (Duration <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(Duration), "must be positive");
         if (Warmup < TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(Warmup), "must not be negative");
+        if (SettleLimit < TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(SettleLimit), "must not be negative");
         if (DrainLimit < TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(DrainLimit), "must not be negative");
         if (!(SloMs > 0)) throw new ArgumentOutOfRangeException(nameof(SloMs), "must be positive");
         if (!(MaxErrorRate >= 0 && MaxErrorRate <= 1)) throw new ArgumentOutOfRangeException(nameof(MaxErrorRate), "must be in [0, 1]");

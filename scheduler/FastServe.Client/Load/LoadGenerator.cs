@@ -23,6 +23,7 @@ public static class LoadGenerator
         var requests = prompts.Select(p => new CompletionRequest { Prompt = p, Params = o.Params }).ToArray();
         var clientOptions = (o.ClientOptions ?? new FastServeClientOptions()) with { CollectOutput = false };
         await using var conns = await ConnectionSet.OpenAsync(o.Host, o.Port, o.Connections, clientOptions, ct).ConfigureAwait(false);
+        if (o.SettleLimit > TimeSpan.Zero) await SettleAsync(conns.First, o.SettleLimit, ct).ConfigureAwait(false);
 
         double f = Stopwatch.Frequency;
         long t0 = Stopwatch.GetTimestamp() + (long)(0.01 * f);
@@ -50,6 +51,20 @@ public static class LoadGenerator
         }
         ct.ThrowIfCancellationRequested();
         return rec.Summarize((windowEnd - windowStart) / f, conns.Reconnects);
+    }
+
+    // Waits until the server reports nothing running or queued, or the limit passes.
+    private static async Task SettleAsync(FastServeClient client, TimeSpan limit, CancellationToken ct)
+    {
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < limit)
+        {
+            LoadReport r;
+            try { r = await client.GetLoadAsync(ct).WaitAsync(TimeSpan.FromSeconds(1), ct).ConfigureAwait(false); }
+            catch (Exception e) when (e is TimeoutException or FastServeClientException) { return; }
+            if (r.Running + r.Queued == 0) return;
+            await Task.Delay(50, ct).ConfigureAwait(false);
+        }
     }
 
     private static async Task ReportProgressAsync(Recorder rec, Action<BenchProgress> progress, long t0, long windowEnd, CancellationToken stop)

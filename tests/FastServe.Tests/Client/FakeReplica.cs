@@ -16,7 +16,7 @@ internal sealed class FakeReplica : IDisposable
     private readonly CancellationTokenSource _stop = new();
     private readonly List<Socket> _sockets = new();
     private readonly SemaphoreSlim _serial = new(1, 1);
-    private int _requests, _inFlight, _maxInFlight;
+    private int _requests, _inFlight, _maxInFlight, _loadQueries;
 
     public FakeReplica()
     {
@@ -34,6 +34,7 @@ internal sealed class FakeReplica : IDisposable
 
     public int Requests => Volatile.Read(ref _requests);
     public int MaxInFlight => Volatile.Read(ref _maxInFlight);
+    public int LoadQueries => Volatile.Read(ref _loadQueries);
     public int Connections { get { lock (_sockets) return _sockets.Count; } }
 
     /// <summary>Closes every connection accepted so far (the listener keeps accepting).</summary>
@@ -74,6 +75,12 @@ internal sealed class FakeReplica : IDisposable
                     if (r != ReadResult.Frame) break;
                     if (h.Type == FrameType.Hello)
                         await SendAsync(s, writeLock, w => FrameWriter.HelloOk(w, ScriptedPeer.DefaultHello with { ServerName = "fake" }));
+                    else if (h.Type == FrameType.LoadQuery)
+                    {
+                        int busy = Volatile.Read(ref _inFlight);
+                        Interlocked.Increment(ref _loadQueries);
+                        await SendAsync(s, writeLock, w => FrameWriter.LoadReport(w, new LoadReport(ReplicaState.Ready, 1, busy, 0, busy, 1f, 0, 64, 0)));
+                    }
                     else if (h.Type == FrameType.Request)
                     {
                         RequestView.TryParse(payload, out var req);
@@ -111,6 +118,7 @@ internal sealed class FakeReplica : IDisposable
             int now = Interlocked.Increment(ref _inFlight);
             int max;
             while ((max = Volatile.Read(ref _maxInFlight)) < now && Interlocked.CompareExchange(ref _maxInFlight, now, max) != max) { }
+            bool counted = true;
             try
             {
                 await Task.Delay(FirstTokenDelay, _stop.Token);
@@ -118,12 +126,19 @@ internal sealed class FakeReplica : IDisposable
                 await SendAsync(s, writeLock, w => FrameWriter.Delta(w, id, ids, "text"u8));
                 await Task.Delay(FinalDelay, _stop.Token);
                 var fin = PeerConnection.Ok(50, tokens);
+                // Finished before the client can see the FINAL and send the next request.
+                Interlocked.Decrement(ref _inFlight);
+                counted = false;
+                if (Serial) _serial.Release();
                 await SendAsync(s, writeLock, w => FrameWriter.Final(w, id, fin, "", ""));
             }
             finally
             {
-                Interlocked.Decrement(ref _inFlight);
-                if (Serial) _serial.Release();
+                if (counted)
+                {
+                    Interlocked.Decrement(ref _inFlight);
+                    if (Serial) _serial.Release();
+                }
             }
         }
         catch (Exception) { }

@@ -42,6 +42,7 @@ public class LoadGeneratorTests
         Assert.That(r.ServerMeanUs["first_token"], Is.EqualTo(500));
         Assert.That(fake.Requests, Is.GreaterThanOrEqualTo(r.Sent + 30), "the warm-up's requests were sent too");
         Assert.That(fake.Connections, Is.EqualTo(3));
+        Assert.That(fake.LoadQueries, Is.EqualTo(1), "one look at the server's load before starting");
         Assert.That(progress, Is.Not.Empty);
         Assert.That(progress[^1].Fraction, Is.EqualTo(1));
     }

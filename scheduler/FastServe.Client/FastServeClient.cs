@@ -46,6 +46,7 @@ public sealed class FastServeClient : IAsyncDisposable
     private ulong _nextId;
     private ulong _nextPing;
     private uint _subscribedMs;
+    private ErrorInfo? _lastError;
 
     // Send buffers: guarded by _sendLock (taken before _lock when both are needed).
     private readonly object _sendLock = new();
@@ -76,6 +77,10 @@ public sealed class FastServeClient : IAsyncDisposable
 
     /// <summary>Requests started and not yet completed.</summary>
     public int InFlight { get { lock (_lock) return _calls.Count; } }
+
+    /// <summary>The last connection-level ERROR the server sent (fatal or not), null if none. Non-fatal ones other than a
+    /// refused DRAIN answer nothing this client asked, so they are only kept here.</summary>
+    public ErrorInfo? LastServerError { get { lock (_lock) return _lastError; } }
 
     /// <summary>Why the connection closed (a <c>client.*</c> or <c>server.*</c> detail code), null while connected.</summary>
     public string? CloseDetail { get { lock (_lock) return _closed ? _closeDetail : null; } }
@@ -673,8 +678,11 @@ public sealed class FastServeClient : IAsyncDisposable
             {
                 if (!ErrorInfo.TryParse(payload, h.Flags, out var err)) return "malformed ERROR";
                 TaskCompletionSource<TimeSpan>? drain = null;
-                if (err.Status == WireStatus.Unauthorized)
-                    lock (_lock) _drains.TryDequeue(out drain);
+                lock (_lock)
+                {
+                    _lastError = err;
+                    if (err.Status == WireStatus.Unauthorized) _drains.TryDequeue(out drain);
+                }
                 drain?.TrySetException(new FastServeClientException("client.unauthorized", $"the server refused DRAIN: {err.Message}", err.Status));
                 if (err.Fatal) Close("server." + WireNames.Of(err.Status), $"the server closed the connection: {WireNames.Of(err.Status)}: {err.Message}");
                 return null;

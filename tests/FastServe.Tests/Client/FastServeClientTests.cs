@@ -316,6 +316,21 @@ public class FastServeClientTests
         Assert.That(r.StatusName, Is.EqualTo("connection_lost"));
         Assert.That(r.Detail, Is.EqualTo("server.bad_request"));
         Assert.That(r.Message, Does.Contain("frame timeout"));
+        Assert.That(client.LastServerError?.Status, Is.EqualTo(WireStatus.BadRequest));
+    }
+
+    [Test]
+    public async Task KeepAlivePingsAQuietConnectionAndAbsorbsThePong()
+    {
+        using var peer = new ScriptedPeer();
+        var (client, conn) = await ConnectAsync(peer, new FastServeClientOptions { KeepAliveInterval = TimeSpan.FromMilliseconds(50) });
+        await using var clientScope = client;
+        using var connScope = conn;
+        var (h, payload) = await conn.ReadFrameAsync().WaitAsync(TimeSpan.FromSeconds(2));
+        Assert.That(h.Type, Is.EqualTo(FrameType.Ping));
+        await conn.SendAsync(w => FrameWriter.Ping(w, payload, pong: true));
+        await Task.Delay(20);
+        Assert.That(client.IsConnected, Is.True, "an unsolicited PONG is not a protocol error");
     }
 
     [Test]

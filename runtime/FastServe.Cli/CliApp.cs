@@ -19,6 +19,8 @@ internal static class CliApp
             BenchModelCommand.Create(),
             BatchCommand.Create(),
             BenchEngineCommand.Create(),
+            ClientCommand.Create(),
+            BenchCommand.Create(),
         };
         foreach (var c in ServeCommand.Create()) root.Add(c);
         var parse = root.Parse(args);

@@ -1,0 +1,760 @@
+using System.Buffers;
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Net.Sockets;
+using System.Text;
+using FastServe.Protocol;
+
+namespace FastServe.Client;
+
+/// <summary>
+/// A client of a FastServe replica or router over one TCP connection (docs/protocol.md, docs/client.md). Many
+/// completions run at once, multiplexed by request id (assigned here, increasing from 1). Thread-safe: any thread
+/// may start, cancel and await calls.
+/// </summary>
+/// <remarks>
+/// One receive loop reads into a pooled buffer that grows to the largest frame seen, splits frames with
+/// <see cref="FrameReader"/> and dispatches them by id without copying the payload. Writers append frames to a
+/// pending buffer under a lock; one send loop swaps it out and writes it in a single socket call, so frames that
+/// arrive together leave together. When the connection breaks, every call in flight completes once with
+/// <see cref="ClientFailure.ConnectionLost"/> (status name <c>connection_lost</c>, retriable), every later
+/// <see cref="Start"/> completes the same way at once, and the control methods throw
+/// <see cref="FastServeClientException"/> with code <c>client.connection_lost</c>. The client never reconnects.
+/// </remarks>
+public sealed class FastServeClient : IAsyncDisposable
+{
+    private const int InitialReceiveBuffer = 64 << 10;
+    private const int MinReceiveSpace = 4 << 10;
+
+    private readonly Socket _socket;
+    private readonly FastServeClientOptions _options;
+
+    // Receive buffer: owned by the handshake, then by the receive loop alone.
+    private byte[] _rbuf;
+    private int _rstart, _rend;
+
+    // Calls and control waiters: guarded by _lock. Closing sets _closed under it, so nothing registers afterwards.
+    private readonly object _lock = new();
+    private readonly Dictionary<ulong, CompletionCall> _calls = new();
+    private readonly Dictionary<ulong, (TaskCompletionSource<TimeSpan> Tcs, long Sent)> _pings = new();
+    private readonly List<TaskCompletionSource<LoadReport>> _loadWaiters = new();
+    private readonly List<LoadSubscription> _subscribers = new();
+    private readonly Queue<TaskCompletionSource<TimeSpan>> _drains = new();
+    private bool _closed;
+    private string _closeDetail = "";
+    private string _closeMessage = "";
+    private ulong _nextId;
+    private ulong _nextPing;
+    private uint _subscribedMs;
+    private ErrorInfo? _lastError;
+
+    // Send buffers: guarded by _sendLock (taken before _lock when both are needed).
+    private readonly object _sendLock = new();
+    private ArrayBufferWriter<byte> _pending = new(64 << 10);
+    private ArrayBufferWriter<byte> _spare = new(64 << 10);
+    private int _sendingBytes;
+    private bool _sendSignaled;
+    private readonly SemaphoreSlim _sendSignal = new(0);
+
+    private volatile bool _isClosed;
+    private long _lastReceiveTicks;
+    private Task _receiveTask = Task.CompletedTask;
+    private Task _sendTask = Task.CompletedTask;
+    private Timer? _keepAlive;
+
+    private FastServeClient(Socket socket, FastServeClientOptions options)
+    {
+        _socket = socket;
+        _options = options;
+        _rbuf = ArrayPool<byte>.Shared.Rent(InitialReceiveBuffer);
+    }
+
+    /// <summary>The server's HELLO_OK: protocol version, limits and name.</summary>
+    public HelloOk Server { get; private set; }
+
+    /// <summary>False once the connection has broken or the client was disposed; it never comes back.</summary>
+    public bool IsConnected => !_isClosed;
+
+    /// <summary>Requests started and not yet completed.</summary>
+    public int InFlight { get { lock (_lock) return _calls.Count; } }
+
+    /// <summary>The last connection-level ERROR the server sent (fatal or not), null if none. Non-fatal ones other than a
+    /// refused DRAIN answer nothing this client asked, so they are only kept here.</summary>
+    public ErrorInfo? LastServerError { get { lock (_lock) return _lastError; } }
+
+    /// <summary>Why the connection closed (a <c>client.*</c> or <c>server.*</c> detail code), null while connected.</summary>
+    public string? CloseDetail { get { lock (_lock) return _closed ? _closeDetail : null; } }
+
+    /// <summary>Human-readable reason the connection closed, null while connected.</summary>
+    public string? CloseMessage { get { lock (_lock) return _closed ? _closeMessage : null; } }
+
+    /// <summary>
+    /// Opens a TCP connection, sends HELLO and waits for HELLO_OK. <paramref name="host"/> is a name or an address.
+    /// </summary>
+    /// <exception cref="FastServeClientException"><c>client.connect_failed</c> (refused, unreachable, name not found),
+    /// <c>client.connect_timeout</c> (no HELLO_OK within <see cref="FastServeClientOptions.ConnectTimeout"/>),
+    /// <c>client.hello_rejected</c> (the server answered ERROR; <see cref="FastServeClientException.Status"/> says why),
+    /// <c>client.unsupported_version</c>, <c>client.protocol_error</c>.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="ct"/> was cancelled.</exception>
+    public static async Task<FastServeClient> ConnectAsync(string host, int port, FastServeClientOptions? options = null, CancellationToken ct = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(host);
+        ArgumentOutOfRangeException.ThrowIfLessThan(port, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(port, 65535);
+        options ??= new FastServeClientOptions();
+        options.Validate();
+        var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        FastServeClient? client = null;
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        cts.CancelAfter(options.ConnectTimeout);
+        try
+        {
+            try
+            {
+                await socket.ConnectAsync(host, port, cts.Token).ConfigureAwait(false);
+            }
+            catch (SocketException e)
+            {
+                throw new FastServeClientException("client.connect_failed", $"cannot connect to {host}:{port}: {e.Message}", inner: e);
+            }
+            client = new FastServeClient(socket, options);
+            await client.HandshakeAsync(cts.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+        {
+            Abandon(socket, client);
+            throw new FastServeClientException("client.connect_timeout",
+                $"no HELLO_OK from {host}:{port} within {options.ConnectTimeout.TotalMilliseconds:F0} ms");
+        }
+        catch (SocketException e)
+        {
+            Abandon(socket, client);
+            throw new FastServeClientException("client.connect_failed", $"connection to {host}:{port} failed during the handshake: {e.Message}", inner: e);
+        }
+        catch
+        {
+            Abandon(socket, client);
+            throw;
+        }
+        client.StartLoops();
+        return client;
+    }
+
+    private static void Abandon(Socket socket, FastServeClient? client)
+    {
+        socket.Dispose();
+        if (client is not null) ArrayPool<byte>.Shared.Return(client._rbuf);
+    }
+
+    private async Task HandshakeAsync(CancellationToken ct)
+    {
+        var hello = new ArrayBufferWriter<byte>(64);
+        FrameWriter.Hello(hello, Encoding.UTF8.GetBytes(_options.ClientName));
+        await SendAllAsync(hello.WrittenMemory, ct).ConfigureAwait(false);
+        while (true)
+        {
+            var r = FrameReader.TryRead(_rbuf.AsSpan(_rstart, _rend - _rstart), _options.MaxReceiveFrameBytes, out var h, out _, out int consumed);
+            if (r == ReadResult.TooLarge) throw ProtocolError($"the server's first frame announces {h.Length} bytes");
+            if (r == ReadResult.Frame)
+            {
+                ReadHandshakeFrame(h, _rstart, consumed);
+                _rstart += consumed;
+                return;
+            }
+            EnsureReceiveSpace(_rend - _rstart >= Wire.HeaderSize ? Wire.HeaderSize + h.Length : Wire.HeaderSize);
+            int n = await _socket.ReceiveAsync(_rbuf.AsMemory(_rend), SocketFlags.None, ct).ConfigureAwait(false);
+            if (n == 0) throw new FastServeClientException("client.connect_failed", "the server closed the connection before HELLO_OK");
+            _rend += n;
+        }
+    }
+
+    private void ReadHandshakeFrame(FrameHeader h, int start, int consumed)
+    {
+        var payload = _rbuf.AsSpan(start + Wire.HeaderSize, consumed - Wire.HeaderSize);
+        switch (h.Type)
+        {
+            case FrameType.HelloOk:
+                if (!HelloOk.TryParse(payload, out var ok)) throw ProtocolError("malformed HELLO_OK");
+                if (ok.Major != Wire.Major)
+                    throw new FastServeClientException("client.unsupported_version", $"the server speaks protocol {ok.Major}.{ok.Minor}, this client {Wire.Major}.{Wire.Minor}");
+                Server = ok;
+                return;
+            case FrameType.Error:
+                if (!ErrorInfo.TryParse(payload, h.Flags, out var err)) throw ProtocolError("malformed ERROR");
+                throw new FastServeClientException("client.hello_rejected", $"the server refused the connection: {WireNames.Of(err.Status)}: {err.Message}",
+                    err.Status, err.RetryAfterMs);
+            default:
+                throw ProtocolError($"expected HELLO_OK, got frame type 0x{(byte)h.Type:X2}");
+        }
+    }
+
+    private static FastServeClientException ProtocolError(string message) => new("client.protocol_error", message);
+
+    private void StartLoops()
+    {
+        Volatile.Write(ref _lastReceiveTicks, Stopwatch.GetTimestamp());
+        _receiveTask = Task.Run(ReceiveLoopAsync);
+        _sendTask = Task.Run(SendLoopAsync);
+        if (_options.KeepAliveInterval is { } k) _keepAlive = new Timer(static s => ((FastServeClient)s!).KeepAliveTick(), this, k, k);
+    }
+
+    // ---------------------------------------------------------------- requests
+
+    /// <summary>
+    /// Starts a completion: registers it, queues its REQUEST frame and returns at once (never waits on the network).
+    /// Deltas stream into <see cref="CompletionCall.Deltas"/> (unless <see cref="FastServeClientOptions.CollectOutput"/> is off).
+    /// Problems never throw: the call completes with a failure (connection lost, send buffer full, refused).
+    /// </summary>
+    public CompletionCall Start(CompletionRequest request) => Start(request, stream: true);
+
+    /// <summary>Runs a completion and returns its result (the deltas are collected, not streamed). Cancelling
+    /// <paramref name="ct"/> sends CANCEL and throws <see cref="OperationCanceledException"/> at once; the server's
+    /// FINAL is then absorbed in the background.</summary>
+    public async Task<CompletionResult> CompleteAsync(CompletionRequest request, CancellationToken ct = default)
+    {
+        var call = Start(request, stream: false);
+        if (!ct.CanBeCanceled) return await call.Completion.ConfigureAwait(false);
+        using (ct.UnsafeRegister(static s => ((CompletionCall)s!).Cancel(), call))
+            return await call.Completion.WaitAsync(ct).ConfigureAwait(false);
+    }
+
+    internal CompletionCall Start(CompletionRequest request, bool stream)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ulong id = Interlocked.Increment(ref _nextId);
+        var call = new CompletionCall(this, id, stream && _options.CollectOutput, _options.CollectOutput);
+        call.StartedTimestamp = Stopwatch.GetTimestamp();
+
+        var stops = request.Stops;
+        int stopCount = stops?.Count ?? 0;
+        if (stopCount > Wire.MaxStops)
+            return Refuse(call, WireStatus.BadRequest, "client.too_many_stops", $"{stopCount} stop strings; at most {Wire.MaxStops}");
+        int stopBytes = 0;
+        for (int i = 0; i < stopCount; i++)
+        {
+            string s = stops![i] ?? "";
+            int n = Encoding.UTF8.GetByteCount(s);
+            if (n < 1 || n > Wire.MaxStopBytes)
+                return Refuse(call, WireStatus.BadRequest, "client.bad_stop", $"stop string {i} is {n} bytes; each must be 1 to {Wire.MaxStopBytes}");
+            stopBytes += 2 + n;
+        }
+        if (request.Prompt is not null && request.PromptIds is not null)
+            return Refuse(call, WireStatus.BadRequest, "client.prompt_ambiguous", "give a prompt text or prompt ids, not both");
+
+        byte[]? rented = null;
+        try
+        {
+            ReadOnlySpan<byte> text = default;
+            ReadOnlySpan<int> ids = request.PromptIds ?? default;
+            long promptBytes = ids.Length * 4L;
+            if (!string.IsNullOrEmpty(request.Prompt))
+            {
+                rented = ArrayPool<byte>.Shared.Rent(Encoding.UTF8.GetMaxByteCount(request.Prompt.Length));
+                int n = Encoding.UTF8.GetBytes(request.Prompt, rented);
+                text = rented.AsSpan(0, n);
+                promptBytes = n;
+            }
+            long payload = Wire.RequestFixedSize + promptBytes + stopBytes;
+            if (payload > Server.MaxFrame)
+                return Refuse(call, WireStatus.TooLarge, "client.frame_too_large", $"the request is {payload} bytes; the server accepts frames up to {Server.MaxFrame}");
+            long frame = Wire.HeaderSize + payload;
+
+            ClientFailure failure = ClientFailure.None;
+            lock (_sendLock)
+            {
+                if ((long)_pending.WrittenCount + _sendingBytes + frame > _options.MaxPendingSendBytes) failure = ClientFailure.SendBufferFull;
+                else
+                {
+                    lock (_lock)
+                    {
+                        if (_closed) failure = ClientFailure.ConnectionLost;
+                        else _calls.Add(id, call);
+                    }
+                    if (failure == ClientFailure.None)
+                    {
+                        FrameWriter.Request(_pending, id, request.Params, text, ids, stops);
+                        SignalSendLocked();
+                    }
+                }
+            }
+            if (failure == ClientFailure.SendBufferFull)
+                call.Fail(ClientFailure.SendBufferFull, WireStatus.TooManyRequests, "send_buffer_full", "client.send_buffer_full",
+                    $"more than {_options.MaxPendingSendBytes} bytes are waiting to be sent", retriable: true);
+            else if (failure == ClientFailure.ConnectionLost) FailLost(call);
+            return call;
+        }
+        finally
+        {
+            if (rented is not null) ArrayPool<byte>.Shared.Return(rented);
+        }
+    }
+
+    private static CompletionCall Refuse(CompletionCall call, WireStatus status, string detail, string message)
+    {
+        call.Fail(ClientFailure.Rejected, status, WireNames.Of(status), detail, message, retriable: false);
+        return call;
+    }
+
+    private void FailLost(CompletionCall call)
+    {
+        string detail, message;
+        lock (_lock) { detail = _closeDetail; message = _closeMessage; }
+        call.Fail(ClientFailure.ConnectionLost, WireStatus.Unavailable, "connection_lost", detail, message, retriable: true);
+    }
+
+    internal void SendCancel(ulong id)
+    {
+        lock (_sendLock)
+        {
+            if (_isClosed) return;
+            FrameWriter.Cancel(_pending, id);
+            SignalSendLocked();
+        }
+    }
+
+    // ---------------------------------------------------------------- control
+
+    /// <summary>Sends PING and returns the round-trip time when the PONG arrives.</summary>
+    /// <exception cref="FastServeClientException"><c>client.connection_lost</c>.</exception>
+    public async Task<TimeSpan> PingAsync(CancellationToken ct = default)
+    {
+        var tcs = new TaskCompletionSource<TimeSpan>(TaskCreationOptions.RunContinuationsAsynchronously);
+        ulong seq;
+        lock (_lock)
+        {
+            ThrowIfClosedLocked();
+            seq = ++_nextPing;
+            _pings[seq] = (tcs, Stopwatch.GetTimestamp());
+        }
+        SendPing(seq);
+        try
+        {
+            return await tcs.Task.WaitAsync(ct).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            lock (_lock) _pings.Remove(seq);
+            throw;
+        }
+    }
+
+    private void SendPing(ulong seq)
+    {
+        Span<byte> p = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt64LittleEndian(p, seq);
+        lock (_sendLock)
+        {
+            if (_isClosed) return;
+            FrameWriter.Ping(_pending, p);
+            SignalSendLocked();
+        }
+    }
+
+    /// <summary>Asks for one load report. Reports carry no request id, so this completes with the next LOAD_REPORT that
+    /// arrives, which may be a subscription's report sent at about the same time.</summary>
+    /// <exception cref="FastServeClientException"><c>client.connection_lost</c>.</exception>
+    public async Task<LoadReport> GetLoadAsync(CancellationToken ct = default)
+    {
+        var tcs = new TaskCompletionSource<LoadReport>(TaskCreationOptions.RunContinuationsAsynchronously);
+        lock (_lock)
+        {
+            ThrowIfClosedLocked();
+            _loadWaiters.Add(tcs);
+        }
+        SendLoadQuery(0, false);
+        try
+        {
+            return await tcs.Task.WaitAsync(ct).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            lock (_lock) _loadWaiters.Remove(tcs);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Subscribes to periodic load reports. The connection holds one subscription on the server, at the shortest
+    /// interval any subscriber asked for; every subscriber sees every report. <paramref name="onReport"/> runs on the
+    /// receive loop: keep it short; if it throws, the connection closes (detail <c>client.callback_failed</c>).
+    /// Disposing the result unsubscribes (the server is told when the last subscriber leaves).
+    /// </summary>
+    /// <param name="intervalMs">Milliseconds between reports, at least 10.</param>
+    public IDisposable SubscribeLoad(uint intervalMs, Action<LoadReport> onReport)
+    {
+        ArgumentNullException.ThrowIfNull(onReport);
+        ArgumentOutOfRangeException.ThrowIfLessThan(intervalMs, 10u);
+        var sub = new LoadSubscription(this, intervalMs, onReport);
+        lock (_lock)
+        {
+            ThrowIfClosedLocked();
+            _subscribers.Add(sub);
+        }
+        UpdateSubscription();
+        return sub;
+    }
+
+    private void Unsubscribe(LoadSubscription sub)
+    {
+        lock (_lock)
+        {
+            if (!_subscribers.Remove(sub)) return;
+        }
+        UpdateSubscription();
+    }
+
+    private void UpdateSubscription()
+    {
+        lock (_sendLock)
+        {
+            uint want;
+            lock (_lock)
+            {
+                want = 0;
+                foreach (var s in _subscribers) want = want == 0 ? s.IntervalMs : Math.Min(want, s.IntervalMs);
+                if (want == _subscribedMs || _closed) return;
+                _subscribedMs = want;
+            }
+            if (want == 0) FrameWriter.LoadQuery(_pending, 0, unsubscribe: true);
+            else FrameWriter.LoadQuery(_pending, want);
+            SignalSendLocked();
+        }
+    }
+
+    private void SendLoadQuery(uint intervalMs, bool unsubscribe)
+    {
+        lock (_sendLock)
+        {
+            if (_isClosed) return;
+            FrameWriter.LoadQuery(_pending, intervalMs, unsubscribe);
+            SignalSendLocked();
+        }
+    }
+
+    /// <summary>Asks the server to drain (stop admitting, finish what runs). Returns the grace period from DRAIN_OK.</summary>
+    /// <exception cref="FastServeClientException"><c>client.unauthorized</c> (wrong or missing token),
+    /// <c>client.connection_lost</c>.</exception>
+    public async Task<TimeSpan> DrainAsync(string adminToken, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(adminToken);
+        var tcs = new TaskCompletionSource<TimeSpan>(TaskCreationOptions.RunContinuationsAsynchronously);
+        byte[] token = Encoding.UTF8.GetBytes(adminToken);
+        lock (_sendLock)
+        {
+            lock (_lock)
+            {
+                ThrowIfClosedLocked();
+                _drains.Enqueue(tcs);
+            }
+            FrameWriter.Drain(_pending, token);
+            SignalSendLocked();
+        }
+        return await tcs.Task.WaitAsync(ct).ConfigureAwait(false);
+    }
+
+    private void ThrowIfClosedLocked()
+    {
+        if (_closed) throw LostException();
+    }
+
+    private FastServeClientException LostException() =>
+        new("client.connection_lost", $"the connection is closed ({_closeDetail}): {_closeMessage}");
+
+    private void KeepAliveTick()
+    {
+        if (_isClosed) return;
+        long idle = Stopwatch.GetTimestamp() - Volatile.Read(ref _lastReceiveTicks);
+        if (idle * 1.0 / Stopwatch.Frequency < _options.KeepAliveInterval!.Value.TotalSeconds * 0.9) return;
+        // A keep-alive ping nobody awaits: its PONG is absorbed as an unknown sequence number.
+        SendPing(0);
+    }
+
+    // ---------------------------------------------------------------- send loop
+
+    private void SignalSendLocked()
+    {
+        if (_sendSignaled) return;
+        _sendSignaled = true;
+        _sendSignal.Release();
+    }
+
+    private async Task SendLoopAsync()
+    {
+        try
+        {
+            while (true)
+            {
+                await _sendSignal.WaitAsync().ConfigureAwait(false);
+                ArrayBufferWriter<byte> batch;
+                lock (_sendLock)
+                {
+                    _sendSignaled = false;
+                    if (_isClosed) return;
+                    if (_pending.WrittenCount == 0) continue;
+                    batch = _pending;
+                    _pending = _spare;
+                    _sendingBytes = batch.WrittenCount;
+                }
+                await SendAllAsync(batch.WrittenMemory, CancellationToken.None).ConfigureAwait(false);
+                lock (_sendLock)
+                {
+                    batch.ResetWrittenCount();
+                    _spare = batch;
+                    _sendingBytes = 0;
+                }
+            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
+        {
+            Close("client.send_failed", $"sending failed: {e.Message}");
+        }
+    }
+
+    private async ValueTask SendAllAsync(ReadOnlyMemory<byte> data, CancellationToken ct)
+    {
+        while (!data.IsEmpty)
+        {
+            int n = await _socket.SendAsync(data, SocketFlags.None, ct).ConfigureAwait(false);
+            data = data[n..];
+        }
+    }
+
+    // ---------------------------------------------------------------- receive loop
+
+    private async Task ReceiveLoopAsync()
+    {
+        try
+        {
+            while (true)
+            {
+                if (!ProcessBuffered(out int need)) return;
+                EnsureReceiveSpace(need);
+                int n = await _socket.ReceiveAsync(_rbuf.AsMemory(_rend), SocketFlags.None).ConfigureAwait(false);
+                if (n == 0)
+                {
+                    Close("client.connection_closed", "the server closed the connection");
+                    return;
+                }
+                _rend += n;
+                Volatile.Write(ref _lastReceiveTicks, Stopwatch.GetTimestamp());
+            }
+        }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
+        {
+            Close("client.connection_closed", $"receiving failed: {e.Message}");
+        }
+        catch (Exception e)
+        {
+            Close("client.internal_error", $"the receive loop failed: {e.GetType().Name}: {e.Message}");
+        }
+        finally
+        {
+            FailEverything();
+            ArrayPool<byte>.Shared.Return(_rbuf);
+            _rbuf = [];
+        }
+    }
+
+    // Dispatches every whole frame in the buffer. False after a protocol error (the connection is then closed);
+    // need = bytes the next frame needs contiguous in the buffer.
+    private bool ProcessBuffered(out int need)
+    {
+        need = Wire.HeaderSize;
+        while (true)
+        {
+            var r = FrameReader.TryRead(_rbuf.AsSpan(_rstart, _rend - _rstart), _options.MaxReceiveFrameBytes, out var h, out var payload, out int consumed);
+            if (r == ReadResult.NeedMore)
+            {
+                if (_rend - _rstart >= Wire.HeaderSize) need = Wire.HeaderSize + h.Length;
+                break;
+            }
+            if (r == ReadResult.TooLarge)
+            {
+                Close("client.protocol_error", $"the server sent a frame of {h.Length} bytes (limit {_options.MaxReceiveFrameBytes})");
+                return false;
+            }
+            string? error = Dispatch(h, payload);
+            if (error is not null)
+            {
+                Close("client.protocol_error", error);
+                return false;
+            }
+            _rstart += consumed;
+        }
+        if (_rstart == _rend) _rstart = _rend = 0;
+        return true;
+    }
+
+    // Makes room for a frame of `need` bytes from _rstart and at least some free space after _rend.
+    private void EnsureReceiveSpace(int need)
+    {
+        int have = _rend - _rstart;
+        int want = Math.Max(need, have + MinReceiveSpace);
+        if (_rbuf.Length - _rstart >= want) return;
+        if (_rbuf.Length >= want)
+        {
+            _rbuf.AsSpan(_rstart, have).CopyTo(_rbuf);
+        }
+        else
+        {
+            var bigger = ArrayPool<byte>.Shared.Rent(Math.Max(want, _rbuf.Length * 2));
+            _rbuf.AsSpan(_rstart, have).CopyTo(bigger);
+            ArrayPool<byte>.Shared.Return(_rbuf);
+            _rbuf = bigger;
+        }
+        _rstart = 0;
+        _rend = have;
+    }
+
+    // Returns null, or why the frame is a protocol error ("" when the connection was already closed for another reason).
+    private string? Dispatch(in FrameHeader h, ReadOnlySpan<byte> payload)
+    {
+        long now = Stopwatch.GetTimestamp();
+        switch (h.Type)
+        {
+            case FrameType.Delta:
+            {
+                if (!DeltaView.TryParse(payload, out var d)) return $"malformed DELTA for request {h.Id}";
+                CompletionCall? call;
+                lock (_lock) _calls.TryGetValue(h.Id, out call);
+                if (call is null) return $"DELTA for unknown request id {h.Id}";
+                call.OnDelta(d, now);
+                return null;
+            }
+            case FrameType.Final:
+            {
+                if (!FinalInfo.TryParse(payload, out var f, out var detail, out var message)) return $"malformed FINAL for request {h.Id}";
+                CompletionCall? call;
+                lock (_lock) _calls.Remove(h.Id, out call);
+                if (call is null) return $"FINAL for unknown request id {h.Id}";
+                call.OnFinal(f, detail, message, now);
+                return null;
+            }
+            case FrameType.Pong:
+            {
+                if (payload.Length != 8) return null; // not one of ours (pings carry an 8-byte sequence number)
+                ulong seq = BinaryPrimitives.ReadUInt64LittleEndian(payload);
+                (TaskCompletionSource<TimeSpan> Tcs, long Sent) ping;
+                lock (_lock)
+                {
+                    if (!_pings.Remove(seq, out ping)) return null; // a keep-alive, or a ping whose caller gave up
+                }
+                ping.Tcs.TrySetResult(Stopwatch.GetElapsedTime(ping.Sent, now));
+                return null;
+            }
+            case FrameType.LoadReport:
+            {
+                if (!LoadReport.TryParse(payload, out var report)) return "malformed LOAD_REPORT";
+                TaskCompletionSource<LoadReport>[] waiters;
+                LoadSubscription[] subs;
+                lock (_lock)
+                {
+                    waiters = _loadWaiters.Count == 0 ? [] : _loadWaiters.ToArray();
+                    _loadWaiters.Clear();
+                    subs = _subscribers.Count == 0 ? [] : _subscribers.ToArray();
+                }
+                foreach (var w in waiters) w.TrySetResult(report);
+                foreach (var s in subs)
+                {
+                    try { s.Deliver(report); }
+                    catch (Exception e)
+                    {
+                        Close("client.callback_failed", $"a load subscriber threw {e.GetType().Name}: {e.Message}");
+                        return "";
+                    }
+                }
+                return null;
+            }
+            case FrameType.DrainOk:
+            {
+                var r = new PayloadReader(payload);
+                if (!r.TryU32(out uint grace)) return "malformed DRAIN_OK";
+                TaskCompletionSource<TimeSpan>? tcs;
+                lock (_lock) _drains.TryDequeue(out tcs);
+                tcs?.TrySetResult(TimeSpan.FromMilliseconds(grace));
+                return null;
+            }
+            case FrameType.Error:
+            {
+                if (!ErrorInfo.TryParse(payload, h.Flags, out var err)) return "malformed ERROR";
+                TaskCompletionSource<TimeSpan>? drain = null;
+                lock (_lock)
+                {
+                    _lastError = err;
+                    if (err.Status == WireStatus.Unauthorized) _drains.TryDequeue(out drain);
+                }
+                drain?.TrySetException(new FastServeClientException("client.unauthorized", $"the server refused DRAIN: {err.Message}", err.Status));
+                if (err.Fatal) Close("server." + WireNames.Of(err.Status), $"the server closed the connection: {WireNames.Of(err.Status)}: {err.Message}");
+                return null;
+            }
+            case FrameType.Hello or FrameType.Request or FrameType.Cancel or FrameType.Ping or FrameType.LoadQuery or FrameType.Drain or FrameType.HelloOk:
+                return $"unexpected frame type 0x{(byte)h.Type:X2} from the server";
+            default:
+                // A later minor version may add frame types; this client has no use for them.
+                return null;
+        }
+    }
+
+    // ---------------------------------------------------------------- closing
+
+    /// <summary>Marks the connection closed (first reason wins) and aborts the socket; the receive loop then fails
+    /// every call and waiter.</summary>
+    private void Close(string detail, string message)
+    {
+        lock (_lock)
+        {
+            if (_closed) return;
+            _closed = true;
+            _closeDetail = detail;
+            _closeMessage = message;
+        }
+        lock (_sendLock) _isClosed = true;
+        _keepAlive?.Dispose();
+        try { _socket.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+        _socket.Dispose();
+        _sendSignal.Release();
+    }
+
+    // Runs once, at the end of the receive loop: completes everything still waiting.
+    private void FailEverything()
+    {
+        CompletionCall[] calls;
+        (TaskCompletionSource<TimeSpan> Tcs, long Sent)[] pings;
+        TaskCompletionSource<LoadReport>[] loads;
+        TaskCompletionSource<TimeSpan>[] drains;
+        FastServeClientException lost;
+        lock (_lock)
+        {
+            calls = _calls.Values.ToArray();
+            _calls.Clear();
+            pings = _pings.Values.ToArray();
+            _pings.Clear();
+            loads = _loadWaiters.ToArray();
+            _loadWaiters.Clear();
+            drains = _drains.ToArray();
+            _drains.Clear();
+            _subscribers.Clear();
+            lost = LostException();
+        }
+        foreach (var c in calls) FailLost(c);
+        foreach (var p in pings) p.Tcs.TrySetException(lost);
+        foreach (var l in loads) l.TrySetException(lost);
+        foreach (var d in drains) d.TrySetException(lost);
+    }
+
+    /// <summary>Closes the connection: calls in flight complete with <c>connection_lost</c> (detail
+    /// <c>client.disposed</c>). Waits for the loops to finish.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        Close("client.disposed", "the client was disposed");
+        try { await Task.WhenAll(_receiveTask, _sendTask).ConfigureAwait(false); }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException) { }
+    }
+
+    private sealed class LoadSubscription(FastServeClient owner, uint intervalMs, Action<LoadReport> onReport) : IDisposable
+    {
+        public uint IntervalMs => intervalMs;
+        public void Deliver(LoadReport r) => onReport(r);
+        public void Dispose() => owner.Unsubscribe(this);
+    }
+}

@@ -1,0 +1,76 @@
+using FastServe.Protocol;
+
+namespace FastServe.Client;
+
+/// <summary>Knobs of a <see cref="FastServeClient"/> connection.</summary>
+public sealed record FastServeClientOptions
+{
+    /// <summary>Limit on TCP connect plus the HELLO / HELLO_OK handshake.</summary>
+    public TimeSpan ConnectTimeout { get; init; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>Sent in HELLO (the server may log it); cut to 65535 UTF-8 bytes.</summary>
+    public string ClientName { get; init; } = "fastserve-client";
+
+    /// <summary>
+    /// Most bytes queued and not yet written to the socket. A <see cref="FastServeClient.Start"/> that would go over it
+    /// fails its call at once with <see cref="ClientFailure.SendBufferFull"/> instead of growing the queue without
+    /// bound. Small control frames (CANCEL, PING, LOAD_QUERY, DRAIN) are always queued.
+    /// </summary>
+    public int MaxPendingSendBytes { get; init; } = 8 << 20;
+
+    /// <summary>
+    /// Keep the token ids and text of each completion (in <see cref="CompletionResult.Ids"/> / <see cref="CompletionResult.Text"/>
+    /// and the delta stream). False for load generation: only counts and timestamps are kept, deltas are not streamed,
+    /// and receiving allocates nothing per delta.
+    /// </summary>
+    public bool CollectOutput { get; init; } = true;
+
+    /// <summary>Largest frame accepted from the server (header excluded); a larger one is a protocol error.</summary>
+    public int MaxReceiveFrameBytes { get; init; } = 16 << 20;
+
+    /// <summary>
+    /// Send a PING after this long without any frame from the server, so the server's idle timeout does not close a
+    /// quiet connection. Null (the default) sends none.
+    /// </summary>
+    public TimeSpan? KeepAliveInterval { get; init; }
+
+    internal void Validate()
+    {
+        if (ConnectTimeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(ConnectTimeout), "must be positive");
+        if (MaxPendingSendBytes < 64 << 10) throw new ArgumentOutOfRangeException(nameof(MaxPendingSendBytes), "must be at least 64 KiB");
+        if (MaxReceiveFrameBytes < 4096) throw new ArgumentOutOfRangeException(nameof(MaxReceiveFrameBytes), "must be at least 4096");
+        if (KeepAliveInterval is { } k && k < TimeSpan.FromMilliseconds(10)) throw new ArgumentOutOfRangeException(nameof(KeepAliveInterval), "must be at least 10 ms");
+        ArgumentNullException.ThrowIfNull(ClientName);
+    }
+}
+
+/// <summary>
+/// A connection-level failure of the client: connect or handshake failed, the connection is gone, or the server
+/// answered a control request (drain, ping, load) with an error. Per-request outcomes are never thrown: they are
+/// <see cref="CompletionResult"/>s.
+/// </summary>
+public sealed class FastServeClientException : Exception
+{
+    public FastServeClientException(string code, string message, WireStatus? status = null, uint retryAfterMs = 0, Exception? inner = null)
+        : base(message, inner)
+    {
+        Code = code;
+        Status = status;
+        RetryAfterMs = retryAfterMs;
+    }
+
+    /// <summary>
+    /// Stable code: <c>client.connect_failed</c>, <c>client.connect_timeout</c>, <c>client.hello_rejected</c>,
+    /// <c>client.unsupported_version</c>, <c>client.protocol_error</c>, <c>client.connection_lost</c>,
+    /// <c>client.unauthorized</c>, <c>client.server_error</c>.
+    /// </summary>
+    public string Code { get; }
+
+    /// <summary>The server's status when it answered with an ERROR frame.</summary>
+    public WireStatus? Status { get; }
+
+    /// <summary>The server's back-off hint in milliseconds (0 = none).</summary>
+    public uint RetryAfterMs { get; }
+
+    public override string ToString() => $"error[{Code}]: {Message}";
+}

@@ -14,7 +14,7 @@ public class LoadGeneratorTests
         Warmup = TimeSpan.FromSeconds(0.3),
         Duration = TimeSpan.FromSeconds(1.5),
         DrainLimit = TimeSpan.FromSeconds(2),
-        Params = Protocol.RequestParams.Default with { MaxTokens = 5, IgnoreEos = true },
+        Params = global::FastServe.Protocol.RequestParams.Default with { MaxTokens = 5, IgnoreEos = true },
     };
 
     [Test]

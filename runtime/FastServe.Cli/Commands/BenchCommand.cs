@@ -48,11 +48,12 @@ internal static class BenchCommand
         var chart = new Option<string?>("--chart") { Description = "--sweep: write a PNG of latency percentiles against offered load" };
         var json = new Option<bool>("--json") { Description = "Print one JSON document instead of tables" };
         var outJson = new Option<string?>("--out-json") { Description = "Also write the JSON document to this file" };
+        var prompt = new Option<string[]>("--prompt") { Description = "Use these prompts (repeatable) instead of the grammar-correction corpus, e.g. a one-token prompt to measure the frontend", AllowMultipleArgumentsPerToken = false };
 
         var cmd = new Command("bench", "Load a FastServe server with grammar-correction requests: throughput, goodput, TTFT/TPOT/end-to-end percentiles, errors; sweeps for the highest rate meeting the SLO.");
         foreach (Option o in new Option[] { host, port, connections, rate, concurrency, profile, sweep, arrival, burstiness, duration, warmup, drain, maxTokens,
                      noIgnoreEos, temperature, deadline, noText, slo, maxErrors, seed, sweepStart, sweepFactor, sweepStep, sweepMax, sweepFails, sweepRefine,
-                     chart, json, outJson }) cmd.Add(o);
+                     chart, json, outJson, prompt }) cmd.Add(o);
         cmd.SetAction(async (r, ct) =>
         {
             bool asJson = r.GetValue(json);
@@ -95,8 +96,12 @@ internal static class BenchCommand
             string? chartPath = r.GetValue(chart);
             if (chartPath is not null && !doSweep) throw new FastServeException("args.chart_needs_sweep", "--chart plots a sweep: add --sweep", "--chart");
 
+            var prompts = r.GetValue(prompt);
+            if (prompts is { Length: > 0 } && prompts.Any(string.IsNullOrEmpty))
+                throw new FastServeException("args.invalid_prompt", "--prompt must not be empty", "--prompt");
             var options = new BenchOptions
             {
+                Prompts = prompts is { Length: > 0 } ? prompts : null,
                 Host = r.GetValue(host)!,
                 Port = ClientCommand.ParsePort(r.GetValue(port)),
                 Connections = conns,

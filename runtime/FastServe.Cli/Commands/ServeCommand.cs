@@ -73,7 +73,10 @@ internal static class ServeCommand
             string exe = Environment.ProcessPath ?? throw new FastServeException("internal", "cannot find the fastserve executable");
 
             var engineArgs = e.Forward(r);
-            engineArgs.AddRange(["--model", modelDir, "--host", host]);
+            // The simulated device takes its shape from --model when one is given, else Llama-3.2-1B's; workers
+            // always need a tokenizer (the default model's when none is given).
+            if (r.GetValue(e.Model.Backend) != "sim" || r.GetValue(e.Model.Model) is not null) engineArgs.AddRange(["--model", modelDir]);
+            engineArgs.AddRange(["--host", host]);
             if (mp > 0) engineArgs.AddRange(["--metrics-port", $"{mp}"]);
             if (ap > 0) engineArgs.AddRange(["--agent-port", $"{ap}"]);
             var workerArgs = new List<string> { "--model", modelDir, "--max-in-flight", $"{mif}", "--max-frame", $"{mf}", "--idle-timeout-ms", $"{idleMs}", "--frame-timeout-ms", $"{ftMs}", "--name", replicaName };

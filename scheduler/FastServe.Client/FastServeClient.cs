@@ -262,7 +262,9 @@ public sealed class FastServeClient : IAsyncDisposable
             ClientFailure failure = ClientFailure.None;
             lock (_sendLock)
             {
-                if ((long)_pending.WrittenCount + _sendingBytes + frame > _options.MaxPendingSendBytes) failure = ClientFailure.SendBufferFull;
+                long queued = (long)_pending.WrittenCount + _sendingBytes;
+                // An empty queue takes any frame, so a request larger than the limit is slow rather than impossible.
+                if (queued > 0 && queued + frame > _options.MaxPendingSendBytes) failure = ClientFailure.SendBufferFull;
                 else
                 {
                     lock (_lock)

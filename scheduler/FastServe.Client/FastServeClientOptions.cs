@@ -14,7 +14,8 @@ public sealed record FastServeClientOptions
     /// <summary>
     /// Most bytes queued and not yet written to the socket. A <see cref="FastServeClient.Start"/> that would go over it
     /// fails its call at once with <see cref="ClientFailure.SendBufferFull"/> instead of growing the queue without
-    /// bound. Small control frames (CANCEL, PING, LOAD_QUERY, DRAIN) are always queued.
+    /// bound. A request is always accepted into an empty queue; small control frames (CANCEL, PING, LOAD_QUERY, DRAIN)
+    /// are always queued.
     /// </summary>
     public int MaxPendingSendBytes { get; init; } = 8 << 20;
 

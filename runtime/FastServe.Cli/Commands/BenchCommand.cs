@@ -184,7 +184,7 @@ internal static class BenchCommand
             {
                 var stdout = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Out) });
                 if (Console.IsOutputRedirected) stdout.Profile.Width = 240; // a file or pipe: keep one row per line
-                stdout.Write(Table(points, best));
+                stdout.Write(Table(points, doSweep ? best : null));
                 if (doSweep)
                     Output.Info(false, best is null
                         ? $"[red]no rate met P99 < {sloMs:F0} ms with at most {maxErr:P1} errors[/]"

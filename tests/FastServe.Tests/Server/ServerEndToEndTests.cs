@@ -193,8 +193,14 @@ public sealed class ServerEndToEndTests
     public void DuplicateIdsAndTooManyInFlightAreRefused()
     {
         using var c = RawConnection.Open(_r.Port);
-        for (ulong id = 1; id <= 70; id++) c.Request(id, "fill the connection", 64);
-        c.Request(1, "duplicate of a running id", 4);
+        // One write: the duplicate of id 1 is parsed microseconds after id 1, long before its 64 tokens are done.
+        var p = RequestParams.Default with { MaxTokens = 64, IgnoreEos = true };
+        c.Send(w =>
+        {
+            FrameWriter.Request(w, 1, p, "fill the connection"u8, default);
+            FrameWriter.Request(w, 1, p with { MaxTokens = 4 }, "duplicate of a running id"u8, default);
+            for (ulong id = 2; id <= 70; id++) FrameWriter.Request(w, id, p, "fill the connection"u8, default);
+        });
         Assert.That(c.Collect(Enumerable.Range(1, 70).Select(i => (ulong)i)), Is.True);
         var statuses = c.Outcomes.Values.Select(o => o.Final.Status).ToList();
         Assert.That(statuses.Count(s => s == WireStatus.TooManyRequests), Is.GreaterThanOrEqualTo(6));

@@ -113,49 +113,9 @@ internal sealed class EngineLink : IRequestSink
 
     private void ReadLoop()
     {
-        byte[] buf = ArrayPool<byte>.Shared.Rent(1 << 20);
-        int have = 0;
-        string why = "the worker closed the link";
-        try
-        {
-            while (!_closed)
-            {
-                if (have == buf.Length)
-                {
-                    var bigger = ArrayPool<byte>.Shared.Rent(buf.Length * 2);
-                    buf.AsSpan(0, have).CopyTo(bigger);
-                    ArrayPool<byte>.Shared.Return(buf);
-                    buf = bigger;
-                }
-                int n = _socket.Receive(buf, have, buf.Length - have, SocketFlags.None);
-                if (n == 0) break;
-                have += n;
-                int used = 0;
-                while (true)
-                {
-                    var r = FrameReader.TryRead(buf.AsSpan(used, have - used), Ipc.Ipc.MaxMessage, out var h, out var payload, out int consumed);
-                    if (r == ReadResult.NeedMore) break;
-                    if (r == ReadResult.TooLarge) { why = $"message of {h.Length} bytes is over the IPC limit"; return; }
-                    if (!Handle(h, payload)) { why = $"malformed IPC message type 0x{(byte)h.Type:X2}"; return; }
-                    used += consumed;
-                }
-                if (used > 0)
-                {
-                    buf.AsSpan(used, have - used).CopyTo(buf);
-                    have -= used;
-                }
-                Signal();   // immediate rejections produced while handling this batch
-            }
-        }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
-        {
-            why = e.Message;
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(buf);
-            Close(why);
-        }
+        // Signal after each read: immediate rejections produced while handling it go out at once.
+        string why = MessageReader.Run(_socket, Handle, Signal, () => _closed);
+        Close(why);
     }
 
     private bool Handle(FrameHeader h, ReadOnlySpan<byte> payload)

@@ -114,44 +114,9 @@ internal sealed class EngineClient
 
     private void ReadLoop(Socket s)
     {
-        byte[] buf = ArrayPool<byte>.Shared.Rent(1 << 20);
-        int have = 0;
-        try
-        {
-            while (!_stopped)
-            {
-                if (have == buf.Length)
-                {
-                    var bigger = ArrayPool<byte>.Shared.Rent(buf.Length * 2);
-                    buf.AsSpan(0, have).CopyTo(bigger);
-                    ArrayPool<byte>.Shared.Return(buf);
-                    buf = bigger;
-                }
-                int n = s.Receive(buf, have, buf.Length - have, SocketFlags.None);
-                if (n == 0) return;
-                have += n;
-                int used = 0;
-                while (true)
-                {
-                    var r = FrameReader.TryRead(buf.AsSpan(used, have - used), Ipc.Ipc.MaxMessage, out var h, out var payload, out int consumed);
-                    if (r == ReadResult.NeedMore) break;
-                    if (r == ReadResult.TooLarge || !Handle(h, payload)) { Console.Error.WriteLine($"fastserve worker {_host.Options.Index}: malformed message from the engine (type 0x{(byte)h.Type:X2}); reconnecting"); return; }
-                    used += consumed;
-                }
-                if (used > 0)
-                {
-                    buf.AsSpan(used, have - used).CopyTo(buf);
-                    have -= used;
-                }
-                _host.FlushTouched();
-                Signal();
-            }
-        }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(buf);
-        }
+        string why = MessageReader.Run(s, Handle, () => { _host.FlushTouched(); Signal(); }, () => _stopped);
+        if (why.StartsWith("malformed", StringComparison.Ordinal) || why.StartsWith("message of", StringComparison.Ordinal))
+            Console.Error.WriteLine($"fastserve worker {_host.Options.Index}: {why} from the engine; reconnecting");
     }
 
     private bool Handle(FrameHeader h, ReadOnlySpan<byte> payload)

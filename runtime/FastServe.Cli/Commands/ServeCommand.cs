@@ -121,10 +121,9 @@ internal static class ServeCommand
         var e = new EngineCliOptions();
         var metrics = new Option<int>("--metrics-port");
         var agent = new Option<int>("--agent-port");
-        var workers = new Option<int>("--workers") { DefaultValueFactory = _ => 1 };
         var cmd = new Command("serve-engine", "The engine process of a replica (started by serve).") { Hidden = true };
         e.AddTo(cmd);
-        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, metrics, agent, workers, GraceOpt }) cmd.Add(o);
+        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, metrics, agent, GraceOpt }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             int parent = r.GetValue(ParentOpt);
@@ -143,9 +142,7 @@ internal static class ServeCommand
                 Host = r.GetValue(HostOpt)!,
                 MetricsPort = r.GetValue(metrics),
                 AgentPort = r.GetValue(agent),
-                Workers = r.GetValue(workers),
                 Grace = TimeSpan.FromMilliseconds(r.GetValue(GraceOpt)),
-                ParentPid = parent,
                 WarmupPrompt = warm,
             });
             return host.Run((after, onStep) =>

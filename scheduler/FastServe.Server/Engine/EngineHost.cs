@@ -17,11 +17,8 @@ public sealed record EngineHostOptions
     public int MetricsPort { get; init; }
     /// <summary>HAProxy agent-check port (0 = off).</summary>
     public int AgentPort { get; init; }
-    public int Workers { get; init; } = 1;
     /// <summary>How long a drain waits for in-flight requests before exiting anyway.</summary>
     public TimeSpan Grace { get; init; } = TimeSpan.FromSeconds(30);
-    /// <summary>Supervisor pid: the engine dies with it (0 = not supervised).</summary>
-    public int ParentPid { get; init; }
     /// <summary>Token ids the warm-up request uses (any valid ids; the tokenizer's encoding of a short text).</summary>
     public int[] WarmupPrompt { get; init; } = [1, 2, 3, 4];
 }
@@ -105,7 +102,8 @@ public sealed class EngineHost : IDisposable
             while (Stopwatch.GetTimestamp() < until)
             {
                 int live; lock (_links) live = _links.Count(l => !l.IsClosed);
-                int active = Engine is { } e ? e.GetStats() is var s ? s.RunningRequests + s.WaitingRequests : 0 : 0;
+                var stats = Engine?.GetStats();
+                int active = stats is null ? 0 : stats.RunningRequests + stats.WaitingRequests;
                 if (live == 0 && active == 0) break;
                 Thread.Sleep(20);
             }

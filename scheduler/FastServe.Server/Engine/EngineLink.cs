@@ -186,6 +186,4 @@ internal sealed class EngineLink : IRequestSink
         foreach (var kv in _active) kv.Value.Handle?.Cancel();
         _host.OnLinkClosed(this, why);
     }
-
-    internal static string Utf8(ReadOnlySpan<byte> s) => Encoding.UTF8.GetString(s);
 }

@@ -71,7 +71,7 @@ public sealed class Supervisor
         Port = ((IPEndPoint)_reserve.LocalEndPoint!).Port;
 
         int me = Environment.ProcessId;
-        _engine = new Child { Role = "engine", Index = 0, Args = ["serve-engine", "--ipc", _ipcPath, "--parent", $"{me}", "--workers", $"{options.Workers}", "--grace-ms", $"{(int)options.Grace.TotalMilliseconds}", .. options.EngineArgs] };
+        _engine = new Child { Role = "engine", Index = 0, Args = ["serve-engine", "--ipc", _ipcPath, "--parent", $"{me}", "--grace-ms", $"{(int)options.Grace.TotalMilliseconds}", .. options.EngineArgs] };
         _workers = new Child[options.Workers];
         for (int i = 0; i < options.Workers; i++)
             _workers[i] = new Child { Role = "worker", Index = i, Args = ["serve-worker", "--ipc", _ipcPath, "--parent", $"{me}", "--index", $"{i}", "--host", options.Host, "--port", $"{Port}", "--grace-ms", $"{(int)options.Grace.TotalMilliseconds}", .. options.WorkerArgs] };

@@ -51,7 +51,6 @@ internal sealed class ClientSession
 
     private async Task ReceiveLoopAsync()
     {
-        var opt = _host.Options;
         byte[] buf = ArrayPool<byte>.Shared.Rent(16 << 10);
         int have = 0;
         try
@@ -242,7 +241,7 @@ internal sealed class ClientSession
             PromptCount = (uint)prompt.Length,
         };
         lock (_inflight) _inflight[id] = r;
-        r.Sent = msg.SentTicks = Stopwatch.GetTimestamp();
+        msg.SentTicks = Stopwatch.GetTimestamp();
         if (!_host.Submit(r, msg, prompt))
         {
             lock (_inflight) _inflight.Remove(id);

@@ -97,11 +97,11 @@ public sealed class WorkerHost : IDisposable
     internal int Vocab => _engine.Hello.Vocab;
 
     /// <summary>Registers and forwards a request; false if the engine link is down.</summary>
-    internal bool Submit(WorkerRequest r, in SubmitMsg msg, ReadOnlySpan<int> prompt)
+    internal bool Submit(WorkerRequest r, in SubmitMsg msg, int[] prompt)
     {
         _requests[r.Key] = r;
-        var state = (msg, prompt.ToArray(), r.Key);
-        if (_engine.TrySend(state, static (w, s) => Ipc.Ipc.Write(w, IpcType.Submit, s.Key, s.msg, MemoryMarshal.AsBytes(s.Item2.AsSpan()))))
+        var state = (msg, prompt, r.Key);
+        if (_engine.TrySend(state, static (w, s) => Ipc.Ipc.Write(w, IpcType.Submit, s.Key, s.msg, MemoryMarshal.AsBytes(s.prompt.AsSpan()))))
             return true;
         _requests.TryRemove(r.Key, out _);
         return false;

@@ -16,7 +16,7 @@ internal sealed class WorkerRequest
     public StopMatcher? Stop;
     public int PromptTokens;
     public int Completion;
-    public long Received, Tokenized, Sent;     // Stopwatch ticks
+    public long Received, Tokenized;           // Stopwatch ticks
     public long FirstTokenSent, LastTokenSent;
     /// <summary>The client already has its FINAL (a stop string matched); the engine's final only clears the entry.</summary>
     public bool Done;

@@ -18,6 +18,7 @@ public sealed class CompletionCall
     private readonly TaskCompletionSource<CompletionResult> _tcs = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly Channel<CompletionDelta>? _deltas;
     private readonly bool _collect;
+    private readonly ICompletionObserver? _observer;
     private int _cancelSent;
 
     // Written only by the client's receive loop until the call completes (the completion publishes them).
@@ -26,9 +27,10 @@ public sealed class CompletionCall
     private int _received;
     private long _firstToken;
 
-    internal CompletionCall(FastServeClient? owner, ulong id, bool stream, bool collect)
+    internal CompletionCall(FastServeClient? owner, ulong id, bool stream, bool collect, ICompletionObserver? observer = null)
     {
         _owner = owner;
+        _observer = observer;
         Id = id;
         _collect = collect;
         if (stream) _deltas = Channel.CreateUnbounded<CompletionDelta>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
@@ -142,7 +144,7 @@ public sealed class CompletionCall
     private void Complete(CompletionResult r)
     {
         _deltas?.Writer.TryComplete();
-        _tcs.TrySetResult(r);
+        if (_tcs.TrySetResult(r)) _observer?.OnCompleted(this, r);
     }
 
     private static int Sat(uint x) => (int)Math.Min(x, int.MaxValue);
@@ -153,4 +155,12 @@ public sealed class CompletionCall
         c.Writer.Complete();
         return c.Reader;
     }
+}
+
+/// <summary>Told of a call's outcome on the thread that completes it (normally the client's receive loop), once, right
+/// after <see cref="CompletionCall.Completion"/> completes. For the load generator, which records the outcome and
+/// starts the next request there instead of paying a thread-pool hop per request. Must be quick and never throw.</summary>
+internal interface ICompletionObserver
+{
+    void OnCompleted(CompletionCall call, CompletionResult result);
 }

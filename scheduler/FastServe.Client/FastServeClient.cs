@@ -53,8 +53,7 @@ public sealed class FastServeClient : IAsyncDisposable
     private ArrayBufferWriter<byte> _pending = new(64 << 10);
     private ArrayBufferWriter<byte> _spare = new(64 << 10);
     private int _sendingBytes;
-    private bool _sendSignaled;
-    private readonly SemaphoreSlim _sendSignal = new(0);
+    private bool _sending;
 
     private volatile bool _isClosed;
     private long _lastReceiveTicks;
@@ -194,14 +193,14 @@ public sealed class FastServeClient : IAsyncDisposable
     {
         Volatile.Write(ref _lastReceiveTicks, Stopwatch.GetTimestamp());
         _receiveTask = Task.Run(ReceiveLoopAsync);
-        _sendTask = Task.Run(SendLoopAsync);
         if (_options.KeepAliveInterval is { } k) _keepAlive = new Timer(static s => ((FastServeClient)s!).KeepAliveTick(), this, k, k);
     }
 
     // ---------------------------------------------------------------- requests
 
     /// <summary>
-    /// Starts a completion: registers it, queues its REQUEST frame and returns at once (never waits on the network).
+    /// Starts a completion: registers it, queues its REQUEST frame and returns at once (never waits on the network:
+    /// when no send is running the frame leaves on the calling thread with a non-blocking send, else with the next batch).
     /// Deltas stream into <see cref="CompletionCall.Deltas"/> (unless <see cref="FastServeClientOptions.CollectOutput"/> is off).
     /// Problems never throw: the call completes with a failure (connection lost, send buffer full, refused).
     /// </summary>
@@ -218,11 +217,11 @@ public sealed class FastServeClient : IAsyncDisposable
             return await call.Completion.WaitAsync(ct).ConfigureAwait(false);
     }
 
-    internal CompletionCall Start(CompletionRequest request, bool stream)
+    internal CompletionCall Start(CompletionRequest request, bool stream, ICompletionObserver? observer = null)
     {
         ArgumentNullException.ThrowIfNull(request);
         ulong id = Interlocked.Increment(ref _nextId);
-        var call = new CompletionCall(this, id, stream && _options.CollectOutput, _options.CollectOutput);
+        var call = new CompletionCall(this, id, stream && _options.CollectOutput, _options.CollectOutput, observer);
         call.StartedTimestamp = Stopwatch.GetTimestamp();
 
         var stops = request.Stops;
@@ -260,6 +259,7 @@ public sealed class FastServeClient : IAsyncDisposable
             long frame = Wire.HeaderSize + payload;
 
             ClientFailure failure = ClientFailure.None;
+            bool pump = false;
             lock (_sendLock)
             {
                 long queued = (long)_pending.WrittenCount + _sendingBytes;
@@ -275,10 +275,11 @@ public sealed class FastServeClient : IAsyncDisposable
                     if (failure == ClientFailure.None)
                     {
                         FrameWriter.Request(_pending, id, request.Params, text, ids, stops);
-                        SignalSendLocked();
+                        pump = ClaimSendLocked();
                     }
                 }
             }
+            if (pump) Pump();
             if (failure == ClientFailure.SendBufferFull)
                 call.Fail(ClientFailure.SendBufferFull, WireStatus.TooManyRequests, "send_buffer_full", "client.send_buffer_full",
                     $"more than {_options.MaxPendingSendBytes} bytes are waiting to be sent", retriable: true);
@@ -306,12 +307,14 @@ public sealed class FastServeClient : IAsyncDisposable
 
     internal void SendCancel(ulong id)
     {
+        bool pump = false;
         lock (_sendLock)
         {
             if (_isClosed) return;
             FrameWriter.Cancel(_pending, id);
-            SignalSendLocked();
+            pump = ClaimSendLocked();
         }
+        if (pump) Pump();
     }
 
     // ---------------------------------------------------------------- control
@@ -344,12 +347,14 @@ public sealed class FastServeClient : IAsyncDisposable
     {
         Span<byte> p = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64LittleEndian(p, seq);
+        bool pump = false;
         lock (_sendLock)
         {
             if (_isClosed) return;
             FrameWriter.Ping(_pending, p);
-            SignalSendLocked();
+            pump = ClaimSendLocked();
         }
+        if (pump) Pump();
     }
 
     /// <summary>Asks for one load report. Reports carry no request id, so this completes with the next LOAD_REPORT that
@@ -407,6 +412,7 @@ public sealed class FastServeClient : IAsyncDisposable
 
     private void UpdateSubscription()
     {
+        bool pump = false;
         lock (_sendLock)
         {
             uint want;
@@ -419,18 +425,21 @@ public sealed class FastServeClient : IAsyncDisposable
             }
             if (want == 0) FrameWriter.LoadQuery(_pending, 0, unsubscribe: true);
             else FrameWriter.LoadQuery(_pending, want);
-            SignalSendLocked();
+            pump = ClaimSendLocked();
         }
+        if (pump) Pump();
     }
 
     private void SendLoadQuery(uint intervalMs, bool unsubscribe)
     {
+        bool pump = false;
         lock (_sendLock)
         {
             if (_isClosed) return;
             FrameWriter.LoadQuery(_pending, intervalMs, unsubscribe);
-            SignalSendLocked();
+            pump = ClaimSendLocked();
         }
+        if (pump) Pump();
     }
 
     /// <summary>Asks the server to drain (stop admitting, finish what runs). Returns the grace period from DRAIN_OK.</summary>
@@ -441,6 +450,7 @@ public sealed class FastServeClient : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(adminToken);
         var tcs = new TaskCompletionSource<TimeSpan>(TaskCreationOptions.RunContinuationsAsynchronously);
         byte[] token = Encoding.UTF8.GetBytes(adminToken);
+        bool pump = false;
         lock (_sendLock)
         {
             lock (_lock)
@@ -449,8 +459,9 @@ public sealed class FastServeClient : IAsyncDisposable
                 _drains.Enqueue(tcs);
             }
             FrameWriter.Drain(_pending, token);
-            SignalSendLocked();
+            pump = ClaimSendLocked();
         }
+        if (pump) Pump();
         return await tcs.Task.WaitAsync(ct).ConfigureAwait(false);
     }
 
@@ -471,28 +482,40 @@ public sealed class FastServeClient : IAsyncDisposable
         SendPing(0);
     }
 
-    // ---------------------------------------------------------------- send loop
+    // ---------------------------------------------------------------- sending
 
-    private void SignalSendLocked()
+    // Called under _sendLock after appending: true when no send is running, so the caller (after letting go of the
+    // lock) becomes the sender. Sending on the caller's thread, instead of waking a send loop, saves a thread hop per
+    // request; frames appended while a send is running ride along in the next batch.
+    private bool ClaimSendLocked()
     {
-        if (_sendSignaled) return;
-        _sendSignaled = true;
-        _sendSignal.Release();
+        if (_sending || _isClosed) return false;
+        _sending = true;
+        return true;
     }
 
-    private async Task SendLoopAsync()
+    // Sends until the queue is empty: synchronously while the socket takes the bytes at once (a non-blocking send),
+    // asynchronously from the first send that has to wait. Never blocks the caller.
+    private void Pump()
+    {
+        var t = PumpAsync();
+        if (!t.IsCompleted) _sendTask = t;
+    }
+
+    private async Task PumpAsync()
     {
         try
         {
             while (true)
             {
-                await _sendSignal.WaitAsync().ConfigureAwait(false);
                 ArrayBufferWriter<byte> batch;
                 lock (_sendLock)
                 {
-                    _sendSignaled = false;
-                    if (_isClosed) return;
-                    if (_pending.WrittenCount == 0) continue;
+                    if (_isClosed || _pending.WrittenCount == 0)
+                    {
+                        _sending = false;
+                        return;
+                    }
                     batch = _pending;
                     _pending = _spare;
                     _sendingBytes = batch.WrittenCount;
@@ -508,6 +531,7 @@ public sealed class FastServeClient : IAsyncDisposable
         }
         catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
         {
+            lock (_sendLock) _sending = false;
             Close("client.send_failed", $"sending failed: {e.Message}");
         }
     }
@@ -714,7 +738,6 @@ public sealed class FastServeClient : IAsyncDisposable
         _keepAlive?.Dispose();
         try { _socket.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
         _socket.Dispose();
-        _sendSignal.Release();
     }
 
     // Runs once, at the end of the receive loop: completes everything still waiting.

@@ -115,39 +115,79 @@ public static class LoadGenerator
     private static async Task RunClosedAsync(BenchOptions o, int concurrency, ConnectionSet conns, CompletionRequest[] requests, Recorder rec,
         long windowStart, long windowEnd, CancellationToken ct)
     {
+        // Each of the C chains starts its next request from the previous one's completion, on the thread that
+        // completed it (the connection's receive loop): no await, timer or thread hop per request, so the generator
+        // stays cheap beside a server on the same machine.
+        var loop = new ClosedLoop(conns, requests, rec, windowStart, windowEnd, concurrency, ct);
+        for (int w = 0; w < concurrency; w++) new Chain(loop, new Random(o.Seed * 7919 + w)).Next();
         double f = Stopwatch.Frequency;
-        long stopAt = windowEnd + (long)(o.DrainLimit.TotalSeconds * f);
-        var workers = new Task[concurrency];
-        for (int w = 0; w < concurrency; w++)
+        long left = windowEnd + (long)(o.DrainLimit.TotalSeconds * f) - Stopwatch.GetTimestamp();
+        if (left > 0)
         {
-            int seed = o.Seed * 7919 + w;
-            workers[w] = Task.Run(async () =>
-            {
-                var pick = new Random(seed);
-                while (!ct.IsCancellationRequested)
-                {
-                    long now = Stopwatch.GetTimestamp();
-                    if (now >= windowEnd) return;
-                    var call = Send(conns, requests[pick.Next(requests.Length)], rec, now, now >= windowStart);
-                    if (call is null)
-                    {
-                        await Task.Delay(10, CancellationToken.None).ConfigureAwait(false);
-                        continue;
-                    }
-                    long left = stopAt - Stopwatch.GetTimestamp();
-                    if (left <= 0) return;
-                    try { await call.Completion.WaitAsync(TimeSpan.FromSeconds(left / f), ct).ConfigureAwait(false); }
-                    catch (Exception e) when (e is TimeoutException or OperationCanceledException) { return; }
-                }
-            }, CancellationToken.None);
+            try { await loop.AllEnded.Task.WaitAsync(TimeSpan.FromSeconds(left / f), ct).ConfigureAwait(false); }
+            catch (Exception e) when (e is TimeoutException or OperationCanceledException) { }
         }
-        await Task.WhenAll(workers).ConfigureAwait(false);
+    }
+
+    private sealed class ClosedLoop(ConnectionSet conns, CompletionRequest[] requests, Recorder rec, long windowStart, long windowEnd,
+        int chains, CancellationToken ct)
+    {
+        public readonly ConnectionSet Conns = conns;
+        public readonly CompletionRequest[] Requests = requests;
+        public readonly Recorder Rec = rec;
+        public readonly long WindowStart = windowStart, WindowEnd = windowEnd;
+        public readonly CancellationToken Ct = ct;
+        public readonly TaskCompletionSource AllEnded = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private int _live = chains;
+
+        public void ChainEnded()
+        {
+            if (Interlocked.Decrement(ref _live) == 0) AllEnded.TrySetResult();
+        }
+    }
+
+    // One closed-loop slot: one request in flight at a time, the next started when the last completes.
+    private sealed class Chain(ClosedLoop loop, Random pick) : ICompletionObserver
+    {
+        [ThreadStatic] private static int t_depth;
+
+        public void Next()
+        {
+            // A call that fails inside Start (connection gone) completes at once and would recurse here: past a few
+            // levels, continue on the thread pool instead.
+            if (t_depth > 8)
+            {
+                ThreadPool.UnsafeQueueUserWorkItem(static c => c.Next(), this, preferLocal: false);
+                return;
+            }
+            t_depth++;
+            try
+            {
+                long now = Stopwatch.GetTimestamp();
+                if (now >= loop.WindowEnd || loop.Ct.IsCancellationRequested)
+                {
+                    loop.ChainEnded();
+                    return;
+                }
+                var request = loop.Requests[pick.Next(loop.Requests.Length)];
+                if (Send(loop.Conns, request, loop.Rec, now, now >= loop.WindowStart, this) is null)
+                    _ = Task.Delay(10, CancellationToken.None).ContinueWith(static (_, c) => ((Chain)c!).Next(), this, TaskScheduler.Default);
+            }
+            finally
+            {
+                t_depth--;
+            }
+        }
+
+        public void OnCompleted(CompletionCall call, CompletionResult result) => Next();
     }
 
     // Starts one request (or records a connection_lost failure when no connection is up). Null in the latter case.
-    private static CompletionCall? Send(ConnectionSet conns, CompletionRequest request, Recorder rec, long intended, bool measured)
+    // The outcome is recorded on the completing thread, then `then` (if any) hears of it.
+    private static CompletionCall? Send(ConnectionSet conns, CompletionRequest request, Recorder rec, long intended, bool measured,
+        ICompletionObserver? then = null)
     {
-        var p = new Pending(rec, intended, measured);
+        var p = new Pending(rec, intended, measured, then);
         var client = conns.Pick();
         if (client is null)
         {
@@ -157,11 +197,10 @@ public static class LoadGenerator
             rec.OnDone(p, lost.Completion.Result);
             return null;
         }
-        var call = client.Start(request);
+        // Counted before Start: the call may complete (on the receive loop) before Start returns.
+        rec.OnSent(p, Stopwatch.GetTimestamp() - intended);
+        var call = client.Start(request, stream: true, observer: p);
         p.Call = call;
-        rec.OnSent(p, call.StartedTimestamp - intended);
-        call.Completion.ContinueWith(static (t, s) => { var q = (Pending)s!; q.Recorder.OnDone(q, t.Result); }, p,
-            CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         return call;
     }
 
@@ -178,12 +217,18 @@ public static class LoadGenerator
         }
     }
 
-    internal sealed class Pending(Recorder recorder, long intended, bool measured)
+    internal sealed class Pending(Recorder recorder, long intended, bool measured, ICompletionObserver? then) : ICompletionObserver
     {
         public readonly Recorder Recorder = recorder;
         public readonly long Intended = intended;
         public readonly bool Measured = measured;
         public CompletionCall? Call;
+
+        public void OnCompleted(CompletionCall call, CompletionResult result)
+        {
+            Recorder.OnDone(this, result);
+            then?.OnCompleted(call, result);
+        }
         /// <summary>0 running, 1 recorded, 2 abandoned at the drain limit (guarded by the recorder's lock).</summary>
         public int State;
     }

@@ -15,8 +15,8 @@ namespace FastServe.Server.Engine;
 /// <summary>
 /// The engine's end of one worker's IPC link. A reader thread turns Submit/Cancel/Report messages into engine calls;
 /// the engine delivers tokens and results to this sink on its scheduler thread, where they are appended to the
-/// link's buffer; <see cref="Signal"/> (after each scheduler iteration) wakes the writer thread, which sends the
-/// whole batch with one write. When the worker goes away, every request it submitted is cancelled.
+/// link's buffer; <see cref="Signal"/> (after each scheduler iteration) sends the whole batch with one write, from
+/// the scheduler thread when the socket takes it at once, else through the link's writer thread. When the worker goes away, every request it submitted is cancelled.
 /// </summary>
 internal sealed class EngineLink : IRequestSink
 {
@@ -86,10 +86,11 @@ internal sealed class EngineLink : IRequestSink
         Volatile.Write(ref _dirty, 1);
     }
 
-    /// <summary>Wakes the writer if anything was appended since the last call. Any thread.</summary>
+    /// <summary>Sends what was appended since the last call, on the calling thread when the socket takes it at once,
+    /// else by waking the writer. Any thread.</summary>
     public void Signal()
     {
-        if (Interlocked.Exchange(ref _dirty, 0) == 1) _wake.Set();
+        if (Interlocked.Exchange(ref _dirty, 0) == 1 && !_out.TrySendNow()) _wake.Set();
     }
 
     /// <summary>Appends a message built by <paramref name="write"/> and wakes the writer.</summary>

@@ -1,5 +1,6 @@
 using System.Buffers;
 using System.Net.Sockets;
+using System.Runtime.InteropServices;
 
 namespace FastServe.Server.Net;
 
@@ -17,10 +18,11 @@ internal sealed class OutBuffer
     private readonly Socket _socket;
     private readonly long _limit;
     private readonly Action<string> _onFailed;
-    // Guarded by Lock: _fill, _sending, _closed. _send is owned by the sender while _sending is true.
+    // Guarded by Lock: _fill, _sending, _closed, _leftAt. _send is owned by the sender while _sending is true.
     private ArrayBufferWriter<byte> _fill = new(16 << 10);
     private ArrayBufferWriter<byte> _send = new(16 << 10);
     private bool _sending, _closed;
+    private int _leftAt = -1;      // where the unsent tail of _send starts after a TrySendNow hit a full socket; -1: none
     private Action? _whenEmpty;
 
     public OutBuffer(Socket socket, long limit, Action<string> onFailed)
@@ -55,29 +57,108 @@ internal sealed class OutBuffer
         _ = SendLoopAsync();
     }
 
-    /// <summary>Sends synchronously on the calling thread (for a dedicated writer thread); returns false once closed.</summary>
+    /// <summary>Sends synchronously on the calling thread (for a dedicated writer thread); returns false once closed.
+    /// Picks up a tail that <see cref="TrySendNow"/> could not finish, and leaves the buffer alone while a
+    /// <see cref="TrySendNow"/> caller owns it (that caller hands over whatever it cannot send).</summary>
     public bool FlushBlocking()
     {
         while (true)
         {
             ArrayBufferWriter<byte> batch;
+            int from = 0;
             lock (Lock)
             {
                 if (_closed) return false;
-                if (_fill.WrittenCount == 0) return true;
-                (batch, _fill, _send) = (_fill, _send, _fill);
+                if (_sending) return true;
+                if (_leftAt >= 0) { from = _leftAt; _leftAt = -1; batch = _send; }
+                else
+                {
+                    if (_fill.WrittenCount == 0) return true;
+                    (batch, _fill, _send) = (_fill, _send, _fill);
+                }
+                _sending = true;
             }
             try
             {
-                var mem = batch.WrittenSpan;
+                var mem = batch.WrittenSpan[from..];
                 while (!mem.IsEmpty) mem = mem[_socket.Send(mem)..];
             }
             catch (Exception e) when (e is SocketException or ObjectDisposedException)
             {
+                lock (Lock) _sending = false;
                 Fail(e.Message);
                 return false;
             }
             batch.ResetWrittenCount();
+            lock (Lock) _sending = false;
+        }
+    }
+
+    /// <summary>
+    /// Sends what was appended on the calling thread without ever blocking (MSG_DONTWAIT), so a producer that is
+    /// done with a batch (the scheduler after an iteration, a worker after a read) pays one syscall instead of
+    /// waking a writer thread: on two busy cores a thread wake-up costs more than the send itself. Returns false when
+    /// bytes are left that only a blocking writer can move (the peer's socket buffer is full, or concurrent appends
+    /// kept coming): the caller then wakes its writer thread, which calls <see cref="FlushBlocking"/>.
+    /// </summary>
+    public unsafe bool TrySendNow()
+    {
+        ArrayBufferWriter<byte> batch;
+        lock (Lock)
+        {
+            if (_closed || _sending) return true;        // an owner re-checks the fill buffer before letting go
+            if (_leftAt >= 0) return false;              // a tail is waiting for the blocking writer
+            if (_fill.WrittenCount == 0) return true;
+            (batch, _fill, _send) = (_fill, _send, _fill);
+            _sending = true;
+        }
+        for (int round = 0; ; round++)
+        {
+            int sent = 0, total = batch.WrittenCount;
+            bool added = false;
+            var handle = _socket.SafeHandle;
+            try
+            {
+                handle.DangerousAddRef(ref added);
+                fixed (byte* p = batch.WrittenSpan)
+                {
+                    while (sent < total)
+                    {
+                        nint n = Native.SendNoWait((int)handle.DangerousGetHandle(), p + sent, total - sent);
+                        if (n > 0) { sent += (int)n; continue; }
+                        int errno = Marshal.GetLastPInvokeError();
+                        if (n < 0 && errno == Native.EINTR) continue;
+                        if (n < 0 && errno == Native.EAGAIN) break;
+                        throw new SocketException(errno);
+                    }
+                }
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                lock (Lock) _sending = false;
+                Fail(e.Message);
+                return true;
+            }
+            finally
+            {
+                if (added) handle.DangerousRelease();
+            }
+            lock (Lock)
+            {
+                if (sent < total)
+                {
+                    _leftAt = sent;
+                    _sending = false;
+                    return false;
+                }
+                batch.ResetWrittenCount();
+                if (_closed || _fill.WrittenCount == 0 || round == 3)
+                {
+                    _sending = false;
+                    return _closed || _fill.WrittenCount == 0;
+                }
+                (batch, _fill, _send) = (_fill, _send, _fill);
+            }
         }
     }
 

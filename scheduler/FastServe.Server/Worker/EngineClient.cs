@@ -62,10 +62,14 @@ internal sealed class EngineClient
         return true;
     }
 
-    /// <summary>Wakes the writer if anything was appended (called at the end of each receive batch).</summary>
+    /// <summary>Sends what was appended (called at the end of each receive batch): on the calling thread when the
+    /// socket takes it at once, else by waking the writer thread.</summary>
     public void Signal()
     {
-        if (Interlocked.Exchange(ref _dirty, 0) == 1) _wake.Set();
+        if (Interlocked.Exchange(ref _dirty, 0) != 1) return;
+        OutBuffer? o;
+        lock (_lock) o = _out;
+        if (o is not null && !o.TrySendNow()) _wake.Set();
     }
 
     private void WriteLoop()

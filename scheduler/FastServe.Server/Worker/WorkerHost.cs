@@ -33,6 +33,10 @@ public sealed class WorkerHost : IDisposable
 
     public WorkerHost(WorkerOptions options)
     {
+        // Socket completions run on the epoll thread instead of hopping to the thread pool: a worker's continuations
+        // only parse, tokenize and append to buffers (they never block), and on a few busy cores the hop (a thread
+        // wake-up per readable socket) cost more than the work. Read once, before the first socket exists.
+        Environment.SetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS", "1");
         Options = options;
         var config = ModelConfig.Load(Path.Combine(options.ModelDir, "config.json"));
         Tokenizer = TextTokenizer.Load(options.ModelDir, config.BosTokenId, config.EosTokenIds.Count > 0 ? config.EosTokenIds : null);

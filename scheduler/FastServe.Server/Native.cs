@@ -14,6 +14,7 @@ internal static partial class Native
 
     public const int EINTR = 4;
     public const int EAGAIN = 11;
+    public const int EPIPE = 32;
     private const int MSG_DONTWAIT = 0x40;
     private const int MSG_NOSIGNAL = 0x4000;
 

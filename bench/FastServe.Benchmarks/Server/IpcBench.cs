@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Net.Sockets;
 using FastServe.Protocol;
 using FastServe.Server.Ipc;
+using FastServe.Server.Net;
 
 namespace FastServe.Benchmarks.Server;
 
@@ -20,6 +21,13 @@ internal static class IpcBench
         var results = new List<(string Name, double NsPerMessage, double MessagesPerSecond)>();
         double rtt = PingPong(20_000);
         results.Add(("ping-pong round trip (1 message each way)", rtt, 1e9 / rtt));
+        // How a producer hands a finished batch to the socket (docs/server.md): waking a writer thread, or sending on
+        // its own thread without blocking (what the engine and workers do, the writer thread only taking over a
+        // full socket). Round trips, so the hand-off's latency counts, as it does for a step's tokens.
+        double viaWriter = PingPongOutBuffer(20_000, inline: false);
+        results.Add(("round trip, hand-off to a writer thread", viaWriter, 1e9 / viaWriter));
+        double viaInline = PingPongOutBuffer(20_000, inline: true);
+        results.Add(("round trip, non-blocking send on producer", viaInline, 1e9 / viaInline));
         foreach (int batch in new[] { 1, 16, 256 })
         {
             double ns = Stream(batch, 2_000_000 / Math.Max(1, 64 / batch) / (batch == 1 ? 4 : 1));
@@ -104,6 +112,51 @@ internal static class IpcBench
                 ReadMessages(a, buf, ref have, 1);
             }
             double ns = sw.Elapsed.TotalNanoseconds / rounds;
+            echo.Join();
+            return ns;
+        }
+    }
+
+    private static double PingPongOutBuffer(int rounds, bool inline)
+    {
+        var (a, b) = Pair();
+        using (a) using (b)
+        {
+            var echo = new Thread(() =>
+            {
+                var buf = new byte[1 << 16];
+                int have = 0;
+                var w = new ArrayBufferWriter<byte>();
+                for (int i = 0; i < rounds; i++)
+                {
+                    if (!ReadMessages(b, buf, ref have, 1)) return;
+                    w.ResetWrittenCount();
+                    Ipc.WriteTokens(w, (ulong)i, i);
+                    b.Send(w.WrittenSpan);
+                }
+            }) { IsBackground = true };
+            echo.Start();
+            var o = new OutBuffer(a, 1 << 20, _ => { });
+            var wake = new AutoResetEvent(false);
+            bool stop = false;
+            var writer = new Thread(() =>
+            {
+                while (!Volatile.Read(ref stop)) { wake.WaitOne(100); o.FlushBlocking(); }
+            }) { IsBackground = true };
+            writer.Start();
+            var buf = new byte[1 << 16];
+            int have = 0;
+            var sw = Stopwatch.StartNew();
+            for (int i = 0; i < rounds; i++)
+            {
+                lock (o.Lock) Ipc.WriteTokens(o.Writer, (ulong)i, i);
+                if (!inline || !o.TrySendNow()) wake.Set();
+                ReadMessages(a, buf, ref have, 1);
+            }
+            double ns = sw.Elapsed.TotalNanoseconds / rounds;
+            Volatile.Write(ref stop, true);
+            wake.Set();
+            writer.Join();
             echo.Join();
             return ns;
         }

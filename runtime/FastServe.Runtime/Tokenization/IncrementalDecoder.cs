@@ -1,17 +1,19 @@
 using System.Buffers;
-using System.Text.Unicode;
+using System.Text;
 
 namespace FastServe.Runtime.Tokenization;
 
 /// <summary>
-/// Streaming detokenizer for one output stream: feed ids one at a time, get the text each one completes.
-/// A UTF-8 sequence split across tokens (an emoji spread over byte tokens) is held back until its last byte
-/// arrives, so no returned string ever ends in half a character. The concatenation of every
-/// <see cref="Append"/> result followed by <see cref="Flush"/> equals <see cref="TextTokenizer.Decode"/> of
-/// the same ids. Not thread-safe: one instance per stream.
+/// Streaming detokenizer for one output stream: feed ids one at a time, get the text each one completes, as a string
+/// (<see cref="Append"/>) or as UTF-8 bytes written to a buffer (<see cref="AppendUtf8"/>, no allocation: the
+/// serving path). A UTF-8 sequence split across tokens (an emoji spread over byte tokens) is held back until its
+/// last byte arrives, so no result ever ends in half a character. The concatenation of every result followed by
+/// the flush equals <see cref="TextTokenizer.Decode"/> of the same ids. Not thread-safe: one instance per stream.
 /// </summary>
 public sealed class IncrementalDecoder
 {
+    private static ReadOnlySpan<byte> Replacement => [0xEF, 0xBF, 0xBD];   // U+FFFD in UTF-8
+
     private readonly TextTokenizer _tokenizer;
     private readonly byte[] _pending = new byte[4];
     private int _pendingCount;
@@ -26,9 +28,23 @@ public sealed class IncrementalDecoder
     /// </summary>
     public string Append(int id)
     {
-        ReadOnlySpan<byte> bytes = _tokenizer.TokenBytes(id, ref _atStart);
-        if (bytes.IsEmpty) return "";
+        var w = new ArrayBufferWriter<byte>(64);
+        AppendUtf8(id, w);
+        return w.WrittenCount == 0 ? "" : Encoding.UTF8.GetString(w.WrittenSpan);
+    }
 
+    /// <summary>As <see cref="Append"/>, writing the completed text as UTF-8 (always whole, valid characters) to
+    /// <paramref name="output"/>.</summary>
+    public void AppendUtf8(int id, IBufferWriter<byte> output)
+    {
+        ReadOnlySpan<byte> bytes = _tokenizer.TokenBytes(id, ref _atStart);
+        if (bytes.IsEmpty) return;
+        // The common case, a token of plain ASCII with nothing held back, is a copy.
+        if (_pendingCount == 0 && Ascii.IsValid(bytes))
+        {
+            output.Write(bytes);
+            return;
+        }
         int total = _pendingCount + bytes.Length;
         byte[]? rented = null;
         Span<byte> input = total <= 256 ? stackalloc byte[256] : (rented = ArrayPool<byte>.Shared.Rent(total));
@@ -36,8 +52,7 @@ public sealed class IncrementalDecoder
         {
             _pending.AsSpan(0, _pendingCount).CopyTo(input);
             bytes.CopyTo(input[_pendingCount..]);
-            input = input[..total];
-            return DecodeAvailable(input, isFinal: false);
+            Decode(input[..total], isFinal: false, output);
         }
         finally
         {
@@ -49,9 +64,18 @@ public sealed class IncrementalDecoder
     public string Flush()
     {
         if (_pendingCount == 0) return "";
+        var w = new ArrayBufferWriter<byte>(8);
+        FlushUtf8(w);
+        return Encoding.UTF8.GetString(w.WrittenSpan);
+    }
+
+    /// <summary>As <see cref="Flush"/>, writing UTF-8 to <paramref name="output"/>.</summary>
+    public void FlushUtf8(IBufferWriter<byte> output)
+    {
+        if (_pendingCount == 0) return;
         Span<byte> input = stackalloc byte[4];
         _pending.AsSpan(0, _pendingCount).CopyTo(input);
-        return DecodeAvailable(input[.._pendingCount], isFinal: true);
+        Decode(input[.._pendingCount], isFinal: true, output);
     }
 
     /// <summary>Forgets held-back bytes and starts a new stream (as if newly created).</summary>
@@ -61,23 +85,28 @@ public sealed class IncrementalDecoder
         _atStart = true;
     }
 
-    private string DecodeAvailable(ReadOnlySpan<byte> input, bool isFinal)
+    // Copies the valid UTF-8 of `input` to `output`, each maximal invalid subsequence replaced by U+FFFD (the same
+    // substitution UTF8Encoding makes); an incomplete sequence at the end is kept in _pending unless isFinal.
+    private void Decode(ReadOnlySpan<byte> input, bool isFinal, IBufferWriter<byte> output)
     {
-        // UTF-16 never needs more code units than UTF-8 has bytes.
-        char[]? rented = null;
-        Span<char> chars = input.Length <= 256 ? stackalloc char[256] : (rented = ArrayPool<char>.Shared.Rent(input.Length));
-        try
+        int start = 0, i = 0;
+        _pendingCount = 0;
+        while (i < input.Length)
         {
-            Utf8.ToUtf16(input, chars, out int read, out int written, replaceInvalidSequences: true, isFinalBlock: isFinal);
-            // Only an incomplete final sequence (at most 3 bytes) is left unread.
-            ReadOnlySpan<byte> rest = input[read..];
-            rest.CopyTo(_pending);
-            _pendingCount = rest.Length;
-            return written == 0 ? "" : new string(chars[..written]);
+            var status = Rune.DecodeFromUtf8(input[i..], out _, out int n);
+            if (status == OperationStatus.Done) { i += n; continue; }
+            if (status == OperationStatus.NeedMoreData && !isFinal)
+            {
+                // Only a truncated final sequence (at most 3 bytes) needs more data.
+                input[i..].CopyTo(_pending);
+                _pendingCount = input.Length - i;
+                break;
+            }
+            output.Write(input[start..i]);
+            output.Write(Replacement);
+            i += n;
+            start = i;
         }
-        finally
-        {
-            if (rented is not null) ArrayPool<char>.Shared.Return(rented);
-        }
+        output.Write(input[start..i]);
     }
 }

@@ -114,7 +114,7 @@ internal sealed class OutBuffer
         }
         for (int round = 0; ; round++)
         {
-            int sent = 0, total = batch.WrittenCount;
+            int sent = 0, total = batch.WrittenCount, error = 0;
             bool added = false;
             var handle = _socket.SafeHandle;
             try
@@ -129,19 +129,25 @@ internal sealed class OutBuffer
                         int errno = Marshal.GetLastPInvokeError();
                         if (n < 0 && errno == Native.EINTR) continue;
                         if (n < 0 && errno == Native.EAGAIN) break;
-                        throw new SocketException(errno);
+                        error = n < 0 ? errno : Native.EPIPE;
+                        break;
                     }
                 }
             }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            catch (ObjectDisposedException)
             {
-                lock (Lock) _sending = false;
-                Fail(e.Message);
-                return true;
+                error = Native.EPIPE;
             }
             finally
             {
                 if (added) handle.DangerousRelease();
+            }
+            if (error != 0)
+            {
+                // After the release: failing closes the socket, and disposing waits for every reference to go.
+                lock (Lock) _sending = false;
+                Fail(new SocketException(error).Message);
+                return true;
             }
             lock (Lock)
             {

@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Net;
@@ -29,7 +30,8 @@ public sealed class WorkerHost : IDisposable
     private readonly byte[]? _adminToken;
     private long _nextKey, _nextSession;
     private volatile bool _draining;
-    private byte[] _utf8 = new byte[4096];                        // engine-reader thread only
+    private readonly ArrayBufferWriter<byte> _text = new(4096);    // engine-reader thread only: a delta's text
+    private readonly ArrayBufferWriter<byte> _piece = new(256);    // engine-reader thread only: one token's text
 
     public WorkerHost(WorkerOptions options)
     {
@@ -144,19 +146,24 @@ public sealed class WorkerHost : IDisposable
         if (r.Completion == 0) r.FirstTokenSent = now;
         r.LastTokenSent = now;
         r.Completion += ids.Length;
-        int textLen = 0;
+        _text.ResetWrittenCount();
         if (r.Decoder is not null)
         {
             foreach (int id in ids)
             {
-                string t = r.Decoder.Append(id);
-                if (r.Stop is not null) t = r.Stop.Append(t);
-                textLen = AppendUtf8(t, textLen);
-                if (r.Stop?.Stopped == true) break;
+                if (r.Stop is null)
+                {
+                    r.Decoder.AppendUtf8(id, _text);
+                    continue;
+                }
+                _piece.ResetWrittenCount();
+                r.Decoder.AppendUtf8(id, _piece);
+                r.Stop.AppendUtf8(_piece.WrittenSpan, _text);
+                if (r.Stop.Stopped) break;
             }
         }
         var session = r.Session;
-        lock (session.Out.Lock) FrameWriter.Delta(session.Out.Writer, r.ClientId, ids, _utf8.AsSpan(0, textLen));
+        lock (session.Out.Lock) FrameWriter.Delta(session.Out.Writer, r.ClientId, ids, _text.WrittenSpan);
         Touch(session);
         if (r.Stop?.Stopped == true)
         {
@@ -173,16 +180,22 @@ public sealed class WorkerHost : IDisposable
         // Text held back (an unfinished character, a possible stop-string start) is released at the end.
         if (r.Decoder is not null)
         {
-            string tail = r.Decoder.Flush();
-            if (r.Stop is not null) tail = r.Stop.Append(tail) + r.Stop.Flush();
-            int n = AppendUtf8(tail, 0);
-            if (n > 0)
+            _text.ResetWrittenCount();
+            if (r.Stop is null) r.Decoder.FlushUtf8(_text);
+            else
             {
-                lock (r.Session.Out.Lock) FrameWriter.Delta(r.Session.Out.Writer, r.ClientId, [], _utf8.AsSpan(0, n));
+                _piece.ResetWrittenCount();
+                r.Decoder.FlushUtf8(_piece);
+                r.Stop.AppendUtf8(_piece.WrittenSpan, _text);
+                r.Stop.FlushUtf8(_text);
+            }
+            if (_text.WrittenCount > 0)
+            {
+                lock (r.Session.Out.Lock) FrameWriter.Delta(r.Session.Out.Writer, r.ClientId, [], _text.WrittenSpan);
             }
         }
         var status = (RequestStatus)m.Status;
-        string codeStr = Encoding.UTF8.GetString(code);
+        string codeStr = status == RequestStatus.Finished ? "" : Encoding.UTF8.GetString(code);
         var f = new FinalInfo
         {
             Status = MapStatus(status, codeStr),
@@ -250,14 +263,6 @@ public sealed class WorkerHost : IDisposable
 
     private static uint Micros(long from, long to) =>
         to == 0 || from == 0 || to < from ? 0 : (uint)Math.Min(uint.MaxValue, (to - from) * 1_000_000 / Stopwatch.Frequency);
-
-    private int AppendUtf8(string s, int at)
-    {
-        if (s.Length == 0) return at;
-        int need = at + Encoding.UTF8.GetMaxByteCount(s.Length);
-        if (need > _utf8.Length) Array.Resize(ref _utf8, Math.Max(need, _utf8.Length * 2));
-        return at + Encoding.UTF8.GetBytes(s, _utf8.AsSpan(at));
-    }
 
     private void Touch(ClientSession s)
     {

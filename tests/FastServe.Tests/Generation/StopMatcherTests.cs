@@ -34,4 +34,22 @@ public class StopMatcherTests
         Assert.That(m.Append("xabc"), Is.EqualTo("x"));
         Assert.That(m.Stopped, Is.True);
     }
+
+    [Test]
+    public void Utf8PathMatchesMultiByteStopsAcrossDeltas()
+    {
+        var m = new StopMatcher(["—end", "日本"]);
+        var w = new System.Buffers.ArrayBufferWriter<byte>();
+        void Feed(string d) => m.AppendUtf8(System.Text.Encoding.UTF8.GetBytes(d), w);
+        Feed("café —");
+        Assert.That(System.Text.Encoding.UTF8.GetString(w.WrittenSpan), Is.EqualTo("café "), "a possible stop start is held back");
+        Feed("en");
+        Feed("x 日");
+        Assert.That(System.Text.Encoding.UTF8.GetString(w.WrittenSpan), Is.EqualTo("café —enx "));
+        Feed("本 after");
+        Assert.That(m.Stopped, Is.True);
+        Assert.That(System.Text.Encoding.UTF8.GetString(w.WrittenSpan), Is.EqualTo("café —enx "));
+        m.FlushUtf8(w);
+        Assert.That(System.Text.Encoding.UTF8.GetString(w.WrittenSpan), Is.EqualTo("café —enx "), "nothing after a stop");
+    }
 }

@@ -119,4 +119,26 @@ public class OutBufferTests
             }
         }
     }
+
+    [Test]
+    public void PeerGoneFailsOnceAndTheFailureHandlerMayDisposeTheSocket()
+    {
+        // The engine's link closes and disposes its socket from the failure callback; disposing waits for every
+        // reference to the handle, so the callback must run after the send let go of it (else this never returns).
+        var (a, b) = Pair();
+        int failures = 0;
+        var o = new OutBuffer(a, 1 << 20, _ => { Interlocked.Increment(ref failures); a.Dispose(); });
+        b.Dispose();
+        var done = Task.Run(() =>
+        {
+            for (int i = 0; i < 3; i++)
+            {
+                Append(o, 0, 10);
+                Assert.That(o.TrySendNow(), Is.True, "nothing is left for a writer once the buffer has failed");
+            }
+        });
+        Assert.That(done.Wait(TimeSpan.FromSeconds(20)), Is.True, "a failing send does not deadlock on its own socket");
+        Assert.That(failures, Is.EqualTo(1));
+        Assert.That(o.Closed, Is.True);
+    }
 }

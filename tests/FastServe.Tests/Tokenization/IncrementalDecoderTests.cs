@@ -104,4 +104,34 @@ public class IncrementalDecoderTests
         Assert.That(Stream(tok, ids), Is.EqualTo(tok.Decode(ids)));
         Assert.That(tok.Decode(ids), Does.Contain("\uFFFD"));
     }
+
+    [Test]
+    public void Utf8OutputEqualsTheStringOutputTokenByToken()
+    {
+        // Text of every kind plus byte tokens that break UTF-8 (a lone continuation, truncated leads), in random
+        // order: the byte path must give exactly the UTF-8 of the string path after every token and at the flush.
+        TextTokenizer tok = TokenizerFixture.Default;
+        TiktokenRanks ranks = TiktokenLoader.LoadCl100k();
+        int[] odd = [Array.FindIndex(ranks.Tokens, t => t is [0x80]), Array.FindIndex(ranks.Tokens, t => t is [0xF0]),
+            Array.FindIndex(ranks.Tokens, t => t is [0xE2]), Array.FindIndex(ranks.Tokens, t => t is [0xC3])];
+        Assert.That(odd, Has.All.GreaterThanOrEqualTo(0));
+        int[] text = tok.Encode(string.Join("\n", TokenizerFixture.Texts) + "😀🫠 naïve", addBos: false);
+        var rng = new Random(7);
+        for (int round = 0; round < 50; round++)
+        {
+            var ids = new List<int>();
+            for (int i = 0; i < 200; i++) ids.Add(rng.Next(4) == 0 ? odd[rng.Next(odd.Length)] : text[rng.Next(text.Length)]);
+            IncrementalDecoder asString = tok.CreateDecoder(), asBytes = tok.CreateDecoder();
+            var w = new System.Buffers.ArrayBufferWriter<byte>();
+            foreach (int id in ids)
+            {
+                w.ResetWrittenCount();
+                asBytes.AppendUtf8(id, w);
+                Assert.That(w.WrittenSpan.ToArray(), Is.EqualTo(Encoding.UTF8.GetBytes(asString.Append(id))), $"round {round}, id {id}");
+            }
+            w.ResetWrittenCount();
+            asBytes.FlushUtf8(w);
+            Assert.That(w.WrittenSpan.ToArray(), Is.EqualTo(Encoding.UTF8.GetBytes(asString.Flush())));
+        }
+    }
 }

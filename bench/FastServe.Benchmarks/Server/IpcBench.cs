@@ -3,7 +3,7 @@ using System.Diagnostics;
 using System.Net.Sockets;
 using FastServe.Protocol;
 using FastServe.Server.Ipc;
-using FastServe.Server.Net;
+using FastServe.Protocol.Net;
 
 namespace FastServe.Benchmarks.Server;
 

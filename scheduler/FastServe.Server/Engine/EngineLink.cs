@@ -8,7 +8,7 @@ using FastServe.Protocol;
 using FastServe.Runtime.Generation;
 using FastServe.Scheduler.Engine;
 using FastServe.Server.Ipc;
-using FastServe.Server.Net;
+using FastServe.Protocol.Net;
 
 namespace FastServe.Server.Engine;
 

@@ -5,7 +5,7 @@ using System.Text;
 using FastServe.Protocol;
 using FastServe.Runtime.Generation;
 using FastServe.Server.Ipc;
-using FastServe.Server.Net;
+using FastServe.Protocol.Net;
 
 namespace FastServe.Server.Worker;
 

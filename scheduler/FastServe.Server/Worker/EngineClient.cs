@@ -4,7 +4,7 @@ using System.Net.Sockets;
 using FastServe.Protocol;
 using FastServe.Server.Engine;
 using FastServe.Server.Ipc;
-using FastServe.Server.Net;
+using FastServe.Protocol.Net;
 
 namespace FastServe.Server.Worker;
 

@@ -1,5 +1,5 @@
 using System.Net.Sockets;
-using FastServe.Server.Net;
+using FastServe.Protocol.Net;
 using NUnit.Framework;
 
 namespace FastServe.Tests.Server;

@@ -2,7 +2,7 @@ using System.Buffers;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 
-namespace FastServe.Server.Net;
+namespace FastServe.Protocol.Net;
 
 /// <summary>
 /// The send side of one connection: frames are appended under <see cref="Lock"/> into a fill buffer, and
@@ -124,19 +124,19 @@ internal sealed class OutBuffer
                 {
                     while (sent < total)
                     {
-                        nint n = Native.SendNoWait((int)handle.DangerousGetHandle(), p + sent, total - sent);
+                        nint n = SocketNative.SendNoWait((int)handle.DangerousGetHandle(), p + sent, total - sent);
                         if (n > 0) { sent += (int)n; continue; }
                         int errno = Marshal.GetLastPInvokeError();
-                        if (n < 0 && errno == Native.EINTR) continue;
-                        if (n < 0 && errno == Native.EAGAIN) break;
-                        error = n < 0 ? errno : Native.EPIPE;
+                        if (n < 0 && errno == SocketNative.EINTR) continue;
+                        if (n < 0 && errno == SocketNative.EAGAIN) break;
+                        error = n < 0 ? errno : SocketNative.EPIPE;
                         break;
                     }
                 }
             }
             catch (ObjectDisposedException)
             {
-                error = Native.EPIPE;
+                error = SocketNative.EPIPE;
             }
             finally
             {

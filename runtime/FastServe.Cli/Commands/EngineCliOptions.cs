@@ -24,11 +24,13 @@ internal sealed class EngineCliOptions
     public readonly Option<int> MaxWaiting = new("--max-waiting") { Description = "Requests allowed to wait for admission before new ones are rejected as overloaded", DefaultValueFactory = _ => 4096 };
     public readonly Option<string> SimWeights = new("--sim-weights") { Description = "--backend sim: weight format the simulated GPU runs, fp8 or bf16", DefaultValueFactory = _ => "fp8" };
     public readonly Option<double> SimTimeScale = new("--sim-time-scale") { Description = "--backend sim: multiply modelled step times (1 = real time)", DefaultValueFactory = _ => 1.0 };
+    public readonly Option<double> SimStallEvery = new("--sim-stall-every") { Description = "--backend sim: freeze the device every S seconds on average (exponential gaps; 0 = never)", DefaultValueFactory = _ => 0.0 };
+    public readonly Option<int> SimStallMs = new("--sim-stall-ms") { Description = "--backend sim: how long each freeze lasts, in ms", DefaultValueFactory = _ => 2000 };
 
     public void AddTo(Command c)
     {
         Model.AddTo(c);
-        foreach (Option o in new Option[] { MaxBatchedTokens, MaxSeqs, Overlap, KvMemoryMiB, KvDtype, Ctx, BlockSize, NoPrefixCache, MaxWaiting, SimWeights, SimTimeScale }) c.Add(o);
+        foreach (Option o in new Option[] { MaxBatchedTokens, MaxSeqs, Overlap, KvMemoryMiB, KvDtype, Ctx, BlockSize, NoPrefixCache, MaxWaiting, SimWeights, SimTimeScale, SimStallEvery, SimStallMs }) c.Add(o);
     }
 
     public bool Json(ParseResult r) => r.GetValue(Model.Json);
@@ -39,7 +41,7 @@ internal sealed class EngineCliOptions
     {
         var args = new List<string>();
         foreach (Option o in new Option[] { Model.Quantize, Model.Scheme, Model.Backend, Model.Threads, MaxBatchedTokens, MaxSeqs, Overlap, KvMemoryMiB,
-                     KvDtype, Ctx, BlockSize, NoPrefixCache, MaxWaiting, SimWeights, SimTimeScale })
+                     KvDtype, Ctx, BlockSize, NoPrefixCache, MaxWaiting, SimWeights, SimTimeScale, SimStallEvery, SimStallMs })
         {
             var res = r.GetResult(o);
             if (res is null || res.Implicit) continue;
@@ -103,6 +105,8 @@ internal sealed class EngineCliOptions
             MaxTokensPerStep = r.GetValue(MaxBatchedTokens),
             MaxSequencesPerStep = r.GetValue(MaxSeqs),
             TimeScale = r.GetValue(SimTimeScale),
+            StallEverySeconds = r.GetValue(SimStallEvery),
+            StallSeconds = r.GetValue(SimStallMs) / 1000.0,
         });
     }
 

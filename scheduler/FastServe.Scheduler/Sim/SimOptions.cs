@@ -33,6 +33,14 @@ public sealed record SimOptions
     /// <summary>Wall-clock seconds per modelled device second: 1 = real time, 0.5 = twice as fast, 0 = no waiting.</summary>
     public double TimeScale { get; init; } = 1;
 
+    /// <summary>Mean wall-clock seconds between device stalls (gaps drawn from an exponential distribution, seeded by
+    /// <see cref="Seed"/>); 0 = never. Models a device that freezes now and then (a throttled GPU, a driver hiccup,
+    /// a noisy neighbour) for load-balancing tests.</summary>
+    public double StallEverySeconds { get; init; }
+
+    /// <summary>Wall-clock seconds each stall lasts (not scaled by <see cref="TimeScale"/>).</summary>
+    public double StallSeconds { get; init; } = 2;
+
     /// <summary>Seed of the pseudo-random tokens.</summary>
     public ulong Seed { get; init; }
 }

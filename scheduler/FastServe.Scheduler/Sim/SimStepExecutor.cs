@@ -33,6 +33,10 @@ public sealed class SimStepExecutor : IStepExecutor
     private readonly long[] _endTicks;
     private readonly string?[] _error;
     private long _deviceFreeTicks;
+    private readonly Random? _stallRng;
+    private readonly double _stallMeanTicks;
+    private readonly long _stallTicks;
+    private long _nextStallTicks, _stalls;
 
     // Written by the launching thread; other threads may read a snapshot that mixes two steps.
     private long _steps, _rows, _samples;
@@ -62,9 +66,20 @@ public sealed class SimStepExecutor : IStepExecutor
         if (options.KvBlocks < 0) throw BadOption(nameof(options.KvBlocks), options.KvBlocks, "0 (derive) or more");
         if (!(options.TimeScale >= 0) || !double.IsFinite(options.TimeScale))
             throw BadOption(nameof(options.TimeScale), options.TimeScale, "finite and 0 or more");
+        if (!(options.StallEverySeconds >= 0) || !double.IsFinite(options.StallEverySeconds))
+            throw BadOption(nameof(options.StallEverySeconds), options.StallEverySeconds, "finite and 0 or more");
+        if (!(options.StallSeconds >= 0) || options.StallSeconds > 3600)
+            throw BadOption(nameof(options.StallSeconds), options.StallSeconds, "between 0 and 3600");
 
         _blockSize = options.BlockSize;
         _timeScale = options.TimeScale;
+        if (options.StallEverySeconds > 0)
+        {
+            _stallRng = new Random((int)(options.Seed ^ (options.Seed >> 32)) ^ 0x51A11);
+            _stallMeanTicks = options.StallEverySeconds * _ticksPerSecond;
+            _stallTicks = (long)(options.StallSeconds * _ticksPerSecond);
+            _nextStallTicks = Stopwatch.GetTimestamp() + StallGap();
+        }
         _seedMix = Mix(options.Seed);
         MaxTokensPerStep = options.MaxTokensPerStep;
         MaxSequencesPerStep = options.MaxSequencesPerStep;
@@ -135,6 +150,13 @@ public sealed class SimStepExecutor : IStepExecutor
         }
         double scaled = seconds * _timeScale;
         long start = Math.Max(launch, _deviceFreeTicks);
+        if (_stallRng is not null && start >= _nextStallTicks)
+        {
+            // The device freezes before this step: it and everything queued behind it wait out the stall.
+            start += _stallTicks;
+            _nextStallTicks = start + StallGap();
+            _stalls++;
+        }
         long end = start + (long)(scaled * _ticksPerSecond);
         _deviceFreeTicks = end;
         step.LaunchTicks = launch;
@@ -156,7 +178,7 @@ public sealed class SimStepExecutor : IStepExecutor
         ArgumentNullException.ThrowIfNull(step);
         int slot = Array.IndexOf(_inFlight, step);
         if (slot < 0) throw new InvalidOperationException($"step {step.Id} was not launched, or was already waited for");
-        if (_timeScale > 0) PreciseWait.Until(_endTicks[slot]);
+        if (_timeScale > 0 || _stallRng is not null) PreciseWait.Until(_endTicks[slot]);
         string? error = _error[slot];
         _inFlight[slot] = null;
         _error[slot] = null;
@@ -164,6 +186,11 @@ public sealed class SimStepExecutor : IStepExecutor
     }
 
     public void Dispose() => _disposed = true;
+
+    /// <summary>Stalls injected so far (<see cref="SimOptions.StallEverySeconds"/>).</summary>
+    public long Stalls => _stalls;
+
+    private long StallGap() => (long)(-Math.Log(1 - _stallRng!.NextDouble()) * _stallMeanTicks);
 
     /// <summary>The token the simulated device samples for (<paramref name="key"/>, <paramref name="position"/>):
     /// a SplitMix64 hash of seed, key and position, modulo <paramref name="vocabSize"/>.</summary>

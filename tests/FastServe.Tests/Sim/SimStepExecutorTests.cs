@@ -261,6 +261,33 @@ public class SimStepExecutorTests
     }
 
     [Test]
+    public void StallsFreezeTheDeviceNowAndThen()
+    {
+        // Stalls every 30 ms on average, 80 ms each, on an otherwise free device: over about half a second of steps
+        // some step waits out a stall, and the stalls account for the extra wall time.
+        using var x = new SimStepExecutor(Shape, SimDeviceProfile.H100Sxm,
+            new SimOptions { KvBlocks = 1024, TimeScale = 0, Seed = 3, StallEverySeconds = 0.03, StallSeconds = 0.08 });
+        var step = new StepBatch(256, 256);
+        int[] table = Enumerable.Range(0, 8).ToArray();
+        FillDecode(step, 4, 100, 1, table);
+        double longest = 0;
+        var sw = Stopwatch.StartNew();
+        while (sw.Elapsed.TotalSeconds < 0.5)
+        {
+            x.Launch(step);
+            x.Wait(step);
+            longest = Math.Max(longest, Seconds(step.EndTicks - step.LaunchTicks));
+        }
+        Assert.That(x.Stalls, Is.GreaterThanOrEqualTo(2));
+        Assert.That(longest, Is.GreaterThanOrEqualTo(0.079), "a step waited out a whole stall");
+        Assert.That(sw.Elapsed.TotalSeconds, Is.GreaterThanOrEqualTo(0.08 * (x.Stalls - 1)), "stalls really block");
+
+        using var calm = Fast();
+        Assert.That(calm.Stalls, Is.Zero);
+        Assert.Throws<FastServeException>(() => new SimStepExecutor(Shape, SimDeviceProfile.H100Sxm, new SimOptions { StallEverySeconds = -1 }));
+    }
+
+    [Test]
     public void TwoMillisecondStepWaitsAtLeastTwoMilliseconds()
     {
         using var x = FixedCost(2e-3);

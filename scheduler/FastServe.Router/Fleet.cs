@@ -62,20 +62,21 @@ public sealed class Fleet
 
     /// <summary>
     /// The fleet as one replica, for a client's LOAD_QUERY: state <c>draining</c> when the router drains, else
-    /// <c>ready</c> when any endpoint is eligible, <c>starting</c> when any is connected, <c>unavailable</c> otherwise.
+    /// <c>ready</c> when any endpoint is eligible, <c>starting</c> when any is connected and neither draining nor gone
+    /// (it will be ready soon), <c>unavailable</c> otherwise.
     /// Counts (workers, running, queued, in flight, max running) are sums over the connected endpoints' last
     /// reports; KV free is their mean; the estimated wait is the lowest among eligible endpoints (where a new request
     /// would go); the age is the oldest report's (time since it arrived plus the age it carried).
     /// </summary>
     public LoadReport Aggregate(long now, bool routerDraining)
     {
-        bool anyEligible = false, anyConnected = false;
+        bool anyEligible = false, anyStarting = false;
         int workers = 0, running = 0, queued = 0, inFlight = 0, maxRunning = 0, wait = int.MaxValue, age = 0, n = 0;
         double kv = 0;
         foreach (var e in _endpoints)
         {
             var (r, at) = e.LastReport;
-            if (e.ConnectionsUp > 0) anyConnected = true;
+            if (e.ConnectionsUp > 0 && !e.IsDraining && !e.IsRemoved) anyStarting = true;
             if (at == 0 || e.ConnectionsUp == 0) continue;
             n++;
             workers += r.Workers;
@@ -93,7 +94,7 @@ public sealed class Fleet
         }
         var state = routerDraining ? ReplicaState.Draining
             : anyEligible ? ReplicaState.Ready
-            : anyConnected ? ReplicaState.Starting
+            : anyStarting ? ReplicaState.Starting
             : ReplicaState.Unavailable;
         return new LoadReport(state, Math.Min(workers, ushort.MaxValue), running, queued, inFlight, n == 0 ? 0f : (float)(kv / n),
             anyEligible ? wait : 0, maxRunning, age);

@@ -185,6 +185,40 @@ public sealed class RouterRulesTests
     }
 
     [Test]
+    public async Task AReplicaThatStopsReadingIsLeftOutUntilItsBacklogClears()
+    {
+        using var x = new ScriptedReplica("x");
+        using var y = new ScriptedReplica("y");
+        await using var router = await Start(Opt() with { Policy = BalancePolicy.RoundRobin, ConnectionsPerEndpoint = 1 }, Src(x, y), 2);
+        await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port, new FastServeClientOptions { MaxPendingSendBytes = 256 << 20 });
+        var ex = router.Fleet.Endpoints[0];
+        x.Stalled = true;
+        string big = new('a', 900_000);
+        var calls = new List<CompletionCall>();
+        // Round-robin sends x every other request until its unsent bytes pass the soft limit (kernel buffers first).
+        while (!ex.IsCongested && calls.Count < 400)
+        {
+            calls.Add(c.Start(Req() with { Prompt = big }));
+            await Task.Delay(2);
+        }
+        Assert.That(ex.IsCongested, Is.True, $"x never backed up after {calls.Count} requests");
+        long atCongestion = ex.Forwarded;
+        int yBefore = y.Requests.Count;
+        for (int i = 0; i < 20; i++) calls.Add(c.Start(Req()));
+        await Until(() => y.Requests.Count >= yBefore + 20, "the next 20 all on y");
+        TestContext.Out.WriteLine($"x congested after {atCongestion} requests ({calls.Count - 20} sent in all); then y took 20, x {ex.Forwarded - atCongestion}");
+        Assert.That(ex.Forwarded, Is.EqualTo(atCongestion), "a congested endpoint is out of the draw");
+        // x reads again: its backlog drains, the timer sees room, and it is back in the rotation.
+        x.Stalled = false;
+        var results = await Task.WhenAll(calls.Select(k => k.Completion));
+        Assert.That(results.Select(r => r.StatusName), Is.All.EqualTo("ok"));
+        await Until(() => !ex.IsCongested, "congestion cleared");
+        results = await Task.WhenAll(Enumerable.Range(0, 10).Select(_ => c.CompleteAsync(Req())));
+        Assert.That(results.Select(r => r.StatusName), Is.All.EqualTo("ok"));
+        Assert.That(ex.Forwarded, Is.GreaterThan(atCongestion));
+    }
+
+    [Test]
     public async Task AnEndpointLeavingTheFileFinishesItsRequestsAndGetsNoNewOnes()
     {
         using var x = new ScriptedReplica("x") { OnRequest = _ => Reply.Hold };

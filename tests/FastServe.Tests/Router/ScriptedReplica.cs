@@ -38,6 +38,8 @@ internal sealed class ScriptedReplica : IDisposable
     public Func<ulong, Reply> OnRequest = _ => Reply.Ok;
     /// <summary>Tokens streamed by an <see cref="Reply.Ok"/> answer (in one DELTA).</summary>
     public int Tokens = 3;
+    /// <summary>Stop reading from every connection (a replica that hangs): the router's bytes pile up unsent.</summary>
+    public volatile bool Stalled;
     public readonly ConcurrentQueue<ulong> Requests = new();
     public readonly ConcurrentQueue<ulong> Cancels = new();
 
@@ -122,12 +124,17 @@ internal sealed class ScriptedReplica : IDisposable
 
         public void Run()
         {
-            var buf = new byte[1 << 16];
+            var buf = new byte[2 << 20];
             int have = 0;
             try
             {
                 while (!_closed)
                 {
+                    if (owner.Stalled)
+                    {
+                        Thread.Sleep(5);
+                        continue;
+                    }
                     int n = socket.Receive(buf, have, buf.Length - have, SocketFlags.None);
                     if (n == 0) break;
                     have += n;

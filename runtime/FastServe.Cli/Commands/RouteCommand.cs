@@ -1,5 +1,4 @@
 using System.CommandLine;
-using System.Diagnostics;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using FastServe.Router;
@@ -111,7 +110,6 @@ internal static class RouteCommand
 
             router.Completion.GetAwaiter().GetResult();
             var st = router.Stats;
-            long now = Stopwatch.GetTimestamp();
             if (asJson)
                 Output.WriteJsonLine(w =>
                 {
@@ -128,7 +126,6 @@ internal static class RouteCommand
                         w.WriteStartObject();
                         w.WriteString("address", e.Address);
                         w.WriteNumber("forwarded", e.Forwarded);
-                        w.WriteString("condition", e.Condition(now).ToString().ToLowerInvariant());
                         w.WriteEndObject();
                     }
                     w.WriteEndArray();

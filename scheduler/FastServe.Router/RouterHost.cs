@@ -7,6 +7,13 @@ using FastServe.Protocol;
 namespace FastServe.Router;
 
 /// <summary>Counters of a router since it started.</summary>
+/// <param name="Requests">REQUESTs accepted and forwarded (or answered by the router for want of an endpoint).</param>
+/// <param name="Rejected">REQUESTs refused at once (malformed, over the connection's limit, router draining).</param>
+/// <param name="Completed">Accepted requests whose FINAL has been sent (or dropped, the client having left).</param>
+/// <param name="Retries">Sends after the first: refusals without output and lost connections.</param>
+/// <param name="UpstreamLost">Requests ended with <c>router.upstream_lost</c>.</param>
+/// <param name="NoEndpoint">Requests ended with <c>router.no_endpoint</c>.</param>
+/// <param name="InFlight">Accepted requests not yet completed.</param>
 public readonly record struct RouterStats(long Requests, long Rejected, long Completed, long Retries, long UpstreamLost, long NoEndpoint, int InFlight);
 
 /// <summary>

@@ -53,6 +53,7 @@ public sealed record RouterOptions
     public string Host { get; init; } = "127.0.0.1";
     /// <summary>Client port; 0 picks a free one (see <see cref="RouterHost.Port"/>).</summary>
     public int Port { get; init; }
+    /// <summary>How endpoints are chosen (default p2c).</summary>
     public BalancePolicy Policy { get; init; } = BalancePolicy.PowerOfTwo;
     /// <summary>A newly ready endpoint's weight ramps linearly from 10 % to 100 % over this time; 0 = no ramp.</summary>
     public int SlowStartMs { get; init; } = 5000;
@@ -64,6 +65,7 @@ public sealed record RouterOptions
     public int EjectAfterErrors { get; init; } = 5;
     /// <summary>First ejection period; each repeat ejection doubles it, up to <see cref="MaxEjectionMs"/>.</summary>
     public int BaseEjectionMs { get; init; } = 1000;
+    /// <summary>Longest ejection period; also the quiet time that takes the doubling down one step.</summary>
     public int MaxEjectionMs { get; init; } = 30_000;
     /// <summary>Never more than this share of the endpoints is ejected at once (rounded down).</summary>
     public int MaxEjectedPercent { get; init; } = 50;
@@ -73,6 +75,7 @@ public sealed record RouterOptions
     public int LoadIntervalMs { get; init; } = 50;
     /// <summary>Reconnect backoff: starts here, doubles per failed attempt, up to <see cref="ReconnectMaxMs"/>.</summary>
     public int ReconnectMinMs { get; init; } = 20;
+    /// <summary>Longest wait between reconnect attempts.</summary>
     public int ReconnectMaxMs { get; init; } = 1000;
     /// <summary>Limit on TCP connect plus HELLO_OK from an endpoint.</summary>
     public int ConnectTimeoutMs { get; init; } = 2000;
@@ -88,9 +91,11 @@ public sealed record RouterOptions
     public int MaxFrame { get; init; } = Wire.DefaultMaxFrame;
     /// <summary>Requests in flight per client connection (announced in HELLO_OK).</summary>
     public int MaxInFlight { get; init; } = 1024;
+    /// <summary>A client connection with nothing in flight and no frame for this long is closed (announced in HELLO_OK).</summary>
     public int IdleTimeoutMs { get; init; } = 60_000;
     /// <summary>Time allowed to receive the rest of a started frame.</summary>
     public int FrameTimeoutMs { get; init; } = 10_000;
+    /// <summary>A client connection that sends no HELLO within this time is closed.</summary>
     public int HelloTimeoutMs { get; init; } = 10_000;
     /// <summary>On drain, how long in-flight requests may take before their connections are closed anyway.</summary>
     public int GraceMs { get; init; } = 30_000;

@@ -1,5 +1,7 @@
 using NUnit.Framework;
 using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
 using FastServe.Client;
 using FastServe.Protocol;
 using FastServe.Router;
@@ -182,6 +184,34 @@ public sealed class RouterRulesTests
         Assert.That(results.Select(r => r.StatusName), Is.All.EqualTo("ok"));
         Assert.That(x.Requests.Count, Is.EqualTo(5), "an ejected endpoint gets nothing");
         lock (_log) Assert.That(_log.Any(l => l.Contains("ejected for 5000 ms")), Is.True);
+    }
+
+    [Test]
+    public async Task DrainingTheRouterFinishesWhatRunsAndRefusesWhatIsNew()
+    {
+        using var x = new ScriptedReplica("x") { OnRequest = _ => Reply.Hold };
+        var router = await Start(Opt(), Src(x), 1);
+        await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port);
+        var running = c.Start(Req());
+        await Until(() => x.HeldCount == 1, "held");
+        router.BeginDrain();
+        Assert.That((await c.GetLoadAsync()).State, Is.EqualTo(ReplicaState.Draining));
+        var late = await c.CompleteAsync(Req());
+        Assert.That((late.StatusName, late.Detail, late.Retriable), Is.EqualTo(("draining", "router.draining", true)));
+        bool refused = false;
+        using (var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp))
+        {
+            try { await s.ConnectAsync(IPAddress.Loopback, router.Port); }
+            catch (SocketException) { refused = true; }
+        }
+        Assert.That(refused, Is.True, "the listener is closed");
+        await Task.Delay(200);
+        Assert.That(router.Completion.IsCompleted, Is.False, "a request is still running");
+        x.ReleaseHeld();
+        Assert.That((await running.Completion).StatusName, Is.EqualTo("ok"));
+        Assert.That(await Task.WhenAny(router.Completion, Task.Delay(5000)), Is.SameAs(router.Completion), "stops once nothing is in flight");
+        Assert.That((router.Stats.Requests, router.Stats.Rejected, router.Stats.Completed), Is.EqualTo((1L, 1L, 1L)));
+        await router.DisposeAsync();
     }
 
     [Test]

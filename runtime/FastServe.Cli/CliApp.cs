@@ -21,6 +21,7 @@ internal static class CliApp
             BenchEngineCommand.Create(),
             ClientCommand.Create(),
             BenchCommand.Create(),
+            RouteCommand.Create(),
         };
         foreach (var c in ServeCommand.Create()) root.Add(c);
         var parse = root.Parse(args);

@@ -1,0 +1,139 @@
+using System.CommandLine;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using FastServe.Router;
+using FastServe.Runtime;
+
+namespace FastServe.Cli.Commands;
+
+/// <summary>
+/// <c>fastserve route</c>: a fleet router in front of replicas (docs/router.md). Clients connect to it as to a
+/// replica; it spreads their requests over the endpoints and retries what can be retried. Drains on SIGTERM/SIGINT.
+/// </summary>
+internal static class RouteCommand
+{
+    public static Command Create()
+    {
+        var listen = new Option<int>("--listen", "-l") { Description = "Client port (0 = any free port, printed when ready)", DefaultValueFactory = _ => 7800 };
+        var endpoints = new Option<string>("--endpoints", "-e") { Description = "Replicas: host:port,host:port or file:PATH (JSON, re-read when it changes)", Required = true };
+        var host = new Option<string>("--host") { Description = "Address to bind (loopback unless told otherwise)", DefaultValueFactory = _ => "127.0.0.1" };
+        var policy = new Option<string>("--policy") { Description = "Balancing: p2c, round-robin, random or least-loaded", DefaultValueFactory = _ => "p2c" };
+        var slowStart = new Option<int>("--slow-start-ms") { Description = "Ramp a newly ready endpoint's weight from 10% to 100% over this time (0 = off)", DefaultValueFactory = _ => 5000 };
+        var attempts = new Option<int>("--max-attempts") { Description = "Most replicas one request is sent to (retries of requests refused or lost before any output)", DefaultValueFactory = _ => 3 };
+        var conns = new Option<int>("--connections-per-endpoint") { Description = "Persistent connections to each replica", DefaultValueFactory = _ => 2 };
+        var ejected = new Option<int>("--max-ejected-percent") { Description = "Never eject more than this share of the endpoints at once", DefaultValueFactory = _ => 50 };
+        var grace = new Option<int>("--grace-ms") { Description = "On SIGTERM, how long in-flight requests may take before connections close", DefaultValueFactory = _ => 30_000 };
+        var maxInFlight = new Option<int>("--max-in-flight") { Description = "Requests in flight per client connection", DefaultValueFactory = _ => 1024 };
+        var maxFrame = new Option<int>("--max-frame") { Description = "Largest frame payload accepted from clients, in bytes", DefaultValueFactory = _ => 1 << 20 };
+        var name = new Option<string>("--name") { Description = "Name sent in HELLO_OK and to replicas in HELLO (at most 64 characters)", DefaultValueFactory = _ => "fastserve-router" };
+        var json = new Option<bool>("--json") { Description = "Print the ready and stopped events as JSON lines" };
+        var cmd = new Command("route", "Route requests over a fleet of replicas: one address for clients, power-of-two-choices balancing, retries.");
+        foreach (Option o in new Option[] { listen, endpoints, host, policy, slowStart, attempts, conns, ejected, grace, maxInFlight, maxFrame, name, json }) cmd.Add(o);
+        cmd.SetAction(r =>
+        {
+            bool asJson = r.GetValue(json);
+            string h = r.GetValue(host)!;
+            if (!System.Net.IPAddress.TryParse(h, out var ip) || ip.AddressFamily != AddressFamily.InterNetwork)
+                throw new FastServeException("args.invalid_host", $"--host must be an IPv4 address, not '{h}'", "--host");
+            int port = r.GetValue(listen);
+            if (port < 0 || port > 65535) throw new FastServeException("args.invalid_port", "--listen must be between 0 and 65535", "--listen");
+            string p = r.GetValue(policy)!;
+            if (!BalancePolicyNames.TryParse(p, out var pol))
+                throw new FastServeException("args.invalid_policy", $"--policy accepts p2c, round-robin, random or least-loaded, not '{p}'", "--policy");
+            int ss = r.GetValue(slowStart), ma = r.GetValue(attempts), cpe = r.GetValue(conns), mep = r.GetValue(ejected), g = r.GetValue(grace);
+            int mif = r.GetValue(maxInFlight), mf = r.GetValue(maxFrame);
+            if (ss < 0 || ss > 3_600_000) throw new FastServeException("args.invalid_slow_start", "--slow-start-ms must be between 0 and 3600000", "--slow-start-ms");
+            if (ma < 1 || ma > 16) throw new FastServeException("args.invalid_max_attempts", "--max-attempts must be between 1 and 16", "--max-attempts");
+            if (cpe < 1 || cpe > 64) throw new FastServeException("args.invalid_connections", "--connections-per-endpoint must be between 1 and 64", "--connections-per-endpoint");
+            if (mep < 0 || mep > 100) throw new FastServeException("args.invalid_max_ejected_percent", "--max-ejected-percent must be between 0 and 100", "--max-ejected-percent");
+            if (g < 0 || g > 3_600_000) throw new FastServeException("args.invalid_grace", "--grace-ms must be between 0 and 3600000", "--grace-ms");
+            if (mif < 1 || mif > 1 << 20) throw new FastServeException("args.invalid_max_in_flight", "--max-in-flight must be between 1 and 1048576", "--max-in-flight");
+            if (mf < 4096 || mf > 64 << 20) throw new FastServeException("args.invalid_max_frame", "--max-frame must be between 4096 and 67108864", "--max-frame");
+            string routerName = r.GetValue(name)!;
+            if (routerName.Length is 0 or > 64) throw new FastServeException("args.invalid_name", "--name must have 1 to 64 characters", "--name");
+
+            Action<string> log = msg => Console.Error.WriteLine($"fastserve route: {msg}");
+            IEndpointSource source;
+            try
+            {
+                source = EndpointSources.Parse(r.GetValue(endpoints)!, log);
+            }
+            catch (EndpointSourceException e)
+            {
+                throw new FastServeException(e.Code, e.Message, "--endpoints");
+            }
+
+            var router = new RouterHost(new RouterOptions
+            {
+                Host = h,
+                Port = port,
+                Policy = pol,
+                SlowStartMs = ss,
+                MaxAttempts = ma,
+                ConnectionsPerEndpoint = cpe,
+                MaxEjectedPercent = mep,
+                GraceMs = g,
+                MaxInFlight = mif,
+                MaxFrame = mf,
+                Name = routerName,
+                Log = log,
+            }, source);
+            try
+            {
+                router.StartAsync().GetAwaiter().GetResult();
+            }
+            catch (SocketException e)
+            {
+                throw new FastServeException("route.listen_failed", $"cannot listen on {h}:{port}: {e.Message}", "--listen");
+            }
+            catch (EndpointSourceException e)
+            {
+                throw new FastServeException(e.Code, e.Message, "--endpoints");
+            }
+            using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; router.BeginDrain(); });
+            using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; router.BeginDrain(); });
+
+            int n = router.Fleet.Endpoints.Length;
+            if (asJson)
+                Output.WriteJsonLine(w =>
+                {
+                    w.WriteString("event", "ready");
+                    w.WriteString("host", h);
+                    w.WriteNumber("port", router.Port);
+                    w.WriteNumber("endpoints", n);
+                    w.WriteString("source", source.Description);
+                    w.WriteString("policy", BalancePolicyNames.Of(pol));
+                    w.WriteNumber("pid", Environment.ProcessId);
+                });
+            else Console.Out.WriteLine($"fastserve: routing on {h}:{router.Port} to {n} endpoint{(n == 1 ? "" : "s")} ({source.Description}, policy {BalancePolicyNames.Of(pol)})");
+            Console.Out.Flush();
+
+            router.Completion.GetAwaiter().GetResult();
+            var st = router.Stats;
+            if (asJson)
+                Output.WriteJsonLine(w =>
+                {
+                    w.WriteString("event", "stopped");
+                    w.WriteNumber("requests", st.Requests);
+                    w.WriteNumber("rejected", st.Rejected);
+                    w.WriteNumber("completed", st.Completed);
+                    w.WriteNumber("retries", st.Retries);
+                    w.WriteNumber("upstream_lost", st.UpstreamLost);
+                    w.WriteNumber("no_endpoint", st.NoEndpoint);
+                    w.WriteStartArray("endpoints");
+                    foreach (var e in router.Fleet.Endpoints)
+                    {
+                        w.WriteStartObject();
+                        w.WriteString("address", e.Address);
+                        w.WriteNumber("forwarded", e.Forwarded);
+                        w.WriteEndObject();
+                    }
+                    w.WriteEndArray();
+                });
+            else log($"stopped after {st.Requests} request(s): {st.Retries} retried, {st.UpstreamLost} lost with a replica, {st.NoEndpoint} with no replica ready");
+            Console.Out.Flush();
+            return 0;
+        });
+        return cmd;
+    }
+}

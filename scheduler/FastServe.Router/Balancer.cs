@@ -1,0 +1,139 @@
+namespace FastServe.Router;
+
+/// <summary>
+/// Picks the endpoint for a request among those eligible now (<see cref="Endpoint.IsEligible"/>), by one of the
+/// <see cref="BalancePolicy"/> rules over their effective weights (<see cref="Endpoint.EffectiveWeight"/>) and load
+/// scores (<see cref="Endpoint.Score"/>). Every random draw comes from the <see cref="Random"/> given, so a seeded
+/// balancer is deterministic. Thread-safe (one pick at a time); allocates nothing per pick once its scratch arrays
+/// fit the fleet.
+/// </summary>
+public sealed class Balancer
+{
+    private readonly Lock _lock = new();
+    private readonly Random _random;
+    // Scratch of the pick in progress (under _lock): the candidates and their effective weights.
+    private Endpoint[] _cand = new Endpoint[16];
+    private double[] _w = new double[16];
+
+    /// <summary>A balancer applying <paramref name="policy"/>, drawing from <paramref name="random"/>.</summary>
+    public Balancer(BalancePolicy policy, Random random)
+    {
+        ArgumentNullException.ThrowIfNull(random);
+        Policy = policy;
+        _random = random;
+    }
+
+    /// <summary>The rule it applies.</summary>
+    public BalancePolicy Policy { get; }
+
+    /// <summary>
+    /// The endpoint for the next request, or null when none is eligible. Endpoints in <paramref name="avoid"/> (those a
+    /// retried request already tried) are left out while any other is eligible.
+    /// </summary>
+    public Endpoint? Pick(ReadOnlySpan<Endpoint> endpoints, long now, ReadOnlySpan<Endpoint?> avoid = default)
+    {
+        lock (_lock)
+        {
+            int n = Collect(endpoints, now, avoid);
+            if (n == 0 && !avoid.IsEmpty) n = Collect(endpoints, now, default);
+            if (n == 0) return null;
+            double total = 0;
+            for (int i = 0; i < n; i++) total += _w[i];
+            if (!(total > 0) || double.IsInfinity(total))
+            {
+                // Cannot happen with valid weights; equal weights keep every rule well defined anyway.
+                for (int i = 0; i < n; i++) _w[i] = 1;
+                total = n;
+            }
+            int k = Policy switch
+            {
+                BalancePolicy.RoundRobin => RoundRobin(n, total),
+                BalancePolicy.Random => Draw(n, total, -1),
+                BalancePolicy.LeastLoaded => LeastLoaded(n, now),
+                _ => PowerOfTwo(n, total, now),
+            };
+            var pick = _cand[k];
+            Array.Clear(_cand, 0, n);   // hold no references to endpoints that may leave
+            return pick;
+        }
+    }
+
+    private int Collect(ReadOnlySpan<Endpoint> endpoints, long now, ReadOnlySpan<Endpoint?> avoid)
+    {
+        if (_cand.Length < endpoints.Length)
+        {
+            _cand = new Endpoint[endpoints.Length];
+            _w = new double[endpoints.Length];
+        }
+        int n = 0;
+        foreach (var e in endpoints)
+        {
+            if (!e.IsEligible(now) || Contains(avoid, e)) continue;
+            _cand[n] = e;
+            _w[n] = e.EffectiveWeight(now);
+            n++;
+        }
+        return n;
+    }
+
+    private static bool Contains(ReadOnlySpan<Endpoint?> set, Endpoint e)
+    {
+        foreach (var x in set) if (ReferenceEquals(x, e)) return true;
+        return false;
+    }
+
+    // Index drawn with probability weight / total among the candidates other than `skip`.
+    private int Draw(int n, double total, int skip)
+    {
+        double r = _random.NextDouble() * total;
+        int last = -1;
+        for (int i = 0; i < n; i++)
+        {
+            if (i == skip) continue;
+            last = i;
+            r -= _w[i];
+            if (r < 0) return i;
+        }
+        return last;   // rounding left r ≥ 0 after the last candidate
+    }
+
+    // Two distinct candidates, each drawn by weight (the second among the rest); the lower score wins.
+    private int PowerOfTwo(int n, double total, long now)
+    {
+        if (n == 1) return 0;
+        int a = Draw(n, total, -1);
+        int b = Draw(n, total - _w[a], a);
+        double sa = _cand[a].Score(now), sb = _cand[b].Score(now);
+        if (sa < sb) return a;
+        if (sb < sa) return b;
+        return _random.Next(2) == 0 ? a : b;
+    }
+
+    // Smooth weighted round-robin (as in nginx): every candidate gains its weight, the one with the most credit is
+    // picked and pays the total. Over a cycle each gets picks in proportion to its weight, interleaved.
+    private int RoundRobin(int n, double total)
+    {
+        int best = 0;
+        for (int i = 0; i < n; i++)
+        {
+            _cand[i].RoundRobinCurrent += _w[i];
+            if (_cand[i].RoundRobinCurrent > _cand[best].RoundRobinCurrent) best = i;
+        }
+        _cand[best].RoundRobinCurrent -= total;
+        return best;
+    }
+
+    // The lowest score; among equal lowest ones, each with the same chance (reservoir sampling).
+    private int LeastLoaded(int n, long now)
+    {
+        int best = 0, ties = 1;
+        double bestScore = _cand[0].Score(now);
+        for (int i = 1; i < n; i++)
+        {
+            double s = _cand[i].Score(now);
+            if (s < bestScore) { best = i; bestScore = s; ties = 1; }
+            else if (s == bestScore && _random.Next(++ties) == 0) best = i;
+        }
+        return best;
+    }
+}

@@ -1,0 +1,505 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using FastServe.Protocol;
+
+namespace FastServe.Router;
+
+/// <summary>Counters of a router since it started.</summary>
+/// <param name="Requests">REQUESTs accepted and forwarded (or answered by the router for want of an endpoint).</param>
+/// <param name="Rejected">REQUESTs refused at once (malformed, over the connection's limit, router draining).</param>
+/// <param name="Completed">Accepted requests whose FINAL has been sent (or dropped, the client having left).</param>
+/// <param name="Retries">Sends after the first: refusals without output and lost connections.</param>
+/// <param name="UpstreamLost">Requests ended with <c>router.upstream_lost</c>.</param>
+/// <param name="NoEndpoint">Requests ended with <c>router.no_endpoint</c>.</param>
+/// <param name="InFlight">Accepted requests not yet completed.</param>
+public readonly record struct RouterStats(long Requests, long Rejected, long Completed, long Retries, long UpstreamLost, long NoEndpoint, int InFlight);
+
+/// <summary>
+/// A fleet router (<c>fastserve route</c>, docs/router.md): a listener speaking the replica protocol to clients, a
+/// <see cref="Fleet"/> of endpoints fed by an <see cref="IEndpointSource"/>, persistent multiplexed connections to
+/// each endpoint, a <see cref="Balancer"/>, and the retry rules. Stateless: everything it knows comes from the source
+/// and from the replicas' own reports.
+/// </summary>
+/// <remarks>
+/// Use: construct, <see cref="StartAsync"/> (binds, reads the first endpoint set, connects), then
+/// <see cref="BeginDrain"/> and await <see cref="Completion"/>, or <see cref="DisposeAsync"/> to stop at once.
+/// </remarks>
+public sealed class RouterHost : IAsyncDisposable
+{
+    private static readonly long TimerTick = Stopwatch.Frequency / 100;
+
+    private readonly IEndpointSource _source;
+    private readonly Balancer _balancer;
+    private readonly CancellationTokenSource _cts = new();
+    private readonly TaskCompletionSource _done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly ConcurrentDictionary<long, DownstreamSession> _sessions = new();
+    private readonly Lock _applyLock = new();
+    private readonly List<Endpoint> _leaving = [];      // left the source, requests still running; under _applyLock
+    private Socket? _listener;
+    private Task _acceptTask = Task.CompletedTask, _sourceTask = Task.CompletedTask;
+    private Thread? _timer;
+    private volatile bool _draining, _stopped;
+    private long _nextSession, _nextId;
+    private long _requests, _rejected, _completed, _retries, _upstreamLost, _noEndpoint;
+    private int _inFlight, _stopOnce;
+
+    /// <summary>A router over the endpoints <paramref name="source"/> gives, with <paramref name="options"/>.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">An option is out of range.</exception>
+    public RouterHost(RouterOptions options, IEndpointSource source)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(source);
+        options.Validate();
+        Options = options;
+        _source = source;
+        Fleet = new Fleet(options);
+        _balancer = new Balancer(options.Policy, options.Seed is { } s ? new Random(s) : new Random());
+    }
+
+    /// <summary>The settings it runs with.</summary>
+    public RouterOptions Options { get; }
+
+    /// <summary>The endpoints and their state.</summary>
+    public Fleet Fleet { get; }
+
+    /// <summary>The bound client port (after <see cref="StartAsync"/>).</summary>
+    public int Port { get; private set; }
+
+    /// <summary>Draining: new requests are refused with <c>draining</c>, running ones finish.</summary>
+    public bool IsDraining => _draining;
+
+    /// <summary>Completes when the router has stopped (drained, or disposed).</summary>
+    public Task Completion => _done.Task;
+
+    /// <summary>Counters so far.</summary>
+    public RouterStats Stats => new(Interlocked.Read(ref _requests), Interlocked.Read(ref _rejected), Interlocked.Read(ref _completed),
+        Interlocked.Read(ref _retries), Interlocked.Read(ref _upstreamLost), Interlocked.Read(ref _noEndpoint), Volatile.Read(ref _inFlight));
+
+    internal void Log(string message) => Options.Log?.Invoke(message);
+
+    /// <summary>
+    /// Binds the listener, takes the source's first endpoint set and starts connecting to it, then accepts clients.
+    /// Returns once listening (endpoints become ready on their own; LOAD_QUERY says when one is).
+    /// </summary>
+    /// <exception cref="SocketException">The address cannot be bound.</exception>
+    /// <exception cref="EndpointSourceException">The source gives no endpoint set.</exception>
+    public async Task StartAsync()
+    {
+        var enumerator = _source.WatchAsync(_cts.Token).GetAsyncEnumerator(_cts.Token);
+        if (!await enumerator.MoveNextAsync().ConfigureAwait(false))
+        {
+            await enumerator.DisposeAsync().ConfigureAwait(false);
+            throw new EndpointSourceException("route.no_endpoints", $"the endpoint source {_source.Description} gave no endpoints");
+        }
+        var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            listener.Bind(new IPEndPoint(IPAddress.Parse(Options.Host), Options.Port));
+            listener.Listen(1024);
+        }
+        catch
+        {
+            listener.Dispose();
+            await enumerator.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+        _listener = listener;
+        Port = ((IPEndPoint)listener.LocalEndPoint!).Port;
+        Apply(enumerator.Current);
+        _sourceTask = WatchSourceAsync(enumerator);
+        _timer = new Thread(TimerLoop) { IsBackground = true, Name = "fastserve-route-timer" };
+        _timer.Start();
+        _acceptTask = AcceptLoopAsync(listener);
+    }
+
+    private async Task WatchSourceAsync(IAsyncEnumerator<IReadOnlyList<EndpointSpec>> e)
+    {
+        try
+        {
+            while (await e.MoveNextAsync().ConfigureAwait(false)) Apply(e.Current);
+        }
+        catch (OperationCanceledException) { }
+        catch (Exception ex)
+        {
+            Log($"endpoint source {_source.Description} failed: {ex.GetType().Name}: {ex.Message}; keeping the current endpoints");
+        }
+        finally
+        {
+            await e.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    // A new full endpoint set: endpoints keep their state across sets (matched by address); new ones connect;
+    // those that left take no new requests and close once their requests are done.
+    private void Apply(IReadOnlyList<EndpointSpec> specs)
+    {
+        lock (_applyLock)
+        {
+            if (_stopped) return;
+            var current = Fleet.Endpoints;
+            var next = new Endpoint[specs.Count];
+            int added = 0, removed = 0;
+            for (int i = 0; i < specs.Count; i++)
+            {
+                var spec = specs[i];
+                var e = Array.Find(current, x => string.Equals(x.Address, spec.Address, StringComparison.OrdinalIgnoreCase));
+                if (e is null)
+                {
+                    e = new Endpoint(spec, Options);
+                    var conns = new UpstreamConnection[Options.ConnectionsPerEndpoint];
+                    for (int k = 0; k < conns.Length; k++) conns[k] = new UpstreamConnection(this, e, k);
+                    e.Connections = conns;
+                    foreach (var c in conns) c.Start();
+                    added++;
+                }
+                else e.Update(spec);
+                next[i] = e;
+            }
+            foreach (var e in current)
+            {
+                if (Array.IndexOf(next, e) >= 0) continue;
+                e.MarkRemoved();
+                _leaving.Add(e);
+                removed++;
+            }
+            Fleet.Set(next);
+            if (added + removed > 0)
+                Log($"endpoints: {next.Length} ({string.Join(", ", next.Select(x => x.Address))}){(current.Length > 0 ? $"; {added} added, {removed} leaving" : "")}");
+        }
+    }
+
+    private async Task AcceptLoopAsync(Socket listener)
+    {
+        while (true)
+        {
+            Socket s;
+            try
+            {
+                s = await listener.AcceptAsync().ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            {
+                if (_draining || _stopped) return;
+                // A transient accept failure (out of descriptors): wait a moment rather than spin.
+                Log($"accept failed: {e.Message}");
+                await Task.Delay(50).ConfigureAwait(false);
+                continue;
+            }
+            if (_draining || _stopped) { s.Dispose(); continue; }
+            s.NoDelay = true;
+            var session = new DownstreamSession(this, s, Interlocked.Increment(ref _nextSession));
+            _sessions[session.Id] = session;
+            session.Start();
+        }
+    }
+
+    internal void OnSessionClosed(DownstreamSession s) => _sessions.TryRemove(s.Id, out _);
+
+    internal void CountRejected() => Interlocked.Increment(ref _rejected);
+
+    /// <summary>The fleet's aggregate load report (see <see cref="Fleet.Aggregate"/>).</summary>
+    internal LoadReport CurrentLoad(long now) => Fleet.Aggregate(now, _draining);
+
+    // ---------------------------------------------------------------- requests
+
+    private enum SendResult : byte { Sent, NoEndpoint, TooLarge, Cancelled }
+
+    /// <summary>A new request from a session (already registered there): forward it, or answer it at once.</summary>
+    internal void Admit(RoutedRequest req, long now, HashSet<UpstreamConnection> touched)
+    {
+        Interlocked.Increment(ref _requests);
+        Interlocked.Increment(ref _inFlight);
+        switch (Forward(req, now, touched))
+        {
+            case SendResult.Sent: return;
+            case SendResult.TooLarge: FinishTooLarge(req); return;
+            case SendResult.Cancelled: FinishWith(req, WireStatus.Cancelled, false, 0, "request.cancelled", "cancelled before it reached a replica"); return;
+            default: FinishNoEndpoint(req); return;
+        }
+    }
+
+    // Picks an endpoint and sends the request there (a retry avoids endpoints it already tried while others exist).
+    private SendResult Forward(RoutedRequest req, long now, HashSet<UpstreamConnection>? touched)
+    {
+        var endpoints = Fleet.Endpoints;
+        for (int round = 0; round <= endpoints.Length; round++)
+        {
+            Endpoint? e;
+            lock (req.Lock)
+            {
+                if (req.Cancelled) return SendResult.Cancelled;
+                e = _balancer.Pick(endpoints, now, req.Tried.AsSpan(0, req.TriedCount));
+            }
+            if (e is null) return SendResult.NoEndpoint;
+            var conn = ChooseConnection(e);
+            if (conn is null)
+            {
+                // Every connection to it is backed up or full: out of the draw until the timer sees room again.
+                e.SetCongested(true);
+                continue;
+            }
+            if (req.Length > conn.MaxFrame) return SendResult.TooLarge;
+            ulong rid = (ulong)Interlocked.Increment(ref _nextId);
+            lock (req.Lock)
+            {
+                if (req.Cancelled) return SendResult.Cancelled;
+                if (req.Attempts > 0) req.RewriteDeadline(now);
+                req.Upstream = conn;
+                req.RouterId = rid;
+                req.Attempts++;
+                req.AddTried(e);
+            }
+            if (conn.TrySend(req, rid, touched))
+            {
+                bool cancelled;
+                lock (req.Lock) cancelled = req.Cancelled;
+                // A CANCEL that raced this send may have gone to the previous replica: repeat it here.
+                if (cancelled) conn.SendCancel(rid);
+                return SendResult.Sent;
+            }
+            lock (req.Lock)
+            {
+                req.Attempts--;
+                req.Upstream = null;
+            }
+        }
+        return SendResult.NoEndpoint;
+    }
+
+    // The connection of the endpoint with the fewest requests among those that can take one.
+    private static UpstreamConnection? ChooseConnection(Endpoint e)
+    {
+        UpstreamConnection? best = null;
+        foreach (var c in e.Connections)
+            if (c.IsUsable() && (best is null || c.InFlight < best.InFlight)) best = c;
+        return best;
+    }
+
+    private bool CanRetry(RoutedRequest req, long now)
+    {
+        if (req.Streamed || req.Session.IsClosed || _stopped) return false;
+        if (req.DeadlineAt != 0 && now >= req.DeadlineAt) return false;
+        lock (req.Lock) return !req.Cancelled && req.Attempts < Options.MaxAttempts;
+    }
+
+    /// <summary>A FINAL from a replica for <paramref name="req"/> (already out of the connection's map).</summary>
+    internal void OnFinal(UpstreamConnection conn, RoutedRequest req, byte flags, ReadOnlySpan<byte> payload, long now, HashSet<DownstreamSession> touched)
+    {
+        var status = FinalInfo.TryParse(payload, out var f, out _, out _) ? f.Status : WireStatus.Internal;
+        if (status is WireStatus.Internal or WireStatus.Unavailable) Fleet.RecordError(conn.Endpoint, now);
+        else Fleet.RecordSuccess(conn.Endpoint);
+        // Refused without output (overloaded, draining, unavailable, too many on that connection): try elsewhere.
+        if (WireNames.IsRetriable(status) && CanRetry(req, now))
+        {
+            Interlocked.Increment(ref _retries);
+            if (Forward(req, now, null) == SendResult.Sent) return;
+            // Nowhere else to go: the replica's own answer (retriable, with its retry-after) is the best one.
+        }
+        if (!MarkDone(req)) return;
+        var s = req.Session;
+        s.Finished(req.ClientId);
+        if (!s.IsClosed)
+        {
+            lock (s.Out.Lock) FrameCopy.Write(s.Out.Writer, FrameType.Final, flags, req.ClientId, payload);
+            touched.Add(s);
+        }
+        Completed(req);
+    }
+
+    /// <summary>A connection broke with these requests on it (already out of its map).</summary>
+    internal void OnUpstreamLost(UpstreamConnection conn, RoutedRequest[] left, long now)
+    {
+        foreach (var req in left)
+        {
+            bool cancelled;
+            lock (req.Lock) cancelled = req.Cancelled;
+            if (cancelled || req.Session.IsClosed)
+            {
+                FinishWith(req, WireStatus.Cancelled, false, 0, "request.cancelled", "cancelled; the replica's connection broke before it confirmed");
+                continue;
+            }
+            if (req.Streamed)
+            {
+                Interlocked.Increment(ref _upstreamLost);
+                FinishWith(req, WireStatus.Unavailable, true, 0, "router.upstream_lost",
+                    $"the connection to replica {conn.Endpoint.Address} broke after the request had streamed output; it is not replayed");
+                continue;
+            }
+            if (CanRetry(req, now))
+            {
+                Interlocked.Increment(ref _retries);
+                switch (Forward(req, now, null))
+                {
+                    case SendResult.Sent: continue;
+                    case SendResult.TooLarge: FinishTooLarge(req); continue;
+                    case SendResult.Cancelled: FinishWith(req, WireStatus.Cancelled, false, 0, "request.cancelled", "cancelled while being retried"); continue;
+                    default: FinishNoEndpoint(req); continue;
+                }
+            }
+            if (req.DeadlineAt != 0 && now >= req.DeadlineAt)
+            {
+                FinishWith(req, WireStatus.DeadlineExceeded, false, 0, "request.deadline_exceeded", "the deadline passed before a replica could finish it");
+                continue;
+            }
+            Interlocked.Increment(ref _upstreamLost);
+            int attempts;
+            lock (req.Lock) attempts = req.Attempts;
+            FinishWith(req, WireStatus.Unavailable, true, 0, "router.upstream_lost",
+                $"the connection to replica {conn.Endpoint.Address} broke before the request produced output, after {attempts} attempt(s)");
+        }
+    }
+
+    /// <summary>Marks the client's request cancelled and forwards CANCEL to the replica running it.</summary>
+    internal static void CancelUpstream(RoutedRequest req)
+    {
+        UpstreamConnection? conn;
+        ulong rid;
+        lock (req.Lock)
+        {
+            if (req.Done) return;
+            req.Cancelled = true;
+            conn = req.Upstream;
+            rid = req.RouterId;
+        }
+        conn?.SendCancel(rid);
+    }
+
+    private void FinishNoEndpoint(RoutedRequest req)
+    {
+        Interlocked.Increment(ref _noEndpoint);
+        FinishWith(req, WireStatus.Unavailable, true, (uint)Options.NoEndpointRetryAfterMs, "router.no_endpoint", "no replica is ready to take the request");
+    }
+
+    private void FinishTooLarge(RoutedRequest req) =>
+        FinishWith(req, WireStatus.TooLarge, false, 0, "router.frame_too_large", "the request is larger than the replicas accept");
+
+    // A FINAL made by the router (cold paths: refusals and losses); sent at once.
+    private void FinishWith(RoutedRequest req, WireStatus status, bool retriable, uint retryAfterMs, string detail, string message)
+    {
+        if (!MarkDone(req)) return;
+        var s = req.Session;
+        s.Finished(req.ClientId);
+        if (!s.IsClosed)
+        {
+            var f = new FinalInfo { Status = status, Retriable = retriable, RetryAfterMs = retryAfterMs };
+            lock (s.Out.Lock) FrameWriter.Final(s.Out.Writer, req.ClientId, f, detail, message);
+            s.Out.Flush();
+        }
+        Completed(req);
+    }
+
+    private static bool MarkDone(RoutedRequest req)
+    {
+        lock (req.Lock)
+        {
+            if (req.Done) return false;
+            req.Done = true;
+            req.Upstream = null;
+            return true;
+        }
+    }
+
+    private void Completed(RoutedRequest req)
+    {
+        req.Release();
+        Interlocked.Increment(ref _completed);
+        Interlocked.Decrement(ref _inFlight);
+    }
+
+    // ---------------------------------------------------------------- timer, drain, stop
+
+    private void TimerLoop()
+    {
+        long tick = 0;
+        while (!_stopped)
+        {
+            Thread.Sleep(10);
+            long now = Stopwatch.GetTimestamp();
+            foreach (var kv in _sessions) kv.Value.OnTimer(now, tick % 25 == 0);
+            foreach (var e in Fleet.Endpoints)
+            {
+                // Congestion clears once any connection has room again.
+                if (e.IsCongested && ChooseConnection(e) is not null) e.SetCongested(false);
+                if (tick % 10 == 0) foreach (var c in e.Connections) c.CheckAlive(now);
+            }
+            if (tick % 10 == 0) ReapLeaving();
+            tick++;
+        }
+    }
+
+    // Endpoints that left the source close once nothing of theirs is in flight.
+    private void ReapLeaving()
+    {
+        List<Endpoint>? done = null;
+        lock (_applyLock)
+        {
+            for (int i = _leaving.Count - 1; i >= 0; i--)
+            {
+                if (_leaving[i].InFlight > 0) continue;
+                (done ??= []).Add(_leaving[i]);
+                _leaving.RemoveAt(i);
+            }
+        }
+        if (done is null) return;
+        foreach (var e in done)
+        {
+            Log($"endpoint {e.Address}: left the source and has nothing in flight; closing its connections");
+            foreach (var c in e.Connections) _ = c.StopAsync();
+        }
+    }
+
+    /// <summary>
+    /// Starts draining: the listener closes, new requests on open connections are refused with <c>draining</c>
+    /// (retriable, detail <c>router.draining</c>), and once nothing is in flight (or the grace period is over) every
+    /// connection closes and <see cref="Completion"/> completes.
+    /// </summary>
+    public void BeginDrain()
+    {
+        if (_draining || _stopped) return;
+        _draining = true;
+        Log($"draining: finishing {Volatile.Read(ref _inFlight)} request(s) in flight for up to {Options.GraceMs / 1000.0:F0} s");
+        _listener?.Dispose();
+        _ = Task.Run(async () =>
+        {
+            var until = Stopwatch.GetTimestamp() + RouterOptions.Ticks(Options.GraceMs);
+            while (Volatile.Read(ref _inFlight) > 0 && Stopwatch.GetTimestamp() < until) await Task.Delay(10).ConfigureAwait(false);
+            // Give the last frames a moment to leave before the connections close.
+            await Task.Delay(50).ConfigureAwait(false);
+            await StopAsync().ConfigureAwait(false);
+        });
+    }
+
+    private async Task StopAsync()
+    {
+        if (Interlocked.Exchange(ref _stopOnce, 1) != 0)
+        {
+            await _done.Task.ConfigureAwait(false);
+            return;
+        }
+        _stopped = true;
+        _listener?.Dispose();
+        _cts.Cancel();
+        foreach (var kv in _sessions) kv.Value.Close("router stopped");
+        var stops = new List<Task>();
+        lock (_applyLock)
+        {
+            foreach (var e in Fleet.Endpoints.Concat(_leaving))
+                foreach (var c in e.Connections) stops.Add(c.StopAsync());
+            _leaving.Clear();
+        }
+        try { await Task.WhenAll([.. stops, _acceptTask, _sourceTask]).ConfigureAwait(false); }
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or OperationCanceledException) { }
+        _timer?.Join();
+        Log("stopped");
+        _done.TrySetResult();
+    }
+
+    /// <summary>Stops at once: connections close, requests in flight are dropped.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync().ConfigureAwait(false);
+        _cts.Dispose();
+    }
+}

@@ -1,0 +1,210 @@
+using System.Buffers;
+using System.Collections.Concurrent;
+using System.Net;
+using System.Net.Sockets;
+using FastServe.Protocol;
+
+namespace FastServe.Tests.Router;
+
+/// <summary>
+/// A protocol peer that plays a replica by a script, so the router's retry, cancel and ejection rules can be driven
+/// exactly: it answers HELLO, sends LOAD_REPORTs with a settable state at the subscribed interval, and answers each
+/// REQUEST as <see cref="OnRequest"/> says (stream and finish, refuse with a status, or hold until released).
+/// It records every REQUEST and CANCEL id it receives.
+/// </summary>
+internal sealed class ScriptedReplica : IDisposable
+{
+    public enum Reply { Ok, Overloaded, Draining, Internal, Hold, StreamThenHold }
+
+    private readonly Socket _listener;
+    private readonly List<Conn> _conns = [];
+    private readonly ConcurrentDictionary<ulong, Conn> _held = new();
+    private volatile bool _disposed;
+
+    public ScriptedReplica(string name)
+    {
+        Name = name;
+        _listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        _listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        _listener.Listen(64);
+        Port = ((IPEndPoint)_listener.LocalEndPoint!).Port;
+        new Thread(AcceptLoop) { IsBackground = true, Name = $"scripted-{name}" }.Start();
+    }
+
+    public string Name { get; }
+    public int Port { get; }
+    public string Address => $"127.0.0.1:{Port}";
+    public volatile ReplicaState State = ReplicaState.Ready;
+    public Func<ulong, Reply> OnRequest = _ => Reply.Ok;
+    /// <summary>Tokens streamed by an <see cref="Reply.Ok"/> answer (in one DELTA).</summary>
+    public int Tokens = 3;
+    /// <summary>Stop reading from every connection (a replica that hangs): the router's bytes pile up unsent.</summary>
+    public volatile bool Stalled;
+    public readonly ConcurrentQueue<ulong> Requests = new();
+    public readonly ConcurrentQueue<ulong> Cancels = new();
+
+    public int OpenConnections { get { lock (_conns) return _conns.Count(c => !c.Closed); } }
+    public int HeldCount => _held.Count;
+
+    /// <summary>Finishes every held request with <c>ok</c>.</summary>
+    public void ReleaseHeld()
+    {
+        foreach (var (id, c) in _held)
+            if (_held.TryRemove(id, out _)) c.Send(w => { Delta(w, id, Tokens); Final(w, id, WireStatus.Ok, "", Tokens); });
+    }
+
+    /// <summary>Closes every connection at once (as if the process died).</summary>
+    public void DropConnections()
+    {
+        lock (_conns) foreach (var c in _conns) c.Close();
+        _held.Clear();
+    }
+
+    private void AcceptLoop()
+    {
+        while (!_disposed)
+        {
+            Socket s;
+            try { s = _listener.Accept(); }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException) { return; }
+            var c = new Conn(this, s);
+            lock (_conns) _conns.Add(c);
+            new Thread(c.Run) { IsBackground = true, Name = $"scripted-{Name}-conn" }.Start();
+        }
+    }
+
+    private static void Delta(IBufferWriter<byte> w, ulong id, int n)
+    {
+        var ids = Enumerable.Range(100, n).ToArray();
+        FrameWriter.Delta(w, id, ids, "x"u8);
+    }
+
+    private static void Final(IBufferWriter<byte> w, ulong id, WireStatus status, string detail, int tokens = 0)
+    {
+        var f = new FinalInfo
+        {
+            Status = status,
+            Finish = status == WireStatus.Ok ? WireFinish.Length : WireFinish.None,
+            Retriable = WireNames.IsRetriable(status),
+            RetryAfterMs = WireNames.IsRetriable(status) ? 100u : 0,
+            CompletionTokens = (uint)tokens,
+        };
+        FrameWriter.Final(w, id, f, detail, status == WireStatus.Ok ? "" : "scripted");
+    }
+
+    private sealed class Conn(ScriptedReplica owner, Socket socket)
+    {
+        private readonly Lock _send = new();
+        private volatile bool _closed;
+        public bool Closed => _closed;
+
+        public void Send(Action<IBufferWriter<byte>> write)
+        {
+            var w = new ArrayBufferWriter<byte>();
+            write(w);
+            lock (_send)
+            {
+                if (_closed) return;
+                try
+                {
+                    var span = w.WrittenSpan;
+                    while (!span.IsEmpty) span = span[socket.Send(span)..];
+                }
+                catch (Exception e) when (e is SocketException or ObjectDisposedException) { Close(); }
+            }
+        }
+
+        public void Close()
+        {
+            if (_closed) return;
+            _closed = true;
+            try { socket.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+            socket.Dispose();
+        }
+
+        public void Run()
+        {
+            var buf = new byte[2 << 20];
+            int have = 0;
+            try
+            {
+                while (!_closed)
+                {
+                    if (owner.Stalled)
+                    {
+                        Thread.Sleep(5);
+                        continue;
+                    }
+                    int n = socket.Receive(buf, have, buf.Length - have, SocketFlags.None);
+                    if (n == 0) break;
+                    have += n;
+                    int used = 0;
+                    while (FrameReader.TryRead(buf.AsSpan(used, have - used), 1 << 20, out var h, out var payload, out int consumed) == ReadResult.Frame)
+                    {
+                        used += consumed;
+                        Handle(h, payload.ToArray());
+                    }
+                    buf.AsSpan(used, have - used).CopyTo(buf);
+                    have -= used;
+                }
+            }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
+            Close();
+        }
+
+        private void Handle(FrameHeader h, byte[] payload)
+        {
+            switch (h.Type)
+            {
+                case FrameType.Hello:
+                    Send(w => FrameWriter.HelloOk(w, new HelloOk(1, 0, Wire.DefaultMaxFrame, 2047, 1024, 60_000, 2048, owner.Name)));
+                    break;
+                case FrameType.LoadQuery:
+                {
+                    uint interval = BitConverter.ToUInt32(payload);
+                    if (interval == 0) Send(w => FrameWriter.LoadReport(w, Report()));
+                    else new Thread(() =>
+                    {
+                        while (!_closed && !owner._disposed)
+                        {
+                            Send(w => FrameWriter.LoadReport(w, Report()));
+                            Thread.Sleep((int)interval);
+                        }
+                    }) { IsBackground = true }.Start();
+                    break;
+                }
+                case FrameType.Request:
+                {
+                    ulong id = h.Id;
+                    owner.Requests.Enqueue(id);
+                    switch (owner.OnRequest(id))
+                    {
+                        case Reply.Ok: Send(w => { Delta(w, id, owner.Tokens); Final(w, id, WireStatus.Ok, "", owner.Tokens); }); break;
+                        case Reply.Overloaded: Send(w => Final(w, id, WireStatus.Overloaded, "engine.queue_full")); break;
+                        case Reply.Draining: Send(w => Final(w, id, WireStatus.Draining, "server.draining")); break;
+                        case Reply.Internal: Send(w => Final(w, id, WireStatus.Internal, "engine.failed")); break;
+                        case Reply.Hold: owner._held[id] = this; break;
+                        case Reply.StreamThenHold:
+                            owner._held[id] = this;
+                            Send(w => Delta(w, id, 1));
+                            break;
+                    }
+                    break;
+                }
+                case FrameType.Cancel:
+                    owner.Cancels.Enqueue(h.Id);
+                    if (owner._held.TryRemove(h.Id, out _)) Send(w => Final(w, h.Id, WireStatus.Cancelled, "request.cancelled"));
+                    break;
+            }
+        }
+
+        private LoadReport Report() => new(owner.State, 1, owner._held.Count, 0, owner._held.Count, 1f, 0, 64, 0);
+    }
+
+    public void Dispose()
+    {
+        _disposed = true;
+        _listener.Dispose();
+        DropConnections();
+    }
+}

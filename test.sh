@@ -6,10 +6,13 @@ cd "$(dirname "$0")"
 
 ./build.sh || { echo "0 passed, 1 failed"; exit 1; }
 
-# Real peers the end-to-end tests talk to over loopback (HAProxy for the agent check).
-if ! command -v haproxy >/dev/null 2>&1 && [ "${FASTSERVE_SKIP_APT:-0}" != 1 ]; then
+# Real peers the end-to-end tests talk to over loopback (HAProxy for the agent check, dnsmasq for DNS discovery).
+need=()
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+[ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
+if [ ${#need[@]} -gt 0 ] && [ "${FASTSERVE_SKIP_APT:-0}" != 1 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get install -y -qq --no-install-recommends haproxy >/dev/null 2>&1 || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends haproxy; }
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1 || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"; }
 fi
 
 log=$(mktemp)

@@ -176,7 +176,8 @@ public static class EndpointSources
 {
     /// <summary>
     /// <c>host:port,host:port</c> gives a <see cref="StaticEndpointSource"/>; <c>file:PATH</c> a
-    /// <see cref="FileEndpointSource"/> (read now).
+    /// <see cref="FileEndpointSource"/> (read now); <c>dns:NAME:PORT</c> or <c>dns:NAME</c> (SRV) a
+    /// <see cref="DnsEndpointSource"/> re-resolved every <see cref="DnsInterval"/>.
     /// </summary>
     /// <exception cref="EndpointSourceException">The text or the file is not usable (see its code).</exception>
     public static IEndpointSource Parse(string text, Action<string>? log = null)
@@ -189,9 +190,10 @@ public static class EndpointSources
             if (path.Length == 0) throw new EndpointSourceException("route.bad_source", "file: needs a path (file:/path/to/endpoints.json)");
             return new FileEndpointSource(path, log);
         }
+        if (s.StartsWith("dns:", StringComparison.Ordinal)) return ParseDns(s["dns:".Length..], log);
         int scheme = s.IndexOf("://", StringComparison.Ordinal);
         if (scheme >= 0)
-            throw new EndpointSourceException("route.bad_source", $"unknown endpoint source '{s[..scheme]}://' (use host:port,... or file:PATH)");
+            throw new EndpointSourceException("route.bad_source", $"unknown endpoint source '{s[..scheme]}://' (use host:port,..., file:PATH or dns:NAME[:PORT])");
         var list = new List<EndpointSpec>();
         foreach (var part in s.Split(',', StringSplitOptions.TrimEntries))
         {
@@ -199,6 +201,20 @@ public static class EndpointSources
             list.Add(EndpointSpec.Parse(part));
         }
         return new StaticEndpointSource(list);
+    }
+
+    /// <summary>How often a <c>dns:</c> source re-resolves its name.</summary>
+    public static readonly TimeSpan DnsInterval = TimeSpan.FromSeconds(5);
+
+    // dns:NAME:PORT (A/AAAA at PORT) or dns:NAME (SRV). A trailing number after the last colon is the port.
+    private static DnsEndpointSource ParseDns(string rest, Action<string>? log)
+    {
+        if (rest.Length == 0) throw new EndpointSourceException("route.bad_source", "dns: needs a name (dns:NAME:PORT for A/AAAA records, dns:NAME for SRV)");
+        int colon = rest.LastIndexOf(':');
+        if (colon < 0) return new DnsEndpointSource(rest, null, DnsInterval, null, log);
+        if (!int.TryParse(rest.AsSpan(colon + 1), NumberStyles.None, CultureInfo.InvariantCulture, out int port))
+            throw new EndpointSourceException("route.bad_source", $"dns:{rest}: the part after the last ':' must be a port number");
+        return new DnsEndpointSource(rest[..colon], port, DnsInterval, null, log);
     }
 
     /// <summary>Parses the endpoints file's JSON.</summary>

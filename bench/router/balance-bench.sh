@@ -18,24 +18,26 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-start() { # log args... -> prints the port from the ready line
+start() { # log args... -> sets PORT (from the ready line) and LAST (the pid); not in a subshell, so pids survive
   local log=$1; shift
   "$fs" "$@" >"$log" 2>"$log.err" &
-  pids+=($!)
+  LAST=$!
+  pids+=("$LAST")
   for _ in $(seq 300); do
     if grep -q '"event":"ready"' "$log" 2>/dev/null; then
-      python3 -c "import json,sys; print(json.loads([l for l in open('$log') if '\"ready\"' in l][0])['port'])"; return 0
+      PORT=$(python3 -c "import json; print(json.loads([l for l in open('$log') if '\"ready\"' in l][0])['port'])"); return 0
     fi
     sleep 0.1
   done
   echo "did not start: $* ($(cat "$log.err"))" >&2; exit 1
 }
+stop() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 json() { python3 -c "import json,sys; d=json.load(open('$1')); print($2)"; }
 
 # Capacity of one healthy replica: closed loop far past its batch size, 10 s.
-p=$(start "$out/cap.log" serve --port 0 "${common[@]}")
-"$fs" bench --port "$p" --concurrency $((SEQS * 8)) --duration 10 --warmup 2 --json --out-json "$out/capacity.json" >/dev/null
-kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
+start "$out/cap.log" serve --port 0 "${common[@]}"
+"$fs" bench --port "$PORT" --concurrency $((SEQS * 8)) --duration 10 --warmup 2 --json --out-json "$out/capacity.json" >/dev/null
+stop "$LAST"
 one=$(json "$out/capacity.json" "d['points'][0]['achieved_rps']")
 echo "one healthy replica: $one req/s (closed loop, $((SEQS * 8)) in flight)"
 
@@ -47,16 +49,18 @@ for scenario in slow stall; do
   rate=$(python3 -c "print(round($LOAD * $units * $one, 1))")
   ports=()
   for i in $(seq "$N"); do
-    if [ "$i" -eq 1 ]; then ports+=("$(start "$out/$scenario-r$i.log" serve --port 0 "${common[@]}" "${bad[@]}")")
-    else ports+=("$(start "$out/$scenario-r$i.log" serve --port 0 "${common[@]}")"); fi
+    if [ "$i" -eq 1 ]; then start "$out/$scenario-r$i.log" serve --port 0 "${common[@]}" "${bad[@]}"
+    else start "$out/$scenario-r$i.log" serve --port 0 "${common[@]}"; fi
+    ports+=("$PORT")
   done
   eps=$(printf '127.0.0.1:%s,' "${ports[@]}"); eps=${eps%,}
   echo "== scenario $scenario: $N replicas (replica 1: ${bad[*]}), offered $rate req/s = $LOAD x $units x $one"
   for policy in round-robin random p2c least-loaded; do
-    rp=$(start "$out/$scenario-router-$policy.log" route --listen 0 --endpoints "$eps" --policy "$policy" --slow-start-ms 0 --json)
-    "$fs" bench --port "$rp" --rate "$rate" --duration "$DUR" --warmup 3 --json --out-json "$out/$scenario-$policy.json" >/dev/null
-    kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'
-    echo "$scenario $policy: $(json "$out/$scenario-$policy.json" "'achieved %.1f req/s, P50 %.0f ms, P99 %.0f ms, errors %s' % (d['points'][0]['achieved_rps'], d['points'][0]['e2e_ms']['p50'], d['points'][0]['e2e_ms']['p99'], d['points'][0].get('errors', {}))")"
+    start "$out/$scenario-router-$policy.log" route --listen 0 --endpoints "$eps" --policy "$policy" --slow-start-ms 0 --json
+    "$fs" bench --port "$PORT" --rate "$rate" --duration "$DUR" --warmup 3 --json --out-json "$out/$scenario-$policy.json" >/dev/null
+    stop "$LAST"
+    # A P99 of null means requests were still unfinished at the drain limit: infinitely late.
+    echo "$scenario $policy: $(json "$out/$scenario-$policy.json" "'achieved %.1f req/s, P50 %.0f ms, P99 %s ms, errors %s' % (d['points'][0]['achieved_rps'], d['points'][0]['e2e_ms']['p50'], '∞' if d['points'][0]['e2e_ms']['p99'] is None else '%.0f' % d['points'][0]['e2e_ms']['p99'], d['points'][0].get('errors', {}))")"
   done
   cleanup; pids=()
 done
@@ -66,6 +70,7 @@ import json, sys
 out = sys.argv[1]
 for sc in ("slow", "stall"):
     p99 = {pol: json.load(open(f"{out}/{sc}-{pol}.json"))["points"][0]["e2e_ms"]["p99"] for pol in ("round-robin", "random", "p2c", "least-loaded")}
+    p99 = {k: float("inf") if v is None else v for k, v in p99.items()}
     print(f"{sc}: P99 ms " + ", ".join(f"{k} {v:.0f}" for k, v in p99.items())
           + f"; p2c/round-robin {p99['p2c']/p99['round-robin']:.2f} (target <= 0.5), p2c/least-loaded {p99['p2c']/p99['least-loaded']:.2f} (target <= 1.1)")
 PY

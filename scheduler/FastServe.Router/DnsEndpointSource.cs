@@ -28,7 +28,7 @@ public sealed class DnsEndpointSource : IEndpointSource
     /// <param name="servers">Name servers to ask; null or empty = the system's.</param>
     public DnsEndpointSource(string name, int? port, TimeSpan interval, IReadOnlyList<IPEndPoint>? servers = null, Action<string>? log = null)
     {
-        if (string.IsNullOrWhiteSpace(name) || name.Any(char.IsWhiteSpace)) throw new EndpointSourceException("route.bad_source", $"dns: needs a name without spaces, not '{name}'");
+        if (!IsDnsName(name)) throw new EndpointSourceException("route.bad_source", $"dns: needs a DNS name (labels of letters, digits, '-' and '_', dot-separated), not '{name}'");
         if (port is < 1 or > 65535) throw new EndpointSourceException("route.bad_source", $"dns:{name}:{port}: the port must be 1 to 65535");
         if (interval < TimeSpan.FromMilliseconds(100) || interval > TimeSpan.FromHours(1))
             throw new EndpointSourceException("route.bad_source", $"the DNS re-resolve interval must be 100 ms to 1 h, not {interval.TotalMilliseconds:F0} ms");
@@ -43,6 +43,22 @@ public sealed class DnsEndpointSource : IEndpointSource
         options.ThrowDnsErrors = false;
         options.ContinueOnDnsError = true;
         _dns = new LookupClient(options);
+    }
+
+    // Labels of 1–63 letters, digits, '-' or '_' (SRV names start with '_'), not starting or ending with '-'; at most
+    // 253 characters; an optional final dot.
+    private static bool IsDnsName(string? name)
+    {
+        if (string.IsNullOrEmpty(name)) return false;
+        string n = name.EndsWith('.') ? name[..^1] : name;
+        if (n.Length is 0 or > 253) return false;
+        foreach (var label in n.Split('.'))
+        {
+            if (label.Length is 0 or > 63 || label[0] == '-' || label[^1] == '-') return false;
+            foreach (char c in label)
+                if (!(char.IsAsciiLetterOrDigit(c) || c is '-' or '_')) return false;
+        }
+        return true;
     }
 
     /// <summary>The name resolved.</summary>

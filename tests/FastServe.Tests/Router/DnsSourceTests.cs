@@ -124,5 +124,7 @@ public class DnsSourceTests
         Assert.That(((DnsEndpointSource)s).Port, Is.Null);
         Assert.That(Assert.Throws<EndpointSourceException>(() => EndpointSources.Parse("dns:"))!.Code, Is.EqualTo("route.bad_source"));
         Assert.That(Assert.Throws<EndpointSourceException>(() => EndpointSources.Parse("dns:name:99999"))!.Code, Is.EqualTo("route.bad_source"));
+        foreach (var bad in new[] { "dns://replicas.local:7700", "dns:a..b:7700", "dns:-a.b", "dns:a b:7700", "dns:x:port" })
+            Assert.That(Assert.Throws<EndpointSourceException>(() => EndpointSources.Parse(bad))!.Code, Is.EqualTo("route.bad_source"), bad);
     }
 }

@@ -135,6 +135,8 @@ public unsafe class CpuKernelTests
     {
         using var pool = new ComputePool(3, spinMicroseconds: 50);
         var job = new CountingJob { Hits = new int[1000], Workers = new int[1000] };
+        // Workers seen over all rounds: on two busy cores one thread may take a whole round by itself.
+        var seen = new HashSet<int>();
         for (int round = 0; round < 200; round++)
         {
             if (round == 100) Thread.Sleep(20); // workers fall back to blocking; the next run must wake them
@@ -143,9 +145,10 @@ public unsafe class CpuKernelTests
             pool.Run(job, count);
             for (int i = 0; i < count; i++) Assert.That(job.Hits[i], Is.EqualTo(1), $"round {round} item {i}");
             for (int i = count; i < 1000; i++) Assert.That(job.Hits[i], Is.EqualTo(0));
+            for (int i = 0; i < count; i++) seen.Add(job.Workers[i]);
         }
-        Assert.That(job.Workers.Distinct().Count(), Is.GreaterThan(1), "items ran on more than one thread");
-        Assert.That(job.Workers.All(w => w is >= 0 and < 3), Is.True);
+        Assert.That(seen.Count, Is.GreaterThan(1), "items ran on more than one thread");
+        Assert.That(seen.All(w => w is >= 0 and < 3), Is.True);
     }
 
     [Test]

@@ -86,20 +86,7 @@ internal static class IpcBench
         var (a, b) = Pair();
         using (a) using (b)
         {
-            var echo = new Thread(() =>
-            {
-                var buf = new byte[1 << 16];
-                int have = 0;
-                var w = new ArrayBufferWriter<byte>();
-                for (int i = 0; i < rounds; i++)
-                {
-                    if (!ReadMessages(b, buf, ref have, 1)) return;
-                    w.ResetWrittenCount();
-                    Ipc.WriteTokens(w, (ulong)i, i);
-                    b.Send(w.WrittenSpan);
-                }
-            }) { IsBackground = true };
-            echo.Start();
+            var echo = StartEcho(b, rounds);
             var buf = new byte[1 << 16];
             int have = 0;
             var w = new ArrayBufferWriter<byte>();
@@ -117,25 +104,32 @@ internal static class IpcBench
         }
     }
 
+    // The far end of a round-trip case: answers each message with one message, `rounds` times.
+    private static Thread StartEcho(Socket b, int rounds)
+    {
+        var echo = new Thread(() =>
+        {
+            var buf = new byte[1 << 16];
+            int have = 0;
+            var w = new ArrayBufferWriter<byte>();
+            for (int i = 0; i < rounds; i++)
+            {
+                if (!ReadMessages(b, buf, ref have, 1)) return;
+                w.ResetWrittenCount();
+                Ipc.WriteTokens(w, (ulong)i, i);
+                b.Send(w.WrittenSpan);
+            }
+        }) { IsBackground = true };
+        echo.Start();
+        return echo;
+    }
+
     private static double PingPongOutBuffer(int rounds, bool inline)
     {
         var (a, b) = Pair();
         using (a) using (b)
         {
-            var echo = new Thread(() =>
-            {
-                var buf = new byte[1 << 16];
-                int have = 0;
-                var w = new ArrayBufferWriter<byte>();
-                for (int i = 0; i < rounds; i++)
-                {
-                    if (!ReadMessages(b, buf, ref have, 1)) return;
-                    w.ResetWrittenCount();
-                    Ipc.WriteTokens(w, (ulong)i, i);
-                    b.Send(w.WrittenSpan);
-                }
-            }) { IsBackground = true };
-            echo.Start();
+            var echo = StartEcho(b, rounds);
             var o = new OutBuffer(a, 1 << 20, _ => { });
             var wake = new AutoResetEvent(false);
             bool stop = false;

@@ -40,6 +40,7 @@ public sealed class Endpoint
     private LoadReport _report;
     private int _consecutiveErrors;
     private int _ejectionLevel;
+    private long _ejections;
     private HelloOk _server;
 
     // Written under _lock (or atomically), read by the balancer without it.
@@ -108,6 +109,9 @@ public sealed class Endpoint
 
     /// <summary>How many ejections in a row count toward the doubling of the period (decays while it behaves).</summary>
     public int EjectionLevel { get { lock (_lock) return _ejectionLevel; } }
+
+    /// <summary>Times this endpoint was ejected since it joined.</summary>
+    public long Ejections { get { lock (_lock) return _ejections; } }
 
     /// <summary>Ejected at <paramref name="now"/>.</summary>
     public bool IsEjected(long now) => now < Volatile.Read(ref _ejectedUntil);
@@ -270,6 +274,7 @@ public sealed class Endpoint
             period = Math.Min(period, _maxEjectTicks);
             Volatile.Write(ref _ejectedUntil, now + period);
             _consecutiveErrors = 0;
+            _ejections++;
             return period;
         }
     }

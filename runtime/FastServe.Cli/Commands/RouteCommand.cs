@@ -27,8 +27,9 @@ internal static class RouteCommand
         var maxFrame = new Option<int>("--max-frame") { Description = "Largest frame payload accepted from clients, in bytes", DefaultValueFactory = _ => 1 << 20 };
         var name = new Option<string>("--name") { Description = "Name sent in HELLO_OK and to replicas in HELLO (at most 64 characters)", DefaultValueFactory = _ => "fastserve-router" };
         var json = new Option<bool>("--json") { Description = "Print the ready and stopped events as JSON lines" };
+        var metricsPort = new Option<int>("--metrics-port") { Description = "Prometheus metrics at http://HOST:PORT/metrics (0 = off)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("route", "Route requests over a fleet of replicas: one address for clients, power-of-two-choices balancing, retries.");
-        foreach (Option o in new Option[] { listen, endpoints, host, policy, slowStart, attempts, conns, ejected, grace, maxInFlight, maxFrame, name, json }) cmd.Add(o);
+        foreach (Option o in new Option[] { listen, endpoints, host, policy, slowStart, attempts, conns, ejected, grace, maxInFlight, maxFrame, name, json, metricsPort }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             bool asJson = r.GetValue(json);
@@ -49,6 +50,8 @@ internal static class RouteCommand
             if (g < 0 || g > 3_600_000) throw new FastServeException("args.invalid_grace", "--grace-ms must be between 0 and 3600000", "--grace-ms");
             if (mif < 1 || mif > 1 << 20) throw new FastServeException("args.invalid_max_in_flight", "--max-in-flight must be between 1 and 1048576", "--max-in-flight");
             if (mf < 4096 || mf > 64 << 20) throw new FastServeException("args.invalid_max_frame", "--max-frame must be between 4096 and 67108864", "--max-frame");
+            int mport = r.GetValue(metricsPort);
+            if (mport < 0 || mport > 65535) throw new FastServeException("args.invalid_port", "--metrics-port must be between 0 and 65535", "--metrics-port");
             string routerName = r.GetValue(name)!;
             if (routerName.Length is 0 or > 64) throw new FastServeException("args.invalid_name", "--name must have 1 to 64 characters", "--name");
 
@@ -93,6 +96,17 @@ internal static class RouteCommand
             using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; router.BeginDrain(); });
             using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; router.BeginDrain(); });
 
+            RouterMetrics? metrics = null;
+            if (mport > 0)
+            {
+                try { metrics = new RouterMetrics(router, h, mport); }
+                catch (System.Net.HttpListenerException e)
+                {
+                    router.DisposeAsync().AsTask().GetAwaiter().GetResult();
+                    throw new FastServeException("route.metrics_listen_failed", $"cannot serve metrics on {h}:{mport}: {e.Message}", "--metrics-port");
+                }
+            }
+            using var metricsScope = metrics;
             int n = router.Fleet.Endpoints.Length;
             if (asJson)
                 Output.WriteJsonLine(w =>
@@ -101,6 +115,7 @@ internal static class RouteCommand
                     w.WriteString("host", h);
                     w.WriteNumber("port", router.Port);
                     w.WriteNumber("endpoints", n);
+                    w.WriteNumber("metrics_port", mport);
                     w.WriteString("source", source.Description);
                     w.WriteString("policy", BalancePolicyNames.Of(pol));
                     w.WriteNumber("pid", Environment.ProcessId);

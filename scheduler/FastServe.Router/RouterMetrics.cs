@@ -1,0 +1,87 @@
+using Prometheus;
+
+namespace FastServe.Router;
+
+/// <summary>
+/// A router's Prometheus metrics (prometheus-net), served as text exposition at <c>http://HOST:PORT/metrics</c>.
+/// Everything is read at scrape time from the router's own counters (<see cref="RouterHost.Stats"/> and each
+/// <see cref="Endpoint"/>), so the request path pays nothing for them. Per-endpoint series carry the label
+/// <c>endpoint</c> (its <c>host:port</c>) and disappear when the endpoint leaves the set.
+/// </summary>
+public sealed class RouterMetrics : IDisposable
+{
+    private readonly RouterHost _router;
+    private readonly CollectorRegistry _registry = Metrics.NewCustomRegistry();
+    private readonly MetricServer _server;
+    private readonly Counter _requests, _completed, _rejected, _retries, _upstreamLost, _noEndpoint;
+    private readonly Gauge _inFlight, _endpoints, _epInFlight, _epReady, _epEjected, _epWeight;
+    private readonly Counter _epPicks, _epEjections;
+    private HashSet<string> _labelled = [];
+
+    /// <summary>Starts serving <paramref name="router"/>'s metrics on <paramref name="host"/>:<paramref name="port"/>.</summary>
+    /// <exception cref="System.Net.HttpListenerException">The port cannot be bound.</exception>
+    public RouterMetrics(RouterHost router, string host, int port)
+    {
+        _router = router;
+        var f = Metrics.WithCustomRegistry(_registry);
+        _requests = f.CreateCounter("fastserve_router_requests_total", "Requests received from clients.");
+        _completed = f.CreateCounter("fastserve_router_completed_total", "Requests answered with a FINAL (any status).");
+        _rejected = f.CreateCounter("fastserve_router_rejected_total", "Requests refused by the router itself (bad frame, limits, draining).");
+        _retries = f.CreateCounter("fastserve_router_retries_total", "Attempts beyond the first: requests refused or lost before any output, sent to another replica.");
+        _upstreamLost = f.CreateCounter("fastserve_router_upstream_lost_total", "Requests that had streamed output when their replica's connection broke (ended router.upstream_lost).");
+        _noEndpoint = f.CreateCounter("fastserve_router_no_endpoint_total", "Requests answered router.no_endpoint: no replica was eligible.");
+        _inFlight = f.CreateGauge("fastserve_router_in_flight", "Requests in flight through this router.");
+        _endpoints = f.CreateGauge("fastserve_router_endpoints", "Endpoints in the current set.");
+        string[] ep = ["endpoint"];
+        _epInFlight = f.CreateGauge("fastserve_router_endpoint_in_flight", "Requests this router has in flight on the endpoint.", new GaugeConfiguration { LabelNames = ep });
+        _epReady = f.CreateGauge("fastserve_router_endpoint_eligible", "1 when the endpoint can be picked now (ready, not draining, not ejected).", new GaugeConfiguration { LabelNames = ep });
+        _epEjected = f.CreateGauge("fastserve_router_endpoint_ejected", "1 while the endpoint is ejected for repeated errors.", new GaugeConfiguration { LabelNames = ep });
+        _epWeight = f.CreateGauge("fastserve_router_endpoint_weight", "Effective weight (slow start applied; 0 when not ready).", new GaugeConfiguration { LabelNames = ep });
+        _epPicks = f.CreateCounter("fastserve_router_endpoint_picks_total", "Requests sent to the endpoint (retries included).", new CounterConfiguration { LabelNames = ep });
+        _epEjections = f.CreateCounter("fastserve_router_endpoint_ejections_total", "Times the endpoint was ejected.", new CounterConfiguration { LabelNames = ep });
+        _registry.AddBeforeCollectCallback(Refresh);
+        _server = new MetricServer(host, port, "metrics/", _registry);
+        _server.Start();
+    }
+
+    private void Refresh()
+    {
+        var st = _router.Stats;
+        _requests.IncTo(st.Requests);
+        _completed.IncTo(st.Completed);
+        _rejected.IncTo(st.Rejected);
+        _retries.IncTo(st.Retries);
+        _upstreamLost.IncTo(st.UpstreamLost);
+        _noEndpoint.IncTo(st.NoEndpoint);
+        _inFlight.Set(st.InFlight);
+        long now = System.Diagnostics.Stopwatch.GetTimestamp();
+        var set = _router.Fleet.Endpoints;
+        _endpoints.Set(set.Length);
+        var labelled = new HashSet<string>();
+        foreach (var e in set)
+        {
+            string a = e.Address;
+            labelled.Add(a);
+            _epInFlight.WithLabels(a).Set(e.InFlight);
+            _epReady.WithLabels(a).Set(e.IsEligible(now) ? 1 : 0);
+            _epEjected.WithLabels(a).Set(e.IsEjected(now) ? 1 : 0);
+            _epWeight.WithLabels(a).Set(e.EffectiveWeight(now));
+            _epPicks.WithLabels(a).IncTo(e.Forwarded);
+            _epEjections.WithLabels(a).IncTo(e.Ejections);
+        }
+        foreach (var gone in _labelled)
+        {
+            if (labelled.Contains(gone)) continue;
+            _epInFlight.RemoveLabelled(gone);
+            _epReady.RemoveLabelled(gone);
+            _epEjected.RemoveLabelled(gone);
+            _epWeight.RemoveLabelled(gone);
+            _epPicks.RemoveLabelled(gone);
+            _epEjections.RemoveLabelled(gone);
+        }
+        _labelled = labelled;
+    }
+
+    /// <summary>Stops serving.</summary>
+    public void Dispose() => _server.Dispose();
+}

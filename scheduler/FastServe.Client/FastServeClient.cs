@@ -209,15 +209,21 @@ public sealed class FastServeClient : IAsyncDisposable
     /// <summary>Runs a completion and returns its result (the deltas are collected, not streamed). Cancelling
     /// <paramref name="ct"/> sends CANCEL and throws <see cref="OperationCanceledException"/> at once; the server's
     /// FINAL is then absorbed in the background.</summary>
+    /// <remarks>
+    /// The request goes with <see cref="RequestFlags.Whole"/> set, since nothing here looks at the output before the
+    /// FINAL: a router in between may then hold the output back and run the request again on another replica when
+    /// its replica is lost mid-generation, instead of failing it. Through a router, the result's
+    /// <see cref="CompletionResult.FirstTokenTimestamp"/> is then close to its <see cref="CompletionResult.FinalTimestamp"/>.
+    /// </remarks>
     public async Task<CompletionResult> CompleteAsync(CompletionRequest request, CancellationToken ct = default)
     {
-        var call = Start(request, stream: false);
+        var call = Start(request, stream: false, whole: true);
         if (!ct.CanBeCanceled) return await call.Completion.ConfigureAwait(false);
         using (ct.UnsafeRegister(static s => ((CompletionCall)s!).Cancel(), call))
             return await call.Completion.WaitAsync(ct).ConfigureAwait(false);
     }
 
-    internal CompletionCall Start(CompletionRequest request, bool stream, ICompletionObserver? observer = null)
+    internal CompletionCall Start(CompletionRequest request, bool stream, ICompletionObserver? observer = null, bool whole = false)
     {
         ArgumentNullException.ThrowIfNull(request);
         ulong id = Interlocked.Increment(ref _nextId);
@@ -274,7 +280,9 @@ public sealed class FastServeClient : IAsyncDisposable
                     }
                     if (failure == ClientFailure.None)
                     {
-                        FrameWriter.Request(_pending, id, request.Params, text, ids, stops);
+                        var p = request.Params;
+                        if (whole) p.Whole = true;
+                        FrameWriter.Request(_pending, id, p, text, ids, stops);
                         pump = ClaimSendLocked();
                     }
                 }

@@ -17,6 +17,8 @@ public struct RequestParams
     public byte Priority;
     public bool IgnoreEos;
     public bool NoText;
+    /// <summary>Sets <see cref="RequestFlags.Whole"/>: the output is wanted only with the FINAL.</summary>
+    public bool Whole;
 
     public static RequestParams Default => new() { MaxTokens = 64, TopP = 1f };
 }
@@ -113,6 +115,7 @@ public static class FrameWriter
         if (r.Seed.HasValue) flags |= RequestFlags.HasSeed;
         if (r.IgnoreEos) flags |= RequestFlags.IgnoreEos;
         if (r.NoText) flags |= RequestFlags.NoText;
+        if (r.Whole) flags |= RequestFlags.Whole;
         p[29] = (byte)flags;
         BinaryPrimitives.WriteUInt16LittleEndian(p[30..], (ushort)Math.Min(stopCount, ushort.MaxValue));
         BinaryPrimitives.WriteUInt32LittleEndian(p[32..], (uint)(ids ? promptIds.Length : promptText.Length));

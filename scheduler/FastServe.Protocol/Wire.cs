@@ -73,6 +73,12 @@ public enum RequestFlags : byte
     HasSeed = 2,
     IgnoreEos = 4,
     NoText = 8,
+    /// <summary>
+    /// The client uses the output only once the FINAL has come (it does not show tokens as they arrive). A replica
+    /// ignores it; a router may then hold the DELTAs back until the FINAL and, when the replica is lost mid-generation,
+    /// run the request again elsewhere instead of failing it (docs/router.md, "Retries").
+    /// </summary>
+    Whole = 16,
 }
 
 /// <summary>Indexes of the hand-off timing slots of FINAL: microseconds after the server read the request.</summary>

@@ -17,6 +17,8 @@ namespace FastServe.Router;
 internal sealed class RoutedRequest
 {
     private byte[]? _payload;
+    private byte[]? _held;
+    private int _heldLength;
     private int _released;
 
     public RoutedRequest(DownstreamSession session, ulong clientId, byte headerFlags, ReadOnlySpan<byte> payload, long received, int maxAttempts)
@@ -31,6 +33,7 @@ internal sealed class RoutedRequest
         uint deadlineMs = BinaryPrimitives.ReadUInt32LittleEndian(payload[24..]);
         DeadlineAt = deadlineMs == 0 ? 0 : received + deadlineMs * Stopwatch.Frequency / 1000;
         Tried = new Endpoint?[maxAttempts];
+        Whole = payload.Length > 29 && (payload[29] & (byte)RequestFlags.Whole) != 0;
     }
 
     public readonly DownstreamSession Session;
@@ -41,6 +44,9 @@ internal sealed class RoutedRequest
     public readonly long Received;
     /// <summary>When its deadline passes (Stopwatch ticks); 0 = no deadline.</summary>
     public readonly long DeadlineAt;
+    /// <summary>The client set <see cref="RequestFlags.Whole"/>: its output is held until the FINAL, so it stays
+    /// replayable until then.</summary>
+    public readonly bool Whole;
 
     /// <summary>Guards the fields below.</summary>
     public readonly Lock Lock = new();
@@ -57,6 +63,59 @@ internal sealed class RoutedRequest
     /// <summary>A DELTA has been passed to the client: the request can no longer be replayed. Written by the
     /// receive loop of the connection it runs on.</summary>
     public volatile bool Streamed;
+
+    /// <summary>
+    /// Appends a DELTA, framed for the client, to the output held back for a <see cref="Whole"/> request. False (and
+    /// nothing appended) when that would pass <paramref name="cap"/> bytes: the caller then passes on what is held and
+    /// streams from there. Called only by the receive loop of the connection the request runs on.
+    /// </summary>
+    public bool TryHold(byte flags, ReadOnlySpan<byte> payload, int cap)
+    {
+        int frame = Wire.HeaderSize + payload.Length;
+        lock (Lock)
+        {
+            if (_heldLength + frame > cap || _payload is null) return false;
+            if (_held is null || _held.Length - _heldLength < frame)
+            {
+                var grown = ArrayPool<byte>.Shared.Rent(Math.Max(Math.Max(4096, _heldLength + frame), (_held?.Length ?? 0) * 2));
+                if (_held is not null)
+                {
+                    _held.AsSpan(0, _heldLength).CopyTo(grown);
+                    ArrayPool<byte>.Shared.Return(_held);
+                }
+                _held = grown;
+            }
+            var w = _held.AsSpan(_heldLength, frame);
+            BinaryPrimitives.WriteUInt32LittleEndian(w, (uint)payload.Length);
+            w[4] = (byte)FrameType.Delta;
+            w[5] = flags;
+            BinaryPrimitives.WriteUInt16LittleEndian(w[6..], 0);
+            BinaryPrimitives.WriteUInt64LittleEndian(w[8..], ClientId);
+            payload.CopyTo(w[Wire.HeaderSize..]);
+            _heldLength += frame;
+            return true;
+        }
+    }
+
+    /// <summary>Bytes of output held back now.</summary>
+    public int HeldBytes { get { lock (Lock) return _heldLength; } }
+
+    /// <summary>Writes the held output (whole client frames) to <paramref name="w"/> and forgets it.</summary>
+    public void PassHeld(IBufferWriter<byte> w)
+    {
+        lock (Lock)
+        {
+            if (_heldLength == 0) return;
+            w.Write(_held.AsSpan(0, _heldLength));
+            _heldLength = 0;
+        }
+    }
+
+    /// <summary>Forgets the held output of a lost attempt, before the request runs again.</summary>
+    public void DropHeld()
+    {
+        lock (Lock) _heldLength = 0;
+    }
 
     /// <summary>The REQUEST payload as the client sent it (deadline rewritten on retries).</summary>
     public ReadOnlySpan<byte> Payload => _payload is { } p ? p.AsSpan(0, Length) : default;
@@ -76,13 +135,21 @@ internal sealed class RoutedRequest
         if (TriedCount < Tried.Length) Tried[TriedCount++] = e;
     }
 
-    /// <summary>Returns the payload copy to the pool (once).</summary>
+    /// <summary>Returns the payload copy and any held output to the pool (once).</summary>
     public void Release()
     {
         if (Interlocked.Exchange(ref _released, 1) != 0) return;
-        var p = _payload;
-        _payload = null;
+        byte[]? p, h;
+        lock (Lock)
+        {
+            p = _payload;
+            _payload = null;
+            h = _held;
+            _held = null;
+            _heldLength = 0;
+        }
         if (p is not null) ArrayPool<byte>.Shared.Return(p);
+        if (h is not null) ArrayPool<byte>.Shared.Return(h);
     }
 }
 

@@ -11,10 +11,12 @@ namespace FastServe.Router;
 /// <param name="Rejected">REQUESTs refused at once (malformed, over the connection's limit, router draining).</param>
 /// <param name="Completed">Accepted requests whose FINAL has been sent (or dropped, the client having left).</param>
 /// <param name="Retries">Sends after the first: refusals without output and lost connections.</param>
+/// <param name="Replays">Of the retries, those of <c>whole</c> requests whose lost attempt had produced output (held
+/// back, never passed on).</param>
 /// <param name="UpstreamLost">Requests ended with <c>router.upstream_lost</c>.</param>
 /// <param name="NoEndpoint">Requests ended with <c>router.no_endpoint</c>.</param>
 /// <param name="InFlight">Accepted requests not yet completed.</param>
-public readonly record struct RouterStats(long Requests, long Rejected, long Completed, long Retries, long UpstreamLost, long NoEndpoint, int InFlight);
+public readonly record struct RouterStats(long Requests, long Rejected, long Completed, long Retries, long Replays, long UpstreamLost, long NoEndpoint, int InFlight);
 
 /// <summary>
 /// A fleet router (<c>fastserve route</c>, docs/router.md): a listener speaking the replica protocol to clients, a
@@ -42,7 +44,7 @@ public sealed class RouterHost : IAsyncDisposable
     private Thread? _timer;
     private volatile bool _draining, _stopped;
     private long _nextSession, _nextId;
-    private long _requests, _rejected, _completed, _retries, _upstreamLost, _noEndpoint;
+    private long _requests, _rejected, _completed, _retries, _replays, _upstreamLost, _noEndpoint;
     private int _inFlight, _stopOnce;
 
     /// <summary>A router over the endpoints <paramref name="source"/> gives, with <paramref name="options"/>.</summary>
@@ -75,7 +77,16 @@ public sealed class RouterHost : IAsyncDisposable
 
     /// <summary>Counters so far.</summary>
     public RouterStats Stats => new(Interlocked.Read(ref _requests), Interlocked.Read(ref _rejected), Interlocked.Read(ref _completed),
-        Interlocked.Read(ref _retries), Interlocked.Read(ref _upstreamLost), Interlocked.Read(ref _noEndpoint), Volatile.Read(ref _inFlight));
+        Interlocked.Read(ref _retries), Interlocked.Read(ref _replays), Interlocked.Read(ref _upstreamLost), Interlocked.Read(ref _noEndpoint),
+        Volatile.Read(ref _inFlight));
+
+    /// <summary>
+    /// Called once per request answered <c>ok</c> by a replica, with the seconds the router added: from reading the
+    /// client's REQUEST to writing the FINAL, less the replica's own time for the attempt that answered (its FINAL's
+    /// <c>final_sent</c> slot). Failed attempts before it count as added. May be set at any time; it runs on a
+    /// receive loop, so it must be quick (a histogram's observe).
+    /// </summary>
+    internal Action<double>? AddedLatency { get; set; }
 
     internal void Log(string message) => Options.Log?.Invoke(message);
 
@@ -245,7 +256,11 @@ public sealed class RouterHost : IAsyncDisposable
             lock (req.Lock)
             {
                 if (req.Cancelled) return SendResult.Cancelled;
-                if (req.Attempts > 0) req.RewriteDeadline(now);
+                if (req.Attempts > 0)
+                {
+                    req.RewriteDeadline(now);
+                    req.DropHeld();
+                }
                 req.Upstream = conn;
                 req.RouterId = rid;
                 req.Attempts++;
@@ -290,10 +305,11 @@ public sealed class RouterHost : IAsyncDisposable
         var status = FinalInfo.TryParse(payload, out var f, out _, out _) ? f.Status : WireStatus.Internal;
         if (status is WireStatus.Internal or WireStatus.Unavailable) Fleet.RecordError(conn.Endpoint, now);
         else Fleet.RecordSuccess(conn.Endpoint);
-        // Refused without output (overloaded, draining, unavailable, too many on that connection): try elsewhere.
+        // Refused without output passed on (overloaded, draining, unavailable, too many on that connection): try elsewhere.
         if (WireNames.IsRetriable(status) && CanRetry(req, now))
         {
             Interlocked.Increment(ref _retries);
+            if (req.HeldBytes > 0) Interlocked.Increment(ref _replays);
             if (Forward(req, now, null) == SendResult.Sent) return;
             // Nowhere else to go: the replica's own answer (retriable, with its retry-after) is the best one.
         }
@@ -302,8 +318,17 @@ public sealed class RouterHost : IAsyncDisposable
         s.Finished(req.ClientId);
         if (!s.IsClosed)
         {
-            lock (s.Out.Lock) FrameCopy.Write(s.Out.Writer, FrameType.Final, flags, req.ClientId, payload);
+            lock (s.Out.Lock)
+            {
+                req.PassHeld(s.Out.Writer);
+                FrameCopy.Write(s.Out.Writer, FrameType.Final, flags, req.ClientId, payload);
+            }
             touched.Add(s);
+        }
+        if (status == WireStatus.Ok && AddedLatency is { } observe)
+        {
+            long added = Stopwatch.GetTimestamp() - req.Received - f.Timings[(int)Timing.FinalSent] * Stopwatch.Frequency / 1_000_000;
+            observe(Math.Max(added, 0) / (double)Stopwatch.Frequency);
         }
         Completed(req);
     }
@@ -330,6 +355,7 @@ public sealed class RouterHost : IAsyncDisposable
             if (CanRetry(req, now))
             {
                 Interlocked.Increment(ref _retries);
+                if (req.HeldBytes > 0) Interlocked.Increment(ref _replays);
                 switch (Forward(req, now, null))
                 {
                     case SendResult.Sent: continue;
@@ -347,7 +373,7 @@ public sealed class RouterHost : IAsyncDisposable
             int attempts;
             lock (req.Lock) attempts = req.Attempts;
             FinishWith(req, WireStatus.Unavailable, true, 0, "router.upstream_lost",
-                $"the connection to replica {conn.Endpoint.Address} broke before the request produced output, after {attempts} attempt(s)");
+                $"the connection to replica {conn.Endpoint.Address} broke before any output was passed on, after {attempts} attempt(s)");
         }
     }
 

@@ -99,6 +99,12 @@ public sealed record RouterOptions
     public int HelloTimeoutMs { get; init; } = 10_000;
     /// <summary>On drain, how long in-flight requests may take before their connections are closed anyway.</summary>
     public int GraceMs { get; init; } = 30_000;
+    /// <summary>
+    /// Output of a <c>whole</c> request (REQUEST flag bit 4) held back until its FINAL, so it can be replayed on another
+    /// replica when its own is lost mid-generation. Past this many bytes the held output is passed on and the request
+    /// streams from then on (it can no longer be replayed); 0 holds nothing.
+    /// </summary>
+    public int MaxHeldBytes { get; init; } = 256 << 10;
     /// <summary>retry_after_ms of the FINAL sent when no endpoint is eligible.</summary>
     public int NoEndpointRetryAfterMs { get; init; } = 500;
     /// <summary>Name sent in HELLO_OK (to clients) and HELLO (to replicas).</summary>
@@ -137,6 +143,7 @@ public sealed record RouterOptions
         Range(FrameTimeoutMs, 100, int.MaxValue, nameof(FrameTimeoutMs));
         Range(HelloTimeoutMs, 100, int.MaxValue, nameof(HelloTimeoutMs));
         Range(GraceMs, 0, 3_600_000, nameof(GraceMs));
+        Range(MaxHeldBytes, 0, 64 << 20, nameof(MaxHeldBytes));
         Range(NoEndpointRetryAfterMs, 0, 600_000, nameof(NoEndpointRetryAfterMs));
         if (string.IsNullOrEmpty(Name) || Name.Length > 64) throw new ArgumentOutOfRangeException(nameof(Name), "must have 1 to 64 characters");
     }

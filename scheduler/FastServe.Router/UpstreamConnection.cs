@@ -313,10 +313,16 @@ internal sealed class UpstreamConnection
                     RoutedRequest? req;
                     lock (_lock) _requests.TryGetValue(h.Id, out req);
                     if (req is null) break;     // a request the router already gave up on (its client left)
+                    // A whole request's output waits for its FINAL, so a lost replica can be replaced.
+                    if (req.Whole && !req.Streamed && req.TryHold(h.Flags, payload, _router.Options.MaxHeldBytes)) break;
                     req.Streamed = true;
                     var s = req.Session;
                     if (s.IsClosed) break;
-                    lock (s.Out.Lock) FrameCopy.Write(s.Out.Writer, FrameType.Delta, h.Flags, req.ClientId, payload);
+                    lock (s.Out.Lock)
+                    {
+                        req.PassHeld(s.Out.Writer);
+                        FrameCopy.Write(s.Out.Writer, FrameType.Delta, h.Flags, req.ClientId, payload);
+                    }
                     _touched.Add(s);
                     break;
                 }

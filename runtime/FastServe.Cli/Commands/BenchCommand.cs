@@ -36,6 +36,10 @@ internal static class BenchCommand
         var temperature = new Option<float>("--temperature") { Description = "Sampling temperature; 0 = greedy", DefaultValueFactory = _ => 0f };
         var deadline = new Option<uint>("--deadline-ms") { Description = "Per-request deadline, ms (0 = none)" };
         var noText = new Option<bool>("--no-text") { Description = "Ask the server for token ids only (no detokenized text)" };
+        var whole = new Option<bool>("--whole")
+        {
+            Description = "Mark requests 'whole' (the output is used only with the final): a router may hold the output back and replay a request whose replica is lost mid-generation. TTFT through a router then measures the whole request",
+        };
         var slo = new Option<double>("--slo-ms") { Description = "P99 end-to-end target, ms", DefaultValueFactory = _ => 1000 };
         var maxErrors = new Option<double>("--max-error-rate") { Description = "Largest share of failed or unfinished requests that still meets the SLO", DefaultValueFactory = _ => 0.01 };
         var seed = new Option<int>("--seed") { Description = "Seed of arrivals and prompt choice", DefaultValueFactory = _ => 1 };
@@ -52,7 +56,7 @@ internal static class BenchCommand
 
         var cmd = new Command("bench", "Load a FastServe server with grammar-correction requests: throughput, goodput, TTFT/TPOT/end-to-end percentiles, errors; sweeps for the highest rate meeting the SLO.");
         foreach (Option o in new Option[] { host, port, connections, rate, concurrency, profile, sweep, arrival, burstiness, duration, warmup, drain, maxTokens,
-                     noIgnoreEos, temperature, deadline, noText, slo, maxErrors, seed, sweepStart, sweepFactor, sweepStep, sweepMax, sweepFails, sweepRefine,
+                     noIgnoreEos, temperature, deadline, noText, whole, slo, maxErrors, seed, sweepStart, sweepFactor, sweepStep, sweepMax, sweepFails, sweepRefine,
                      chart, json, outJson, prompt }) cmd.Add(o);
         cmd.SetAction(async (r, ct) =>
         {
@@ -124,6 +128,7 @@ internal static class BenchCommand
                     Temperature = r.GetValue(temperature),
                     DeadlineMs = r.GetValue(deadline),
                     NoText = r.GetValue(noText),
+                    Whole = r.GetValue(whole),
                 },
                 SloMs = sloMs,
                 MaxErrorRate = maxErr,

@@ -27,9 +27,14 @@ internal static class RouteCommand
         var maxFrame = new Option<int>("--max-frame") { Description = "Largest frame payload accepted from clients, in bytes", DefaultValueFactory = _ => 1 << 20 };
         var name = new Option<string>("--name") { Description = "Name sent in HELLO_OK and to replicas in HELLO (at most 64 characters)", DefaultValueFactory = _ => "fastserve-router" };
         var json = new Option<bool>("--json") { Description = "Print the ready and stopped events as JSON lines" };
+        var maxHeld = new Option<int>("--max-held-bytes")
+        {
+            Description = "Output of a 'whole' request held back until its final, so it can be replayed if its replica is lost (past this it streams; 0 = hold nothing)",
+            DefaultValueFactory = _ => 256 << 10,
+        };
         var metricsPort = new Option<int>("--metrics-port") { Description = "Prometheus metrics at http://HOST:PORT/metrics (0 = off)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("route", "Route requests over a fleet of replicas: one address for clients, power-of-two-choices balancing, retries.");
-        foreach (Option o in new Option[] { listen, endpoints, host, policy, slowStart, attempts, conns, ejected, grace, maxInFlight, maxFrame, name, json, metricsPort }) cmd.Add(o);
+        foreach (Option o in new Option[] { listen, endpoints, host, policy, slowStart, attempts, conns, ejected, grace, maxInFlight, maxFrame, maxHeld, name, json, metricsPort }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             bool asJson = r.GetValue(json);
@@ -50,6 +55,8 @@ internal static class RouteCommand
             if (g < 0 || g > 3_600_000) throw new FastServeException("args.invalid_grace", "--grace-ms must be between 0 and 3600000", "--grace-ms");
             if (mif < 1 || mif > 1 << 20) throw new FastServeException("args.invalid_max_in_flight", "--max-in-flight must be between 1 and 1048576", "--max-in-flight");
             if (mf < 4096 || mf > 64 << 20) throw new FastServeException("args.invalid_max_frame", "--max-frame must be between 4096 and 67108864", "--max-frame");
+            int mhb = r.GetValue(maxHeld);
+            if (mhb < 0 || mhb > 64 << 20) throw new FastServeException("args.invalid_max_held", "--max-held-bytes must be between 0 and 67108864", "--max-held-bytes");
             int mport = r.GetValue(metricsPort);
             if (mport < 0 || mport > 65535) throw new FastServeException("args.invalid_port", "--metrics-port must be between 0 and 65535", "--metrics-port");
             string routerName = r.GetValue(name)!;
@@ -78,6 +85,7 @@ internal static class RouteCommand
                 GraceMs = g,
                 MaxInFlight = mif,
                 MaxFrame = mf,
+                MaxHeldBytes = mhb,
                 Name = routerName,
                 Log = log,
             }, source);
@@ -133,6 +141,7 @@ internal static class RouteCommand
                     w.WriteNumber("rejected", st.Rejected);
                     w.WriteNumber("completed", st.Completed);
                     w.WriteNumber("retries", st.Retries);
+                    w.WriteNumber("replays", st.Replays);
                     w.WriteNumber("upstream_lost", st.UpstreamLost);
                     w.WriteNumber("no_endpoint", st.NoEndpoint);
                     w.WriteStartArray("endpoints");
@@ -145,7 +154,7 @@ internal static class RouteCommand
                     }
                     w.WriteEndArray();
                 });
-            else log($"stopped after {st.Requests} request(s): {st.Retries} retried, {st.UpstreamLost} lost with a replica, {st.NoEndpoint} with no replica ready");
+            else log($"stopped after {st.Requests} request(s): {st.Retries} retried ({st.Replays} replayed after held output), {st.UpstreamLost} lost with a replica, {st.NoEndpoint} with no replica ready");
             Console.Out.Flush();
             return 0;
         });

@@ -167,6 +167,83 @@ public sealed class RouterRulesTests
         Assert.That(c.IsConnected, Is.True);
     }
 
+    private static CompletionRequest WholeReq() => new() { Prompt = "hi", Params = RequestParams.Default with { MaxTokens = 3, Whole = true } };
+
+    [Test]
+    public async Task AWholeRequestsOutputIsHeldUntilItsFinal()
+    {
+        using var x = new ScriptedReplica("x") { OnRequest = _ => Reply.StreamThenHold };
+        await using var router = await Start(Opt(), Src(x), 1);
+        await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port);
+        var call = c.Start(WholeReq());
+        await Until(() => x.HeldCount == 1, "the replica streamed a token and holds the request");
+        await Task.Delay(200);
+        Assert.That(call.FirstTokenTimestamp, Is.Zero, "the router holds a whole request's output back");
+        x.ReleaseHeld();
+        var r = await call.Completion;
+        Assert.That((r.StatusName, r.ReceivedTokens), Is.EqualTo(("ok", 4)), "the held token, then the rest, then the FINAL");
+        Assert.That(r.Ids, Is.EqualTo(new[] { 100, 100, 101, 102 }));
+        Assert.That(router.Stats.Replays, Is.Zero);
+    }
+
+    [Test]
+    public async Task AWholeRequestLostMidGenerationIsReplayedElsewhereAndOnlyTheReplayIsSeen()
+    {
+        using var x = new ScriptedReplica("x") { OnRequest = _ => Reply.StreamThenHold };
+        using var y = new ScriptedReplica("y") { State = ReplicaState.Starting };
+        await using var router = await Start(Opt(), Src(x, y), 1);
+        await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port);
+        var whole = c.Start(WholeReq());
+        var streaming = c.Start(Req());
+        await Until(() => x.HeldCount == 2 && streaming.FirstTokenTimestamp != 0, "both requests produced a token on x");
+        Assert.That(whole.FirstTokenTimestamp, Is.Zero);
+        y.State = ReplicaState.Ready;
+        await Until(() => router.Fleet.Endpoints[1].IsReady, "y ready");
+        x.OnRequest = _ => Reply.Hold;
+        x.DropConnections();
+        var w = await whole.Completion;
+        var s = await streaming.Completion;
+        Assert.That((w.StatusName, w.ReceivedTokens), Is.EqualTo(("ok", 3)), "only y's output reached the client");
+        Assert.That(w.Ids, Is.EqualTo(new[] { 100, 101, 102 }));
+        Assert.That((s.StatusName, s.Detail, s.ReceivedTokens), Is.EqualTo(("unavailable", "router.upstream_lost", 1)), "a streamed request is never replayed");
+        Assert.That(y.Requests, Has.Count.EqualTo(1));
+        Assert.That((router.Stats.Retries, router.Stats.Replays, router.Stats.UpstreamLost), Is.EqualTo((1L, 1L, 1L)));
+
+        // CompleteAsync marks its requests whole: a replica that fails mid-generation is replaced the same way.
+        y.OnRequest = _ => Reply.StreamThenHold;
+        x.OnRequest = _ => Reply.Ok;
+        await Until(() => router.Fleet.Endpoints[0].ConnectionsUp == 2 && router.Fleet.Endpoints[0].IsEligible(Stopwatch.GetTimestamp()), "x back");
+        int xBefore = x.Requests.Count;
+        var pending = Enumerable.Range(0, 10).Select(_ => c.CompleteAsync(Req())).ToArray();
+        await Until(() => x.Requests.Count - xBefore + y.HeldCount == 10, "each request answered by x or streaming on y");
+        int onY = y.HeldCount;
+        Assert.That(onY, Is.GreaterThan(0), "p2c sent y some of them");
+        y.DropConnections();
+        var again = await Task.WhenAll(pending);
+        Assert.That(again.Select(r => (r.StatusName, r.ReceivedTokens)), Is.All.EqualTo(("ok", 3)));
+        Assert.That(router.Stats.Replays, Is.EqualTo(1 + onY));
+    }
+
+    [Test]
+    public async Task AWholeRequestOverTheHoldLimitStreamsAndIsNotReplayed()
+    {
+        using var x = new ScriptedReplica("x") { OnRequest = _ => Reply.StreamThenHold };
+        using var y = new ScriptedReplica("y");
+        // One held DELTA frame is 16 header + 13 payload bytes for this replica's one-token delta: a 16-byte limit holds none.
+        await using var router = await Start(Opt() with { MaxHeldBytes = 16, Policy = BalancePolicy.RoundRobin }, Src(x, y), 2);
+        await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port);
+        y.OnRequest = _ => Reply.Hold;
+        var calls = new[] { c.Start(WholeReq()), c.Start(WholeReq()) };
+        await Until(() => x.HeldCount == 1 && y.HeldCount == 1, "one request on each");
+        var onX = calls.Single(k => k.FirstTokenTimestamp != 0);
+        x.DropConnections();
+        var r = await onX.Completion;
+        Assert.That((r.StatusName, r.Detail, r.ReceivedTokens), Is.EqualTo(("unavailable", "router.upstream_lost", 1)));
+        y.ReleaseHeld();
+        Assert.That((await calls.Single(k => k != onX).Completion).StatusName, Is.EqualTo("ok"));
+        Assert.That(router.Stats.Replays, Is.Zero);
+    }
+
     [Test]
     public async Task RepeatedInternalErrorsEjectAnEndpoint()
     {

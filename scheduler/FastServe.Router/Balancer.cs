@@ -28,14 +28,16 @@ public sealed class Balancer
 
     /// <summary>
     /// The endpoint for the next request, or null when none is eligible. Endpoints in <paramref name="avoid"/> (those a
-    /// retried request already tried) are left out while any other is eligible.
+    /// retried request already tried) are left out while any other is eligible. With <paramref name="leaving"/> the
+    /// endpoints are ones that left the source and serve as a fallback: <see cref="Endpoint.CanServe"/> decides instead
+    /// of <see cref="Endpoint.IsEligible"/>.
     /// </summary>
-    public Endpoint? Pick(ReadOnlySpan<Endpoint> endpoints, long now, ReadOnlySpan<Endpoint?> avoid = default)
+    public Endpoint? Pick(ReadOnlySpan<Endpoint> endpoints, long now, ReadOnlySpan<Endpoint?> avoid = default, bool leaving = false)
     {
         lock (_lock)
         {
-            int n = Collect(endpoints, now, avoid);
-            if (n == 0 && !avoid.IsEmpty) n = Collect(endpoints, now, default);
+            int n = Collect(endpoints, now, avoid, leaving);
+            if (n == 0 && !avoid.IsEmpty) n = Collect(endpoints, now, default, leaving);
             if (n == 0) return null;
             double total = 0;
             for (int i = 0; i < n; i++) total += _w[i];
@@ -58,7 +60,7 @@ public sealed class Balancer
         }
     }
 
-    private int Collect(ReadOnlySpan<Endpoint> endpoints, long now, ReadOnlySpan<Endpoint?> avoid)
+    private int Collect(ReadOnlySpan<Endpoint> endpoints, long now, ReadOnlySpan<Endpoint?> avoid, bool leaving)
     {
         if (_cand.Length < endpoints.Length)
         {
@@ -68,7 +70,7 @@ public sealed class Balancer
         int n = 0;
         foreach (var e in endpoints)
         {
-            if (!e.IsEligible(now) || Contains(avoid, e)) continue;
+            if (!(leaving ? e.CanServe(now) : e.IsEligible(now)) || Contains(avoid, e)) continue;
             _cand[n] = e;
             _w[n] = e.EffectiveWeight(now);
             n++;

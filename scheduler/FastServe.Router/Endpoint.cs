@@ -45,7 +45,7 @@ public sealed class Endpoint
 
     // Written under _lock (or atomically), read by the balancer without it.
     private volatile bool _ready, _draining, _removed, _congested;
-    private long _readySince, _reportAt, _ejectedUntil;
+    private long _readySince, _reportAt, _ejectedUntil, _removedAt;
     private int _reportQueued, _inFlight;
     private long _forwarded;
 
@@ -121,7 +121,14 @@ public sealed class Endpoint
 
     /// <summary>May take a new request at <paramref name="now"/>: ready, not draining, not ejected, not congested,
     /// not removed.</summary>
-    public bool IsEligible(long now) => _ready && !_draining && !_removed && !_congested && !IsEjected(now);
+    public bool IsEligible(long now) => !_removed && CanServe(now);
+
+    /// <summary>Ready, not draining, not ejected, not congested: whether or not it is still in the source's set (an
+    /// endpoint that left serves as a fallback while no endpoint of the set is eligible).</summary>
+    public bool CanServe(long now) => _ready && !_draining && !_congested && !IsEjected(now);
+
+    /// <summary>When it left the source's set (Stopwatch ticks); 0 while it is in it.</summary>
+    public long RemovedAt => Volatile.Read(ref _removedAt);
 
     /// <summary>The word for its condition at <paramref name="now"/>.</summary>
     public EndpointCondition Condition(long now)
@@ -228,7 +235,18 @@ public sealed class Endpoint
         if (_congested != congested) _congested = congested;
     }
 
-    internal void MarkRemoved() => _removed = true;
+    internal void MarkRemoved(long now)
+    {
+        Volatile.Write(ref _removedAt, now);
+        _removed = true;
+    }
+
+    /// <summary>The source gave it again before its connections were closed: back in the set as it was.</summary>
+    internal void Revive()
+    {
+        _removed = false;
+        Volatile.Write(ref _removedAt, 0);
+    }
 
     /// <summary>The source gave it again with another weight.</summary>
     internal void Update(EndpointSpec spec)

@@ -39,6 +39,10 @@ public sealed class RouterHost : IAsyncDisposable
     private readonly ConcurrentDictionary<long, DownstreamSession> _sessions = new();
     private readonly Lock _applyLock = new();
     private readonly List<Endpoint> _leaving = [];      // left the source, requests still running; under _applyLock
+    // Those that left less than LeavingFallback ago: picked only when no endpoint of the set is eligible (a set swapped
+    // whole must not leave a gap while the new endpoints connect). Rebuilt under _applyLock, read without it.
+    private volatile Endpoint[] _fallback = [];
+    private static readonly long LeavingFallback = 30 * Stopwatch.Frequency;
     private Socket? _listener;
     private Task _acceptTask = Task.CompletedTask, _sourceTask = Task.CompletedTask;
     private Thread? _timer;
@@ -156,7 +160,16 @@ public sealed class RouterHost : IAsyncDisposable
             {
                 var spec = specs[i];
                 var e = Array.Find(current, x => string.Equals(x.Address, spec.Address, StringComparison.OrdinalIgnoreCase));
-                if (e is null)
+                if (e is null && _leaving.FindIndex(x => string.Equals(x.Address, spec.Address, StringComparison.OrdinalIgnoreCase)) is var back and >= 0)
+                {
+                    // Back before its connections closed: keep them (and its state) rather than connect afresh.
+                    e = _leaving[back];
+                    _leaving.RemoveAt(back);
+                    e.Revive();
+                    e.Update(spec);
+                    added++;
+                }
+                else if (e is null)
                 {
                     e = new Endpoint(spec, Options);
                     var conns = new UpstreamConnection[Options.ConnectionsPerEndpoint];
@@ -168,14 +181,16 @@ public sealed class RouterHost : IAsyncDisposable
                 else e.Update(spec);
                 next[i] = e;
             }
+            long now = Stopwatch.GetTimestamp();
             foreach (var e in current)
             {
                 if (Array.IndexOf(next, e) >= 0) continue;
-                e.MarkRemoved();
+                e.MarkRemoved(now);
                 _leaving.Add(e);
                 removed++;
             }
             Fleet.Set(next);
+            _fallback = [.. _leaving];
             if (added + removed > 0)
                 Log($"endpoints: {next.Length} ({string.Join(", ", next.Select(x => x.Address))}){(current.Length > 0 ? $"; {added} added, {removed} leaving" : "")}");
         }
@@ -241,7 +256,9 @@ public sealed class RouterHost : IAsyncDisposable
             lock (req.Lock)
             {
                 if (req.Cancelled) return SendResult.Cancelled;
-                e = _balancer.Pick(endpoints, now, req.Tried.AsSpan(0, req.TriedCount));
+                var tried = req.Tried.AsSpan(0, req.TriedCount);
+                e = _balancer.Pick(endpoints, now, tried);
+                if (e is null && _fallback is { Length: > 0 } fallback) e = _balancer.Pick(fallback, now, tried, leaving: true);
             }
             if (e is null) return SendResult.NoEndpoint;
             var conn = ChooseConnection(e);
@@ -455,18 +472,28 @@ public sealed class RouterHost : IAsyncDisposable
         }
     }
 
-    // Endpoints that left the source close once nothing of theirs is in flight.
+    // Endpoints that left the source close once nothing of theirs is in flight, unless they are still the fallback:
+    // no endpoint of the set is eligible and they left less than LeavingFallback ago.
     private void ReapLeaving()
     {
         List<Endpoint>? done = null;
         lock (_applyLock)
         {
+            if (_leaving.Count == 0) return;
+            long now = Stopwatch.GetTimestamp();
+            bool setServes = false;
+            foreach (var e in Fleet.Endpoints) setServes |= e.IsEligible(now);
             for (int i = _leaving.Count - 1; i >= 0; i--)
             {
-                if (_leaving[i].InFlight > 0) continue;
-                (done ??= []).Add(_leaving[i]);
+                var e = _leaving[i];
+                bool fallback = !setServes && now - e.RemovedAt < LeavingFallback;
+                if (e.InFlight > 0 || fallback) continue;
+                (done ??= []).Add(e);
                 _leaving.RemoveAt(i);
             }
+            var keep = new List<Endpoint>(_leaving.Count);
+            foreach (var e in _leaving) if (now - e.RemovedAt < LeavingFallback) keep.Add(e);
+            if (keep.Count != _fallback.Length) _fallback = [.. keep];
         }
         if (done is null) return;
         foreach (var e in done)

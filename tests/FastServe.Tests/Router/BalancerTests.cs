@@ -118,9 +118,14 @@ public sealed class BalancerTests
         for (int i = 0; i < 2000; i++) Assert.That(b.Pick(set, T0), Is.SameAs(ready).Or.SameAs(other));
         // A retry avoids what it tried while another endpoint is eligible, and falls back to it otherwise.
         for (int i = 0; i < 200; i++) Assert.That(b.Pick(set, T0, [ready]), Is.SameAs(other));
-        other.MarkRemoved();
+        other.MarkRemoved(T0);
         Assert.That(b.Pick(set, T0, [ready]), Is.SameAs(ready));
         ready.SetCongested(true);
         Assert.That(b.Pick(set, T0), Is.Null, "congested, draining, starting, down and removed endpoints take nothing");
+        // As a fallback (the router's endpoints that left the source), a removed endpoint that can serve is picked;
+        // draining, starting, down and congested ones still are not.
+        for (int i = 0; i < 200; i++) Assert.That(b.Pick(set, T0, leaving: true), Is.SameAs(other));
+        other.SetCongested(true);
+        Assert.That(b.Pick(set, T0, leaving: true), Is.Null);
     }
 }

@@ -11,45 +11,6 @@ namespace FastServe.Tests.Router;
 [NonParallelizable]
 public class DnsSourceTests
 {
-    private sealed class Dnsmasq : IDisposable
-    {
-        private readonly Process _p;
-        public readonly int Port;
-        public readonly string HostsDir;
-
-        public Dnsmasq(params string[] extra)
-        {
-            HostsDir = Directory.CreateTempSubdirectory("fs-dns-").FullName;
-            var probe = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
-            probe.Bind(new IPEndPoint(IPAddress.Loopback, 0));
-            Port = ((IPEndPoint)probe.LocalEndPoint!).Port;
-            probe.Dispose();
-            string exe = File.Exists("/usr/sbin/dnsmasq") ? "/usr/sbin/dnsmasq" : "dnsmasq";
-            var psi = new ProcessStartInfo(exe) { RedirectStandardError = true, RedirectStandardOutput = true };
-            foreach (var a in new[] { "--keep-in-foreground", "--no-daemon", $"--port={Port}", "--listen-address=127.0.0.1", "--bind-interfaces",
-                         "--no-resolv", "--no-hosts", "--user=root", $"--hostsdir={HostsDir}", "--local-ttl=0", "--log-facility=-" })
-                psi.ArgumentList.Add(a);
-            foreach (var a in extra) psi.ArgumentList.Add(a);
-            _p = Process.Start(psi) ?? throw new InvalidOperationException("dnsmasq did not start");
-            _p.BeginOutputReadLine();
-            _p.BeginErrorReadLine();
-            Thread.Sleep(300);
-            Assert.That(_p.HasExited, Is.False, "dnsmasq is running (installed by test.sh: dnsmasq-base)");
-        }
-
-        public IPEndPoint Server => new(IPAddress.Loopback, Port);
-
-        // dnsmasq watches --hostsdir with inotify: writing a new file there changes its answers.
-        public void Hosts(string name, string text) => File.WriteAllText(Path.Combine(HostsDir, name), text);
-
-        public void Dispose()
-        {
-            try { _p.Kill(); _p.WaitForExit(5000); } catch (InvalidOperationException) { }
-            _p.Dispose();
-            Directory.Delete(HostsDir, recursive: true);
-        }
-    }
-
     private static async Task<IReadOnlyList<EndpointSpec>> NextAsync(IAsyncEnumerator<IReadOnlyList<EndpointSpec>> e, double seconds = 10)
     {
         var move = e.MoveNextAsync().AsTask();
@@ -126,5 +87,45 @@ public class DnsSourceTests
         Assert.That(Assert.Throws<EndpointSourceException>(() => EndpointSources.Parse("dns:name:99999"))!.Code, Is.EqualTo("route.bad_source"));
         foreach (var bad in new[] { "dns://replicas.local:7700", "dns:a..b:7700", "dns:-a.b", "dns:a b:7700", "dns:x:port" })
             Assert.That(Assert.Throws<EndpointSourceException>(() => EndpointSources.Parse(bad))!.Code, Is.EqualTo("route.bad_source"), bad);
+    }
+}
+
+/// <summary>A dnsmasq on a free loopback port answering from a watched hosts directory (installed by test.sh: dnsmasq-base).</summary>
+internal sealed class Dnsmasq : IDisposable
+{
+    private readonly Process _p;
+    public readonly int Port;
+    public readonly string HostsDir;
+
+    public Dnsmasq(params string[] extra)
+    {
+        HostsDir = Directory.CreateTempSubdirectory("fs-dns-").FullName;
+        var probe = new Socket(AddressFamily.InterNetwork, SocketType.Dgram, ProtocolType.Udp);
+        probe.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        Port = ((IPEndPoint)probe.LocalEndPoint!).Port;
+        probe.Dispose();
+        string exe = File.Exists("/usr/sbin/dnsmasq") ? "/usr/sbin/dnsmasq" : "dnsmasq";
+        var psi = new ProcessStartInfo(exe) { RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (var a in new[] { "--keep-in-foreground", "--no-daemon", $"--port={Port}", "--listen-address=127.0.0.1", "--bind-interfaces",
+                     "--no-resolv", "--no-hosts", "--user=root", $"--hostsdir={HostsDir}", "--local-ttl=0", "--log-facility=-" })
+            psi.ArgumentList.Add(a);
+        foreach (var a in extra) psi.ArgumentList.Add(a);
+        _p = Process.Start(psi) ?? throw new InvalidOperationException("dnsmasq did not start");
+        _p.BeginOutputReadLine();
+        _p.BeginErrorReadLine();
+        Thread.Sleep(300);
+        Assert.That(_p.HasExited, Is.False, "dnsmasq is running (installed by test.sh: dnsmasq-base)");
+    }
+
+    public IPEndPoint Server => new(IPAddress.Loopback, Port);
+
+    // dnsmasq watches --hostsdir with inotify: writing a new file there changes its answers.
+    public void Hosts(string name, string text) => File.WriteAllText(Path.Combine(HostsDir, name), text);
+
+    public void Dispose()
+    {
+        try { _p.Kill(); _p.WaitForExit(5000); } catch (InvalidOperationException) { }
+        _p.Dispose();
+        Directory.Delete(HostsDir, recursive: true);
     }
 }

@@ -36,8 +36,8 @@ internal sealed class ReplicaProcess : IDisposable
         return port;
     }
 
-    /// <summary>Starts a replica on a free port and waits for its ready line.</summary>
-    public static ReplicaProcess Start(IEnumerable<string> args, IDictionary<string, string>? env = null, bool metrics = true, bool agent = true)
+    /// <summary>Starts a replica on <paramref name="port"/> (0 = a free one) and waits for its ready line.</summary>
+    public static ReplicaProcess Start(IEnumerable<string> args, IDictionary<string, string>? env = null, bool metrics = true, bool agent = true, int port = 0)
     {
         int mp = metrics ? FreePort() : 0, ap = agent ? FreePort() : 0;
         var psi = new ProcessStartInfo(Path.Combine(TestModels.RepoRoot, "dist", "fastserve"))
@@ -46,7 +46,7 @@ internal sealed class ReplicaProcess : IDisposable
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        foreach (var a in new[] { "serve", "--port", "0", "--json", "--metrics-port", $"{mp}", "--agent-port", $"{ap}" }) psi.ArgumentList.Add(a);
+        foreach (var a in new[] { "serve", "--port", $"{port}", "--json", "--metrics-port", $"{mp}", "--agent-port", $"{ap}" }) psi.ArgumentList.Add(a);
         foreach (var a in args) psi.ArgumentList.Add(a);
         if (env is not null) foreach (var kv in env) psi.Environment[kv.Key] = kv.Value;
         var p = Process.Start(psi)!;

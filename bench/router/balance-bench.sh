@@ -4,13 +4,14 @@
 #   Scenario "slow":  one replica runs 3x slower (--sim-time-scale 3).
 #   Scenario "stall": one replica freezes for 2 s now and then (--sim-stall-every 4 --sim-stall-ms 2000).
 # Usage: bench/router/balance-bench.sh [RESULTS_DIR]   (needs dist/fastserve and python3)
-# Knobs: N (replicas, 4), LOAD (share of capacity, 0.7), DUR (seconds per point, 20), SEQS (sequences per replica, 4).
+# Knobs: N (replicas, 4), LOAD (share of capacity, 0.7), DUR (seconds per point, 30), SEQS (sequences per replica, 4).
+# Writes RESULTS_DIR/balance.png: P50 and P99 per policy and scenario (fastserve chart).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-build/balance-bench}
 mkdir -p "$out"
 fs=dist/fastserve
-N=${N:-4}; LOAD=${LOAD:-0.7}; DUR=${DUR:-20}; SEQS=${SEQS:-4}
+N=${N:-4}; LOAD=${LOAD:-0.7}; DUR=${DUR:-30}; SEQS=${SEQS:-4}
 # Few sequences per replica keep each replica's capacity small, so the simulated devices (not this machine's cores)
 # are the bottleneck and the router's choices decide the latency.
 common=(--backend sim --workers 1 --max-seqs "$SEQS" --json)
@@ -74,3 +75,7 @@ for sc in ("slow", "stall"):
     print(f"{sc}: P99 ms " + ", ".join(f"{k} {v:.0f}" for k, v in p99.items())
           + f"; p2c/round-robin {p99['p2c']/p99['round-robin']:.2f} (target <= 0.5), p2c/least-loaded {p99['p2c']/p99['least-loaded']:.2f} (target <= 1.1)")
 PY
+
+labels=()
+for sc in slow stall; do for pol in round-robin random p2c least-loaded; do labels+=("$sc/$pol=$out/$sc-$pol.json"); done; done
+"$fs" chart --out "$out/balance.png" --title "$N sim replicas, one degraded, at $LOAD of capacity: end-to-end latency by policy" "${labels[@]}"

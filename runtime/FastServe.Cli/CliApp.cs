@@ -22,6 +22,7 @@ internal static class CliApp
             ClientCommand.Create(),
             BenchCommand.Create(),
             RouteCommand.Create(),
+            CompareChartCommand.Create(),
         };
         foreach (var c in ServeCommand.Create()) root.Add(c);
         var parse = root.Parse(args);

@@ -105,10 +105,29 @@ public sealed class Balancer
         if (n == 1) return 0;
         int a = Draw(n, total, -1);
         int b = Draw(n, total - _w[a], a);
-        double sa = _cand[a].Score(now), sb = _cand[b].Score(now);
-        if (sa < sb) return a;
-        if (sb < sa) return b;
+        int c = Compare(_cand[a], _cand[a].Score(now), _cand[b], _cand[b].Score(now));
+        if (c < 0) return a;
+        if (c > 0) return b;
         return _random.Next(2) == 0 ? a : b;
+    }
+
+    /// <summary>
+    /// Orders two endpoints by cost. When both have a measured speed (<see cref="Endpoint.TokenTimeUs"/>), the cost
+    /// is (score + 1) × time per token: what the requests it holds, the new one included, take to run there, so a
+    /// replica three times slower counts three times as much per request. Costs within 5 % of each other tie (speed
+    /// estimates of equal replicas differ by noise, which must not break ties one way). Without both speeds, the
+    /// scores decide exactly.
+    /// </summary>
+    internal static int Compare(Endpoint a, double scoreA, Endpoint b, double scoreB)
+    {
+        double ta = a.TokenTimeUs, tb = b.TokenTimeUs;
+        if (ta > 0 && tb > 0)
+        {
+            double ca = (scoreA + 1) * ta, cb = (scoreB + 1) * tb;
+            if (Math.Abs(ca - cb) <= 0.05 * Math.Max(ca, cb)) return 0;
+            return ca < cb ? -1 : 1;
+        }
+        return scoreA.CompareTo(scoreB);
     }
 
     // Smooth weighted round-robin (as in nginx): every candidate gains its weight, the one with the most credit is
@@ -133,8 +152,9 @@ public sealed class Balancer
         for (int i = 1; i < n; i++)
         {
             double s = _cand[i].Score(now);
-            if (s < bestScore) { best = i; bestScore = s; ties = 1; }
-            else if (s == bestScore && _random.Next(++ties) == 0) best = i;
+            int c = Compare(_cand[i], s, _cand[best], bestScore);
+            if (c < 0) { best = i; bestScore = s; ties = 1; }
+            else if (c == 0 && _random.Next(++ties) == 0) { best = i; bestScore = s; }
         }
         return best;
     }

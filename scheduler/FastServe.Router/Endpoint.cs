@@ -46,8 +46,9 @@ public sealed class Endpoint
     // Written under _lock (or atomically), read by the balancer without it.
     private volatile bool _ready, _draining, _removed, _congested;
     private long _readySince, _reportAt, _ejectedUntil, _removedAt;
-    private int _reportQueued, _inFlight;
+    private int _reportQueued, _reportWaitMs, _inFlight;
     private long _forwarded;
+    private long _tokenTimeBits;     // a double; written by the receive loops of its connections
 
     /// <summary>An endpoint judged by the rules of <paramref name="options"/>.</summary>
     public Endpoint(EndpointSpec spec, RouterOptions options)
@@ -78,6 +79,13 @@ public sealed class Endpoint
 
     /// <summary>Requests this router has sent to it and not yet seen end.</summary>
     public int InFlight => Volatile.Read(ref _inFlight);
+
+    /// <summary>
+    /// How fast the replica generates, in microseconds per output token: an exponentially weighted mean (weight 0.2
+    /// on the newest) of its <c>ok</c> FINALs' (engine_finished − first_token) / (completion tokens − 1). 0 until one
+    /// with two tokens or more has come. Kept across reconnects: a restarted replica runs on the same hardware.
+    /// </summary>
+    public double TokenTimeUs => BitConverter.Int64BitsToDouble(Volatile.Read(ref _tokenTimeBits));
 
     /// <summary>Requests this router has sent to it in total (attempts, retries included).</summary>
     public long Forwarded => Interlocked.Read(ref _forwarded);
@@ -153,14 +161,20 @@ public sealed class Endpoint
     }
 
     /// <summary>
-    /// Load score (lower is better): requests this router has in flight on it, plus the queued count of its load
-    /// report when that report is fresh (arrived at most <see cref="RouterOptions.ReportFreshMs"/> ago).
+    /// Load score (lower is better): requests this router has in flight on it, plus, when its load report is fresh
+    /// (arrived at most <see cref="RouterOptions.ReportFreshMs"/> ago), the report's queued count and its estimated
+    /// wait w (ms) as the fraction w / (w + 1000). The fraction stays below 1, so it never outweighs a whole request;
+    /// it orders endpoints with equal counts by how long their queue takes to drain (a slow replica's does longer).
     /// </summary>
     public double Score(long now)
     {
         double s = Volatile.Read(ref _inFlight);
         long at = Volatile.Read(ref _reportAt);
-        if (at != 0 && now - at <= _freshTicks) s += Volatile.Read(ref _reportQueued);
+        if (at != 0 && now - at <= _freshTicks)
+        {
+            double wait = Volatile.Read(ref _reportWaitMs);
+            s += Volatile.Read(ref _reportQueued) + wait / (wait + 1000);
+        }
         return s;
     }
 
@@ -189,10 +203,20 @@ public sealed class Endpoint
                 _report = default;
                 Volatile.Write(ref _reportAt, 0);
                 Volatile.Write(ref _reportQueued, 0);
+                Volatile.Write(ref _reportWaitMs, 0);
                 _draining = false;
             }
             UpdateReadyLocked(now);
         }
+    }
+
+    /// <summary>An <c>ok</c> FINAL measured <paramref name="us"/> microseconds per output token.</summary>
+    internal void OnTokenTime(double us)
+    {
+        if (!(us > 0) || !double.IsFinite(us)) return;
+        // Two connections may race here; losing one sample of a running mean is harmless.
+        double old = TokenTimeUs;
+        Volatile.Write(ref _tokenTimeBits, BitConverter.DoubleToInt64Bits(old == 0 ? us : old + 0.2 * (us - old)));
     }
 
     /// <summary>A LOAD_REPORT arrived at <paramref name="now"/>.</summary>
@@ -202,6 +226,7 @@ public sealed class Endpoint
         {
             _report = report;
             Volatile.Write(ref _reportQueued, report.Queued);
+            Volatile.Write(ref _reportWaitMs, Math.Max(0, report.EstimatedWaitMs));
             Volatile.Write(ref _reportAt, now);
             _draining = report.State == ReplicaState.Draining;
             UpdateReadyLocked(now);

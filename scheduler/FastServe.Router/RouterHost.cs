@@ -322,6 +322,11 @@ public sealed class RouterHost : IAsyncDisposable
         var status = FinalInfo.TryParse(payload, out var f, out _, out _) ? f.Status : WireStatus.Internal;
         if (status is WireStatus.Internal or WireStatus.Unavailable) Fleet.RecordError(conn.Endpoint, now);
         else Fleet.RecordSuccess(conn.Endpoint);
+        if (status == WireStatus.Ok && f.CompletionTokens >= 2)
+        {
+            uint first = f.Timings[(int)Timing.FirstToken], end = f.Timings[(int)Timing.EngineFinished];
+            if (first > 0 && end > first) conn.Endpoint.OnTokenTime((end - first) / (double)(f.CompletionTokens - 1));
+        }
         // Refused without output passed on (overloaded, draining, unavailable, too many on that connection): try elsewhere.
         if (WireNames.IsRetriable(status) && CanRetry(req, now))
         {

@@ -128,4 +128,35 @@ public sealed class BalancerTests
         other.SetCongested(true);
         Assert.That(b.Pick(set, T0, leaving: true), Is.Null);
     }
+
+    [Test]
+    public void MeasuredSpeedScalesTheCostSoASlowReplicaCountsMorePerRequest()
+    {
+        var o = Options();
+        var fast = Ready(o, "10.0.0.1:1", inFlight: 1);
+        var slow = Ready(o, "10.0.0.2:1", inFlight: 1);
+        var set = new[] { fast, slow };
+        foreach (var policy in new[] { BalancePolicy.PowerOfTwo, BalancePolicy.LeastLoaded })
+        {
+            var b = new Balancer(policy, new Random(5));
+            // No speeds yet: equal scores tie, each wins about half.
+            Assert.That(Shares(b, set, T0, 4000)[0], Is.EqualTo(0.5).Within(0.04), $"{policy}: unmeasured");
+            fast.OnTokenTime(1000);
+            slow.OnTokenTime(3000);
+            Assert.That(Shares(b, set, T0, 1000)[0], Is.EqualTo(1), $"{policy}: same score, the faster replica");
+            // (1 + 1) x 3000 = 6000 against (2 + 1) x 1000 = 3000 and (5 + 1) x 1000 = 6000: a tie again at 5 on the fast one.
+            for (int i = 0; i < 4; i++) fast.AddInFlight();
+            Assert.That(Shares(b, set, T0, 4000)[0], Is.EqualTo(0.5).Within(0.04), $"{policy}: equal cost");
+            fast.AddInFlight();
+            Assert.That(Shares(b, set, T0, 1000)[1], Is.EqualTo(1), $"{policy}: the slow replica once the fast one holds more than 3x");
+            for (int i = 0; i < 5; i++) fast.RemoveInFlight();
+            // Speeds within 5 % are noise: ties stay random.
+            slow.OnTokenTime(1000);
+            for (int i = 0; i < 40; i++) slow.OnTokenTime(1030);
+            Assert.That(Shares(b, set, T0, 4000)[0], Is.EqualTo(0.5).Within(0.04), $"{policy}: speeds within 5 %");
+            fast = Ready(o, "10.0.0.1:1", inFlight: 1);
+            slow = Ready(o, "10.0.0.2:1", inFlight: 1);
+            set = [fast, slow];
+        }
+    }
 }

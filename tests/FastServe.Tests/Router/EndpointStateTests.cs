@@ -62,6 +62,15 @@ public sealed class EndpointStateTests
         Assert.That(e.Score(T0 + Ms(201)), Is.EqualTo(3), "a report older than 200 ms no longer counts");
         e.RemoveInFlight();
         Assert.That(e.Score(T0 + Ms(201)), Is.EqualTo(2));
+
+        // The report's estimated wait adds w / (w + 1000): below one request, so it only orders equal counts.
+        e.OnLoadReport(new LoadReport(ReplicaState.Ready, 1, 0, 5, 0, 1f, 3000, 64, 0), T0 + Ms(300));
+        Assert.That(e.Score(T0 + Ms(300)), Is.EqualTo(2 + 5 + 0.75).Within(1e-12));
+        var quick = Ready(o, "10.0.0.2:7700", inFlight: 2, queued: 5);
+        quick.OnLoadReport(new LoadReport(ReplicaState.Ready, 1, 0, 5, 0, 1f, 100, 64, 0), T0 + Ms(300));
+        Assert.That(quick.Score(T0 + Ms(300)), Is.LessThan(e.Score(T0 + Ms(300))), "the same counts, the shorter wait");
+        Assert.That(quick.Score(T0 + Ms(300)), Is.GreaterThan(7), "a wait never counts as much as one more request");
+        Assert.That(e.Score(T0 + Ms(501)), Is.EqualTo(2), "a stale report's wait no longer counts either");
     }
 
     [Test]

@@ -1,4 +1,5 @@
 using System.Collections.Specialized;
+using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
@@ -6,6 +7,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Threading.Channels;
 using FastServe.Router;
+using FastServe.Tests.Server;
 using k8s;
 using k8s.Models;
 using NUnit.Framework;
@@ -532,5 +534,93 @@ public class KubernetesSourceTests
         {
             Environment.SetEnvironmentVariable("KUBECONFIG", saved);
         }
+    }
+
+    private static string Kubeconfig(string dir, int apiPort, string token)
+    {
+        string path = Path.Combine(dir, "config");
+        File.WriteAllText(path, $"""
+            apiVersion: v1
+            kind: Config
+            clusters:
+            - name: fake
+              cluster:
+                server: http://127.0.0.1:{apiPort}
+            users:
+            - name: router
+              user:
+                token: {token}
+            contexts:
+            - name: fake
+              context:
+                cluster: fake
+                user: router
+            current-context: fake
+            """);
+        return path;
+    }
+
+    // NativeAOT is where a Kubernetes client usually breaks (reflection-based JSON or YAML): the published binary reads
+    // the kubeconfig, lists and watches, and its router applies each set. Replica addresses are loopback ones at a port
+    // where nothing listens.
+    [Test]
+    public async Task ThePublishedBinaryReadsItsKubeconfigListsAndWatches()
+    {
+        Assume.That(KubernetesClientConfiguration.IsInCluster(), Is.False, "in a cluster the service account comes first");
+        string exe = Path.Combine(TestModels.RepoRoot, "dist", "fastserve");
+        if (!File.Exists(exe)) Assert.Fail($"{exe} is missing: run ./build.sh first");
+        string dir = TestModels.TempDir("kubeconfig-aot");
+        int dead = ReplicaProcess.FreePort();
+        (string?, int, string)[] ports = [("metrics", 9090, "TCP"), ("fastserve", dead, "TCP")];
+
+        // No configuration at all: a clear error and exit 1 before anything listens.
+        var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { "route", "--listen", "0", "--endpoints", "k8s:fleet/replica", "--json" }) psi.ArgumentList.Add(a);
+        psi.Environment["KUBECONFIG"] = Path.Combine(dir, "missing");
+        using (var p = Process.Start(psi)!)
+        {
+            var stdout = p.StandardOutput.ReadToEndAsync();
+            var stderr = p.StandardError.ReadToEndAsync();
+            Assert.That(p.WaitForExit(TimeSpan.FromSeconds(30)), Is.True);
+            Assert.That(p.ExitCode, Is.EqualTo(1));
+            Assert.That(await stderr, Does.StartWith("error[route.k8s_config]").And.Contain("no kubeconfig found"));
+            using var doc = JsonDocument.Parse(await stdout);
+            Assert.That(doc.RootElement.GetProperty("error").GetProperty("code").GetString(), Is.EqualTo("route.k8s_config"));
+        }
+
+        using var api = new FakeApiServer(List("100", Slice("replica-a", [Ep("127.0.0.61"), Ep("127.0.0.62", ready: null), Ep("127.0.0.69", ready: false)], ports)));
+        psi.Environment["KUBECONFIG"] = Kubeconfig(dir, api.Port, "aot-token");
+        using var router = Process.Start(psi)!;
+        var err = new StringBuilder();
+        router.ErrorDataReceived += (_, e) => { if (e.Data is not null) lock (err) err.AppendLine(e.Data); };
+        router.BeginErrorReadLine();
+        string Err() { lock (err) return err.ToString(); }
+        try
+        {
+            var ready = router.StandardOutput.ReadLineAsync();
+            Assert.That(await Task.WhenAny(ready, Task.Delay(30_000)), Is.SameAs(ready), "the router became ready");
+            using (var doc = JsonDocument.Parse(ready.Result!))
+            {
+                Assert.That(doc.RootElement.GetProperty("endpoints").GetInt32(), Is.EqualTo(2), Err());
+                Assert.That(doc.RootElement.GetProperty("source").GetString(), Is.EqualTo("k8s:fleet/replica"));
+            }
+            var w = await api.NextWatchAsync(30);
+            await w.SendAsync("BOOKMARK", new JsonObject { ["kind"] = "EndpointSlice", ["apiVersion"] = "discovery.k8s.io/v1", ["metadata"] = new JsonObject { ["resourceVersion"] = "101" } });
+            await w.SendAsync("ADDED", Slice("replica-b", [Ep("127.0.0.63", pod: "c")], ports, rv: "102"));
+            await UntilAsync(() => Err().Contains($"endpoints: 3 (127.0.0.61:{dead}, 127.0.0.62:{dead}, 127.0.0.63:{dead})"), "the added slice's endpoint\n" + Err());
+            await w.SendAsync("MODIFIED", Slice("replica-a", [Ep("127.0.0.61", terminating: true, ready: false), Ep("127.0.0.62")], ports, rv: "103"));
+            await UntilAsync(() => Err().Contains($"endpoints: 2 (127.0.0.62:{dead}, 127.0.0.63:{dead})"), "the terminating endpoint leaving\n" + Err());
+            Assert.That(api.Requests.Select(r => (r.IsWatch, r.Authorization, r.Query["labelSelector"])),
+                Is.EqualTo(new[] { (false, "Bearer aot-token", "kubernetes.io/service-name=replica"), (true, "Bearer aot-token", "kubernetes.io/service-name=replica") }));
+        }
+        finally
+        {
+            if (!router.HasExited)
+            {
+                ReplicaProcess.Kill(router.Id, 15);
+                if (!router.WaitForExit(20_000)) router.Kill(entireProcessTree: true);
+            }
+        }
+        Assert.That(router.ExitCode, Is.Zero, Err());
     }
 }

@@ -33,7 +33,7 @@ public readonly record struct EndpointSpec(string Host, int Port, double Weight 
 /// <summary>
 /// A problem with an endpoint source's configuration. <see cref="Code"/> is stable: <c>route.bad_endpoint</c>,
 /// <c>route.no_endpoints</c>, <c>route.duplicate_endpoint</c>, <c>route.bad_source</c>,
-/// <c>route.endpoints_file_missing</c>, <c>route.bad_endpoints_file</c>.
+/// <c>route.endpoints_file_missing</c>, <c>route.bad_endpoints_file</c>, <c>route.k8s_config</c>.
 /// </summary>
 public sealed class EndpointSourceException : Exception
 {
@@ -177,7 +177,8 @@ public static class EndpointSources
     /// <summary>
     /// <c>host:port,host:port</c> gives a <see cref="StaticEndpointSource"/>; <c>file:PATH</c> a
     /// <see cref="FileEndpointSource"/> (read now); <c>dns:NAME:PORT</c> or <c>dns:NAME</c> (SRV) a
-    /// <see cref="DnsEndpointSource"/> re-resolved every <see cref="DnsInterval"/>.
+    /// <see cref="DnsEndpointSource"/> re-resolved every <see cref="DnsInterval"/>; <c>k8s:NAMESPACE/SERVICE[:PORT]</c> a
+    /// <see cref="KubernetesEndpointSource"/> (its configuration read now, the API first asked when watched).
     /// </summary>
     /// <exception cref="EndpointSourceException">The text or the file is not usable (see its code).</exception>
     public static IEndpointSource Parse(string text, Action<string>? log = null)
@@ -191,9 +192,10 @@ public static class EndpointSources
             return new FileEndpointSource(path, log);
         }
         if (s.StartsWith("dns:", StringComparison.Ordinal)) return ParseDns(s["dns:".Length..], log);
+        if (s.StartsWith("k8s:", StringComparison.Ordinal)) return KubernetesEndpointSource.Parse(s["k8s:".Length..], null, log);
         int scheme = s.IndexOf("://", StringComparison.Ordinal);
         if (scheme >= 0)
-            throw new EndpointSourceException("route.bad_source", $"unknown endpoint source '{s[..scheme]}://' (use host:port,..., file:PATH or dns:NAME[:PORT])");
+            throw new EndpointSourceException("route.bad_source", $"unknown endpoint source '{s[..scheme]}://' (use host:port,..., file:PATH, dns:NAME[:PORT] or k8s:NAMESPACE/SERVICE[:PORT])");
         var list = new List<EndpointSpec>();
         foreach (var part in s.Split(',', StringSplitOptions.TrimEntries))
         {

@@ -15,7 +15,7 @@ internal static class RouteCommand
     public static Command Create()
     {
         var listen = new Option<int>("--listen", "-l") { Description = "Client port (0 = any free port, printed when ready)", DefaultValueFactory = _ => 7800 };
-        var endpoints = new Option<string>("--endpoints", "-e") { Description = "Replicas: host:port,host:port; file:PATH (JSON, re-read when it changes); dns:NAME:PORT (A/AAAA) or dns:NAME (SRV), re-resolved every 5 s", Required = true };
+        var endpoints = new Option<string>("--endpoints", "-e") { Description = "Replicas: host:port,host:port; file:PATH (JSON, re-read when it changes); dns:NAME:PORT (A/AAAA) or dns:NAME (SRV), re-resolved every 5 s; k8s:NAMESPACE/SERVICE[:PORT] (the Service's EndpointSlices, watched; in-cluster or kubeconfig)", Required = true };
         var host = new Option<string>("--host") { Description = "Address to bind (loopback unless told otherwise)", DefaultValueFactory = _ => "127.0.0.1" };
         var policy = new Option<string>("--policy") { Description = "Balancing: p2c, round-robin, random or least-loaded", DefaultValueFactory = _ => "p2c" };
         var slowStart = new Option<int>("--slow-start-ms") { Description = "Ramp a newly ready endpoint's weight from 10% to 100% over this time (0 = off)", DefaultValueFactory = _ => 5000 };

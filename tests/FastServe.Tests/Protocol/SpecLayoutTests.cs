@@ -112,6 +112,7 @@ public class SpecLayoutTests
         {
             [(int)RequestFlags.PromptIds] = "prompt_ids", [(int)RequestFlags.HasSeed] = "has_seed",
             [(int)RequestFlags.IgnoreEos] = "ignore_eos", [(int)RequestFlags.NoText] = "no_text",
+            [(int)RequestFlags.Whole] = "whole",
         }));
         Assert.That(Table("### REQUEST payload")[8][2], Does.Contain($"≤ {Wire.MaxStops}"));
         Assert.That(Table("### REQUEST payload")[12][2], Does.Contain($"each 1 … {Wire.MaxStopBytes} bytes"));

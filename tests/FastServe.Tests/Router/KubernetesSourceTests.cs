@@ -25,7 +25,7 @@ public class KubernetesSourceTests
     /// opens a chunked stream that the test drives through <see cref="NextWatchAsync"/>. Raw HTTP/1.1 over TCP, one
     /// request per connection, so a test controls exactly when bytes and ends arrive.
     /// </summary>
-    private sealed class FakeApiServer : IDisposable
+    internal sealed class FakeApiServer : IDisposable
     {
         private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
         private readonly CancellationTokenSource _stop = new();
@@ -125,7 +125,7 @@ public class KubernetesSourceTests
     }
 
     /// <summary>One open watch response: events go out as chunks, one JSON line each.</summary>
-    private sealed class WatchStream(TcpClient client, NetworkStream stream)
+    internal sealed class WatchStream(TcpClient client, NetworkStream stream)
     {
         public async Task SendAsync(string type, JsonNode obj)
         {
@@ -153,7 +153,7 @@ public class KubernetesSourceTests
         ["code"] = code,
     }.ToJsonString();
 
-    private static JsonObject Ep(string address, bool? ready = true, bool? terminating = null, string? pod = null)
+    internal static JsonObject Ep(string address, bool? ready = true, bool? terminating = null, string? pod = null)
     {
         var conditions = new JsonObject();
         if (ready is not null) conditions["ready"] = ready;
@@ -165,7 +165,7 @@ public class KubernetesSourceTests
 
     private static readonly (string? Name, int Port, string Protocol)[] FastservePorts = [("metrics", 9090, "TCP"), ("fastserve", 7700, "TCP")];
 
-    private static JsonObject Slice(string name, JsonObject[] endpoints, (string? Name, int Port, string Protocol)[]? ports = null, string rv = "1", string addressType = "IPv4")
+    internal static JsonObject Slice(string name, JsonObject[] endpoints, (string? Name, int Port, string Protocol)[]? ports = null, string rv = "1", string addressType = "IPv4")
     {
         var p = new JsonArray();
         foreach (var (n, port, protocol) in ports ?? FastservePorts)
@@ -188,7 +188,7 @@ public class KubernetesSourceTests
         };
     }
 
-    private static string List(string rv, params JsonObject[] slices)
+    internal static string List(string rv, params JsonObject[] slices)
     {
         var items = new JsonArray();
         foreach (var s in slices) items.Add(s.DeepClone());

@@ -3,12 +3,13 @@ using System.Diagnostics;
 using FastServe.Client;
 using FastServe.Protocol;
 using FastServe.Router;
+using System.Text.Json.Nodes;
 using FastServe.Tests.Server;
 
 namespace FastServe.Tests.Router;
 
 /// <summary>
-/// Endpoint sources changing while load runs, with real replicas (simulated device) on 127.0.0.21–23 at one port and
+/// Endpoint sources (file, dns, k8s) changing while load runs, with real replicas (simulated device) on 127.0.0.21–23 at one port and
 /// the router in process: an endpoint joins and gets traffic, one leaves and gets nothing new while its running
 /// requests finish, one changes (weight, or the whole set swapped). Every request is streamed, so none may be
 /// replayed: nothing may fail or go missing.
@@ -191,6 +192,34 @@ public sealed class RouterDiscoveryTests
         {
             Directory.Delete(dir, recursive: true);
         }
+    }
+
+    [Test]
+    public async Task KubernetesSourceChangesUnderLoadDropNothing()
+    {
+        // The Service's EndpointSlice as the fake API server serves it, then as watch events change it.
+        (string?, int, string)[] ports = [("fastserve", _port, "TCP")];
+        int rv = 1;
+        JsonObject Slice(IEnumerable<JsonObject> eps) => KubernetesSourceTests.Slice("replica-abc", [.. eps], ports, $"{rv}");
+        JsonObject Ready(int[] set) => Slice(set.Select(i => KubernetesSourceTests.Ep(Ips[i])));
+        using var api = new KubernetesSourceTests.FakeApiServer(KubernetesSourceTests.List("1", Ready([0, 1])));
+        using var src = new KubernetesEndpointSource("fleet", "replica", null, api.Config, m => { lock (_log) _log.Add(m); });
+        await using var router = new RouterHost(Options(), src);
+        await router.StartAsync();
+        var watch = await api.NextWatchAsync();
+        await JoinAndLeave(router, set => { rv++; return watch.SendAsync("MODIFIED", Ready(set)); });
+
+        // A pod begins terminating (still listed, not ready): it leaves like a removed one, its requests finish.
+        await using var load = await StartLoad(router);
+        await Task.Delay(300);
+        var c = Find(router, Addr(2))!;
+        rv++;
+        await watch.SendAsync("MODIFIED", Slice([KubernetesSourceTests.Ep(Ips[1]), KubernetesSourceTests.Ep(Ips[2], ready: false, terminating: true)]));
+        await Until(() => c.IsRemoved && c.InFlight == 0, "the terminating endpoint left and finished its requests");
+        long cForwarded = c.Forwarded;
+        await Task.Delay(500);
+        Assert.That(c.Forwarded, Is.EqualTo(cForwarded), "nothing new after it began terminating");
+        AssertNothingDropped(load, await load.StopAsync(), router);
     }
 
     [Test]

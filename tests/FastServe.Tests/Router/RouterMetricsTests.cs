@@ -63,5 +63,11 @@ public class RouterMetricsTests
         Assert.That(m[$"fastserve_router_endpoint_eligible{{endpoint=\"{y.Address}\"}}"], Is.EqualTo(1));
         Assert.That(m[$"fastserve_router_endpoint_weight{{endpoint=\"{y.Address}\"}}"], Is.EqualTo(1));
         Assert.That(m[$"fastserve_router_endpoint_ejections_total{{endpoint=\"{x.Address}\"}}"], Is.Zero, "refusals are not errors");
+        Assert.That(m["fastserve_router_replays_total"], Is.Zero);
+        // One router-added latency per ok request; the scripted replica reports no time of its own, so each is the
+        // whole time the request spent in the router: above zero, and under the 10 s this test may take.
+        Assert.That(m["fastserve_router_added_seconds_count"], Is.EqualTo(60));
+        Assert.That(m["fastserve_router_added_seconds_bucket{le=\"+Inf\"}"], Is.EqualTo(60));
+        Assert.That(m["fastserve_router_added_seconds_sum"], Is.GreaterThan(0).And.LessThan(60 * 10.0));
     }
 }

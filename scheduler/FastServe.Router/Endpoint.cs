@@ -44,7 +44,7 @@ public sealed class Endpoint
     private HelloOk _server;
 
     // Written under _lock (or atomically), read by the balancer without it.
-    private volatile bool _ready, _draining, _removed, _congested;
+    private volatile bool _ready, _draining, _removed, _congested, _exitedAfterDrain;
     private long _readySince, _reportAt, _ejectedUntil, _removedAt;
     private int _reportQueued, _reportWaitMs, _inFlight;
     private long _forwarded;
@@ -180,11 +180,18 @@ public sealed class Endpoint
 
     // ---------------------------------------------------------------- state changes
 
+    /// <summary>
+    /// Its last connection closed while it reported <c>draining</c>: the replica left on purpose (drained and exited,
+    /// a rolling update), so failing to reconnect is not an error of it, until a connection comes up again.
+    /// </summary>
+    public bool ExitedAfterDrain => _exitedAfterDrain;
+
     /// <summary>A connection completed HELLO (its HELLO_OK given).</summary>
     internal void OnConnectionUp(in HelloOk server, long now)
     {
         lock (_lock)
         {
+            _exitedAfterDrain = false;
             _connectionsUp++;
             _server = server;
             UpdateReadyLocked(now);
@@ -200,6 +207,7 @@ public sealed class Endpoint
             if (_connectionsUp > 0) _connectionsUp--;
             if (_connectionsUp == 0)
             {
+                _exitedAfterDrain = _draining;
                 _report = default;
                 Volatile.Write(ref _reportAt, 0);
                 Volatile.Write(ref _reportQueued, 0);

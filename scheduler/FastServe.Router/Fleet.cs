@@ -41,12 +41,13 @@ public sealed class Fleet
     /// <summary>
     /// Counts an error against <paramref name="e"/> (connection failure, timeout, <c>internal</c>/<c>unavailable</c>
     /// FINAL) and ejects it when its run of consecutive errors reaches the threshold, unless that would eject more
-    /// than <see cref="MaxEjected"/> endpoints; then its run keeps counting and the next error tries again.
+    /// than <see cref="MaxEjected"/> endpoints; then its run keeps counting and the next error tries again. An
+    /// endpoint that left after draining (<see cref="Endpoint.ExitedAfterDrain"/>) or left the source counts nothing.
     /// Returns true when this error ejected it.
     /// </summary>
     public bool RecordError(Endpoint e, long now)
     {
-        if (e.IsRemoved || !e.CountError(now)) return false;
+        if (e.IsRemoved || e.ExitedAfterDrain || !e.CountError(now)) return false;
         long period;
         lock (_ejectLock)
         {

@@ -74,6 +74,30 @@ public sealed class EndpointStateTests
     }
 
     [Test]
+    public void AReplicaThatLeftAfterDrainingIsNotEjectedForFailingToReconnect()
+    {
+        var o = Options();
+        var fleet = new Fleet(o);
+        var set = new[] { Ready(o, "10.0.0.1:1"), Ready(o, "10.0.0.2:1"), Ready(o, "10.0.0.3:1") };
+        fleet.Set(set);
+        var e = set[0];
+        e.OnLoadReport(Report(ReplicaState.Draining), T0);
+        e.OnConnectionDown(T0);
+        Assert.That(e.ExitedAfterDrain, Is.True);
+        for (int i = 0; i < 20; i++) Assert.That(fleet.RecordError(e, T0), Is.False, "connect failures after a drain are no fault");
+        Assert.That(e.IsEjected(T0), Is.False);
+        // Back up (a new replica at the address): errors count again.
+        e.OnConnectionUp(default, T0);
+        Assert.That(e.ExitedAfterDrain, Is.False);
+        for (int i = 0; i < 4; i++) Assert.That(fleet.RecordError(e, T0), Is.False);
+        Assert.That(fleet.RecordError(e, T0), Is.True);
+        // A connection lost while ready (a crash, not a drain) counts.
+        var f = set[1];
+        f.OnConnectionDown(T0);
+        Assert.That(f.ExitedAfterDrain, Is.False);
+    }
+
+    [Test]
     public void FiveConsecutiveErrorsEjectForAPeriodThatDoublesUpToTheCap()
     {
         var o = Options();

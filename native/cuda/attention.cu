@@ -114,7 +114,7 @@ attention_kernel(const float* __restrict__ q, int heads, int kv_heads, const uin
         }
         __syncwarp();
         const int nk = min(32, n_keys - base);
-#pragma unroll 2
+#pragma unroll 1  // unrolling this loop makes ptxas spill
         for (int jj = 0; jj < nk; ++jj) {
             const int jk = base + jj;
             const size_t slot = (size_t)table[jk / block_size] * block_size + jk % block_size;

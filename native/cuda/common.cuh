@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <math.h>
 #include <stdint.h>
 
 // The FP8 mma (mma.sync ... e4m3) needs PTX ISA 8.4 (CUDA 12.4) and sm_89. FS_FP8_MMA_TOOLKIT says whether this
@@ -105,27 +106,53 @@ __host__ __device__ __forceinline__ uint16_t float_to_bf16_bits(float f) {
 
 __device__ __forceinline__ float half_bits_to_float(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 
+// Bit casts usable on host and device, so the conversions below can be checked exhaustively on the CPU
+// (native/tests/convert_test.cu).
+__host__ __device__ __forceinline__ uint32_t f32_bits(float f) {
+#if defined(__CUDA_ARCH__)
+    return __float_as_uint(f);
+#else
+    uint32_t u;
+    __builtin_memcpy(&u, &f, 4);
+    return u;
+#endif
+}
+__host__ __device__ __forceinline__ float f32_from_bits(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+    return __uint_as_float(u);
+#else
+    float f;
+    __builtin_memcpy(&f, &u, 4);
+    return f;
+#endif
+}
+
 // OCP E4M3 (e4m3fn: bias 7, no infinities, 0x7f/0xff NaN) to F32, exact.
-__device__ __forceinline__ float e4m3_to_float(uint8_t b) {
+__host__ __device__ __forceinline__ float e4m3_to_float(uint8_t b) {
     const uint32_t sign = (uint32_t)(b & 0x80) << 24;
     const uint32_t e = (b >> 3) & 0xf, m = b & 0x7;
     float v;
     if (e == 0) v = (float)m * 0.001953125f;               // subnormal: m * 2^-9
-    else if (e == 15 && m == 7) return __uint_as_float(0x7fc00000u);
-    else v = __uint_as_float(((e + 120) << 23) | (m << 20));
-    return __uint_as_float(__float_as_uint(v) | sign);
+    else if (e == 15 && m == 7) return f32_from_bits(0x7fc00000u);
+    else v = f32_from_bits(((e + 120) << 23) | (m << 20));
+    return f32_from_bits(f32_bits(v) | sign);
 }
 
 // F32 to E4M3 with round-to-nearest-even and saturation to +-448 (the "satfinite" conversion); NaN -> 0x7f.
-__device__ __forceinline__ uint8_t float_to_e4m3(float f) {
-    const uint32_t u = __float_as_uint(f);
-    const uint8_t sign = (uint8_t)((u >> 24) & 0x80);
+__host__ __device__ __forceinline__ uint8_t float_to_e4m3(float f) {
+    const uint8_t sign = (uint8_t)((f32_bits(f) >> 24) & 0x80);
     const float a = fabsf(f);
     if (a != a) return 0x7f;
     if (a >= 448.f) return sign | 0x7e;
-    if (a < 0.015625f) return sign | (uint8_t)__float2uint_rn(a * 512.f);  // subnormal range (< 2^-6); 8 -> 2^-6
-    uint32_t ua = __float_as_uint(a);
-    ua += 0x7ffffu + ((ua >> 20) & 1u);                                      // round mantissa to 3 bits, RNE
+    if (a < 0.015625f) {  // subnormal range (< 2^-6): m * 2^-9, m = 8 being 2^-6 itself
+#if defined(__CUDA_ARCH__)
+        return sign | (uint8_t)__float2uint_rn(a * 512.f);
+#else
+        return sign | (uint8_t)rintf(a * 512.f);  // default rounding mode: nearest even
+#endif
+    }
+    uint32_t ua = f32_bits(a);
+    ua += 0x7ffffu + ((ua >> 20) & 1u);  // round the mantissa to 3 bits, nearest even
     const uint32_t e = (ua >> 23) - 120u, m = (ua >> 20) & 7u;
     return sign | (uint8_t)((e << 3) | m);
 }

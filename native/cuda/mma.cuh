@@ -13,15 +13,25 @@ namespace fs {
 // A dot product does not care in which order k runs as long as A and B agree, so callers may fill "k" with any
 // fixed permutation of the real k indices.
 
-#if !FS_FP8_MMA
 // Two E4M3 bytes of w (bytes sel*2 and sel*2+1) to a BF16 pair. The E4M3 exponent and mantissa are moved into BF16's
 // fields unchanged, which reads as the value times 2^-120 (subnormals included), and one BF16 FMA by 2^120 rebiases.
 // Exact: every E4M3 value is a BF16 value. (The E4M3 NaN byte becomes 480; weights and scaled activations never
-// hold it.)
+// hold it.) The bit move alone is host-callable for native/tests/convert_test.cu.
+template <int sel>
+__host__ __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2_unscaled(uint32_t w) {
+#if defined(__CUDA_ARCH__)
+    const uint32_t x = __byte_perm(w, 0u, sel == 0 ? 0x1404 : 0x3424);  // byte b -> high byte of its 16-bit half
+#else
+    const uint32_t lo = (w >> (sel * 16)) & 0xffu, hi = (w >> (sel * 16 + 8)) & 0xffu;
+    const uint32_t x = (lo << 8) | (hi << 24);
+#endif
+    return (x & 0x80008000u) | ((x >> 4) & 0x07f007f0u);
+}
+
+#if !FS_FP8_MMA
 template <int sel>
 __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t w) {
-    const uint32_t x = __byte_perm(w, 0u, sel == 0 ? 0x1404 : 0x3424);  // byte b -> high byte of its 16-bit half
-    const uint32_t t = (x & 0x80008000u) | ((x >> 4) & 0x07f007f0u);
+    const uint32_t t = e4m3x2_to_bf16x2_unscaled<sel>(w);
     uint32_t r;
     asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(t), "r"(0x7b807b80u), "r"(0x80008000u));
     return r;

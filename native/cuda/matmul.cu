@@ -46,13 +46,15 @@ __device__ __forceinline__ void row_scales(const float* __restrict__ x, int M, i
 // k = t*16 .. t*16+15 of the chunk, fed to two k32 mmas as (t*16+0..3, t*16+4..7) and (t*16+8..11, t*16+12..15),
 // the same order for the quantized activations.
 constexpr int kDecodeWarps = 8;
-constexpr int kDecodeUnroll = 2;
 
 template <int MT, int NT>
 __global__ void __launch_bounds__(kDecodeWarps * 32)
 fp8_decode_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __restrict__ w,
                   const float* __restrict__ w_scale, int N, const float* __restrict__ bias, float* __restrict__ dst) {
     constexpr int ROWS = 16 * MT, TOK = 8 * NT;
+    // Chunks each lane has in flight: 64 bytes of weights per chunk and m-tile; enough to cover DRAM latency at
+    // about one CTA per SM.
+    constexpr int kDecodeUnroll = MT == 1 ? 4 : 2;
     __shared__ float s_scale[TOK], s_inv[TOK];
     __shared__ float red[kDecodeWarps][ROWS][TOK + 1];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;

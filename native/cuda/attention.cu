@@ -30,8 +30,9 @@ __device__ __forceinline__ void load_bf16(const uint16_t* p, float* out) {
 }
 
 // DPL = head_dim / 32 dims per lane; GC = query heads per CTA.
+// Two CTAs per SM: without the bound ptxas squeezes the small variants to 48 registers and spills.
 template <int DPL, int GC>
-__global__ void __launch_bounds__(kAttnWarps * 32)
+__global__ void __launch_bounds__(kAttnWarps * 32, 2)
 attention_kernel(const float* __restrict__ q, int heads, int kv_heads, const uint16_t* __restrict__ k_cache,
                  const uint16_t* __restrict__ v_cache, int block_size, const int32_t* __restrict__ block_tables,
                  int max_blocks, const int32_t* __restrict__ seq_of_row, const int32_t* __restrict__ positions,

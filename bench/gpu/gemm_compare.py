@@ -20,8 +20,8 @@ import time
 
 DECODE_M = [1, 8, 32, 64]
 PREFILL_M = [512, 2048]
-# (N, K): Llama-3.2-1B and Llama-3.1-8B projections (qkv/o, gate/up, down).
-SHAPES = [(2048, 2048), (8192, 2048), (2048, 8192), (4096, 4096), (14336, 4096), (4096, 14336)]
+# (N, K): Llama-3.2-1B and Llama-3.1-8B projections (q/o, k/v, gate/up, down), so a whole decode step adds up.
+SHAPES = [(2048, 2048), (512, 2048), (8192, 2048), (2048, 8192), (4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)]
 
 # Weight shapes of one decode step (N, K, count per layer), for the bandwidth limit.
 MODELS = {

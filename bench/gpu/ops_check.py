@@ -151,9 +151,13 @@ def main():
     run("rope", rope)
 
     def attention():
-        for heads, kvh, hd in [(32, 8, 64), (32, 8, 128), (8, 8, 128), (16, 2, 96), (8, 4, 256), (12, 1, 64)]:
+        # (new rows, context after them) per sequence: prefill, decode, chunked prefill. The batch-1 decode cases leave
+        # few CTAs, which on sm_90 takes the cluster (split keys) path.
+        mixed, decode1 = [(37, 37), (1, 300), (5, 20)], [(1, 300)]
+        for heads, kvh, hd, seqs in [(32, 8, 64, mixed), (32, 8, 128, mixed), (8, 8, 128, mixed), (16, 2, 96, mixed),
+                                     (8, 4, 256, mixed), (12, 1, 64, mixed), (32, 8, 128, decode1),
+                                     (32, 8, 64, decode1), (8, 4, 256, decode1), (16, 2, 96, [(1, 300), (1, 7)])]:
             bs, nblocks, maxb = 16, 64, 20
-            seqs = [(37, 37), (1, 300), (5, 20)]  # (new rows, context after them): prefill, decode, chunked prefill
             kc = torch.zeros(nblocks, bs, kvh, hd, dtype=torch.bfloat16, device=dev)
             vc = torch.zeros_like(kc)
             perm = torch.randperm(nblocks, device=dev).int()
@@ -193,7 +197,7 @@ def main():
                 sc = torch.einsum("hd,khd->hk", qh, Kh) / math.sqrt(hd)
                 pr = sc.softmax(-1)
                 ref[r] = torch.einsum("hk,khd->hd", pr, Vh).reshape(-1)
-            report(f"kv_store+attention h{heads} kv{kvh} d{hd}", rel(dst, ref), 1e-4)
+            report(f"kv_store+attention h{heads} kv{kvh} d{hd} rows {rows}", rel(dst, ref), 1e-4)
     run("attention", attention)
 
     def matmul():

@@ -143,7 +143,7 @@ fp8_decode_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __re
 
 // ---- prefill: rows > 32 ------------------------------------------------------------------------------------------
 // Classic tiled tensor-core GEMM: BM x 128 tile, k steps of 64, 8 warps as 2 x 4 (warp tile BM/2 x 32), double-buffered
-// shared memory. Weights go to shared memory by cp.async; activations are read as F32 into registers one k step ahead,
+// shared memory; one wave of CTAs, each taking one row block and several n tiles, so its amax pass is paid once. Weights go to shared memory by cp.async; activations are read as F32 into registers one k step ahead,
 // scaled, converted to E4M3 and stored, so the load of step k+1 overlaps the mmas of step k. Shared rows are padded to
 // 80 bytes so the fragment reads (8 rows x 4 words per warp) hit 32 distinct banks.
 constexpr int kTileN = 128, kTileK = 64, kTileLd = kTileK + 16, kTileThreads = 256;
@@ -160,8 +160,9 @@ fp8_tiled_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __res
     __shared__ float s_scale[BM], s_inv[BM];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * kTileN;
+    const int m0 = blockIdx.y * BM;
     const int wm0 = (warp >> 2) * WM, wn0 = (warp & 3) * 32;
+    int n0 = blockIdx.x * kTileN;  // the CTA walks n tiles n0, n0 + gridDim.x * 128, ... (see the launcher)
 
     row_scales<true>(x, M, K, m0, BM, s_scale, s_inv);
     __syncthreads();
@@ -195,67 +196,70 @@ fp8_tiled_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __res
         fs::cp_async_commit();
     };
 
-    float acc[MI][NI][4];
-#pragma unroll
-    for (int i = 0; i < MI; ++i)
-#pragma unroll
-        for (int j = 0; j < NI; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-
     const int KT = (K + kTileK - 1) / kTileK;
-    load_b(0, 0);
-    load_a(0);
-    store_a(0);
-    fs::cp_async_wait_all();
-    __syncthreads();
+    for (; n0 < N; n0 += gridDim.x * kTileN) {
+        float acc[MI][NI][4];
+#pragma unroll
+        for (int i = 0; i < MI; ++i)
+#pragma unroll
+            for (int j = 0; j < NI; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
-    for (int kt = 0; kt < KT; ++kt) {
-        const int st = kt & 1;
-        const bool more = kt + 1 < KT;
-        if (more) {
-            load_b(kt + 1, st ^ 1);
-            load_a(kt + 1);
-        }
-#pragma unroll
-        for (int ks = 0; ks < kTileK; ks += 32) {
-            uint32_t af[MI][4], bf[NI][2];
-#pragma unroll
-            for (int mi = 0; mi < MI; ++mi) {
-                const int r = wm0 + mi * 16 + g;
-                af[mi][0] = *reinterpret_cast<const uint32_t*>(&As[st][r][ks + t * 4]);
-                af[mi][1] = *reinterpret_cast<const uint32_t*>(&As[st][r + 8][ks + t * 4]);
-                af[mi][2] = *reinterpret_cast<const uint32_t*>(&As[st][r][ks + 16 + t * 4]);
-                af[mi][3] = *reinterpret_cast<const uint32_t*>(&As[st][r + 8][ks + 16 + t * 4]);
-            }
-#pragma unroll
-            for (int ni = 0; ni < NI; ++ni) {
-                const int c = wn0 + ni * 8 + g;
-                bf[ni][0] = *reinterpret_cast<const uint32_t*>(&Bs[st][c][ks + t * 4]);
-                bf[ni][1] = *reinterpret_cast<const uint32_t*>(&Bs[st][c][ks + 16 + t * 4]);
-            }
-#pragma unroll
-            for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-                for (int ni = 0; ni < NI; ++ni) fs::mma_e4m3_16x8x32(acc[mi][ni], af[mi], bf[ni]);
-        }
-        if (more) {
-            store_a(st ^ 1);  // stage st^1 was last read in iteration kt-1, before its closing barrier
-            fs::cp_async_wait_all();
-        }
+        // Both stages are free here: the previous tile's last k step ended with a barrier.
+        load_b(0, 0);
+        load_a(0);
+        store_a(0);
+        fs::cp_async_wait_all();
         __syncthreads();
-    }
+
+        for (int kt = 0; kt < KT; ++kt) {
+            const int st = kt & 1;
+            const bool more = kt + 1 < KT;
+            if (more) {
+                load_b(kt + 1, st ^ 1);
+                load_a(kt + 1);
+            }
+#pragma unroll
+            for (int ks = 0; ks < kTileK; ks += 32) {
+                uint32_t af[MI][4], bf[NI][2];
+#pragma unroll
+                for (int mi = 0; mi < MI; ++mi) {
+                    const int r = wm0 + mi * 16 + g;
+                    af[mi][0] = *reinterpret_cast<const uint32_t*>(&As[st][r][ks + t * 4]);
+                    af[mi][1] = *reinterpret_cast<const uint32_t*>(&As[st][r + 8][ks + t * 4]);
+                    af[mi][2] = *reinterpret_cast<const uint32_t*>(&As[st][r][ks + 16 + t * 4]);
+                    af[mi][3] = *reinterpret_cast<const uint32_t*>(&As[st][r + 8][ks + 16 + t * 4]);
+                }
+#pragma unroll
+                for (int ni = 0; ni < NI; ++ni) {
+                    const int c = wn0 + ni * 8 + g;
+                    bf[ni][0] = *reinterpret_cast<const uint32_t*>(&Bs[st][c][ks + t * 4]);
+                    bf[ni][1] = *reinterpret_cast<const uint32_t*>(&Bs[st][c][ks + 16 + t * 4]);
+                }
+#pragma unroll
+                for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+                    for (int ni = 0; ni < NI; ++ni) fs::mma_e4m3_16x8x32(acc[mi][ni], af[mi], bf[ni]);
+            }
+            if (more) {
+                store_a(st ^ 1);  // stage st^1 was last read in iteration kt-1, before its closing barrier
+                fs::cp_async_wait_all();
+            }
+            __syncthreads();
+        }
 
 #pragma unroll
-    for (int mi = 0; mi < MI; ++mi)
+        for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < NI; ++ni)
+            for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int rl = wm0 + mi * 16 + g + (e >> 1) * 8, r = m0 + rl, c = n0 + wn0 + ni * 8 + t * 2 + (e & 1);
-                if (r < M && c < N)
-                    dst[(size_t)r * N + c] = s_scale[rl] * w_scale[c] * acc[mi][ni][e] + (bias ? bias[c] : 0.f);
-            }
+                for (int e = 0; e < 4; ++e) {
+                    const int rl = wm0 + mi * 16 + g + (e >> 1) * 8, r = m0 + rl, c = n0 + wn0 + ni * 8 + t * 2 + (e & 1);
+                    if (r < M && c < N)
+                        dst[(size_t)r * N + c] = s_scale[rl] * w_scale[c] * acc[mi][ni][e] + (bias ? bias[c] : 0.f);
+                }
+    }
 }
 
 // ---- any weight type, any alignment: F32 SIMT tiles -------------------------------------------------------------
@@ -357,6 +361,17 @@ void launch_simt(cudaStream_t s, const float* x, int M, int K, const void* w, co
 
 bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
 
+// One wave of CTAs (ctas_per_sm is what registers allow: 1 for the 128-row tile, 2 for the 64-row one), each walking
+// several n tiles of its row block: the row block's amax pass over x, the one read that does not overlap with mmas,
+// is then paid once per CTA instead of once per tile.
+dim3 tiled_grid(int rows, int n, int bm, int ctas_per_sm) {
+    const long long tiles_n = (n + kTileN - 1) / kTileN, tiles_m = (rows + bm - 1) / bm;
+    const long long slots = (long long)ctas_per_sm * sm_count();
+    long long per = (tiles_n * tiles_m + slots - 1) / slots;
+    if (per < 1) per = 1;
+    return dim3((unsigned)((tiles_n + per - 1) / per), (unsigned)tiles_m);
+}
+
 }  // namespace
 
 extern "C" FS_API fs_status fs_cuda_matmul(fs_stream stream, const float* x, int rows, int k, const void* w,
@@ -389,11 +404,9 @@ extern "C" FS_API fs_status fs_cuda_matmul(fs_stream stream, const float* x, int
             else wide ? launch_decode<2, 4>(s, x, rows, k, w8, w_scale, n, bias, dst)
                       : launch_decode<1, 4>(s, x, rows, k, w8, w_scale, n, bias, dst);
         } else if (rows <= 256) {
-            const dim3 grid((unsigned)((n + kTileN - 1) / kTileN), (unsigned)((rows + 63) / 64));
-            fp8_tiled_kernel<64><<<grid, kTileThreads, 0, s>>>(x, rows, k, w8, w_scale, n, bias, dst);
+            fp8_tiled_kernel<64><<<tiled_grid(rows, n, 64, 2), kTileThreads, 0, s>>>(x, rows, k, w8, w_scale, n, bias, dst);
         } else {
-            const dim3 grid((unsigned)((n + kTileN - 1) / kTileN), (unsigned)((rows + 127) / 128));
-            fp8_tiled_kernel<128><<<grid, kTileThreads, 0, s>>>(x, rows, k, w8, w_scale, n, bias, dst);
+            fp8_tiled_kernel<128><<<tiled_grid(rows, n, 128, 1), kTileThreads, 0, s>>>(x, rows, k, w8, w_scale, n, bias, dst);
         }
         break;
     }

@@ -91,9 +91,16 @@ FS_API fs_status fs_cuda_device_info_get(int device, fs_cuda_device_info* info) 
     info->total_memory = prop.totalGlobalMem;
     FS_CUDA_CHECK(cudaDriverGetVersion(&info->driver_version));
     FS_CUDA_CHECK(cudaRuntimeGetVersion(&info->runtime_version));
-    // The FP8 mma code exists for sm_89 and sm_90 (and reaches newer archs through the compute_90 PTX) when the
-    // toolkit that built this library could emit it.
-    info->fp8_tensor_cores = (FS_FP8_MMA_TOOLKIT && prop.major * 10 + prop.minor >= 89) ? 1 : 0;
+    // The FP8 mma code exists for the built archs >= sm_89 (and reaches newer GPUs through the compute_90 PTX) when
+    // the toolkit that built this library could emit it.
+#ifndef FS_BUILD_FP8_MMA_ARCH
+#define FS_BUILD_FP8_MMA_ARCH 1
+#endif
+#if FS_FP8_MMA_TOOLKIT && FS_BUILD_FP8_MMA_ARCH
+    info->fp8_tensor_cores = prop.major * 10 + prop.minor >= 89 ? 1 : 0;
+#else
+    info->fp8_tensor_cores = 0;
+#endif
     return FS_OK;
     FS_API_END
 }

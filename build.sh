@@ -3,6 +3,9 @@
 # and, where a CUDA toolkit exists, the native kernel library. Idempotent: safe to run again.
 #   ./build.sh            build everything that can be built here
 #   FASTSERVE_SKIP_APT=1  never call apt-get (report what is missing instead)
+#   FASTSERVE_CUDA=1      also install Debian's CUDA toolkit (nvcc 11.8, about 2 GB, once) and clang-14 when nvcc is
+#                         missing, so the kernel library is always built; CI (CI=true) does this by default.
+#                         FASTSERVE_CUDA=0 opts out even under CI.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -24,6 +27,35 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# CUDA toolkit, opt-in: Debian ships nvidia-cuda-toolkit in non-free, which the stock deb822 sources leave out. A
+# separate sources file adds contrib/non-free for the same mirrors, suites and keyring, so debian.sources is untouched
+# and running this again changes nothing.
+want_cuda="${FASTSERVE_CUDA:-}"
+if [ -z "$want_cuda" ] && [ "${CI:-}" = true ]; then want_cuda=1; fi
+if [ "$want_cuda" = 1 ] && ! command -v nvcc >/dev/null 2>&1 && [ ! -x /usr/local/cuda/bin/nvcc ]; then
+  if [ "${FASTSERVE_SKIP_APT:-0}" = 1 ]; then
+    log "FASTSERVE_CUDA=1 but nvcc is missing (FASTSERVE_SKIP_APT=1, not installing nvidia-cuda-toolkit)"
+  else
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    src=/etc/apt/sources.list.d/debian.sources
+    extra=/etc/apt/sources.list.d/fastserve-nonfree.sources
+    if [ -f "$src" ]; then
+      mkdir -p build
+      awk '/^Components:/ { print "Components: contrib non-free"; next } { print }' "$src" >build/nonfree.sources.tmp
+      if ! cmp -s build/nonfree.sources.tmp "$extra"; then
+        log "adding contrib non-free components: $extra"
+        $SUDO cp build/nonfree.sources.tmp "$extra"
+      fi
+      rm -f build/nonfree.sources.tmp
+    elif ! grep -Eqs '^deb .* non-free' /etc/apt/sources.list; then
+      log "no $src and no non-free line in /etc/apt/sources.list; add non-free to install nvidia-cuda-toolkit"
+    fi
+    log "installing the CUDA toolkit (nvidia-cuda-toolkit, clang-14; a large download, once per machine)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends nvidia-cuda-toolkit clang-14
+  fi
+fi
+
 if ! command -v dotnet >/dev/null 2>&1; then
   log "the .NET 10 SDK is required (dotnet not found on PATH); install it, then run ./build.sh again"
   exit 1
@@ -39,10 +71,22 @@ if ! dotnet publish runtime/FastServe.Cli/FastServe.Cli.csproj -c Release -r lin
 fi
 test -x dist/fastserve || { log "dist/fastserve was not produced"; exit 1; }
 
-# Native kernels (CUDA): CMake reports and skips cleanly when no CUDA compiler is present.
+# Native kernels (CUDA): CMake reports and skips cleanly when no CUDA compiler is present. Any compile error fails
+# the build. With FASTSERVE_CUDA=1 (or under CI) a missing library after the build is an error too.
 if command -v cmake >/dev/null 2>&1; then
-  cmake -S . -B build/native -DCMAKE_BUILD_TYPE=Release >build/native.log 2>&1 || { cat build/native.log >&2; exit 1; }
-  cmake --build build/native -j"$(nproc)" >>build/native.log 2>&1 || { cat build/native.log >&2; exit 1; }
+  cmake -S . -B build/native -DCMAKE_BUILD_TYPE=Release >build/native.log 2>&1 || { cat build/native.log >&2; log "native configure failed"; exit 1; }
+  cmake --build build/native -j"$(nproc)" >>build/native.log 2>&1 || { cat build/native.log >&2; log "native build failed"; exit 1; }
   grep -E '^-- FastServe' build/native.log >&2 || true
+  if [ -f dist/libfastserve_cuda.so ] && [ -x build/native/native/fastserve_cuda_smoke ]; then
+    build/native/native/fastserve_cuda_smoke dist/libfastserve_cuda.so >build/native-smoke.log 2>&1 \
+      || { cat build/native-smoke.log >&2; log "native smoke test failed"; exit 1; }
+  fi
+  if [ "$want_cuda" = 1 ] && [ ! -f dist/libfastserve_cuda.so ]; then
+    cat build/native.log >&2
+    log "FASTSERVE_CUDA=1 but dist/libfastserve_cuda.so was not built"
+    exit 1
+  fi
+elif [ "$want_cuda" = 1 ]; then
+  log "FASTSERVE_CUDA=1 needs cmake"; exit 1
 fi
 log "done: $(dist/fastserve --version 2>/dev/null || echo dist/fastserve)"

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using FastServe.Cli.Commands;
+using FastServe.Interop;
 using FastServe.Runtime;
 
 namespace FastServe.Cli;
@@ -10,6 +11,9 @@ internal static class CliApp
     /// <summary>Exit codes: 0 success, 1 runtime error (bad input, missing file...), 2 bad command line.</summary>
     public static int Run(string[] args)
     {
+        // Backends that live above the runtime. Every fastserve process passes through here (serve's engine and
+        // workers are this executable too), so --backend cuda means the same in each of them.
+        CudaBackend.Register();
         var root = new RootCommand("FastServe: serve Llama-family models with FP8 weights at high request rates.")
         {
             GenerateCommand.Create(),
@@ -23,6 +27,7 @@ internal static class CliApp
             BenchCommand.Create(),
             RouteCommand.Create(),
             CompareChartCommand.Create(),
+            CheckBackendCommand.Create(),
         };
         foreach (var c in ServeCommand.Create()) root.Add(c);
         var parse = root.Parse(args);

@@ -4,9 +4,10 @@ namespace FastServe.Runtime;
 /// The one exception type the runtime raises for bad input or an unusable environment.
 /// <see cref="Code"/> is stable (documented in docs/errors.md) so scripts and tests can match it;
 /// <see cref="Path"/> names the file or argument at fault when there is one. The CLI prints
-/// <c>error[code]: path: message</c> and exits non-zero, never a stack trace.
+/// <c>error[code]: path: message</c> and exits non-zero, never a stack trace. Subclasses (the CUDA backend's
+/// <c>CudaException</c>) add detail but keep the same code scheme, so every catch of this type still sees them.
 /// </summary>
-public sealed class FastServeException : Exception
+public class FastServeException : Exception
 {
     public FastServeException(string code, string message, string? path = null, Exception? inner = null)
         : base(message, inner)

@@ -23,7 +23,7 @@ internal static class BenchModelCommand
         var promptTokens = new Option<int>("--prompt-tokens") { Description = "Prompt length for the prefill measurement", DefaultValueFactory = _ => 128 };
         var decodeTokens = new Option<int>("--decode-tokens") { Description = "Decode steps to time (batch 1)", DefaultValueFactory = _ => 32 };
         var compare = new Option<bool>("--compare") { Description = "Run the model as stored and with --quantize fp8, side by side" };
-        var kvDtype = new Option<string>("--kv-dtype") { Description = "KV cache storage: f32 or bf16", DefaultValueFactory = _ => "f32" };
+        var kvDtype = new Option<string>("--kv-dtype") { Description = "KV cache storage: f32 or bf16 (default f32, bf16 on cuda)", DefaultValueFactory = _ => "f32" };
         var cmd = new Command("bench-model", "Measure prefill and decode speed against this machine's bandwidth and FMA peak.");
         m.AddTo(cmd);
         cmd.Add(promptTokens);
@@ -36,7 +36,7 @@ internal static class BenchModelCommand
             int prompt = r.GetValue(promptTokens), decode = r.GetValue(decodeTokens);
             if (prompt < 1 || prompt > 8192) throw new FastServeException("args.invalid_prompt_tokens", "--prompt-tokens must be 1..8192", "--prompt-tokens");
             if (decode < 1 || decode > 4096) throw new FastServeException("args.invalid_decode_tokens", "--decode-tokens must be 1..4096", "--decode-tokens");
-            var kv = GenerateCommand.ParseKvDType(r.GetValue(kvDtype)!);
+            var kv = m.ResolveKvDType(r, kvDtype);
             using var backend = m.CreateBackend(r);
             int threads = backend is CpuBackend cpu ? cpu.Threads : 1;
 

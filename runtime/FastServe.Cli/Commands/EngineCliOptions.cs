@@ -16,8 +16,8 @@ internal sealed class EngineCliOptions
     public readonly Option<int> MaxBatchedTokens = new("--max-batched-tokens") { Description = "Token budget of one step (decode rows plus prefill chunks)", DefaultValueFactory = _ => 512 };
     public readonly Option<int> MaxSeqs = new("--max-seqs") { Description = "Most sequences running at once", DefaultValueFactory = _ => 64 };
     public readonly Option<string> Overlap = new("--overlap") { Description = "Overlap scheduling and post-processing with the forward pass: on or off", DefaultValueFactory = _ => "on" };
-    public readonly Option<int> KvMemoryMiB = new("--kv-memory") { Description = "KV cache budget in MiB (cpu/reference backends)", DefaultValueFactory = _ => 1024 };
-    public readonly Option<string> KvDtype = new("--kv-dtype") { Description = "KV cache storage: f32 or bf16 (never quantized)", DefaultValueFactory = _ => "f32" };
+    public readonly Option<int> KvMemoryMiB = new("--kv-memory") { Description = "KV cache budget in MiB (cpu, reference and cuda backends)", DefaultValueFactory = _ => 1024 };
+    public readonly Option<string> KvDtype = new("--kv-dtype") { Description = "KV cache storage: f32 or bf16 (never quantized; default f32, bf16 on cuda)", DefaultValueFactory = _ => "f32" };
     public readonly Option<int> Ctx = new("--ctx") { Description = "Context length per sequence in tokens (0 = model maximum, capped at 8192)" };
     public readonly Option<int> BlockSize = new("--block-size") { Description = "Tokens per KV block", DefaultValueFactory = _ => 16 };
     public readonly Option<bool> NoPrefixCache = new("--no-prefix-cache") { Description = "Do not share KV blocks between requests with equal prefixes" };
@@ -68,8 +68,9 @@ internal sealed class EngineCliOptions
                 session.Engine.Start();
                 return session;
             }
-            session.Model = Model.Load(r);
+            // The backend first: a missing GPU or driver is reported before a model is loaded (or made).
             session.Backend = Model.CreateBackend(r);
+            session.Model = Model.Load(r);
             session.Executor = new ModelStepExecutor(session.Model.Config, session.Model.Weights, session.Backend, new ModelExecutorOptions
             {
                 MaxTokensPerStep = r.GetValue(MaxBatchedTokens),
@@ -77,7 +78,7 @@ internal sealed class EngineCliOptions
                 ContextLength = r.GetValue(Ctx),
                 BlockSize = r.GetValue(BlockSize),
                 KvMemoryBytes = (long)kvMiB << 20,
-                KvDType = GenerateCommand.ParseKvDType(r.GetValue(KvDtype)!),
+                KvDType = Model.ResolveKvDType(r, KvDtype),
             });
             session.Engine = new InferenceEngine(session.Executor, EngineOptions(r, session.Model) with { AfterIteration = afterIteration, OnStep = onStep });
             session.Engine.Start();

@@ -22,7 +22,7 @@ internal static class GenerateCommand
         var stop = new Option<string[]>("--stop") { Description = "Stop string (repeatable)", AllowMultipleArgumentsPerToken = false, DefaultValueFactory = _ => [] };
         var logprobs = new Option<int>("--logprobs") { Description = $"Report the top-N log-probabilities of each generated token (N <= {SamplingParams.MaxLogprobs})" };
         var ctx = new Option<int>("--ctx") { Description = "Context length in tokens (0 = model maximum, capped at 8192)" };
-        var kvDtype = new Option<string>("--kv-dtype") { Description = "KV cache storage: f32 or bf16 (never quantized)", DefaultValueFactory = _ => "f32" };
+        var kvDtype = new Option<string>("--kv-dtype") { Description = "KV cache storage: f32 or bf16 (never quantized; default f32, bf16 on cuda)", DefaultValueFactory = _ => "f32" };
         var noBos = new Option<bool>("--no-bos") { Description = "Do not prepend the BOS token to a text prompt" };
         var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Keep generating past EOS" };
 
@@ -45,14 +45,15 @@ internal static class GenerateCommand
                 IgnoreEos = r.GetValue(ignoreEos),
             };
             sampling.Validate();
-            var kv = ParseKvDType(r.GetValue(kvDtype)!);
+            var kv = m.ResolveKvDType(r, kvDtype);
             string? text = r.GetValue(prompt);
             string? ids = r.GetValue(promptIds);
             if ((text is null) == (ids is null))
                 throw new FastServeException("args.prompt_required", "give exactly one of a prompt text or --prompt-ids", "prompt");
 
-            using var model = m.Load(r);
+            // The backend first: a missing GPU or driver is reported before a model is loaded (or made).
             using var backend = m.CreateBackend(r);
+            using var model = m.Load(r);
             int[] promptTokens = ids is not null ? ParseIds(ids) : model.Tokenizer.Encode(text!, addBos: !r.GetValue(noBos) && model.Tokenizer.BosId is not null);
             using var gen = new Generator(model, backend, new GeneratorOptions { ContextLength = r.GetValue(ctx), KvDType = kv });
 

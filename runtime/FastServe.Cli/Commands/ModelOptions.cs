@@ -12,7 +12,7 @@ internal sealed class ModelOptions
     public readonly Option<string?> Model = new("--model", "-m") { Description = "Model directory (Hugging Face layout). Default: the built-in default model, made on first use." };
     public readonly Option<string?> Quantize = new("--quantize") { Description = "Quantize weights at load time: fp8" };
     public readonly Option<string> Scheme = new("--scheme") { Description = "FP8 scale granularity for --quantize: per-channel or per-tensor", DefaultValueFactory = _ => "per-channel" };
-    public readonly Option<string> Backend = new("--backend") { Description = "Compute backend: cpu or reference (serve, batch and bench-engine also take sim, a simulated H100)", DefaultValueFactory = _ => "cpu" };
+    public readonly Option<string> Backend = new("--backend") { Description = "Compute backend: cpu, reference or cuda (serve and bench-engine also take sim, a simulated H100)", DefaultValueFactory = _ => "cpu" };
     public readonly Option<int> Threads = new("--threads", "-t") { Description = "Compute threads (0 = all cores)", DefaultValueFactory = _ => 0 };
     public readonly Option<bool> Json = new("--json") { Description = "Machine-readable JSON output" };
 
@@ -56,6 +56,15 @@ internal sealed class ModelOptions
         int threads = r.GetValue(Threads);
         if (threads < 0 || threads > 1024) throw new FastServeException("args.invalid_threads", "--threads must be between 0 and 1024", "--threads");
         return BackendFactory.Create(r.GetValue(Backend)!, threads);
+    }
+
+    /// <summary>The KV cache dtype of <paramref name="option"/>: as given, else f32, or bf16 on the cuda backend
+    /// (whose kernels store BF16 only).</summary>
+    public KvDType ResolveKvDType(ParseResult r, Option<string> option)
+    {
+        var given = r.GetResult(option);
+        if ((given is null || given.Implicit) && r.GetValue(Backend) == "cuda") return Runtime.Backends.KvDType.BF16;
+        return GenerateCommand.ParseKvDType(r.GetValue(option)!);
     }
 
     public static string EnsureDefault(bool json)

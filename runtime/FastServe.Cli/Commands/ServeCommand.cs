@@ -1,5 +1,6 @@
 using System.CommandLine;
 using FastServe.Runtime;
+using FastServe.Runtime.Backends;
 using FastServe.Runtime.Formats;
 using FastServe.Runtime.Model;
 using FastServe.Server.Engine;
@@ -67,6 +68,10 @@ internal static class ServeCommand
                 token = File.ReadAllText(tf).Trim();
                 if (token.Length == 0) throw new FastServeException("args.admin_token_empty", "the admin token file is empty", tf);
             }
+            // A backend that cannot run here (no GPU, driver or kernel library) fails now in one line, not later in
+            // the engine child, after workers started.
+            string backendName = r.GetValue(e.Model.Backend)!;
+            if (backendName != "sim") BackendFactory.Check(backendName);
             // Children get the resolved model directory, so they never race to make the default model.
             string modelDir = r.GetValue(e.Model.Model) ?? ModelOptions.EnsureDefault(json);
             if (!File.Exists(Path.Combine(modelDir, "config.json"))) throw new FastServeException("model.not_found", "the model directory has no config.json", modelDir);

@@ -15,7 +15,10 @@ namespace FastServe.Runtime.Backends;
 /// <item>Ops are issued in order; a backend may run them asynchronously. <see cref="CopyToHost"/> waits for
 /// everything issued before it.</item>
 /// <item>Ops never throw for conditions the caller could not have prevented; a shape mismatch is a programming
-/// error and throws <see cref="ArgumentException"/>.</item>
+/// error and throws <see cref="ArgumentException"/>. The one exception is a failing device (a GPU fault, a lost
+/// device, memory exhausted mid-step): a device backend then throws <see cref="FastServeException"/> with its
+/// stable code and every later op throws again, since the stream's work is lost; callers treat it as fatal for the
+/// backend (the engine ends its requests with <c>engine.failed</c>).</item>
 /// </list>
 /// An instance is used by one thread at a time.
 /// </summary>
@@ -23,6 +26,12 @@ public interface IBackend : IDisposable
 {
     /// <summary>Short name used on the command line and in reports ("cpu", "reference", "cuda").</summary>
     string Name { get; }
+
+    /// <summary>How <see cref="MatMul"/> treats activations against FP8 weights. False (the default): activations
+    /// stay F32 and weights are dequantized inside the dot product. True (W8A8): each activation row r is first
+    /// quantized to E4M3 with its own scale s = max|x[r, :]| / 448, products accumulate in F32, and the result is
+    /// s · w_scale[n] · acc (+ bias). Checkers use it to pick the matching reference.</summary>
+    bool QuantizesFp8Activations => false;
 
     /// <summary>Makes a linear or embedding weight usable by this backend. The CPU backend keeps pointers to
     /// <paramref name="weight"/>'s memory (which must stay mapped); a GPU backend copies it to the device.</summary>

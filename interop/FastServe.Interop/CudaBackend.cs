@@ -1,0 +1,808 @@
+using System.Diagnostics.CodeAnalysis;
+using FastServe.Runtime;
+using FastServe.Runtime.Backends;
+
+namespace FastServe.Interop;
+
+/// <summary>
+/// The <c>cuda</c> backend: every <see cref="IBackend"/> op is one call into libfastserve_cuda.so on one stream of
+/// the device's primary context. Weights are uploaded once as stored (FP8 bytes plus per-row F32 scales, F16, BF16,
+/// F32); activations are F32 and the paged KV cache BF16 in device memory. Ops are asynchronous;
+/// <see cref="CopyToHost"/> downloads and waits. MatMul against FP8 weights is W8A8 (see
+/// <see cref="QuantizesFp8Activations"/>).
+/// </summary>
+/// <remarks>
+/// <para>Host arrays an op needs (tokens, positions, slots, block tables, row indices, CopyFromHost data) are written
+/// into one pinned staging buffer and copied to a device mirror of it on the stream, in op order; offsets only grow
+/// until the next synchronization (CopyToHost), so nothing the stream has yet to read is overwritten, and the
+/// buffers grow (after a synchronization) only until the largest step has been seen: no allocation per op. Arrays
+/// that repeat within a step (positions for every layer's RoPE, the batch's slots and block tables for every
+/// layer's KvStore and Attention) are staged once.</para>
+/// <para>Errors: a shape mismatch throws <see cref="ArgumentException"/> (<c>OpChecks</c>, as every backend).
+/// A failing CUDA call throws <see cref="CudaException"/> (<c>cuda.*</c>) and, except for arguments the kernel
+/// library rejects before launching (<c>cuda.invalid_argument</c>), leaves the backend faulted: every later op
+/// throws again, because the stream's work is lost and CUDA errors of a context are sticky.</para>
+/// <para>CUDA graphs: <see cref="BeginCapture"/>, <see cref="EndCapture"/>, <see cref="BeginReplay"/>,
+/// <see cref="Launch"/>; see docs/cuda.md for how a decode step uses them.</para>
+/// An instance is used by one thread at a time (any thread: the context is made current on a thread change).
+/// </remarks>
+public sealed unsafe class CudaBackend : IBackend
+{
+    private const long InitialStagingBytes = 1 << 20;
+    private const int StagingAlignment = 256;
+
+    private readonly CudaContextHandle _context;
+    private readonly CudaStreamHandle _streamHandle;
+    private readonly nint _stream;
+    private readonly Dictionary<RopeTable, CudaDeviceMemory> _invFreq = new(ReferenceEqualityComparer.Instance);
+    private CudaPinnedMemory _staging;
+    private CudaDeviceMemory _mirror;
+    private CudaPinnedMemory _readback;
+    private CudaDeviceMemory? _gatherScratch;
+    private long _stagingUsed;
+    private int _epoch;
+    private bool _pending;
+    private int _boundThread;
+    private CudaException? _fault;
+    private bool _disposed;
+
+    // Host scratch for arrays computed from a BatchLayout; staged copies are compared against these caches.
+    private int[] _hostInts = new int[256];
+    private StageCache _ropeCache, _slotCache, _attnCache, _gatherCache, _tokenCache;
+
+    private Mode _mode;
+    private ulong _signature;
+    private CudaGraph? _replaying;
+    private CudaGraph? _capturedByCopy;
+
+    private CudaBackend(CudaDeviceSummary device, CudaContextHandle context, CudaStreamHandle stream, FsCudaDeviceInfo info)
+    {
+        Device = device;
+        _context = context;
+        _streamHandle = stream;
+        _stream = stream.Stream;
+        DeviceName = info.NameString();
+        Multiprocessors = info.Multiprocessors;
+        RuntimeVersion = info.RuntimeVersion;
+        Fp8TensorCores = info.Fp8TensorCores != 0;
+        _staging = CudaPinnedMemory.Alloc(context, InitialStagingBytes, "staging");
+        _mirror = CudaDeviceMemory.Alloc(context, InitialStagingBytes, "staging mirror");
+        _readback = CudaPinnedMemory.Alloc(context, InitialStagingBytes, "readback");
+        _boundThread = Environment.CurrentManagedThreadId;
+    }
+
+    /// <summary>Checks the environment (<see cref="CudaEnvironment.Check"/>), binds device <paramref name="ordinal"/>'s
+    /// primary context to the calling thread, lets the kernel library check the device, and makes the stream.</summary>
+    /// <exception cref="FastServeException">cuda.no_driver, cuda.no_device, cuda.unsupported_device, cuda.no_library,
+    /// cuda.abi_mismatch, cuda.out_of_memory, cuda.error.</exception>
+    public static CudaBackend Create(int ordinal = 0)
+    {
+        var summary = CudaEnvironment.Check(ordinal);
+        int dev;
+        CudaException.Check(CudaDriver.cuDeviceGet(&dev, ordinal), "cuDeviceGet");
+        var context = CudaContextHandle.Retain(dev);
+        CudaStreamHandle? stream = null;
+        try
+        {
+            context.MakeCurrent();
+            int st = FastServeCuda.fs_cuda_init(ordinal);
+            if (st != FsStatus.Ok) CudaException.ThrowKernels("fs_cuda_init", st);
+            FsCudaDeviceInfo info = default;
+            st = FastServeCuda.fs_cuda_device_info_get(ordinal, &info);
+            if (st != FsStatus.Ok) CudaException.ThrowKernels("fs_cuda_device_info_get", st);
+            stream = CudaStreamHandle.Create(context);
+            return new CudaBackend(summary, context, stream, info);
+        }
+        catch
+        {
+            stream?.Dispose();
+            context.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Makes "cuda" a name <see cref="BackendFactory"/> knows. Hosts call it once at startup.</summary>
+    public static void Register() =>
+        BackendFactory.Register("cuda", new BackendFactory.Registration(_ => Create(), () => CudaEnvironment.Check()));
+
+    public string Name => "cuda";
+
+    /// <summary>True: FP8 MatMul quantizes each activation row to E4M3 (W8A8), as fs_cuda_matmul specifies.</summary>
+    public bool QuantizesFp8Activations => true;
+
+    public CudaDeviceSummary Device { get; }
+    public string DeviceName { get; }
+    public int Multiprocessors { get; }
+    /// <summary>CUDA runtime version the kernel library was built with (e.g. 12080).</summary>
+    public int RuntimeVersion { get; }
+    /// <summary>Whether the library has, and the device runs, the FP8 tensor-core path (sm_89+).</summary>
+    public bool Fp8TensorCores { get; }
+
+    /// <summary>Stride of the block tables passed to attention, when larger than the longest table of a step. A
+    /// captured decode graph bakes the stride in, so the engine sets it to ceil(context / block size) before
+    /// capturing; 0 (default) uses the longest table of each step.</summary>
+    public int MinAttentionBlocks { get; set; }
+
+    // ---- weights and buffers ------------------------------------------------------------------------------------
+
+    public BackendWeight LoadMatrix(MatrixWeight weight)
+    {
+        ArgumentNullException.ThrowIfNull(weight);
+        if (weight.Data == null) throw new ArgumentException($"{weight.Name}: null data pointer");
+        EnterSetup("LoadMatrix");
+        CudaDeviceMemory? data = null, scale = null, bias = null;
+        try
+        {
+            data = Upload(weight.Data, weight.ByteLength, weight.Name);
+            if (weight.DType == DType.F8E4M3)
+            {
+                var s = weight.Scales!;
+                var rows = new float[weight.Rows];
+                for (int n = 0; n < rows.Length; n++) rows[n] = s[s.Length == 1 ? 0 : n];
+                fixed (float* p = rows) scale = Upload((byte*)p, 4L * rows.Length, weight.Name + ".scale");
+            }
+            if (weight.Bias is { } b)
+            {
+                fixed (float* p = b) bias = Upload((byte*)p, 4L * b.Length, weight.Name + ".bias");
+            }
+            Sync("cuStreamSynchronize");
+            return new CudaWeight(weight.Name, weight.DType, weight.Rows, weight.Cols, false, data, scale, bias) { Owner = this };
+        }
+        catch
+        {
+            data?.Dispose();
+            scale?.Dispose();
+            bias?.Dispose();
+            throw;
+        }
+    }
+
+    public BackendWeight LoadVector(string name, ReadOnlySpan<float> values)
+    {
+        if (values.IsEmpty) throw new ArgumentException($"{name}: empty vector");
+        EnterSetup("LoadVector");
+        CudaDeviceMemory data;
+        fixed (float* p = values) data = Upload((byte*)p, 4L * values.Length, name);
+        try
+        {
+            Sync("cuStreamSynchronize");
+        }
+        catch
+        {
+            data.Dispose();
+            throw;
+        }
+        return new CudaWeight(name, DType.F32, 1, values.Length, true, data, null, null) { Owner = this };
+    }
+
+    public BackendTensor Alloc(string name, int maxRows, int cols)
+    {
+        OpChecks.Alloc(name, maxRows, cols);
+        EnterSetup("Alloc");
+        return new CudaTensor(_context, name, maxRows, cols) { Owner = this };
+    }
+
+    /// <summary>Allocates the BF16 paged cache, zeroed. An F32 cache is refused with <c>cuda.unsupported_kv_dtype</c>:
+    /// the kernels store BF16 only (the CLI picks bf16 for --backend cuda unless told otherwise).</summary>
+    public KvCache AllocKvCache(KvCacheSpec spec)
+    {
+        OpChecks.AllocKvCache(spec);
+        if (spec.DType != KvDType.BF16)
+            throw new FastServeException("cuda.unsupported_kv_dtype", "the cuda backend keeps the KV cache in BF16; use --kv-dtype bf16", "kv_dtype");
+        EnterSetup("AllocKvCache");
+        var c = new CudaKvCache(_context, spec) { Owner = this };
+        try
+        {
+            Driver(CudaDriver.cuMemsetD8Async(c.KBase, 0, (nuint)c.BufferBytes, _stream), "cuMemsetD8Async");
+            Driver(CudaDriver.cuMemsetD8Async(c.VBase, 0, (nuint)c.BufferBytes, _stream), "cuMemsetD8Async");
+            Sync("cuStreamSynchronize");
+        }
+        catch
+        {
+            c.Dispose();
+            throw;
+        }
+        return c;
+    }
+
+    // ---- ops ----------------------------------------------------------------------------------------------------
+
+    public void Embedding(BackendWeight table, ReadOnlySpan<int> tokens, BackendTensor dst)
+    {
+        var t = Mat(table);
+        var d = T(dst);
+        OpChecks.Embedding(table, tokens, dst);
+        Enter();
+        d.Rows = tokens.Length;
+        nint tok = StageInts(tokens, ref _tokenCache);
+        Sign(1, t.Data, d.Ptr, tokens.Length, t.Cols);
+        if (tokens.Length == 0 || _mode == Mode.Staging) return;
+        Kernel(FastServeCuda.fs_cuda_embedding(_stream, t.Data, t.FsDTypeValue, t.Scale, t.Rows, t.Cols, tok, tokens.Length, d.Ptr), "fs_cuda_embedding");
+    }
+
+    public void RmsNorm(BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
+    {
+        var xs = T(x);
+        var g = Vec(gamma);
+        var d = T(dst);
+        OpChecks.RmsNorm(x, gamma, dst);
+        Enter();
+        d.Rows = xs.Rows;
+        Sign(2, xs.Ptr, g.Data, d.Ptr, xs.Rows, BitConverter.SingleToInt32Bits(eps));
+        if (xs.Rows == 0 || _mode == Mode.Staging) return;
+        Kernel(FastServeCuda.fs_cuda_rmsnorm(_stream, xs.Ptr, g.Data, eps, xs.Rows, xs.Cols, d.Ptr), "fs_cuda_rmsnorm");
+    }
+
+    public void AddRmsNorm(BackendTensor residual, BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
+    {
+        var res = T(residual);
+        var xs = T(x);
+        var g = Vec(gamma);
+        var d = T(dst);
+        OpChecks.AddRmsNorm(residual, x, gamma, dst);
+        Enter();
+        d.Rows = res.Rows;
+        Sign(3, res.Ptr, xs.Ptr, g.Data, d.Ptr, res.Rows, BitConverter.SingleToInt32Bits(eps));
+        if (res.Rows == 0 || _mode == Mode.Staging) return;
+        Kernel(FastServeCuda.fs_cuda_add_rmsnorm(_stream, res.Ptr, xs.Ptr, g.Data, eps, res.Rows, res.Cols, d.Ptr), "fs_cuda_add_rmsnorm");
+    }
+
+    public void Add(BackendTensor acc, BackendTensor x)
+    {
+        var a = T(acc);
+        var b = T(x);
+        OpChecks.Add(acc, x);
+        Enter();
+        long n = (long)a.Rows * a.Cols;
+        Sign(4, a.Ptr, b.Ptr, n);
+        if (n == 0 || _mode == Mode.Staging) return;
+        Kernel(FastServeCuda.fs_cuda_add(_stream, a.Ptr, b.Ptr, (nuint)n), "fs_cuda_add");
+    }
+
+    public void MatMul(BackendTensor x, BackendWeight w, BackendTensor dst)
+    {
+        var xs = T(x);
+        var ws = Mat(w);
+        var d = T(dst);
+        OpChecks.MatMul(x, w, dst);
+        Enter();
+        d.Rows = xs.Rows;
+        Sign(5, xs.Ptr, ws.Data, d.Ptr, xs.Rows);
+        if (xs.Rows == 0 || _mode == Mode.Staging) return;
+        Kernel(FastServeCuda.fs_cuda_matmul(_stream, xs.Ptr, xs.Rows, xs.Cols, ws.Data, ws.FsDTypeValue, ws.Scale, ws.Rows, ws.Bias, d.Ptr), "fs_cuda_matmul");
+    }
+
+    public void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
+    {
+        var xs = T(x);
+        OpChecks.Rope(x, heads, positions, rope);
+        Enter();
+        nint inv = InvFreq(rope);
+        nint pos = StageInts(positions, ref _ropeCache);
+        Sign(6, xs.Ptr, inv, pos, xs.Rows, heads);
+        if (xs.Rows == 0 || _mode == Mode.Staging) return;
+        Kernel(FastServeCuda.fs_cuda_rope(_stream, xs.Ptr, xs.Rows, heads, rope.HeadDim, pos, inv), "fs_cuda_rope");
+    }
+
+    public void SiluGate(BackendTensor gate, BackendTensor up, BackendTensor dst)
+    {
+        var g = T(gate);
+        var u = T(up);
+        var d = T(dst);
+        OpChecks.SiluGate(gate, up, dst);
+        Enter();
+        d.Rows = g.Rows;
+        long n = (long)g.Rows * g.Cols;
+        Sign(7, g.Ptr, u.Ptr, d.Ptr, n);
+        if (n == 0 || _mode == Mode.Staging) return;
+        Kernel(FastServeCuda.fs_cuda_silu_gate(_stream, g.Ptr, u.Ptr, (nuint)n, d.Ptr), "fs_cuda_silu_gate");
+    }
+
+    public void KvStore(KvCache cache, int layer, BackendTensor k, BackendTensor v, BatchLayout batch)
+    {
+        var c = Kv(cache);
+        var ks = T(k);
+        var vs = T(v);
+        OpChecks.KvStore(cache, layer, k, v, batch);
+        Enter();
+        var spec = c.Spec;
+        int rows = batch.TotalRows;
+        var slots = HostInts(rows);
+        int bs = spec.BlockSize;
+        for (int s = 0; s < batch.SequenceCount; s++)
+        {
+            var table = batch.BlockTable(s);
+            for (int i = 0; i < batch.RowCount(s); i++)
+            {
+                int pos = batch.StartPos(s) + i;
+                slots[batch.RowStart(s) + i] = table[pos / bs] * bs + pos % bs;
+            }
+        }
+        nint slotPtr = StageInts(slots.AsSpan(0, rows), ref _slotCache);
+        Sign(8, c.K(layer), ks.Ptr, vs.Ptr, slotPtr, rows);
+        if (rows == 0 || _mode == Mode.Staging) return;
+        Kernel(FastServeCuda.fs_cuda_kv_store(_stream, c.K(layer), c.V(layer), spec.KvHeads, spec.HeadDim, ks.Ptr, vs.Ptr, rows, slotPtr), "fs_cuda_kv_store");
+    }
+
+    public void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst)
+    {
+        var qs = T(q);
+        var c = Kv(cache);
+        var d = T(dst);
+        OpChecks.Attention(q, cache, layer, batch, dst);
+        Enter();
+        var spec = c.Spec;
+        int rows = qs.Rows, seqs = batch.SequenceCount, bs = spec.BlockSize;
+        int heads = qs.Cols / spec.HeadDim;
+        d.Rows = rows;
+
+        // One staged array: seq_of_row [rows] | positions [rows] | block_tables [seqs, maxBlocks]. Only the blocks a
+        // sequence reaches this step are copied (OpChecks validated exactly those); the rest of its row is 0.
+        int maxBlocks = Math.Max(1, MinAttentionBlocks);
+        for (int s = 0; s < seqs; s++)
+        {
+            if (batch.RowCount(s) > 0) maxBlocks = Math.Max(maxBlocks, (batch.StartPos(s) + batch.RowCount(s) - 1) / bs + 1);
+        }
+        long total = 2L * rows + (long)seqs * maxBlocks;
+        if (total > Array.MaxLength) throw new ArgumentException($"Attention: {seqs} sequences x {maxBlocks} blocks is too large");
+        var a = HostInts((int)total);
+        Array.Clear(a, 0, (int)total);
+        for (int s = 0; s < seqs; s++)
+        {
+            int count = batch.RowCount(s);
+            for (int i = 0; i < count; i++)
+            {
+                int row = batch.RowStart(s) + i;
+                a[row] = s;
+                a[rows + row] = batch.StartPos(s) + i;
+            }
+            if (count == 0) continue;
+            int needed = (batch.StartPos(s) + count - 1) / bs + 1;
+            batch.BlockTable(s)[..needed].CopyTo(a.AsSpan(2 * rows + s * maxBlocks));
+        }
+        nint basePtr = StageInts(a.AsSpan(0, (int)total), ref _attnCache);
+        nint seqOfRow = basePtr, positions = basePtr + 4 * rows, tables = basePtr + 8 * rows;
+        Sign(9, qs.Ptr, c.K(layer), d.Ptr, basePtr, rows, heads, maxBlocks);
+        if (rows == 0 || _mode == Mode.Staging) return;
+        Kernel(FastServeCuda.fs_cuda_attention(_stream, qs.Ptr, rows, heads, spec.KvHeads, spec.HeadDim, c.K(layer), c.V(layer), bs,
+            tables, maxBlocks, seqOfRow, positions, d.Ptr), "fs_cuda_attention");
+    }
+
+    public void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst)
+    {
+        var s = T(src);
+        var d = T(dst);
+        OpChecks.GatherRows(src, rows, dst);
+        Enter();
+        d.Rows = rows.Length;
+        bool inPlace = ReferenceEquals(s, d);
+        if (inPlace)
+        {
+            // The kernel copies rows in parallel, so in place it could read a row another thread already overwrote:
+            // gather into scratch, then copy back. Rows already in place (rows[i] == i) need nothing at all.
+            bool identity = true;
+            for (int i = 0; i < rows.Length && identity; i++) identity = rows[i] == i;
+            if (identity)
+            {
+                Sign(10, s.Ptr, rows.Length, 1);
+                return;
+            }
+        }
+        nint idx = StageInts(rows, ref _gatherCache);
+        long bytes = (long)rows.Length * s.Cols * sizeof(float);
+        nint target = d.Ptr;
+        if (inPlace) target = GatherScratch(bytes);
+        Sign(10, s.Ptr, d.Ptr, idx, rows.Length);
+        if (rows.Length == 0 || _mode == Mode.Staging) return;
+        Kernel(FastServeCuda.fs_cuda_gather_rows(_stream, s.Ptr, s.Cols, idx, rows.Length, target), "fs_cuda_gather_rows");
+        if (inPlace) Driver(CudaDriver.cuMemcpyDtoDAsync_v2(d.Ptr, target, (nuint)bytes, _stream), "cuMemcpyDtoDAsync_v2");
+    }
+
+    /// <summary>Downloads src's rows and waits for all issued work. During a capture this is where the captured
+    /// step ends (see <see cref="BeginCapture"/>); during a replay, where the graph is launched.</summary>
+    public void CopyToHost(BackendTensor src, Span<float> dst)
+    {
+        var s = T(src);
+        OpChecks.CopyToHost(src, dst);
+        Enter();
+        int n = s.Rows * s.Cols;
+        long bytes = 4L * n;
+        Sign(11, s.Ptr, n);
+        switch (_mode)
+        {
+            case Mode.Capturing:
+            {
+                if (bytes > _readback.Bytes) ThrowNeedsWarmUp("the readback buffer");
+                if (bytes > 0) Driver(CudaDriver.cuMemcpyDtoHAsync_v2(_readback.Ptr, s.Ptr, (nuint)bytes, _stream), "cuMemcpyDtoHAsync_v2");
+                var graph = FinishCapture(bytes);
+                _capturedByCopy = graph;
+                LaunchGraph(graph);
+                break;
+            }
+            case Mode.Staging:
+            {
+                var graph = _replaying!;
+                _mode = Mode.Normal;
+                _replaying = null;
+                if (graph.Signature != _signature || graph.ReadbackBytes != bytes) ThrowReplayMismatch();
+                LaunchGraph(graph);
+                break;
+            }
+            default:
+                if (bytes > _readback.Bytes) GrowReadback(bytes);
+                if (bytes > 0) Driver(CudaDriver.cuMemcpyDtoHAsync_v2(_readback.Ptr, s.Ptr, (nuint)bytes, _stream), "cuMemcpyDtoHAsync_v2");
+                break;
+        }
+        Synchronize();
+        new ReadOnlySpan<float>(_readback.Ptr, n).CopyTo(dst);
+    }
+
+    public void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst)
+    {
+        var d = T(dst);
+        OpChecks.CopyFromHost(data, rows, dst);
+        Enter();
+        d.Rows = rows;
+        long off;
+        fixed (float* p = data) off = Stage((byte*)p, 4L * data.Length, d.Ptr);
+        Sign(12, d.Ptr, rows, off);
+    }
+
+    // ---- CUDA graphs --------------------------------------------------------------------------------------------
+
+    /// <summary>
+    /// Starts recording this backend's ops into a CUDA graph instead of running them. Everything the step needs must
+    /// already exist (weights, tensors, RoPE tables seen, staging and readback grown): run the same step once
+    /// uncaptured first. The capture ends at <see cref="EndCapture"/>, or at a <see cref="CopyToHost"/>, which then
+    /// also launches the graph once and returns the step's result, so an unchanged <c>ModelRunner.Forward</c> can be
+    /// captured.
+    /// </summary>
+    public void BeginCapture()
+    {
+        Enter();
+        if (_mode != Mode.Normal) throw new InvalidOperationException($"BeginCapture: the backend is {_mode}");
+        Synchronize();
+        _capturedByCopy = null;
+        _signature = SignatureSeed;
+        Driver(CudaDriver.cuStreamBeginCapture_v2(_stream, CudaDriver.StreamCaptureModeThreadLocal), "cuStreamBeginCapture_v2");
+        _mode = Mode.Capturing;
+    }
+
+    /// <summary>Ends the capture and returns the instantiated graph. If a <see cref="CopyToHost"/> ended it, returns
+    /// that graph (already launched once); otherwise the recorded work has not run: <see cref="Launch"/> runs it.</summary>
+    public CudaGraph EndCapture()
+    {
+        if (_mode == Mode.Capturing)
+        {
+            Enter();
+            return FinishCapture(0);
+        }
+        var g = _capturedByCopy ?? throw new InvalidOperationException("EndCapture: no capture in progress");
+        _capturedByCopy = null;
+        return g;
+    }
+
+    /// <summary>Abandons a capture (after an op threw mid-step); the stream returns to normal operation.</summary>
+    public void AbortCapture()
+    {
+        if (_mode != Mode.Capturing) return;
+        nint graph;
+        int r = CudaDriver.cuStreamEndCapture(_stream, &graph);
+        _mode = Mode.Normal;
+        if (r == CudaDriver.Success && graph != 0) CudaDriver.cuGraphDestroy(graph);
+        Driver(r, "cuStreamEndCapture");
+    }
+
+    /// <summary>
+    /// Prepares a replay of <paramref name="graph"/>: the next ops run no kernels, they only check their arguments,
+    /// set Rows and write their host arrays (tokens, positions, block tables...) into the staging buffer at the
+    /// offsets the capture used. The step must be the captured one (same ops, tensors, row counts and table stride);
+    /// a different one is detected when the graph is launched and throws <see cref="InvalidOperationException"/>.
+    /// The step's <see cref="CopyToHost"/> launches the graph (or <see cref="Launch"/>, for a graph without one).
+    /// </summary>
+    public void BeginReplay(CudaGraph graph)
+    {
+        ArgumentNullException.ThrowIfNull(graph);
+        Enter();
+        if (_mode != Mode.Normal) throw new InvalidOperationException($"BeginReplay: the backend is {_mode}");
+        if (_pending) Synchronize(); // the previous launch may still read the staging buffer
+        ResetStaging();
+        _signature = SignatureSeed;
+        _replaying = graph;
+        _mode = Mode.Staging;
+    }
+
+    /// <summary>Launches <paramref name="graph"/> asynchronously: after <see cref="BeginReplay"/> and the step's ops
+    /// (checked against the capture), or right after <see cref="EndCapture"/> to run what was recorded.</summary>
+    public void Launch(CudaGraph graph)
+    {
+        ArgumentNullException.ThrowIfNull(graph);
+        Enter();
+        if (_mode == Mode.Staging)
+        {
+            if (!ReferenceEquals(graph, _replaying)) throw new InvalidOperationException("Launch: a different graph is being replayed");
+            _mode = Mode.Normal;
+            _replaying = null;
+            if (graph.Signature != _signature || graph.ReadbackBytes != 0) ThrowReplayMismatch();
+        }
+        else if (_mode != Mode.Normal || graph.Epoch != _epoch)
+        {
+            throw new InvalidOperationException("Launch: call BeginReplay and issue the step's ops first");
+        }
+        LaunchGraph(graph);
+    }
+
+    private CudaGraph FinishCapture(long readbackBytes)
+    {
+        nint graph;
+        _mode = Mode.Normal;
+        Driver(CudaDriver.cuStreamEndCapture(_stream, &graph), "cuStreamEndCapture");
+        var exec = CudaGraphExecHandle.Instantiate(_context, graph);
+        return new CudaGraph(exec, _signature, readbackBytes, _epoch);
+    }
+
+    private void LaunchGraph(CudaGraph graph)
+    {
+        Driver(CudaDriver.cuGraphLaunch(graph.Exec.Exec, _stream), "cuGraphLaunch");
+        _pending = true;
+    }
+
+    [DoesNotReturn]
+    private static void ThrowReplayMismatch() =>
+        throw new InvalidOperationException("the replayed step differs from the captured one (ops, tensors, row counts, table stride or staged sizes); capture this shape separately");
+
+    [DoesNotReturn]
+    private static void ThrowNeedsWarmUp(string what) =>
+        throw new InvalidOperationException($"{what} would have to grow during a CUDA graph capture; run the step once uncaptured first");
+
+    // ---- plumbing -----------------------------------------------------------------------------------------------
+
+    private enum Mode { Normal, Capturing, Staging }
+
+    private const ulong SignatureSeed = 14695981039346656037UL;
+
+    private void Sign(long a, long b = 0, long c = 0, long d = 0, long e = 0, long f = 0, long g = 0, long h8 = 0)
+    {
+        if (_mode == Mode.Normal) return;
+        ulong h = _signature;
+        ReadOnlySpan<long> values = [a, b, c, d, e, f, g, h8];
+        foreach (long v in values) h = (h ^ (ulong)v) * 1099511628211UL;
+        _signature = h;
+    }
+
+    /// <summary>Before every op: refuse after a fault, and make the context current if the thread changed.</summary>
+    private void Enter()
+    {
+        if (_fault is not null) ThrowFaulted();
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        int t = Environment.CurrentManagedThreadId;
+        if (t != _boundThread) Bind(t);
+    }
+
+    private void EnterSetup(string what)
+    {
+        Enter();
+        if (_mode != Mode.Normal) throw new InvalidOperationException($"{what}: not allowed during a CUDA graph capture or replay");
+    }
+
+    private void Bind(int thread)
+    {
+        Driver(CudaDriver.cuCtxSetCurrent(_context.Context), "cuCtxSetCurrent");
+        _boundThread = thread;
+    }
+
+    [DoesNotReturn]
+    private void ThrowFaulted()
+    {
+        var f = _fault!;
+        throw new CudaException(f.Code, f.Call, f.Result, f.ErrorName, "an earlier failure left the cuda backend unusable");
+    }
+
+    /// <summary>A failing driver call faults the backend: its stream's work is lost.</summary>
+    private void Driver(int result, string call)
+    {
+        if (result != CudaDriver.Success) Fault(CudaException.FromDriver(call, result));
+    }
+
+    /// <summary>A kernel-library status: arguments it rejects before launching leave the stream intact.</summary>
+    private void Kernel(int status, string call)
+    {
+        _pending = true;
+        if (status == FsStatus.Ok) return;
+        if (status == FsStatus.InvalidArgument) CudaException.ThrowKernels(call, status);
+        Fault(CudaException.FromKernels(call, status));
+    }
+
+    [DoesNotReturn]
+    private void Fault(CudaException e)
+    {
+        _fault ??= e;
+        if (_mode == Mode.Capturing) TryEndCapture();
+        _mode = Mode.Normal;
+        throw e;
+    }
+
+    private void TryEndCapture()
+    {
+        nint graph;
+        if (CudaDriver.cuStreamEndCapture(_stream, &graph) == CudaDriver.Success && graph != 0) CudaDriver.cuGraphDestroy(graph);
+        _mode = Mode.Normal;
+    }
+
+    /// <summary>Waits for the stream, then recycles the staging buffer.</summary>
+    private void Synchronize()
+    {
+        Driver(CudaDriver.cuStreamSynchronize(_stream), "cuStreamSynchronize");
+        _pending = false;
+        ResetStaging();
+    }
+
+    private void Sync(string call)
+    {
+        Driver(CudaDriver.cuStreamSynchronize(_stream), call);
+        _pending = false;
+    }
+
+    private void ResetStaging()
+    {
+        _stagingUsed = 0;
+        _epoch++;
+    }
+
+    /// <summary>Copies host bytes into the staging buffer and (unless replaying) enqueues their copy to
+    /// <paramref name="target"/>, or to the same offset of the device mirror when target is 0. Returns the offset.</summary>
+    private long Stage(byte* src, long bytes, nint target)
+    {
+        long off = (_stagingUsed + StagingAlignment - 1) & ~(long)(StagingAlignment - 1);
+        if (off + bytes > _staging.Bytes) off = GrowStaging(bytes);
+        if (bytes > 0) Buffer.MemoryCopy(src, _staging.Ptr + off, _staging.Bytes - off, bytes);
+        _stagingUsed = off + bytes;
+        if (bytes > 0 && _mode != Mode.Staging)
+        {
+            Driver(CudaDriver.cuMemcpyHtoDAsync_v2(target != 0 ? target : _mirror.Ptr + (nint)off, _staging.Ptr + off, (nuint)bytes, _stream), "cuMemcpyHtoDAsync_v2");
+            _pending = true;
+        }
+        return off;
+    }
+
+    /// <summary>Stages ints for a kernel and returns their device address; when the same values were staged for the
+    /// same purpose since the last reset, returns that copy instead.</summary>
+    private nint StageInts(ReadOnlySpan<int> data, ref StageCache cache)
+    {
+        if (cache.Epoch == _epoch && cache.Host is not null && data.SequenceEqual(cache.Host.AsSpan(0, cache.Count)))
+        {
+            Sign(-1, cache.Offset);
+            return _mirror.Ptr + (nint)cache.Offset;
+        }
+        long off;
+        fixed (int* p = data) off = Stage((byte*)p, 4L * data.Length, 0);
+        if (cache.Host is null || cache.Host.Length < data.Length) cache.Host = new int[Math.Max(64, data.Length * 2)];
+        data.CopyTo(cache.Host);
+        cache.Count = data.Length;
+        cache.Offset = off;
+        cache.Epoch = _epoch;
+        Sign(-2, off, data.Length);
+        return _mirror.Ptr + (nint)off;
+    }
+
+    private struct StageCache
+    {
+        public int[]? Host;
+        public int Count;
+        public long Offset;
+        public int Epoch;
+    }
+
+    private long GrowStaging(long bytes)
+    {
+        if (_mode != Mode.Normal) ThrowNeedsWarmUp("the staging buffer");
+        Synchronize();
+        if (bytes > _staging.Bytes)
+        {
+            long cap = Math.Max(bytes, _staging.Bytes * 2);
+            _staging.Dispose();
+            _mirror.Dispose();
+            _staging = CudaPinnedMemory.Alloc(_context, cap, "staging");
+            _mirror = CudaDeviceMemory.Alloc(_context, cap, "staging mirror");
+        }
+        return 0;
+    }
+
+    private void GrowReadback(long bytes)
+    {
+        Sync("cuStreamSynchronize");
+        _readback.Dispose();
+        _readback = CudaPinnedMemory.Alloc(_context, Math.Max(bytes, _readback.Bytes * 2), "readback");
+    }
+
+    private nint GatherScratch(long bytes)
+    {
+        if (_gatherScratch is not null && _gatherScratch.Bytes >= bytes) return _gatherScratch.Ptr;
+        if (_mode != Mode.Normal) ThrowNeedsWarmUp("the in-place gather scratch");
+        Sync("cuStreamSynchronize");
+        _gatherScratch?.Dispose();
+        _gatherScratch = CudaDeviceMemory.Alloc(_context, Math.Max(bytes, 2 * (_gatherScratch?.Bytes ?? 0)), "gather scratch");
+        return _gatherScratch.Ptr;
+    }
+
+    private int[] HostInts(int n)
+    {
+        if (_hostInts.Length < n) _hostInts = new int[Math.Max(n, _hostInts.Length * 2)];
+        return _hostInts;
+    }
+
+    /// <summary>The device copy of a RoPE table's inverse frequencies, uploaded on first use.</summary>
+    private nint InvFreq(RopeTable rope)
+    {
+        if (_invFreq.TryGetValue(rope, out var m)) return m.Ptr;
+        if (_mode != Mode.Normal) ThrowNeedsWarmUp("a RoPE table seen for the first time");
+        var mem = CudaDeviceMemory.Alloc(_context, 4L * rope.InvFreq.Length, "rope.inv_freq");
+        _invFreq[rope] = mem;
+        fixed (float* p = rope.InvFreq) Stage((byte*)p, 4L * rope.InvFreq.Length, mem.Ptr);
+        return mem.Ptr;
+    }
+
+    /// <summary>Device copy of host memory for a weight; pageable sources are copied before the call returns.</summary>
+    private CudaDeviceMemory Upload(byte* src, long bytes, string what)
+    {
+        var mem = CudaDeviceMemory.Alloc(_context, bytes, what);
+        int r = bytes > 0 ? CudaDriver.cuMemcpyHtoDAsync_v2(mem.Ptr, src, (nuint)bytes, _stream) : CudaDriver.Success;
+        if (r != CudaDriver.Success)
+        {
+            mem.Dispose();
+            Driver(r, "cuMemcpyHtoDAsync_v2");
+        }
+        return mem;
+    }
+
+    private CudaTensor T(BackendTensor t) =>
+        t is CudaTensor c && ReferenceEquals(c.Owner, this) ? c : throw new ArgumentException($"{t?.Name}: not a tensor of this cuda backend");
+
+    private CudaWeight Mat(BackendWeight w) =>
+        w is CudaWeight { IsVector: false } c && ReferenceEquals(c.Owner, this) ? c : throw new ArgumentException($"{w?.Name}: not a matrix weight of this cuda backend");
+
+    private CudaWeight Vec(BackendWeight w) =>
+        w is CudaWeight { IsVector: true } c && ReferenceEquals(c.Owner, this) ? c : throw new ArgumentException($"{w?.Name}: not a vector weight of this cuda backend");
+
+    private CudaKvCache Kv(KvCache k) =>
+        k is CudaKvCache { Disposed: false } c && ReferenceEquals(c.Owner, this) ? c : throw new ArgumentException("not a live KV cache of this cuda backend");
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        if (_mode == Mode.Capturing) TryEndCapture();
+        // Errors are ignored here: a faulted context still has to release its memory.
+        CudaDriver.cuCtxSetCurrent(_context.Context);
+        CudaDriver.cuStreamSynchronize(_stream);
+        foreach (var m in _invFreq.Values) m.Dispose();
+        _invFreq.Clear();
+        _gatherScratch?.Dispose();
+        _staging.Dispose();
+        _mirror.Dispose();
+        _readback.Dispose();
+        _streamHandle.Dispose();
+        _context.Dispose();
+    }
+}
+
+/// <summary>An instantiated CUDA graph of one captured step (<see cref="CudaBackend.BeginCapture"/>), with what a
+/// replay must match: the ops' signature and the bytes the step reads back.</summary>
+public sealed class CudaGraph : IDisposable
+{
+    internal CudaGraph(CudaGraphExecHandle exec, ulong signature, long readbackBytes, int epoch)
+    {
+        Exec = exec;
+        Signature = signature;
+        ReadbackBytes = readbackBytes;
+        Epoch = epoch;
+    }
+
+    internal CudaGraphExecHandle Exec { get; }
+    internal ulong Signature { get; }
+    internal long ReadbackBytes { get; }
+    /// <summary>Staging epoch at capture end: a launch without replay is valid only while the staged data is intact.</summary>
+    internal int Epoch { get; }
+
+    public void Dispose() => Exec.Dispose();
+}

@@ -10,7 +10,8 @@ namespace FastServe.Interop;
 /// every [LibraryImport] of <see cref="CudaDriver"/> and <see cref="FastServeCuda"/> binds to what it loaded.
 /// </summary>
 /// <remarks>
-/// Kernel library, in order: <c>$FASTSERVE_CUDA_LIB</c> (a file path) when set; <c>libfastserve_cuda.so</c> next to
+/// Kernel library: <c>$FASTSERVE_CUDA_LIB</c> (a file path) alone when set (a library named on purpose is that
+/// library or an error, never a different one found elsewhere); otherwise, in order, <c>libfastserve_cuda.so</c> next to
 /// the running executable (<see cref="AppContext.BaseDirectory"/>, then the directory of
 /// <see cref="Environment.ProcessPath"/>); the repository's <c>dist/</c> when the executable runs from inside a
 /// checkout; then the dynamic loader's default search (LD_LIBRARY_PATH, ld.so.cache, system directories).
@@ -101,7 +102,11 @@ internal static class NativeLibraries
         {
             if (!list.Exists(c => c.Item1 == path)) list.Add((path, origin));
         }
-        if (!string.IsNullOrEmpty(envPath)) Add(Path.GetFullPath(envPath), $"${KernelPathVariable}");
+        if (!string.IsNullOrEmpty(envPath))
+        {
+            Add(Path.GetFullPath(envPath), $"${KernelPathVariable}");
+            return list;
+        }
         if (!string.IsNullOrEmpty(baseDirectory)) Add(Path.GetFullPath(Path.Combine(baseDirectory, KernelFileName)), "next to the executable");
         string? exeDir = string.IsNullOrEmpty(processPath) ? null : Path.GetDirectoryName(Path.GetFullPath(processPath));
         if (exeDir is not null) Add(Path.Combine(exeDir, KernelFileName), "next to the executable");

@@ -15,16 +15,17 @@ public class NativeLibraryResolverTests
         Directory.CreateDirectory(bin);
         string other = TestModels.TempDir("exe");
 
-        var c = NativeLibraries.KernelCandidates("/opt/custom/libfs.so", bin, Path.Combine(other, "fastserve"));
+        Assert.That(NativeLibraries.KernelCandidates("/opt/custom/libfs.so", bin, Path.Combine(other, "fastserve")),
+            Is.EqualTo(new[] { ("/opt/custom/libfs.so", "$FASTSERVE_CUDA_LIB") }), "a library named on purpose is the only candidate");
+        var c = NativeLibraries.KernelCandidates(null, bin, Path.Combine(other, "fastserve"));
         Assert.That(c.Select(x => x.Path), Is.EqualTo(new[]
         {
-            "/opt/custom/libfs.so",
             Path.Combine(bin, "libfastserve_cuda.so"),
             Path.Combine(other, "libfastserve_cuda.so"),
             Path.Combine(repo, "dist", "libfastserve_cuda.so"),
             "libfastserve_cuda.so",
         }));
-        Assert.That(c[0].Origin, Is.EqualTo("$FASTSERVE_CUDA_LIB"));
+        Assert.That(c[0].Origin, Is.EqualTo("next to the executable"));
         Assert.That(c[^1].Origin, Is.EqualTo("default search"));
     }
 

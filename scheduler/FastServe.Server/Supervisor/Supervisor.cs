@@ -43,7 +43,7 @@ public sealed class Supervisor
     private readonly Lock _lock = new();
     private readonly Child _engine;
     private readonly Child[] _workers;
-    private volatile bool _draining;
+    private volatile bool _draining, _everReady;
     private readonly ManualResetEventSlim _changed = new(false);
 
     private sealed class Child
@@ -79,6 +79,10 @@ public sealed class Supervisor
 
     public int Port { get; }
 
+    /// <summary>A child refused to start (exit code 1 or 2) before the replica was ever ready: <see cref="Run"/>
+    /// stopped the rest and returned 1 instead of restarting it forever.</summary>
+    public bool StartFailed { get; private set; }
+
     public int Run()
     {
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; Drain("SIGTERM"); });
@@ -101,14 +105,29 @@ public sealed class Supervisor
                     foreach (var c in All())
                         if (c.Process is { HasExited: true } p)
                         {
+                            // Exit code 1 or 2 is a refusal with a stable error code on its stderr (a bad flag, a
+                            // missing model, no usable GPU); before the replica was ever ready it would only repeat.
+                            if (!_everReady && p.ExitCode is 1 or 2)
+                            {
+                                _opt.Log?.Invoke($"{c.Role} {c.Index} (pid {p.Id}) refused to start ({Describe(p.ExitCode)}); its error is above; stopping");
+                                p.Dispose();
+                                c.Process = null;
+                                _draining = true;
+                                foreach (var other in All())
+                                    if (other.Process is { HasExited: false } q) Native.Kill(q.Id, Native.SIGTERM);
+                                StartFailed = true;
+                                break;
+                            }
                             _opt.Log?.Invoke($"{c.Role} {c.Index} (pid {p.Id}) exited with {Describe(p.ExitCode)}; restarting");
                             p.Dispose();
                             c.Process = null;
                         }
+                    if (StartFailed) break;
                     foreach (var c in All()) if (c.Process is null && ReadyToRestart(c)) StartChild(c);
                 }
             }
-            return AwaitDrain();
+            int code = AwaitDrain();
+            return StartFailed ? 1 : code;
         }
         finally
         {
@@ -180,7 +199,12 @@ public sealed class Supervisor
         {
             try
             {
-                if (ProbeReady()) { _opt.OnReady?.Invoke(Port); return; }
+                if (ProbeReady())
+                {
+                    _everReady = true;
+                    _opt.OnReady?.Invoke(Port);
+                    return;
+                }
             }
             catch (SocketException) { }
             Thread.Sleep(100);

@@ -182,4 +182,20 @@ public class CudaCliTests
         AssertOneError(r, "cuda.unsupported_device");
         Assert.That(r.Err, Does.Contain("fs_cuda_init failed: FS_ERR_UNSUPPORTED").And.Contain("no code for sm_90"));
     }
+
+    /// <summary>The same refusal under serve passes the supervisor's checks and comes from the engine child: the
+    /// supervisor stops with its error instead of restarting a child that can only refuse again.</summary>
+    [Test]
+    public void ServeStopsWhenItsEngineRefusesToStart()
+    {
+        var env = Fake();
+        env["FASTSERVE_CUDA_LIB"] = Path.Combine(FakeCuda.Directory!, "libfastserve_cuda.so");
+        var sw = Stopwatch.StartNew();
+        var r = Run(env, Args(["serve", "--model", "@TINY", "--port", "0", "--workers", "1"]));
+        Assert.That(r.Code, Is.EqualTo(1), r.Err);
+        Assert.That(r.Err, Does.Contain("error[cuda.unsupported_device]").And.Contain("no code for sm_90"));
+        Assert.That(r.Err, Does.Contain("refused to start"));
+        Assert.That(r.Err, Does.Not.Contain("restarting"), "no restart loop");
+        TestContext.Out.WriteLine($"serve stopped in {sw.ElapsedMilliseconds} ms:\n{r.Err}");
+    }
 }

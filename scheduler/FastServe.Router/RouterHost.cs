@@ -498,7 +498,7 @@ public sealed class RouterHost : IAsyncDisposable
             }
             var keep = new List<Endpoint>(_leaving.Count);
             foreach (var e in _leaving) if (now - e.RemovedAt < LeavingFallback) keep.Add(e);
-            if (keep.Count != _fallback.Length) _fallback = [.. keep];
+            _fallback = [.. keep];
         }
         if (done is null) return;
         foreach (var e in done)

@@ -22,7 +22,7 @@ SIGS = {
     "fs_cuda_kv_store": [vp, vp, vp, ci, ci, vp, vp, ci, vp],
     "fs_cuda_attention": [vp, vp, ci, ci, ci, ci, vp, vp, ci, vp, ci, vp, vp, vp],
     "fs_cuda_gather_rows": [vp, vp, ci, vp, ci, vp],
-    "fs_cuda_sample": [vp, vp, ci, ci, vp, vp, vp, vp, cu64, vp, csz, vp],
+    "fs_cuda_sample": [vp, vp, ci, ci, vp, vp, vp, vp, vp, vp, csz, vp],
 }
 F32, F16, BF16, F8 = 0, 1, 2, 3
 
@@ -233,7 +233,8 @@ def main():
             t = torch.full((rows,), temp, device=dev)
             p = torch.full((rows,), top_p, device=dev)
             kk = torch.full((rows,), top_k, dtype=torch.int32, device=dev)
-            call("fs_cuda_sample", S(), P(logits), rows, vocab, P(t), P(p), P(kk), P(seeds), step, P(ws), ws.numel(), P(out))
+            ctr = torch.full((rows,), step, dtype=torch.int64, device=dev)
+            call("fs_cuda_sample", S(), P(logits), rows, vocab, P(t), P(p), P(kk), P(seeds), P(ctr), P(ws), ws.numel(), P(out))
             return out.clone()
 
         g = draw(0.0, 1.0, 0, 0)
@@ -252,7 +253,8 @@ def main():
         p = torch.full((rows,), 1.0, device=dev)
         kk = torch.full((rows,), 4, dtype=torch.int32, device=dev)
         for st in range(steps):
-            call("fs_cuda_sample", S(), P(lg1), rows, 8, P(t), P(p), P(kk), P(seeds), st, P(w1), w1.numel(), P(out))
+            ctr = torch.full((rows,), st, dtype=torch.int64, device=dev)
+            call("fs_cuda_sample", S(), P(lg1), rows, 8, P(t), P(p), P(kk), P(seeds), P(ctr), P(w1), w1.numel(), P(out))
             for v in out.tolist():
                 counts[v] += 1
         keep = small[0].topk(4).indices.cpu()
@@ -270,7 +272,8 @@ def main():
         kk = torch.zeros(rows, dtype=torch.int32, device=dev)
         seen = set()
         for st in range(500):
-            call("fs_cuda_sample", S(), P(lg1), rows, 8, P(t), P(p), P(kk), P(seeds), st, P(w1), w1.numel(), P(out))
+            ctr = torch.full((rows,), st, dtype=torch.int64, device=dev)
+            call("fs_cuda_sample", S(), P(lg1), rows, 8, P(t), P(p), P(kk), P(seeds), P(ctr), P(w1), w1.numel(), P(out))
             seen.update(out.tolist())
         report("sample top_p=0.6 stays in the nucleus", float(len(seen - allowed)), 0)
     run("sample", sample)

@@ -39,6 +39,7 @@ public sealed unsafe class CudaBackend : IBackend
     private CudaDeviceMemory _mirror;
     private CudaPinnedMemory _readback;
     private CudaDeviceMemory? _gatherScratch;
+    private CudaDeviceMemory? _sampleScratch;
     private long _stagingUsed;
     private int _epoch;
     private bool _pending;
@@ -48,7 +49,7 @@ public sealed unsafe class CudaBackend : IBackend
 
     // Host scratch for arrays computed from a BatchLayout; staged copies are compared against these caches.
     private int[] _hostInts = new int[256];
-    private StageCache _ropeCache, _slotCache, _attnCache, _gatherCache, _tokenCache;
+    private StageCache _ropeCache, _slotCache, _attnCache, _gatherCache, _tokenCache, _sampleCache;
 
     private Mode _mode;
     private ulong _signature;
@@ -406,14 +407,65 @@ public sealed unsafe class CudaBackend : IBackend
         OpChecks.CopyToHost(src, dst);
         Enter();
         int n = s.Rows * s.Cols;
-        long bytes = 4L * n;
         Sign(11, s.Ptr, n);
+        Readback(s.Ptr, 4L * n);
+        new ReadOnlySpan<float>(_readback.Ptr, n).CopyTo(dst);
+    }
+
+    /// <summary>True: <see cref="Sample"/> runs fs_cuda_sample on the stream and only the ids are downloaded.</summary>
+    public bool SamplesOnDevice => true;
+
+    /// <summary>Draws one token per logits row on the device (fs_cuda_sample, <see cref="CounterSampler"/>'s rules)
+    /// and downloads only the ids; waits like <see cref="CopyToHost"/>, and like it ends a capture or launches a
+    /// replay, so a decode step that samples on the device can be a CUDA graph.</summary>
+    public void Sample(BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens)
+    {
+        var l = T(logits);
+        OpChecks.Sample(logits, rows, tokens);
+        Enter();
+        int n = rows.Length, vocab = l.Cols;
+        // One staged array: temperature f32[n] | top_p f32[n] | top_k i32[n] | (pad to 8 bytes) seeds u64[n] |
+        // counters u64[n]. Staged blocks start 256-byte aligned, so an even word offset is 8-byte aligned.
+        int seeds = 3 * n + (n & 1), counters = seeds + 2 * n, words = counters + 2 * n;
+        var a = HostInts(Math.Max(words, 1));
+        for (int i = 0; i < n; i++)
+        {
+            var r = rows[i];
+            a[i] = BitConverter.SingleToInt32Bits(r.Temperature);
+            a[n + i] = BitConverter.SingleToInt32Bits(r.TopP);
+            a[2 * n + i] = r.TopK;
+            a[seeds + 2 * i] = (int)r.Seed;
+            a[seeds + 2 * i + 1] = (int)(r.Seed >> 32);
+            a[counters + 2 * i] = (int)r.Counter;
+            a[counters + 2 * i + 1] = (int)(r.Counter >> 32);
+        }
+        if (n % 2 == 1) a[3 * n] = 0;
+        nint p = StageInts(a.AsSpan(0, words), ref _sampleCache);
+        long work = (long)FastServeCuda.fs_cuda_sample_workspace_bytes(n, vocab);
+        long idsAt = (work + StagingAlignment - 1) & ~(long)(StagingAlignment - 1);
+        nint scratch = SampleScratch(idsAt + 4L * n);
+        nint ids = scratch + (nint)idsAt;
+        Sign(13, l.Ptr, n, vocab, p, scratch);
+        if (n > 0 && _mode != Mode.Staging)
+        {
+            Kernel(FastServeCuda.fs_cuda_sample(_stream, l.Ptr, n, vocab, p, p + 4 * n, p + 8 * n, p + 4 * seeds, p + 4 * counters,
+                scratch, (nuint)work, ids), "fs_cuda_sample");
+        }
+        Readback(ids, 4L * n);
+        new ReadOnlySpan<int>(_readback.Ptr, n).CopyTo(tokens);
+    }
+
+    // Downloads `bytes` from `src` into the readback buffer and waits for all issued work. During a capture this is
+    // where the captured step ends (its graph is launched once to produce this result); during a replay, where the
+    // graph is launched.
+    private void Readback(nint src, long bytes)
+    {
         switch (_mode)
         {
             case Mode.Capturing:
             {
                 if (bytes > _readback.Bytes) ThrowNeedsWarmUp("the readback buffer");
-                if (bytes > 0) Driver(CudaDriver.cuMemcpyDtoHAsync_v2(_readback.Ptr, s.Ptr, (nuint)bytes, _stream), "cuMemcpyDtoHAsync_v2");
+                if (bytes > 0) Driver(CudaDriver.cuMemcpyDtoHAsync_v2(_readback.Ptr, src, (nuint)bytes, _stream), "cuMemcpyDtoHAsync_v2");
                 var graph = FinishCapture(bytes);
                 _capturedByCopy = graph;
                 LaunchGraph(graph);
@@ -430,11 +482,10 @@ public sealed unsafe class CudaBackend : IBackend
             }
             default:
                 if (bytes > _readback.Bytes) GrowReadback(bytes);
-                if (bytes > 0) Driver(CudaDriver.cuMemcpyDtoHAsync_v2(_readback.Ptr, s.Ptr, (nuint)bytes, _stream), "cuMemcpyDtoHAsync_v2");
+                if (bytes > 0) Driver(CudaDriver.cuMemcpyDtoHAsync_v2(_readback.Ptr, src, (nuint)bytes, _stream), "cuMemcpyDtoHAsync_v2");
                 break;
         }
         Synchronize();
-        new ReadOnlySpan<float>(_readback.Ptr, n).CopyTo(dst);
     }
 
     public void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst)
@@ -715,6 +766,16 @@ public sealed unsafe class CudaBackend : IBackend
         _readback = CudaPinnedMemory.Alloc(_context, Math.Max(bytes, _readback.Bytes * 2), "readback");
     }
 
+    private nint SampleScratch(long bytes)
+    {
+        if (_sampleScratch is not null && _sampleScratch.Bytes >= bytes) return _sampleScratch.Ptr;
+        if (_mode != Mode.Normal) ThrowNeedsWarmUp("the sampling workspace");
+        Sync("cuStreamSynchronize");
+        _sampleScratch?.Dispose();
+        _sampleScratch = CudaDeviceMemory.Alloc(_context, Math.Max(bytes, 2 * (_sampleScratch?.Bytes ?? 0)), "sampling workspace");
+        return _sampleScratch.Ptr;
+    }
+
     private nint GatherScratch(long bytes)
     {
         if (_gatherScratch is not null && _gatherScratch.Bytes >= bytes) return _gatherScratch.Ptr;
@@ -778,6 +839,7 @@ public sealed unsafe class CudaBackend : IBackend
         foreach (var m in _invFreq.Values) m.Dispose();
         _invFreq.Clear();
         _gatherScratch?.Dispose();
+        _sampleScratch?.Dispose();
         _staging.Dispose();
         _mirror.Dispose();
         _readback.Dispose();

@@ -14,7 +14,7 @@ internal static unsafe partial class FastServeCuda
     private const string Lib = NativeLibraries.Kernels;
 
     /// <summary>FS_CUDA_ABI_VERSION of the header these bindings were written against.</summary>
-    public const int AbiVersion = 1;
+    public const int AbiVersion = 2;
 
     static FastServeCuda() => NativeLibraries.EnsureResolver();
 
@@ -59,7 +59,7 @@ internal static unsafe partial class FastServeCuda
 
     [LibraryImport(Lib)]
     public static partial int fs_cuda_sample(nint stream, nint logits, int rows, int vocab, nint temperature, nint topP, nint topK, nint seeds,
-        ulong step, nint workspace, nuint workspaceBytes, nint outTokens);
+        nint counters, nint workspace, nuint workspaceBytes, nint outTokens);
 
     [LibraryImport(Lib)]
     public static partial nuint fs_cuda_sample_workspace_bytes(int rows, int vocab);

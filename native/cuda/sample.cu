@@ -1,11 +1,11 @@
 // Token sampling on the device: greedy arg-max, or temperature + top-k + top-p with a counter-based generator.
 //
 // One CTA (1024 threads) per row. Probabilities p = exp((logit - max) / T) go to the workspace, and their masses are
-// summed as 40-bit fixed point in 64-bit integers, so every sum is exact and a (seed, step) always picks the same
+// summed as 40-bit fixed point in 64-bit integers, so every sum is exact and a (seed, counter) always picks the same
 // token whatever the thread timing. The kept set (top-k, then the smallest prefix by probability that reaches top-p)
 // is found without sorting: a 4-pass radix select over the probabilities' float bits (monotone for p >= 0) finds the
 // threshold value tau; all tokens above tau are kept and, among tokens equal to tau, the lowest ids first as needed.
-// The draw u = Philox4x32-10(key = seed, counter = step) in [0, 1) then picks the token where the running mass in
+// The draw u = Philox4x32-10(key = seeds[r], counter = counters[r]) in [0, 1) then picks the token where the running mass in
 // id order passes u * kept mass.
 #include "common.cuh"
 
@@ -64,7 +64,7 @@ __device__ __forceinline__ T block_exclusive_scan(T v, T* scratch, T* total) {
 __global__ void __launch_bounds__(kSampleThreads)
 sample_kernel(const float* __restrict__ logits, int vocab, const float* __restrict__ temperature,
               const float* __restrict__ top_p, const int32_t* __restrict__ top_k, const uint64_t* __restrict__ seeds,
-              uint64_t step, float* __restrict__ probs, int32_t* __restrict__ out_tokens) {
+              const uint64_t* __restrict__ counters, float* __restrict__ probs, int32_t* __restrict__ out_tokens) {
     __shared__ float s_val[32];
     __shared__ int s_idx[32];
     __shared__ unsigned int hist_cnt[256];
@@ -203,6 +203,7 @@ sample_kernel(const float* __restrict__ logits, int vocab, const float* __restri
     if (tid == 0) s_token = argmax;  // only if the kept mass is zero (every probability below 2^-40)
     __syncthreads();
     if (kept > 0) {
+        const uint64_t step = counters ? counters[row] : 0ull;
         uint32_t c[4] = {(uint32_t)step, (uint32_t)(step >> 32), 0u, 0u};
         const uint64_t seed = seeds ? seeds[row] : 0ull;
         philox4x32_10(c, (uint32_t)seed, (uint32_t)(seed >> 32));
@@ -242,7 +243,7 @@ FS_API size_t fs_cuda_sample_workspace_bytes(int rows, int vocab) {
 }
 
 FS_API fs_status fs_cuda_sample(fs_stream stream, const float* logits, int rows, int vocab, const float* temperature,
-                                const float* top_p, const int32_t* top_k, const uint64_t* seeds, uint64_t step,
+                                const float* top_p, const int32_t* top_k, const uint64_t* seeds, const uint64_t* counters,
                                 void* workspace, size_t workspace_bytes_given, int32_t* out_tokens) {
     FS_API_BEGIN
     FS_CHECK_ARG(logits && temperature && out_tokens, "sample: null pointer (logits, temperature and out_tokens are required)");
@@ -253,7 +254,7 @@ FS_API fs_status fs_cuda_sample(fs_stream stream, const float* logits, int rows,
                  "sample: workspace %p of %zu bytes; need %zu bytes, 4-byte aligned (fs_cuda_sample_workspace_bytes)",
                  workspace, workspace_bytes_given, need);
     sample_kernel<<<rows, kSampleThreads, 0, (cudaStream_t)stream>>>(logits, vocab, temperature, top_p, top_k, seeds,
-                                                                     step, static_cast<float*>(workspace), out_tokens);
+                                                                     counters, static_cast<float*>(workspace), out_tokens);
     FS_LAUNCH_CHECK("sample_kernel");
     return FS_OK;
     FS_API_END

@@ -32,7 +32,7 @@ extern "C" {
 #define FS_API __attribute__((visibility("default")))
 #endif
 
-#define FS_CUDA_ABI_VERSION 1
+#define FS_CUDA_ABI_VERSION 2
 
 typedef enum fs_status {
     FS_OK = 0,
@@ -130,10 +130,13 @@ FS_API fs_status fs_cuda_gather_rows(fs_stream stream, const float* src, int col
  * Sampling on the device, so only token ids come back: for each row of logits [rows, vocab], temperature[r] == 0
  * picks the arg-max (lowest id on ties); otherwise softmax(logits / temperature) restricted to the smallest set of
  * tokens whose probability reaches top_p[r] (and to the top_k[r] most likely when top_k[r] > 0), drawn with a
- * counter-based generator from (seeds[r], step). out_tokens [rows].
+ * counter-based generator keyed by seeds[r] at counter counters[r] (Philox4x32-10; the host passes each sequence's
+ * seed and the position the token will take, so a seeded request draws the same tokens whatever batch it is in).
+ * top_p, top_k, seeds and counters may be NULL (1.0, 0, 0, 0 for every row). The probabilities' masses are summed
+ * exactly (40-bit fixed point), so the pick depends only on the inputs. out_tokens [rows].
  */
 FS_API fs_status fs_cuda_sample(fs_stream stream, const float* logits, int rows, int vocab, const float* temperature,
-                                const float* top_p, const int32_t* top_k, const uint64_t* seeds, uint64_t step,
+                                const float* top_p, const int32_t* top_k, const uint64_t* seeds, const uint64_t* counters,
                                 void* workspace, size_t workspace_bytes, int32_t* out_tokens);
 /* Bytes of device workspace fs_cuda_sample needs for rows x vocab. */
 FS_API size_t fs_cuda_sample_workspace_bytes(int rows, int vocab);

@@ -86,6 +86,16 @@ public interface IBackend : IDisposable
 
     /// <summary>Sets dst to host data: dst.Rows = rows, data.Length = rows·dst.Cols.</summary>
     void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst);
+
+    /// <summary>True when <see cref="Sample"/> runs where the logits are (a GPU), so only token ids reach the host.
+    /// The engine samples through the backend only then; otherwise it downloads logits and samples on the host.</summary>
+    bool SamplesOnDevice => false;
+
+    /// <summary>tokens[i] = the token drawn from logits row i with <paramref name="rows"/>[i], by the rules of
+    /// <see cref="CounterSampler"/> (greedy lowest-id arg-max; temperature, top-k, top-p; a Philox draw keyed by
+    /// seed and counter). rows.Length must equal logits.Rows. Waits for all issued work, like <see cref="CopyToHost"/>.
+    /// The default downloads the logits and runs the scalar reference; device backends override it.</summary>
+    void Sample(BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens) => CounterSampler.SampleOnHost(this, logits, rows, tokens);
 }
 
 /// <summary>A weight as the backend holds it. Rows = output features, Cols = input features.</summary>

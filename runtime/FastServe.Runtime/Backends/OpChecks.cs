@@ -134,6 +134,18 @@ internal static class OpChecks
         if (dst.Length < n) ThrowCopyToHost(src, n, dst.Length);
     }
 
+    /// <summary><see cref="IBackend.Sample"/>: one parameter row and one output slot per logits row, and sane
+    /// parameters (temperature finite and ≥ 0, top_p in (0, 1], top_k ≥ 0).</summary>
+    public static void Sample(BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens)
+    {
+        if (rows.Length != logits.Rows || tokens.Length < rows.Length) ThrowSampleShape(logits, rows.Length, tokens.Length);
+        for (int i = 0; i < rows.Length; i++)
+        {
+            var r = rows[i];
+            if (!float.IsFinite(r.Temperature) || r.Temperature < 0 || !(r.TopP > 0 && r.TopP <= 1) || r.TopK < 0) ThrowSampleRow(i, r);
+        }
+    }
+
     /// <summary><see cref="IBackend.CopyFromHost"/>: rows within dst's capacity and data exactly rows·dst.Cols floats.</summary>
     public static void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst)
     {
@@ -272,6 +284,14 @@ internal static class OpChecks
     [DoesNotReturn]
     private static void ThrowCopyToHost(BackendTensor src, int needed, int got) =>
         throw new ArgumentException($"CopyToHost: {src.Name} needs {needed} floats, got {got}");
+
+    [DoesNotReturn]
+    private static void ThrowSampleShape(BackendTensor logits, int rows, int tokens) =>
+        throw new ArgumentException($"Sample: {logits.Name} has {logits.Rows} rows; got {rows} parameter rows and room for {tokens} tokens");
+
+    [DoesNotReturn]
+    private static void ThrowSampleRow(int i, SampleRow r) =>
+        throw new ArgumentException($"Sample: row {i} has temperature {r.Temperature}, top_p {r.TopP}, top_k {r.TopK}");
 
     [DoesNotReturn]
     private static void ThrowCopyFromHost(int floats, int rows, BackendTensor dst) =>

@@ -23,9 +23,29 @@ public sealed class Sampler
         _idx = scratch.Idx;
         _val = scratch.Val;
         _rng = p.Seed is { } s ? new Random(unchecked((int)(s ^ (s >> 32)))) : new Random();
+        CounterSeed = p.Seed ?? (ulong)Random.Shared.NextInt64(long.MinValue, long.MaxValue);
     }
 
     public SamplingParams Params => _p;
+
+    /// <summary>The key of this sequence's draws where a backend samples (<see cref="Backends.CounterSampler"/>): the
+    /// request's seed, or a random one drawn once per sequence when it has none.</summary>
+    public ulong CounterSeed { get; }
+
+    /// <summary>The parameters of one draw of this sequence for <see cref="Backends.IBackend.Sample"/>, at
+    /// <paramref name="position"/> (the position the token will take, the draw's counter).</summary>
+    public Backends.SampleRow CounterRow(int position) => new(_p.Temperature, _p.TopP, _p.TopK, CounterSeed, (ulong)position);
+
+    /// <summary>The log-probability part of <see cref="Sample"/> for a token chosen elsewhere (by a backend's
+    /// sampler): fills <paramref name="top"/> when non-empty and returns <paramref name="token"/>'s log-probability
+    /// (0 when neither is asked for).</summary>
+    public float Logprobs(ReadOnlySpan<float> logits, int token, Span<TokenLogprob> top)
+    {
+        if (top.IsEmpty && _p.Logprobs == 0) return 0;
+        float lse = LogSumExp(logits);
+        if (!top.IsEmpty) TopN(logits, lse, top);
+        return logits[token] - lse;
+    }
 
     /// <summary>Chooses the next token. When <paramref name="top"/> is non-empty, fills it with the top
     /// log-probabilities (descending) and returns the chosen token's own log-probability in <paramref name="chosenLogprob"/>.</summary>

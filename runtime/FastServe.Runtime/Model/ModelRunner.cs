@@ -76,10 +76,29 @@ public sealed class ModelRunner : IDisposable
     /// </summary>
     public void Forward(ReadOnlySpan<int> tokens, BatchLayout batch, ReadOnlySpan<int> logitRows, Span<float> logits)
     {
+        if (logits.Length < logitRows.Length * _cfg.VocabSize) throw new ArgumentException("logits buffer too small");
+        if (!Run(tokens, batch, logitRows)) return;
+        _b.CopyToHost(_logits, logits[..(logitRows.Length * _cfg.VocabSize)]);
+    }
+
+    /// <summary>
+    /// Runs one step like <see cref="Forward"/>, then samples one token per row of <paramref name="logitRows"/> with
+    /// the matching <paramref name="sample"/> parameters through <see cref="IBackend.Sample"/>, so on a device backend
+    /// only the token ids come back.
+    /// </summary>
+    public void ForwardSample(ReadOnlySpan<int> tokens, BatchLayout batch, ReadOnlySpan<int> logitRows, ReadOnlySpan<SampleRow> sample, Span<int> outTokens)
+    {
+        if (sample.Length != logitRows.Length || outTokens.Length < logitRows.Length) throw new ArgumentException("one sampling row and one output per logit row");
+        if (!Run(tokens, batch, logitRows)) return;
+        _b.Sample(_logits, sample, outTokens);
+    }
+
+    // Issues the step's ops up to the logits; false when no logits were asked for.
+    private bool Run(ReadOnlySpan<int> tokens, BatchLayout batch, ReadOnlySpan<int> logitRows)
+    {
         if (tokens.Length != batch.TotalRows) throw new ArgumentException("one token per row of the batch");
         if (tokens.Length > MaxTokensPerStep) throw new ArgumentException($"{tokens.Length} rows exceeds the step capacity {MaxTokensPerStep}");
         if (logitRows.Length > MaxLogitRows) throw new ArgumentException($"{logitRows.Length} logit rows exceeds {MaxLogitRows}");
-        if (logits.Length < logitRows.Length * _cfg.VocabSize) throw new ArgumentException("logits buffer too small");
 
         var positions = batch.Positions;
         _b.Embedding(_embed, tokens, _x);
@@ -109,10 +128,10 @@ public sealed class ModelRunner : IDisposable
         if (pendingResidual is null) _b.RmsNorm(_x, _finalNorm, _eps, _h);
         else _b.AddRmsNorm(_x, pendingResidual, _finalNorm, _eps, _h);
 
-        if (logitRows.Length == 0) return;
+        if (logitRows.Length == 0) return false;
         _b.GatherRows(_h, logitRows, _last);
         _b.MatMul(_last, _lmHead, _logits);
-        _b.CopyToHost(_logits, logits[..(logitRows.Length * _cfg.VocabSize)]);
+        return true;
     }
 
     public void Dispose()

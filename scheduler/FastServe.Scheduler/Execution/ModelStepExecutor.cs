@@ -36,8 +36,9 @@ public sealed record ModelExecutorOptions
 }
 
 /// <summary>
-/// Runs engine steps on a real backend (CPU or reference) through <see cref="ModelRunner"/>, then samples each
-/// requested row with the sequence's own <see cref="Sampler"/>. Steps execute on a dedicated device thread in
+/// Runs engine steps on a real backend (CPU, reference, CUDA) through <see cref="ModelRunner"/>, then samples each
+/// requested row: with the sequence's own <see cref="Sampler"/> on the host, or, where the backend
+/// <see cref="IBackend.SamplesOnDevice"/>, through the backend so that only token ids come back. Steps execute on a dedicated device thread in
 /// launch order (the backend's compute pool fans each op out from there), so the scheduler thread is free while a
 /// forward pass runs, as it would be with a GPU stream.
 /// </summary>
@@ -48,6 +49,10 @@ public sealed class ModelStepExecutor : IStepExecutor
     private readonly BlockingCollection<StepBatch> _queue = new(new ConcurrentQueue<StepBatch>(), 2);
     private readonly Thread _device;
     private readonly int _vocab;
+    private readonly bool _backendSamples;
+    private readonly SampleRow[] _sampleRows;
+    private readonly int[] _sampled;
+    private float[]? _probs;
 
     /// <summary>Owns nothing it is given: dispose the backend and the model after this. Errors: engine.invalid_option,
     /// args.invalid_context.</summary>
@@ -69,6 +74,9 @@ public sealed class ModelStepExecutor : IStepExecutor
         _vocab = config.VocabSize;
         _runner = new ModelRunner(config, weights, backend, KvSpec, MaxTokensPerStep, MaxSequencesPerStep);
         _logits = new float[(long)MaxSequencesPerStep * _vocab];
+        _backendSamples = backend.SamplesOnDevice;
+        _sampleRows = new SampleRow[MaxSequencesPerStep];
+        _sampled = new int[MaxSequencesPerStep];
         Name = backend.Name;
         _device = new Thread(DeviceLoop) { IsBackground = true, Name = "fastserve-device" };
         _device.Start();
@@ -114,16 +122,57 @@ public sealed class ModelStepExecutor : IStepExecutor
 
     private void Run(StepBatch step)
     {
+        if (_backendSamples)
+        {
+            RunBackendSampled(step);
+            return;
+        }
         int n = step.SampleCount;
         _runner.Forward(step.Tokens.AsSpan(0, step.TokenCount), step.Layout, step.SampleRow.AsSpan(0, n), _logits);
         for (int i = 0; i < n; i++)
         {
-            var sampler = step.SampleSampler[i] ?? throw new InvalidOperationException($"sample {i} of step {step.Id} has no sampler");
+            var sampler = SamplerOf(step, i);
             var row = _logits.AsSpan(i * _vocab, _vocab);
             step.OutToken[i] = sampler.Sample(row, step.SampleTop[i], out float lp);
             step.OutLogprob[i] = lp;
         }
     }
+
+    // A backend that samples where the logits are: tokens are drawn by its Sample (CounterSampler's rules, keyed by
+    // the sequence's seed and the token's position), so only ids come back. A step in which some sequence wants
+    // log-probabilities downloads the logits instead and draws on the host by the same rules, so a seeded request
+    // gets the same tokens whichever way its steps went.
+    private void RunBackendSampled(StepBatch step)
+    {
+        int n = step.SampleCount;
+        bool logprobs = false;
+        for (int i = 0; i < n; i++)
+        {
+            var sampler = SamplerOf(step, i);
+            _sampleRows[i] = sampler.CounterRow(step.SamplePosition[i]);
+            logprobs |= step.SampleTop[i] is not null || sampler.Params.Logprobs > 0;
+        }
+        var tokens = step.Tokens.AsSpan(0, step.TokenCount);
+        var rows = step.SampleRow.AsSpan(0, n);
+        if (!logprobs)
+        {
+            _runner.ForwardSample(tokens, step.Layout, rows, _sampleRows.AsSpan(0, n), _sampled);
+            for (int i = 0; i < n; i++) { step.OutToken[i] = _sampled[i]; step.OutLogprob[i] = 0; }
+            return;
+        }
+        _runner.Forward(tokens, step.Layout, rows, _logits);
+        _probs ??= new float[_vocab];
+        for (int i = 0; i < n; i++)
+        {
+            var row = _logits.AsSpan(i * _vocab, _vocab);
+            int token = CounterSampler.Sample(row, _sampleRows[i], _probs);
+            step.OutToken[i] = token;
+            step.OutLogprob[i] = SamplerOf(step, i).Logprobs(row, token, step.SampleTop[i]);
+        }
+    }
+
+    private static Sampler SamplerOf(StepBatch step, int i) =>
+        step.SampleSampler[i] ?? throw new InvalidOperationException($"sample {i} of step {step.Id} has no sampler");
 
     public void Dispose()
     {

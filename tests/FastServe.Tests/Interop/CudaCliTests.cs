@@ -164,11 +164,11 @@ public class CudaCliTests
     [Test]
     public void OtherAbiVersionIsRefused()
     {
-        var env = Fake(("FAKE_FS_ABI", "2"));
+        var env = Fake(("FAKE_FS_ABI", "3"));
         env["FASTSERVE_CUDA_LIB"] = Path.Combine(FakeCuda.Directory!, "libfastserve_cuda.so");
         var r = Run(env, "check-backend", "--backend", "cuda");
         AssertOneError(r, "cuda.abi_mismatch");
-        Assert.That(r.Err, Does.Contain("ABI version 2").And.Contain("needs 1"));
+        Assert.That(r.Err, Does.Contain("ABI version 3").And.Contain("needs 2"));
     }
 
     /// <summary>Past every check the backend is created: the context is retained and fs_cuda_init runs, and its

@@ -71,7 +71,7 @@ internal static class FakeCuda
             #include <stdlib.h>
             #include <stddef.h>
             static int env(const char* name, int dflt) { const char* v = getenv(name); return v ? atoi(v) : dflt; }
-            int fs_cuda_abi_version(void) { return env("FAKE_FS_ABI", 1); }
+            int fs_cuda_abi_version(void) { return env("FAKE_FS_ABI", 2); }
             const char* fs_cuda_last_error(void) { return "this build of the kernels has no code for sm_90 (fake library)"; }
             int fs_cuda_device_count(int* n) { *n = 1; return 0; }
             int fs_cuda_device_info_get(int d, void* info) { (void)d; (void)info; return 4; }

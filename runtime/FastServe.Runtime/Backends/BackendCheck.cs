@@ -171,6 +171,11 @@ public static class BackendCheck
         list.Add(Make("GatherRows", "src=3 rows=[0,1] in-place identity", "f32", Tolerances.Exact, seed, (b, rng, _) => RunGather(b, rng, 3, [0, 1], inPlace: true)));
         foreach (int rows in new[] { 0, 1, 64 })
             list.Add(Make("CopyFromHost+CopyToHost", $"rows={rows} cols=67", "f32", Tolerances.Exact, seed, (b, rng, _) => RunCopy(b, rng, rows, 67)));
+        foreach (var (mode, rows, vocab) in SampleShapes)
+        {
+            string shape = $"{mode} rows={rows} vocab={vocab}";
+            list.Add(new Case("Sample", shape, "f32", _ => Tolerances.Exact, (b, _) => WithData(seed, "Sample", shape, "f32", (rng, _) => RunSample(b, rng, mode, rows, vocab))));
+        }
         return list;
     }
 
@@ -474,6 +479,56 @@ public static class BackendCheck
         b.GatherRows(src, rows, target);
         return new Output(Read(b, target), target.Rows);
     }
+
+    private static readonly (string Mode, int Rows, int Vocab)[] SampleShapes =
+    [
+        ("greedy-ties", 5, 97), ("top-k", 5, 1031), ("top-p", 5, 1031), ("top-k+top-p", 17, 1031), ("full", 3, 1031),
+        ("mixed", 64, 32000), ("flat-ties", 4, 2048),
+    ];
+
+    // The backend's draws against CounterSampler's on the same logits. A draw is exact but for exp's last bit (a
+    // device's expf may differ from the host's by an ulp, moving each mass by about 2^-23 of itself): a different
+    // token is excused only when the reference's target lies within 2^-18 of the kept mass of its token's interval
+    // ends, where such a shift could move it across.
+    private static (Output Actual, Output Expected) RunSample(IBackend b, Random rng, string mode, int rows, int vocab)
+    {
+        var host = new float[rows * vocab];
+        for (int i = 0; i < host.Length; i++) host[i] = mode == "flat-ties" ? rng.Next(3) : (float)(Gaussian(rng) * 3);
+        var param = new SampleRow[rows];
+        for (int r = 0; r < rows; r++)
+        {
+            if (mode == "greedy-ties")
+            {
+                // The maximum twice, the later copy first in memory order of a strided scan.
+                int a = rng.Next(vocab / 2), c = a + 1 + rng.Next(vocab / 2 - 1);
+                host[r * vocab + a] = host[r * vocab + c] = 50f;
+            }
+            string m = mode == "mixed" ? (new[] { "greedy-ties", "top-k", "top-p", "top-k+top-p", "full" })[r % 5] : mode;
+            float t = m == "greedy-ties" ? 0 : (float)(0.5 + rng.NextDouble());
+            float p = m is "top-p" or "top-k+top-p" or "flat-ties" ? (float)(0.5 + 0.45 * rng.NextDouble()) : 1f;
+            int k = m is "top-k" or "top-k+top-p" ? 1 + rng.Next(100) : m == "flat-ties" ? 1 + rng.Next(vocab) : 0;
+            param[r] = new SampleRow(t, p, k, (ulong)rng.NextInt64(), (ulong)rng.Next(1 << 20));
+        }
+        using var logits = b.Alloc("logits", rows, vocab);
+        b.CopyFromHost(host, rows, logits);
+        var tokens = new int[rows];
+        b.Sample(logits, param, tokens);
+
+        var probs = new float[vocab];
+        var actual = new float[rows];
+        var expected = new float[rows];
+        for (int r = 0; r < rows; r++)
+        {
+            var d = CounterSampler.Explain(host.AsSpan(r * vocab, vocab), param[r], probs);
+            actual[r] = tokens[r];
+            ulong slack = Math.Max(1UL, d.Kept >> 18);
+            bool borderline = d.Kept > 0 && (d.Target - d.Before <= slack || d.After - 1 - d.Target <= slack);
+            expected[r] = tokens[r] != d.Token && borderline ? tokens[r] : d.Token;
+        }
+        return (new Output(actual, rows), new Output(expected, rows));
+    }
+
+    private static double Gaussian(Random rng) => Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble());
 
     private static Output RunCopy(IBackend b, Random rng, int rows, int cols)
     {

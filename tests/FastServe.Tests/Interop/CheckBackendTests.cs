@@ -40,7 +40,7 @@ public class CheckBackendTests
     public void EveryBackendOpIsCovered()
     {
         var ops = typeof(IBackend).GetMethods().Select(m => m.Name)
-            .Except(["LoadMatrix", "LoadVector", "Alloc", "AllocKvCache", "Dispose", "get_Name", "get_QuantizesFp8Activations"]).ToHashSet();
+            .Except(["LoadMatrix", "LoadVector", "Alloc", "AllocKvCache", "Dispose", "get_Name", "get_QuantizesFp8Activations", "get_SamplesOnDevice"]).ToHashSet();
         var covered = BackendCheck.Cases(1).SelectMany(c => c.Op.Split('+')).ToHashSet();
         Assert.That(ops.Except(covered), Is.Empty, "IBackend ops with no check-backend case");
         var shapes = BackendCheck.Cases(1).Select(c => c.Shape).ToList();
@@ -62,7 +62,7 @@ public class CheckBackendTests
         Assert.That(other.Run(cpu, reference).Actual.Values, Is.Not.EqualTo(a1.Values));
     }
 
-    public enum Mutation { MatMulRelative2e4, RopePositionPlusOne, AttentionDropsLastKey, SiluOneUlpBoost, RowsNotSet, ClaimsW8A8, GatherOffByOne, EmbeddingLastColumn }
+    public enum Mutation { MatMulRelative2e4, RopePositionPlusOne, AttentionDropsLastKey, SiluOneUlpBoost, RowsNotSet, ClaimsW8A8, GatherOffByOne, EmbeddingLastColumn, SampleNextCounter, SampleTopKPlusOne }
 
     /// <summary>Each mutation breaks one op slightly; exactly that op's cases must fail and the rest still pass.</summary>
     [TestCase(Mutation.MatMulRelative2e4, "MatMul")]
@@ -73,6 +73,8 @@ public class CheckBackendTests
     [TestCase(Mutation.ClaimsW8A8, "MatMul")]
     [TestCase(Mutation.GatherOffByOne, "GatherRows")]
     [TestCase(Mutation.EmbeddingLastColumn, "Embedding")]
+    [TestCase(Mutation.SampleNextCounter, "Sample")]
+    [TestCase(Mutation.SampleTopKPlusOne, "Sample")]
     public void MutatedCpuOpFailsItsCases(Mutation mutation, string op)
     {
         using var broken = new MutatedBackend(new CpuBackend(2), mutation);
@@ -90,6 +92,13 @@ public class CheckBackendTests
         {
             Assert.That(mine.Where(r => r.Shape.Contains("in-place")), Has.All.Matches<CheckResult>(r => r!.Outcome == CheckOutcome.Pass), "in place Rows is already right");
             Assert.That(mine.Where(r => !r.Shape.Contains("in-place")), Has.All.Matches<CheckResult>(r => r!.Outcome == CheckOutcome.Fail && r.Detail!.Contains("Rows")));
+        }
+        else if (mutation == Mutation.SampleTopKPlusOne)
+        {
+            // One more kept token changes a draw only now and then, and only where top-k binds.
+            Assert.That(failing, Is.GreaterThanOrEqualTo(2), $"{failing} of {mine.Count} Sample cases failed");
+            Assert.That(mine.Where(r => r.Shape.StartsWith("greedy") || r.Shape.StartsWith("top-p") || r.Shape.StartsWith("full")),
+                Has.All.Matches<CheckResult>(r => r!.Outcome == CheckOutcome.Pass), "cases without top-k are unaffected");
         }
         else
         {
@@ -204,6 +213,17 @@ public class CheckBackendTests
         public void CopyToHost(BackendTensor src, Span<float> dst) => inner.CopyToHost(src, dst);
         public void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst) => inner.CopyFromHost(data, rows, dst);
         public void Dispose() => inner.Dispose();
+
+        public void Sample(BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens)
+        {
+            var changed = rows.ToArray();
+            for (int i = 0; i < changed.Length; i++)
+            {
+                if (mutation == Mutation.SampleNextCounter) changed[i] = changed[i] with { Counter = changed[i].Counter + 1 };
+                if (mutation == Mutation.SampleTopKPlusOne && changed[i].TopK > 0) changed[i] = changed[i] with { TopK = changed[i].TopK + 1 };
+            }
+            CounterSampler.SampleOnHost(inner, logits, changed, tokens);
+        }
 
         public void Embedding(BackendWeight table, ReadOnlySpan<int> tokens, BackendTensor dst)
         {

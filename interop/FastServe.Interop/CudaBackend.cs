@@ -26,7 +26,7 @@ namespace FastServe.Interop;
 /// <see cref="Launch"/>; see docs/cuda.md for how a decode step uses them.</para>
 /// An instance is used by one thread at a time (any thread: the context is made current on a thread change).
 /// </remarks>
-public sealed unsafe class CudaBackend : IBackend
+public sealed unsafe class CudaBackend : IBackend, IGraphBackend
 {
     private const long InitialStagingBytes = 1 << 20;
     private const int StagingAlignment = 256;
@@ -42,6 +42,9 @@ public sealed unsafe class CudaBackend : IBackend
     private CudaDeviceMemory? _sampleScratch;
     private long _stagingUsed;
     private int _epoch;
+    // Bumped whenever a buffer a graph may reference (staging, its mirror, readback, scratch) is reallocated; part of
+    // every graph's signature, so a graph recorded before is refused instead of reading freed memory.
+    private int _buffers;
     private bool _pending;
     private int _boundThread;
     private CudaException? _fault;
@@ -408,7 +411,7 @@ public sealed unsafe class CudaBackend : IBackend
         Enter();
         int n = s.Rows * s.Cols;
         Sign(11, s.Ptr, n);
-        Readback(s.Ptr, 4L * n);
+        Readback(s.Ptr, 4L * n, 4L * s.MaxRows * s.Cols);
         new ReadOnlySpan<float>(_readback.Ptr, n).CopyTo(dst);
     }
 
@@ -443,7 +446,9 @@ public sealed unsafe class CudaBackend : IBackend
         nint p = StageInts(a.AsSpan(0, words), ref _sampleCache);
         long work = (long)FastServeCuda.fs_cuda_sample_workspace_bytes(n, vocab);
         long idsAt = (work + StagingAlignment - 1) & ~(long)(StagingAlignment - 1);
-        nint scratch = SampleScratch(idsAt + 4L * n);
+        // Sized for the tensor's capacity at once: each reallocation invalidates the graphs recorded before it.
+        long fullWork = (long)FastServeCuda.fs_cuda_sample_workspace_bytes(l.MaxRows, vocab);
+        nint scratch = SampleScratch(idsAt + 4L * n, ((fullWork + StagingAlignment - 1) & ~(long)(StagingAlignment - 1)) + 4L * l.MaxRows);
         nint ids = scratch + (nint)idsAt;
         Sign(13, l.Ptr, n, vocab, p, scratch);
         if (n > 0 && _mode != Mode.Staging)
@@ -451,14 +456,14 @@ public sealed unsafe class CudaBackend : IBackend
             Kernel(FastServeCuda.fs_cuda_sample(_stream, l.Ptr, n, vocab, p, p + 4 * n, p + 8 * n, p + 4 * seeds, p + 4 * counters,
                 scratch, (nuint)work, ids), "fs_cuda_sample");
         }
-        Readback(ids, 4L * n);
+        Readback(ids, 4L * n, 4L * l.MaxRows);
         new ReadOnlySpan<int>(_readback.Ptr, n).CopyTo(tokens);
     }
 
     // Downloads `bytes` from `src` into the readback buffer and waits for all issued work. During a capture this is
     // where the captured step ends (its graph is launched once to produce this result); during a replay, where the
     // graph is launched.
-    private void Readback(nint src, long bytes)
+    private void Readback(nint src, long bytes, long growTo)
     {
         switch (_mode)
         {
@@ -481,7 +486,7 @@ public sealed unsafe class CudaBackend : IBackend
                 break;
             }
             default:
-                if (bytes > _readback.Bytes) GrowReadback(bytes);
+                if (bytes > _readback.Bytes) GrowReadback(Math.Max(bytes, growTo));
                 if (bytes > 0) Driver(CudaDriver.cuMemcpyDtoHAsync_v2(_readback.Ptr, src, (nuint)bytes, _stream), "cuMemcpyDtoHAsync_v2");
                 break;
         }
@@ -517,6 +522,7 @@ public sealed unsafe class CudaBackend : IBackend
         _signature = SignatureSeed;
         Driver(CudaDriver.cuStreamBeginCapture_v2(_stream, CudaDriver.StreamCaptureModeThreadLocal), "cuStreamBeginCapture_v2");
         _mode = Mode.Capturing;
+        Sign(0, _buffers);
     }
 
     /// <summary>Ends the capture and returns the instantiated graph. If a <see cref="CopyToHost"/> ended it, returns
@@ -533,9 +539,16 @@ public sealed unsafe class CudaBackend : IBackend
         return g;
     }
 
-    /// <summary>Abandons a capture (after an op threw mid-step); the stream returns to normal operation.</summary>
+    /// <summary>Abandons a capture, or a replay whose ops have not launched it yet (after an op threw mid-step); the
+    /// stream returns to normal operation and nothing of the step has run.</summary>
     public void AbortCapture()
     {
+        if (_mode == Mode.Staging)
+        {
+            _mode = Mode.Normal;
+            _replaying = null;
+            return;
+        }
         if (_mode != Mode.Capturing) return;
         nint graph;
         int r = CudaDriver.cuStreamEndCapture(_stream, &graph);
@@ -561,7 +574,13 @@ public sealed unsafe class CudaBackend : IBackend
         _signature = SignatureSeed;
         _replaying = graph;
         _mode = Mode.Staging;
+        Sign(0, _buffers);
     }
+
+    IStepGraph IGraphBackend.EndCapture() => EndCapture();
+
+    void IGraphBackend.BeginReplay(IStepGraph graph) =>
+        BeginReplay(graph as CudaGraph ?? throw new ArgumentException("not a graph of the cuda backend", nameof(graph)));
 
     /// <summary>Launches <paramref name="graph"/> asynchronously: after <see cref="BeginReplay"/> and the step's ops
     /// (checked against the capture), or right after <see cref="EndCapture"/> to run what was recorded.</summary>
@@ -753,6 +772,7 @@ public sealed unsafe class CudaBackend : IBackend
             long cap = Math.Max(bytes, _staging.Bytes * 2);
             _staging.Dispose();
             _mirror.Dispose();
+            _buffers++;
             _staging = CudaPinnedMemory.Alloc(_context, cap, "staging");
             _mirror = CudaDeviceMemory.Alloc(_context, cap, "staging mirror");
         }
@@ -762,17 +782,22 @@ public sealed unsafe class CudaBackend : IBackend
     private void GrowReadback(long bytes)
     {
         Sync("cuStreamSynchronize");
+        var grown = CudaPinnedMemory.Alloc(_context, Math.Max(bytes, _readback.Bytes * 2), "readback");
         _readback.Dispose();
-        _readback = CudaPinnedMemory.Alloc(_context, Math.Max(bytes, _readback.Bytes * 2), "readback");
+        _readback = grown;
+        _buffers++;
     }
 
-    private nint SampleScratch(long bytes)
+    private nint SampleScratch(long bytes, long growTo)
     {
         if (_sampleScratch is not null && _sampleScratch.Bytes >= bytes) return _sampleScratch.Ptr;
         if (_mode != Mode.Normal) ThrowNeedsWarmUp("the sampling workspace");
         Sync("cuStreamSynchronize");
+        long size = Math.Max(Math.Max(bytes, growTo), 2 * (_sampleScratch?.Bytes ?? 0));
         _sampleScratch?.Dispose();
-        _sampleScratch = CudaDeviceMemory.Alloc(_context, Math.Max(bytes, 2 * (_sampleScratch?.Bytes ?? 0)), "sampling workspace");
+        _sampleScratch = null;
+        _buffers++;
+        _sampleScratch = CudaDeviceMemory.Alloc(_context, size, "sampling workspace");
         return _sampleScratch.Ptr;
     }
 
@@ -781,8 +806,11 @@ public sealed unsafe class CudaBackend : IBackend
         if (_gatherScratch is not null && _gatherScratch.Bytes >= bytes) return _gatherScratch.Ptr;
         if (_mode != Mode.Normal) ThrowNeedsWarmUp("the in-place gather scratch");
         Sync("cuStreamSynchronize");
+        long size = Math.Max(bytes, 2 * (_gatherScratch?.Bytes ?? 0));
         _gatherScratch?.Dispose();
-        _gatherScratch = CudaDeviceMemory.Alloc(_context, Math.Max(bytes, 2 * (_gatherScratch?.Bytes ?? 0)), "gather scratch");
+        _gatherScratch = null;
+        _buffers++;
+        _gatherScratch = CudaDeviceMemory.Alloc(_context, size, "gather scratch");
         return _gatherScratch.Ptr;
     }
 
@@ -850,7 +878,7 @@ public sealed unsafe class CudaBackend : IBackend
 
 /// <summary>An instantiated CUDA graph of one captured step (<see cref="CudaBackend.BeginCapture"/>), with what a
 /// replay must match: the ops' signature and the bytes the step reads back.</summary>
-public sealed class CudaGraph : IDisposable
+public sealed class CudaGraph : IStepGraph
 {
     internal CudaGraph(CudaGraphExecHandle exec, ulong signature, long readbackBytes, int epoch)
     {

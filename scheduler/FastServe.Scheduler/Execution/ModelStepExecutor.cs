@@ -22,6 +22,11 @@ public sealed record ModelExecutorOptions
     /// <summary>Memory budget for the KV cache when <see cref="KvBlocks"/> is 0.</summary>
     public long KvMemoryBytes { get; init; } = 1L << 30;
     public KvDType KvDType { get; init; } = KvDType.F32;
+    /// <summary>Record decode steps as graphs and replay them where the backend can (<see cref="IGraphBackend"/>,
+    /// the cuda backend); false runs every step op by op (<c>--eager</c>).</summary>
+    public bool StepGraphs { get; init; } = true;
+    /// <summary>Largest decode batch (sequences) recorded as a graph; larger batches run op by op.</summary>
+    public int MaxGraphBatch { get; init; } = 256;
 
     /// <summary>Errors: engine.invalid_option.</summary>
     public void Validate()
@@ -32,6 +37,7 @@ public sealed record ModelExecutorOptions
         if (BlockSize < 1 || BlockSize > 1024) Bad("block_size", "block size must be between 1 and 1024");
         if (KvBlocks < 0) Bad("kv_blocks", "kv blocks must be ≥ 0");
         if (KvMemoryBytes < 1 << 20) Bad("kv_memory", "the KV memory budget must be at least 1 MiB");
+        if (MaxGraphBatch < 0 || MaxGraphBatch > 4096) Bad("max_graph_batch", "the largest graph batch must be between 0 and 4096");
     }
 }
 
@@ -53,6 +59,8 @@ public sealed class ModelStepExecutor : IStepExecutor
     private readonly SampleRow[] _sampleRows;
     private readonly int[] _sampled;
     private float[]? _probs;
+    private readonly IGraphBackend? _graphs;
+    private readonly GraphSlot[] _slots = [];
 
     /// <summary>Owns nothing it is given: dispose the backend and the model after this. Errors: engine.invalid_option,
     /// args.invalid_context.</summary>
@@ -77,6 +85,12 @@ public sealed class ModelStepExecutor : IStepExecutor
         _backendSamples = backend.SamplesOnDevice;
         _sampleRows = new SampleRow[MaxSequencesPerStep];
         _sampled = new int[MaxSequencesPerStep];
+        if (options.StepGraphs && backend is IGraphBackend graphs && _backendSamples && options.MaxGraphBatch > 0)
+        {
+            _graphs = graphs;
+            graphs.MinAttentionBlocks = (ctx + options.BlockSize - 1) / options.BlockSize;
+            _slots = new GraphSlot[Math.Min(options.MaxGraphBatch, MaxSequencesPerStep) + 1];
+        }
         Name = backend.Name;
         _device = new Thread(DeviceLoop) { IsBackground = true, Name = "fastserve-device" };
         _device.Start();
@@ -89,6 +103,13 @@ public sealed class ModelStepExecutor : IStepExecutor
     public int MaxContextLength { get; }
     public KvCacheSpec KvSpec { get; }
     public int MaxInFlight => 2;
+
+    /// <summary>Decode steps recorded as graphs, steps that replayed one, and replays or captures that were refused
+    /// (the step ran op by op instead). Read on any thread; exact once the executor is idle.</summary>
+    public long GraphCaptures => Volatile.Read(ref _graphCaptures);
+    public long GraphReplays => Volatile.Read(ref _graphReplays);
+    public long GraphFallbacks => Volatile.Read(ref _graphFallbacks);
+    private long _graphCaptures, _graphReplays, _graphFallbacks;
 
     public void Launch(StepBatch step)
     {
@@ -156,7 +177,8 @@ public sealed class ModelStepExecutor : IStepExecutor
         var rows = step.SampleRow.AsSpan(0, n);
         if (!logprobs)
         {
-            _runner.ForwardSample(tokens, step.Layout, rows, _sampleRows.AsSpan(0, n), _sampled);
+            if (_graphs is not null && n < _slots.Length && step.TokenCount == n && step.Layout.SequenceCount == n) RunDecodeGraph(step, n);
+            else _runner.ForwardSample(tokens, step.Layout, rows, _sampleRows.AsSpan(0, n), _sampled);
             for (int i = 0; i < n; i++) { step.OutToken[i] = _sampled[i]; step.OutLogprob[i] = 0; }
             return;
         }
@@ -171,6 +193,67 @@ public sealed class ModelStepExecutor : IStepExecutor
         }
     }
 
+    // A decode step of n sequences (one row each, every row sampled on the device) has the same ops, tensors and
+    // staged sizes as every other of n, so it is recorded once and replayed: one graph per batch size, captured
+    // the second time that size runs (the first grows every buffer it needs). A replay or capture the backend
+    // refuses (buffers reallocated since, a step that differs) ran nothing, so the step runs op by op; a size that
+    // keeps being refused stops being captured.
+    private void RunDecodeGraph(StepBatch step, int n)
+    {
+        var tokens = step.Tokens.AsSpan(0, n);
+        var rows = step.SampleRow.AsSpan(0, n);
+        var sample = _sampleRows.AsSpan(0, n);
+        ref var slot = ref _slots[n];
+        if (slot.Graph is { } graph)
+        {
+            try
+            {
+                _graphs!.BeginReplay(graph);
+                _runner.ForwardSample(tokens, step.Layout, rows, sample, _sampled);
+                _graphReplays++;
+                return;
+            }
+            catch (InvalidOperationException)
+            {
+                _graphs!.AbortCapture();
+                graph.Dispose();
+                slot.Graph = null;
+                slot.Seen = 0;
+                slot.Refusals++;
+                _graphFallbacks++;
+            }
+        }
+        else if (slot.Seen > 0 && slot.Refusals < MaxGraphRefusals)
+        {
+            try
+            {
+                _graphs!.BeginCapture();
+                _runner.ForwardSample(tokens, step.Layout, rows, sample, _sampled);
+                slot.Graph = _graphs.EndCapture();
+                _graphCaptures++;
+                return;
+            }
+            catch (InvalidOperationException)
+            {
+                _graphs!.AbortCapture();
+                slot.Seen = 0;
+                slot.Refusals++;
+                _graphFallbacks++;
+            }
+        }
+        slot.Seen++;
+        _runner.ForwardSample(tokens, step.Layout, rows, sample, _sampled);
+    }
+
+    private const int MaxGraphRefusals = 3;
+
+    private struct GraphSlot
+    {
+        public IStepGraph? Graph;
+        public int Seen;
+        public int Refusals;
+    }
+
     private static Sampler SamplerOf(StepBatch step, int i) =>
         step.SampleSampler[i] ?? throw new InvalidOperationException($"sample {i} of step {step.Id} has no sampler");
 
@@ -179,6 +262,7 @@ public sealed class ModelStepExecutor : IStepExecutor
         _queue.CompleteAdding();
         _device.Join();
         _queue.Dispose();
+        foreach (var slot in _slots) slot.Graph?.Dispose();
         _runner.Dispose();
     }
 }

@@ -1,0 +1,208 @@
+using FastServe.Runtime.Backends;
+using FastServe.Runtime.Backends.Cpu;
+using FastServe.Runtime.Generation;
+using FastServe.Runtime.Model;
+using FastServe.Scheduler.Engine;
+using FastServe.Scheduler.Execution;
+using NUnit.Framework;
+
+namespace FastServe.Tests.Engine;
+
+/// <summary>
+/// How the executor drives a graph-capable backend (<see cref="IGraphBackend"/>, the cuda backend's CUDA graphs),
+/// checked on the CPU backend behind a recorder that keeps the contract: ops issued between BeginCapture and the
+/// readback are the graph, a replay whose ops differ from the recording is refused at its readback. Only decode
+/// steps are recorded, each batch size once after a warm-up run, replays carry the rest, a refused replay or
+/// capture falls back without changing a token, and --eager turns it all off.
+/// </summary>
+[NonParallelizable]
+public class EngineStepGraphTests
+{
+    private static LoadedModel s_model = null!;
+    private static CpuBackend s_cpu = null!;
+
+    [OneTimeSetUp]
+    public void Load()
+    {
+        s_model = LoadedModel.Load(TestModels.Tiny);
+        s_cpu = new CpuBackend(2);
+    }
+
+    [OneTimeTearDown]
+    public void Unload()
+    {
+        s_cpu.Dispose();
+        s_model.Dispose();
+    }
+
+    private static List<(int[] Prompt, SamplingParams Sampling)> Requests(int n, bool sampled)
+    {
+        var r = new Random(21);
+        return [.. Enumerable.Range(0, n).Select(i => (
+            (int[])[.. Enumerable.Range(0, 2 + r.Next(20)).Select(_ => r.Next(1000, 90000))],
+            new SamplingParams { MaxTokens = 12 + (i % 3) * 4, IgnoreEos = true, Temperature = sampled ? 0.8f : 0, TopP = 0.95f, Seed = sampled ? (ulong)i : null }))];
+    }
+
+    private static async Task<(RequestResult[] Results, ModelStepExecutor Executor)> Run(IBackend backend, List<(int[] Prompt, SamplingParams Sampling)> requests, bool graphs = true)
+    {
+        var ex = new ModelStepExecutor(s_model.Config, s_model.Weights, backend, new ModelExecutorOptions { ContextLength = 256, KvBlocks = 128, StepGraphs = graphs });
+        var engine = new InferenceEngine(ex, new EngineOptions { MaxBatchedTokens = 64, MaxSeqs = 16 });
+        engine.Start();
+        var handles = requests.Select(q => engine.Submit(new EngineRequest { Prompt = q.Prompt, Sampling = q.Sampling })).ToList();
+        var results = await Task.WhenAll(handles.Select(h => h.Completion));
+        engine.Dispose();
+        ex.Dispose();
+        foreach (var q in results) Assert.That(q.Status, Is.EqualTo(RequestStatus.Finished), $"{q.ErrorCode} {q.Message}");
+        return (results, ex);
+    }
+
+    [TestCase(false)]
+    [TestCase(true)]
+    public async Task DecodeStepsAreRecordedOnceAndReplayedWithoutChangingATokenAsync(bool sampled)
+    {
+        var requests = Requests(12, sampled);
+        var (expected, _) = await Run(new GraphRecorder(s_cpu), requests, graphs: false);
+        var recorder = new GraphRecorder(s_cpu);
+        var (results, ex) = await Run(recorder, requests);
+        for (int i = 0; i < requests.Count; i++) Assert.That(results[i].OutputTokens, Is.EqualTo(expected[i].OutputTokens), $"request {i}");
+
+        Assert.That(recorder.MinAttentionBlocks, Is.EqualTo(256 / 16), "the table stride is fixed to the context's blocks");
+        Assert.That(recorder.Captured, Is.Not.Empty);
+        Assert.That(recorder.Captured, Has.All.Matches<(int Tokens, int Samples)>(c => c.Tokens == c.Samples), "only decode steps are recorded");
+        Assert.That(recorder.Captured.Select(c => c.Samples), Is.Unique, "one recording per batch size");
+        Assert.That(ex.GraphCaptures, Is.EqualTo(recorder.Captured.Count));
+        Assert.That(ex.GraphReplays, Is.EqualTo(recorder.Replays).And.GreaterThan(ex.GraphCaptures), "replays carry most decode steps");
+        Assert.That(ex.GraphFallbacks, Is.Zero);
+        TestContext.Out.WriteLine($"captures {ex.GraphCaptures}, replays {ex.GraphReplays}, op-by-op decode steps {recorder.EagerDecodeSteps}");
+    }
+
+    [Test]
+    public async Task RefusedReplaysAndCapturesFallBackAndStopBeingTried()
+    {
+        var requests = Requests(12, sampled: true);
+        var (expected, _) = await Run(new GraphRecorder(s_cpu), requests, graphs: false);
+        var recorder = new GraphRecorder(s_cpu) { RefuseReplays = true, RefuseEveryOtherCapture = true };
+        var (results, ex) = await Run(recorder, requests);
+        for (int i = 0; i < requests.Count; i++) Assert.That(results[i].OutputTokens, Is.EqualTo(expected[i].OutputTokens), $"request {i}");
+        Assert.That(ex.GraphReplays, Is.Zero);
+        Assert.That(ex.GraphFallbacks, Is.GreaterThan(0));
+        int sizes = recorder.CaptureAttempts.Distinct().Count();
+        Assert.That(recorder.CaptureAttempts.GroupBy(n => n).Select(g => g.Count()), Has.All.LessThanOrEqualTo(4), "a size refused again and again is no longer captured");
+        Assert.That(sizes, Is.GreaterThan(0));
+    }
+
+    [Test]
+    public async Task EagerRecordsNothing()
+    {
+        var recorder = new GraphRecorder(s_cpu);
+        var (_, ex) = await Run(recorder, Requests(6, sampled: false), graphs: false);
+        Assert.That(recorder.CaptureAttempts, Is.Empty);
+        Assert.That(ex.GraphCaptures + ex.GraphReplays, Is.Zero);
+        Assert.That(recorder.MinAttentionBlocks, Is.Zero);
+    }
+
+    /// <summary>The CPU backend with the graph contract: ops always run (the CPU has no graphs), while the op
+    /// sequence between BeginCapture/BeginReplay and the readback is recorded and compared like a CUDA graph's
+    /// signature.</summary>
+    private sealed class GraphRecorder(IBackend inner) : IBackend, IGraphBackend
+    {
+        private enum Mode { Normal, Capturing, Replaying }
+        private Mode _mode;
+        private HashCode _sig;
+        private Graph? _replaying, _captured;
+        private int _tokens;
+
+        public bool RefuseReplays, RefuseEveryOtherCapture;
+        public readonly List<(int Tokens, int Samples)> Captured = [];
+        public readonly List<int> CaptureAttempts = [];
+        public int Replays, EagerDecodeSteps;
+
+        public int MinAttentionBlocks { get; set; }
+        public string Name => "cpu-graphs";
+        public bool SamplesOnDevice => true;
+
+        public void BeginCapture()
+        {
+            if (_mode != Mode.Normal) throw new InvalidOperationException("nested capture");
+            _mode = Mode.Capturing;
+            _sig = new HashCode();
+        }
+
+        public IStepGraph EndCapture()
+        {
+            var g = _captured ?? throw new InvalidOperationException("no capture ended");
+            _captured = null;
+            return g;
+        }
+
+        public void AbortCapture() => _mode = Mode.Normal;
+
+        public void BeginReplay(IStepGraph graph)
+        {
+            if (_mode != Mode.Normal) throw new InvalidOperationException("replay during " + _mode);
+            _replaying = (Graph)graph;
+            _mode = Mode.Replaying;
+            _sig = new HashCode();
+        }
+
+        public void Sample(BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens)
+        {
+            Sign("sample", logits.Rows);
+            switch (_mode)
+            {
+                case Mode.Capturing:
+                    CaptureAttempts.Add(rows.Length);
+                    if (RefuseEveryOtherCapture && CaptureAttempts.Count % 2 == 1) throw new InvalidOperationException("the staging buffer would have to grow during a capture");
+                    _captured = new Graph(_sig.ToHashCode());
+                    Captured.Add((_tokens, rows.Length));
+                    break;
+                case Mode.Replaying:
+                    var g = _replaying!;
+                    _mode = Mode.Normal;
+                    _replaying = null;
+                    if (RefuseReplays || g.Signature != _sig.ToHashCode()) throw new InvalidOperationException("the replayed step differs from the captured one");
+                    Replays++;
+                    break;
+                default:
+                    if (_tokens == rows.Length) EagerDecodeSteps++;
+                    break;
+            }
+            _mode = Mode.Normal;
+            CounterSampler.SampleOnHost(inner, logits, rows, tokens);
+        }
+
+        public void CopyToHost(BackendTensor src, Span<float> dst)
+        {
+            if (_mode != Mode.Normal) throw new InvalidOperationException("this recorder ends steps at Sample only");
+            inner.CopyToHost(src, dst);
+        }
+
+        private void Sign(string op, int rows, int extra = 0)
+        {
+            if (_mode != Mode.Normal) _sig.Add((op, rows, extra));
+        }
+
+        public BackendWeight LoadMatrix(MatrixWeight weight) => inner.LoadMatrix(weight);
+        public BackendWeight LoadVector(string name, ReadOnlySpan<float> values) => inner.LoadVector(name, values);
+        public BackendTensor Alloc(string name, int maxRows, int cols) => inner.Alloc(name, maxRows, cols);
+        public KvCache AllocKvCache(KvCacheSpec spec) => inner.AllocKvCache(spec);
+        public void Embedding(BackendWeight table, ReadOnlySpan<int> tokens, BackendTensor dst) { _tokens = tokens.Length; Sign("embedding", tokens.Length); inner.Embedding(table, tokens, dst); }
+        public void RmsNorm(BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst) { Sign("rmsnorm", x.Rows); inner.RmsNorm(x, gamma, eps, dst); }
+        public void AddRmsNorm(BackendTensor residual, BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst) { Sign("addrmsnorm", x.Rows); inner.AddRmsNorm(residual, x, gamma, eps, dst); }
+        public void Add(BackendTensor acc, BackendTensor x) { Sign("add", x.Rows); inner.Add(acc, x); }
+        public void MatMul(BackendTensor x, BackendWeight w, BackendTensor dst) { Sign("matmul", x.Rows, w.Rows); inner.MatMul(x, w, dst); }
+        public void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope) { Sign("rope", x.Rows, heads); inner.Rope(x, heads, positions, rope); }
+        public void SiluGate(BackendTensor gate, BackendTensor up, BackendTensor dst) { Sign("silu", gate.Rows); inner.SiluGate(gate, up, dst); }
+        public void KvStore(KvCache cache, int layer, BackendTensor k, BackendTensor v, BatchLayout batch) { Sign("kvstore", k.Rows, layer); inner.KvStore(cache, layer, k, v, batch); }
+        public void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst) { Sign("attention", q.Rows, batch.SequenceCount); inner.Attention(q, cache, layer, batch, dst); }
+        public void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst) { Sign("gather", rows.Length); inner.GatherRows(src, rows, dst); }
+        public void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst) { Sign("upload", rows); inner.CopyFromHost(data, rows, dst); }
+        public void Dispose() { }
+
+        private sealed class Graph(int signature) : IStepGraph
+        {
+            public int Signature { get; } = signature;
+            public void Dispose() { }
+        }
+    }
+}

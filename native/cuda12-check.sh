@@ -267,6 +267,8 @@ bin=$root/usr/bin
 version=$("$nvcc" --version 2>&1 | grep -oE 'release [0-9]+\.[0-9]+, V[0-9.]+' | sed 's/.*, V//')
 [ -n "$version" ] || fail extract "$nvcc does not run"
 case $version in 12.[4-9]* | 12.[1-9][0-9]* | 1[3-9].*) ;; *) fail setup "$suite ships CUDA $version; the FP8 mma needs 12.4 or newer" ;; esac
+# The toolkit's g++ wrapper picks a g++ this nvcc supports (g++-13 down to g++-6).
+"$root/usr/lib/nvidia-cuda-toolkit/bin/g++" --version >/dev/null 2>&1 || fail setup "no host compiler CUDA $version accepts (g++ 6 to 13): apt-get install g++"
 
 # --- 5. Build into DIR/build and DIR/dist ---------------------------------------------------------------------------
 # A build tree configured against another unpacked toolkit starts over.

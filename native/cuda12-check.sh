@@ -271,8 +271,11 @@ case $version in 12.[4-9]* | 12.[1-9][0-9]* | 1[3-9].*) ;; *) fail setup "$suite
 "$root/usr/lib/nvidia-cuda-toolkit/bin/g++" --version >/dev/null 2>&1 || fail setup "no host compiler CUDA $version accepts (g++ 6 to 13): apt-get install g++"
 
 # --- 5. Build into DIR/build and DIR/dist ---------------------------------------------------------------------------
-# A build tree configured against another unpacked toolkit starts over.
-if [ -f "$build/CMakeCache.txt" ] && ! cmp -s "$stamp_file" "$build/.fastserve-toolkit"; then rm -rf "$build"; fi
+# A build tree configured against another unpacked toolkit, or from another checkout (DIR shared by clones), starts over.
+if [ -f "$build/CMakeCache.txt" ] && { ! cmp -s "$stamp_file" "$build/.fastserve-toolkit" ||
+     ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$repo" "$build/CMakeCache.txt"; }; then
+  rm -rf "$build"
+fi
 mkdir -p "$build" && cp "$stamp_file" "$build/.fastserve-toolkit"
 log "building libfastserve_cuda.so with CUDA $version for $archs (log: $build/build.log)"
 t0=$SECONDS

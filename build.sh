@@ -11,9 +11,15 @@ cd "$(dirname "$0")"
 
 log() { printf '\033[1m[build]\033[0m %s\n' "$*" >&2; }
 
-# NativeAOT links with clang and needs zlib's headers; CMake drives the native part.
+# NativeAOT links with clang and needs zlib's headers; CMake drives the native part. test.sh's CUDA 12.4 check
+# (native/cuda12-check.sh, under CI or with FASTSERVE_CUDA12_CHECK=1) fetches with curl, verifies with gpgv and
+# Debian's keyring, and its nvcc takes g++ as host compiler.
+pkgs=(clang zlib1g-dev cmake)
+if [ "${FASTSERVE_CUDA12_CHECK:-}" = 1 ] || { [ "${CI:-}" = true ] && [ "${FASTSERVE_CUDA12_CHECK:-}" != 0 ]; }; then
+  pkgs+=(curl xz-utils gpgv debian-archive-keyring g++)
+fi
 need=()
-for pkg in clang zlib1g-dev cmake; do
+for pkg in "${pkgs[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

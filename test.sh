@@ -28,6 +28,12 @@ read -r passed failed skipped < <(awk '
 rm -f "$log"
 # Coverage-guided fuzzing of the wire-protocol frame parser (SharpFuzz + libFuzzer) for a bounded time; counted as one test.
 if tests/FastServe.Fuzz/run.sh "${FASTSERVE_FUZZ_SECONDS:-60}"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+# The FP8 mma path compiled with CUDA 12.4 (native/cuda12-check.sh: trixie's toolkit, unpacked under build/cuda-12.4
+# or $FASTSERVE_CUDA12_DIR, never installed; about 2 min the first time, 1 min with the toolkit cached), counted as one test. It runs with FASTSERVE_CUDA12_CHECK=1 and
+# under CI unless FASTSERVE_CUDA12_CHECK=0; otherwise it is not counted at all.
+if [ "${FASTSERVE_CUDA12_CHECK:-}" = 1 ] || { [ "${CI:-}" = true ] && [ "${FASTSERVE_CUDA12_CHECK:-}" != 0 ]; }; then
+  if native/cuda12-check.sh; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+fi
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$status" -eq 0 ] && [ "$failed" -eq 0 ]

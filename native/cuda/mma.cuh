@@ -15,8 +15,9 @@ namespace fs {
 
 // Two E4M3 bytes of w (bytes sel*2 and sel*2+1) to a BF16 pair. The E4M3 exponent and mantissa are moved into BF16's
 // fields unchanged, which reads as the value times 2^-120 (subnormals included), and one BF16 FMA by 2^120 rebiases.
-// Exact: every E4M3 value is a BF16 value. (The E4M3 NaN byte becomes 480; weights and scaled activations never
-// hold it.) The bit move alone is host-callable for native/tests/convert_test.cu.
+// Exact: every E4M3 value is a BF16 value. The NaN bytes (0x7f, 0xff) become a BF16 NaN, which the FMA keeps, so a
+// NaN activation (cvt satfinite keeps NaN) poisons its outputs as it does on the FP8 mma path instead of reading as
+// 480. The bit move alone is host-callable for native/tests/convert_test.cu.
 template <int sel>
 __host__ __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2_unscaled(uint32_t w) {
 #if defined(__CUDA_ARCH__)
@@ -25,7 +26,11 @@ __host__ __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2_unscaled(uint32_t 
     const uint32_t lo = (w >> (sel * 16)) & 0xffu, hi = (w >> (sel * 16 + 8)) & 0xffu;
     const uint32_t x = (lo << 8) | (hi << 24);
 #endif
-    return (x & 0x80008000u) | ((x >> 4) & 0x07f007f0u);
+    const uint32_t t = (x & 0x80008000u) | ((x >> 4) & 0x07f007f0u);
+    // A NaN byte's exponent and mantissa land as 0x07f0 in its half, the only value that adding 0x0010 carries into
+    // bit 11 (and no half carries into the next). Times 15 that bit becomes bits 14..11, which are clear in t, so the
+    // add sets them: BF16 exponent all ones, mantissa 0x70, a NaN. Branch-free, three integer ops per pair.
+    return t + ((t + 0x00100010u) & 0x08000800u) * 15u;
 }
 
 #if !FS_FP8_MMA

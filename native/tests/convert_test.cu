@@ -1,6 +1,7 @@
 // CPU check of the number conversions the GEMM and the KV cache rely on, run without a GPU (CTest): E4M3 decode of
 // every byte, F32 -> E4M3 rounding (nearest even, saturating) against a brute-force search over all E4M3 values,
-// the E4M3 -> BF16 bit move used by the portable FP8 path for every byte in both halves, and F32 -> BF16 rounding.
+// the E4M3 -> BF16 bit move used by the portable FP8 path for every pair of bytes in both halves (the NaN bytes
+// included: they must stay NaN), and F32 -> BF16 rounding.
 #include "mma.cuh"
 
 #include <math.h>
@@ -69,21 +70,27 @@ int main() {
     EXPECT(fs::float_to_e4m3(1e30f) == 0x7e && fs::float_to_e4m3(-1e30f) == 0xfe, "saturation");
     EXPECT(fs::float_to_e4m3(INFINITY) == 0x7e, "inf saturates");
     EXPECT(fs::float_to_e4m3(NAN) == 0x7f, "NaN");
-    // E4M3 -> BF16 bit move: value * 2^-120, in both 16-bit halves, for both byte pairs.
+    // E4M3 -> BF16 bit move: value * 2^-120, in both 16-bit halves, for both byte pairs, every pair of bytes. The NaN
+    // bytes must give a BF16 NaN (before and after the 2^120 rebias) without touching the other half.
     const float two120 = ldexpf(1.f, 120);
+    int nan_halves = 0;
+    auto half_ok = [&](uint32_t h, int code) {
+        if (is_nan_code(code)) {
+            ++nan_halves;
+            return (h & 0x7f80u) == 0x7f80u && (h & 0x7fu) != 0 && bf16_to_float(h) * two120 != bf16_to_float(h) * two120;
+        }
+        return bf16_to_float(h) * two120 == fs::e4m3_to_float((uint8_t)code);
+    };
     for (int a = 0; a < 256; ++a)
-        for (int b = 0; b < 256; b += 5) {
-            if (is_nan_code(a) || is_nan_code(b)) continue;
+        for (int b = 0; b < 256; ++b) {
             const uint32_t w01 = (uint32_t)a | ((uint32_t)b << 8) | 0xa5c30000u;
             const uint32_t w23 = 0x00003cc5u | ((uint32_t)a << 16) | ((uint32_t)b << 24);
             const uint32_t t0 = fs::e4m3x2_to_bf16x2_unscaled<0>(w01), t1 = fs::e4m3x2_to_bf16x2_unscaled<1>(w23);
-            const float ea = fs::e4m3_to_float((uint8_t)a), eb = fs::e4m3_to_float((uint8_t)b);
-            EXPECT(bf16_to_float(t0 & 0xffff) * two120 == ea && bf16_to_float(t0 >> 16) * two120 == eb,
-                   "bf16 move sel 0 (%#x, %#x)", a, b);
-            EXPECT(bf16_to_float(t1 & 0xffff) * two120 == ea && bf16_to_float(t1 >> 16) * two120 == eb,
-                   "bf16 move sel 1 (%#x, %#x)", a, b);
+            EXPECT(half_ok(t0 & 0xffff, a) && half_ok(t0 >> 16, b), "bf16 move sel 0 (%#x, %#x): %#010x", a, b, t0);
+            EXPECT(half_ok(t1 & 0xffff, a) && half_ok(t1 >> 16, b), "bf16 move sel 1 (%#x, %#x): %#010x", a, b, t1);
             ++checked;
         }
+    EXPECT(nan_halves == 2 * 2 * 2 * 256, "NaN halves checked: %d", nan_halves);  // sels x halves x NaN codes x other byte
     // F32 -> BF16: exact values stay, ties go to even, NaN stays NaN.
     EXPECT(fs::float_to_bf16_bits(1.f) == 0x3f80, "bf16 1.0");
     EXPECT(fs::float_to_bf16_bits(fs::f32_from_bits(0x3f808000u)) == 0x3f80, "bf16 tie to even (down)");

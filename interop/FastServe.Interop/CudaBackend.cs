@@ -114,6 +114,9 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend
     /// <summary>True: FP8 MatMul quantizes each activation row to E4M3 (W8A8), as fs_cuda_matmul specifies.</summary>
     public bool QuantizesFp8Activations => true;
 
+    /// <summary>True: F16/BF16 MatMul runs on 16-bit tensor cores, activations rounded to the weight's type.</summary>
+    public bool RoundsActivationsTo16Bit => true;
+
     public CudaDeviceSummary Device { get; }
     public string DeviceName { get; }
     public int Multiprocessors { get; }

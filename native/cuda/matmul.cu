@@ -1,8 +1,10 @@
 // dst = x * w^T (+ bias). FP8 weights take the W8A8 path: every CTA computes the per-token amax of its rows, and
 // activations are quantized to E4M3 as they are loaded (into registers for decode, into shared memory for prefill),
-// so no quantized copy of x ever reaches global memory. Other weight types take a plain tiled F32 kernel.
-// Kernel choice and its reasons: docs/cuda.md.
+// so no quantized copy of x ever reaches global memory. F16 and BF16 weights take the same two kernel shapes on
+// 16-bit tensor cores (activations rounded to the weight's type as they are loaded); F32 weights, and any shape the
+// tensor-core kernels cannot take, a plain tiled F32 kernel. Kernel choice and its reasons: docs/cuda.md.
 #include "mma.cuh"
+#include "mma16.cuh"
 
 #include <atomic>
 
@@ -262,6 +264,203 @@ fp8_tiled_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __res
     }
 }
 
+// ---- 16-bit weights (F16, BF16): the same decode and prefill shapes on m16n8k16 tensor cores -------------------
+// Decode: weights are the A operand, read straight into registers, 16 bytes (8 values) of two rows per lane per
+// 32-value k chunk; lane t's 8 values k = t*8 .. t*8+7 feed two k16 mmas as (t*8+0..1, t*8+2..3) and
+// (t*8+4..5, t*8+6..7), and each token's activations are rounded to T in the same order.
+template <fs_dtype T, int MT, int NT>
+__global__ void __launch_bounds__(kDecodeWarps * 32)
+w16_decode_kernel(const float* __restrict__ x, int M, int K, const uint16_t* __restrict__ w, int N,
+                  const float* __restrict__ bias, float* __restrict__ dst) {
+    constexpr int ROWS = 16 * MT, TOK = 8 * NT;
+    constexpr int kUnroll = MT == 1 ? 4 : 2;
+    __shared__ float red[kDecodeWarps][ROWS][TOK + 1];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int n0 = blockIdx.x * ROWS;
+
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+    const uint16_t* wrow[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) wrow[mt][h] = w + (size_t)min(n0 + mt * 16 + h * 8 + g, N - 1) * K;
+
+    const int chunks = (K + 31) / 32;
+    for (int c0 = warp * kUnroll; c0 < chunks; c0 += kDecodeWarps * kUnroll) {
+        uint4 wv[kUnroll][MT][2];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            const int k = (c0 + u) * 32 + t * 8;
+            const bool ok = c0 + u < chunks && k < K;  // K % 8 == 0: a lane's 8 values are all in or all out
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+                    wv[u][mt][h] = ok ? __ldg(reinterpret_cast<const uint4*>(wrow[mt][h] + k)) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+            const int k = (c0 + u) * 32 + t * 8;
+            const bool ok = c0 + u < chunks && k < K;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                const int tok = nt * 8 + g;
+                uint32_t q[4] = {0u, 0u, 0u, 0u};
+                if (ok && tok < M) {
+                    const float4* xp = reinterpret_cast<const float4*>(x + (size_t)tok * K + k);
+                    const float4 v0 = xp[0], v1 = xp[1];
+                    q[0] = fs::pack_16x2<T>(v0.x, v0.y);
+                    q[1] = fs::pack_16x2<T>(v0.z, v0.w);
+                    q[2] = fs::pack_16x2<T>(v1.x, v1.y);
+                    q[3] = fs::pack_16x2<T>(v1.z, v1.w);
+                }
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    const uint4 lo = wv[u][mt][0], hi = wv[u][mt][1];
+                    fs::mma_16x8x16<T>(acc[mt][nt], lo.x, hi.x, lo.y, hi.y, q[0], q[1]);
+                    fs::mma_16x8x16<T>(acc[mt][nt], lo.z, hi.z, lo.w, hi.w, q[2], q[3]);
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) red[warp][mt * 16 + g + (e >> 1) * 8][nt * 8 + t * 2 + (e & 1)] = acc[mt][nt][e];
+    __syncthreads();
+    for (int i = threadIdx.x; i < ROWS * TOK; i += blockDim.x) {
+        const int r = i % ROWS, tok = i / ROWS, n = n0 + r;
+        if (tok >= M || n >= N) continue;
+        float s = 0.f;
+#pragma unroll
+        for (int wi = 0; wi < kDecodeWarps; ++wi) s += red[wi][r][tok];
+        dst[(size_t)tok * N + n] = s + (bias ? bias[n] : 0.f);
+    }
+}
+
+// Prefill: the FP8 tiled kernel's shape with 16-bit values: BM x 128 tiles, k steps of 32 values (64 bytes, so the
+// padded 80-byte shared rows and their conflict-free fragment reads are the same), activations rounded to T on
+// their way into shared memory one step ahead, weights by cp.async.
+constexpr int kTile16K = 32, kTile16Ld = kTile16K + 8;
+
+template <fs_dtype T, int BM>
+__global__ void __launch_bounds__(kTileThreads)
+w16_tiled_kernel(const float* __restrict__ x, int M, int K, const uint16_t* __restrict__ w, int N,
+                 const float* __restrict__ bias, float* __restrict__ dst) {
+    constexpr int WM = BM / 2, MI = WM / 16, NI = 4;
+    constexpr int A_ITERS = BM * (kTile16K / 4) / kTileThreads;
+    constexpr int B_ITERS = kTileN * (kTile16K / 8) / kTileThreads;
+    __shared__ __align__(16) uint16_t As[2][BM][kTile16Ld];
+    __shared__ __align__(16) uint16_t Bs[2][kTileN][kTile16Ld];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const int m0 = blockIdx.y * BM;
+    const int wm0 = (warp >> 2) * WM, wn0 = (warp & 3) * 32;
+    int n0 = blockIdx.x * kTileN;
+
+    float4 areg[A_ITERS];
+    auto load_a = [&](int kt) {
+#pragma unroll
+        for (int i = 0; i < A_ITERS; ++i) {
+            const int idx = tid + i * kTileThreads, r = idx >> 3, k = kt * kTile16K + (idx & 7) * 4;
+            areg[i] = (m0 + r < M && k < K) ? *reinterpret_cast<const float4*>(x + (size_t)(m0 + r) * K + k)
+                                            : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    };
+    auto store_a = [&](int st) {
+#pragma unroll
+        for (int i = 0; i < A_ITERS; ++i) {
+            const int idx = tid + i * kTileThreads, r = idx >> 3;
+            const float4 v = areg[i];
+            *reinterpret_cast<uint2*>(&As[st][r][(idx & 7) * 4]) =
+                make_uint2(fs::pack_16x2<T>(v.x, v.y), fs::pack_16x2<T>(v.z, v.w));
+        }
+    };
+    auto load_b = [&](int kt, int st) {
+#pragma unroll
+        for (int i = 0; i < B_ITERS; ++i) {
+            const int idx = tid + i * kTileThreads, r = idx >> 2, k = kt * kTile16K + (idx & 3) * 8;
+            const bool ok = n0 + r < N && k < K;
+            fs::cp_async_16(&Bs[st][r][(idx & 3) * 8], ok ? w + (size_t)(n0 + r) * K + k : w, ok ? 16 : 0);
+        }
+        fs::cp_async_commit();
+    };
+
+    const int KT = (K + kTile16K - 1) / kTile16K;
+    for (; n0 < N; n0 += gridDim.x * kTileN) {
+        float acc[MI][NI][4];
+#pragma unroll
+        for (int i = 0; i < MI; ++i)
+#pragma unroll
+            for (int j = 0; j < NI; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+
+        load_b(0, 0);
+        load_a(0);
+        store_a(0);
+        fs::cp_async_wait_all();
+        __syncthreads();
+
+        for (int kt = 0; kt < KT; ++kt) {
+            const int st = kt & 1;
+            const bool more = kt + 1 < KT;
+            if (more) {
+                load_b(kt + 1, st ^ 1);
+                load_a(kt + 1);
+            }
+#pragma unroll
+            for (int ks = 0; ks < kTile16K; ks += 16) {
+                uint32_t af[MI][4], bf[NI][2];
+#pragma unroll
+                for (int mi = 0; mi < MI; ++mi) {
+                    const int r = wm0 + mi * 16 + g;
+                    af[mi][0] = *reinterpret_cast<const uint32_t*>(&As[st][r][ks + t * 2]);
+                    af[mi][1] = *reinterpret_cast<const uint32_t*>(&As[st][r + 8][ks + t * 2]);
+                    af[mi][2] = *reinterpret_cast<const uint32_t*>(&As[st][r][ks + 8 + t * 2]);
+                    af[mi][3] = *reinterpret_cast<const uint32_t*>(&As[st][r + 8][ks + 8 + t * 2]);
+                }
+#pragma unroll
+                for (int ni = 0; ni < NI; ++ni) {
+                    const int c = wn0 + ni * 8 + g;
+                    bf[ni][0] = *reinterpret_cast<const uint32_t*>(&Bs[st][c][ks + t * 2]);
+                    bf[ni][1] = *reinterpret_cast<const uint32_t*>(&Bs[st][c][ks + 8 + t * 2]);
+                }
+#pragma unroll
+                for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+                    for (int ni = 0; ni < NI; ++ni)
+                        fs::mma_16x8x16<T>(acc[mi][ni], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bf[ni][0], bf[ni][1]);
+            }
+            if (more) {
+                store_a(st ^ 1);
+                fs::cp_async_wait_all();
+            }
+            __syncthreads();
+        }
+
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int r = m0 + wm0 + mi * 16 + g + (e >> 1) * 8, c = n0 + wn0 + ni * 8 + t * 2 + (e & 1);
+                    if (r < M && c < N) dst[(size_t)r * N + c] = acc[mi][ni][e] + (bias ? bias[c] : 0.f);
+                }
+    }
+}
+
 // ---- any weight type, any alignment: F32 SIMT tiles -------------------------------------------------------------
 // 64 x 64 output tile, k steps of 16, 4 x 4 outputs per thread. FP8 here follows the same W8A8 arithmetic as the
 // tensor-core kernels (each activation rounded to E4M3 with its row's scale), so results do not depend on the path.
@@ -372,6 +571,36 @@ dim3 tiled_grid(int rows, int n, int bm, int ctas_per_sm) {
     return dim3((unsigned)((tiles_n + per - 1) / per), (unsigned)tiles_m);
 }
 
+template <fs_dtype T, int MT, int NT>
+void launch_w16_decode(cudaStream_t s, const float* x, int M, int K, const uint16_t* w, int N, const float* bias,
+                       float* dst) {
+    const unsigned blocks = (unsigned)((N + 16 * MT - 1) / (16 * MT));
+    w16_decode_kernel<T, MT, NT><<<blocks, kDecodeWarps * 32, 0, s>>>(x, M, K, w, N, bias, dst);
+}
+
+// F16 / BF16 weights: tensor cores when rows of 8 values are 16-byte vectors, the SIMT kernel otherwise; the row
+// thresholds and grids are the FP8 path's (see fs_cuda_matmul).
+template <fs_dtype T>
+void launch_16bit(cudaStream_t s, const float* x, int rows, int k, const void* w, const float* ws, int n,
+                  const float* bias, float* dst) {
+    const uint16_t* w16 = static_cast<const uint16_t*>(w);
+    if (!(k > 0 && k % 8 == 0 && aligned16(x) && aligned16(w))) {
+        launch_simt<T>(s, x, rows, k, w, ws, n, bias, dst);
+    } else if (rows <= 32) {
+        const bool wide = n / 32 >= sm_count();
+        if (rows <= 8) wide ? launch_w16_decode<T, 2, 1>(s, x, rows, k, w16, n, bias, dst)
+                            : launch_w16_decode<T, 1, 1>(s, x, rows, k, w16, n, bias, dst);
+        else if (rows <= 16) wide ? launch_w16_decode<T, 2, 2>(s, x, rows, k, w16, n, bias, dst)
+                                  : launch_w16_decode<T, 1, 2>(s, x, rows, k, w16, n, bias, dst);
+        else wide ? launch_w16_decode<T, 2, 4>(s, x, rows, k, w16, n, bias, dst)
+                  : launch_w16_decode<T, 1, 4>(s, x, rows, k, w16, n, bias, dst);
+    } else if (rows <= 256) {
+        w16_tiled_kernel<T, 64><<<tiled_grid(rows, n, 64, 2), kTileThreads, 0, s>>>(x, rows, k, w16, n, bias, dst);
+    } else {
+        w16_tiled_kernel<T, 128><<<tiled_grid(rows, n, 128, 1), kTileThreads, 0, s>>>(x, rows, k, w16, n, bias, dst);
+    }
+}
+
 }  // namespace
 
 extern "C" FS_API fs_status fs_cuda_matmul(fs_stream stream, const float* x, int rows, int k, const void* w,
@@ -386,8 +615,8 @@ extern "C" FS_API fs_status fs_cuda_matmul(fs_stream stream, const float* x, int
     cudaStream_t s = (cudaStream_t)stream;
     switch (dtype) {
     case FS_F32: launch_simt<FS_F32>(s, x, rows, k, w, w_scale, n, bias, dst); break;
-    case FS_F16: launch_simt<FS_F16>(s, x, rows, k, w, w_scale, n, bias, dst); break;
-    case FS_BF16: launch_simt<FS_BF16>(s, x, rows, k, w, w_scale, n, bias, dst); break;
+    case FS_F16: launch_16bit<FS_F16>(s, x, rows, k, w, w_scale, n, bias, dst); break;
+    case FS_BF16: launch_16bit<FS_BF16>(s, x, rows, k, w, w_scale, n, bias, dst); break;
     case FS_F8E4M3: {
         const uint8_t* w8 = static_cast<const uint8_t*>(w);
         // The tensor-core kernels read 16-byte weight and activation vectors.

@@ -135,9 +135,11 @@ public static class BackendCheck
         }
         foreach (string kind in kinds)
         {
-            foreach (var (k, n, bias) in new[] { (67, 45, true), (269, 130, false) })
+            // k = 67 and 269 take a device's any-shape kernel; k = 256 and 1024 (16-byte weight rows) its tensor-core
+            // kernels: rows 1 to 32 the decode kernel, 33 to 256 the small tiles, 300 the large ones.
+            foreach (var (k, n, bias) in new[] { (67, 45, true), (269, 130, false), (256, 96, true), (1024, 200, false) })
             {
-                foreach (int rows in rowsSet)
+                foreach (int rows in k == 256 ? [.. rowsSet, 300] : rowsSet)
                 {
                     string shape = $"rows={rows} k={k} n={n}{(bias ? " bias" : "")}";
                     bool fp8 = kind.StartsWith("fp8");
@@ -347,15 +349,19 @@ public static class BackendCheck
         var actual = MatMulOn(b, w, x, rows);
         var expected = w.DType == DType.F8E4M3 && b.QuantizesFp8Activations
             ? new Output(W8A8Reference(x, rows, k, w), rows)
-            : MatMulOn(reference, w, x, rows);
+            : MatMulOn(reference, w, w.DType is DType.F16 or DType.BF16 && b.RoundsActivationsTo16Bit ? RoundTo(w.DType, x) : x, rows);
         return (actual, expected);
     }
+
+    /// <summary>x with every value rounded to F16 or BF16 (nearest even), as a W16A16 backend feeds its tensor cores.</summary>
+    private static float[] RoundTo(DType dtype, float[] x) =>
+        [.. x.Select(v => dtype == DType.BF16 ? HalfFloats.BF16ToF32(HalfFloats.F32ToBF16(v)) : HalfFloats.F16ToF32(HalfFloats.F32ToF16(v)))];
 
     private static Output MatMulOn(IBackend b, MatrixWeight w, float[] x, int rows)
     {
         using var weight = b.LoadMatrix(w);
-        using var xt = b.Alloc("x", 64, w.Cols);
-        using var dst = b.Alloc("dst", 64, w.Rows);
+        using var xt = b.Alloc("x", Math.Max(64, rows), w.Cols);
+        using var dst = b.Alloc("dst", Math.Max(64, rows), w.Rows);
         b.CopyFromHost(x, rows, xt);
         b.MatMul(xt, weight, dst);
         return new Output(Read(b, dst), dst.Rows);

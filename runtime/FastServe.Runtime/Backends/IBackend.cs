@@ -33,6 +33,11 @@ public interface IBackend : IDisposable
     /// s · w_scale[n] · acc (+ bias). Checkers use it to pick the matching reference.</summary>
     bool QuantizesFp8Activations => false;
 
+    /// <summary>How <see cref="MatMul"/> treats activations against F16 and BF16 weights. False (the default): they
+    /// stay F32. True (W16A16, tensor cores): each activation is first rounded to the weight's type (nearest even), and
+    /// the exact products accumulate in F32. Checkers use it to pick the matching reference.</summary>
+    bool RoundsActivationsTo16Bit => false;
+
     /// <summary>Makes a linear or embedding weight usable by this backend. The CPU backend keeps pointers to
     /// <paramref name="weight"/>'s memory (which must stay mapped); a GPU backend copies it to the device.</summary>
     BackendWeight LoadMatrix(MatrixWeight weight);

@@ -40,7 +40,7 @@ public class CheckBackendTests
     public void EveryBackendOpIsCovered()
     {
         var ops = typeof(IBackend).GetMethods().Select(m => m.Name)
-            .Except(["LoadMatrix", "LoadVector", "Alloc", "AllocKvCache", "Dispose", "get_Name", "get_QuantizesFp8Activations", "get_SamplesOnDevice"]).ToHashSet();
+            .Except(["LoadMatrix", "LoadVector", "Alloc", "AllocKvCache", "Dispose", "get_Name", "get_QuantizesFp8Activations", "get_RoundsActivationsTo16Bit", "get_SamplesOnDevice"]).ToHashSet();
         var covered = BackendCheck.Cases(1).SelectMany(c => c.Op.Split('+')).ToHashSet();
         Assert.That(ops.Except(covered), Is.Empty, "IBackend ops with no check-backend case");
         var shapes = BackendCheck.Cases(1).Select(c => c.Shape).ToList();
@@ -62,7 +62,7 @@ public class CheckBackendTests
         Assert.That(other.Run(cpu, reference).Actual.Values, Is.Not.EqualTo(a1.Values));
     }
 
-    public enum Mutation { MatMulRelative2e4, RopePositionPlusOne, AttentionDropsLastKey, SiluOneUlpBoost, RowsNotSet, ClaimsW8A8, GatherOffByOne, EmbeddingLastColumn, SampleNextCounter, SampleTopKPlusOne }
+    public enum Mutation { MatMulRelative2e4, RopePositionPlusOne, AttentionDropsLastKey, SiluOneUlpBoost, RowsNotSet, ClaimsW8A8, GatherOffByOne, EmbeddingLastColumn, SampleNextCounter, SampleTopKPlusOne, ClaimsW16A16 }
 
     /// <summary>Each mutation breaks one op slightly; exactly that op's cases must fail and the rest still pass.</summary>
     [TestCase(Mutation.MatMulRelative2e4, "MatMul")]
@@ -75,6 +75,7 @@ public class CheckBackendTests
     [TestCase(Mutation.EmbeddingLastColumn, "Embedding")]
     [TestCase(Mutation.SampleNextCounter, "Sample")]
     [TestCase(Mutation.SampleTopKPlusOne, "Sample")]
+    [TestCase(Mutation.ClaimsW16A16, "MatMul")]
     public void MutatedCpuOpFailsItsCases(Mutation mutation, string op)
     {
         using var broken = new MutatedBackend(new CpuBackend(2), mutation);
@@ -92,6 +93,13 @@ public class CheckBackendTests
         {
             Assert.That(mine.Where(r => r.Shape.Contains("in-place")), Has.All.Matches<CheckResult>(r => r!.Outcome == CheckOutcome.Pass), "in place Rows is already right");
             Assert.That(mine.Where(r => !r.Shape.Contains("in-place")), Has.All.Matches<CheckResult>(r => r!.Outcome == CheckOutcome.Fail && r.Detail!.Contains("Rows")));
+        }
+        else if (mutation == Mutation.ClaimsW16A16)
+        {
+            // The expected BF16 values now come from BF16-rounded activations: an F32-activation product is off by
+            // about 2^-9 of each term, far above the MatMul tolerance wherever k is large.
+            Assert.That(mine.Where(r => r.DType == "bf16" && !r.Shape.Contains("k=67 ")), Has.All.Matches<CheckResult>(r => r!.Outcome == CheckOutcome.Fail));
+            Assert.That(mine.Where(r => r.DType is "f32" || r.DType.StartsWith("fp8")), Has.All.Matches<CheckResult>(r => r!.Outcome == CheckOutcome.Pass));
         }
         else if (mutation == Mutation.SampleTopKPlusOne)
         {
@@ -203,6 +211,7 @@ public class CheckBackendTests
     {
         public string Name => "mutated-cpu";
         public bool QuantizesFp8Activations => mutation == Mutation.ClaimsW8A8;
+        public bool RoundsActivationsTo16Bit => mutation == Mutation.ClaimsW16A16;
         public BackendWeight LoadMatrix(MatrixWeight weight) => inner.LoadMatrix(weight);
         public BackendWeight LoadVector(string name, ReadOnlySpan<float> values) => inner.LoadVector(name, values);
         public BackendTensor Alloc(string name, int maxRows, int cols) => inner.Alloc(name, maxRows, cols);

@@ -26,7 +26,7 @@ namespace FastServe.Interop;
 /// <see cref="Launch"/>; see docs/cuda.md for how a decode step uses them.</para>
 /// An instance is used by one thread at a time (any thread: the context is made current on a thread change).
 /// </remarks>
-public sealed unsafe class CudaBackend : IBackend, IGraphBackend
+public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
 {
     private const long InitialStagingBytes = 1 << 20;
     private const int StagingAlignment = 256;
@@ -505,6 +505,28 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend
         long off;
         fixed (float* p = data) off = Stage((byte*)p, 4L * data.Length, d.Ptr);
         Sign(12, d.Ptr, rows, off);
+    }
+
+    /// <summary>Copies 256 MiB device to device 20 times after a warm-up and counts read plus written bytes.</summary>
+    public double MeasureCopyBandwidth()
+    {
+        EnterSetup("MeasureCopyBandwidth");
+        const long bytes = 256L << 20;
+        const int reps = 20;
+        using var a = CudaDeviceMemory.Alloc(_context, bytes, "bandwidth probe");
+        using var b = CudaDeviceMemory.Alloc(_context, bytes, "bandwidth probe");
+        Driver(CudaDriver.cuMemsetD8Async(a.Ptr, 1, (nuint)bytes, _stream), "cuMemsetD8Async");
+        Driver(CudaDriver.cuMemcpyDtoDAsync_v2(b.Ptr, a.Ptr, (nuint)bytes, _stream), "cuMemcpyDtoDAsync_v2");
+        Sync("cuStreamSynchronize");
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+        for (int i = 0; i < reps; i++)
+        {
+            Driver(i % 2 == 0 ? CudaDriver.cuMemcpyDtoDAsync_v2(b.Ptr, a.Ptr, (nuint)bytes, _stream)
+                              : CudaDriver.cuMemcpyDtoDAsync_v2(a.Ptr, b.Ptr, (nuint)bytes, _stream), "cuMemcpyDtoDAsync_v2");
+        }
+        Sync("cuStreamSynchronize");
+        double seconds = System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalSeconds;
+        return 2.0 * bytes * reps / seconds;
     }
 
     // ---- CUDA graphs --------------------------------------------------------------------------------------------

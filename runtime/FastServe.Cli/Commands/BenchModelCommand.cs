@@ -40,15 +40,24 @@ internal static class BenchModelCommand
             using var backend = m.CreateBackend(r);
             int threads = backend is CpuBackend cpu ? cpu.Threads : 1;
 
-            var (copyBw, fmaPeak) = Output.WithProgress("Measuring memory bandwidth and FMA peak", json, p =>
-            {
-                p(0, 2);
-                double bw = MachineProbe.MeasureCopyBandwidth(threads);
-                p(1, 2);
-                double peak = MachineProbe.MeasureFmaPeak(threads);
-                p(2, 2);
-                return (bw, peak);
-            });
+            // A GPU backend's reference is its own memory; no F32 FMA peak applies to its tensor cores (NaN: not shown).
+            var (copyBw, fmaPeak) = backend is IDeviceProbe device
+                ? Output.WithProgress("Measuring device memory bandwidth", json, p =>
+                {
+                    p(0, 1);
+                    double bw = device.MeasureCopyBandwidth();
+                    p(1, 1);
+                    return (bw, double.NaN);
+                })
+                : Output.WithProgress("Measuring memory bandwidth and FMA peak", json, p =>
+                {
+                    p(0, 2);
+                    double bw = MachineProbe.MeasureCopyBandwidth(threads);
+                    p(1, 2);
+                    double peak = MachineProbe.MeasureFmaPeak(threads);
+                    p(2, 2);
+                    return (bw, peak);
+                });
 
             var variants = new List<(string Name, Fp8LoadOptions? Quantize)>();
             var q = m.QuantizeOptions(r);
@@ -70,7 +79,8 @@ internal static class BenchModelCommand
                     w.WriteNumber("threads", threads);
                     if (backend is CpuBackend c) w.WriteString("isa", c.Isa);
                     w.WriteNumber("copy_bandwidth_gb_s", copyBw / 1e9);
-                    w.WriteNumber("fma_peak_gflop_s", fmaPeak / 1e9);
+                    if (double.IsFinite(fmaPeak)) w.WriteNumber("fma_peak_gflop_s", fmaPeak / 1e9);
+                    else w.WriteNull("fma_peak_gflop_s");
                     w.WriteStartArray("runs");
                     foreach (var x in results)
                     {
@@ -79,7 +89,8 @@ internal static class BenchModelCommand
                         w.WriteNumber("prompt_tokens", x.PromptTokens);
                         w.WriteNumber("prefill_tokens_per_second", x.PrefillTps);
                         w.WriteNumber("prefill_gflop_s", x.PrefillFlops / 1e9);
-                        w.WriteNumber("prefill_fraction_of_fma_peak", x.PrefillFlops / fmaPeak);
+                        if (double.IsFinite(fmaPeak)) w.WriteNumber("prefill_fraction_of_fma_peak", x.PrefillFlops / fmaPeak);
+                        else w.WriteNull("prefill_fraction_of_fma_peak");
                         w.WriteNumber("decode_tokens", x.DecodeTokens);
                         w.WriteNumber("decode_tokens_per_second", x.DecodeTps);
                         w.WriteNumber("decode_bytes_per_token", x.BytesPerToken);
@@ -95,10 +106,11 @@ internal static class BenchModelCommand
 
             var t = new Table().AddColumns("weights", "prefill tok/s", "prefill GFLOP/s", "of FMA peak", "decode tok/s", "MB read/token", "decode GB/s", "of copy BW");
             foreach (var x in results)
-                t.AddRow(x.Name, $"{x.PrefillTps:F1}", $"{x.PrefillFlops / 1e9:F1}", $"{x.PrefillFlops / fmaPeak:P0}", $"{x.DecodeTps:F2}",
+                t.AddRow(x.Name, $"{x.PrefillTps:F1}", $"{x.PrefillFlops / 1e9:F1}", double.IsFinite(fmaPeak) ? $"{x.PrefillFlops / fmaPeak:P0}" : "n/a", $"{x.DecodeTps:F2}",
                     $"{x.BytesPerToken / 1e6:F1}", $"{x.DecodeBytesPerSecond / 1e9:F2}", $"{x.DecodeBytesPerSecond / copyBw:P0}");
             AnsiConsole.MarkupLine($"backend [bold]{backend.Name}[/]{(backend is CpuBackend cb ? $" ({cb.Isa})" : "")}, {threads} thread(s); " +
-                $"memory copy {copyBw / 1e9:F2} GB/s, F32 FMA peak {fmaPeak / 1e9:F1} GFLOP/s (measured now)");
+                (double.IsFinite(fmaPeak) ? $"memory copy {copyBw / 1e9:F2} GB/s, F32 FMA peak {fmaPeak / 1e9:F1} GFLOP/s (measured now)"
+                                          : $"device memory copy {copyBw / 1e9:F0} GB/s (measured now)"));
             AnsiConsole.Write(t);
             if (results.Count == 2)
                 AnsiConsole.MarkupLine($"FP8 decode is [bold]{results[1].DecodeTps / results[0].DecodeTps:F2}x[/] the as-stored decode tok/s.");

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# FP8 against BF16 end to end on a GPU machine, with the carried NativeAOT dist/fastserve and the kernel library
+# bench/gpu/run.sh built into dist/. The model is the built-in Llama-3.2-1B shape (make-model --preset 1b, BF16
+# weights, random but deterministic), run as stored (BF16, 16-bit tensor cores) and with --quantize fp8 (W8A8):
+#   1. bench-model --compare: prefill tok/s and the batch-1 decode step against the device's copy bandwidth;
+#   2. bench-engine --sweep, 50 tokens in and 50 out, P99 end to end under 1 s: the highest rate meeting it;
+#   3. the same FP8 sweep with --eager (no CUDA graphs), to show what the graphs are worth.
+# Prints the ratios and writes every JSON into RESULTS_DIR.
+#   bench/gpu/e2e.sh RESULTS_DIR [SECONDS_PER_RATE]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out="${1:?usage: bench/gpu/e2e.sh RESULTS_DIR [SECONDS_PER_RATE]}"
+dur="${2:-5}"
+mkdir -p "$out"
+say() { printf '[e2e] %s\n' "$*" | tee -a "$out/e2e.log" >&2; }
+[ -x dist/fastserve ] || { say "dist/fastserve is missing: carry the published executable"; exit 2; }
+[ -f dist/libfastserve_cuda.so ] || { say "dist/libfastserve_cuda.so is missing: run bench/gpu/run.sh first"; exit 2; }
+export FASTSERVE_CUDA_LIB="$PWD/dist/libfastserve_cuda.so"
+
+model="${FASTSERVE_E2E_MODEL:-build/models/1b}"
+if [ ! -f "$model/config.json" ]; then
+  say "making the 1b model in $model"
+  rm -rf "$model"
+  dist/fastserve make-model --preset 1b --out "$model" --json >"$out/make-model.json" || { say "make-model failed"; exit 1; }
+fi
+
+common=(--model "$model" --backend cuda --json)
+say "bench-model --compare"
+dist/fastserve bench-model "${common[@]}" --compare --prompt-tokens 512 --decode-tokens 64 >"$out/bench-model.json" 2>"$out/bench-model.err" \
+  || { say "bench-model failed: $(tail -3 "$out/bench-model.err")"; exit 1; }
+
+sweep() { # NAME ARGS...
+  local name="$1"; shift
+  say "bench-engine --sweep ($name)"
+  dist/fastserve bench-engine "${common[@]}" --sweep --sweep-start 50 --duration "$dur" --warmup 2 --in 50 --out 50 "$@" \
+    >"$out/engine-$name.json" 2>"$out/engine-$name.err" || { say "bench-engine ($name) failed: $(tail -3 "$out/engine-$name.err")"; return 1; }
+}
+failed=0
+sweep bf16 || failed=1
+sweep fp8 --quantize fp8 || failed=1
+sweep fp8-eager --quantize fp8 --eager || failed=1
+
+python3 - "$out" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+def load(n):
+    p = os.path.join(out, n)
+    return json.load(open(p)) if os.path.exists(p) and os.path.getsize(p) > 0 else None
+bm = load("bench-model.json")
+if bm:
+    print(f"device copy bandwidth {bm['copy_bandwidth_gb_s']:.0f} GB/s")
+    for r in bm["runs"]:
+        f = r["decode_fraction_of_copy_bandwidth"]
+        print(f"  {r['weights']:>9}: prefill {r['prefill_tokens_per_second']:.0f} tok/s, decode {r['decode_tokens_per_second']:.1f} tok/s, "
+              f"{r['decode_bytes_per_token'] / 1e6:.0f} MB/token at {f:.0%} of copy bandwidth (step = {1 / f:.2f}x its bandwidth limit)")
+    print(f"  FP8/BF16 batch-1 decode: {bm.get('fp8_decode_speedup', float('nan')):.2f}x")
+best = {}
+for n in ("bf16", "fp8", "fp8-eager"):
+    d = load(f"engine-{n}.json")
+    if d and d.get("best"):
+        b = d["best"]
+        best[n] = b["goodput_rps"]
+        print(f"  {n:>9}: best {b['goodput_rps']:.0f} req/s meeting P99 < {d['slo_ms']} ms (P99 {b['e2e']['p99_ms']:.0f} ms, "
+              f"{b['generated_tokens_per_second']:.0f} tok/s, {b['mean_sequences_per_step']:.1f} seqs/step)")
+if "fp8" in best and "bf16" in best:
+    print(f"FP8/BF16 requests/s meeting the SLO: {best['fp8'] / best['bf16']:.2f}x (target 1.3x)")
+if "fp8" in best and "fp8-eager" in best:
+    print(f"CUDA graphs: {best['fp8'] / best['fp8-eager']:.2f}x the eager requests/s")
+PY
+exit $failed

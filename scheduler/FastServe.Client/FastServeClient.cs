@@ -219,8 +219,17 @@ public sealed class FastServeClient : IAsyncDisposable
     {
         var call = Start(request, stream: false, whole: true);
         if (!ct.CanBeCanceled) return await call.Completion.ConfigureAwait(false);
-        using (ct.UnsafeRegister(static s => ((CompletionCall)s!).Cancel(), call))
+        try
+        {
             return await call.Completion.WaitAsync(ct).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (ct.IsCancellationRequested)
+        {
+            // Not a token registration: WaitAsync's own one runs first, and when the caller's continuation ran inline
+            // on the cancelling thread, disposing ours there dropped its callback before it ran, and no CANCEL left.
+            call.Cancel();
+            throw;
+        }
     }
 
     internal CompletionCall Start(CompletionRequest request, bool stream, ICompletionObserver? observer = null, bool whole = false)

@@ -40,20 +40,71 @@ __device__ __forceinline__ void row_scales(const float* __restrict__ x, int M, i
     }
 }
 
+// ---- operand policies -------------------------------------------------------------------------------------------
+// The decode and tiled kernels below are written once; a policy says how one weight type meets F32 activations.
+// Both policies move 16-byte weight vectors and 4-byte fragment registers, so the kernels' loads, shared layouts
+// and fragment positions differ only by the values per register (kPerReg) and the k of one mma (kMmaK).
+//   Fp8Op:   E4M3 weights with per-row scales, W8A8 (activations quantized per token to E4M3 on load), m16n8k32.
+//   Half16Op: F16/BF16 weights, W16A16 (activations rounded to T on load), m16n8k16.
+struct Fp8Op {
+    using W = uint8_t;
+    static constexpr bool kScaled = true;
+    static constexpr int kMmaK = 32;
+    // This lane's 16 activations x[k..k+15] of one token, scaled and quantized, as two mmas' B fragments.
+    __device__ static __forceinline__ void lane_activations(const float* xp, float inv, uint32_t q[4]) {
+        const float4* x4 = reinterpret_cast<const float4*>(xp);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float4 v = x4[e];
+            q[e] = fs::pack_e4m3x4(v.x * inv, v.y * inv, v.z * inv, v.w * inv);
+        }
+    }
+    // Four activations into shared memory as the weight type.
+    __device__ static __forceinline__ void store4(W* dst, float4 v, float inv) {
+        *reinterpret_cast<uint32_t*>(dst) = fs::pack_e4m3x4(v.x * inv, v.y * inv, v.z * inv, v.w * inv);
+    }
+    __device__ static __forceinline__ void mma(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+        fs::mma_e4m3_16x8x32(c, a, b);
+    }
+};
+
+template <fs_dtype T>
+struct Half16Op {
+    using W = uint16_t;
+    static constexpr bool kScaled = false;
+    static constexpr int kMmaK = 16;
+    __device__ static __forceinline__ void lane_activations(const float* xp, float, uint32_t q[4]) {
+        const float4* x4 = reinterpret_cast<const float4*>(xp);
+        const float4 v0 = x4[0], v1 = x4[1];
+        q[0] = fs::pack_16x2<T>(v0.x, v0.y);
+        q[1] = fs::pack_16x2<T>(v0.z, v0.w);
+        q[2] = fs::pack_16x2<T>(v1.x, v1.y);
+        q[3] = fs::pack_16x2<T>(v1.z, v1.w);
+    }
+    __device__ static __forceinline__ void store4(W* dst, float4 v, float) {
+        *reinterpret_cast<uint2*>(dst) = make_uint2(fs::pack_16x2<T>(v.x, v.y), fs::pack_16x2<T>(v.z, v.w));
+    }
+    __device__ static __forceinline__ void mma(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+        fs::mma_16x8x16<T>(c, a[0], a[1], a[2], a[3], b[0], b[1]);
+    }
+};
+
 // ---- decode: rows <= 32 -----------------------------------------------------------------------------------------
 // Weights are the mma's A operand (16 output channels per m-tile) and tokens its B operand (8 per n-tile), so a single
 // token wastes 7/8 of an n8 tile instead of 15/16 of an m16 tile. The kernel is bound by streaming w once: each lane
 // reads 16 contiguous bytes of two weight rows per 64-byte k chunk straight into registers (no shared memory), and
 // the CTA's 8 warps split k, their partial sums meeting in shared memory at the end. The 16 bytes of lane t cover
-// k = t*16 .. t*16+15 of the chunk, fed to two k32 mmas as (t*16+0..3, t*16+4..7) and (t*16+8..11, t*16+12..15),
-// the same order for the quantized activations.
+// values t*V .. t*V+V-1 of the chunk (V = 16 / sizeof(W)), fed to two mmas as the registers (x, y) and (z, w) of
+// the vector, each register standing for the same k in A and B; the activations follow the same order.
 constexpr int kDecodeWarps = 8;
 
-template <int MT, int NT>
+template <class Op, int MT, int NT>
 __global__ void __launch_bounds__(kDecodeWarps * 32)
-fp8_decode_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __restrict__ w,
-                  const float* __restrict__ w_scale, int N, const float* __restrict__ bias, float* __restrict__ dst) {
+decode_kernel(const float* __restrict__ x, int M, int K, const typename Op::W* __restrict__ w,
+              const float* __restrict__ w_scale, int N, const float* __restrict__ bias, float* __restrict__ dst) {
+    using W = typename Op::W;
     constexpr int ROWS = 16 * MT, TOK = 8 * NT;
+    constexpr int kChunk = 64 / (int)sizeof(W), kLane = 16 / (int)sizeof(W);  // values per k chunk, per lane
     // Chunks each lane has in flight: 64 bytes of weights per chunk and m-tile; enough to cover DRAM latency at
     // about one CTA per SM.
     constexpr int kDecodeUnroll = MT == 1 ? 4 : 2;
@@ -62,8 +113,10 @@ fp8_decode_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __re
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int n0 = blockIdx.x * ROWS;
 
-    row_scales<true>(x, M, K, 0, TOK, s_scale, s_inv);
-    __syncthreads();
+    if constexpr (Op::kScaled) {
+        row_scales<true>(x, M, K, 0, TOK, s_scale, s_inv);
+        __syncthreads();
+    }
 
     float acc[MT][NT][4];
 #pragma unroll
@@ -74,7 +127,7 @@ fp8_decode_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __re
             for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
     // Rows past N read row N-1 (in bounds) and are never written back.
-    const uint8_t* wrow[MT][2];
+    const W* wrow[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -83,13 +136,13 @@ fp8_decode_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __re
             wrow[mt][h] = w + (size_t)r * K;
         }
 
-    const int chunks = (K + 63) / 64;
+    const int chunks = (K + kChunk - 1) / kChunk;
     for (int c0 = warp * kDecodeUnroll; c0 < chunks; c0 += kDecodeWarps * kDecodeUnroll) {
         uint4 wv[kDecodeUnroll][MT][2];
 #pragma unroll
         for (int u = 0; u < kDecodeUnroll; ++u) {
-            const int k = (c0 + u) * 64 + t * 16;
-            const bool ok = c0 + u < chunks && k < K;  // K % 16 == 0: a lane's 16 bytes are all in or all out
+            const int k = (c0 + u) * kChunk + t * kLane;
+            const bool ok = c0 + u < chunks && k < K;  // K % kLane == 0: a lane's 16 bytes are all in or all out
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -98,28 +151,20 @@ fp8_decode_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __re
         }
 #pragma unroll
         for (int u = 0; u < kDecodeUnroll; ++u) {
-            const int k = (c0 + u) * 64 + t * 16;
+            const int k = (c0 + u) * kChunk + t * kLane;
             const bool ok = c0 + u < chunks && k < K;
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 const int tok = nt * 8 + g;
                 uint32_t q[4] = {0u, 0u, 0u, 0u};
-                if (ok && tok < M) {
-                    const float4* xp = reinterpret_cast<const float4*>(x + (size_t)tok * K + k);
-                    const float inv = s_inv[tok];
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const float4 v = xp[e];
-                        q[e] = fs::pack_e4m3x4(v.x * inv, v.y * inv, v.z * inv, v.w * inv);
-                    }
-                }
+                if (ok && tok < M) Op::lane_activations(x + (size_t)tok * K + k, Op::kScaled ? s_inv[tok] : 1.f, q);
                 const uint32_t b0[2] = {q[0], q[1]}, b1[2] = {q[2], q[3]};
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
                     const uint4 lo = wv[u][mt][0], hi = wv[u][mt][1];
                     const uint32_t a0[4] = {lo.x, hi.x, lo.y, hi.y}, a1[4] = {lo.z, hi.z, lo.w, hi.w};
-                    fs::mma_e4m3_16x8x32(acc[mt][nt], a0, b0);
-                    fs::mma_e4m3_16x8x32(acc[mt][nt], a1, b1);
+                    Op::mma(acc[mt][nt], a0, b0);
+                    Op::mma(acc[mt][nt], a1, b1);
                 }
             }
         }
@@ -139,26 +184,33 @@ fp8_decode_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __re
         float s = 0.f;
 #pragma unroll
         for (int wi = 0; wi < kDecodeWarps; ++wi) s += red[wi][r][tok];
-        dst[(size_t)tok * N + n] = s_scale[tok] * w_scale[n] * s + (bias ? bias[n] : 0.f);
+        if constexpr (Op::kScaled) s = s_scale[tok] * w_scale[n] * s;
+        dst[(size_t)tok * N + n] = s + (bias ? bias[n] : 0.f);
     }
 }
 
 // ---- prefill: rows > 32 ------------------------------------------------------------------------------------------
-// Classic tiled tensor-core GEMM: BM x 128 tile, k steps of 64, 8 warps as 2 x 4 (warp tile BM/2 x 32), double-buffered
-// shared memory; one wave of CTAs, each taking one row block and several n tiles, so its amax pass is paid once. Weights go to shared memory by cp.async; activations are read as F32 into registers one k step ahead,
-// scaled, converted to E4M3 and stored, so the load of step k+1 overlaps the mmas of step k. Shared rows are padded to
-// 80 bytes so the fragment reads (8 rows x 4 words per warp) hit 32 distinct banks.
-constexpr int kTileN = 128, kTileK = 64, kTileLd = kTileK + 16, kTileThreads = 256;
+// Classic tiled tensor-core GEMM: BM x 128 tile, k steps of 64 bytes of weights, 8 warps as 2 x 4 (warp tile BM/2 x
+// 32), double-buffered shared memory; one wave of CTAs, each taking one row block and several n tiles, so its amax
+// pass is paid once. Weights go to shared memory by cp.async; activations are read as F32 into registers one k step
+// ahead, converted to the weight type (scaled and quantized for FP8) and stored, so the load of step k+1 overlaps the
+// mmas of step k. Shared rows are padded to 80 bytes so the fragment reads (8 rows x 4 words per warp) hit 32
+// distinct banks.
+constexpr int kTileN = 128, kTileBytes = 64, kTileLdBytes = kTileBytes + 16, kTileThreads = 256;
 
-template <int BM>
+template <class Op, int BM>
 __global__ void __launch_bounds__(kTileThreads)
-fp8_tiled_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __restrict__ w,
-                 const float* __restrict__ w_scale, int N, const float* __restrict__ bias, float* __restrict__ dst) {
+tiled_kernel(const float* __restrict__ x, int M, int K, const typename Op::W* __restrict__ w,
+             const float* __restrict__ w_scale, int N, const float* __restrict__ bias, float* __restrict__ dst) {
+    using W = typename Op::W;
+    constexpr int kK = kTileBytes / (int)sizeof(W), kLd = kTileLdBytes / (int)sizeof(W);  // values per k step, row
+    constexpr int kPerReg = 4 / (int)sizeof(W), kHalf = Op::kMmaK / 2;                    // fragment positions
     constexpr int WM = BM / 2, MI = WM / 16, NI = 4;
-    constexpr int A_ITERS = BM * (kTileK / 4) / kTileThreads;  // float4 loads per thread per k step
-    constexpr int B_ITERS = kTileN * (kTileK / 16) / kTileThreads;
-    __shared__ __align__(16) uint8_t As[2][BM][kTileLd];
-    __shared__ __align__(16) uint8_t Bs[2][kTileN][kTileLd];
+    constexpr int A_PER_ROW = kK / 4, B_PER_ROW = kTileBytes / 16;
+    constexpr int A_ITERS = BM * A_PER_ROW / kTileThreads;  // float4 loads per thread per k step
+    constexpr int B_ITERS = kTileN * B_PER_ROW / kTileThreads;
+    __shared__ __align__(16) W As[2][BM][kLd];
+    __shared__ __align__(16) W Bs[2][kTileN][kLd];
     __shared__ float s_scale[BM], s_inv[BM];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
@@ -166,14 +218,16 @@ fp8_tiled_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __res
     const int wm0 = (warp >> 2) * WM, wn0 = (warp & 3) * 32;
     int n0 = blockIdx.x * kTileN;  // the CTA walks n tiles n0, n0 + gridDim.x * 128, ... (see the launcher)
 
-    row_scales<true>(x, M, K, m0, BM, s_scale, s_inv);
-    __syncthreads();
+    if constexpr (Op::kScaled) {
+        row_scales<true>(x, M, K, m0, BM, s_scale, s_inv);
+        __syncthreads();
+    }
 
     float4 areg[A_ITERS];
     auto load_a = [&](int kt) {
 #pragma unroll
         for (int i = 0; i < A_ITERS; ++i) {
-            const int idx = tid + i * kTileThreads, r = idx >> 4, k = kt * kTileK + (idx & 15) * 4;
+            const int idx = tid + i * kTileThreads, r = idx / A_PER_ROW, k = kt * kK + (idx % A_PER_ROW) * 4;
             areg[i] = (m0 + r < M && k < K) ? *reinterpret_cast<const float4*>(x + (size_t)(m0 + r) * K + k)
                                             : make_float4(0.f, 0.f, 0.f, 0.f);
         }
@@ -181,24 +235,22 @@ fp8_tiled_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __res
     auto store_a = [&](int st) {
 #pragma unroll
         for (int i = 0; i < A_ITERS; ++i) {
-            const int idx = tid + i * kTileThreads, r = idx >> 4;
-            const float inv = s_inv[r];
-            const float4 v = areg[i];
-            *reinterpret_cast<uint32_t*>(&As[st][r][(idx & 15) * 4]) =
-                fs::pack_e4m3x4(v.x * inv, v.y * inv, v.z * inv, v.w * inv);
+            const int idx = tid + i * kTileThreads, r = idx / A_PER_ROW;
+            Op::store4(&As[st][r][(idx % A_PER_ROW) * 4], areg[i], Op::kScaled ? s_inv[r] : 1.f);
         }
     };
     auto load_b = [&](int kt, int st) {
 #pragma unroll
         for (int i = 0; i < B_ITERS; ++i) {
-            const int idx = tid + i * kTileThreads, r = idx >> 2, k = kt * kTileK + (idx & 3) * 16;
+            const int idx = tid + i * kTileThreads, r = idx / B_PER_ROW, col = (idx % B_PER_ROW) * (16 / (int)sizeof(W));
+            const int k = kt * kK + col;
             const bool ok = n0 + r < N && k < K;
-            fs::cp_async_16(&Bs[st][r][(idx & 3) * 16], ok ? w + (size_t)(n0 + r) * K + k : w, ok ? 16 : 0);
+            fs::cp_async_16(&Bs[st][r][col], ok ? w + (size_t)(n0 + r) * K + k : w, ok ? 16 : 0);
         }
         fs::cp_async_commit();
     };
 
-    const int KT = (K + kTileK - 1) / kTileK;
+    const int KT = (K + kK - 1) / kK;
     for (; n0 < N; n0 += gridDim.x * kTileN) {
         float acc[MI][NI][4];
 #pragma unroll
@@ -223,26 +275,26 @@ fp8_tiled_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __res
                 load_a(kt + 1);
             }
 #pragma unroll
-            for (int ks = 0; ks < kTileK; ks += 32) {
+            for (int ks = 0; ks < kK; ks += Op::kMmaK) {
                 uint32_t af[MI][4], bf[NI][2];
 #pragma unroll
                 for (int mi = 0; mi < MI; ++mi) {
                     const int r = wm0 + mi * 16 + g;
-                    af[mi][0] = *reinterpret_cast<const uint32_t*>(&As[st][r][ks + t * 4]);
-                    af[mi][1] = *reinterpret_cast<const uint32_t*>(&As[st][r + 8][ks + t * 4]);
-                    af[mi][2] = *reinterpret_cast<const uint32_t*>(&As[st][r][ks + 16 + t * 4]);
-                    af[mi][3] = *reinterpret_cast<const uint32_t*>(&As[st][r + 8][ks + 16 + t * 4]);
+                    af[mi][0] = *reinterpret_cast<const uint32_t*>(&As[st][r][ks + t * kPerReg]);
+                    af[mi][1] = *reinterpret_cast<const uint32_t*>(&As[st][r + 8][ks + t * kPerReg]);
+                    af[mi][2] = *reinterpret_cast<const uint32_t*>(&As[st][r][ks + kHalf + t * kPerReg]);
+                    af[mi][3] = *reinterpret_cast<const uint32_t*>(&As[st][r + 8][ks + kHalf + t * kPerReg]);
                 }
 #pragma unroll
                 for (int ni = 0; ni < NI; ++ni) {
                     const int c = wn0 + ni * 8 + g;
-                    bf[ni][0] = *reinterpret_cast<const uint32_t*>(&Bs[st][c][ks + t * 4]);
-                    bf[ni][1] = *reinterpret_cast<const uint32_t*>(&Bs[st][c][ks + 16 + t * 4]);
+                    bf[ni][0] = *reinterpret_cast<const uint32_t*>(&Bs[st][c][ks + t * kPerReg]);
+                    bf[ni][1] = *reinterpret_cast<const uint32_t*>(&Bs[st][c][ks + kHalf + t * kPerReg]);
                 }
 #pragma unroll
                 for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-                    for (int ni = 0; ni < NI; ++ni) fs::mma_e4m3_16x8x32(acc[mi][ni], af[mi], bf[ni]);
+                    for (int ni = 0; ni < NI; ++ni) Op::mma(acc[mi][ni], af[mi], bf[ni]);
             }
             if (more) {
                 store_a(st ^ 1);  // stage st^1 was last read in iteration kt-1, before its closing barrier
@@ -258,205 +310,11 @@ fp8_tiled_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __res
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const int rl = wm0 + mi * 16 + g + (e >> 1) * 8, r = m0 + rl, c = n0 + wn0 + ni * 8 + t * 2 + (e & 1);
-                    if (r < M && c < N)
-                        dst[(size_t)r * N + c] = s_scale[rl] * w_scale[c] * acc[mi][ni][e] + (bias ? bias[c] : 0.f);
-                }
-    }
-}
-
-// ---- 16-bit weights (F16, BF16): the same decode and prefill shapes on m16n8k16 tensor cores -------------------
-// Decode: weights are the A operand, read straight into registers, 16 bytes (8 values) of two rows per lane per
-// 32-value k chunk; lane t's 8 values k = t*8 .. t*8+7 feed two k16 mmas as (t*8+0..1, t*8+2..3) and
-// (t*8+4..5, t*8+6..7), and each token's activations are rounded to T in the same order.
-template <fs_dtype T, int MT, int NT>
-__global__ void __launch_bounds__(kDecodeWarps * 32)
-w16_decode_kernel(const float* __restrict__ x, int M, int K, const uint16_t* __restrict__ w, int N,
-                  const float* __restrict__ bias, float* __restrict__ dst) {
-    constexpr int ROWS = 16 * MT, TOK = 8 * NT;
-    constexpr int kUnroll = MT == 1 ? 4 : 2;
-    __shared__ float red[kDecodeWarps][ROWS][TOK + 1];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    const int n0 = blockIdx.x * ROWS;
-
-    float acc[MT][NT][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-
-    const uint16_t* wrow[MT][2];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) wrow[mt][h] = w + (size_t)min(n0 + mt * 16 + h * 8 + g, N - 1) * K;
-
-    const int chunks = (K + 31) / 32;
-    for (int c0 = warp * kUnroll; c0 < chunks; c0 += kDecodeWarps * kUnroll) {
-        uint4 wv[kUnroll][MT][2];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-            const int k = (c0 + u) * 32 + t * 8;
-            const bool ok = c0 + u < chunks && k < K;  // K % 8 == 0: a lane's 8 values are all in or all out
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int h = 0; h < 2; ++h)
-                    wv[u][mt][h] = ok ? __ldg(reinterpret_cast<const uint4*>(wrow[mt][h] + k)) : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-            const int k = (c0 + u) * 32 + t * 8;
-            const bool ok = c0 + u < chunks && k < K;
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                const int tok = nt * 8 + g;
-                uint32_t q[4] = {0u, 0u, 0u, 0u};
-                if (ok && tok < M) {
-                    const float4* xp = reinterpret_cast<const float4*>(x + (size_t)tok * K + k);
-                    const float4 v0 = xp[0], v1 = xp[1];
-                    q[0] = fs::pack_16x2<T>(v0.x, v0.y);
-                    q[1] = fs::pack_16x2<T>(v0.z, v0.w);
-                    q[2] = fs::pack_16x2<T>(v1.x, v1.y);
-                    q[3] = fs::pack_16x2<T>(v1.z, v1.w);
-                }
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    const uint4 lo = wv[u][mt][0], hi = wv[u][mt][1];
-                    fs::mma_16x8x16<T>(acc[mt][nt], lo.x, hi.x, lo.y, hi.y, q[0], q[1]);
-                    fs::mma_16x8x16<T>(acc[mt][nt], lo.z, hi.z, lo.w, hi.w, q[2], q[3]);
-                }
-            }
-        }
-    }
-
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) red[warp][mt * 16 + g + (e >> 1) * 8][nt * 8 + t * 2 + (e & 1)] = acc[mt][nt][e];
-    __syncthreads();
-    for (int i = threadIdx.x; i < ROWS * TOK; i += blockDim.x) {
-        const int r = i % ROWS, tok = i / ROWS, n = n0 + r;
-        if (tok >= M || n >= N) continue;
-        float s = 0.f;
-#pragma unroll
-        for (int wi = 0; wi < kDecodeWarps; ++wi) s += red[wi][r][tok];
-        dst[(size_t)tok * N + n] = s + (bias ? bias[n] : 0.f);
-    }
-}
-
-// Prefill: the FP8 tiled kernel's shape with 16-bit values: BM x 128 tiles, k steps of 32 values (64 bytes, so the
-// padded 80-byte shared rows and their conflict-free fragment reads are the same), activations rounded to T on
-// their way into shared memory one step ahead, weights by cp.async.
-constexpr int kTile16K = 32, kTile16Ld = kTile16K + 8;
-
-template <fs_dtype T, int BM>
-__global__ void __launch_bounds__(kTileThreads)
-w16_tiled_kernel(const float* __restrict__ x, int M, int K, const uint16_t* __restrict__ w, int N,
-                 const float* __restrict__ bias, float* __restrict__ dst) {
-    constexpr int WM = BM / 2, MI = WM / 16, NI = 4;
-    constexpr int A_ITERS = BM * (kTile16K / 4) / kTileThreads;
-    constexpr int B_ITERS = kTileN * (kTile16K / 8) / kTileThreads;
-    __shared__ __align__(16) uint16_t As[2][BM][kTile16Ld];
-    __shared__ __align__(16) uint16_t Bs[2][kTileN][kTile16Ld];
-
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
-    const int m0 = blockIdx.y * BM;
-    const int wm0 = (warp >> 2) * WM, wn0 = (warp & 3) * 32;
-    int n0 = blockIdx.x * kTileN;
-
-    float4 areg[A_ITERS];
-    auto load_a = [&](int kt) {
-#pragma unroll
-        for (int i = 0; i < A_ITERS; ++i) {
-            const int idx = tid + i * kTileThreads, r = idx >> 3, k = kt * kTile16K + (idx & 7) * 4;
-            areg[i] = (m0 + r < M && k < K) ? *reinterpret_cast<const float4*>(x + (size_t)(m0 + r) * K + k)
-                                            : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
-    };
-    auto store_a = [&](int st) {
-#pragma unroll
-        for (int i = 0; i < A_ITERS; ++i) {
-            const int idx = tid + i * kTileThreads, r = idx >> 3;
-            const float4 v = areg[i];
-            *reinterpret_cast<uint2*>(&As[st][r][(idx & 7) * 4]) =
-                make_uint2(fs::pack_16x2<T>(v.x, v.y), fs::pack_16x2<T>(v.z, v.w));
-        }
-    };
-    auto load_b = [&](int kt, int st) {
-#pragma unroll
-        for (int i = 0; i < B_ITERS; ++i) {
-            const int idx = tid + i * kTileThreads, r = idx >> 2, k = kt * kTile16K + (idx & 3) * 8;
-            const bool ok = n0 + r < N && k < K;
-            fs::cp_async_16(&Bs[st][r][(idx & 3) * 8], ok ? w + (size_t)(n0 + r) * K + k : w, ok ? 16 : 0);
-        }
-        fs::cp_async_commit();
-    };
-
-    const int KT = (K + kTile16K - 1) / kTile16K;
-    for (; n0 < N; n0 += gridDim.x * kTileN) {
-        float acc[MI][NI][4];
-#pragma unroll
-        for (int i = 0; i < MI; ++i)
-#pragma unroll
-            for (int j = 0; j < NI; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
-
-        load_b(0, 0);
-        load_a(0);
-        store_a(0);
-        fs::cp_async_wait_all();
-        __syncthreads();
-
-        for (int kt = 0; kt < KT; ++kt) {
-            const int st = kt & 1;
-            const bool more = kt + 1 < KT;
-            if (more) {
-                load_b(kt + 1, st ^ 1);
-                load_a(kt + 1);
-            }
-#pragma unroll
-            for (int ks = 0; ks < kTile16K; ks += 16) {
-                uint32_t af[MI][4], bf[NI][2];
-#pragma unroll
-                for (int mi = 0; mi < MI; ++mi) {
-                    const int r = wm0 + mi * 16 + g;
-                    af[mi][0] = *reinterpret_cast<const uint32_t*>(&As[st][r][ks + t * 2]);
-                    af[mi][1] = *reinterpret_cast<const uint32_t*>(&As[st][r + 8][ks + t * 2]);
-                    af[mi][2] = *reinterpret_cast<const uint32_t*>(&As[st][r][ks + 8 + t * 2]);
-                    af[mi][3] = *reinterpret_cast<const uint32_t*>(&As[st][r + 8][ks + 8 + t * 2]);
-                }
-#pragma unroll
-                for (int ni = 0; ni < NI; ++ni) {
-                    const int c = wn0 + ni * 8 + g;
-                    bf[ni][0] = *reinterpret_cast<const uint32_t*>(&Bs[st][c][ks + t * 2]);
-                    bf[ni][1] = *reinterpret_cast<const uint32_t*>(&Bs[st][c][ks + 8 + t * 2]);
-                }
-#pragma unroll
-                for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-                    for (int ni = 0; ni < NI; ++ni)
-                        fs::mma_16x8x16<T>(acc[mi][ni], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bf[ni][0], bf[ni][1]);
-            }
-            if (more) {
-                store_a(st ^ 1);
-                fs::cp_async_wait_all();
-            }
-            __syncthreads();
-        }
-
-#pragma unroll
-        for (int mi = 0; mi < MI; ++mi)
-#pragma unroll
-            for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int r = m0 + wm0 + mi * 16 + g + (e >> 1) * 8, c = n0 + wn0 + ni * 8 + t * 2 + (e & 1);
-                    if (r < M && c < N) dst[(size_t)r * N + c] = acc[mi][ni][e] + (bias ? bias[c] : 0.f);
+                    if (r < M && c < N) {
+                        float v = acc[mi][ni][e];
+                        if constexpr (Op::kScaled) v = s_scale[rl] * w_scale[c] * v;
+                        dst[(size_t)r * N + c] = v + (bias ? bias[c] : 0.f);
+                    }
                 }
     }
 }
@@ -544,11 +402,11 @@ int sm_count() {
     return n;
 }
 
-template <int MT, int NT>
-void launch_decode(cudaStream_t s, const float* x, int M, int K, const uint8_t* w, const float* ws, int N,
+template <class Op, int MT, int NT>
+void launch_decode(cudaStream_t s, const float* x, int M, int K, const typename Op::W* w, const float* ws, int N,
                    const float* bias, float* dst) {
     const unsigned blocks = (unsigned)((N + 16 * MT - 1) / (16 * MT));
-    fp8_decode_kernel<MT, NT><<<blocks, kDecodeWarps * 32, 0, s>>>(x, M, K, w, ws, N, bias, dst);
+    decode_kernel<Op, MT, NT><<<blocks, kDecodeWarps * 32, 0, s>>>(x, M, K, w, ws, N, bias, dst);
 }
 
 template <fs_dtype T>
@@ -571,33 +429,25 @@ dim3 tiled_grid(int rows, int n, int bm, int ctas_per_sm) {
     return dim3((unsigned)((tiles_n + per - 1) / per), (unsigned)tiles_m);
 }
 
-template <fs_dtype T, int MT, int NT>
-void launch_w16_decode(cudaStream_t s, const float* x, int M, int K, const uint16_t* w, int N, const float* bias,
-                       float* dst) {
-    const unsigned blocks = (unsigned)((N + 16 * MT - 1) / (16 * MT));
-    w16_decode_kernel<T, MT, NT><<<blocks, kDecodeWarps * 32, 0, s>>>(x, M, K, w, N, bias, dst);
-}
-
-// F16 / BF16 weights: tensor cores when rows of 8 values are 16-byte vectors, the SIMT kernel otherwise; the row
-// thresholds and grids are the FP8 path's (see fs_cuda_matmul).
-template <fs_dtype T>
-void launch_16bit(cudaStream_t s, const float* x, int rows, int k, const void* w, const float* ws, int n,
-                  const float* bias, float* dst) {
-    const uint16_t* w16 = static_cast<const uint16_t*>(w);
-    if (!(k > 0 && k % 8 == 0 && aligned16(x) && aligned16(w))) {
-        launch_simt<T>(s, x, rows, k, w, ws, n, bias, dst);
-    } else if (rows <= 32) {
+// Tensor-core path for one operand policy. Rows <= 32: the decode kernel, two m16 tiles per CTA once that still
+// leaves about one CTA per SM (fewer re-reads of x per weight byte); up to 256 rows the 64-row tiles, beyond that
+// the 128-row ones.
+template <class Op>
+void launch_tensor_cores(cudaStream_t s, const float* x, int rows, int k, const void* w_, const float* ws, int n,
+                         const float* bias, float* dst) {
+    const auto* w = static_cast<const typename Op::W*>(w_);
+    if (rows <= 32) {
         const bool wide = n / 32 >= sm_count();
-        if (rows <= 8) wide ? launch_w16_decode<T, 2, 1>(s, x, rows, k, w16, n, bias, dst)
-                            : launch_w16_decode<T, 1, 1>(s, x, rows, k, w16, n, bias, dst);
-        else if (rows <= 16) wide ? launch_w16_decode<T, 2, 2>(s, x, rows, k, w16, n, bias, dst)
-                                  : launch_w16_decode<T, 1, 2>(s, x, rows, k, w16, n, bias, dst);
-        else wide ? launch_w16_decode<T, 2, 4>(s, x, rows, k, w16, n, bias, dst)
-                  : launch_w16_decode<T, 1, 4>(s, x, rows, k, w16, n, bias, dst);
+        if (rows <= 8) wide ? launch_decode<Op, 2, 1>(s, x, rows, k, w, ws, n, bias, dst)
+                            : launch_decode<Op, 1, 1>(s, x, rows, k, w, ws, n, bias, dst);
+        else if (rows <= 16) wide ? launch_decode<Op, 2, 2>(s, x, rows, k, w, ws, n, bias, dst)
+                                  : launch_decode<Op, 1, 2>(s, x, rows, k, w, ws, n, bias, dst);
+        else wide ? launch_decode<Op, 2, 4>(s, x, rows, k, w, ws, n, bias, dst)
+                  : launch_decode<Op, 1, 4>(s, x, rows, k, w, ws, n, bias, dst);
     } else if (rows <= 256) {
-        w16_tiled_kernel<T, 64><<<tiled_grid(rows, n, 64, 2), kTileThreads, 0, s>>>(x, rows, k, w16, n, bias, dst);
+        tiled_kernel<Op, 64><<<tiled_grid(rows, n, 64, 2), kTileThreads, 0, s>>>(x, rows, k, w, ws, n, bias, dst);
     } else {
-        w16_tiled_kernel<T, 128><<<tiled_grid(rows, n, 128, 1), kTileThreads, 0, s>>>(x, rows, k, w16, n, bias, dst);
+        tiled_kernel<Op, 128><<<tiled_grid(rows, n, 128, 1), kTileThreads, 0, s>>>(x, rows, k, w, ws, n, bias, dst);
     }
 }
 
@@ -615,30 +465,20 @@ extern "C" FS_API fs_status fs_cuda_matmul(fs_stream stream, const float* x, int
     cudaStream_t s = (cudaStream_t)stream;
     switch (dtype) {
     case FS_F32: launch_simt<FS_F32>(s, x, rows, k, w, w_scale, n, bias, dst); break;
-    case FS_F16: launch_16bit<FS_F16>(s, x, rows, k, w, w_scale, n, bias, dst); break;
-    case FS_BF16: launch_16bit<FS_BF16>(s, x, rows, k, w, w_scale, n, bias, dst); break;
-    case FS_F8E4M3: {
-        const uint8_t* w8 = static_cast<const uint8_t*>(w);
-        // The tensor-core kernels read 16-byte weight and activation vectors.
-        const bool fast = k > 0 && k % 16 == 0 && aligned16(x) && aligned16(w);
-        if (!fast) {
-            launch_simt<FS_F8E4M3>(s, x, rows, k, w, w_scale, n, bias, dst);
-        } else if (rows <= 32) {
-            // Two m16 tiles per CTA once that still leaves about one CTA per SM: fewer re-reads of x per weight byte.
-            const bool wide = n / 32 >= sm_count();
-            if (rows <= 8) wide ? launch_decode<2, 1>(s, x, rows, k, w8, w_scale, n, bias, dst)
-                                : launch_decode<1, 1>(s, x, rows, k, w8, w_scale, n, bias, dst);
-            else if (rows <= 16) wide ? launch_decode<2, 2>(s, x, rows, k, w8, w_scale, n, bias, dst)
-                                      : launch_decode<1, 2>(s, x, rows, k, w8, w_scale, n, bias, dst);
-            else wide ? launch_decode<2, 4>(s, x, rows, k, w8, w_scale, n, bias, dst)
-                      : launch_decode<1, 4>(s, x, rows, k, w8, w_scale, n, bias, dst);
-        } else if (rows <= 256) {
-            fp8_tiled_kernel<64><<<tiled_grid(rows, n, 64, 2), kTileThreads, 0, s>>>(x, rows, k, w8, w_scale, n, bias, dst);
-        } else {
-            fp8_tiled_kernel<128><<<tiled_grid(rows, n, 128, 1), kTileThreads, 0, s>>>(x, rows, k, w8, w_scale, n, bias, dst);
-        }
+    // The tensor-core kernels read 16-byte weight and activation vectors: whole ones per lane (k a multiple of 16
+    // values for FP8, 8 for 16-bit types) from 16-byte aligned rows. Anything else takes the SIMT kernel.
+    case FS_F16:
+        if (k > 0 && k % 8 == 0 && aligned16(x) && aligned16(w)) launch_tensor_cores<Half16Op<FS_F16>>(s, x, rows, k, w, w_scale, n, bias, dst);
+        else launch_simt<FS_F16>(s, x, rows, k, w, w_scale, n, bias, dst);
         break;
-    }
+    case FS_BF16:
+        if (k > 0 && k % 8 == 0 && aligned16(x) && aligned16(w)) launch_tensor_cores<Half16Op<FS_BF16>>(s, x, rows, k, w, w_scale, n, bias, dst);
+        else launch_simt<FS_BF16>(s, x, rows, k, w, w_scale, n, bias, dst);
+        break;
+    case FS_F8E4M3:
+        if (k > 0 && k % 16 == 0 && aligned16(x) && aligned16(w)) launch_tensor_cores<Fp8Op>(s, x, rows, k, w, w_scale, n, bias, dst);
+        else launch_simt<FS_F8E4M3>(s, x, rows, k, w, w_scale, n, bias, dst);
+        break;
     default: return fs::set_error(FS_ERR_INVALID_ARGUMENT, __FILE__, __LINE__, "matmul: unknown dtype %d", (int)dtype);
     }
     FS_LAUNCH_CHECK("matmul kernel");

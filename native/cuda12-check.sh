@@ -305,17 +305,20 @@ done
 sass=$build/sass
 rm -rf "$sass" && mkdir -p "$sass"
 (cd "$sass" && "$bin/cuobjdump" -xelf matmul "$lib" >/dev/null) || fail fp8 "cuobjdump cannot extract matmul's cubins from $lib"
+# Only the FP8 kernels (the Fp8Op instances) count: the 16-bit weight kernels in the same file use BF16/F16 mmas.
 for a in 89 90a; do
   [ -f "$sass/matmul.sm_$a.cubin" ] || fail fp8 "$lib has no sm_$a code for matmul.cu"
   "$bin/cuobjdump" -sass "$sass/matmul.sm_$a.cubin" >"$sass/matmul.sm_$a.sass" || fail fp8 "cuobjdump -sass of matmul.sm_$a.cubin"
+  awk '/Function :/ { keep = index($0, "Fp8Op") > 0 } keep' "$sass/matmul.sm_$a.sass" >"$sass/matmul-fp8.sm_$a.sass"
+  [ -s "$sass/matmul-fp8.sm_$a.sass" ] || fail fp8 "no FP8 (Fp8Op) kernel in the library's sm_$a matmul SASS"
 done
-qmma89=$(grep -cE 'QMMA\.16832\.F32\.E4M3\.E4M3' "$sass/matmul.sm_89.sass")
-unpack90=$(grep -cE 'F2FP\.F16\.E4M3\.UNPACK_B' "$sass/matmul.sm_90a.sass")
-hmma90=$(grep -E 'HMMA\.16816\.F32' "$sass/matmul.sm_90a.sass" | grep -vc 'BF16')
-bf16_89=$(grep -cE 'HMMA\.[0-9]+\.F32\.BF16' "$sass/matmul.sm_89.sass")
-[ "$qmma89" -gt 0 ] || fail fp8 "no QMMA.16832.F32.E4M3.E4M3 (FP8 tensor-core mma) in the library's sm_89 matmul SASS"
-[ "$bf16_89" -eq 0 ] || fail fp8 "sm_89 matmul still has $bf16_89 BF16 mmas (the portable path)"
-[ "$unpack90" -gt 0 ] && [ "$hmma90" -gt 0 ] || fail fp8 "no E4M3 unpack + F16 HMMA (the FP8 mma.sync as ptxas lowers it for Hopper) in the library's sm_90a matmul SASS"
+qmma89=$(grep -cE 'QMMA\.16832\.F32\.E4M3\.E4M3' "$sass/matmul-fp8.sm_89.sass")
+unpack90=$(grep -cE 'F2FP\.F16\.E4M3\.UNPACK_B' "$sass/matmul-fp8.sm_90a.sass")
+hmma90=$(grep -E 'HMMA\.16816\.F32' "$sass/matmul-fp8.sm_90a.sass" | grep -vc 'BF16')
+bf16_89=$(grep -cE 'HMMA\.[0-9]+\.F32\.BF16' "$sass/matmul-fp8.sm_89.sass")
+[ "$qmma89" -gt 0 ] || fail fp8 "no QMMA.16832.F32.E4M3.E4M3 (FP8 tensor-core mma) in the library's sm_89 FP8 kernels"
+[ "$bf16_89" -eq 0 ] || fail fp8 "sm_89 FP8 kernels still have $bf16_89 BF16 mmas (the portable path)"
+[ "$unpack90" -gt 0 ] && [ "$hmma90" -gt 0 ] || fail fp8 "no E4M3 unpack + F16 HMMA (the FP8 mma.sync as ptxas lowers it for Hopper) in the library's sm_90a FP8 kernels"
 
 # --- 6b. Exports ---------------------------------------------------------------------------------------------------
 exports() { nm -D --defined-only "$1" | awk '{print $NF}' | sort; }

@@ -4,6 +4,7 @@ using FastServe.Runtime.Generation;
 using FastServe.Runtime.Model;
 using FastServe.Scheduler.Engine;
 using FastServe.Scheduler.Execution;
+using FastServe.Tests.Backends;
 using NUnit.Framework;
 
 namespace FastServe.Tests.Engine;
@@ -120,36 +121,22 @@ public class EngineBackendSamplingTests
     }
 
     /// <summary>The CPU backend presented as one that samples on its device; counts samples and logit downloads.</summary>
-    private sealed class SamplingBackend(IBackend inner) : IBackend
+    private sealed class SamplingBackend(IBackend inner) : ForwardingBackend(inner)
     {
         public int SampleCalls, LogitDownloads;
-        public string Name => "cpu-sampling";
-        public bool SamplesOnDevice => true;
-        public void Sample(BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens)
+        public override string Name => "cpu-sampling";
+        public override bool SamplesOnDevice => true;
+
+        public override void Sample(BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens)
         {
             SampleCalls++;
-            CounterSampler.SampleOnHost(inner, logits, rows, tokens);
+            CounterSampler.SampleOnHost(Inner, logits, rows, tokens);
         }
-        public void CopyToHost(BackendTensor src, Span<float> dst)
+
+        public override void CopyToHost(BackendTensor src, Span<float> dst)
         {
             if (src.Name == "logits") LogitDownloads++;
-            inner.CopyToHost(src, dst);
+            Inner.CopyToHost(src, dst);
         }
-        public BackendWeight LoadMatrix(MatrixWeight weight) => inner.LoadMatrix(weight);
-        public BackendWeight LoadVector(string name, ReadOnlySpan<float> values) => inner.LoadVector(name, values);
-        public BackendTensor Alloc(string name, int maxRows, int cols) => inner.Alloc(name, maxRows, cols);
-        public KvCache AllocKvCache(KvCacheSpec spec) => inner.AllocKvCache(spec);
-        public void Embedding(BackendWeight table, ReadOnlySpan<int> tokens, BackendTensor dst) => inner.Embedding(table, tokens, dst);
-        public void RmsNorm(BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst) => inner.RmsNorm(x, gamma, eps, dst);
-        public void AddRmsNorm(BackendTensor residual, BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst) => inner.AddRmsNorm(residual, x, gamma, eps, dst);
-        public void Add(BackendTensor acc, BackendTensor x) => inner.Add(acc, x);
-        public void MatMul(BackendTensor x, BackendWeight w, BackendTensor dst) => inner.MatMul(x, w, dst);
-        public void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope) => inner.Rope(x, heads, positions, rope);
-        public void SiluGate(BackendTensor gate, BackendTensor up, BackendTensor dst) => inner.SiluGate(gate, up, dst);
-        public void KvStore(KvCache cache, int layer, BackendTensor k, BackendTensor v, BatchLayout batch) => inner.KvStore(cache, layer, k, v, batch);
-        public void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst) => inner.Attention(q, cache, layer, batch, dst);
-        public void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst) => inner.GatherRows(src, rows, dst);
-        public void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst) => inner.CopyFromHost(data, rows, dst);
-        public void Dispose() { }
     }
 }

@@ -4,6 +4,7 @@ using FastServe.Runtime.Generation;
 using FastServe.Runtime.Model;
 using FastServe.Scheduler.Engine;
 using FastServe.Scheduler.Execution;
+using FastServe.Tests.Backends;
 using NUnit.Framework;
 
 namespace FastServe.Tests.Engine;
@@ -104,7 +105,7 @@ public class EngineStepGraphTests
     /// <summary>The CPU backend with the graph contract: ops always run (the CPU has no graphs), while the op
     /// sequence between BeginCapture/BeginReplay and the readback is recorded and compared like a CUDA graph's
     /// signature.</summary>
-    private sealed class GraphRecorder(IBackend inner) : IBackend, IGraphBackend
+    private sealed class GraphRecorder(IBackend inner) : ForwardingBackend(inner), IGraphBackend
     {
         private enum Mode { Normal, Capturing, Replaying }
         private Mode _mode;
@@ -118,8 +119,8 @@ public class EngineStepGraphTests
         public int Replays, EagerDecodeSteps;
 
         public int MinAttentionBlocks { get; set; }
-        public string Name => "cpu-graphs";
-        public bool SamplesOnDevice => true;
+        public override string Name => "cpu-graphs";
+        public override bool SamplesOnDevice => true;
 
         public void BeginCapture()
         {
@@ -145,7 +146,7 @@ public class EngineStepGraphTests
             _sig = new HashCode();
         }
 
-        public void Sample(BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens)
+        public override void Sample(BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens)
         {
             Sign("sample", logits.Rows);
             switch (_mode)
@@ -168,13 +169,13 @@ public class EngineStepGraphTests
                     break;
             }
             _mode = Mode.Normal;
-            CounterSampler.SampleOnHost(inner, logits, rows, tokens);
+            CounterSampler.SampleOnHost(Inner, logits, rows, tokens);
         }
 
-        public void CopyToHost(BackendTensor src, Span<float> dst)
+        public override void CopyToHost(BackendTensor src, Span<float> dst)
         {
             if (_mode != Mode.Normal) throw new InvalidOperationException("this recorder ends steps at Sample only");
-            inner.CopyToHost(src, dst);
+            Inner.CopyToHost(src, dst);
         }
 
         private void Sign(string op, int rows, int extra = 0)
@@ -182,22 +183,17 @@ public class EngineStepGraphTests
             if (_mode != Mode.Normal) _sig.Add((op, rows, extra));
         }
 
-        public BackendWeight LoadMatrix(MatrixWeight weight) => inner.LoadMatrix(weight);
-        public BackendWeight LoadVector(string name, ReadOnlySpan<float> values) => inner.LoadVector(name, values);
-        public BackendTensor Alloc(string name, int maxRows, int cols) => inner.Alloc(name, maxRows, cols);
-        public KvCache AllocKvCache(KvCacheSpec spec) => inner.AllocKvCache(spec);
-        public void Embedding(BackendWeight table, ReadOnlySpan<int> tokens, BackendTensor dst) { _tokens = tokens.Length; Sign("embedding", tokens.Length); inner.Embedding(table, tokens, dst); }
-        public void RmsNorm(BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst) { Sign("rmsnorm", x.Rows); inner.RmsNorm(x, gamma, eps, dst); }
-        public void AddRmsNorm(BackendTensor residual, BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst) { Sign("addrmsnorm", x.Rows); inner.AddRmsNorm(residual, x, gamma, eps, dst); }
-        public void Add(BackendTensor acc, BackendTensor x) { Sign("add", x.Rows); inner.Add(acc, x); }
-        public void MatMul(BackendTensor x, BackendWeight w, BackendTensor dst) { Sign("matmul", x.Rows, w.Rows); inner.MatMul(x, w, dst); }
-        public void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope) { Sign("rope", x.Rows, heads); inner.Rope(x, heads, positions, rope); }
-        public void SiluGate(BackendTensor gate, BackendTensor up, BackendTensor dst) { Sign("silu", gate.Rows); inner.SiluGate(gate, up, dst); }
-        public void KvStore(KvCache cache, int layer, BackendTensor k, BackendTensor v, BatchLayout batch) { Sign("kvstore", k.Rows, layer); inner.KvStore(cache, layer, k, v, batch); }
-        public void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst) { Sign("attention", q.Rows, batch.SequenceCount); inner.Attention(q, cache, layer, batch, dst); }
-        public void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst) { Sign("gather", rows.Length); inner.GatherRows(src, rows, dst); }
-        public void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst) { Sign("upload", rows); inner.CopyFromHost(data, rows, dst); }
-        public void Dispose() { }
+        public override void Embedding(BackendWeight table, ReadOnlySpan<int> tokens, BackendTensor dst) { _tokens = tokens.Length; Sign("embedding", tokens.Length); Inner.Embedding(table, tokens, dst); }
+        public override void RmsNorm(BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst) { Sign("rmsnorm", x.Rows); Inner.RmsNorm(x, gamma, eps, dst); }
+        public override void AddRmsNorm(BackendTensor residual, BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst) { Sign("addrmsnorm", x.Rows); Inner.AddRmsNorm(residual, x, gamma, eps, dst); }
+        public override void Add(BackendTensor acc, BackendTensor x) { Sign("add", x.Rows); Inner.Add(acc, x); }
+        public override void MatMul(BackendTensor x, BackendWeight w, BackendTensor dst) { Sign("matmul", x.Rows, w.Rows); Inner.MatMul(x, w, dst); }
+        public override void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope) { Sign("rope", x.Rows, heads); Inner.Rope(x, heads, positions, rope); }
+        public override void SiluGate(BackendTensor gate, BackendTensor up, BackendTensor dst) { Sign("silu", gate.Rows); Inner.SiluGate(gate, up, dst); }
+        public override void KvStore(KvCache cache, int layer, BackendTensor k, BackendTensor v, BatchLayout batch) { Sign("kvstore", k.Rows, layer); Inner.KvStore(cache, layer, k, v, batch); }
+        public override void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst) { Sign("attention", q.Rows, batch.SequenceCount); Inner.Attention(q, cache, layer, batch, dst); }
+        public override void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst) { Sign("gather", rows.Length); Inner.GatherRows(src, rows, dst); }
+        public override void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst) { Sign("upload", rows); Inner.CopyFromHost(data, rows, dst); }
 
         private sealed class Graph(int signature) : IStepGraph
         {

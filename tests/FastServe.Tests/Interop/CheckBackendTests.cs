@@ -6,6 +6,7 @@ using FastServe.Runtime.Backends;
 using FastServe.Runtime.Backends.Cpu;
 using FastServe.Runtime.Backends.Reference;
 using FastServe.Runtime.Numerics;
+using FastServe.Tests.Backends;
 using NUnit.Framework;
 
 namespace FastServe.Tests.Interop;
@@ -207,23 +208,14 @@ public class CheckBackendTests
     }
 
     /// <summary>A CPU backend with one op broken on purpose; every other op is the CPU's own.</summary>
-    private sealed class MutatedBackend(CpuBackend inner, Mutation mutation) : IBackend
+    private sealed class MutatedBackend(CpuBackend inner, Mutation mutation) : ForwardingBackend(inner)
     {
-        public string Name => "mutated-cpu";
-        public bool QuantizesFp8Activations => mutation == Mutation.ClaimsW8A8;
-        public bool RoundsActivationsTo16Bit => mutation == Mutation.ClaimsW16A16;
-        public BackendWeight LoadMatrix(MatrixWeight weight) => inner.LoadMatrix(weight);
-        public BackendWeight LoadVector(string name, ReadOnlySpan<float> values) => inner.LoadVector(name, values);
-        public BackendTensor Alloc(string name, int maxRows, int cols) => inner.Alloc(name, maxRows, cols);
-        public KvCache AllocKvCache(KvCacheSpec spec) => inner.AllocKvCache(spec);
-        public void AddRmsNorm(BackendTensor residual, BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst) => inner.AddRmsNorm(residual, x, gamma, eps, dst);
-        public void Add(BackendTensor acc, BackendTensor x) => inner.Add(acc, x);
-        public void KvStore(KvCache cache, int layer, BackendTensor k, BackendTensor v, BatchLayout batch) => inner.KvStore(cache, layer, k, v, batch);
-        public void CopyToHost(BackendTensor src, Span<float> dst) => inner.CopyToHost(src, dst);
-        public void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst) => inner.CopyFromHost(data, rows, dst);
-        public void Dispose() => inner.Dispose();
+        public override string Name => "mutated-cpu";
+        public override bool QuantizesFp8Activations => mutation == Mutation.ClaimsW8A8;
+        public override bool RoundsActivationsTo16Bit => mutation == Mutation.ClaimsW16A16;
+        public override void Dispose() => inner.Dispose();
 
-        public void Sample(BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens)
+        public override void Sample(BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens)
         {
             var changed = rows.ToArray();
             for (int i = 0; i < changed.Length; i++)
@@ -234,27 +226,27 @@ public class CheckBackendTests
             CounterSampler.SampleOnHost(inner, logits, changed, tokens);
         }
 
-        public void Embedding(BackendWeight table, ReadOnlySpan<int> tokens, BackendTensor dst)
+        public override void Embedding(BackendWeight table, ReadOnlySpan<int> tokens, BackendTensor dst)
         {
             inner.Embedding(table, tokens, dst);
             if (mutation == Mutation.EmbeddingLastColumn) Edit(dst, v => { for (int r = 0; r < dst.Rows; r++) v[r * dst.Cols + dst.Cols - 1] = 0; });
         }
 
-        public void RmsNorm(BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
+        public override void RmsNorm(BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
         {
             int before = dst.Rows;
             inner.RmsNorm(x, gamma, eps, dst);
             if (mutation == Mutation.RowsNotSet && !ReferenceEquals(x, dst)) dst.Rows = before;
         }
 
-        public void MatMul(BackendTensor x, BackendWeight w, BackendTensor dst)
+        public override void MatMul(BackendTensor x, BackendWeight w, BackendTensor dst)
         {
             inner.MatMul(x, w, dst);
             // 2e-4 of the largest output on one element: twice the F32 MatMul tolerance.
             if (mutation == Mutation.MatMulRelative2e4) Edit(dst, v => { float m = v.Max(MathF.Abs); v[v.Length / 2] += 2e-4f * m; });
         }
 
-        public void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
+        public override void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
         {
             if (mutation != Mutation.RopePositionPlusOne) { inner.Rope(x, heads, positions, rope); return; }
             var shifted = positions.ToArray();
@@ -262,14 +254,14 @@ public class CheckBackendTests
             inner.Rope(x, heads, shifted, rope);
         }
 
-        public void SiluGate(BackendTensor gate, BackendTensor up, BackendTensor dst)
+        public override void SiluGate(BackendTensor gate, BackendTensor up, BackendTensor dst)
         {
             inner.SiluGate(gate, up, dst);
             // 1 + 2e-5 on every value: a silu with a slightly wrong constant.
             if (mutation == Mutation.SiluOneUlpBoost) Edit(dst, v => { for (int i = 0; i < v.Length; i++) v[i] *= 1 + 2e-5f; });
         }
 
-        public void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst)
+        public override void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst)
         {
             if (mutation != Mutation.AttentionDropsLastKey) { inner.Attention(q, cache, layer, batch, dst); return; }
             // Attend as if each row sat one position earlier (a missing causal "<="): rows at position 0 see nothing new,
@@ -279,7 +271,7 @@ public class CheckBackendTests
             inner.Attention(q, cache, layer, shorter, dst);
         }
 
-        public void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst)
+        public override void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst)
         {
             if (mutation != Mutation.GatherOffByOne || ReferenceEquals(src, dst)) { inner.GatherRows(src, rows, dst); return; }
             var r = rows.ToArray();

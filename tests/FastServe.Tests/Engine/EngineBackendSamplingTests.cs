@@ -16,25 +16,8 @@ namespace FastServe.Tests.Engine;
 /// steps download logits and draw on the host by the same rules), and greedy output must equal the host sampler's.
 /// </summary>
 [NonParallelizable]
-public class EngineBackendSamplingTests
+public class EngineBackendSamplingTests : TinyCpuModelFixture
 {
-    private static LoadedModel s_model = null!;
-    private static CpuBackend s_cpu = null!;
-
-    [OneTimeSetUp]
-    public void Load()
-    {
-        s_model = LoadedModel.Load(TestModels.Tiny);
-        s_cpu = new CpuBackend(2);
-    }
-
-    [OneTimeTearDown]
-    public void Unload()
-    {
-        s_cpu.Dispose();
-        s_model.Dispose();
-    }
-
     private static SamplingParams Sampled(int i, int logprobs = 0) => new()
     {
         MaxTokens = 6 + i % 9,
@@ -54,7 +37,7 @@ public class EngineBackendSamplingTests
 
     private static async Task<RequestResult[]> Run(IBackend backend, IEnumerable<(int[] Prompt, SamplingParams Sampling)> requests, bool overlap = true)
     {
-        using var ex = new ModelStepExecutor(s_model.Config, s_model.Weights, backend, new ModelExecutorOptions { ContextLength = 256, KvBlocks = 128 });
+        using var ex = new ModelStepExecutor(Model.Config, Model.Weights, backend, new ModelExecutorOptions { ContextLength = 256, KvBlocks = 128 });
         using var engine = new InferenceEngine(ex, new EngineOptions { Overlap = overlap, MaxBatchedTokens = 64, MaxSeqs = 16 });
         engine.Start();
         var handles = requests.Select(r => engine.Submit(new EngineRequest { Prompt = r.Prompt, Sampling = r.Sampling })).ToList();
@@ -68,7 +51,7 @@ public class EngineBackendSamplingTests
     {
         const int n = 10;
         var alone = new RequestResult[n];
-        var backend = new SamplingBackend(s_cpu);
+        var backend = new SamplingBackend(Cpu);
         for (int i = 0; i < n; i++) alone[i] = (await Run(backend, [(Prompt(i), Sampled(i))], overlap: i % 2 == 0))[0];
         Assert.That(backend.SampleCalls, Is.GreaterThan(0), "steps sampled through the backend");
         Assert.That(backend.LogitDownloads, Is.Zero, "no step downloaded logits");
@@ -90,8 +73,8 @@ public class EngineBackendSamplingTests
     [Test]
     public async Task LogprobsAreThoseOfTheTokenDrawn()
     {
-        var backend = new SamplingBackend(s_cpu);
-        using var ex = new ModelStepExecutor(s_model.Config, s_model.Weights, backend, new ModelExecutorOptions { ContextLength = 256, KvBlocks = 128 });
+        var backend = new SamplingBackend(Cpu);
+        using var ex = new ModelStepExecutor(Model.Config, Model.Weights, backend, new ModelExecutorOptions { ContextLength = 256, KvBlocks = 128 });
         using var engine = new InferenceEngine(ex, new EngineOptions());
         engine.Start();
         var h = engine.Submit(new EngineRequest { Prompt = Prompt(1), Sampling = Sampled(1, logprobs: 3) });
@@ -113,8 +96,8 @@ public class EngineBackendSamplingTests
     public async Task GreedyOutputEqualsTheHostSampler()
     {
         var greedy = Enumerable.Range(0, 8).Select(i => (Prompt(i), new SamplingParams { MaxTokens = 10, IgnoreEos = true })).ToList();
-        var host = await Run(s_cpu, greedy);
-        var backend = new SamplingBackend(s_cpu);
+        var host = await Run(Cpu, greedy);
+        var backend = new SamplingBackend(Cpu);
         var device = await Run(backend, greedy);
         for (int i = 0; i < greedy.Count; i++) Assert.That(device[i].OutputTokens, Is.EqualTo(host[i].OutputTokens), $"request {i}");
         Assert.That(backend.SampleCalls, Is.GreaterThan(0));

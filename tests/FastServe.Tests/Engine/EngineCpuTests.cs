@@ -10,25 +10,8 @@ namespace FastServe.Tests.Engine;
 /// <summary>The engine on the real CPU backend (tiny model, F32 weights): batching, preemption and the prefix cache
 /// must not change a single token compared with generating each request alone.</summary>
 [NonParallelizable]
-public class EngineCpuTests
+public class EngineCpuTests : TinyCpuModelFixture
 {
-    private static LoadedModel s_model = null!;
-    private static CpuBackend s_backend = null!;
-
-    [OneTimeSetUp]
-    public void Load()
-    {
-        s_model = LoadedModel.Load(TestModels.Tiny);
-        s_backend = new CpuBackend(2);
-    }
-
-    [OneTimeTearDown]
-    public void Unload()
-    {
-        s_backend.Dispose();
-        s_model.Dispose();
-    }
-
     internal sealed record Case(int[] Prompt, SamplingParams Sampling);
 
     private static List<Case> RandomCases(int n, int seed, int[]? sharedPrefix = null, bool sampled = false)
@@ -55,13 +38,13 @@ public class EngineCpuTests
 
     private static int[][] Alone(List<Case> cases)
     {
-        using var g = new Generator(s_model, s_backend, new GeneratorOptions { ContextLength = 256 });
+        using var g = new Generator(Model, Cpu, new GeneratorOptions { ContextLength = 256 });
         return [.. cases.Select(c => g.Generate(c.Prompt, c.Sampling).TokenIds)];
     }
 
     private static async Task<(RequestResult[] Results, EngineStats Stats)> Batched(List<Case> cases, bool overlap, ModelExecutorOptions exec, int seed, EngineOptions? opts = null)
     {
-        using var ex = new ModelStepExecutor(s_model.Config, s_model.Weights, s_backend, exec with { ContextLength = 256 });
+        using var ex = new ModelStepExecutor(Model.Config, Model.Weights, Cpu, exec with { ContextLength = 256 });
         using var engine = new InferenceEngine(ex, (opts ?? new EngineOptions()) with { Overlap = overlap, MaxBatchedTokens = 64, MaxSeqs = 16 });
         engine.Start();
         var r = new Random(seed);
@@ -139,9 +122,9 @@ public class EngineCpuTests
     [Test]
     public async Task StopStringsAndEosEndLikeTheGenerator()
     {
-        var tok = s_model.Tokenizer;
+        var tok = Model.Tokenizer;
         var baseCase = RandomCases(1, 14)[0];
-        using var g = new Generator(s_model, s_backend, new GeneratorOptions { ContextLength = 256 });
+        using var g = new Generator(Model, Cpu, new GeneratorOptions { ContextLength = 256 });
         var free = g.Generate(baseCase.Prompt, baseCase.Sampling with { MaxTokens = 20 });
         // A stop string taken from the middle of the free-running output.
         string text = free.Text;
@@ -152,7 +135,7 @@ public class EngineCpuTests
         // EOS: make the token the model emits third an end-of-sequence id for the engine.
         int eosId = free.TokenIds[2];
 
-        using var ex = new ModelStepExecutor(s_model.Config, s_model.Weights, s_backend, new ModelExecutorOptions { ContextLength = 256 });
+        using var ex = new ModelStepExecutor(Model.Config, Model.Weights, Cpu, new ModelExecutorOptions { ContextLength = 256 });
         using var engine = new InferenceEngine(ex, new EngineOptions { Tokenizer = tok, EosTokenIds = [eosId] });
         engine.Start();
         var stopped = await engine.Submit(new EngineRequest { Prompt = baseCase.Prompt, Sampling = sp with { IgnoreEos = true } }).Completion;
@@ -172,10 +155,10 @@ public class EngineCpuTests
     {
         var c = RandomCases(1, 15)[0];
         var sp = c.Sampling with { MaxTokens = 500 };
-        using var g = new Generator(s_model, s_backend, new GeneratorOptions { ContextLength = 64 });
+        using var g = new Generator(Model, Cpu, new GeneratorOptions { ContextLength = 64 });
         var expected = g.Generate(c.Prompt, sp);
         Assert.That(expected.Finish, Is.EqualTo(FinishReason.ContextFull));
-        using var ex = new ModelStepExecutor(s_model.Config, s_model.Weights, s_backend, new ModelExecutorOptions { ContextLength = 64 });
+        using var ex = new ModelStepExecutor(Model.Config, Model.Weights, Cpu, new ModelExecutorOptions { ContextLength = 64 });
         foreach (bool overlap in new[] { true, false })
         {
             using var engine = new InferenceEngine(ex, new EngineOptions { Overlap = overlap });

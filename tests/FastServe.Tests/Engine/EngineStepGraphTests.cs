@@ -17,25 +17,8 @@ namespace FastServe.Tests.Engine;
 /// capture falls back without changing a token, and --eager turns it all off.
 /// </summary>
 [NonParallelizable]
-public class EngineStepGraphTests
+public class EngineStepGraphTests : TinyCpuModelFixture
 {
-    private static LoadedModel s_model = null!;
-    private static CpuBackend s_cpu = null!;
-
-    [OneTimeSetUp]
-    public void Load()
-    {
-        s_model = LoadedModel.Load(TestModels.Tiny);
-        s_cpu = new CpuBackend(2);
-    }
-
-    [OneTimeTearDown]
-    public void Unload()
-    {
-        s_cpu.Dispose();
-        s_model.Dispose();
-    }
-
     private static List<(int[] Prompt, SamplingParams Sampling)> Requests(int n, bool sampled)
     {
         var r = new Random(21);
@@ -46,7 +29,7 @@ public class EngineStepGraphTests
 
     private static async Task<(RequestResult[] Results, ModelStepExecutor Executor)> Run(IBackend backend, List<(int[] Prompt, SamplingParams Sampling)> requests, bool graphs = true)
     {
-        var ex = new ModelStepExecutor(s_model.Config, s_model.Weights, backend, new ModelExecutorOptions { ContextLength = 256, KvBlocks = 128, StepGraphs = graphs });
+        var ex = new ModelStepExecutor(Model.Config, Model.Weights, backend, new ModelExecutorOptions { ContextLength = 256, KvBlocks = 128, StepGraphs = graphs });
         var engine = new InferenceEngine(ex, new EngineOptions { MaxBatchedTokens = 64, MaxSeqs = 16 });
         engine.Start();
         var handles = requests.Select(q => engine.Submit(new EngineRequest { Prompt = q.Prompt, Sampling = q.Sampling })).ToList();
@@ -62,8 +45,8 @@ public class EngineStepGraphTests
     public async Task DecodeStepsAreRecordedOnceAndReplayedWithoutChangingATokenAsync(bool sampled)
     {
         var requests = Requests(12, sampled);
-        var (expected, _) = await Run(new GraphRecorder(s_cpu), requests, graphs: false);
-        var recorder = new GraphRecorder(s_cpu);
+        var (expected, _) = await Run(new GraphRecorder(Cpu), requests, graphs: false);
+        var recorder = new GraphRecorder(Cpu);
         var (results, ex) = await Run(recorder, requests);
         for (int i = 0; i < requests.Count; i++) Assert.That(results[i].OutputTokens, Is.EqualTo(expected[i].OutputTokens), $"request {i}");
 
@@ -81,8 +64,8 @@ public class EngineStepGraphTests
     public async Task RefusedReplaysAndCapturesFallBackAndStopBeingTried()
     {
         var requests = Requests(12, sampled: true);
-        var (expected, _) = await Run(new GraphRecorder(s_cpu), requests, graphs: false);
-        var recorder = new GraphRecorder(s_cpu) { RefuseReplays = true, RefuseEveryOtherCapture = true };
+        var (expected, _) = await Run(new GraphRecorder(Cpu), requests, graphs: false);
+        var recorder = new GraphRecorder(Cpu) { RefuseReplays = true, RefuseEveryOtherCapture = true };
         var (results, ex) = await Run(recorder, requests);
         for (int i = 0; i < requests.Count; i++) Assert.That(results[i].OutputTokens, Is.EqualTo(expected[i].OutputTokens), $"request {i}");
         Assert.That(ex.GraphReplays, Is.Zero);
@@ -95,7 +78,7 @@ public class EngineStepGraphTests
     [Test]
     public async Task EagerRecordsNothing()
     {
-        var recorder = new GraphRecorder(s_cpu);
+        var recorder = new GraphRecorder(Cpu);
         var (_, ex) = await Run(recorder, Requests(6, sampled: false), graphs: false);
         Assert.That(recorder.CaptureAttempts, Is.Empty);
         Assert.That(ex.GraphCaptures + ex.GraphReplays, Is.Zero);

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Text.Json;
 using FastServe.Runtime;
 using FastServe.Scheduler.Engine;
+using FastServe.Scheduler.Execution;
 using FastServe.Scheduler.Load;
 using Spectre.Console;
 
@@ -103,6 +104,13 @@ internal static class BenchEngineCommand
                     w.WriteNumber("in_tokens", inT);
                     w.WriteNumber("out_tokens", outT);
                     w.WriteNumber("slo_ms", sloMs);
+                    if (session.Executor is ModelStepExecutor graphs)
+                    {
+                        // Over the whole run (warm-ups and every rate): how decode steps ran on a graph-capable backend.
+                        w.WriteNumber("graph_captures", graphs.GraphCaptures);
+                        w.WriteNumber("graph_replays", graphs.GraphReplays);
+                        w.WriteNumber("graph_fallbacks", graphs.GraphFallbacks);
+                    }
                     w.WriteStartArray("points");
                     foreach (var p in points) WritePoint(w, p, baseOpts.SloSeconds);
                     w.WriteEndArray();
@@ -119,6 +127,8 @@ internal static class BenchEngineCommand
                 Output.Info(false, best is null
                     ? $"[red]no rate met P99 ≤ {sloMs:F0} ms[/]"
                     : $"[green]highest rate meeting P99 ≤ {sloMs:F0} ms: {best.OfferedRate:F1} req/s[/] (achieved {best.AchievedRate:F1}, {best.GeneratedTokensPerSecond:F0} tok/s, device idle {best.DeviceIdleFraction:P1})");
+                if (session.Executor is ModelStepExecutor { GraphCaptures: > 0 } g)
+                    Output.Info(false, $"CUDA graphs: {g.GraphCaptures} captured, {g.GraphReplays} decode steps replayed, {g.GraphFallbacks} fell back to op by op");
             }
             return 0;
         });

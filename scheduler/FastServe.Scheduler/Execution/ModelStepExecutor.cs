@@ -44,9 +44,10 @@ public sealed record ModelExecutorOptions
 /// <summary>
 /// Runs engine steps on a real backend (CPU, reference, CUDA) through <see cref="ModelRunner"/>, then samples each
 /// requested row: with the sequence's own <see cref="Sampler"/> on the host, or, where the backend
-/// <see cref="IBackend.SamplesOnDevice"/>, through the backend so that only token ids come back. Steps execute on a dedicated device thread in
-/// launch order (the backend's compute pool fans each op out from there), so the scheduler thread is free while a
-/// forward pass runs, as it would be with a GPU stream.
+/// <see cref="IBackend.SamplesOnDevice"/>, through the backend so that only token ids come back (and decode steps
+/// replay CUDA graphs where the backend is an <see cref="IGraphBackend"/>). Steps execute on a dedicated device
+/// thread in launch order (the backend's compute pool fans each op out from there), so the scheduler thread is free
+/// while a forward pass runs, as it would be with a GPU stream.
 /// </summary>
 public sealed class ModelStepExecutor : IStepExecutor
 {

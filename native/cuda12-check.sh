@@ -305,11 +305,11 @@ done
 sass=$build/sass
 rm -rf "$sass" && mkdir -p "$sass"
 (cd "$sass" && "$bin/cuobjdump" -xelf matmul "$lib" >/dev/null) || fail fp8 "cuobjdump cannot extract matmul's cubins from $lib"
-# Only the FP8 kernels (the Fp8Op instances) count: the 16-bit weight kernels in the same file use BF16/F16 mmas.
+# Only the FP8 kernels (the Fp8Op instances and the wgmma kernel) count: the 16-bit weight kernels in the same file use BF16/F16 mmas.
 for a in 89 90a; do
   [ -f "$sass/matmul.sm_$a.cubin" ] || fail fp8 "$lib has no sm_$a code for matmul.cu"
   "$bin/cuobjdump" -sass "$sass/matmul.sm_$a.cubin" >"$sass/matmul.sm_$a.sass" || fail fp8 "cuobjdump -sass of matmul.sm_$a.cubin"
-  awk '/Function :/ { keep = index($0, "Fp8Op") > 0 } keep' "$sass/matmul.sm_$a.sass" >"$sass/matmul-fp8.sm_$a.sass"
+  awk '/Function :/ { keep = index($0, "Fp8Op") > 0 || index($0, "fp8_wgmma") > 0 } keep' "$sass/matmul.sm_$a.sass" >"$sass/matmul-fp8.sm_$a.sass"
   [ -s "$sass/matmul-fp8.sm_$a.sass" ] || fail fp8 "no FP8 (Fp8Op) kernel in the library's sm_$a matmul SASS"
 done
 qmma89=$(grep -cE 'QMMA\.16832\.F32\.E4M3\.E4M3' "$sass/matmul-fp8.sm_89.sass")
@@ -319,6 +319,9 @@ bf16_89=$(grep -cE 'HMMA\.[0-9]+\.F32\.BF16' "$sass/matmul-fp8.sm_89.sass")
 [ "$qmma89" -gt 0 ] || fail fp8 "no QMMA.16832.F32.E4M3.E4M3 (FP8 tensor-core mma) in the library's sm_89 FP8 kernels"
 [ "$bf16_89" -eq 0 ] || fail fp8 "sm_89 FP8 kernels still have $bf16_89 BF16 mmas (the portable path)"
 [ "$unpack90" -gt 0 ] && [ "$hmma90" -gt 0 ] || fail fp8 "no E4M3 unpack + F16 HMMA (the FP8 mma.sync as ptxas lowers it for Hopper) in the library's sm_90a FP8 kernels"
+# The Hopper prefill kernel: warpgroup MMA on FP8 tensor cores (QGMMA), only in the sm_90a code.
+qgmma90=$(grep -cE 'QGMMA\.64x128x32\.F32\.E4M3\.E4M3' "$sass/matmul-fp8.sm_90a.sass")
+[ "$qgmma90" -gt 0 ] || fail fp8 "no QGMMA.64x128x32.F32.E4M3.E4M3 (the FP8 wgmma kernel) in the library's sm_90a FP8 kernels"
 
 # --- 6b. Exports ---------------------------------------------------------------------------------------------------
 exports() { nm -D --defined-only "$1" | awk '{print $NF}' | sort; }
@@ -343,5 +346,5 @@ n_tests=$(sed -n 's/^100% tests passed, 0 tests failed out of \([0-9]*\)$/\1/p' 
 [ "${n_tests:-0}" -gt 0 ] || fail tests "no CTest ran in $build"
 
 echo "cuda12-check: PASS: CUDA $version built $lib for $archs in $((SECONDS - start)) s$([ $offline = 1 ] && echo ' (offline, cached toolkit)');" \
-  "FP8 e4m3 mma in PTX (${ptx_counts[0]}, ${ptx_counts[1]}), SASS sm_89 $qmma89 QMMA.E4M3, sm_90a $unpack90 E4M3 unpacks + $hmma90 F16 HMMA;" \
+  "FP8 e4m3 mma in PTX (${ptx_counts[0]}, ${ptx_counts[1]}), SASS sm_89 $qmma89 QMMA.E4M3, sm_90a $unpack90 E4M3 unpacks + $hmma90 F16 HMMA + $qgmma90 QGMMA.E4M3 (wgmma);" \
   "$n_exports exports = $ref_name; $n_tests CTests passed"

@@ -2,9 +2,10 @@
 # The one script to run on a GPU machine (CUDA toolkit, PyTorch, python3; no .NET SDK needed): builds
 # libfastserve_cuda.so with the machine's nvcc into dist/, runs the native smoke test, every op against PyTorch
 # (ops_check.py), `dist/fastserve check-backend --backend cuda --json` when dist/fastserve was carried over, and the
-# FP8 GEMM comparison (gemm_compare.py). Everything lands in RESULTS_DIR; the exit status is non-zero if a step failed.
+# FP8 GEMM comparison (gemm_compare.py); on Hopper both again with the opt-in wgmma kernel (FASTSERVE_CUDA_WGMMA=1).
+# Everything lands in RESULTS_DIR; the exit status is non-zero if a step failed. bench/gpu/e2e.sh comes after it.
 #   bench/gpu/run.sh RESULTS_DIR [--quick]
-#   CUDA_ARCHS="90"  build only these archs (default: the CMake default 80-real;89-real;90)
+#   CUDA_ARCHS="90a-real"  build only these archs (default: CMake's, 80-real;89-real;90a-real;90-virtual with CUDA 12+)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out="${1:?usage: bench/gpu/run.sh RESULTS_DIR [--quick]}"
@@ -39,7 +40,7 @@ if command -v cmake >/dev/null 2>&1; then
   smoke=build/native-gpu/native/fastserve_cuda_smoke
 else
   say "cmake not found: building with nvcc directly"
-  gencode="-gencode arch=compute_80,code=sm_80 -gencode arch=compute_89,code=sm_89 -gencode arch=compute_90,code=[sm_90,compute_90]"
+  gencode="-gencode arch=compute_80,code=sm_80 -gencode arch=compute_89,code=sm_89 -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_90,code=compute_90 -DFS_BUILD_WGMMA=1"
   # shellcheck disable=SC2086
   if ! "$nvcc" -O3 -std=c++17 -shared -Xcompiler -fPIC,-fvisibility=hidden -cudart static $gencode -lineinfo \
        -Inative/include native/cuda/*.cu -o dist/libfastserve_cuda.so \
@@ -70,6 +71,20 @@ else
   say "dist/fastserve not present: skipping check-backend (carry the published executable to run it)"
 fi
 
+# Hopper: the FP8 wgmma prefill kernel is opt-in until checked here (FASTSERVE_CUDA_WGMMA=1); check and time it too.
+hopper=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | grep -q '^9\.0'; then
+  hopper=1
+fi
+if [ "$hopper" = 1 ] && [ -x dist/fastserve ]; then
+  if FASTSERVE_CUDA_WGMMA=1 dist/fastserve check-backend --backend cuda --op MatMul --json >"$out/check-backend-wgmma.json" 2>"$out/check-backend-wgmma.err"; then
+    say "check-backend MatMul with FASTSERVE_CUDA_WGMMA=1: ok"
+  else
+    say "check-backend MatMul with FASTSERVE_CUDA_WGMMA=1 failed: $(tail -3 "$out/check-backend-wgmma.err")"
+    failed+=(check-backend-wgmma)
+  fi
+fi
+
 if ! command -v python3 >/dev/null 2>&1; then
   say "python3 not found: skipping ops_check.py and gemm_compare.py"
   failed+=(python3)
@@ -86,6 +101,13 @@ else
     say "gemm_compare: ok"
   else
     failed+=(gemm_compare)
+  fi
+  if [ "$hopper" = 1 ]; then
+    if FASTSERVE_CUDA_WGMMA=1 python3 bench/gpu/gemm_compare.py --lib dist/libfastserve_cuda.so --out "$out/gemm-wgmma.json" $quick 2>&1 | tee "$out/gemm-wgmma.txt"; then
+      say "gemm_compare with FASTSERVE_CUDA_WGMMA=1: ok"
+    else
+      failed+=(gemm_compare-wgmma)
+    fi
   fi
 fi
 

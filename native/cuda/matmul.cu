@@ -5,8 +5,13 @@
 // tensor-core kernels cannot take, a plain tiled F32 kernel. Kernel choice and its reasons: docs/cuda.md.
 #include "mma.cuh"
 #include "mma16.cuh"
+#include "wgmma.cuh"
+
+#include <stdlib.h>
+#include <string.h>
 
 #include <atomic>
+#include <type_traits>
 
 namespace {
 
@@ -319,6 +324,120 @@ tiled_kernel(const float* __restrict__ x, int M, int K, const typename Op::W* __
     }
 }
 
+// ---- FP8 prefill on Hopper: warpgroup MMA (sm_90a) ---------------------------------------------------------------
+// On sm_90 the mma.sync E4M3 form above runs as F16 HMMA after a hardware unpack (docs/cuda.md): Hopper's FP8
+// tensor-core rate needs wgmma. 128 x 128 CTA tile, two warpgroups of 64 rows, k steps of 64 bytes (two k32
+// wgmmas), double-buffered; both operands K-major in shared memory as core matrices of 8 rows x 16 bytes without
+// swizzle ([rows / 8][k / 16][8][16]: 128 bytes between k neighbours, 512 between 8-row groups). Activations are
+// quantized on their way in exactly as in tiled_kernel; weights arrive by cp.async. Not yet run on a GPU, so it is
+// opt-in: FASTSERVE_CUDA_WGMMA=1 on a library built for sm_90a (see use_wgmma).
+constexpr int kWgBM = 128, kWgBN = 128, kWgThreads = 256;
+static_assert(kWgBN == kTileN, "the launcher's grid walks n in the tiled kernel's 128-wide tiles");
+
+#if FS_WGMMA
+constexpr int kWgK = 64;                   // bytes (E4M3 values) of k per step
+constexpr int kWgSbo = (kWgK / 16) * 128;  // bytes between 8-row groups
+
+__device__ __forceinline__ int wg_offset(int row, int kbyte) {
+    return (row >> 3) * kWgSbo + (kbyte >> 4) * 128 + (row & 7) * 16 + (kbyte & 15);
+}
+#endif
+
+__global__ void __launch_bounds__(kWgThreads)
+fp8_wgmma_kernel(const float* __restrict__ x, int M, int K, const uint8_t* __restrict__ w,
+                 const float* __restrict__ w_scale, int N, const float* __restrict__ bias, float* __restrict__ dst) {
+#if FS_WGMMA
+    constexpr int A_ITERS = kWgBM * (kWgK / 4) / kWgThreads;  // float4 loads per thread per k step
+    constexpr int B_ITERS = kWgBN * (kWgK / 16) / kWgThreads;  // 16-byte copies per thread per k step
+    __shared__ __align__(128) uint8_t As[2][kWgBM * kWgK];
+    __shared__ __align__(128) uint8_t Bs[2][kWgBN * kWgK];
+    __shared__ float s_scale[kWgBM], s_inv[kWgBM];
+
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int m0 = blockIdx.y * kWgBM;
+    int n0 = blockIdx.x * kWgBN;
+
+    row_scales<true>(x, M, K, m0, kWgBM, s_scale, s_inv);
+    __syncthreads();
+
+    float4 areg[A_ITERS];
+    auto load_a = [&](int kt) {
+#pragma unroll
+        for (int i = 0; i < A_ITERS; ++i) {
+            const int idx = tid + i * kWgThreads, r = idx >> 4, k = kt * kWgK + (idx & 15) * 4;
+            areg[i] = (m0 + r < M && k < K) ? *reinterpret_cast<const float4*>(x + (size_t)(m0 + r) * K + k)
+                                            : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    };
+    auto store_a = [&](int st) {
+#pragma unroll
+        for (int i = 0; i < A_ITERS; ++i) {
+            const int idx = tid + i * kWgThreads, r = idx >> 4;
+            Fp8Op::store4(&As[st][wg_offset(r, (idx & 15) * 4)], areg[i], s_inv[r]);
+        }
+    };
+    auto load_b = [&](int kt, int st) {
+#pragma unroll
+        for (int i = 0; i < B_ITERS; ++i) {
+            const int idx = tid + i * kWgThreads, r = idx >> 2, kb = (idx & 3) * 16, k = kt * kWgK + kb;
+            const bool ok = n0 + r < N && k < K;
+            fs::cp_async_16(&Bs[st][wg_offset(r, kb)], ok ? w + (size_t)(n0 + r) * K + k : w, ok ? 16 : 0);
+        }
+        fs::cp_async_commit();
+    };
+
+    const int KT = (K + kWgK - 1) / kWgK;
+    for (; n0 < N; n0 += gridDim.x * kWgBN) {
+        float d[64];
+#pragma unroll
+        for (int e = 0; e < 64; ++e) d[e] = 0.f;
+
+        load_b(0, 0);
+        load_a(0);
+        store_a(0);
+        fs::cp_async_wait_all();
+        fs::fence_proxy_async();  // this thread's shared writes, before wgmma (the async proxy) reads them
+        __syncthreads();
+
+        for (int kt = 0; kt < KT; ++kt) {
+            const int st = kt & 1;
+            const bool more = kt + 1 < KT;
+            if (more) {  // stage st^1 was last read by the wgmmas of step kt-1, which completed before its barrier
+                load_b(kt + 1, st ^ 1);
+                load_a(kt + 1);
+            }
+            fs::wgmma_fence();
+#pragma unroll
+            for (int s = 0; s < kWgK / 32; ++s) {
+                const uint64_t da = fs::wgmma_desc(&As[st][wg * 8 * kWgSbo + s * 256], 128, kWgSbo);
+                const uint64_t db = fs::wgmma_desc(&Bs[st][s * 256], 128, kWgSbo);
+                fs::wgmma_e4m3_m64n128k32(d, da, db, 1);
+            }
+            fs::wgmma_commit();
+            fs::wgmma_wait_all();
+            if (more) {
+                store_a(st ^ 1);
+                fs::cp_async_wait_all();
+                fs::fence_proxy_async();
+            }
+            __syncthreads();
+        }
+
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int rl = wg * 64 + warp * 16 + g + (e >> 1) * 8, r = m0 + rl, c = n0 + j * 8 + t * 2 + (e & 1);
+                if (r < M && c < N) dst[(size_t)r * N + c] = s_scale[rl] * w_scale[c] * d[j * 4 + e] + (bias ? bias[c] : 0.f);
+            }
+    }
+#else
+    // Only sm_90a with CUDA 12.4+ has this kernel; use_wgmma never launches it elsewhere.
+    (void)x; (void)M; (void)K; (void)w; (void)w_scale; (void)N; (void)bias; (void)dst;
+    __trap();
+#endif
+}
+
 // ---- any weight type, any alignment: F32 SIMT tiles -------------------------------------------------------------
 // 64 x 64 output tile, k steps of 16, 4 x 4 outputs per thread. FP8 here follows the same W8A8 arithmetic as the
 // tensor-core kernels (each activation rounded to E4M3 with its row's scale), so results do not depend on the path.
@@ -429,6 +548,28 @@ dim3 tiled_grid(int rows, int n, int bm, int ctas_per_sm) {
     return dim3((unsigned)((tiles_n + per - 1) / per), (unsigned)tiles_m);
 }
 
+// The wgmma kernel (FP8 prefill on Hopper) runs only where this library has it (built for sm_90a with CUDA 12.4+,
+// FS_BUILD_WGMMA), the current device is compute capability 9.0, and FASTSERVE_CUDA_WGMMA=1: it has not been
+// checked on a GPU yet.
+bool use_wgmma() {
+#if FS_BUILD_WGMMA
+    static const bool wanted = [] {
+        const char* v = getenv("FASTSERVE_CUDA_WGMMA");
+        return v && strcmp(v, "1") == 0;
+    }();
+    if (!wanted) return false;
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    return major == 9 && minor == 0;
+#else
+    return false;
+#endif
+}
+
 // Tensor-core path for one operand policy. Rows <= 32: the decode kernel, two m16 tiles per CTA once that still
 // leaves about one CTA per SM (fewer re-reads of x per weight byte); up to 256 rows the 64-row tiles, beyond that
 // the 128-row ones.
@@ -444,6 +585,9 @@ void launch_tensor_cores(cudaStream_t s, const float* x, int rows, int k, const 
                                   : launch_decode<Op, 1, 2>(s, x, rows, k, w, ws, n, bias, dst);
         else wide ? launch_decode<Op, 2, 4>(s, x, rows, k, w, ws, n, bias, dst)
                   : launch_decode<Op, 1, 4>(s, x, rows, k, w, ws, n, bias, dst);
+    } else if (std::is_same_v<Op, Fp8Op> && use_wgmma()) {
+        fp8_wgmma_kernel<<<tiled_grid(rows, n, kWgBM, 1), kWgThreads, 0, s>>>(x, rows, k, reinterpret_cast<const uint8_t*>(w), ws, n,
+                                                                           bias, dst);
     } else if (rows <= 256) {
         tiled_kernel<Op, 64><<<tiled_grid(rows, n, 64, 2), kTileThreads, 0, s>>>(x, rows, k, w, ws, n, bias, dst);
     } else {

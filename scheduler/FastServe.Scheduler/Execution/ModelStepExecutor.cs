@@ -179,7 +179,7 @@ public sealed class ModelStepExecutor : IStepExecutor
         if (!logprobs)
         {
             if (_graphs is not null && n < _slots.Length && step.TokenCount == n && step.Layout.SequenceCount == n) RunDecodeGraph(step, n);
-            else _runner.ForwardSample(tokens, step.Layout, rows, _sampleRows.AsSpan(0, n), _sampled);
+            else ForwardSampled(step, n);
             for (int i = 0; i < n; i++) { step.OutToken[i] = _sampled[i]; step.OutLogprob[i] = 0; }
             return;
         }
@@ -201,16 +201,13 @@ public sealed class ModelStepExecutor : IStepExecutor
     // keeps being refused stops being captured.
     private void RunDecodeGraph(StepBatch step, int n)
     {
-        var tokens = step.Tokens.AsSpan(0, n);
-        var rows = step.SampleRow.AsSpan(0, n);
-        var sample = _sampleRows.AsSpan(0, n);
         ref var slot = ref _slots[n];
         if (slot.Graph is { } graph)
         {
             try
             {
                 _graphs!.BeginReplay(graph);
-                _runner.ForwardSample(tokens, step.Layout, rows, sample, _sampled);
+                ForwardSampled(step, n);
                 _graphReplays++;
                 return;
             }
@@ -229,7 +226,7 @@ public sealed class ModelStepExecutor : IStepExecutor
             try
             {
                 _graphs!.BeginCapture();
-                _runner.ForwardSample(tokens, step.Layout, rows, sample, _sampled);
+                ForwardSampled(step, n);
                 slot.Graph = _graphs.EndCapture();
                 _graphCaptures++;
                 return;
@@ -243,8 +240,12 @@ public sealed class ModelStepExecutor : IStepExecutor
             }
         }
         slot.Seen++;
-        _runner.ForwardSample(tokens, step.Layout, rows, sample, _sampled);
+        ForwardSampled(step, n);
     }
+
+    // The step's forward pass with its n tokens drawn by the backend into _sampled (rows already in _sampleRows).
+    private void ForwardSampled(StepBatch step, int n) =>
+        _runner.ForwardSample(step.Tokens.AsSpan(0, step.TokenCount), step.Layout, step.SampleRow.AsSpan(0, n), _sampleRows.AsSpan(0, n), _sampled);
 
     private const int MaxGraphRefusals = 3;
 

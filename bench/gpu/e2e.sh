@@ -62,7 +62,7 @@ for n in ("bf16", "fp8", "fp8-eager"):
         best[n] = b["goodput_rps"]
         print(f"  {n:>9}: best {b['goodput_rps']:.0f} req/s meeting P99 < {d['slo_ms']} ms (P99 {b['e2e']['p99_ms']:.0f} ms, "
               f"{b['generated_tokens_per_second']:.0f} tok/s, {b['mean_sequences_per_step']:.1f} seqs/step; graphs: "
-              f"{d.get('graph_captures', 0)} captured, {d.get('graph_replays', 0)} replayed, {d.get('graph_fallbacks', 0)} fell back)")
+              f"{d.get('graph_captures', 0)} captured, {d.get('graph_replays', 0)} replayed, {d.get('graph_fallbacks', 0)} fell back, {d.get('graph_pad_rows', 0)} pad rows)")
 if "fp8" in best and "bf16" in best:
     print(f"FP8/BF16 requests/s meeting the SLO: {best['fp8'] / best['bf16']:.2f}x (target 1.3x)")
 if "fp8" in best and "fp8-eager" in best:

@@ -110,6 +110,7 @@ internal static class BenchEngineCommand
                         w.WriteNumber("graph_captures", graphs.GraphCaptures);
                         w.WriteNumber("graph_replays", graphs.GraphReplays);
                         w.WriteNumber("graph_fallbacks", graphs.GraphFallbacks);
+                        w.WriteNumber("graph_pad_rows", graphs.GraphPadRows);
                     }
                     w.WriteStartArray("points");
                     foreach (var p in points) WritePoint(w, p, baseOpts.SloSeconds);
@@ -128,7 +129,7 @@ internal static class BenchEngineCommand
                     ? $"[red]no rate met P99 ≤ {sloMs:F0} ms[/]"
                     : $"[green]highest rate meeting P99 ≤ {sloMs:F0} ms: {best.OfferedRate:F1} req/s[/] (achieved {best.AchievedRate:F1}, {best.GeneratedTokensPerSecond:F0} tok/s, device idle {best.DeviceIdleFraction:P1})");
                 if (session.Executor is ModelStepExecutor { GraphCaptures: > 0 } g)
-                    Output.Info(false, $"CUDA graphs: {g.GraphCaptures} captured, {g.GraphReplays} decode steps replayed, {g.GraphFallbacks} fell back to op by op");
+                    Output.Info(false, $"CUDA graphs: {g.GraphCaptures} captured, {g.GraphReplays} decode steps replayed, {g.GraphFallbacks} fell back to op by op, {g.GraphPadRows} dummy rows padded batches to graph sizes");
             }
             return 0;
         });

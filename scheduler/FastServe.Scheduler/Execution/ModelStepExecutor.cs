@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Numerics;
 using System.Runtime.ExceptionServices;
 using FastServe.Runtime;
 using FastServe.Runtime.Backends;
@@ -27,6 +28,10 @@ public sealed record ModelExecutorOptions
     public bool StepGraphs { get; init; } = true;
     /// <summary>Largest decode batch (sequences) recorded as a graph; larger batches run op by op.</summary>
     public int MaxGraphBatch { get; init; } = 256;
+    /// <summary>Pad a decode batch with dummy sequences up to its graph size (1, 2, 4, then multiples of 8, as vLLM
+    /// captures), so at most 35 graphs cover 1 to 256 sequences and a size seen once still replays; false records
+    /// one graph per exact batch size.</summary>
+    public bool PadGraphBatches { get; init; } = true;
 
     /// <summary>Errors: engine.invalid_option.</summary>
     public void Validate()
@@ -62,6 +67,9 @@ public sealed class ModelStepExecutor : IStepExecutor
     private float[]? _probs;
     private readonly IGraphBackend? _graphs;
     private readonly GraphSlot[] _slots = [];
+    private readonly bool _padGraphs;
+    private readonly BatchLayout _padLayout = new();
+    private readonly int[] _padTokens = [], _padRows = [], _padTable = [];
 
     /// <summary>Owns nothing it is given: dispose the backend and the model after this. Errors: engine.invalid_option,
     /// args.invalid_context.</summary>
@@ -75,23 +83,34 @@ public sealed class ModelStepExecutor : IStepExecutor
         MaxContextLength = ctx;
         var probe = new KvCacheSpec(config.NumLayers, config.NumKvHeads, config.HeadDim, options.BlockSize, 1, options.KvDType);
         long blocks = options.KvBlocks > 0 ? options.KvBlocks : options.KvMemoryBytes / (probe.BytesPerToken * options.BlockSize);
-        if (blocks < 1 || blocks > int.MaxValue / options.BlockSize)
-            throw new FastServeException("engine.invalid_option", $"the KV budget gives {blocks} blocks; need 1 to {int.MaxValue / options.BlockSize}", "kv_memory");
+        int maxBlocks = int.MaxValue / options.BlockSize - 1;
+        if (blocks < 1 || blocks > maxBlocks)
+            throw new FastServeException("engine.invalid_option", $"the KV budget gives {blocks} blocks; need 1 to {maxBlocks}", "kv_memory");
         KvSpec = probe with { NumBlocks = (int)blocks };
         MaxTokensPerStep = options.MaxTokensPerStep;
         MaxSequencesPerStep = Math.Min(options.MaxSequencesPerStep, options.MaxTokensPerStep);
         _vocab = config.VocabSize;
-        _runner = new ModelRunner(config, weights, backend, KvSpec, MaxTokensPerStep, MaxSequencesPerStep);
-        _logits = new float[(long)MaxSequencesPerStep * _vocab];
         _backendSamples = backend.SamplesOnDevice;
-        _sampleRows = new SampleRow[MaxSequencesPerStep];
-        _sampled = new int[MaxSequencesPerStep];
+        var cacheSpec = KvSpec;
         if (options.StepGraphs && backend is IGraphBackend graphs && _backendSamples && options.MaxGraphBatch > 0)
         {
             _graphs = graphs;
             graphs.MinAttentionBlocks = (ctx + options.BlockSize - 1) / options.BlockSize;
             _slots = new GraphSlot[Math.Min(options.MaxGraphBatch, MaxSequencesPerStep) + 1];
+            if (options.PadGraphBatches)
+            {
+                // Dummy sequences write their one token's K/V into a block past the ones the scheduler hands out.
+                _padGraphs = true;
+                cacheSpec = KvSpec with { NumBlocks = KvSpec.NumBlocks + 1 };
+                _padTable = [KvSpec.NumBlocks];
+                _padTokens = new int[_slots.Length - 1];
+                _padRows = new int[_slots.Length - 1];
+            }
         }
+        _runner = new ModelRunner(config, weights, backend, cacheSpec, MaxTokensPerStep, MaxSequencesPerStep);
+        _logits = new float[(long)MaxSequencesPerStep * _vocab];
+        _sampleRows = new SampleRow[MaxSequencesPerStep];
+        _sampled = new int[MaxSequencesPerStep];
         Name = backend.Name;
         _device = new Thread(DeviceLoop) { IsBackground = true, Name = "fastserve-device" };
         _device.Start();
@@ -110,7 +129,19 @@ public sealed class ModelStepExecutor : IStepExecutor
     public long GraphCaptures => Volatile.Read(ref _graphCaptures);
     public long GraphReplays => Volatile.Read(ref _graphReplays);
     public long GraphFallbacks => Volatile.Read(ref _graphFallbacks);
-    private long _graphCaptures, _graphReplays, _graphFallbacks;
+    /// <summary>Dummy rows added to decode batches to reach their graph size (the compute padding costs).</summary>
+    public long GraphPadRows => Volatile.Read(ref _graphPadRows);
+    private long _graphCaptures, _graphReplays, _graphFallbacks, _graphPadRows;
+
+    /// <summary>The batch size a decode step of <paramref name="n"/> sequences is recorded at: n itself without
+    /// padding, else 1, 2, 4, then the next multiple of 8, never above <paramref name="largest"/> (the largest
+    /// recorded batch, itself always a size).</summary>
+    public static int GraphBatchSize(int n, int largest, bool pad = true)
+    {
+        if (!pad || n >= largest) return n;
+        int b = n <= 4 ? (int)BitOperations.RoundUpToPowerOf2((uint)n) : (n + 7) & ~7;
+        return Math.Min(b, largest);
+    }
 
     public void Launch(StepBatch step)
     {
@@ -179,7 +210,7 @@ public sealed class ModelStepExecutor : IStepExecutor
         if (!logprobs)
         {
             if (_graphs is not null && n < _slots.Length && step.TokenCount == n && step.Layout.SequenceCount == n) RunDecodeGraph(step, n);
-            else ForwardSampled(step, n);
+            else ForwardSampled(tokens, step.Layout, rows, n);
             for (int i = 0; i < n; i++) { step.OutToken[i] = _sampled[i]; step.OutLogprob[i] = 0; }
             return;
         }
@@ -195,20 +226,30 @@ public sealed class ModelStepExecutor : IStepExecutor
     }
 
     // A decode step of n sequences (one row each, every row sampled on the device) has the same ops, tensors and
-    // staged sizes as every other of n, so it is recorded once and replayed: one graph per batch size, captured
-    // the second time that size runs (the first grows every buffer it needs). A replay or capture the backend
-    // refuses (buffers reallocated since, a step that differs) ran nothing, so the step runs op by op; a size that
-    // keeps being refused stops being captured.
+    // staged sizes as every other of its graph size b (n padded with dummy sequences), so it is recorded once and
+    // replayed: one graph per size, captured the second time that size runs (the first grows every buffer it
+    // needs). A replay or capture the backend refuses (buffers reallocated since, a step that differs) ran nothing,
+    // so the step runs op by op; a size that keeps being refused stops being captured, and its steps run unpadded.
     private void RunDecodeGraph(StepBatch step, int n)
     {
-        ref var slot = ref _slots[n];
+        int b = GraphBatchSize(n, _slots.Length - 1, _padGraphs);
+        ref var slot = ref _slots[b];
+        if (slot.Graph is null && slot.Refusals >= MaxGraphRefusals)
+        {
+            ForwardSampled(step.Tokens.AsSpan(0, n), step.Layout, step.SampleRow.AsSpan(0, n), n);
+            return;
+        }
+        var (tokenArray, layout, rowArray) = b == n ? (step.Tokens, step.Layout, step.SampleRow) : Pad(step, n, b);
+        var tokens = tokenArray.AsSpan(0, b);
+        var rows = rowArray.AsSpan(0, b);
         if (slot.Graph is { } graph)
         {
             try
             {
                 _graphs!.BeginReplay(graph);
-                ForwardSampled(step, n);
+                ForwardSampled(tokens, layout, rows, b);
                 _graphReplays++;
+                _graphPadRows += b - n;
                 return;
             }
             catch (InvalidOperationException)
@@ -221,14 +262,15 @@ public sealed class ModelStepExecutor : IStepExecutor
                 _graphFallbacks++;
             }
         }
-        else if (slot.Seen > 0 && slot.Refusals < MaxGraphRefusals)
+        else if (slot.Seen > 0)
         {
             try
             {
                 _graphs!.BeginCapture();
-                ForwardSampled(step, n);
+                ForwardSampled(tokens, layout, rows, b);
                 slot.Graph = _graphs.EndCapture();
                 _graphCaptures++;
+                _graphPadRows += b - n;
                 return;
             }
             catch (InvalidOperationException)
@@ -240,14 +282,33 @@ public sealed class ModelStepExecutor : IStepExecutor
             }
         }
         slot.Seen++;
-        ForwardSampled(step, n);
+        _graphPadRows += b - n;
+        ForwardSampled(tokens, layout, rows, b);
     }
 
-    // The step's forward pass with its n tokens drawn by the backend into _sampled (rows already in _sampleRows).
-    private void ForwardSampled(StepBatch step, int n) =>
-        _runner.ForwardSample(step.Tokens.AsSpan(0, step.TokenCount), step.Layout, step.SampleRow.AsSpan(0, n), _sampleRows.AsSpan(0, n), _sampled);
+    // The step's n decode sequences followed by b − n dummies: token 0 at position 0 in the reserved block, drawn
+    // greedily (their tokens are dropped). Their rows come after every real row, so the real rows' logits, K/V and
+    // draws are the ones an unpadded step computes.
+    private (int[] Tokens, BatchLayout Layout, int[] Rows) Pad(StepBatch step, int n, int b)
+    {
+        _padLayout.Clear();
+        var layout = step.Layout;
+        for (int s = 0; s < n; s++) _padLayout.AddSequence(layout.StartPos(s), layout.RowCount(s), layout.BlockTable(s));
+        for (int s = n; s < b; s++) _padLayout.AddSequence(0, 1, _padTable);
+        step.Tokens.AsSpan(0, n).CopyTo(_padTokens);
+        _padTokens.AsSpan(n, b - n).Clear();
+        step.SampleRow.AsSpan(0, n).CopyTo(_padRows);
+        for (int i = n; i < b; i++) _padRows[i] = i;
+        _sampleRows.AsSpan(n, b - n).Fill(PadDraw);
+        return (_padTokens, _padLayout, _padRows);
+    }
+
+    // A forward pass whose first n tokens are drawn by the backend into _sampled (their rows already in _sampleRows).
+    private void ForwardSampled(ReadOnlySpan<int> tokens, BatchLayout layout, ReadOnlySpan<int> rows, int n) =>
+        _runner.ForwardSample(tokens, layout, rows, _sampleRows.AsSpan(0, n), _sampled);
 
     private const int MaxGraphRefusals = 3;
+    private static readonly SampleRow PadDraw = new(Temperature: 0, TopP: 1, TopK: 0, Seed: 0, Counter: 0);
 
     private struct GraphSlot
     {

@@ -27,9 +27,9 @@ public class EngineStepGraphTests : TinyCpuModelFixture
             new SamplingParams { MaxTokens = 12 + (i % 3) * 4, IgnoreEos = true, Temperature = sampled ? 0.8f : 0, TopP = 0.95f, Seed = sampled ? (ulong)i : null }))];
     }
 
-    private static async Task<(RequestResult[] Results, ModelStepExecutor Executor)> Run(IBackend backend, List<(int[] Prompt, SamplingParams Sampling)> requests, bool graphs = true)
+    private static async Task<(RequestResult[] Results, ModelStepExecutor Executor)> Run(IBackend backend, List<(int[] Prompt, SamplingParams Sampling)> requests, bool graphs = true, bool pad = true)
     {
-        var ex = new ModelStepExecutor(Model.Config, Model.Weights, backend, new ModelExecutorOptions { ContextLength = 256, KvBlocks = 128, StepGraphs = graphs });
+        var ex = new ModelStepExecutor(Model.Config, Model.Weights, backend, new ModelExecutorOptions { ContextLength = 256, KvBlocks = 128, StepGraphs = graphs, PadGraphBatches = pad });
         var engine = new InferenceEngine(ex, new EngineOptions { MaxBatchedTokens = 64, MaxSeqs = 16 });
         engine.Start();
         var handles = requests.Select(q => engine.Submit(new EngineRequest { Prompt = q.Prompt, Sampling = q.Sampling })).ToList();
@@ -40,14 +40,16 @@ public class EngineStepGraphTests : TinyCpuModelFixture
         return (results, ex);
     }
 
-    [TestCase(false)]
-    [TestCase(true)]
-    public async Task DecodeStepsAreRecordedOnceAndReplayedWithoutChangingATokenAsync(bool sampled)
+    [TestCase(false, false)]
+    [TestCase(true, false)]
+    [TestCase(false, true)]
+    [TestCase(true, true)]
+    public async Task DecodeStepsAreRecordedOnceAndReplayedWithoutChangingATokenAsync(bool sampled, bool pad)
     {
         var requests = Requests(12, sampled);
         var (expected, _) = await Run(new GraphRecorder(Cpu), requests, graphs: false);
         var recorder = new GraphRecorder(Cpu);
-        var (results, ex) = await Run(recorder, requests);
+        var (results, ex) = await Run(recorder, requests, pad: pad);
         for (int i = 0; i < requests.Count; i++) Assert.That(results[i].OutputTokens, Is.EqualTo(expected[i].OutputTokens), $"request {i}");
 
         Assert.That(recorder.MinAttentionBlocks, Is.EqualTo(256 / 16), "the table stride is fixed to the context's blocks");
@@ -57,7 +59,30 @@ public class EngineStepGraphTests : TinyCpuModelFixture
         Assert.That(ex.GraphCaptures, Is.EqualTo(recorder.Captured.Count));
         Assert.That(ex.GraphReplays, Is.EqualTo(recorder.Replays).And.GreaterThan(ex.GraphCaptures), "replays carry most decode steps");
         Assert.That(ex.GraphFallbacks, Is.Zero);
-        TestContext.Out.WriteLine($"captures {ex.GraphCaptures}, replays {ex.GraphReplays}, op-by-op decode steps {recorder.EagerDecodeSteps}");
+        Assert.That(ex.KvSpec.NumBlocks, Is.EqualTo(128), "the scheduler sees the blocks it was given");
+        if (pad)
+        {
+            Assert.That(recorder.Captured.Select(c => c.Samples), Is.SubsetOf(new[] { 1, 2, 4, 8, 16 }), "decode batches are padded to graph sizes");
+            Assert.That(ex.GraphPadRows, Is.GreaterThan(0));
+            Assert.That(recorder.MaxBlock, Is.EqualTo(128), "dummy sequences write only the block past the scheduler's");
+        }
+        else
+        {
+            Assert.That(ex.GraphPadRows, Is.Zero);
+            Assert.That(recorder.MaxBlock, Is.LessThan(128));
+        }
+        TestContext.Out.WriteLine($"captures {ex.GraphCaptures} at {string.Join(",", recorder.Captured.Select(c => c.Samples).Order())}, replays {ex.GraphReplays}, pad rows {ex.GraphPadRows}, op-by-op decode steps {recorder.EagerDecodeSteps}");
+    }
+
+    [Test]
+    public void GraphSizesAreOneTwoFourThenMultiplesOfEight()
+    {
+        int[] n = [1, 2, 3, 4, 5, 8, 9, 16, 17, 100, 250, 255, 256];
+        int[] b = [1, 2, 4, 4, 8, 8, 16, 16, 24, 104, 256, 256, 256];
+        Assert.That(n.Select(x => ModelStepExecutor.GraphBatchSize(x, 256)), Is.EqualTo(b));
+        Assert.That(Enumerable.Range(1, 256).Select(x => ModelStepExecutor.GraphBatchSize(x, 256)).Distinct().Count(), Is.EqualTo(35));
+        Assert.That(new[] { 16, 17, 19, 20 }.Select(x => ModelStepExecutor.GraphBatchSize(x, 20)), Is.EqualTo(new[] { 16, 20, 20, 20 }), "the largest batch is a size of its own");
+        Assert.That(ModelStepExecutor.GraphBatchSize(5, 256, pad: false), Is.EqualTo(5));
     }
 
     [Test]
@@ -99,7 +124,7 @@ public class EngineStepGraphTests : TinyCpuModelFixture
         public bool RefuseReplays, RefuseEveryOtherCapture;
         public readonly List<(int Tokens, int Samples)> Captured = [];
         public readonly List<int> CaptureAttempts = [];
-        public int Replays, EagerDecodeSteps;
+        public int Replays, EagerDecodeSteps, MaxBlock = -1;
 
         public int MinAttentionBlocks { get; set; }
         public override string Name => "cpu-graphs";
@@ -173,7 +198,12 @@ public class EngineStepGraphTests : TinyCpuModelFixture
         public override void MatMul(BackendTensor x, BackendWeight w, BackendTensor dst) { Sign("matmul", x.Rows, w.Rows); Inner.MatMul(x, w, dst); }
         public override void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope) { Sign("rope", x.Rows, heads); Inner.Rope(x, heads, positions, rope); }
         public override void SiluGate(BackendTensor gate, BackendTensor up, BackendTensor dst) { Sign("silu", gate.Rows); Inner.SiluGate(gate, up, dst); }
-        public override void KvStore(KvCache cache, int layer, BackendTensor k, BackendTensor v, BatchLayout batch) { Sign("kvstore", k.Rows, layer); Inner.KvStore(cache, layer, k, v, batch); }
+        public override void KvStore(KvCache cache, int layer, BackendTensor k, BackendTensor v, BatchLayout batch)
+        {
+            Sign("kvstore", k.Rows, layer);
+            for (int s = 0; s < batch.SequenceCount; s++) MaxBlock = Math.Max(MaxBlock, batch.BlockTable(s)[(batch.StartPos(s) + batch.RowCount(s) - 1) / cache.Spec.BlockSize]);
+            Inner.KvStore(cache, layer, k, v, batch);
+        }
         public override void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst) { Sign("attention", q.Rows, batch.SequenceCount); Inner.Attention(q, cache, layer, batch, dst); }
         public override void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst) { Sign("gather", rows.Length); Inner.GatherRows(src, rows, dst); }
         public override void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst) { Sign("upload", rows); Inner.CopyFromHost(data, rows, dst); }

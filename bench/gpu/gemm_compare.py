@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-DECODE_M = [1, 8, 32, 64]
+DECODE_M = [1, 8, 32, 64, 128]
 PREFILL_M = [512, 2048]
 # (N, K): Llama-3.2-1B and Llama-3.1-8B projections (q/o, k/v, gate/up, down), so a whole decode step adds up.
 SHAPES = [(2048, 2048), (512, 2048), (8192, 2048), (2048, 8192), (4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)]

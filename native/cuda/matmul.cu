@@ -117,6 +117,12 @@ decode_kernel(const float* __restrict__ x, int M, int K, const typename Op::W* _
     __shared__ float red[kDecodeWarps][ROWS][TOK + 1];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int n0 = blockIdx.x * ROWS;
+    // blockIdx.y picks a group of TOK tokens (more than 32 rows: see launch_decode); the rest of the kernel sees
+    // only its group.
+    const int tok0 = blockIdx.y * TOK;
+    x += (size_t)tok0 * K;
+    dst += (size_t)tok0 * N;
+    M -= tok0;
 
     if constexpr (Op::kScaled) {
         row_scales<true>(x, M, K, 0, TOK, s_scale, s_inv);
@@ -524,8 +530,8 @@ int sm_count() {
 template <class Op, int MT, int NT>
 void launch_decode(cudaStream_t s, const float* x, int M, int K, const typename Op::W* w, const float* ws, int N,
                    const float* bias, float* dst) {
-    const unsigned blocks = (unsigned)((N + 16 * MT - 1) / (16 * MT));
-    decode_kernel<Op, MT, NT><<<blocks, kDecodeWarps * 32, 0, s>>>(x, M, K, w, ws, N, bias, dst);
+    const dim3 grid((unsigned)((N + 16 * MT - 1) / (16 * MT)), (unsigned)((M + 8 * NT - 1) / (8 * NT)));
+    decode_kernel<Op, MT, NT><<<grid, kDecodeWarps * 32, 0, s>>>(x, M, K, w, ws, N, bias, dst);
 }
 
 template <fs_dtype T>
@@ -534,6 +540,8 @@ void launch_simt(cudaStream_t s, const float* x, int M, int K, const void* w, co
     const dim3 grid((unsigned)((N + 63) / 64), (unsigned)((M + 63) / 64));
     simt_matmul_kernel<T><<<grid, 256, 0, s>>>(x, M, K, w, ws, N, bias, dst);
 }
+
+constexpr int kGroupedDecodeRows = 128;
 
 bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
 
@@ -571,20 +579,26 @@ bool use_wgmma() {
 }
 
 // Tensor-core path for one operand policy. Rows <= 32: the decode kernel, two m16 tiles per CTA once that still
-// leaves about one CTA per SM (fewer re-reads of x per weight byte); up to 256 rows the 64-row tiles, beyond that
-// the 128-row ones.
+// leaves about one CTA per SM (fewer re-reads of x per weight byte). Up to 128 rows, while the 64-row tiles would not
+// fill the SMs once (n / 128 x rows / 64 CTAs: 16 for 64 rows and n = 2048 on 132 SMs), the decode kernel again, one
+// grid row per 32 tokens: each group streams the weights again, mostly from L2, which beats leaving most SMs idle.
+// Beyond that the 64-row tiles up to 256 rows, then the 128-row ones.
 template <class Op>
 void launch_tensor_cores(cudaStream_t s, const float* x, int rows, int k, const void* w_, const float* ws, int n,
                          const float* bias, float* dst) {
     const auto* w = static_cast<const typename Op::W*>(w_);
+    const bool wide = n / 32 >= sm_count();
+    const long long small_tiles = (long long)((n + kTileN - 1) / kTileN) * ((rows + 63) / 64);
     if (rows <= 32) {
-        const bool wide = n / 32 >= sm_count();
         if (rows <= 8) wide ? launch_decode<Op, 2, 1>(s, x, rows, k, w, ws, n, bias, dst)
                             : launch_decode<Op, 1, 1>(s, x, rows, k, w, ws, n, bias, dst);
         else if (rows <= 16) wide ? launch_decode<Op, 2, 2>(s, x, rows, k, w, ws, n, bias, dst)
                                   : launch_decode<Op, 1, 2>(s, x, rows, k, w, ws, n, bias, dst);
         else wide ? launch_decode<Op, 2, 4>(s, x, rows, k, w, ws, n, bias, dst)
                   : launch_decode<Op, 1, 4>(s, x, rows, k, w, ws, n, bias, dst);
+    } else if (rows <= kGroupedDecodeRows && small_tiles < sm_count()) {
+        wide ? launch_decode<Op, 2, 4>(s, x, rows, k, w, ws, n, bias, dst)
+             : launch_decode<Op, 1, 4>(s, x, rows, k, w, ws, n, bias, dst);
     } else if (std::is_same_v<Op, Fp8Op> && use_wgmma()) {
         fp8_wgmma_kernel<<<tiled_grid(rows, n, kWgBM, 1), kWgThreads, 0, s>>>(x, rows, k, reinterpret_cast<const uint8_t*>(w), ws, n,
                                                                            bias, dst);

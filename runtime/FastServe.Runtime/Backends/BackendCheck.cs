@@ -136,10 +136,11 @@ public static class BackendCheck
         foreach (string kind in kinds)
         {
             // k = 67 and 269 take a device's any-shape kernel; k = 256 and 1024 (16-byte weight rows) its tensor-core
-            // kernels: rows 1 to 32 the decode kernel, 33 to 256 the small tiles, 300 the large ones.
+            // kernels: rows 1 to 32 the decode kernel, and with these small n, 64 and 100 the decode kernel in 32-token
+            // groups (the last one partial), 200 the small tiles, 300 the large ones.
             foreach (var (k, n, bias) in new[] { (67, 45, true), (269, 130, false), (256, 96, true), (1024, 200, false) })
             {
-                foreach (int rows in k == 256 ? [.. rowsSet, 300] : rowsSet)
+                foreach (int rows in k switch { 256 => [.. rowsSet, 100, 200, 300], 1024 => [.. rowsSet, 100], _ => rowsSet })
                 {
                     string shape = $"rows={rows} k={k} n={n}{(bias ? " bias" : "")}";
                     bool fp8 = kind.StartsWith("fp8");

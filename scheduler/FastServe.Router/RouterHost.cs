@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using FastServe.Protocol;
+using FastServe.Protocol.Net;
 
 namespace FastServe.Router;
 
@@ -59,6 +60,7 @@ public sealed class RouterHost : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(source);
         options.Validate();
         Options = options;
+        SessionOptions = DownstreamSession.SessionOptionsOf(options);
         _source = source;
         Fleet = new Fleet(options);
         _balancer = new Balancer(options.Policy, options.Seed is { } s ? new Random(s) : new Random());
@@ -66,6 +68,9 @@ public sealed class RouterHost : IAsyncDisposable
 
     /// <summary>The settings it runs with.</summary>
     public RouterOptions Options { get; }
+
+    /// <summary>What every client session runs with (built from <see cref="Options"/>).</summary>
+    internal FrameSessionOptions SessionOptions { get; }
 
     /// <summary>The endpoints and their state.</summary>
     public Fleet Fleet { get; }

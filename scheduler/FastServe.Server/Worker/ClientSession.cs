@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Diagnostics;
 using System.Net.Sockets;
 using System.Text;
@@ -10,160 +9,43 @@ using FastServe.Protocol.Net;
 namespace FastServe.Server.Worker;
 
 /// <summary>
-/// One client connection in a worker: the receive loop parses frames in place (zero-copy slices of a pooled buffer,
-/// a partial frame simply stays for the next read), answers connection frames, validates and tokenizes requests
-/// and forwards them to the engine. Bad input gets an error frame with a stable status; only a stream that can no
+/// One client connection in a worker. <see cref="FrameSession{TRequest}"/> runs the connection (receive loop parsing
+/// frames in place, HELLO, PING, LOAD_QUERY, the id and per-connection limit checks, timeouts); here a REQUEST is
+/// validated and tokenized and forwarded to the engine, CANCEL and close cancel it in the engine, and DRAIN with the
+/// admin token drains the replica. Bad input gets an error frame with a stable status; only a stream that can no
 /// longer be trusted (oversized length, wrong magic, a frame that never completes) closes the connection.
 /// </summary>
-internal sealed class ClientSession
+internal sealed class ClientSession : FrameSession<WorkerRequest>
 {
     private readonly WorkerHost _host;
-    private readonly Socket _socket;
-    private readonly Dictionary<ulong, WorkerRequest> _inflight = [];   // guarded by itself
-    private readonly long _created;
-    private int _touched, _closeOnce;
-    private volatile bool _closed, _hello;
-    private long _lastActivity, _partialSince;
-    private long _loadIntervalTicks, _nextLoadAt;                       // 0 = not subscribed
+    private int _touched;                // 1 while in the engine reader's list of sessions to flush
 
-    public ClientSession(WorkerHost host, Socket socket, long id)
+    public ClientSession(WorkerHost host, Socket socket, long id) : base(socket, id, host.SessionOptions)
     {
         _host = host;
-        _socket = socket;
-        Id = id;
-        _created = _lastActivity = Stopwatch.GetTimestamp();
-        Out = new OutBuffer(socket, host.Options.MaxSendBytes, why => Close(why));
     }
 
-    public long Id { get; }
-    public OutBuffer Out { get; }
-
-    public void Start() => _ = ReceiveLoopAsync();
+    /// <summary>The session settings of a worker with <paramref name="o"/> (one object for all its sessions).</summary>
+    internal static FrameSessionOptions SessionOptionsOf(WorkerOptions o) =>
+        new("server", o.MaxFrame, o.MaxInFlight, o.MaxSendBytes, FrameSessionOptions.Ticks(o.HelloTimeout), FrameSessionOptions.Ticks(o.FrameTimeout),
+            $"a frame did not complete within {o.FrameTimeout.TotalSeconds:F0} s", FrameSessionOptions.Ticks(o.IdleTimeout));
 
     internal bool MarkTouched() => Interlocked.Exchange(ref _touched, 1) == 0;
     internal void ClearTouched() => Volatile.Write(ref _touched, 0);
 
-    /// <summary>The request's FINAL is being written: its id is free again.</summary>
-    internal void Finished(ulong clientId)
+    protected override HelloOk HelloReply()
     {
-        lock (_inflight) _inflight.Remove(clientId);
-    }
-
-    private async Task ReceiveLoopAsync()
-    {
-        byte[] buf = ArrayPool<byte>.Shared.Rent(16 << 10);
-        int have = 0;
-        try
-        {
-            while (!_closed)
-            {
-                int n = await _socket.ReceiveAsync(buf.AsMemory(have), SocketFlags.None).ConfigureAwait(false);
-                if (n == 0) { Close("peer closed"); return; }
-                have += n;
-                long now = Stopwatch.GetTimestamp();
-                Volatile.Write(ref _lastActivity, now);
-                int used = Consume(buf.AsSpan(0, have), now, out int needed);
-                if (used < 0) return;   // fatal: already answered and closing
-                if (used > 0)
-                {
-                    buf.AsSpan(used, have - used).CopyTo(buf);
-                    have -= used;
-                }
-                // A partial frame's clock starts when it began arriving; slow senders are cut off by the timer.
-                long since = Volatile.Read(ref _partialSince);
-                Volatile.Write(ref _partialSince, have == 0 ? 0 : used > 0 || since == 0 ? now : since);
-                if (needed > buf.Length)
-                {
-                    var bigger = ArrayPool<byte>.Shared.Rent(needed);
-                    buf.AsSpan(0, have).CopyTo(bigger);
-                    ArrayPool<byte>.Shared.Return(buf);
-                    buf = bigger;
-                }
-                Out.Flush();
-                _host.SignalEngine();
-            }
-        }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
-        {
-            Close(e.Message);
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(buf);
-        }
-    }
-
-    // Returns bytes consumed, or -1 after a fatal error. `needed` is the size of the buffer the next frame needs.
-    private int Consume(ReadOnlySpan<byte> data, long now, out int needed)
-    {
-        int used = 0;
-        needed = 0;
-        var opt = _host.Options;
-        while (true)
-        {
-            var r = FrameReader.TryRead(data[used..], opt.MaxFrame, out var h, out var payload, out int consumed);
-            if (r == ReadResult.NeedMore)
-            {
-                if (data.Length - used >= Wire.HeaderSize) needed = Wire.HeaderSize + h.Length;
-                return used;
-            }
-            if (r == ReadResult.TooLarge)
-            {
-                Fatal(WireStatus.TooLarge, $"frame of {(uint)h.Length} bytes is over the {opt.MaxFrame}-byte limit");
-                return -1;
-            }
-            used += consumed;
-            if (!_hello)
-            {
-                if (!Hello(h, payload)) return -1;
-                continue;
-            }
-            switch (h.Type)
-            {
-                case FrameType.Request: Request(h, payload, now); break;
-                case FrameType.Cancel: Cancel(h.Id); break;
-                case FrameType.Ping:
-                    if (payload.Length > Wire.MaxPingBytes) Error(WireStatus.BadRequest, $"PING payload over {Wire.MaxPingBytes} bytes");
-                    else lock (Out.Lock) FrameWriter.Ping(Out.Writer, payload, pong: true);
-                    break;
-                case FrameType.LoadQuery: LoadQuery(h, payload, now); break;
-                case FrameType.Drain: Drain(payload); break;
-                case FrameType.Hello: Error(WireStatus.BadRequest, "HELLO was already received"); break;
-                default: Error(WireStatus.BadRequest, $"unknown or server-only frame type 0x{(byte)h.Type:X2}"); break;
-            }
-        }
-    }
-
-    private bool Hello(FrameHeader h, ReadOnlySpan<byte> payload)
-    {
-        if (h.Type != FrameType.Hello || !HelloView.TryParse(payload, out var v) || v.Magic != Wire.Magic)
-        {
-            Fatal(WireStatus.BadRequest, "expected HELLO with magic FSRV as the first frame");
-            return false;
-        }
-        if (v.Major != Wire.Major)
-        {
-            Fatal(WireStatus.UnsupportedVersion, $"protocol {v.Major}.{v.Minor} is not supported; this server speaks {Wire.Major}.{Wire.Minor}");
-            return false;
-        }
-        _hello = true;
         var o = _host.Options;
         int ctx = _host.ContextLength;
-        lock (Out.Lock)
-            FrameWriter.HelloOk(Out.Writer, new HelloOk(Wire.Major, Wire.Minor, o.MaxFrame, Math.Max(0, ctx - 1), o.MaxInFlight,
-                (int)o.IdleTimeout.TotalMilliseconds, ctx, o.ServerName));
-        return true;
+        return new HelloOk(Wire.Major, Wire.Minor, o.MaxFrame, Math.Max(0, ctx - 1), o.MaxInFlight,
+            (int)o.IdleTimeout.TotalMilliseconds, ctx, o.ServerName);
     }
 
-    private void Request(FrameHeader h, ReadOnlySpan<byte> payload, long received)
+    protected override LoadReport CurrentLoad(long now) => _host.CurrentLoad();
+
+    protected override void OnRequest(in FrameHeader h, ReadOnlySpan<byte> payload, long received)
     {
         ulong id = h.Id;
-        if (id == 0) { Error(WireStatus.BadRequest, "REQUEST needs a non-zero request id"); return; }
-        lock (_inflight)
-        {
-            if (_inflight.ContainsKey(id)) { Error(WireStatus.BadRequest, $"request id {id} is already in flight on this connection"); return; }
-            if (_inflight.Count >= _host.Options.MaxInFlight) { Reject(id, WireStatus.TooManyRequests, "connection.too_many_requests", $"{_host.Options.MaxInFlight} requests are already in flight on this connection", 100); return; }
-        }
         var pe = RequestView.TryParse(payload, out var v);
         if (pe != RequestParseError.None) { Reject(id, WireStatus.BadRequest, RequestView.DetailCode(pe), "malformed REQUEST payload"); return; }
         switch (_host.State)
@@ -240,34 +122,18 @@ internal sealed class ClientSession
             ReceivedTicks = received,
             PromptCount = (uint)prompt.Length,
         };
-        lock (_inflight) _inflight[id] = r;
+        AddInFlight(id, r);
         msg.SentTicks = Stopwatch.GetTimestamp();
         if (!_host.Submit(r, msg, prompt))
         {
-            lock (_inflight) _inflight.Remove(id);
+            Finished(id);
             Reject(id, WireStatus.Unavailable, "engine.unavailable", "the engine is restarting", 500);
         }
     }
 
-    private void Cancel(ulong id)
-    {
-        WorkerRequest? r;
-        lock (_inflight) _inflight.TryGetValue(id, out r);
-        if (r is not null) _host.CancelInEngine(r.Key);
-    }
+    protected override void CancelRequest(WorkerRequest request) => _host.CancelInEngine(request.Key);
 
-    private void LoadQuery(FrameHeader h, ReadOnlySpan<byte> payload, long now)
-    {
-        var p = new PayloadReader(payload);
-        if (!p.TryU32(out uint interval)) { Error(WireStatus.BadRequest, "LOAD_QUERY needs a u32 interval"); return; }
-        if ((h.Flags & 1) != 0) { Volatile.Write(ref _loadIntervalTicks, 0); return; }
-        if (interval == 0) { lock (Out.Lock) FrameWriter.LoadReport(Out.Writer, _host.CurrentLoad()); return; }
-        long ticks = Math.Max(10, interval) * Stopwatch.Frequency / 1000;
-        Volatile.Write(ref _nextLoadAt, now);
-        Volatile.Write(ref _loadIntervalTicks, ticks);
-    }
-
-    private void Drain(ReadOnlySpan<byte> payload)
+    protected override void OnDrain(ReadOnlySpan<byte> payload)
     {
         var p = new PayloadReader(payload);
         if (!p.TryStr16(out var token) || !_host.CheckAdminToken(token))
@@ -279,67 +145,16 @@ internal sealed class ClientSession
         _host.RequestReplicaDrain();
     }
 
-    /// <summary>A request refused before reaching the engine: FINAL with the status, and a metrics record.</summary>
-    private void Reject(ulong id, WireStatus status, string detail, string message, uint retryAfterMs = 0)
-    {
-        var f = new FinalInfo { Status = status, Retriable = WireNames.IsRetriable(status), RetryAfterMs = retryAfterMs };
-        lock (Out.Lock) FrameWriter.Final(Out.Writer, id, f, detail, message);
-        _host.Report(status, WireFinish.None, null, 0, 0);
-    }
+    // A request refused before reaching the engine still counts in the engine's metrics.
+    protected override void OnRejected(WireStatus status) => _host.Report(status, WireFinish.None, null, 0, 0);
 
-    private void Error(WireStatus status, string message)
+    // The cancels Close appended to the engine link leave now, not whenever something else sends.
+    protected override void OnClosed()
     {
-        lock (Out.Lock) FrameWriter.Error(Out.Writer, status, fatal: false, 0, message);
-    }
-
-    private void Fatal(WireStatus status, string message)
-    {
-        lock (Out.Lock) FrameWriter.Error(Out.Writer, status, fatal: true, 0, message);
-        _closed = true;
-        Out.FlushThen(() => Close(message));
-    }
-
-    internal void OnTimer(long now, bool checkTimeouts)
-    {
-        if (_closed) return;
-        long interval = Volatile.Read(ref _loadIntervalTicks);
-        if (interval > 0 && now >= Volatile.Read(ref _nextLoadAt))
-        {
-            Volatile.Write(ref _nextLoadAt, now + interval);
-            lock (Out.Lock) FrameWriter.LoadReport(Out.Writer, _host.CurrentLoad());
-            Out.Flush();
-        }
-        if (!checkTimeouts) return;
-        var o = _host.Options;
-        double f = Stopwatch.Frequency;
-        long partial = Volatile.Read(ref _partialSince);
-        if (!_hello && (now - _created) / f > o.HelloTimeout.TotalSeconds) Close("no HELLO in time");
-        else if (partial != 0 && (now - partial) / f > o.FrameTimeout.TotalSeconds)
-            Fatal(WireStatus.BadRequest, $"a frame did not complete within {o.FrameTimeout.TotalSeconds:F0} s");
-        else
-        {
-            int n;
-            lock (_inflight) n = _inflight.Count;
-            if (n == 0 && (now - Volatile.Read(ref _lastActivity)) / f > o.IdleTimeout.TotalSeconds) Close("idle");
-        }
-    }
-
-    /// <summary>Closes the connection; its requests still running are cancelled in the engine.</summary>
-    public void Close(string why)
-    {
-        WorkerRequest[] left;
-        if (Interlocked.Exchange(ref _closeOnce, 1) == 1) return;
-        lock (_inflight)
-        {
-            _closed = true;
-            left = [.. _inflight.Values];
-            _inflight.Clear();
-        }
-        Out.Close();
-        try { _socket.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
-        _socket.Dispose();
-        foreach (var r in left) _host.CancelInEngine(r.Key);
         _host.SignalEngine();
         _host.OnSessionClosed(this);
     }
+
+    // What this read appended to the engine link (submits, cancels, reports) leaves in one send.
+    protected override void OnRepliesFlushed() => _host.SignalEngine();
 }

@@ -6,6 +6,7 @@ using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using System.Text;
 using FastServe.Protocol;
+using FastServe.Protocol.Net;
 using FastServe.Runtime.Formats;
 using FastServe.Runtime.Tokenization;
 using FastServe.Scheduler.Engine;
@@ -40,6 +41,7 @@ public sealed class WorkerHost : IDisposable
         // wake-up per readable socket) cost more than the work. Read once, before the first socket exists.
         Environment.SetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS", "1");
         Options = options;
+        SessionOptions = ClientSession.SessionOptionsOf(options);
         var config = ModelConfig.Load(Path.Combine(options.ModelDir, "config.json"));
         Tokenizer = TextTokenizer.Load(options.ModelDir, config.BosTokenId, config.EosTokenIds.Count > 0 ? config.EosTokenIds : null);
         _adminToken = options.AdminToken is { Length: > 0 } t ? Encoding.UTF8.GetBytes(t) : null;
@@ -51,6 +53,8 @@ public sealed class WorkerHost : IDisposable
     }
 
     public WorkerOptions Options { get; }
+    /// <summary>What every client session runs with (built from <see cref="Options"/>).</summary>
+    internal FrameSessionOptions SessionOptions { get; }
     internal TextTokenizer Tokenizer { get; }
     internal bool Draining => _draining;
     internal int InFlight => _requests.Count;

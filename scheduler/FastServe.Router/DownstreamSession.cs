@@ -64,10 +64,6 @@ internal sealed class DownstreamSession : FrameSession<RoutedRequest>
         _touched.Clear();
     }
 
-    protected override bool OnInternalError(Exception e)
-    {
+    protected override void OnInternalError(Exception e) =>
         _router.Log($"client session {Id}: internal error: {e.GetType().Name}: {e.Message}");
-        Close("internal error");
-        return true;
-    }
 }

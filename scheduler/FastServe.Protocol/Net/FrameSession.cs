@@ -144,11 +144,10 @@ internal abstract class FrameSession<TRequest> where TRequest : class
     protected virtual void OnRepliesFlushed() { }
 
     /// <summary>
-    /// An exception other than a socket's escaped a handler: true if handled (the receive loop then ends; call
-    /// <see cref="Close"/>), false to let it fault the receive loop's task, which ends the same loop but leaves the
-    /// connection to the timeouts.
+    /// An exception other than a socket's escaped a handler (a bug): report it. The session then closes, so the
+    /// client sees its connection end (and its requests cancelled) instead of a connection nobody reads any more.
     /// </summary>
-    protected virtual bool OnInternalError(Exception e) => false;
+    protected virtual void OnInternalError(Exception e) { }
 
     // ---- helpers for handlers ----------------------------------------------------------------------------------
 
@@ -224,7 +223,8 @@ internal abstract class FrameSession<TRequest> where TRequest : class
         }
         catch (Exception e)
         {
-            if (!OnInternalError(e)) throw;
+            OnInternalError(e);
+            Close("internal error");
         }
         finally
         {

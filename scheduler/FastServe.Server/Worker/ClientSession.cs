@@ -157,4 +157,7 @@ internal sealed class ClientSession : FrameSession<WorkerRequest>
 
     // What this read appended to the engine link (submits, cancels, reports) leaves in one send.
     protected override void OnRepliesFlushed() => _host.SignalEngine();
+
+    protected override void OnInternalError(Exception e) =>
+        Console.Error.WriteLine($"fastserve worker {_host.Options.Index}: client session {Id}: internal error: {e.GetType().Name}: {e.Message}");
 }

@@ -4,7 +4,8 @@
 # weights, random but deterministic), run as stored (BF16, 16-bit tensor cores) and with --quantize fp8 (W8A8):
 #   1. bench-model --compare: prefill tok/s and the batch-1 decode step against the device's copy bandwidth;
 #   2. bench-engine --sweep, 50 tokens in and 50 out, P99 end to end under 1 s: the highest rate meeting it;
-#   3. the same FP8 sweep with --eager (no CUDA graphs), to show what the graphs are worth.
+#   3. the same FP8 sweep with --eager (no CUDA graphs), to show what the graphs are worth;
+#   4. with FASTSERVE_E2E_EXACT=1, the FP8 sweep with --graph-exact-sizes (one graph per batch size, no padding).
 # Prints the ratios and writes every JSON into RESULTS_DIR.
 #   bench/gpu/e2e.sh RESULTS_DIR [SECONDS_PER_RATE]
 set -uo pipefail
@@ -39,6 +40,7 @@ failed=0
 sweep bf16 || failed=1
 sweep fp8 --quantize fp8 || failed=1
 sweep fp8-eager --quantize fp8 --eager || failed=1
+if [ "${FASTSERVE_E2E_EXACT:-0}" = 1 ]; then sweep fp8-exact --quantize fp8 --graph-exact-sizes || failed=1; fi
 
 python3 - "$out" <<'PY'
 import json, os, sys
@@ -55,7 +57,7 @@ if bm:
               f"{r['decode_bytes_per_token'] / 1e6:.0f} MB/token at {f:.0%} of copy bandwidth (step = {1 / f:.2f}x its bandwidth limit)")
     print(f"  FP8/BF16 batch-1 decode: {bm.get('fp8_decode_speedup', float('nan')):.2f}x")
 best = {}
-for n in ("bf16", "fp8", "fp8-eager"):
+for n in ("bf16", "fp8", "fp8-eager", "fp8-exact"):
     d = load(f"engine-{n}.json")
     if d and d.get("best"):
         b = d["best"]
@@ -67,5 +69,7 @@ if "fp8" in best and "bf16" in best:
     print(f"FP8/BF16 requests/s meeting the SLO: {best['fp8'] / best['bf16']:.2f}x (target 1.3x)")
 if "fp8" in best and "fp8-eager" in best:
     print(f"CUDA graphs: {best['fp8'] / best['fp8-eager']:.2f}x the eager requests/s")
+if "fp8" in best and "fp8-exact" in best:
+    print(f"Padded graph sizes: {best['fp8'] / best['fp8-exact']:.2f}x the requests/s of one graph per exact batch size")
 PY
 exit $failed

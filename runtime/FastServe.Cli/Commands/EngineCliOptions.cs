@@ -21,6 +21,7 @@ internal sealed class EngineCliOptions
     public readonly Option<int> Ctx = new("--ctx") { Description = "Context length per sequence in tokens (0 = model maximum, capped at 8192)" };
     public readonly Option<int> BlockSize = new("--block-size") { Description = "Tokens per KV block", DefaultValueFactory = _ => 16 };
     public readonly Option<bool> Eager = new("--eager") { Description = "Run every step op by op (by default the cuda backend records decode steps as CUDA graphs and replays them)" };
+    public readonly Option<bool> GraphExactSizes = new("--graph-exact-sizes") { Description = "Record one CUDA graph per exact decode batch size instead of padding batches to 1, 2, 4 and multiples of 8" };
     public readonly Option<bool> NoPrefixCache = new("--no-prefix-cache") { Description = "Do not share KV blocks between requests with equal prefixes" };
     public readonly Option<int> MaxWaiting = new("--max-waiting") { Description = "Requests allowed to wait for admission before new ones are rejected as overloaded", DefaultValueFactory = _ => 4096 };
     public readonly Option<string> SimWeights = new("--sim-weights") { Description = "--backend sim: weight format the simulated GPU runs, fp8 or bf16", DefaultValueFactory = _ => "fp8" };
@@ -31,7 +32,7 @@ internal sealed class EngineCliOptions
     public void AddTo(Command c)
     {
         Model.AddTo(c);
-        foreach (Option o in new Option[] { MaxBatchedTokens, MaxSeqs, Overlap, KvMemoryMiB, KvDtype, Ctx, BlockSize, Eager, NoPrefixCache, MaxWaiting, SimWeights, SimTimeScale, SimStallEvery, SimStallMs }) c.Add(o);
+        foreach (Option o in new Option[] { MaxBatchedTokens, MaxSeqs, Overlap, KvMemoryMiB, KvDtype, Ctx, BlockSize, Eager, GraphExactSizes, NoPrefixCache, MaxWaiting, SimWeights, SimTimeScale, SimStallEvery, SimStallMs }) c.Add(o);
     }
 
     public bool Json(ParseResult r) => r.GetValue(Model.Json);
@@ -42,7 +43,7 @@ internal sealed class EngineCliOptions
     {
         var args = new List<string>();
         foreach (Option o in new Option[] { Model.Quantize, Model.Scheme, Model.Backend, Model.Threads, MaxBatchedTokens, MaxSeqs, Overlap, KvMemoryMiB,
-                     KvDtype, Ctx, BlockSize, Eager, NoPrefixCache, MaxWaiting, SimWeights, SimTimeScale, SimStallEvery, SimStallMs })
+                     KvDtype, Ctx, BlockSize, Eager, GraphExactSizes, NoPrefixCache, MaxWaiting, SimWeights, SimTimeScale, SimStallEvery, SimStallMs })
         {
             var res = r.GetResult(o);
             if (res is null || res.Implicit) continue;
@@ -81,6 +82,7 @@ internal sealed class EngineCliOptions
                 KvMemoryBytes = (long)kvMiB << 20,
                 KvDType = Model.ResolveKvDType(r, KvDtype),
                 StepGraphs = !r.GetValue(Eager),
+                PadGraphBatches = !r.GetValue(GraphExactSizes),
             });
             session.Engine = new InferenceEngine(session.Executor, EngineOptions(r, session.Model) with { AfterIteration = afterIteration, OnStep = onStep });
             session.Engine.Start();

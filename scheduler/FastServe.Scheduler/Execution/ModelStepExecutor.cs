@@ -242,6 +242,7 @@ public sealed class ModelStepExecutor : IStepExecutor
         var (tokenArray, layout, rowArray) = b == n ? (step.Tokens, step.Layout, step.SampleRow) : Pad(step, n, b);
         var tokens = tokenArray.AsSpan(0, b);
         var rows = rowArray.AsSpan(0, b);
+        _graphPadRows += b - n;  // every way on from here runs the padded step
         if (slot.Graph is { } graph)
         {
             try
@@ -249,7 +250,6 @@ public sealed class ModelStepExecutor : IStepExecutor
                 _graphs!.BeginReplay(graph);
                 ForwardSampled(tokens, layout, rows, b);
                 _graphReplays++;
-                _graphPadRows += b - n;
                 return;
             }
             catch (InvalidOperationException)
@@ -270,7 +270,6 @@ public sealed class ModelStepExecutor : IStepExecutor
                 ForwardSampled(tokens, layout, rows, b);
                 slot.Graph = _graphs.EndCapture();
                 _graphCaptures++;
-                _graphPadRows += b - n;
                 return;
             }
             catch (InvalidOperationException)
@@ -282,7 +281,6 @@ public sealed class ModelStepExecutor : IStepExecutor
             }
         }
         slot.Seen++;
-        _graphPadRows += b - n;
         ForwardSampled(tokens, layout, rows, b);
     }
 

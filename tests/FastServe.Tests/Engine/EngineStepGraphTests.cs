@@ -13,8 +13,9 @@ namespace FastServe.Tests.Engine;
 /// How the executor drives a graph-capable backend (<see cref="IGraphBackend"/>, the cuda backend's CUDA graphs),
 /// checked on the CPU backend behind a recorder that keeps the contract: ops issued between BeginCapture and the
 /// readback are the graph, a replay whose ops differ from the recording is refused at its readback. Only decode
-/// steps are recorded, each batch size once after a warm-up run, replays carry the rest, a refused replay or
-/// capture falls back without changing a token, and --eager turns it all off.
+/// steps are recorded, each graph size (a batch padded with dummy sequences, or the exact size) once after a warm-up
+/// run, replays carry the rest, a refused replay or capture falls back without changing a token, and --eager turns
+/// it all off.
 /// </summary>
 [NonParallelizable]
 public class EngineStepGraphTests : TinyCpuModelFixture

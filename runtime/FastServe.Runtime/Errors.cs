@@ -1,3 +1,5 @@
+using FastServe.Protocol;
+
 namespace FastServe.Runtime;
 
 /// <summary>
@@ -21,6 +23,9 @@ public class FastServeException : Exception
 
     /// <summary>File, directory or argument the error is about, or null.</summary>
     public string? Path { get; }
+
+    /// <summary>The exception for a broken request rule: its code, message and field (as the path).</summary>
+    public static FastServeException From(RuleViolation v) => new(v.Code, v.Message, v.Field);
 
     public override string ToString() => Path is null ? $"error[{Code}]: {Message}" : $"error[{Code}]: {Path}: {Message}";
 }

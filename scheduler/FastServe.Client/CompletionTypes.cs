@@ -8,7 +8,8 @@ namespace FastServe.Client;
 /// </summary>
 /// <remarks>
 /// Start from <see cref="RequestParams.Default"/> (<c>RequestParams.Default with { MaxTokens = 50 }</c>): a bare
-/// <c>new RequestParams()</c> has <c>TopP = 0</c>, which the server rejects as <c>bad_request</c>.
+/// <c>new RequestParams()</c> has <c>TopP = 0</c>, which breaks the request rules (<see cref="RequestRules"/>): the
+/// client refuses it before sending, as <c>bad_request</c> with detail <c>sampling.invalid</c>, as a server would.
 /// </remarks>
 public sealed record CompletionRequest
 {
@@ -18,7 +19,7 @@ public sealed record CompletionRequest
     public int[]? PromptIds { get; init; }
     /// <summary>Sampling and scheduling fields (max tokens, temperature, top-p/k, seed, deadline, priority, flags).</summary>
     public RequestParams Params { get; init; } = RequestParams.Default;
-    /// <summary>Stop strings: at most 8, each 1 to 256 UTF-8 bytes. Null or empty for none.</summary>
+    /// <summary>Stop strings: at most <see cref="RequestRules.MaxStops"/> (8), each 1 to 256 UTF-8 bytes. Null or empty for none.</summary>
     public IReadOnlyList<string>? Stops { get; init; }
 }
 
@@ -50,9 +51,11 @@ public enum ClientFailure : byte
     /// </summary>
     SendBufferFull = 2,
     /// <summary>
-    /// The client refused the request before sending it, for a reason the server would also refuse it
-    /// (frame over the server's <c>max_frame</c>, too many or bad stop strings, both prompt forms given).
-    /// Status <see cref="WireStatus.TooLarge"/> or <see cref="WireStatus.BadRequest"/> with a <c>client.*</c> detail code.
+    /// The client refused the request before sending it, for a reason the server would also refuse it: a broken
+    /// request rule (<see cref="RequestRules"/>: the server's detail code, e.g. <c>sampling.invalid</c>,
+    /// <c>request.invalid_priority</c>, <c>request.invalid_deadline</c>), or a <c>client.*</c> code for what only the
+    /// sending side sees (frame over the server's <c>max_frame</c>, too many or bad stop strings, both prompt forms
+    /// given). Status <see cref="WireStatus.TooLarge"/> or <see cref="WireStatus.BadRequest"/>.
     /// </summary>
     Rejected = 3,
 }

@@ -239,19 +239,17 @@ public sealed class FastServeClient : IAsyncDisposable
         var call = new CompletionCall(this, id, stream && _options.CollectOutput, _options.CollectOutput, observer);
         call.StartedTimestamp = Stopwatch.GetTimestamp();
 
+        // The shared request rules (RequestRules), so a request the server would refuse never leaves: the same detail
+        // codes as the server's, but for stops, whose client.* codes say the REQUEST was never written.
         var stops = request.Stops;
-        int stopCount = stops?.Count ?? 0;
-        if (stopCount > Wire.MaxStops)
-            return Refuse(call, WireStatus.BadRequest, "client.too_many_stops", $"{stopCount} stop strings; at most {Wire.MaxStops}");
-        int stopBytes = 0;
-        for (int i = 0; i < stopCount; i++)
-        {
-            string s = stops![i] ?? "";
-            int n = Encoding.UTF8.GetByteCount(s);
-            if (n < 1 || n > Wire.MaxStopBytes)
-                return Refuse(call, WireStatus.BadRequest, "client.bad_stop", $"stop string {i} is {n} bytes; each must be 1 to {Wire.MaxStopBytes}");
-            stopBytes += 2 + n;
-        }
+        var p0 = request.Params;
+        if (RequestRules.CheckStops(stops, out int stopText) is { } badStop)
+            return Refuse(call, badStop.Status, badStop.Code == RequestRules.TooManyStops ? "client.too_many_stops" : "client.bad_stop", badStop.Message);
+        if ((RequestRules.CheckSampling(p0.MaxTokens, p0.Temperature, p0.TopP, p0.TopK)
+             ?? RequestRules.CheckPriority(p0.Priority)
+             ?? (p0.DeadlineMs != 0 ? RequestRules.CheckDeadline(TimeSpan.FromMilliseconds(p0.DeadlineMs)) : null)) is { } bad)
+            return Refuse(call, bad.Status, bad.Code, bad.Message);
+        int stopBytes = stopText + 2 * (stops?.Count ?? 0);
         if (request.Prompt is not null && request.PromptIds is not null)
             return Refuse(call, WireStatus.BadRequest, "client.prompt_ambiguous", "give a prompt text or prompt ids, not both");
 

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using FastServe.Protocol;
 using FastServe.Runtime.Backends;
 using FastServe.Runtime.Model;
 
@@ -91,11 +92,8 @@ public sealed class Generator : IDisposable
     {
         p.Validate();
         int vocab = _model.Config.VocabSize;
-        if (prompt.IsEmpty) throw new FastServeException("prompt.empty", "the prompt has no tokens", "prompt");
-        if (prompt.Length >= ContextLength)
-            throw new FastServeException("prompt.too_long", $"the prompt has {prompt.Length} tokens; the context holds {ContextLength} (prompt plus at least one generated token)", "prompt");
-        foreach (int t in prompt)
-            if ((uint)t >= (uint)vocab) throw new FastServeException("prompt.invalid_token", $"token id {t} is outside the vocabulary (0..{vocab - 1})", "prompt");
+        if ((RequestRules.CheckPromptLength(prompt.Length, ContextLength) ?? RequestRules.CheckPromptTokens(prompt, vocab)) is { } bad)
+            throw FastServeException.From(bad);
 
         var sampler = new Sampler(vocab, p);
         var stop = new StopMatcher(p.Stop);

@@ -1,3 +1,5 @@
+using FastServe.Protocol;
+
 namespace FastServe.Runtime.Generation;
 
 /// <summary>
@@ -8,7 +10,7 @@ namespace FastServe.Runtime.Generation;
 /// </summary>
 public sealed record SamplingParams
 {
-    public const int MaxLogprobs = 20;
+    public const int MaxLogprobs = RequestRules.MaxLogprobs;
 
     public float Temperature { get; init; }
     public int TopK { get; init; }
@@ -23,18 +25,17 @@ public sealed record SamplingParams
     /// <summary>Keep generating past EOS (benchmarks with a fixed output length).</summary>
     public bool IgnoreEos { get; init; }
 
-    /// <summary>Throws FastServeException "sampling.invalid" naming the parameter when a value is out of range.</summary>
+    /// <summary>The request rules (<see cref="RequestRules"/>) these parameters break first, or null: codes
+    /// sampling.invalid (field: temperature, top_k, top_p, max_tokens, logprobs), request.too_many_stops,
+    /// request.bad_stop.</summary>
+    public RuleViolation? Check() =>
+        RequestRules.CheckSampling(MaxTokens, Temperature, TopP, TopK, Logprobs) ?? RequestRules.CheckStops(Stop, out _);
+
+    /// <summary>Throws the <see cref="FastServeException"/> of <see cref="Check"/>'s violation (its path names the
+    /// field), if any.</summary>
     public void Validate()
     {
-        static void Bad(string name, string why) => throw new FastServeException("sampling.invalid", why, name);
-        if (!float.IsFinite(Temperature) || Temperature < 0 || Temperature > 100) Bad("temperature", "temperature must be between 0 and 100");
-        if (TopK < 0) Bad("top_k", "top_k must be 0 (off) or positive");
-        if (!float.IsFinite(TopP) || TopP <= 0 || TopP > 1) Bad("top_p", "top_p must be in (0, 1]");
-        if (MaxTokens < 1 || MaxTokens > 1 << 20) Bad("max_tokens", "max_tokens must be between 1 and 1048576");
-        if (Logprobs < 0 || Logprobs > MaxLogprobs) Bad("logprobs", $"logprobs must be between 0 and {MaxLogprobs}");
-        if (Stop.Count > 16) Bad("stop", "at most 16 stop strings");
-        foreach (var s in Stop)
-            if (string.IsNullOrEmpty(s) || s.Length > 256) Bad("stop", "stop strings must be 1 to 256 characters");
+        if (Check() is { } v) throw FastServeException.From(v);
     }
 }
 

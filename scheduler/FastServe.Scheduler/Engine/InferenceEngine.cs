@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Threading.Channels;
+using FastServe.Protocol;
 using FastServe.Runtime;
 using FastServe.Runtime.Generation;
 using FastServe.Scheduler.Execution;
@@ -268,18 +269,17 @@ public sealed class InferenceEngine : IDisposable
 
     // ---- submission helpers -------------------------------------------------------------------------------
 
+    // The shared request rules (RequestRules), then what only the engine knows: its KV cache and tokenizer.
     private (string Code, string Message)? Validate(EngineRequest r)
     {
-        try { r.Sampling.Validate(); }
-        catch (FastServeException e) { return (e.Code, e.Path is null ? e.Message : $"{e.Path}: {e.Message}"); }
         var prompt = r.Prompt.Span;
-        if (prompt.IsEmpty) return ("prompt.empty", "the prompt has no tokens");
-        if (prompt.Length >= _ctx) return ("prompt.too_long", $"the prompt has {prompt.Length} tokens; the context holds {_ctx} (prompt plus at least one generated token)");
+        var broken = r.Sampling.Check()
+            ?? RequestRules.CheckPromptLength(prompt.Length, _ctx)
+            ?? RequestRules.CheckPromptTokens(prompt, _vocab)
+            ?? (r.Deadline is { } d ? RequestRules.CheckDeadline(d) : null);
+        if (broken is { } v) return (v.Code, v.Code == RequestRules.SamplingInvalid ? $"{v.Field}: {v.Message}" : v.Message);
         int blocksNeeded = (prompt.Length + 1 + _blockSize - 1) / _blockSize;
-        if (blocksNeeded > _kv.NumBlocks) return ("prompt.too_long", $"the prompt needs {blocksNeeded} KV blocks; the cache has {_kv.NumBlocks}");
-        foreach (int t in prompt)
-            if ((uint)t >= (uint)_vocab) return ("prompt.invalid_token", $"token id {t} is outside the vocabulary (0..{_vocab - 1})");
-        if (r.Deadline is { } d && (d <= TimeSpan.Zero || d > TimeSpan.FromDays(1))) return ("request.invalid_deadline", "the deadline must be between 0 and 24 hours");
+        if (blocksNeeded > _kv.NumBlocks) return (RequestRules.PromptTooLong, $"the prompt needs {blocksNeeded} KV blocks; the cache has {_kv.NumBlocks}");
         if (r.Sampling.Stop.Count > 0 && _opt.Tokenizer is null) return ("request.stop_needs_tokenizer", "stop strings need the engine to have a tokenizer");
         return null;
     }

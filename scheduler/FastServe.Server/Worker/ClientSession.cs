@@ -55,23 +55,27 @@ internal sealed class ClientSession : FrameSession<WorkerRequest>
             case ReplicaState.Starting: Reject(id, WireStatus.Unavailable, "engine.starting", "the replica is still starting", 500); return;
         }
         int ctx = _host.ContextLength;
-        if (v.MaxTokens < 1 || v.MaxTokens > ctx) { Reject(id, WireStatus.BadRequest, "sampling.invalid", $"max_tokens must be between 1 and {ctx}"); return; }
-        if (!float.IsFinite(v.Temperature) || v.Temperature < 0 || v.Temperature > 100) { Reject(id, WireStatus.BadRequest, "sampling.invalid", "temperature must be between 0 and 100"); return; }
-        if (!float.IsFinite(v.TopP) || v.TopP <= 0 || v.TopP > 1) { Reject(id, WireStatus.BadRequest, "sampling.invalid", "top_p must be in (0, 1]"); return; }
-        if (v.TopK < 0) { Reject(id, WireStatus.BadRequest, "sampling.invalid", "top_k must be ≥ 0"); return; }
-        if (v.Priority > 1) { Reject(id, WireStatus.BadRequest, "request.invalid_priority", "priority must be 0 (interactive) or 1 (batch)"); return; }
+        // The shared request rules (RequestRules): the engine checks them again, but a broken one is answered here
+        // without tokenizing the prompt or a round trip to the engine.
+        if ((RequestRules.CheckSampling(v.MaxTokens, v.Temperature, v.TopP, v.TopK)
+             ?? RequestRules.CheckPriority(v.Priority)
+             ?? (v.DeadlineMs != 0 ? RequestRules.CheckDeadline(TimeSpan.FromMilliseconds(v.DeadlineMs)) : null)) is { } bad)
+        {
+            Reject(id, bad);
+            return;
+        }
 
         int[] prompt;
         if (v.PromptIsIds)
         {
             int n = v.PromptIdCount;
-            if (n >= ctx) { Reject(id, WireStatus.TooLarge, "prompt.too_long", $"the prompt has {n} tokens; at most {ctx - 1} fit the context"); return; }
+            if (n > 0 && RequestRules.CheckPromptLength(n, ctx) is { } tooLong) { Reject(id, tooLong); return; }
             prompt = new int[n];
             int vocab = _host.Vocab;
             for (int i = 0; i < n; i++)
             {
                 int t = v.PromptId(i);
-                if ((uint)t >= (uint)vocab) { Reject(id, WireStatus.BadRequest, "prompt.invalid_token", $"prompt token {i} is {t}, outside the vocabulary of {vocab}"); return; }
+                if ((uint)t >= (uint)vocab) { Reject(id, RequestRules.InvalidToken(i, t, vocab)); return; }
                 prompt[i] = t;
             }
         }
@@ -80,9 +84,8 @@ internal sealed class ClientSession : FrameSession<WorkerRequest>
             if (!Utf8Text.IsValid(v.Prompt)) { Reject(id, WireStatus.BadRequest, "prompt.invalid_utf8", "the prompt is not valid UTF-8"); return; }
             var tok = _host.Tokenizer;
             prompt = tok.Encode(Encoding.UTF8.GetString(v.Prompt), addBos: tok.BosId is not null);
-            if (prompt.Length >= ctx) { Reject(id, WireStatus.TooLarge, "prompt.too_long", $"the prompt has {prompt.Length} tokens; at most {ctx - 1} fit the context"); return; }
         }
-        if (prompt.Length == 0) { Reject(id, WireStatus.BadRequest, "prompt.empty", "the prompt has no tokens"); return; }
+        if (RequestRules.CheckPromptLength(prompt.Length, ctx) is { } badPrompt) { Reject(id, badPrompt); return; }
 
         StopMatcher? stop = null;
         if (v.StopCount > 0)
@@ -130,6 +133,8 @@ internal sealed class ClientSession : FrameSession<WorkerRequest>
             Reject(id, WireStatus.Unavailable, "engine.unavailable", "the engine is restarting", 500);
         }
     }
+
+    private void Reject(ulong id, in RuleViolation broken) => Reject(id, broken.Status, broken.Code, broken.Message);
 
     protected override void CancelRequest(WorkerRequest request) => _host.CancelInEngine(request.Key);
 

@@ -404,6 +404,21 @@ public class FastServeClientTests
         Assert.That(client.IsConnected, Is.True);
     }
 
+    [TestCaseSource(typeof(FastServe.Tests.Protocol.RequestRulesTests), nameof(FastServe.Tests.Protocol.RequestRulesTests.BrokenParams))]
+    public async Task BrokenRequestRulesAreRefusedBeforeSendingWithTheServersCode(RequestParams p, string code)
+    {
+        using var peer = new ScriptedPeer();
+        var (client, conn) = await ConnectAsync(peer);
+        await using var clientScope = client;
+        using var connScope = conn;
+        var refused = await client.Start(new CompletionRequest { Prompt = "a", Params = p }).Completion;
+        Assert.That((refused.StatusName, refused.Detail, refused.ClientFailure), Is.EqualTo(("bad_request", code, ClientFailure.Rejected)));
+        // Nothing reached the wire: the next frame the peer sees is the valid request that follows.
+        _ = client.Start(Text("b"));
+        var (h, _) = await conn.ReadFrameAsync();
+        Assert.That((h.Type, h.Id), Is.EqualTo((FrameType.Request, 2UL)));
+    }
+
     [Test]
     public async Task RequestsTheServerWouldRefuseAreRefusedBeforeSending()
     {

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using FastServe.Protocol;
 using FastServe.Runtime;
 using FastServe.Runtime.Generation;
 using FastServe.Runtime.Model;
@@ -224,6 +225,33 @@ public class EngineLifecycleTests
         Assert.That(await Code(new EngineRequest { Prompt = new[] { 1 }, Sampling = new() { Stop = ["x"] } }), Is.EqualTo("request.stop_needs_tokenizer"));
         Assert.That(await Code(new EngineRequest { Prompt = new[] { 1 }, Sampling = new() { MaxTokens = 2 } }), Is.EqualTo("accepted"));
         Assert.That(engine.GetStats().Invalid, Is.EqualTo(7));
+    }
+
+    [TestCaseSource(typeof(FastServe.Tests.Protocol.RequestRulesTests), nameof(FastServe.Tests.Protocol.RequestRulesTests.BrokenParams))]
+    public async Task BrokenRequestRulesGetTheSameCodesAsOnTheWire(RequestParams p, string code)
+    {
+        using var sim = Sim(0);
+        using var engine = new InferenceEngine(sim);
+        engine.Start();
+        var r = await engine.Submit(new EngineRequest
+        {
+            Prompt = new[] { 1, 2 },
+            Sampling = new() { MaxTokens = p.MaxTokens, Temperature = p.Temperature, TopP = p.TopP, TopK = p.TopK },
+            Deadline = p.DeadlineMs != 0 ? TimeSpan.FromMilliseconds(p.DeadlineMs) : null,
+        }).Completion;
+        Assert.That((r.Status, r.ErrorCode), Is.EqualTo((RequestStatus.Invalid, code)));
+    }
+
+    [Test]
+    public async Task MaxTokensPastTheContextRunsToTheContext()
+    {
+        using var sim = Sim(0);
+        using var engine = new InferenceEngine(sim);
+        engine.Start();
+        int ctx = sim.MaxContextLength;
+        var r = await engine.Submit(new EngineRequest { Prompt = new[] { 1, 2 }, Sampling = new() { MaxTokens = ctx + 10, IgnoreEos = true } }).Completion;
+        Assert.That(r.Status, Is.EqualTo(RequestStatus.Finished));
+        Assert.That(r.Finish, Is.EqualTo(FinishReason.ContextFull));
     }
 
     [Test]

@@ -134,6 +134,33 @@ public sealed class ServerEndToEndTests
     }
 
     [Test]
+    public void BrokenRequestRulesGetTheSameCodesAsFromTheClientAndTheEngine()
+    {
+        // The shared table of broken fields (RequestRulesTests.BrokenParams), as raw REQUESTs the client would refuse.
+        using var c = RawConnection.Open(_r.Port);
+        var cases = FastServe.Tests.Protocol.RequestRulesTests.BrokenParams().Select(d => ((RequestParams)d.Arguments[0]!, (string)d.Arguments[1]!)).ToArray();
+        for (int i = 0; i < cases.Length; i++)
+        {
+            var p = cases[i].Item1;
+            c.Send(w => FrameWriter.Request(w, (ulong)(i + 1), p, "x"u8, default));
+        }
+        // A request for more tokens than the context holds is valid: it runs until the context is full.
+        ulong past = (ulong)cases.Length + 1;
+        c.Send(w => FrameWriter.Request(w, past, RequestParams.Default with { MaxTokens = 4000, IgnoreEos = true }, "x"u8, default));
+        Assert.That(c.Collect([.. Enumerable.Range(1, cases.Length + 1).Select(i => (ulong)i)]), Is.True);
+        Assert.Multiple(() =>
+        {
+            for (int i = 0; i < cases.Length; i++)
+            {
+                var o = c.Outcomes[(ulong)(i + 1)];
+                Assert.That((o.Final.Status, o.Detail), Is.EqualTo((WireStatus.BadRequest, cases[i].Item2)), $"case {i}");
+            }
+            Assert.That(c.Outcomes[past].Final.Status, Is.EqualTo(WireStatus.Ok));
+            Assert.That(c.Outcomes[past].Final.Finish, Is.EqualTo(WireFinish.ContextFull));
+        });
+    }
+
+    [Test]
     public void InvalidRequestsGetStableCodesAndTheConnectionStaysUsable()
     {
         using var c = RawConnection.Open(_r.Port);

@@ -10,30 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-build/balance-bench}
 mkdir -p "$out"
-fs=dist/fastserve
 N=${N:-4}; LOAD=${LOAD:-0.7}; DUR=${DUR:-30}; SEQS=${SEQS:-4}
 # Few sequences per replica keep each replica's capacity small, so the simulated devices (not this machine's cores)
 # are the bottleneck and the router's choices decide the latency.
 common=(--backend sim --workers 1 --max-seqs "$SEQS" --json)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-start() { # log args... -> sets PORT (from the ready line) and LAST (the pid); not in a subshell, so pids survive
-  local log=$1; shift
-  "$fs" "$@" >"$log" 2>"$log.err" &
-  LAST=$!
-  pids+=("$LAST")
-  for _ in $(seq 300); do
-    if grep -q '"event":"ready"' "$log" 2>/dev/null; then
-      PORT=$(python3 -c "import json; print(json.loads([l for l in open('$log') if '\"ready\"' in l][0])['port'])"); return 0
-    fi
-    sleep 0.1
-  done
-  echo "did not start: $* ($(cat "$log.err"))" >&2; exit 1
-}
-stop() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-json() { python3 -c "import json,sys; d=json.load(open('$1')); print($2)"; }
+source bench/lib.sh
 
 # Capacity of one healthy replica: closed loop far past its batch size, 10 s.
 start "$out/cap.log" serve --port 0 "${common[@]}"
@@ -63,7 +44,7 @@ for scenario in slow stall; do
     # A P99 of null means requests were still unfinished at the drain limit: infinitely late.
     echo "$scenario $policy: $(json "$out/$scenario-$policy.json" "'achieved %.1f req/s, P50 %.0f ms, P99 %s ms, errors %s' % (d['points'][0]['achieved_rps'], d['points'][0]['e2e_ms']['p50'], '∞' if d['points'][0]['e2e_ms']['p99'] is None else '%.0f' % d['points'][0]['e2e_ms']['p99'], d['points'][0].get('errors', {}))")"
   done
-  cleanup; pids=()
+  _bench_cleanup; pids=()
 done
 
 python3 - "$out" <<'PY'

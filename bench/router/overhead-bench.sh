@@ -6,22 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-build/router-overhead}
 mkdir -p "$out"
-fs=dist/fastserve
 RATE=${RATE:-2000}; DUR=${DUR:-15}; CONNS=${CONNS:-16}
-pids=()
-trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
-start() { # log args... -> sets PORT from the ready line
-  local log=$1; shift
-  "$fs" "$@" >"$log" 2>"$log.err" &
-  pids+=($!)
-  for _ in $(seq 300); do
-    if grep -q '"event":"ready"' "$log" 2>/dev/null; then
-      PORT=$(python3 -c "import json; print(json.loads([l for l in open('$log') if '\"ready\"' in l][0])['port'])"); return 0
-    fi
-    sleep 0.1
-  done
-  echo "did not start: $* ($(cat "$log.err"))" >&2; exit 1
-}
+source bench/lib.sh
 start "$out/replica.log" serve --backend sim --sim-time-scale 0 --workers 1 --port 0 --json
 replica=$PORT
 start "$out/router.log" route --listen 0 --endpoints "127.0.0.1:$replica" --json

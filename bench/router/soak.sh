@@ -10,13 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-build/soak}
 mkdir -p "$out"
-fs=dist/fastserve
 N=${N:-4}; RATE=${RATE:-300}; DUR=${DUR:-600}; KILL_EVERY=${KILL_EVERY:-5}; TOKENS=${TOKENS:-50}; WHOLE=${WHOLE:-1}
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+source bench/lib.sh
 
-free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
 wait_ready() { # log -> 0 once the ready line is there
   for _ in $(seq 600); do grep -q '"event":"ready"' "$1" 2>/dev/null && return 0; sleep 0.1; done
   echo "did not start: $1 ($(cat "$1.err" 2>/dev/null))" >&2; return 1

@@ -10,12 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-build/replica-bench}
 mkdir -p "$out"
-fs=dist/fastserve
 CONNS=${CONNS:-32}
 DUR=${DUR:-6}
 command -v redis-server >/dev/null || apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
-json() { python3 -c "import json,sys; d=json.load(open('$1')); print($2)"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/lib.sh
 
 start_replica() { # args...; sets PORT, MPORT, PID
   PORT=$(free_port); MPORT=$(free_port)

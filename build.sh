@@ -68,7 +68,12 @@ if ! command -v dotnet >/dev/null 2>&1; then
 fi
 
 log "publishing NativeAOT executable -> dist/fastserve"
-mkdir -p build
+mkdir -p build dist
+# The fingerprint of the sources as they are now, stamped next to the binary only once it is published (a failed
+# publish leaves no stamp): the end-to-end tests refuse a dist/fastserve whose stamp differs from the checkout's
+# (tests/sources-fingerprint.sh, tests/FastServe.Tests/DistBinary.cs).
+fingerprint=$(tests/sources-fingerprint.sh)
+rm -f dist/fastserve.sources-sha256
 if ! dotnet publish runtime/FastServe.Cli/FastServe.Cli.csproj -c Release -r linux-x64 -o dist -nologo -v q \
      -p:DebugType=none >build/publish.log 2>&1; then
   cat build/publish.log >&2
@@ -76,6 +81,7 @@ if ! dotnet publish runtime/FastServe.Cli/FastServe.Cli.csproj -c Release -r lin
   exit 1
 fi
 test -x dist/fastserve || { log "dist/fastserve was not produced"; exit 1; }
+echo "$fingerprint" >dist/fastserve.sources-sha256
 
 # Native kernels (CUDA): CMake reports and skips cleanly when no CUDA compiler is present. Any compile error fails
 # the build. With FASTSERVE_CUDA=1 (or under CI) a missing library after the build is an error too.

@@ -1,22 +1,38 @@
 #!/usr/bin/env bash
-# Runs the whole test suite and ends with one line: "N passed, N failed, N skipped".
-# Builds first (./build.sh), since the end-to-end tests drive the published dist/fastserve.
+# Runs the test suite and ends with one line: "N passed, N failed, N skipped".
+# Builds first (./build.sh), since the end-to-end tests drive the published dist/fastserve (and refuse a stale one).
+#   ./test.sh                   everything: the NUnit tests, the fuzz run, and the CUDA 12.4 check where it is on
+#   ./test.sh FILTER            only the NUnit tests FILTER selects (dotnet test --filter syntax, e.g.
+#                               "FullyQualifiedName~Router"); no fuzz run or CUDA 12.4 check unless asked for with
+#                               FASTSERVE_FUZZ=1 or FASTSERVE_CUDA12_CHECK=1. A filter that selects nothing fails.
+#   FASTSERVE_FUZZ=0|1          skip or force the fuzz run; FASTSERVE_FUZZ_SECONDS its length (default 60)
+#   FASTSERVE_CUDA12_CHECK=0|1  skip or force the CUDA 12.4 compile check (on by default only under CI=true)
 set -uo pipefail
 cd "$(dirname "$0")"
 
-./build.sh || { echo "0 passed, 1 failed"; exit 1; }
+if [ $# -gt 1 ] || [[ ${1:-} == -* ]]; then
+  echo "usage: ./test.sh [FILTER]   (FILTER: a dotnet test --filter expression, e.g. \"FullyQualifiedName~Cli\")" >&2
+  exit 2
+fi
+filter=${1:-}
 
-# Real peers the end-to-end tests talk to over loopback (HAProxy for the agent check, dnsmasq for DNS discovery).
+./build.sh || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
+
+# Real peers the end-to-end tests talk to over loopback (HAProxy for the agent check, dnsmasq for DNS discovery), and
+# python3 for the tests of bench/gpu/fastserve_abi.py (the GPU scripts' view of the C ABI).
 need=()
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 if [ ${#need[@]} -gt 0 ] && [ "${FASTSERVE_SKIP_APT:-0}" != 1 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1 || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"; }
 fi
 
 log=$(mktemp)
-dotnet test FastServe.sln -c Release -nologo --logger "console;verbosity=normal" 2>&1 | tee "$log"
+filter_args=()
+[ -n "$filter" ] && filter_args=(--filter "$filter")
+dotnet test FastServe.sln -c Release -nologo --logger "console;verbosity=normal" "${filter_args[@]}" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 
 # Each test assembly ends with "Total tests: N" then "Passed: N", "Failed: N", "Skipped: N" lines (zeros omitted).
@@ -26,12 +42,22 @@ read -r passed failed skipped < <(awk '
   /^ *Skipped: +[0-9]+ *$/ { s += $2 }
   END { printf "%d %d %d\n", p, f, s }' "$log")
 rm -f "$log"
-# Coverage-guided fuzzing of the wire-protocol frame parser (SharpFuzz + libFuzzer) for a bounded time; counted as one test.
-if tests/FastServe.Fuzz/run.sh "${FASTSERVE_FUZZ_SECONDS:-60}"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+if [ -n "$filter" ] && [ $((passed + failed + skipped)) -eq 0 ]; then
+  echo "test.sh: no test matches the filter: $filter" >&2
+  failed=$((failed + 1))
+fi
+# Coverage-guided fuzzing of the wire-protocol frame parser (SharpFuzz + libFuzzer) for a bounded time; counted as one
+# test. On by default, off with a filter, FASTSERVE_FUZZ=0|1 overrides both.
+fuzz=${FASTSERVE_FUZZ:-}
+[ -n "$fuzz" ] || { [ -n "$filter" ] && fuzz=0 || fuzz=1; }
+if [ "$fuzz" = 1 ]; then
+  if tests/FastServe.Fuzz/run.sh "${FASTSERVE_FUZZ_SECONDS:-60}"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+fi
 # The FP8 mma path compiled with CUDA 12.4 (native/cuda12-check.sh: trixie's toolkit, unpacked under build/cuda-12.4
-# or $FASTSERVE_CUDA12_DIR, never installed; about 2 min the first time, 1 min with the toolkit cached), counted as one test. It runs with FASTSERVE_CUDA12_CHECK=1 and
-# under CI unless FASTSERVE_CUDA12_CHECK=0; otherwise it is not counted at all.
-if [ "${FASTSERVE_CUDA12_CHECK:-}" = 1 ] || { [ "${CI:-}" = true ] && [ "${FASTSERVE_CUDA12_CHECK:-}" != 0 ]; }; then
+# or $FASTSERVE_CUDA12_DIR, never installed; about 2 min the first time, 1 min with the toolkit cached), counted as one
+# test. It runs with FASTSERVE_CUDA12_CHECK=1, and under CI without a filter unless FASTSERVE_CUDA12_CHECK=0; otherwise
+# it is not counted at all.
+if [ "${FASTSERVE_CUDA12_CHECK:-}" = 1 ] || { [ -z "$filter" ] && [ "${CI:-}" = true ] && [ "${FASTSERVE_CUDA12_CHECK:-}" != 0 ]; }; then
   if native/cuda12-check.sh; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 fi
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi

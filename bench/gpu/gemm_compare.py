@@ -18,6 +18,9 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fastserve_abi  # noqa: E402  (the library's ctypes signatures and ABI check, read from the header)
+
 DECODE_M = [1, 8, 32, 64, 128]
 PREFILL_M = [512, 2048]
 # (N, K): Llama-3.2-1B and Llama-3.1-8B projections (q/o, k/v, gate/up, down), so a whole decode step adds up.
@@ -29,7 +32,6 @@ MODELS = {
     "llama-3.1-8b": dict(layers=32, vocab=128256, hidden=4096, shapes=[(4096, 4096, 2), (1024, 4096, 2), (14336, 4096, 2), (4096, 14336, 1)]),
 }
 
-FS_F8E4M3 = 3
 
 
 def die(msg, code=2):
@@ -38,17 +40,12 @@ def die(msg, code=2):
 
 
 def load_lib(path):
-    if not os.path.exists(path):
-        die(f"{path} not found; build it first (cmake -S . -B build/native && cmake --build build/native)")
-    lib = ctypes.CDLL(os.path.abspath(path))
-    vp, ci = ctypes.c_void_p, ctypes.c_int
-    lib.fs_cuda_abi_version.restype = ci
-    lib.fs_cuda_last_error.restype = ctypes.c_char_p
-    lib.fs_cuda_init.argtypes = [ci]
-    lib.fs_cuda_init.restype = ci
-    lib.fs_cuda_matmul.argtypes = [vp, vp, ci, ci, vp, ci, vp, ci, vp, vp]
-    lib.fs_cuda_matmul.restype = ci
-    return lib
+    """The library with every function typed from native/include/fastserve_cuda.h; refused unless its ABI version is
+    the header's."""
+    try:
+        return fastserve_abi.load(path)
+    except fastserve_abi.AbiError as e:
+        die(str(e))
 
 
 def check(lib, status, what):
@@ -102,6 +99,8 @@ def main():
     ap.add_argument("--device", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="fewer shapes (M=1,64,512 on the 8B shapes)")
     args = ap.parse_args()
+    lib = load_lib(args.lib)
+    fs_f8e4m3 = fastserve_abi.constant("FS_F8E4M3")
 
     try:
         import torch
@@ -115,7 +114,6 @@ def main():
     torch.cuda.set_device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
-    lib = load_lib(args.lib)
     check(lib, lib.fs_cuda_init(args.device), "fs_cuda_init")
     props = torch.cuda.get_device_properties(args.device)
     cc = torch.cuda.get_device_capability(args.device)
@@ -147,11 +145,11 @@ def main():
 
             def ours():
                 lib.fs_cuda_matmul(ctypes.c_void_p(stream), ctypes.c_void_p(x.data_ptr()), m, k,
-                                   ctypes.c_void_p(w8.data_ptr()), FS_F8E4M3, ctypes.c_void_p(ws.data_ptr()), n,
+                                   ctypes.c_void_p(w8.data_ptr()), fs_f8e4m3, ctypes.c_void_p(ws.data_ptr()), n,
                                    None, ctypes.c_void_p(dst.data_ptr()))
 
             check(lib, lib.fs_cuda_matmul(ctypes.c_void_p(stream), ctypes.c_void_p(x.data_ptr()), m, k,
-                                          ctypes.c_void_p(w8.data_ptr()), FS_F8E4M3, ctypes.c_void_p(ws.data_ptr()),
+                                          ctypes.c_void_p(w8.data_ptr()), fs_f8e4m3, ctypes.c_void_p(ws.data_ptr()),
                                           n, None, ctypes.c_void_p(dst.data_ptr())), f"fs_cuda_matmul {m}x{n}x{k}")
             torch.cuda.synchronize()
             xq, xs = quantize_rows(torch, x)

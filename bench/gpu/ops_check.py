@@ -1,30 +1,18 @@
 #!/usr/bin/env python3
 """Every op of libfastserve_cuda.so against a PyTorch reference on the GPU (test-backend-ops style).
 
-Prints one line per case and a summary; exits 1 if any case fails. --out writes the cases as JSON.
+Prints one line per case and a summary; exits 1 if any case fails, 2 when it cannot run (no PyTorch or GPU, or a
+library that does not match native/include/fastserve_cuda.h: fastserve_abi.py types every call from the header and
+checks the library's ABI version). --out writes the cases as JSON.
 """
 import argparse
-import ctypes
 import json
 import math
 import os
 import sys
 
-vp, ci, cf, csz, cu64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_size_t, ctypes.c_uint64
-SIGS = {
-    "fs_cuda_embedding": [vp, vp, ci, vp, ci, ci, vp, ci, vp],
-    "fs_cuda_rmsnorm": [vp, vp, vp, cf, ci, ci, vp],
-    "fs_cuda_add_rmsnorm": [vp, vp, vp, vp, cf, ci, ci, vp],
-    "fs_cuda_add": [vp, vp, vp, csz],
-    "fs_cuda_matmul": [vp, vp, ci, ci, vp, ci, vp, ci, vp, vp],
-    "fs_cuda_rope": [vp, vp, ci, ci, ci, vp, vp],
-    "fs_cuda_silu_gate": [vp, vp, vp, csz, vp],
-    "fs_cuda_kv_store": [vp, vp, vp, ci, ci, vp, vp, ci, vp],
-    "fs_cuda_attention": [vp, vp, ci, ci, ci, ci, vp, vp, ci, vp, ci, vp, vp, vp],
-    "fs_cuda_gather_rows": [vp, vp, ci, vp, ci, vp],
-    "fs_cuda_sample": [vp, vp, ci, ci, vp, vp, vp, vp, vp, vp, csz, vp],
-}
-F32, F16, BF16, F8 = 0, 1, 2, 3
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fastserve_abi  # noqa: E402  (the library's ctypes signatures and ABI check, read from the header)
 
 
 def main():
@@ -33,6 +21,12 @@ def main():
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     try:
+        lib = fastserve_abi.load(args.lib)
+    except fastserve_abi.AbiError as e:
+        print(f"ops_check: {e}", file=sys.stderr)
+        return 2
+    F32, F16, BF16, F8 = (fastserve_abi.constant(n) for n in ("FS_F32", "FS_F16", "FS_BF16", "FS_F8E4M3"))
+    try:
         import torch
     except ImportError:
         print("ops_check: PyTorch is not installed", file=sys.stderr)
@@ -40,16 +34,6 @@ def main():
     if not torch.cuda.is_available():
         print("ops_check: no CUDA device visible to PyTorch", file=sys.stderr)
         return 2
-    if not os.path.exists(args.lib):
-        print(f"ops_check: {args.lib} not found", file=sys.stderr)
-        return 2
-    lib = ctypes.CDLL(os.path.abspath(args.lib))
-    lib.fs_cuda_last_error.restype = ctypes.c_char_p
-    lib.fs_cuda_sample_workspace_bytes.restype = csz
-    lib.fs_cuda_sample_workspace_bytes.argtypes = [ci, ci]
-    for name, sig in SIGS.items():
-        getattr(lib, name).argtypes = sig
-        getattr(lib, name).restype = ci
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     assert lib.fs_cuda_init(0) == 0, lib.fs_cuda_last_error()

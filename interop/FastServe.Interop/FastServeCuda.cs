@@ -8,6 +8,8 @@ namespace FastServe.Interop;
 /// <see cref="FsDType"/>); size_t is <see cref="nuint"/>; uint64_t is <see cref="ulong"/>; fs_stream and every device
 /// pointer (the ops never take host memory) are <see cref="nint"/> CUstream / CUdeviceptr values; host out-parameters
 /// are typed pointers. Nothing here throws: callers check the status and read <see cref="fs_cuda_last_error"/>.
+/// DeviceInfoLayoutTests checks these bindings against the header (names, parameter and return types, the ABI
+/// version); bench/gpu/fastserve_abi.py gives the Python scripts the same table, parsed from the header.
 /// </summary>
 internal static unsafe partial class FastServeCuda
 {

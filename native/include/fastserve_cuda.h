@@ -1,6 +1,9 @@
 /*
  * fastserve_cuda.h: the one C ABI of libfastserve_cuda.so, the hand-written CUDA kernels of FastServe's `cuda`
- * backend (docs/cuda.md). The NativeAOT host calls it through [LibraryImport] (interop/).
+ * backend (docs/cuda.md). The NativeAOT host calls it through [LibraryImport] (interop/FastServe.Interop/
+ * FastServeCuda.cs, checked against this file by tests/FastServe.Tests/Interop/DeviceInfoLayoutTests.cs); the Python
+ * GPU scripts through bench/gpu/fastserve_abi.py, which parses this file. Bump FS_CUDA_ABI_VERSION with any change
+ * to a function, enum or struct: both hosts refuse a library whose fs_cuda_abi_version() differs from theirs.
  *
  * Rules for every function:
  *  - It returns an fs_status; FS_OK (0) on success. On failure the calling thread's last-error message

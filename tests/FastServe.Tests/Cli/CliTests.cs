@@ -8,11 +8,10 @@ namespace FastServe.Tests.Cli;
 [NonParallelizable]
 public class CliTests
 {
-    private static string Exe => Path.Combine(TestModels.RepoRoot, "dist", "fastserve");
+    private static string Exe => DistBinary.Path;
 
     internal static (int Code, string Out, string Err) Run(params string[] args)
     {
-        if (!File.Exists(Exe)) Assert.Fail($"{Exe} is missing: run ./build.sh first");
         var psi = new ProcessStartInfo(Exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["FASTSERVE_HOME"] = Path.Combine(TestModels.Root, "home");

@@ -184,8 +184,7 @@ public class CheckBackendTests
     [NonParallelizable]
     public void CliCheckBackendCpuPassesAndPrintsJson()
     {
-        string exe = Path.Combine(TestModels.RepoRoot, "dist", "fastserve");
-        if (!File.Exists(exe)) Assert.Fail($"{exe} is missing: run ./build.sh first");
+        string exe = DistBinary.Path;
         var psi = new ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in new[] { "check-backend", "--backend", "cpu", "--threads", "2", "--seed", "11", "--json" }) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;

@@ -12,11 +12,10 @@ namespace FastServe.Tests.Interop;
 [NonParallelizable]
 public class CudaCliTests
 {
-    private static string Exe => Path.Combine(TestModels.RepoRoot, "dist", "fastserve");
+    private static string Exe => DistBinary.Path;
 
     private static (int Code, string Out, string Err) Run(Dictionary<string, string> env, params string[] args)
     {
-        if (!File.Exists(Exe)) Assert.Fail($"{Exe} is missing: run ./build.sh first");
         var psi = new ProcessStartInfo(Exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in args) psi.ArgumentList.Add(a);
         psi.Environment["FASTSERVE_HOME"] = Path.Combine(TestModels.Root, "home");

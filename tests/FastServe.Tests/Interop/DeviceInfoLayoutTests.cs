@@ -98,6 +98,7 @@ public partial class DeviceInfoLayoutTests
             string name = f.Groups[2].Value;
             exportNames.Add(name);
             Assert.That(bindings.TryGetValue(name, out var method), $"{name} has no binding");
+            Assert.That(method!.GetCustomAttribute<LibraryImportAttribute>()?.LibraryName, Is.EqualTo(NativeLibraries.Kernels), $"{name}: [LibraryImport] of the kernel library");
             Assert.That(Matches(f.Groups[1].Value.Trim(), method!.ReturnType), $"{name}: return type {method.ReturnType.Name} for {f.Groups[1].Value}");
             string args = Regex.Replace(f.Groups[3].Value, @"\s+", " ").Trim();
             var cParams = args is "void" or "" ? [] : args.Split(',').Select(p => p.Trim()).ToArray();
@@ -106,6 +107,7 @@ public partial class DeviceInfoLayoutTests
             for (int i = 0; i < cParams.Length; i++)
                 Assert.That(Matches(cParams[i], csParams[i].ParameterType), $"{name}: parameter {i} '{cParams[i]}' bound as {csParams[i].ParameterType.Name}");
         }
+        Assert.That(bindings.Keys, Is.EquivalentTo(exportNames), "FastServeCuda binds exactly the header's functions, none it lacks");
         Assert.That(CudaEnvironmentExports(), Is.EquivalentTo(exportNames), "the export check lists exactly the header's functions");
     }
 

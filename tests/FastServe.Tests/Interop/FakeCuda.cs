@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using FastServe.Interop;
 using NUnit.Framework;
 
 namespace FastServe.Tests.Interop;
@@ -67,11 +68,11 @@ internal static class FakeCuda
             int cuGetErrorName(int e, const char** s) { *s = e == 100 ? "CUDA_ERROR_NO_DEVICE" : "CUDA_ERROR_UNKNOWN"; return 0; }
             int cuGetErrorString(int e, const char** s) { *s = e == 100 ? "no CUDA-capable device is detected" : "unknown error"; return 0; }
             """);
-        File.WriteAllText(kernels, """
+        File.WriteAllText(kernels, $$"""
             #include <stdlib.h>
             #include <stddef.h>
             static int env(const char* name, int dflt) { const char* v = getenv(name); return v ? atoi(v) : dflt; }
-            int fs_cuda_abi_version(void) { return env("FAKE_FS_ABI", 2); }
+            int fs_cuda_abi_version(void) { return env("FAKE_FS_ABI", {{FastServeCuda.AbiVersion}}); }
             const char* fs_cuda_last_error(void) { return "this build of the kernels has no code for sm_90 (fake library)"; }
             int fs_cuda_device_count(int* n) { *n = 1; return 0; }
             int fs_cuda_device_info_get(int d, void* info) { (void)d; (void)info; return 4; }

@@ -567,8 +567,7 @@ public class KubernetesSourceTests
     public async Task ThePublishedBinaryReadsItsKubeconfigListsAndWatches()
     {
         Assume.That(KubernetesClientConfiguration.IsInCluster(), Is.False, "in a cluster the service account comes first");
-        string exe = Path.Combine(TestModels.RepoRoot, "dist", "fastserve");
-        if (!File.Exists(exe)) Assert.Fail($"{exe} is missing: run ./build.sh first");
+        string exe = DistBinary.Path;
         string dir = TestModels.TempDir("kubeconfig-aot");
         int dead = ReplicaProcess.FreePort();
         (string?, int, string)[] ports = [("metrics", 9090, "TCP"), ("fastserve", dead, "TCP")];

@@ -22,7 +22,7 @@ internal sealed class RouterProcess : IDisposable
     /// <summary>Starts a router over the replicas' ports and waits for its ready line.</summary>
     public static RouterProcess Start(IEnumerable<int> replicaPorts, params string[] extra)
     {
-        var psi = new ProcessStartInfo(Path.Combine(TestModels.RepoRoot, "dist", "fastserve"))
+        var psi = new ProcessStartInfo(DistBinary.Path)
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,

@@ -40,7 +40,7 @@ internal sealed class ReplicaProcess : IDisposable
     public static ReplicaProcess Start(IEnumerable<string> args, IDictionary<string, string>? env = null, bool metrics = true, bool agent = true, int port = 0)
     {
         int mp = metrics ? FreePort() : 0, ap = agent ? FreePort() : 0;
-        var psi = new ProcessStartInfo(Path.Combine(TestModels.RepoRoot, "dist", "fastserve"))
+        var psi = new ProcessStartInfo(DistBinary.Path)
         {
             RedirectStandardOutput = true,
             RedirectStandardError = true,

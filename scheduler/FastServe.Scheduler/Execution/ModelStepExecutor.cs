@@ -47,10 +47,10 @@ public sealed record ModelExecutorOptions
 }
 
 /// <summary>
-/// Runs engine steps on a real backend (CPU, reference, CUDA) through <see cref="ModelRunner"/>, then samples each
-/// requested row: with the sequence's own <see cref="Sampler"/> on the host, or, where the backend
-/// <see cref="IBackend.SamplesOnDevice"/>, through the backend so that only token ids come back (and decode steps
-/// replay CUDA graphs where the backend is an <see cref="IGraphBackend"/>). Steps execute on a dedicated device
+/// Runs engine steps on a real backend (CPU, reference, CUDA) through <see cref="ModelRunner"/>, then draws each
+/// requested row's token through <see cref="IBackend.Sample"/> by <see cref="CounterSampler"/>'s rules, keyed by the
+/// sequence's <see cref="Sampler"/> (so only token ids leave a GPU, and decode steps replay CUDA graphs where the
+/// backend is an <see cref="IGraphBackend"/>). Steps execute on a dedicated device
 /// thread in launch order (the backend's compute pool fans each op out from there), so the scheduler thread is free
 /// while a forward pass runs, as it would be with a GPU stream.
 /// </summary>
@@ -61,10 +61,8 @@ public sealed class ModelStepExecutor : IStepExecutor
     private readonly BlockingCollection<StepBatch> _queue = new(new ConcurrentQueue<StepBatch>(), 2);
     private readonly Thread _device;
     private readonly int _vocab;
-    private readonly bool _backendSamples;
     private readonly SampleRow[] _sampleRows;
     private readonly int[] _sampled;
-    private float[]? _probs;
     private readonly IGraphBackend? _graphs;
     private readonly GraphSlot[] _slots = [];
     private readonly bool _padGraphs;
@@ -90,9 +88,8 @@ public sealed class ModelStepExecutor : IStepExecutor
         MaxTokensPerStep = options.MaxTokensPerStep;
         MaxSequencesPerStep = Math.Min(options.MaxSequencesPerStep, options.MaxTokensPerStep);
         _vocab = config.VocabSize;
-        _backendSamples = backend.SamplesOnDevice;
         var cacheSpec = KvSpec;
-        if (options.StepGraphs && backend is IGraphBackend graphs && _backendSamples && options.MaxGraphBatch > 0)
+        if (options.StepGraphs && backend is IGraphBackend graphs && options.MaxGraphBatch > 0)
         {
             _graphs = graphs;
             graphs.MinAttentionBlocks = (ctx + options.BlockSize - 1) / options.BlockSize;
@@ -173,36 +170,18 @@ public sealed class ModelStepExecutor : IStepExecutor
         catch (ObjectDisposedException) { }
     }
 
+    // Every token is drawn by CounterSampler's rules, keyed by its sequence's seed and the position it will take,
+    // through the backend's Sample (on a GPU only the ids come back). A step in which some sequence wants
+    // log-probabilities downloads the logits instead and draws on the host by the same rules, so a seeded request gets
+    // the same tokens on every backend, alone or batched, whichever way its steps went.
     private void Run(StepBatch step)
-    {
-        if (_backendSamples)
-        {
-            RunBackendSampled(step);
-            return;
-        }
-        int n = step.SampleCount;
-        _runner.Forward(step.Tokens.AsSpan(0, step.TokenCount), step.Layout, step.SampleRow.AsSpan(0, n), _logits);
-        for (int i = 0; i < n; i++)
-        {
-            var sampler = SamplerOf(step, i);
-            var row = _logits.AsSpan(i * _vocab, _vocab);
-            step.OutToken[i] = sampler.Sample(row, step.SampleTop[i], out float lp);
-            step.OutLogprob[i] = lp;
-        }
-    }
-
-    // A backend that samples where the logits are: tokens are drawn by its Sample (CounterSampler's rules, keyed by
-    // the sequence's seed and the token's position), so only ids come back. A step in which some sequence wants
-    // log-probabilities downloads the logits instead and draws on the host by the same rules, so a seeded request
-    // gets the same tokens whichever way its steps went.
-    private void RunBackendSampled(StepBatch step)
     {
         int n = step.SampleCount;
         bool logprobs = false;
         for (int i = 0; i < n; i++)
         {
             var sampler = SamplerOf(step, i);
-            _sampleRows[i] = sampler.CounterRow(step.SamplePosition[i]);
+            _sampleRows[i] = sampler.Row(step.SamplePosition[i]);
             logprobs |= step.SampleTop[i] is not null || sampler.Params.Logprobs > 0;
         }
         var tokens = step.Tokens.AsSpan(0, step.TokenCount);
@@ -215,13 +194,10 @@ public sealed class ModelStepExecutor : IStepExecutor
             return;
         }
         _runner.Forward(tokens, step.Layout, rows, _logits);
-        _probs ??= new float[_vocab];
         for (int i = 0; i < n; i++)
         {
             var row = _logits.AsSpan(i * _vocab, _vocab);
-            int token = CounterSampler.Sample(row, _sampleRows[i], _probs);
-            step.OutToken[i] = token;
-            step.OutLogprob[i] = SamplerOf(step, i).Logprobs(row, token, step.SampleTop[i]);
+            step.OutToken[i] = SamplerOf(step, i).Sample(row, step.SamplePosition[i], step.SampleTop[i], out step.OutLogprob[i]);
         }
     }
 

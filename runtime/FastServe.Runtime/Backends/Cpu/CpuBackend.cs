@@ -28,6 +28,7 @@ public sealed unsafe class CpuBackend : IBackend
     private readonly ElementJob _elem;
     private readonly AttentionJob _attn;
     private readonly WorkerScratch _scratch;
+    private float[] _probs = [];
     private bool _disposed;
 
     /// <param name="threads">Compute threads including the caller; 0 = <see cref="Environment.ProcessorCount"/>.</param>
@@ -308,6 +309,15 @@ public sealed unsafe class CpuBackend : IBackend
         OpChecks.CopyToHost(src, dst);
         int n = s.Rows * s.Cols;
         new ReadOnlySpan<float>(s.Data, n).CopyTo(dst);
+    }
+
+    /// <summary>Draws straight from the logits' memory by <see cref="CounterSampler"/>'s rules (no copy).</summary>
+    public void Sample(BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens)
+    {
+        var l = T(logits);
+        OpChecks.Sample(logits, rows, tokens);
+        if (_probs.Length < l.Cols) _probs = new float[l.Cols];
+        CounterSampler.SampleRows(new ReadOnlySpan<float>(l.Data, l.Rows * l.Cols), l.Cols, rows, tokens, _probs);
     }
 
     public void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst)

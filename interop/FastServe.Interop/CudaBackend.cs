@@ -23,7 +23,7 @@ namespace FastServe.Interop;
 /// (<see cref="CudaGraphRecorder"/>; docs/cuda.md).</para>
 /// An instance is used by one thread at a time (any thread: the context is made current on a thread change).
 /// </remarks>
-public sealed unsafe class CudaBackend : IBackend, IStepRecorder, IDeviceProbe
+public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProbe
 {
     private const long InitialStagingBytes = 1 << 20;
     private const int StagingAlignment = CudaStaging.Alignment;
@@ -94,13 +94,13 @@ public sealed unsafe class CudaBackend : IBackend, IStepRecorder, IDeviceProbe
     public static void Register() =>
         BackendFactory.Register("cuda", new BackendFactory.Registration(_ => Create(), () => CudaEnvironment.Check()));
 
-    public string Name => "cuda";
+    public override string Name => "cuda";
 
     /// <summary>True: FP8 MatMul quantizes each activation row to E4M3 (W8A8), as fs_cuda_matmul specifies.</summary>
-    public bool QuantizesFp8Activations => true;
+    public override bool QuantizesFp8Activations => true;
 
     /// <summary>True: F16/BF16 MatMul runs on 16-bit tensor cores, activations rounded to the weight's type.</summary>
-    public bool RoundsActivationsTo16Bit => true;
+    public override bool RoundsActivationsTo16Bit => true;
 
     public CudaDeviceSummary Device { get; }
     public string DeviceName { get; }
@@ -141,7 +141,7 @@ public sealed unsafe class CudaBackend : IBackend, IStepRecorder, IDeviceProbe
 
     // ---- weights and buffers ------------------------------------------------------------------------------------
 
-    public BackendWeight LoadMatrix(MatrixWeight weight)
+    public override BackendWeight LoadMatrix(MatrixWeight weight)
     {
         ArgumentNullException.ThrowIfNull(weight);
         if (weight.Data == null) throw new ArgumentException($"{weight.Name}: null data pointer");
@@ -173,7 +173,7 @@ public sealed unsafe class CudaBackend : IBackend, IStepRecorder, IDeviceProbe
         }
     }
 
-    public BackendWeight LoadVector(string name, ReadOnlySpan<float> values)
+    public override BackendWeight LoadVector(string name, ReadOnlySpan<float> values)
     {
         if (values.IsEmpty) throw new ArgumentException($"{name}: empty vector");
         EnterSetup("LoadVector");
@@ -191,7 +191,7 @@ public sealed unsafe class CudaBackend : IBackend, IStepRecorder, IDeviceProbe
         return new CudaWeight(name, DType.F32, 1, values.Length, true, data, null, null) { Owner = this };
     }
 
-    public BackendTensor Alloc(string name, int maxRows, int cols)
+    public override BackendTensor Alloc(string name, int maxRows, int cols)
     {
         OpChecks.Alloc(name, maxRows, cols);
         EnterSetup("Alloc");
@@ -200,7 +200,7 @@ public sealed unsafe class CudaBackend : IBackend, IStepRecorder, IDeviceProbe
 
     /// <summary>Allocates the BF16 paged cache, zeroed. An F32 cache is refused with <c>cuda.unsupported_kv_dtype</c>:
     /// the kernels store BF16 only (the CLI picks bf16 for --backend cuda unless told otherwise).</summary>
-    public KvCache AllocKvCache(KvCacheSpec spec)
+    public override KvCache AllocKvCache(KvCacheSpec spec)
     {
         OpChecks.AllocKvCache(spec);
         if (spec.DType != KvDType.BF16)
@@ -223,51 +223,37 @@ public sealed unsafe class CudaBackend : IBackend, IStepRecorder, IDeviceProbe
 
     // ---- ops ----------------------------------------------------------------------------------------------------
 
-    public void Embedding(BackendWeight table, ReadOnlySpan<int> tokens, BackendTensor dst)
+    public override void Embedding(BackendWeight table, ReadOnlySpan<int> tokens, BackendTensor dst)
     {
-        var t = Mat(table);
-        var d = T(dst);
-        OpChecks.Embedding(table, tokens, dst);
+        EmbeddingOperands(table, tokens, dst, out CudaWeight t, out CudaTensor d);
         Enter();
-        d.Rows = tokens.Length;
         nint tok = StageInts(tokens, ref _tokenCache);
         _graphs.Sign(1, t.Data, d.Ptr, tokens.Length, t.Cols);
         if (tokens.Length == 0 || _graphs.SkipsWork) return;
         Kernel(FastServeCuda.fs_cuda_embedding(_stream, t.Data, t.FsDTypeValue, t.Scale, t.Rows, t.Cols, tok, tokens.Length, d.Ptr), "fs_cuda_embedding");
     }
 
-    public void RmsNorm(BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
+    public override void RmsNorm(BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
     {
-        var xs = T(x);
-        var g = Vec(gamma);
-        var d = T(dst);
-        OpChecks.RmsNorm(x, gamma, dst);
+        RmsNormOperands(x, gamma, dst, out CudaTensor xs, out CudaWeight g, out CudaTensor d);
         Enter();
-        d.Rows = xs.Rows;
         _graphs.Sign(2, xs.Ptr, g.Data, d.Ptr, xs.Rows, BitConverter.SingleToInt32Bits(eps));
         if (xs.Rows == 0 || _graphs.SkipsWork) return;
         Kernel(FastServeCuda.fs_cuda_rmsnorm(_stream, xs.Ptr, g.Data, eps, xs.Rows, xs.Cols, d.Ptr), "fs_cuda_rmsnorm");
     }
 
-    public void AddRmsNorm(BackendTensor residual, BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
+    public override void AddRmsNorm(BackendTensor residual, BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
     {
-        var res = T(residual);
-        var xs = T(x);
-        var g = Vec(gamma);
-        var d = T(dst);
-        OpChecks.AddRmsNorm(residual, x, gamma, dst);
+        AddRmsNormOperands(residual, x, gamma, dst, out CudaTensor res, out CudaTensor xs, out CudaWeight g, out CudaTensor d);
         Enter();
-        d.Rows = res.Rows;
         _graphs.Sign(3, res.Ptr, xs.Ptr, g.Data, d.Ptr, res.Rows, BitConverter.SingleToInt32Bits(eps));
         if (res.Rows == 0 || _graphs.SkipsWork) return;
         Kernel(FastServeCuda.fs_cuda_add_rmsnorm(_stream, res.Ptr, xs.Ptr, g.Data, eps, res.Rows, res.Cols, d.Ptr), "fs_cuda_add_rmsnorm");
     }
 
-    public void Add(BackendTensor acc, BackendTensor x)
+    public override void Add(BackendTensor acc, BackendTensor x)
     {
-        var a = T(acc);
-        var b = T(x);
-        OpChecks.Add(acc, x);
+        AddOperands(acc, x, out CudaTensor a, out CudaTensor b);
         Enter();
         long n = (long)a.Rows * a.Cols;
         _graphs.Sign(4, a.Ptr, b.Ptr, n);
@@ -275,23 +261,18 @@ public sealed unsafe class CudaBackend : IBackend, IStepRecorder, IDeviceProbe
         Kernel(FastServeCuda.fs_cuda_add(_stream, a.Ptr, b.Ptr, (nuint)n), "fs_cuda_add");
     }
 
-    public void MatMul(BackendTensor x, BackendWeight w, BackendTensor dst)
+    public override void MatMul(BackendTensor x, BackendWeight w, BackendTensor dst)
     {
-        var xs = T(x);
-        var ws = Mat(w);
-        var d = T(dst);
-        OpChecks.MatMul(x, w, dst);
+        MatMulOperands(x, w, dst, out CudaTensor xs, out CudaWeight ws, out CudaTensor d);
         Enter();
-        d.Rows = xs.Rows;
         _graphs.Sign(5, xs.Ptr, ws.Data, d.Ptr, xs.Rows);
         if (xs.Rows == 0 || _graphs.SkipsWork) return;
         Kernel(FastServeCuda.fs_cuda_matmul(_stream, xs.Ptr, xs.Rows, xs.Cols, ws.Data, ws.FsDTypeValue, ws.Scale, ws.Rows, ws.Bias, d.Ptr), "fs_cuda_matmul");
     }
 
-    public void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
+    public override void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
     {
-        var xs = T(x);
-        OpChecks.Rope(x, heads, positions, rope);
+        var xs = RopeOperand<CudaTensor>(x, heads, positions, rope);
         Enter();
         nint inv = InvFreq(rope);
         nint pos = StageInts(positions, ref _ropeCache);
@@ -300,26 +281,19 @@ public sealed unsafe class CudaBackend : IBackend, IStepRecorder, IDeviceProbe
         Kernel(FastServeCuda.fs_cuda_rope(_stream, xs.Ptr, xs.Rows, heads, rope.HeadDim, pos, inv), "fs_cuda_rope");
     }
 
-    public void SiluGate(BackendTensor gate, BackendTensor up, BackendTensor dst)
+    public override void SiluGate(BackendTensor gate, BackendTensor up, BackendTensor dst)
     {
-        var g = T(gate);
-        var u = T(up);
-        var d = T(dst);
-        OpChecks.SiluGate(gate, up, dst);
+        SiluGateOperands(gate, up, dst, out CudaTensor g, out CudaTensor u, out CudaTensor d);
         Enter();
-        d.Rows = g.Rows;
         long n = (long)g.Rows * g.Cols;
         _graphs.Sign(7, g.Ptr, u.Ptr, d.Ptr, n);
         if (n == 0 || _graphs.SkipsWork) return;
         Kernel(FastServeCuda.fs_cuda_silu_gate(_stream, g.Ptr, u.Ptr, (nuint)n, d.Ptr), "fs_cuda_silu_gate");
     }
 
-    public void KvStore(KvCache cache, int layer, BackendTensor k, BackendTensor v, BatchLayout batch)
+    public override void KvStore(KvCache cache, int layer, BackendTensor k, BackendTensor v, BatchLayout batch)
     {
-        var c = Kv(cache);
-        var ks = T(k);
-        var vs = T(v);
-        OpChecks.KvStore(cache, layer, k, v, batch);
+        KvStoreOperands(cache, layer, k, v, batch, out CudaKvCache c, out CudaTensor ks, out CudaTensor vs);
         Enter();
         var spec = c.Spec;
         int rows = batch.TotalRows;
@@ -340,17 +314,13 @@ public sealed unsafe class CudaBackend : IBackend, IStepRecorder, IDeviceProbe
         Kernel(FastServeCuda.fs_cuda_kv_store(_stream, c.K(layer), c.V(layer), spec.KvHeads, spec.HeadDim, ks.Ptr, vs.Ptr, rows, slotPtr), "fs_cuda_kv_store");
     }
 
-    public void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst)
+    public override void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst)
     {
-        var qs = T(q);
-        var c = Kv(cache);
-        var d = T(dst);
-        OpChecks.Attention(q, cache, layer, batch, dst);
+        AttentionOperands(q, cache, layer, batch, dst, out CudaTensor qs, out CudaKvCache c, out CudaTensor d);
         Enter();
         var spec = c.Spec;
         int rows = qs.Rows, seqs = batch.SequenceCount, bs = spec.BlockSize;
         int heads = qs.Cols / spec.HeadDim;
-        d.Rows = rows;
 
         // One staged array: seq_of_row [rows] | positions [rows] | block_tables [seqs, maxBlocks]. Only the blocks a
         // sequence reaches this step are copied (OpChecks validated exactly those); the rest of its row is 0.
@@ -384,13 +354,10 @@ public sealed unsafe class CudaBackend : IBackend, IStepRecorder, IDeviceProbe
             tables, maxBlocks, seqOfRow, positions, d.Ptr), "fs_cuda_attention");
     }
 
-    public void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst)
+    public override void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst)
     {
-        var s = T(src);
-        var d = T(dst);
-        OpChecks.GatherRows(src, rows, dst);
+        GatherRowsOperands(src, rows, dst, out CudaTensor s, out CudaTensor d);
         Enter();
-        d.Rows = rows.Length;
         bool inPlace = ReferenceEquals(s, d);
         if (inPlace)
         {
@@ -416,10 +383,9 @@ public sealed unsafe class CudaBackend : IBackend, IStepRecorder, IDeviceProbe
 
     /// <summary>Downloads src's rows and waits for all issued work. In a recorded step this is where the capture
     /// ends or the replay launches; a refused step downloads nothing (<see cref="EndStep"/> says so).</summary>
-    public void CopyToHost(BackendTensor src, Span<float> dst)
+    public override void CopyToHost(BackendTensor src, Span<float> dst)
     {
-        var s = T(src);
-        OpChecks.CopyToHost(src, dst);
+        var s = CopyToHostOperand<CudaTensor>(src, dst);
         Enter();
         int n = s.Rows * s.Cols;
         _graphs.Sign(11, s.Ptr, n);
@@ -427,15 +393,14 @@ public sealed unsafe class CudaBackend : IBackend, IStepRecorder, IDeviceProbe
     }
 
     /// <summary>True: <see cref="Sample"/> runs fs_cuda_sample on the stream and only the ids are downloaded.</summary>
-    public bool SamplesOnDevice => true;
+    public override bool SamplesOnDevice => true;
 
     /// <summary>Draws one token per logits row on the device (fs_cuda_sample, <see cref="CounterSampler"/>'s rules)
     /// and downloads only the ids; waits like <see cref="CopyToHost"/>, and like it ends a capture or launches a
     /// replay, so a decode step that samples on the device can be a CUDA graph.</summary>
-    public void Sample(BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens)
+    public override void Sample(BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens)
     {
-        var l = T(logits);
-        OpChecks.Sample(logits, rows, tokens);
+        var l = SampleOperand<CudaTensor>(logits, rows, tokens);
         Enter();
         int n = rows.Length, vocab = l.Cols;
         // One staged array: temperature f32[n] | top_p f32[n] | top_k i32[n] | (pad to 8 bytes) seeds u64[n] |
@@ -500,12 +465,10 @@ public sealed unsafe class CudaBackend : IBackend, IStepRecorder, IDeviceProbe
         return true;
     }
 
-    public void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst)
+    public override void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst)
     {
-        var d = T(dst);
-        OpChecks.CopyFromHost(data, rows, dst);
+        var d = CopyFromHostOperand<CudaTensor>(data, rows, dst);
         Enter();
-        d.Rows = rows;
         long off;
         fixed (float* p = data) off = Stage((byte*)p, 4L * data.Length, d.Ptr);
         _graphs.Sign(12, d.Ptr, rows, off);
@@ -723,19 +686,7 @@ public sealed unsafe class CudaBackend : IBackend, IStepRecorder, IDeviceProbe
         return mem;
     }
 
-    private CudaTensor T(BackendTensor t) =>
-        t is CudaTensor c && ReferenceEquals(c.Owner, this) ? c : throw new ArgumentException($"{t?.Name}: not a tensor of this cuda backend");
-
-    private CudaWeight Mat(BackendWeight w) =>
-        w is CudaWeight { IsVector: false } c && ReferenceEquals(c.Owner, this) ? c : throw new ArgumentException($"{w?.Name}: not a matrix weight of this cuda backend");
-
-    private CudaWeight Vec(BackendWeight w) =>
-        w is CudaWeight { IsVector: true } c && ReferenceEquals(c.Owner, this) ? c : throw new ArgumentException($"{w?.Name}: not a vector weight of this cuda backend");
-
-    private CudaKvCache Kv(KvCache k) =>
-        k is CudaKvCache { Disposed: false } c && ReferenceEquals(c.Owner, this) ? c : throw new ArgumentException("not a live KV cache of this cuda backend");
-
-    public void Dispose()
+    public override void Dispose()
     {
         if (_disposed) return;
         _disposed = true;

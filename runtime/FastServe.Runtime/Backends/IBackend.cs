@@ -92,8 +92,9 @@ public interface IBackend : IDisposable
     /// <summary>Sets dst to host data: dst.Rows = rows, data.Length = rows·dst.Cols.</summary>
     void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst);
 
-    /// <summary>True when <see cref="Sample"/> runs where the logits are (a GPU), so only token ids reach the host.
-    /// The engine samples through the backend only then; otherwise it downloads logits and samples on the host.</summary>
+    /// <summary>True when <see cref="Sample"/> runs on a device (a GPU), so only token ids reach the host. Callers
+    /// sample through <see cref="Sample"/> on every backend (the draws are the same everywhere); this only says what
+    /// it costs.</summary>
     bool SamplesOnDevice => false;
 
     /// <summary>tokens[i] = the token drawn from logits row i with <paramref name="rows"/>[i], by the rules of

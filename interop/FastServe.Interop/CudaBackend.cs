@@ -12,52 +12,37 @@ namespace FastServe.Interop;
 /// <see cref="QuantizesFp8Activations"/>).
 /// </summary>
 /// <remarks>
-/// <para>Host arrays an op needs (tokens, positions, slots, block tables, row indices, CopyFromHost data) are written
-/// into one pinned staging buffer and copied to a device mirror of it on the stream, in op order; offsets only grow
-/// until the next synchronization (CopyToHost), so nothing the stream has yet to read is overwritten, and the
-/// buffers grow (after a synchronization) only until the largest step has been seen: no allocation per op. Arrays
-/// that repeat within a step (positions for every layer's RoPE, the batch's slots and block tables for every
-/// layer's KvStore and Attention) are staged once.</para>
+/// <para>Host arrays an op needs (tokens, positions, slots, block tables, row indices, CopyFromHost data) go through
+/// <see cref="CudaStaging"/>, a pinned buffer copied to a device mirror on the stream, in op order: no allocation per
+/// op once the largest step has been seen.</para>
 /// <para>Errors: a shape mismatch throws <see cref="ArgumentException"/> (<c>OpChecks</c>, as every backend).
 /// A failing CUDA call throws <see cref="CudaException"/> (<c>cuda.*</c>) and, except for arguments the kernel
 /// library rejects before launching (<c>cuda.invalid_argument</c>), leaves the backend faulted: every later op
 /// throws again, because the stream's work is lost and CUDA errors of a context are sticky.</para>
-/// <para>CUDA graphs: <see cref="BeginCapture"/>, <see cref="EndCapture"/>, <see cref="BeginReplay"/>,
-/// <see cref="Launch"/>; see docs/cuda.md for how a decode step uses them.</para>
+/// <para>Steps bracketed by <see cref="BeginStep"/> and <see cref="EndStep"/> are recorded as CUDA graphs and replayed
+/// (<see cref="CudaGraphRecorder"/>; docs/cuda.md).</para>
 /// An instance is used by one thread at a time (any thread: the context is made current on a thread change).
 /// </remarks>
-public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
+public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProbe
 {
     private const long InitialStagingBytes = 1 << 20;
-    private const int StagingAlignment = 256;
+    private const int StagingAlignment = CudaStaging.Alignment;
 
     private readonly CudaContextHandle _context;
     private readonly CudaStreamHandle _streamHandle;
     private readonly nint _stream;
     private readonly Dictionary<RopeTable, CudaDeviceMemory> _invFreq = new(ReferenceEqualityComparer.Instance);
-    private CudaPinnedMemory _staging;
-    private CudaDeviceMemory _mirror;
+    private readonly CudaStaging _staging;
+    private readonly CudaGraphRecorder _graphs;
     private CudaPinnedMemory _readback;
     private CudaDeviceMemory? _gatherScratch;
     private CudaDeviceMemory? _sampleScratch;
-    private long _stagingUsed;
-    private int _epoch;
-    // Bumped whenever a buffer a graph may reference (staging, its mirror, readback, scratch) is reallocated; part of
-    // every graph's signature, so a graph recorded before is refused instead of reading freed memory.
-    private int _buffers;
-    private bool _pending;
     private int _boundThread;
     private CudaException? _fault;
     private bool _disposed;
 
-    // Host scratch for arrays computed from a BatchLayout; staged copies are compared against these caches.
-    private int[] _hostInts = new int[256];
+    // What each purpose last staged in the current staging epoch: arrays that repeat within a step are staged once.
     private StageCache _ropeCache, _slotCache, _attnCache, _gatherCache, _tokenCache, _sampleCache;
-
-    private Mode _mode;
-    private ulong _signature;
-    private CudaGraph? _replaying;
-    private CudaGraph? _capturedByCopy;
 
     private CudaBackend(CudaDeviceSummary device, CudaContextHandle context, CudaStreamHandle stream, FsCudaDeviceInfo info)
     {
@@ -69,9 +54,9 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
         Multiprocessors = info.Multiprocessors;
         RuntimeVersion = info.RuntimeVersion;
         Fp8TensorCores = info.Fp8TensorCores != 0;
-        _staging = CudaPinnedMemory.Alloc(context, InitialStagingBytes, "staging");
-        _mirror = CudaDeviceMemory.Alloc(context, InitialStagingBytes, "staging mirror");
+        _staging = new CudaStaging(context, InitialStagingBytes);
         _readback = CudaPinnedMemory.Alloc(context, InitialStagingBytes, "readback");
+        _graphs = new CudaGraphRecorder(this, context, _stream);
         _boundThread = Environment.CurrentManagedThreadId;
     }
 
@@ -109,13 +94,13 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
     public static void Register() =>
         BackendFactory.Register("cuda", new BackendFactory.Registration(_ => Create(), () => CudaEnvironment.Check()));
 
-    public string Name => "cuda";
+    public override string Name => "cuda";
 
     /// <summary>True: FP8 MatMul quantizes each activation row to E4M3 (W8A8), as fs_cuda_matmul specifies.</summary>
-    public bool QuantizesFp8Activations => true;
+    public override bool QuantizesFp8Activations => true;
 
     /// <summary>True: F16/BF16 MatMul runs on 16-bit tensor cores, activations rounded to the weight's type.</summary>
-    public bool RoundsActivationsTo16Bit => true;
+    public override bool RoundsActivationsTo16Bit => true;
 
     public CudaDeviceSummary Device { get; }
     public string DeviceName { get; }
@@ -125,14 +110,38 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
     /// <summary>Whether the library has, and the device runs, the FP8 tensor-core path (sm_89+).</summary>
     public bool Fp8TensorCores { get; }
 
-    /// <summary>Stride of the block tables passed to attention, when larger than the longest table of a step. A
-    /// captured decode graph bakes the stride in, so the engine sets it to ceil(context / block size) before
-    /// capturing; 0 (default) uses the longest table of each step.</summary>
-    public int MinAttentionBlocks { get; set; }
+    /// <summary>Bumped whenever a buffer a graph may reference (staging, its mirror, readback, scratch) is
+    /// reallocated; it starts every graph's signature, so a graph recorded before is refused instead of reading freed
+    /// memory.</summary>
+    internal int BufferGeneration { get; private set; }
+
+    /// <summary>Work was issued since the last synchronization.</summary>
+    internal bool Pending { get; set; }
+
+    // ---- recorded steps (CUDA graphs) --------------------------------------------------------------------------
+
+    /// <summary>Fixes attention's block-table stride at <paramref name="maxBlocksPerSequence"/> (a graph bakes it
+    /// in; until then each step uses its longest table) and drops earlier graphs.</summary>
+    public void StartStepRecording(int maxBlocksPerSequence)
+    {
+        EnterSetup("StartStepRecording");
+        _graphs.Start(maxBlocksPerSequence);
+    }
+
+    public void StopStepRecording() => _graphs.Stop();
+
+    public bool BeginStep(int key)
+    {
+        Enter();
+        return _graphs.BeginStep(key);
+    }
+
+    public StepOutcome EndStep() => _graphs.EndStep();
+
 
     // ---- weights and buffers ------------------------------------------------------------------------------------
 
-    public BackendWeight LoadMatrix(MatrixWeight weight)
+    public override BackendWeight LoadMatrix(MatrixWeight weight)
     {
         ArgumentNullException.ThrowIfNull(weight);
         if (weight.Data == null) throw new ArgumentException($"{weight.Name}: null data pointer");
@@ -164,7 +173,7 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
         }
     }
 
-    public BackendWeight LoadVector(string name, ReadOnlySpan<float> values)
+    public override BackendWeight LoadVector(string name, ReadOnlySpan<float> values)
     {
         if (values.IsEmpty) throw new ArgumentException($"{name}: empty vector");
         EnterSetup("LoadVector");
@@ -182,7 +191,7 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
         return new CudaWeight(name, DType.F32, 1, values.Length, true, data, null, null) { Owner = this };
     }
 
-    public BackendTensor Alloc(string name, int maxRows, int cols)
+    public override BackendTensor Alloc(string name, int maxRows, int cols)
     {
         OpChecks.Alloc(name, maxRows, cols);
         EnterSetup("Alloc");
@@ -191,7 +200,7 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
 
     /// <summary>Allocates the BF16 paged cache, zeroed. An F32 cache is refused with <c>cuda.unsupported_kv_dtype</c>:
     /// the kernels store BF16 only (the CLI picks bf16 for --backend cuda unless told otherwise).</summary>
-    public KvCache AllocKvCache(KvCacheSpec spec)
+    public override KvCache AllocKvCache(KvCacheSpec spec)
     {
         OpChecks.AllocKvCache(spec);
         if (spec.DType != KvDType.BF16)
@@ -214,107 +223,81 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
 
     // ---- ops ----------------------------------------------------------------------------------------------------
 
-    public void Embedding(BackendWeight table, ReadOnlySpan<int> tokens, BackendTensor dst)
+    public override void Embedding(BackendWeight table, ReadOnlySpan<int> tokens, BackendTensor dst)
     {
-        var t = Mat(table);
-        var d = T(dst);
-        OpChecks.Embedding(table, tokens, dst);
+        EmbeddingOperands(table, tokens, dst, out CudaWeight t, out CudaTensor d);
         Enter();
-        d.Rows = tokens.Length;
         nint tok = StageInts(tokens, ref _tokenCache);
-        Sign(1, t.Data, d.Ptr, tokens.Length, t.Cols);
-        if (tokens.Length == 0 || _mode == Mode.Staging) return;
+        _graphs.Sign(1, t.Data, d.Ptr, tokens.Length, t.Cols);
+        if (tokens.Length == 0 || _graphs.SkipsWork) return;
         Kernel(FastServeCuda.fs_cuda_embedding(_stream, t.Data, t.FsDTypeValue, t.Scale, t.Rows, t.Cols, tok, tokens.Length, d.Ptr), "fs_cuda_embedding");
     }
 
-    public void RmsNorm(BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
+    public override void RmsNorm(BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
     {
-        var xs = T(x);
-        var g = Vec(gamma);
-        var d = T(dst);
-        OpChecks.RmsNorm(x, gamma, dst);
+        RmsNormOperands(x, gamma, dst, out CudaTensor xs, out CudaWeight g, out CudaTensor d);
         Enter();
-        d.Rows = xs.Rows;
-        Sign(2, xs.Ptr, g.Data, d.Ptr, xs.Rows, BitConverter.SingleToInt32Bits(eps));
-        if (xs.Rows == 0 || _mode == Mode.Staging) return;
+        _graphs.Sign(2, xs.Ptr, g.Data, d.Ptr, xs.Rows, BitConverter.SingleToInt32Bits(eps));
+        if (xs.Rows == 0 || _graphs.SkipsWork) return;
         Kernel(FastServeCuda.fs_cuda_rmsnorm(_stream, xs.Ptr, g.Data, eps, xs.Rows, xs.Cols, d.Ptr), "fs_cuda_rmsnorm");
     }
 
-    public void AddRmsNorm(BackendTensor residual, BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
+    public override void AddRmsNorm(BackendTensor residual, BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
     {
-        var res = T(residual);
-        var xs = T(x);
-        var g = Vec(gamma);
-        var d = T(dst);
-        OpChecks.AddRmsNorm(residual, x, gamma, dst);
+        AddRmsNormOperands(residual, x, gamma, dst, out CudaTensor res, out CudaTensor xs, out CudaWeight g, out CudaTensor d);
         Enter();
-        d.Rows = res.Rows;
-        Sign(3, res.Ptr, xs.Ptr, g.Data, d.Ptr, res.Rows, BitConverter.SingleToInt32Bits(eps));
-        if (res.Rows == 0 || _mode == Mode.Staging) return;
+        _graphs.Sign(3, res.Ptr, xs.Ptr, g.Data, d.Ptr, res.Rows, BitConverter.SingleToInt32Bits(eps));
+        if (res.Rows == 0 || _graphs.SkipsWork) return;
         Kernel(FastServeCuda.fs_cuda_add_rmsnorm(_stream, res.Ptr, xs.Ptr, g.Data, eps, res.Rows, res.Cols, d.Ptr), "fs_cuda_add_rmsnorm");
     }
 
-    public void Add(BackendTensor acc, BackendTensor x)
+    public override void Add(BackendTensor acc, BackendTensor x)
     {
-        var a = T(acc);
-        var b = T(x);
-        OpChecks.Add(acc, x);
+        AddOperands(acc, x, out CudaTensor a, out CudaTensor b);
         Enter();
         long n = (long)a.Rows * a.Cols;
-        Sign(4, a.Ptr, b.Ptr, n);
-        if (n == 0 || _mode == Mode.Staging) return;
+        _graphs.Sign(4, a.Ptr, b.Ptr, n);
+        if (n == 0 || _graphs.SkipsWork) return;
         Kernel(FastServeCuda.fs_cuda_add(_stream, a.Ptr, b.Ptr, (nuint)n), "fs_cuda_add");
     }
 
-    public void MatMul(BackendTensor x, BackendWeight w, BackendTensor dst)
+    public override void MatMul(BackendTensor x, BackendWeight w, BackendTensor dst)
     {
-        var xs = T(x);
-        var ws = Mat(w);
-        var d = T(dst);
-        OpChecks.MatMul(x, w, dst);
+        MatMulOperands(x, w, dst, out CudaTensor xs, out CudaWeight ws, out CudaTensor d);
         Enter();
-        d.Rows = xs.Rows;
-        Sign(5, xs.Ptr, ws.Data, d.Ptr, xs.Rows);
-        if (xs.Rows == 0 || _mode == Mode.Staging) return;
+        _graphs.Sign(5, xs.Ptr, ws.Data, d.Ptr, xs.Rows);
+        if (xs.Rows == 0 || _graphs.SkipsWork) return;
         Kernel(FastServeCuda.fs_cuda_matmul(_stream, xs.Ptr, xs.Rows, xs.Cols, ws.Data, ws.FsDTypeValue, ws.Scale, ws.Rows, ws.Bias, d.Ptr), "fs_cuda_matmul");
     }
 
-    public void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
+    public override void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
     {
-        var xs = T(x);
-        OpChecks.Rope(x, heads, positions, rope);
+        var xs = RopeOperand<CudaTensor>(x, heads, positions, rope);
         Enter();
         nint inv = InvFreq(rope);
         nint pos = StageInts(positions, ref _ropeCache);
-        Sign(6, xs.Ptr, inv, pos, xs.Rows, heads);
-        if (xs.Rows == 0 || _mode == Mode.Staging) return;
+        _graphs.Sign(6, xs.Ptr, inv, pos, xs.Rows, heads);
+        if (xs.Rows == 0 || _graphs.SkipsWork) return;
         Kernel(FastServeCuda.fs_cuda_rope(_stream, xs.Ptr, xs.Rows, heads, rope.HeadDim, pos, inv), "fs_cuda_rope");
     }
 
-    public void SiluGate(BackendTensor gate, BackendTensor up, BackendTensor dst)
+    public override void SiluGate(BackendTensor gate, BackendTensor up, BackendTensor dst)
     {
-        var g = T(gate);
-        var u = T(up);
-        var d = T(dst);
-        OpChecks.SiluGate(gate, up, dst);
+        SiluGateOperands(gate, up, dst, out CudaTensor g, out CudaTensor u, out CudaTensor d);
         Enter();
-        d.Rows = g.Rows;
         long n = (long)g.Rows * g.Cols;
-        Sign(7, g.Ptr, u.Ptr, d.Ptr, n);
-        if (n == 0 || _mode == Mode.Staging) return;
+        _graphs.Sign(7, g.Ptr, u.Ptr, d.Ptr, n);
+        if (n == 0 || _graphs.SkipsWork) return;
         Kernel(FastServeCuda.fs_cuda_silu_gate(_stream, g.Ptr, u.Ptr, (nuint)n, d.Ptr), "fs_cuda_silu_gate");
     }
 
-    public void KvStore(KvCache cache, int layer, BackendTensor k, BackendTensor v, BatchLayout batch)
+    public override void KvStore(KvCache cache, int layer, BackendTensor k, BackendTensor v, BatchLayout batch)
     {
-        var c = Kv(cache);
-        var ks = T(k);
-        var vs = T(v);
-        OpChecks.KvStore(cache, layer, k, v, batch);
+        KvStoreOperands(cache, layer, k, v, batch, out CudaKvCache c, out CudaTensor ks, out CudaTensor vs);
         Enter();
         var spec = c.Spec;
         int rows = batch.TotalRows;
-        var slots = HostInts(rows);
+        var slots = _staging.HostInts(rows);
         int bs = spec.BlockSize;
         for (int s = 0; s < batch.SequenceCount; s++)
         {
@@ -326,33 +309,29 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
             }
         }
         nint slotPtr = StageInts(slots.AsSpan(0, rows), ref _slotCache);
-        Sign(8, c.K(layer), ks.Ptr, vs.Ptr, slotPtr, rows);
-        if (rows == 0 || _mode == Mode.Staging) return;
+        _graphs.Sign(8, c.K(layer), ks.Ptr, vs.Ptr, slotPtr, rows);
+        if (rows == 0 || _graphs.SkipsWork) return;
         Kernel(FastServeCuda.fs_cuda_kv_store(_stream, c.K(layer), c.V(layer), spec.KvHeads, spec.HeadDim, ks.Ptr, vs.Ptr, rows, slotPtr), "fs_cuda_kv_store");
     }
 
-    public void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst)
+    public override void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst)
     {
-        var qs = T(q);
-        var c = Kv(cache);
-        var d = T(dst);
-        OpChecks.Attention(q, cache, layer, batch, dst);
+        AttentionOperands(q, cache, layer, batch, dst, out CudaTensor qs, out CudaKvCache c, out CudaTensor d);
         Enter();
         var spec = c.Spec;
         int rows = qs.Rows, seqs = batch.SequenceCount, bs = spec.BlockSize;
         int heads = qs.Cols / spec.HeadDim;
-        d.Rows = rows;
 
         // One staged array: seq_of_row [rows] | positions [rows] | block_tables [seqs, maxBlocks]. Only the blocks a
         // sequence reaches this step are copied (OpChecks validated exactly those); the rest of its row is 0.
-        int maxBlocks = Math.Max(1, MinAttentionBlocks);
+        int maxBlocks = Math.Max(1, _graphs.MinAttentionBlocks);
         for (int s = 0; s < seqs; s++)
         {
             if (batch.RowCount(s) > 0) maxBlocks = Math.Max(maxBlocks, (batch.StartPos(s) + batch.RowCount(s) - 1) / bs + 1);
         }
         long total = 2L * rows + (long)seqs * maxBlocks;
         if (total > Array.MaxLength) throw new ArgumentException($"Attention: {seqs} sequences x {maxBlocks} blocks is too large");
-        var a = HostInts((int)total);
+        var a = _staging.HostInts((int)total);
         Array.Clear(a, 0, (int)total);
         for (int s = 0; s < seqs; s++)
         {
@@ -369,19 +348,16 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
         }
         nint basePtr = StageInts(a.AsSpan(0, (int)total), ref _attnCache);
         nint seqOfRow = basePtr, positions = basePtr + 4 * rows, tables = basePtr + 8 * rows;
-        Sign(9, qs.Ptr, c.K(layer), d.Ptr, basePtr, rows, heads, maxBlocks);
-        if (rows == 0 || _mode == Mode.Staging) return;
+        _graphs.Sign(9, qs.Ptr, c.K(layer), d.Ptr, basePtr, rows, heads, maxBlocks);
+        if (rows == 0 || _graphs.SkipsWork) return;
         Kernel(FastServeCuda.fs_cuda_attention(_stream, qs.Ptr, rows, heads, spec.KvHeads, spec.HeadDim, c.K(layer), c.V(layer), bs,
             tables, maxBlocks, seqOfRow, positions, d.Ptr), "fs_cuda_attention");
     }
 
-    public void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst)
+    public override void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst)
     {
-        var s = T(src);
-        var d = T(dst);
-        OpChecks.GatherRows(src, rows, dst);
+        GatherRowsOperands(src, rows, dst, out CudaTensor s, out CudaTensor d);
         Enter();
-        d.Rows = rows.Length;
         bool inPlace = ReferenceEquals(s, d);
         if (inPlace)
         {
@@ -391,7 +367,7 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
             for (int i = 0; i < rows.Length && identity; i++) identity = rows[i] == i;
             if (identity)
             {
-                Sign(10, s.Ptr, rows.Length, 1);
+                _graphs.Sign(10, s.Ptr, rows.Length, 1);
                 return;
             }
         }
@@ -399,41 +375,38 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
         long bytes = (long)rows.Length * s.Cols * sizeof(float);
         nint target = d.Ptr;
         if (inPlace) target = GatherScratch(bytes);
-        Sign(10, s.Ptr, d.Ptr, idx, rows.Length);
-        if (rows.Length == 0 || _mode == Mode.Staging) return;
+        _graphs.Sign(10, s.Ptr, d.Ptr, idx, rows.Length);
+        if (rows.Length == 0 || _graphs.SkipsWork) return;
         Kernel(FastServeCuda.fs_cuda_gather_rows(_stream, s.Ptr, s.Cols, idx, rows.Length, target), "fs_cuda_gather_rows");
         if (inPlace) Driver(CudaDriver.cuMemcpyDtoDAsync_v2(d.Ptr, target, (nuint)bytes, _stream), "cuMemcpyDtoDAsync_v2");
     }
 
-    /// <summary>Downloads src's rows and waits for all issued work. During a capture this is where the captured
-    /// step ends (see <see cref="BeginCapture"/>); during a replay, where the graph is launched.</summary>
-    public void CopyToHost(BackendTensor src, Span<float> dst)
+    /// <summary>Downloads src's rows and waits for all issued work. In a recorded step this is where the capture
+    /// ends or the replay launches; a refused step downloads nothing (<see cref="EndStep"/> says so).</summary>
+    public override void CopyToHost(BackendTensor src, Span<float> dst)
     {
-        var s = T(src);
-        OpChecks.CopyToHost(src, dst);
+        var s = CopyToHostOperand<CudaTensor>(src, dst);
         Enter();
         int n = s.Rows * s.Cols;
-        Sign(11, s.Ptr, n);
-        Readback(s.Ptr, 4L * n, 4L * s.MaxRows * s.Cols);
-        new ReadOnlySpan<float>(_readback.Ptr, n).CopyTo(dst);
+        _graphs.Sign(11, s.Ptr, n);
+        if (Readback(s.Ptr, 4L * n, 4L * s.MaxRows * s.Cols)) new ReadOnlySpan<float>(_readback.Ptr, n).CopyTo(dst);
     }
 
     /// <summary>True: <see cref="Sample"/> runs fs_cuda_sample on the stream and only the ids are downloaded.</summary>
-    public bool SamplesOnDevice => true;
+    public override bool SamplesOnDevice => true;
 
     /// <summary>Draws one token per logits row on the device (fs_cuda_sample, <see cref="CounterSampler"/>'s rules)
     /// and downloads only the ids; waits like <see cref="CopyToHost"/>, and like it ends a capture or launches a
     /// replay, so a decode step that samples on the device can be a CUDA graph.</summary>
-    public void Sample(BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens)
+    public override void Sample(BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens)
     {
-        var l = T(logits);
-        OpChecks.Sample(logits, rows, tokens);
+        var l = SampleOperand<CudaTensor>(logits, rows, tokens);
         Enter();
         int n = rows.Length, vocab = l.Cols;
         // One staged array: temperature f32[n] | top_p f32[n] | top_k i32[n] | (pad to 8 bytes) seeds u64[n] |
         // counters u64[n]. Staged blocks start 256-byte aligned, so an even word offset is 8-byte aligned.
         int seeds = 3 * n + (n & 1), counters = seeds + 2 * n, words = counters + 2 * n;
-        var a = HostInts(Math.Max(words, 1));
+        var a = _staging.HostInts(Math.Max(words, 1));
         for (int i = 0; i < n; i++)
         {
             var r = rows[i];
@@ -453,58 +426,52 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
         long fullWork = (long)FastServeCuda.fs_cuda_sample_workspace_bytes(l.MaxRows, vocab);
         nint scratch = SampleScratch(idsAt + 4L * n, ((fullWork + StagingAlignment - 1) & ~(long)(StagingAlignment - 1)) + 4L * l.MaxRows);
         nint ids = scratch + (nint)idsAt;
-        Sign(13, l.Ptr, n, vocab, p, scratch);
-        if (n > 0 && _mode != Mode.Staging)
+        _graphs.Sign(13, l.Ptr, n, vocab, p, scratch);
+        if (n > 0 && !_graphs.SkipsWork)
         {
             Kernel(FastServeCuda.fs_cuda_sample(_stream, l.Ptr, n, vocab, p, p + 4 * n, p + 8 * n, p + 4 * seeds, p + 4 * counters,
                 scratch, (nuint)work, ids), "fs_cuda_sample");
         }
-        Readback(ids, 4L * n, 4L * l.MaxRows);
-        new ReadOnlySpan<int>(_readback.Ptr, n).CopyTo(tokens);
+        if (Readback(ids, 4L * n, 4L * l.MaxRows)) new ReadOnlySpan<int>(_readback.Ptr, n).CopyTo(tokens);
     }
 
-    // Downloads `bytes` from `src` into the readback buffer and waits for all issued work. During a capture this is
-    // where the captured step ends (its graph is launched once to produce this result); during a replay, where the
-    // graph is launched.
-    private void Readback(nint src, long bytes, long growTo)
+    // Downloads `bytes` from `src` into the readback buffer and waits for all issued work; false when the step was
+    // refused and nothing was downloaded. While capturing this is where the captured step ends (its graph is launched
+    // once to produce this result); while replaying, where the graph is launched.
+    private bool Readback(nint src, long bytes, long growTo)
     {
-        switch (_mode)
+        switch (_graphs.Mode)
         {
-            case Mode.Capturing:
-            {
-                if (bytes > _readback.Bytes) ThrowNeedsWarmUp("the readback buffer");
+            case RecorderMode.Capturing:
+                if (bytes > _readback.Bytes)
+                {
+                    _graphs.Refuse();
+                    return false;
+                }
                 if (bytes > 0) Driver(CudaDriver.cuMemcpyDtoHAsync_v2(_readback.Ptr, src, (nuint)bytes, _stream), "cuMemcpyDtoHAsync_v2");
-                var graph = FinishCapture(bytes);
-                _capturedByCopy = graph;
-                LaunchGraph(graph);
+                _graphs.FinishCapture(bytes);
                 break;
-            }
-            case Mode.Staging:
-            {
-                var graph = _replaying!;
-                _mode = Mode.Normal;
-                _replaying = null;
-                if (graph.Signature != _signature || graph.ReadbackBytes != bytes) ThrowReplayMismatch();
-                LaunchGraph(graph);
+            case RecorderMode.Staging:
+                if (!_graphs.TryLaunchReplay(bytes)) return false;
                 break;
-            }
+            case RecorderMode.Discarding:
+                return false;
             default:
                 if (bytes > _readback.Bytes) GrowReadback(Math.Max(bytes, growTo));
                 if (bytes > 0) Driver(CudaDriver.cuMemcpyDtoHAsync_v2(_readback.Ptr, src, (nuint)bytes, _stream), "cuMemcpyDtoHAsync_v2");
                 break;
         }
         Synchronize();
+        return true;
     }
 
-    public void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst)
+    public override void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst)
     {
-        var d = T(dst);
-        OpChecks.CopyFromHost(data, rows, dst);
+        var d = CopyFromHostOperand<CudaTensor>(data, rows, dst);
         Enter();
-        d.Rows = rows;
         long off;
         fixed (float* p = data) off = Stage((byte*)p, 4L * data.Length, d.Ptr);
-        Sign(12, d.Ptr, rows, off);
+        _graphs.Sign(12, d.Ptr, rows, off);
     }
 
     /// <summary>Copies 256 MiB device to device 20 times after a warm-up and counts read plus written bytes.</summary>
@@ -529,141 +496,7 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
         return 2.0 * bytes * reps / seconds;
     }
 
-    // ---- CUDA graphs --------------------------------------------------------------------------------------------
-
-    /// <summary>
-    /// Starts recording this backend's ops into a CUDA graph instead of running them. Everything the step needs must
-    /// already exist (weights, tensors, RoPE tables seen, staging and readback grown): run the same step once
-    /// uncaptured first. The capture ends at <see cref="EndCapture"/>, or at a <see cref="CopyToHost"/>, which then
-    /// also launches the graph once and returns the step's result, so an unchanged <c>ModelRunner.Forward</c> can be
-    /// captured.
-    /// </summary>
-    public void BeginCapture()
-    {
-        Enter();
-        if (_mode != Mode.Normal) throw new InvalidOperationException($"BeginCapture: the backend is {_mode}");
-        Synchronize();
-        _capturedByCopy = null;
-        _signature = SignatureSeed;
-        Driver(CudaDriver.cuStreamBeginCapture_v2(_stream, CudaDriver.StreamCaptureModeThreadLocal), "cuStreamBeginCapture_v2");
-        _mode = Mode.Capturing;
-        Sign(0, _buffers);
-    }
-
-    /// <summary>Ends the capture and returns the instantiated graph. If a <see cref="CopyToHost"/> ended it, returns
-    /// that graph (already launched once); otherwise the recorded work has not run: <see cref="Launch"/> runs it.</summary>
-    public CudaGraph EndCapture()
-    {
-        if (_mode == Mode.Capturing)
-        {
-            Enter();
-            return FinishCapture(0);
-        }
-        var g = _capturedByCopy ?? throw new InvalidOperationException("EndCapture: no capture in progress");
-        _capturedByCopy = null;
-        return g;
-    }
-
-    /// <summary>Abandons a capture, or a replay whose ops have not launched it yet (after an op threw mid-step); the
-    /// stream returns to normal operation and nothing of the step has run.</summary>
-    public void AbortCapture()
-    {
-        if (_mode == Mode.Staging)
-        {
-            _mode = Mode.Normal;
-            _replaying = null;
-            return;
-        }
-        if (_mode != Mode.Capturing) return;
-        nint graph;
-        int r = CudaDriver.cuStreamEndCapture(_stream, &graph);
-        _mode = Mode.Normal;
-        if (r == CudaDriver.Success && graph != 0) CudaDriver.cuGraphDestroy(graph);
-        Driver(r, "cuStreamEndCapture");
-    }
-
-    /// <summary>
-    /// Prepares a replay of <paramref name="graph"/>: the next ops run no kernels, they only check their arguments,
-    /// set Rows and write their host arrays (tokens, positions, block tables...) into the staging buffer at the
-    /// offsets the capture used. The step must be the captured one (same ops, tensors, row counts and table stride);
-    /// a different one is detected when the graph is launched and throws <see cref="InvalidOperationException"/>.
-    /// The step's <see cref="CopyToHost"/> launches the graph (or <see cref="Launch"/>, for a graph without one).
-    /// </summary>
-    public void BeginReplay(CudaGraph graph)
-    {
-        ArgumentNullException.ThrowIfNull(graph);
-        Enter();
-        if (_mode != Mode.Normal) throw new InvalidOperationException($"BeginReplay: the backend is {_mode}");
-        if (_pending) Synchronize(); // the previous launch may still read the staging buffer
-        ResetStaging();
-        _signature = SignatureSeed;
-        _replaying = graph;
-        _mode = Mode.Staging;
-        Sign(0, _buffers);
-    }
-
-    IStepGraph IGraphBackend.EndCapture() => EndCapture();
-
-    void IGraphBackend.BeginReplay(IStepGraph graph) =>
-        BeginReplay(graph as CudaGraph ?? throw new ArgumentException("not a graph of the cuda backend", nameof(graph)));
-
-    /// <summary>Launches <paramref name="graph"/> asynchronously: after <see cref="BeginReplay"/> and the step's ops
-    /// (checked against the capture), or right after <see cref="EndCapture"/> to run what was recorded.</summary>
-    public void Launch(CudaGraph graph)
-    {
-        ArgumentNullException.ThrowIfNull(graph);
-        Enter();
-        if (_mode == Mode.Staging)
-        {
-            if (!ReferenceEquals(graph, _replaying)) throw new InvalidOperationException("Launch: a different graph is being replayed");
-            _mode = Mode.Normal;
-            _replaying = null;
-            if (graph.Signature != _signature || graph.ReadbackBytes != 0) ThrowReplayMismatch();
-        }
-        else if (_mode != Mode.Normal || graph.Epoch != _epoch)
-        {
-            throw new InvalidOperationException("Launch: call BeginReplay and issue the step's ops first");
-        }
-        LaunchGraph(graph);
-    }
-
-    private CudaGraph FinishCapture(long readbackBytes)
-    {
-        nint graph;
-        _mode = Mode.Normal;
-        Driver(CudaDriver.cuStreamEndCapture(_stream, &graph), "cuStreamEndCapture");
-        var exec = CudaGraphExecHandle.Instantiate(_context, graph);
-        return new CudaGraph(exec, _signature, readbackBytes, _epoch);
-    }
-
-    private void LaunchGraph(CudaGraph graph)
-    {
-        Driver(CudaDriver.cuGraphLaunch(graph.Exec.Exec, _stream), "cuGraphLaunch");
-        _pending = true;
-    }
-
-    [DoesNotReturn]
-    private static void ThrowReplayMismatch() =>
-        throw new InvalidOperationException("the replayed step differs from the captured one (ops, tensors, row counts, table stride or staged sizes); capture this shape separately");
-
-    [DoesNotReturn]
-    private static void ThrowNeedsWarmUp(string what) =>
-        throw new InvalidOperationException($"{what} would have to grow during a CUDA graph capture; run the step once uncaptured first");
-
     // ---- plumbing -----------------------------------------------------------------------------------------------
-
-    private enum Mode { Normal, Capturing, Staging }
-
-    private const ulong SignatureSeed = 14695981039346656037UL;
-
-    private void Sign(long a, long b = 0, long c = 0, long d = 0, long e = 0, long f = 0, long g = 0, long h8 = 0)
-    {
-        if (_mode == Mode.Normal) return;
-        ulong h = _signature;
-        ReadOnlySpan<long> values = [a, b, c, d, e, f, g, h8];
-        foreach (long v in values) h = (h ^ (ulong)v) * 1099511628211UL;
-        _signature = h;
-    }
 
     /// <summary>Before every op: refuse after a fault, and make the context current if the thread changed.</summary>
     private void Enter()
@@ -677,7 +510,7 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
     private void EnterSetup(string what)
     {
         Enter();
-        if (_mode != Mode.Normal) throw new InvalidOperationException($"{what}: not allowed during a CUDA graph capture or replay");
+        if (_graphs.Frozen) throw new InvalidOperationException($"{what}: not allowed inside a recorded or replayed step");
     }
 
     private void Bind(int thread)
@@ -694,7 +527,7 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
     }
 
     /// <summary>A failing driver call faults the backend: its stream's work is lost.</summary>
-    private void Driver(int result, string call)
+    internal void Driver(int result, string call)
     {
         if (result != CudaDriver.Success) Fault(CudaException.FromDriver(call, result));
     }
@@ -702,7 +535,7 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
     /// <summary>A kernel-library status: arguments it rejects before launching leave the stream intact.</summary>
     private void Kernel(int status, string call)
     {
-        _pending = true;
+        Pending = true;
         if (status == FsStatus.Ok) return;
         if (status == FsStatus.InvalidArgument) CudaException.ThrowKernels(call, status);
         Fault(CudaException.FromKernels(call, status));
@@ -712,96 +545,71 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
     private void Fault(CudaException e)
     {
         _fault ??= e;
-        if (_mode == Mode.Capturing) TryEndCapture();
-        _mode = Mode.Normal;
+        _graphs.OnFault();
         throw e;
     }
 
-    private void TryEndCapture()
-    {
-        nint graph;
-        if (CudaDriver.cuStreamEndCapture(_stream, &graph) == CudaDriver.Success && graph != 0) CudaDriver.cuGraphDestroy(graph);
-        _mode = Mode.Normal;
-    }
-
     /// <summary>Waits for the stream, then recycles the staging buffer.</summary>
-    private void Synchronize()
+    internal void Synchronize()
     {
         Driver(CudaDriver.cuStreamSynchronize(_stream), "cuStreamSynchronize");
-        _pending = false;
-        ResetStaging();
+        Pending = false;
+        _staging.Reset();
     }
+
+    /// <summary>Recycles the staging buffer: only when the stream reads nothing staged (after a synchronization, or
+    /// when nothing was launched since).</summary>
+    internal void ResetStaging() => _staging.Reset();
 
     private void Sync(string call)
     {
         Driver(CudaDriver.cuStreamSynchronize(_stream), call);
-        _pending = false;
+        Pending = false;
     }
 
-    private void ResetStaging()
-    {
-        _stagingUsed = 0;
-        _epoch++;
-    }
-
-    /// <summary>Copies host bytes into the staging buffer and (unless replaying) enqueues their copy to
-    /// <paramref name="target"/>, or to the same offset of the device mirror when target is 0. Returns the offset.</summary>
+    /// <summary>Copies host bytes into the staging buffer and (unless a replay stages them for its graph) enqueues their
+    /// copy to <paramref name="target"/>, or to the same offset of the device mirror when target is 0. Returns the
+    /// offset; -1 when the step was refused (the buffer would have to grow while recorded or replayed).</summary>
     private long Stage(byte* src, long bytes, nint target)
     {
-        long off = (_stagingUsed + StagingAlignment - 1) & ~(long)(StagingAlignment - 1);
-        if (off + bytes > _staging.Bytes) off = GrowStaging(bytes);
-        if (bytes > 0) Buffer.MemoryCopy(src, _staging.Ptr + off, _staging.Bytes - off, bytes);
-        _stagingUsed = off + bytes;
-        if (bytes > 0 && _mode != Mode.Staging)
+        if (_graphs.Mode == RecorderMode.Discarding) return -1;
+        long off = _staging.TryReserve(bytes);
+        if (off < 0)
         {
-            Driver(CudaDriver.cuMemcpyHtoDAsync_v2(target != 0 ? target : _mirror.Ptr + (nint)off, _staging.Ptr + off, (nuint)bytes, _stream), "cuMemcpyHtoDAsync_v2");
-            _pending = true;
+            if (_graphs.Frozen)
+            {
+                _graphs.Refuse();
+                return -1;
+            }
+            Synchronize();
+            if (_staging.Grow(bytes)) BufferGeneration++;
+            off = _staging.TryReserve(bytes);
+        }
+        if (bytes > 0) Buffer.MemoryCopy(src, _staging.Host(off), _staging.Capacity - off, bytes);
+        if (bytes > 0 && !_graphs.SkipsWork)
+        {
+            Driver(CudaDriver.cuMemcpyHtoDAsync_v2(target != 0 ? target : _staging.Device(off), _staging.Host(off), (nuint)bytes, _stream), "cuMemcpyHtoDAsync_v2");
+            Pending = true;
         }
         return off;
     }
 
     /// <summary>Stages ints for a kernel and returns their device address; when the same values were staged for the
-    /// same purpose since the last reset, returns that copy instead.</summary>
+    /// same purpose since the last reset, returns that copy instead. 0 once the step is refused.</summary>
     private nint StageInts(ReadOnlySpan<int> data, ref StageCache cache)
     {
-        if (cache.Epoch == _epoch && cache.Host is not null && data.SequenceEqual(cache.Host.AsSpan(0, cache.Count)))
+        if (_graphs.Mode == RecorderMode.Discarding) return 0;
+        if (_staging.TryReuse(data, ref cache, out long reused))
         {
-            Sign(-1, cache.Offset);
-            return _mirror.Ptr + (nint)cache.Offset;
+            _graphs.Sign(-1, reused);
+            return _staging.Device(reused);
         }
         long off;
         fixed (int* p = data) off = Stage((byte*)p, 4L * data.Length, 0);
-        if (cache.Host is null || cache.Host.Length < data.Length) cache.Host = new int[Math.Max(64, data.Length * 2)];
-        data.CopyTo(cache.Host);
-        cache.Count = data.Length;
-        cache.Offset = off;
-        cache.Epoch = _epoch;
-        Sign(-2, off, data.Length);
-        return _mirror.Ptr + (nint)off;
-    }
-
-    private struct StageCache
-    {
-        public int[]? Host;
-        public int Count;
-        public long Offset;
-        public int Epoch;
-    }
-
-    private long GrowStaging(long bytes)
-    {
-        if (_mode != Mode.Normal) ThrowNeedsWarmUp("the staging buffer");
-        Synchronize();
-        if (bytes > _staging.Bytes)
-        {
-            long cap = Math.Max(bytes, _staging.Bytes * 2);
-            _staging.Dispose();
-            _mirror.Dispose();
-            _buffers++;
-            _staging = CudaPinnedMemory.Alloc(_context, cap, "staging");
-            _mirror = CudaDeviceMemory.Alloc(_context, cap, "staging mirror");
-        }
-        return 0;
+        if (off < 0) return 0;
+        _staging.Remember(data, ref cache, off);
+        _graphs.Sign(-2, off, data.Length);
+        return _staging.Device(off);
     }
 
     private void GrowReadback(long bytes)
@@ -810,18 +618,24 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
         var grown = CudaPinnedMemory.Alloc(_context, Math.Max(bytes, _readback.Bytes * 2), "readback");
         _readback.Dispose();
         _readback = grown;
-        _buffers++;
+        BufferGeneration++;
     }
 
+    // Scratch that may have to grow: inside a recorded or replayed step it cannot, so the step is refused (0 returned;
+    // the refused step launches nothing).
     private nint SampleScratch(long bytes, long growTo)
     {
         if (_sampleScratch is not null && _sampleScratch.Bytes >= bytes) return _sampleScratch.Ptr;
-        if (_mode != Mode.Normal) ThrowNeedsWarmUp("the sampling workspace");
+        if (_graphs.Frozen)
+        {
+            _graphs.Refuse();
+            return 0;
+        }
         Sync("cuStreamSynchronize");
         long size = Math.Max(Math.Max(bytes, growTo), 2 * (_sampleScratch?.Bytes ?? 0));
         _sampleScratch?.Dispose();
         _sampleScratch = null;
-        _buffers++;
+        BufferGeneration++;
         _sampleScratch = CudaDeviceMemory.Alloc(_context, size, "sampling workspace");
         return _sampleScratch.Ptr;
     }
@@ -829,27 +643,30 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
     private nint GatherScratch(long bytes)
     {
         if (_gatherScratch is not null && _gatherScratch.Bytes >= bytes) return _gatherScratch.Ptr;
-        if (_mode != Mode.Normal) ThrowNeedsWarmUp("the in-place gather scratch");
+        if (_graphs.Frozen)
+        {
+            _graphs.Refuse();
+            return 0;
+        }
         Sync("cuStreamSynchronize");
         long size = Math.Max(bytes, 2 * (_gatherScratch?.Bytes ?? 0));
         _gatherScratch?.Dispose();
         _gatherScratch = null;
-        _buffers++;
+        BufferGeneration++;
         _gatherScratch = CudaDeviceMemory.Alloc(_context, size, "gather scratch");
         return _gatherScratch.Ptr;
     }
 
-    private int[] HostInts(int n)
-    {
-        if (_hostInts.Length < n) _hostInts = new int[Math.Max(n, _hostInts.Length * 2)];
-        return _hostInts;
-    }
-
-    /// <summary>The device copy of a RoPE table's inverse frequencies, uploaded on first use.</summary>
+    /// <summary>The device copy of a RoPE table's inverse frequencies, uploaded on first use (outside recorded steps:
+    /// a first use inside one refuses the step and returns 0).</summary>
     private nint InvFreq(RopeTable rope)
     {
         if (_invFreq.TryGetValue(rope, out var m)) return m.Ptr;
-        if (_mode != Mode.Normal) ThrowNeedsWarmUp("a RoPE table seen for the first time");
+        if (_graphs.Frozen)
+        {
+            _graphs.Refuse();
+            return 0;
+        }
         var mem = CudaDeviceMemory.Alloc(_context, 4L * rope.InvFreq.Length, "rope.inv_freq");
         _invFreq[rope] = mem;
         fixed (float* p = rope.InvFreq) Stage((byte*)p, 4L * rope.InvFreq.Length, mem.Ptr);
@@ -869,55 +686,21 @@ public sealed unsafe class CudaBackend : IBackend, IGraphBackend, IDeviceProbe
         return mem;
     }
 
-    private CudaTensor T(BackendTensor t) =>
-        t is CudaTensor c && ReferenceEquals(c.Owner, this) ? c : throw new ArgumentException($"{t?.Name}: not a tensor of this cuda backend");
-
-    private CudaWeight Mat(BackendWeight w) =>
-        w is CudaWeight { IsVector: false } c && ReferenceEquals(c.Owner, this) ? c : throw new ArgumentException($"{w?.Name}: not a matrix weight of this cuda backend");
-
-    private CudaWeight Vec(BackendWeight w) =>
-        w is CudaWeight { IsVector: true } c && ReferenceEquals(c.Owner, this) ? c : throw new ArgumentException($"{w?.Name}: not a vector weight of this cuda backend");
-
-    private CudaKvCache Kv(KvCache k) =>
-        k is CudaKvCache { Disposed: false } c && ReferenceEquals(c.Owner, this) ? c : throw new ArgumentException("not a live KV cache of this cuda backend");
-
-    public void Dispose()
+    public override void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
-        if (_mode == Mode.Capturing) TryEndCapture();
         // Errors are ignored here: a faulted context still has to release its memory.
         CudaDriver.cuCtxSetCurrent(_context.Context);
+        _graphs.Dispose();
         CudaDriver.cuStreamSynchronize(_stream);
         foreach (var m in _invFreq.Values) m.Dispose();
         _invFreq.Clear();
         _gatherScratch?.Dispose();
         _sampleScratch?.Dispose();
         _staging.Dispose();
-        _mirror.Dispose();
         _readback.Dispose();
         _streamHandle.Dispose();
         _context.Dispose();
     }
-}
-
-/// <summary>An instantiated CUDA graph of one captured step (<see cref="CudaBackend.BeginCapture"/>), with what a
-/// replay must match: the ops' signature and the bytes the step reads back.</summary>
-public sealed class CudaGraph : IStepGraph
-{
-    internal CudaGraph(CudaGraphExecHandle exec, ulong signature, long readbackBytes, int epoch)
-    {
-        Exec = exec;
-        Signature = signature;
-        ReadbackBytes = readbackBytes;
-        Epoch = epoch;
-    }
-
-    internal CudaGraphExecHandle Exec { get; }
-    internal ulong Signature { get; }
-    internal long ReadbackBytes { get; }
-    /// <summary>Staging epoch at capture end: a launch without replay is valid only while the staged data is intact.</summary>
-    internal int Epoch { get; }
-
-    public void Dispose() => Exec.Dispose();
 }

@@ -20,7 +20,6 @@ internal sealed class CudaTensor : BackendTensor
         }
     }
 
-    public CudaBackend Owner { get; init; } = null!;
 
     public override void Dispose()
     {
@@ -41,16 +40,13 @@ internal sealed class CudaWeight : BackendWeight
     private readonly CudaDeviceMemory? _bias;
 
     public CudaWeight(string name, DType dtype, int rows, int cols, bool isVector, CudaDeviceMemory data, CudaDeviceMemory? scale, CudaDeviceMemory? bias)
-        : base(name, dtype, rows, cols)
+        : base(name, dtype, rows, cols, isVector)
     {
-        IsVector = isVector;
         _data = data;
         _scale = scale;
         _bias = bias;
     }
 
-    public bool IsVector { get; }
-    public CudaBackend Owner { get; init; } = null!;
 
     public nint Data
     {
@@ -111,8 +107,6 @@ internal sealed class CudaKvCache : KvCache
     }
 
     public long LayerBytes { get; }
-    public CudaBackend Owner { get; init; } = null!;
-    public bool Disposed => _k.IsClosed;
 
     /// <summary>Whole K and V buffers (for zeroing).</summary>
     public nint KBase => _k.Ptr;

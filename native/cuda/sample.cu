@@ -132,8 +132,10 @@ sample_kernel(const float* __restrict__ logits, int vocab, const float* __restri
     unsigned int tau = 0;
     int need = INT_MAX;
     if (use_k || use_p) {
-        const unsigned long long target_mass =
-            use_p ? max(1ull, (unsigned long long)(tp * (double)z_total)) : ULLONG_MAX;
+        // top_p less 1e-6 of slack: float top_p (0.8f is a hair above 0.8) would otherwise pull in one token too
+        // many at an exact boundary. The same expression as CounterSampler's, in double, so host and device agree.
+        const double want_mass = ((double)tp - 1e-6) * (double)z_total;
+        const unsigned long long target_mass = use_p ? (want_mass > 1.0 ? (unsigned long long)want_mass : 1ull) : ULLONG_MAX;
         const unsigned int target_cnt = use_k ? (unsigned int)k : UINT_MAX;
         unsigned int prefix = 0, mask = 0, cnt_above = 0;
         unsigned long long mass_above = 0;

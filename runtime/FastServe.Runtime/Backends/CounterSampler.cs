@@ -1,3 +1,5 @@
+using System.Buffers;
+
 namespace FastServe.Runtime.Backends;
 
 /// <summary>
@@ -16,7 +18,7 @@ public readonly record struct SampleRow(float Temperature, float TopP, int TopK,
 /// <item>p[i] = exp((logit[i] − max) / T) (0 for NaN); masses are p as 40-bit fixed point, floor(p · 2⁴⁰), summed
 /// exactly in 64-bit integers.</item>
 /// <item>Kept set: with top-k and/or top-p, τ is the largest probability at which the tokens with p ≥ τ reach k
-/// tokens or top_p of the total mass; tokens with p &gt; τ are kept and, of those with p = τ, the lowest ids, as
+/// tokens or (top_p − 10⁻⁶) of the total mass; tokens with p &gt; τ are kept and, of those with p = τ, the lowest ids, as
 /// many as the targets still need (at least one).</item>
 /// <item>u = Philox4x32-10(key = seed, counter = (counter, 0)) as a 53-bit fraction; the token is the first kept
 /// token, in id order, whose running mass passes u · kept mass.</item>
@@ -30,19 +32,35 @@ public static class CounterSampler
     private const float FixedOne = 1099511627776f; // 2^40
 
     /// <summary>Draws one token from <paramref name="logits"/>. <paramref name="probs"/> is scratch of at least
-    /// logits.Length floats. Allocates nothing.</summary>
+    /// logits.Length floats (unused, and may be empty, when the row is greedy). Allocates nothing.</summary>
     public static int Sample(ReadOnlySpan<float> logits, in SampleRow row, Span<float> probs) => Explain(logits, row, probs).Token;
 
-    /// <summary><see cref="IBackend.Sample"/> for a backend without a sampler of its own: downloads the logits
-    /// (<see cref="IBackend.CopyToHost"/>) and draws each row here.</summary>
+    /// <summary>Draws one token per row of host logits: row i is <paramref name="logits"/>[i·cols, (i+1)·cols).
+    /// <paramref name="probs"/> is scratch of at least <paramref name="cols"/> floats.</summary>
+    public static void SampleRows(ReadOnlySpan<float> logits, int cols, ReadOnlySpan<SampleRow> rows, Span<int> tokens, Span<float> probs)
+    {
+        for (int i = 0; i < rows.Length; i++) tokens[i] = Sample(logits.Slice(i * cols, cols), rows[i], probs);
+    }
+
+    /// <summary><see cref="IBackend.Sample"/> for a backend whose logits are not in host memory and that has no
+    /// sampler of its own: downloads the logits (<see cref="IBackend.CopyToHost"/>) into pooled buffers and draws
+    /// each row here.</summary>
     public static void SampleOnHost(IBackend backend, BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens)
     {
         OpChecks.Sample(logits, rows, tokens);
-        int cols = logits.Cols;
-        var host = new float[logits.Rows * cols];
-        backend.CopyToHost(logits, host);
-        var probs = new float[cols];
-        for (int i = 0; i < rows.Length; i++) tokens[i] = Sample(host.AsSpan(i * cols, cols), rows[i], probs);
+        int cols = logits.Cols, n = logits.Rows * cols;
+        var host = ArrayPool<float>.Shared.Rent(Math.Max(n, 1));
+        var probs = ArrayPool<float>.Shared.Rent(cols);
+        try
+        {
+            backend.CopyToHost(logits, host.AsSpan(0, n));
+            SampleRows(host.AsSpan(0, n), cols, rows, tokens, probs);
+        }
+        finally
+        {
+            ArrayPool<float>.Shared.Return(probs);
+            ArrayPool<float>.Shared.Return(host);
+        }
     }
 
     /// <summary>What <see cref="Sample"/> decided, for checkers: the token, the kept mass and the draw's target
@@ -53,7 +71,6 @@ public static class CounterSampler
     {
         int vocab = logits.Length;
         if (vocab == 0) throw new ArgumentException("no logits", nameof(logits));
-        if (probs.Length < vocab) throw new ArgumentException("probs scratch is smaller than the vocabulary", nameof(probs));
 
         float vmax = float.NegativeInfinity;
         int argmax = -1;
@@ -65,6 +82,7 @@ public static class CounterSampler
         if (argmax < 0) argmax = 0;
         float temp = row.Temperature;
         if (!(temp > 0f) || !float.IsFinite(vmax)) return new Draw(argmax, 0, 0, 0, 0, 0);
+        if (probs.Length < vocab) throw new ArgumentException("probs scratch is smaller than the vocabulary", nameof(probs));
 
         float invT = 1f / temp;
         ulong total = 0;
@@ -83,7 +101,10 @@ public static class CounterSampler
         long need = long.MaxValue;
         if (useK || useP)
         {
-            ulong targetMass = useP ? Math.Max(1UL, (ulong)(tp * (double)total)) : ulong.MaxValue;
+            // top_p less 1e-6 of slack: float top_p (0.8f is a hair above 0.8) would otherwise pull in one token
+            // too many at an exact boundary. The kernel computes the same double expression.
+            double want = ((double)tp - 1e-6) * total;
+            ulong targetMass = useP ? (want > 1.0 ? (ulong)want : 1UL) : ulong.MaxValue;
             ulong targetCount = useK ? (ulong)k : uint.MaxValue;
             // τ: the largest probability bit pattern whose inclusion (every token at or above it) reaches a target.
             tau = FindTau(probs[..vocab], targetCount, targetMass, out ulong countAbove, out ulong massAbove, out ulong ties);

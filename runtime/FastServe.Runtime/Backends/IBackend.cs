@@ -92,8 +92,9 @@ public interface IBackend : IDisposable
     /// <summary>Sets dst to host data: dst.Rows = rows, data.Length = rows·dst.Cols.</summary>
     void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst);
 
-    /// <summary>True when <see cref="Sample"/> runs where the logits are (a GPU), so only token ids reach the host.
-    /// The engine samples through the backend only then; otherwise it downloads logits and samples on the host.</summary>
+    /// <summary>True when <see cref="Sample"/> runs on a device (a GPU), so only token ids reach the host. Callers
+    /// sample through <see cref="Sample"/> on every backend (the draws are the same everywhere); this only says what
+    /// it costs.</summary>
     bool SamplesOnDevice => false;
 
     /// <summary>tokens[i] = the token drawn from logits row i with <paramref name="rows"/>[i], by the rules of
@@ -106,18 +107,25 @@ public interface IBackend : IDisposable
 /// <summary>A weight as the backend holds it. Rows = output features, Cols = input features.</summary>
 public abstract class BackendWeight : IDisposable
 {
-    protected BackendWeight(string name, DType dtype, int rows, int cols)
+    /// <param name="isVector">A norm gain (<see cref="IBackend.LoadVector"/>) rather than a linear or embedding
+    /// matrix (<see cref="IBackend.LoadMatrix"/>).</param>
+    protected BackendWeight(string name, DType dtype, int rows, int cols, bool isVector = false)
     {
         Name = name;
         DType = dtype;
         Rows = rows;
         Cols = cols;
+        IsVector = isVector;
     }
 
     public string Name { get; }
     public DType DType { get; }
     public int Rows { get; }
     public int Cols { get; }
+    public bool IsVector { get; }
+
+    /// <summary>The backend that made it: ops refuse another backend's weights.</summary>
+    public IBackend? Owner { get; init; }
 
     public virtual void Dispose() => GC.SuppressFinalize(this);
 }
@@ -137,6 +145,9 @@ public abstract class BackendTensor : IDisposable
     public string Name { get; }
     public int MaxRows { get; }
     public int Cols { get; }
+
+    /// <summary>The backend that allocated it: ops refuse another backend's tensors.</summary>
+    public IBackend? Owner { get; init; }
 
     public int Rows
     {
@@ -173,5 +184,15 @@ public abstract class KvCache : IDisposable
 
     public KvCacheSpec Spec { get; }
 
-    public virtual void Dispose() => GC.SuppressFinalize(this);
+    /// <summary>The backend that allocated it: ops refuse another backend's cache.</summary>
+    public IBackend? Owner { get; init; }
+
+    /// <summary>Set by <see cref="Dispose"/> (overrides call it last): ops refuse a disposed cache.</summary>
+    public bool Disposed { get; private set; }
+
+    public virtual void Dispose()
+    {
+        Disposed = true;
+        GC.SuppressFinalize(this);
+    }
 }

@@ -64,6 +64,8 @@ public sealed class Generator : IDisposable
     private readonly BatchLayout _layout = new(1, 1);
     private readonly int[] _blockTable;
     private readonly float[] _logits;
+    private readonly SampleRow[] _sampleRow = new SampleRow[1];
+    private readonly int[] _token = new int[1];
 
     public Generator(LoadedModel model, IBackend backend, GeneratorOptions? options = null)
     {
@@ -105,19 +107,19 @@ public sealed class Generator : IDisposable
 
         var sw = Stopwatch.StartNew();
         int pos = 0;
-        while (pos < prompt.Length)
+        while (pos + _runner.MaxTokensPerStep < prompt.Length)
         {
-            int n = Math.Min(_runner.MaxTokensPerStep, prompt.Length - pos);
-            Step(prompt.Slice(pos, n), pos);
-            pos += n;
+            Prefill(prompt.Slice(pos, _runner.MaxTokensPerStep), pos);
+            pos += _runner.MaxTokensPerStep;
         }
+        int next = Step(prompt[pos..], pos, sampler, top, out float lp);
+        pos = prompt.Length;
         var prefill = sw.Elapsed;
         sw.Restart();
 
         FinishReason finish = FinishReason.Length;
         while (true)
         {
-            int next = sampler.Sample(_logits, top, out float lp);
             ids.Add(next);
             bool eos = !p.IgnoreEos && _model.Tokenizer.IsEos(next);
             string delta = eos ? "" : stop.Append(decoder.Append(next));
@@ -130,7 +132,7 @@ public sealed class Generator : IDisposable
             if (ids.Count >= p.MaxTokens) { finish = FinishReason.Length; break; }
             if (pos >= ContextLength) { finish = FinishReason.ContextFull; break; }
             if (ct.IsCancellationRequested) { finish = FinishReason.Cancelled; break; }
-            Step([next], pos);
+            next = Step([next], pos, sampler, top, out lp);
             pos++;
         }
         if (finish != FinishReason.Stop)
@@ -147,13 +149,32 @@ public sealed class Generator : IDisposable
         return new GenerationResult(prompt.ToArray(), [.. ids], text.ToString(), finish, prefill, sw.Elapsed, tokens);
     }
 
-    // Runs `chunk` at positions pos.. and leaves the last row's logits in _logits.
-    private void Step(ReadOnlySpan<int> chunk, int pos)
+    // Runs `chunk` at positions pos.. and returns the token drawn from its last row, which takes position
+    // pos + chunk.Length: through the backend (IBackend.Sample, as the engine draws) or, when log-probabilities are
+    // asked for, from the downloaded logits by the same rules.
+    private int Step(ReadOnlySpan<int> chunk, int pos, Sampler sampler, TokenLogprob[]? top, out float logprob)
     {
         _layout.Clear();
         _layout.AddSequence(pos, chunk.Length, _blockTable);
         ReadOnlySpan<int> lastRow = [chunk.Length - 1];
+        int position = pos + chunk.Length;
+        if (top is null && sampler.Params.Logprobs == 0)
+        {
+            logprob = 0;
+            _sampleRow[0] = sampler.Row(position);
+            _runner.ForwardSample(chunk, _layout, lastRow, _sampleRow, _token);
+            return _token[0];
+        }
         _runner.Forward(chunk, _layout, lastRow, _logits);
+        return sampler.Sample(_logits, position, top, out logprob);
+    }
+
+    // A prefill chunk that does not end the prompt: K/V only, no logits.
+    private void Prefill(ReadOnlySpan<int> chunk, int pos)
+    {
+        _layout.Clear();
+        _layout.AddSequence(pos, chunk.Length, _blockTable);
+        _runner.Forward(chunk, _layout, [], []);
     }
 
     public void Dispose() => _runner.Dispose();

@@ -5,8 +5,9 @@ namespace FastServe.Runtime.Generation;
 /// <summary>
 /// How to pick each next token. Temperature 0 is greedy (argmax, first index wins ties). Otherwise logits are
 /// divided by the temperature, filtered to the top-k (0 = no limit), then to the smallest set whose probability
-/// reaches top-p (1 = no limit), renormalized and sampled with a generator seeded by <see cref="Seed"/>
-/// (same seed, same model, same prompt: same tokens). Order as in Hugging Face and vLLM.
+/// reaches top-p (1 = no limit), renormalized and drawn by <see cref="Backends.CounterSampler"/> keyed by
+/// <see cref="Seed"/> and the token's position (same seed, same model, same prompt: same tokens, on every backend,
+/// alone or batched). Order as in Hugging Face and vLLM.
 /// </summary>
 public sealed record SamplingParams
 {

@@ -23,14 +23,14 @@ public sealed record ModelExecutorOptions
     /// <summary>Memory budget for the KV cache when <see cref="KvBlocks"/> is 0.</summary>
     public long KvMemoryBytes { get; init; } = 1L << 30;
     public KvDType KvDType { get; init; } = KvDType.F32;
-    /// <summary>Record decode steps as graphs and replay them where the backend can (<see cref="IGraphBackend"/>,
-    /// the cuda backend); false runs every step op by op (<c>--eager</c>).</summary>
+    /// <summary>Let a backend that records steps (<see cref="IStepRecorder"/>: CUDA graphs on the cuda backend) record
+    /// decode steps and replay them; false runs every step op by op (<c>--eager</c>).</summary>
     public bool StepGraphs { get; init; } = true;
-    /// <summary>Largest decode batch (sequences) recorded as a graph; larger batches run op by op.</summary>
+    /// <summary>Largest decode batch (sequences) the backend may record; larger batches run op by op.</summary>
     public int MaxGraphBatch { get; init; } = 256;
-    /// <summary>Pad a decode batch with dummy sequences up to its graph size (1, 2, 4, then multiples of 8, as vLLM
-    /// captures), so at most 35 graphs cover 1 to 256 sequences and a size seen once still replays; false records
-    /// one graph per exact batch size.</summary>
+    /// <summary>Pad a decode batch with dummy sequences up to its recorded size (1, 2, 4, then multiples of 8, as
+    /// vLLM does), so at most 35 recordings cover 1 to 256 sequences and a size seen once still replays; false
+    /// records one step per exact batch size.</summary>
     public bool PadGraphBatches { get; init; } = true;
 
     /// <summary>Errors: engine.invalid_option.</summary>
@@ -47,10 +47,10 @@ public sealed record ModelExecutorOptions
 }
 
 /// <summary>
-/// Runs engine steps on a real backend (CPU, reference, CUDA) through <see cref="ModelRunner"/>, then samples each
-/// requested row: with the sequence's own <see cref="Sampler"/> on the host, or, where the backend
-/// <see cref="IBackend.SamplesOnDevice"/>, through the backend so that only token ids come back (and decode steps
-/// replay CUDA graphs where the backend is an <see cref="IGraphBackend"/>). Steps execute on a dedicated device
+/// Runs engine steps on a real backend (CPU, reference, CUDA) through <see cref="ModelRunner"/>, then draws each
+/// requested row's token through <see cref="IBackend.Sample"/> by <see cref="CounterSampler"/>'s rules, keyed by the
+/// sequence's <see cref="Sampler"/> (so only token ids leave a GPU; decode steps are bracketed for a backend that
+/// records and replays steps, an <see cref="IStepRecorder"/>). Steps execute on a dedicated device
 /// thread in launch order (the backend's compute pool fans each op out from there), so the scheduler thread is free
 /// while a forward pass runs, as it would be with a GPU stream.
 /// </summary>
@@ -61,13 +61,11 @@ public sealed class ModelStepExecutor : IStepExecutor
     private readonly BlockingCollection<StepBatch> _queue = new(new ConcurrentQueue<StepBatch>(), 2);
     private readonly Thread _device;
     private readonly int _vocab;
-    private readonly bool _backendSamples;
     private readonly SampleRow[] _sampleRows;
     private readonly int[] _sampled;
-    private float[]? _probs;
-    private readonly IGraphBackend? _graphs;
-    private readonly GraphSlot[] _slots = [];
-    private readonly bool _padGraphs;
+    private readonly IStepRecorder? _recorder;
+    private readonly int _largestRecorded;
+    private readonly bool _padSteps;
     private readonly BatchLayout _padLayout = new();
     private readonly int[] _padTokens = [], _padRows = [], _padTable = [];
 
@@ -90,24 +88,23 @@ public sealed class ModelStepExecutor : IStepExecutor
         MaxTokensPerStep = options.MaxTokensPerStep;
         MaxSequencesPerStep = Math.Min(options.MaxSequencesPerStep, options.MaxTokensPerStep);
         _vocab = config.VocabSize;
-        _backendSamples = backend.SamplesOnDevice;
         var cacheSpec = KvSpec;
-        if (options.StepGraphs && backend is IGraphBackend graphs && _backendSamples && options.MaxGraphBatch > 0)
+        if (options.StepGraphs && backend is IStepRecorder recorder && options.MaxGraphBatch > 0)
         {
-            _graphs = graphs;
-            graphs.MinAttentionBlocks = (ctx + options.BlockSize - 1) / options.BlockSize;
-            _slots = new GraphSlot[Math.Min(options.MaxGraphBatch, MaxSequencesPerStep) + 1];
+            _recorder = recorder;
+            _largestRecorded = Math.Min(options.MaxGraphBatch, MaxSequencesPerStep);
             if (options.PadGraphBatches)
             {
                 // Dummy sequences write their one token's K/V into a block past the ones the scheduler hands out.
-                _padGraphs = true;
+                _padSteps = true;
                 cacheSpec = KvSpec with { NumBlocks = KvSpec.NumBlocks + 1 };
                 _padTable = [KvSpec.NumBlocks];
-                _padTokens = new int[_slots.Length - 1];
-                _padRows = new int[_slots.Length - 1];
+                _padTokens = new int[_largestRecorded];
+                _padRows = new int[_largestRecorded];
             }
         }
         _runner = new ModelRunner(config, weights, backend, cacheSpec, MaxTokensPerStep, MaxSequencesPerStep);
+        _recorder?.StartStepRecording((ctx + options.BlockSize - 1) / options.BlockSize);
         _logits = new float[(long)MaxSequencesPerStep * _vocab];
         _sampleRows = new SampleRow[MaxSequencesPerStep];
         _sampled = new int[MaxSequencesPerStep];
@@ -124,18 +121,19 @@ public sealed class ModelStepExecutor : IStepExecutor
     public KvCacheSpec KvSpec { get; }
     public int MaxInFlight => 2;
 
-    /// <summary>Decode steps recorded as graphs, steps that replayed one, and replays or captures that were refused
-    /// (the step ran op by op instead). Read on any thread; exact once the executor is idle.</summary>
-    public long GraphCaptures => Volatile.Read(ref _graphCaptures);
-    public long GraphReplays => Volatile.Read(ref _graphReplays);
-    public long GraphFallbacks => Volatile.Read(ref _graphFallbacks);
-    /// <summary>Dummy rows added to decode batches to reach their graph size (the compute padding costs).</summary>
-    public long GraphPadRows => Volatile.Read(ref _graphPadRows);
-    private long _graphCaptures, _graphReplays, _graphFallbacks, _graphPadRows;
+    /// <summary>Decode steps the backend recorded (<see cref="IStepRecorder"/>: CUDA graphs on the cuda backend),
+    /// steps that replayed a recording, and recordings or replays it refused (the step ran op by op instead); the
+    /// names are those bench-engine reports. Read on any thread; exact once the executor is idle.</summary>
+    public long GraphCaptures => Volatile.Read(ref _recorded);
+    public long GraphReplays => Volatile.Read(ref _replayed);
+    public long GraphFallbacks => Volatile.Read(ref _refused);
+    /// <summary>Dummy rows added to decode batches to reach their recorded size (the compute padding costs).</summary>
+    public long GraphPadRows => Volatile.Read(ref _padRowCount);
+    private long _recorded, _replayed, _refused, _padRowCount;
 
     /// <summary>The batch size a decode step of <paramref name="n"/> sequences is recorded at: n itself without
     /// padding, else 1, 2, 4, then the next multiple of 8, never above <paramref name="largest"/> (the largest
-    /// recorded batch, itself always a size).</summary>
+    /// recorded batch, itself always a size), so at most 35 recordings cover 1 to 256 sequences.</summary>
     public static int GraphBatchSize(int n, int largest, bool pad = true)
     {
         if (!pad || n >= largest) return n;
@@ -173,68 +171,45 @@ public sealed class ModelStepExecutor : IStepExecutor
         catch (ObjectDisposedException) { }
     }
 
+    // Every token is drawn by CounterSampler's rules, keyed by its sequence's seed and the position it will take,
+    // through the backend's Sample (on a GPU only the ids come back). A step in which some sequence wants
+    // log-probabilities downloads the logits instead and draws on the host by the same rules, so a seeded request gets
+    // the same tokens on every backend, alone or batched, whichever way its steps went.
     private void Run(StepBatch step)
-    {
-        if (_backendSamples)
-        {
-            RunBackendSampled(step);
-            return;
-        }
-        int n = step.SampleCount;
-        _runner.Forward(step.Tokens.AsSpan(0, step.TokenCount), step.Layout, step.SampleRow.AsSpan(0, n), _logits);
-        for (int i = 0; i < n; i++)
-        {
-            var sampler = SamplerOf(step, i);
-            var row = _logits.AsSpan(i * _vocab, _vocab);
-            step.OutToken[i] = sampler.Sample(row, step.SampleTop[i], out float lp);
-            step.OutLogprob[i] = lp;
-        }
-    }
-
-    // A backend that samples where the logits are: tokens are drawn by its Sample (CounterSampler's rules, keyed by
-    // the sequence's seed and the token's position), so only ids come back. A step in which some sequence wants
-    // log-probabilities downloads the logits instead and draws on the host by the same rules, so a seeded request
-    // gets the same tokens whichever way its steps went.
-    private void RunBackendSampled(StepBatch step)
     {
         int n = step.SampleCount;
         bool logprobs = false;
         for (int i = 0; i < n; i++)
         {
             var sampler = SamplerOf(step, i);
-            _sampleRows[i] = sampler.CounterRow(step.SamplePosition[i]);
+            _sampleRows[i] = sampler.Row(step.SamplePosition[i]);
             logprobs |= step.SampleTop[i] is not null || sampler.Params.Logprobs > 0;
         }
         var tokens = step.Tokens.AsSpan(0, step.TokenCount);
         var rows = step.SampleRow.AsSpan(0, n);
         if (!logprobs)
         {
-            if (_graphs is not null && n < _slots.Length && step.TokenCount == n && step.Layout.SequenceCount == n) RunDecodeGraph(step, n);
+            if (_recorder is not null && n <= _largestRecorded && step.TokenCount == n && step.Layout.SequenceCount == n) RunRecordedDecode(step, n);
             else ForwardSampled(tokens, step.Layout, rows, n);
             for (int i = 0; i < n; i++) { step.OutToken[i] = _sampled[i]; step.OutLogprob[i] = 0; }
             return;
         }
         _runner.Forward(tokens, step.Layout, rows, _logits);
-        _probs ??= new float[_vocab];
         for (int i = 0; i < n; i++)
         {
             var row = _logits.AsSpan(i * _vocab, _vocab);
-            int token = CounterSampler.Sample(row, _sampleRows[i], _probs);
-            step.OutToken[i] = token;
-            step.OutLogprob[i] = SamplerOf(step, i).Logprobs(row, token, step.SampleTop[i]);
+            step.OutToken[i] = SamplerOf(step, i).Sample(row, step.SamplePosition[i], step.SampleTop[i], out step.OutLogprob[i]);
         }
     }
 
-    // A decode step of n sequences (one row each, every row sampled on the device) has the same ops, tensors and
-    // staged sizes as every other of its graph size b (n padded with dummy sequences), so it is recorded once and
-    // replayed: one graph per size, captured the second time that size runs (the first grows every buffer it
-    // needs). A replay or capture the backend refuses (buffers reallocated since, a step that differs) ran nothing,
-    // so the step runs op by op; a size that keeps being refused stops being captured, and its steps run unpadded.
-    private void RunDecodeGraph(StepBatch step, int n)
+    // A decode step of n sequences (one row each, every row sampled by the backend) has the same ops, tensors and
+    // staged sizes as every other of its size b (n padded with dummy sequences), so the backend may record it once
+    // and replay it, keyed by b. A step it refuses ran nothing and runs again op by op; a size it has given up on
+    // runs unpadded.
+    private void RunRecordedDecode(StepBatch step, int n)
     {
-        int b = GraphBatchSize(n, _slots.Length - 1, _padGraphs);
-        ref var slot = ref _slots[b];
-        if (slot.Graph is null && slot.Refusals >= MaxGraphRefusals)
+        int b = GraphBatchSize(n, _largestRecorded, _padSteps);
+        if (!_recorder!.BeginStep(b))
         {
             ForwardSampled(step.Tokens.AsSpan(0, n), step.Layout, step.SampleRow.AsSpan(0, n), n);
             return;
@@ -242,46 +217,19 @@ public sealed class ModelStepExecutor : IStepExecutor
         var (tokenArray, layout, rowArray) = b == n ? (step.Tokens, step.Layout, step.SampleRow) : Pad(step, n, b);
         var tokens = tokenArray.AsSpan(0, b);
         var rows = rowArray.AsSpan(0, b);
-        _graphPadRows += b - n;  // every way on from here runs the padded step
-        if (slot.Graph is { } graph)
+        _padRowCount += b - n;  // every way on from here runs the padded step
+        StepOutcome outcome;
+        try { ForwardSampled(tokens, layout, rows, b); }
+        finally { outcome = _recorder.EndStep(); }
+        switch (outcome)
         {
-            try
-            {
-                _graphs!.BeginReplay(graph);
+            case StepOutcome.Recorded: _recorded++; break;
+            case StepOutcome.Replayed: _replayed++; break;
+            case StepOutcome.Refused:
+                _refused++;
                 ForwardSampled(tokens, layout, rows, b);
-                _graphReplays++;
-                return;
-            }
-            catch (InvalidOperationException)
-            {
-                _graphs!.AbortCapture();
-                graph.Dispose();
-                slot.Graph = null;
-                slot.Seen = 0;
-                slot.Refusals++;
-                _graphFallbacks++;
-            }
+                break;
         }
-        else if (slot.Seen > 0)
-        {
-            try
-            {
-                _graphs!.BeginCapture();
-                ForwardSampled(tokens, layout, rows, b);
-                slot.Graph = _graphs.EndCapture();
-                _graphCaptures++;
-                return;
-            }
-            catch (InvalidOperationException)
-            {
-                _graphs!.AbortCapture();
-                slot.Seen = 0;
-                slot.Refusals++;
-                _graphFallbacks++;
-            }
-        }
-        slot.Seen++;
-        ForwardSampled(tokens, layout, rows, b);
     }
 
     // The step's n decode sequences followed by b − n dummies: token 0 at position 0 in the reserved block, drawn
@@ -305,15 +253,7 @@ public sealed class ModelStepExecutor : IStepExecutor
     private void ForwardSampled(ReadOnlySpan<int> tokens, BatchLayout layout, ReadOnlySpan<int> rows, int n) =>
         _runner.ForwardSample(tokens, layout, rows, _sampleRows.AsSpan(0, n), _sampled);
 
-    private const int MaxGraphRefusals = 3;
     private static readonly SampleRow PadDraw = new(Temperature: 0, TopP: 1, TopK: 0, Seed: 0, Counter: 0);
-
-    private struct GraphSlot
-    {
-        public IStepGraph? Graph;
-        public int Seen;
-        public int Refusals;
-    }
 
     private static Sampler SamplerOf(StepBatch step, int i) =>
         step.SampleSampler[i] ?? throw new InvalidOperationException($"sample {i} of step {step.Id} has no sampler");
@@ -323,7 +263,7 @@ public sealed class ModelStepExecutor : IStepExecutor
         _queue.CompleteAdding();
         _device.Join();
         _queue.Dispose();
-        foreach (var slot in _slots) slot.Graph?.Dispose();
+        _recorder?.StopStepRecording();
         _runner.Dispose();
     }
 }

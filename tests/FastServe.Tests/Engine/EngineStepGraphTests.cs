@@ -10,9 +10,9 @@ using NUnit.Framework;
 namespace FastServe.Tests.Engine;
 
 /// <summary>
-/// How the executor drives a graph-capable backend (<see cref="IGraphBackend"/>, the cuda backend's CUDA graphs),
-/// checked on the CPU backend behind a recorder that keeps the contract: ops issued between BeginCapture and the
-/// readback are the graph, a replay whose ops differ from the recording is refused at its readback. Only decode
+/// How the executor drives a backend that records steps (<see cref="IStepRecorder"/>, the cuda backend's CUDA graphs),
+/// checked on the CPU backend behind a recorder that keeps the contract: ops issued between BeginStep and the
+/// readback are the recording, a replay whose ops differ from the recording is refused at its readback. Only decode
 /// steps are recorded, each graph size (a batch padded with dummy sequences, or the exact size) once after a warm-up
 /// run, replays carry the rest, a refused replay or capture falls back without changing a token, and --eager turns
 /// it all off.
@@ -111,13 +111,18 @@ public class EngineStepGraphTests : TinyCpuModelFixture
         Assert.That(recorder.MinAttentionBlocks, Is.Zero);
     }
 
-    /// <summary>The CPU backend with the graph contract: ops always run (the CPU has no graphs), while the op
-    /// sequence between BeginCapture/BeginReplay and the readback is recorded and compared like a CUDA graph's
-    /// signature.</summary>
-    private sealed class GraphRecorder(IBackend inner) : ForwardingBackend(inner), IGraphBackend
+    /// <summary>The CPU backend with the step-recording contract of a graph backend: ops always run (the CPU has no
+    /// graphs), while the op sequence of a recorded or replayed step, up to its readback, is recorded and compared
+    /// like a CUDA graph's signature; a replay that differs, or a refusal asked for, is refused at the readback, which
+    /// then returns no tokens, as a device backend that ran nothing would. The policy (which step of a size records,
+    /// which replays, when a size is given up) is the one every recorder shares, <see cref="StepRecordings{T}"/>.</summary>
+    private sealed class GraphRecorder(IBackend inner) : ForwardingBackend(inner), IStepRecorder
     {
         private enum Mode { Normal, Capturing, Replaying }
+        private readonly StepRecordings<Graph> _steps = new();
+        private StepRecordings<Graph>.Plan _plan;
         private Mode _mode;
+        private bool _inStep, _refused;
         private HashCode _sig;
         private Graph? _replaying, _captured;
         private int _tokens;
@@ -127,32 +132,42 @@ public class EngineStepGraphTests : TinyCpuModelFixture
         public readonly List<int> CaptureAttempts = [];
         public int Replays, EagerDecodeSteps, MaxBlock = -1;
 
-        public int MinAttentionBlocks { get; set; }
+        public int MinAttentionBlocks { get; private set; }
         public override string Name => "cpu-graphs";
         public override bool SamplesOnDevice => true;
 
-        public void BeginCapture()
+        public void StartStepRecording(int maxBlocksPerSequence)
         {
-            if (_mode != Mode.Normal) throw new InvalidOperationException("nested capture");
-            _mode = Mode.Capturing;
-            _sig = new HashCode();
+            _steps.Clear();
+            MinAttentionBlocks = maxBlocksPerSequence;
         }
 
-        public IStepGraph EndCapture()
+        public void StopStepRecording() => _steps.Clear();
+
+        public bool BeginStep(int key)
         {
-            var g = _captured ?? throw new InvalidOperationException("no capture ended");
+            if (_inStep) throw new InvalidOperationException("nested step");
+            if (!_steps.Begin(key, out _plan, out var recording)) return false;
+            _inStep = true;
+            _refused = false;
             _captured = null;
-            return g;
+            _replaying = recording;
+            _mode = _plan switch { StepRecordings<Graph>.Plan.Record => Mode.Capturing, StepRecordings<Graph>.Plan.Replay => Mode.Replaying, _ => Mode.Normal };
+            _sig = new HashCode();
+            return true;
         }
 
-        public void AbortCapture() => _mode = Mode.Normal;
-
-        public void BeginReplay(IStepGraph graph)
+        public StepOutcome EndStep()
         {
-            if (_mode != Mode.Normal) throw new InvalidOperationException("replay during " + _mode);
-            _replaying = (Graph)graph;
-            _mode = Mode.Replaying;
-            _sig = new HashCode();
+            if (!_inStep) throw new InvalidOperationException("no step");
+            bool refused = _refused || _mode != Mode.Normal; // a step whose readback never came ran nothing
+            _inStep = false;
+            _refused = false;
+            _mode = Mode.Normal;
+            _replaying = null;
+            var captured = _captured;
+            _captured = null;
+            return _steps.End(_plan, refused, captured);
         }
 
         public override void Sample(BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens)
@@ -162,22 +177,23 @@ public class EngineStepGraphTests : TinyCpuModelFixture
             {
                 case Mode.Capturing:
                     CaptureAttempts.Add(rows.Length);
-                    if (RefuseEveryOtherCapture && CaptureAttempts.Count % 2 == 1) throw new InvalidOperationException("the staging buffer would have to grow during a capture");
-                    _captured = new Graph(_sig.ToHashCode());
-                    Captured.Add((_tokens, rows.Length));
+                    if (RefuseEveryOtherCapture && CaptureAttempts.Count % 2 == 1) _refused = true; // "the staging buffer would have to grow during a capture"
+                    else
+                    {
+                        _captured = new Graph(_sig.ToHashCode());
+                        Captured.Add((_tokens, rows.Length));
+                    }
                     break;
                 case Mode.Replaying:
-                    var g = _replaying!;
-                    _mode = Mode.Normal;
-                    _replaying = null;
-                    if (RefuseReplays || g.Signature != _sig.ToHashCode()) throw new InvalidOperationException("the replayed step differs from the captured one");
-                    Replays++;
+                    if (RefuseReplays || _replaying!.Signature != _sig.ToHashCode()) _refused = true; // "the replayed step differs from the captured one"
+                    else Replays++;
                     break;
                 default:
                     if (_tokens == rows.Length) EagerDecodeSteps++;
                     break;
             }
             _mode = Mode.Normal;
+            if (_refused) return;
             CounterSampler.SampleOnHost(Inner, logits, rows, tokens);
         }
 
@@ -209,7 +225,7 @@ public class EngineStepGraphTests : TinyCpuModelFixture
         public override void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst) { Sign("gather", rows.Length); Inner.GatherRows(src, rows, dst); }
         public override void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst) { Sign("upload", rows); Inner.CopyFromHost(data, rows, dst); }
 
-        private sealed class Graph(int signature) : IStepGraph
+        private sealed class Graph(int signature) : IDisposable
         {
             public int Signature { get; } = signature;
             public void Dispose() { }

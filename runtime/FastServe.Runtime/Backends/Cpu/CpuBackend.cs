@@ -17,7 +17,7 @@ namespace FastServe.Runtime.Backends.Cpu;
 /// names the tensor). Programming errors (shape mismatches, foreign tensors, token or block ids out of range) throw
 /// <see cref="ArgumentException"/>.
 /// </remarks>
-public sealed unsafe class CpuBackend : IBackend
+public sealed unsafe class CpuBackend : BackendBase
 {
     /// <summary>Element-wise ops smaller than this many elements run on the calling thread only.</summary>
     private const long ParallelElements = 1 << 15;
@@ -28,6 +28,7 @@ public sealed unsafe class CpuBackend : IBackend
     private readonly ElementJob _elem;
     private readonly AttentionJob _attn;
     private readonly WorkerScratch _scratch;
+    private float[] _probs = [];
     private bool _disposed;
 
     /// <param name="threads">Compute threads including the caller; 0 = <see cref="Environment.ProcessorCount"/>.</param>
@@ -49,7 +50,7 @@ public sealed unsafe class CpuBackend : IBackend
         _attn = new AttentionJob { Isa = chosen, Scratch = _scratch };
     }
 
-    public string Name => "cpu";
+    public override string Name => "cpu";
 
     /// <summary>Threads that run each op (the caller included).</summary>
     public int Threads => _pool.Threads;
@@ -60,37 +61,34 @@ public sealed unsafe class CpuBackend : IBackend
     /// <summary>Active kernel path as an enum.</summary>
     public CpuIsa IsaLevel => _isa;
 
-    public BackendWeight LoadMatrix(MatrixWeight weight)
+    public override BackendWeight LoadMatrix(MatrixWeight weight)
     {
         ArgumentNullException.ThrowIfNull(weight);
         if (weight.Data == null) throw new ArgumentException($"{weight.Name}: null data pointer");
-        return new CpuWeight(weight);
+        return new CpuWeight(weight) { Owner = this };
     }
 
-    public BackendWeight LoadVector(string name, ReadOnlySpan<float> values)
+    public override BackendWeight LoadVector(string name, ReadOnlySpan<float> values)
     {
         if (values.IsEmpty) throw new ArgumentException($"{name}: empty vector");
-        return new CpuWeight(name, values);
+        return new CpuWeight(name, values) { Owner = this };
     }
 
-    public BackendTensor Alloc(string name, int maxRows, int cols)
+    public override BackendTensor Alloc(string name, int maxRows, int cols)
     {
         OpChecks.Alloc(name, maxRows, cols);
-        return new CpuTensor(name, maxRows, cols);
+        return new CpuTensor(name, maxRows, cols) { Owner = this };
     }
 
-    public KvCache AllocKvCache(KvCacheSpec spec)
+    public override KvCache AllocKvCache(KvCacheSpec spec)
     {
         OpChecks.AllocKvCache(spec);
-        return new CpuKvCache(spec);
+        return new CpuKvCache(spec) { Owner = this };
     }
 
-    public void Embedding(BackendWeight table, ReadOnlySpan<int> tokens, BackendTensor dst)
+    public override void Embedding(BackendWeight table, ReadOnlySpan<int> tokens, BackendTensor dst)
     {
-        var t = Mat(table);
-        var d = T(dst);
-        OpChecks.Embedding(table, tokens, dst);
-        d.Rows = tokens.Length;
+        EmbeddingOperands(table, tokens, dst, out CpuWeight t, out CpuTensor d);
         int es = t.DType.SizeOf();
         for (int i = 0; i < tokens.Length; i++)
         {
@@ -100,52 +98,33 @@ public sealed unsafe class CpuBackend : IBackend
         }
     }
 
-    public void RmsNorm(BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
+    public override void RmsNorm(BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
     {
-        var xs = T(x);
-        var g = Vec(gamma);
-        var d = T(dst);
-        OpChecks.RmsNorm(x, gamma, dst);
-        d.Rows = xs.Rows;
+        RmsNormOperands(x, gamma, dst, out CpuTensor xs, out CpuWeight g, out CpuTensor d);
         RunRows(ElementOp.RmsNorm, xs.Rows, xs.Cols, xs.Data, null, d.Data, (float*)g.Data, eps);
     }
 
-    public void AddRmsNorm(BackendTensor residual, BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
+    public override void AddRmsNorm(BackendTensor residual, BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
     {
-        var res = T(residual);
-        var xs = T(x);
-        var g = Vec(gamma);
-        var d = T(dst);
-        OpChecks.AddRmsNorm(residual, x, gamma, dst);
-        d.Rows = res.Rows;
+        AddRmsNormOperands(residual, x, gamma, dst, out CpuTensor res, out CpuTensor xs, out CpuWeight g, out CpuTensor d);
         RunRows(ElementOp.RmsNorm, res.Rows, res.Cols, res.Data, xs.Data, d.Data, (float*)g.Data, eps);
     }
 
-    public void Add(BackendTensor acc, BackendTensor x)
+    public override void Add(BackendTensor acc, BackendTensor x)
     {
-        var a = T(acc);
-        var b = T(x);
-        OpChecks.Add(acc, x);
+        AddOperands(acc, x, out CpuTensor a, out CpuTensor b);
         RunRange(ElementOp.Add, (long)a.Rows * a.Cols, a.Data, b.Data, null);
     }
 
-    public void SiluGate(BackendTensor gate, BackendTensor up, BackendTensor dst)
+    public override void SiluGate(BackendTensor gate, BackendTensor up, BackendTensor dst)
     {
-        var g = T(gate);
-        var u = T(up);
-        var d = T(dst);
-        OpChecks.SiluGate(gate, up, dst);
-        d.Rows = g.Rows;
+        SiluGateOperands(gate, up, dst, out CpuTensor g, out CpuTensor u, out CpuTensor d);
         RunRange(ElementOp.SiluGate, (long)g.Rows * g.Cols, g.Data, u.Data, d.Data);
     }
 
-    public void MatMul(BackendTensor x, BackendWeight w, BackendTensor dst)
+    public override void MatMul(BackendTensor x, BackendWeight w, BackendTensor dst)
     {
-        var xs = T(x);
-        var ws = Mat(w);
-        var d = T(dst);
-        OpChecks.MatMul(x, w, dst);
-        d.Rows = xs.Rows;
+        MatMulOperands(x, w, dst, out CpuTensor xs, out CpuWeight ws, out CpuTensor d);
         if (xs.Rows == 0) return;
 
         var job = _matmul;
@@ -171,10 +150,9 @@ public sealed unsafe class CpuBackend : IBackend
         return rows;
     }
 
-    public void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
+    public override void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
     {
-        var xs = T(x);
-        OpChecks.Rope(x, heads, positions, rope);
+        var xs = RopeOperand<CpuTensor>(x, heads, positions, rope);
         int dim = rope.HeadDim;
         if (xs.Rows == 0) return;
         _scratch.Ensure(dim);
@@ -198,12 +176,9 @@ public sealed unsafe class CpuBackend : IBackend
         }
     }
 
-    public void KvStore(KvCache cache, int layer, BackendTensor k, BackendTensor v, BatchLayout batch)
+    public override void KvStore(KvCache cache, int layer, BackendTensor k, BackendTensor v, BatchLayout batch)
     {
-        var c = Kv(cache);
-        var ks = T(k);
-        var vs = T(v);
-        OpChecks.KvStore(cache, layer, k, v, batch);
+        KvStoreOperands(cache, layer, k, v, batch, out CpuKvCache c, out CpuTensor ks, out CpuTensor vs);
         var spec = c.Spec;
         int dim = spec.HeadDim, bs = spec.BlockSize;
         bool bf16 = spec.DType == KvDType.BF16;
@@ -240,16 +215,12 @@ public sealed unsafe class CpuBackend : IBackend
         }
     }
 
-    public void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst)
+    public override void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst)
     {
-        var qs = T(q);
-        var c = Kv(cache);
-        var d = T(dst);
-        OpChecks.Attention(q, cache, layer, batch, dst);
+        AttentionOperands(q, cache, layer, batch, dst, out CpuTensor qs, out CpuKvCache c, out CpuTensor d);
         var spec = c.Spec;
         int dim = spec.HeadDim;
         int heads = qs.Cols / dim;
-        d.Rows = qs.Rows;
         if (qs.Rows == 0) return;
 
         var job = _attn;
@@ -289,12 +260,9 @@ public sealed unsafe class CpuBackend : IBackend
         }
     }
 
-    public void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst)
+    public override void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst)
     {
-        var s = T(src);
-        var d = T(dst);
-        OpChecks.GatherRows(src, rows, dst);
-        d.Rows = rows.Length;
+        GatherRowsOperands(src, rows, dst, out CpuTensor s, out CpuTensor d);
         long bytes = s.Cols * 4L;
         for (int i = 0; i < rows.Length; i++)
         {
@@ -302,23 +270,28 @@ public sealed unsafe class CpuBackend : IBackend
         }
     }
 
-    public void CopyToHost(BackendTensor src, Span<float> dst)
+    public override void CopyToHost(BackendTensor src, Span<float> dst)
     {
-        var s = T(src);
-        OpChecks.CopyToHost(src, dst);
+        var s = CopyToHostOperand<CpuTensor>(src, dst);
         int n = s.Rows * s.Cols;
         new ReadOnlySpan<float>(s.Data, n).CopyTo(dst);
     }
 
-    public void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst)
+    /// <summary>Draws straight from the logits' memory by <see cref="CounterSampler"/>'s rules (no copy).</summary>
+    public override void Sample(BackendTensor logits, ReadOnlySpan<SampleRow> rows, Span<int> tokens)
     {
-        var d = T(dst);
-        OpChecks.CopyFromHost(data, rows, dst);
-        d.Rows = rows;
+        var l = SampleOperand<CpuTensor>(logits, rows, tokens);
+        if (_probs.Length < l.Cols) _probs = new float[l.Cols];
+        CounterSampler.SampleRows(new ReadOnlySpan<float>(l.Data, l.Rows * l.Cols), l.Cols, rows, tokens, _probs);
+    }
+
+    public override void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst)
+    {
+        var d = CopyFromHostOperand<CpuTensor>(data, rows, dst);
         data.CopyTo(new Span<float>(d.Data, data.Length));
     }
 
-    public void Dispose()
+    public override void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
@@ -356,18 +329,6 @@ public sealed unsafe class CpuBackend : IBackend
         job.PerItem = perItem;
         _pool.Run(job, (int)((total + perItem - 1) / perItem));
     }
-
-    private static CpuTensor T(BackendTensor t) =>
-        t as CpuTensor ?? throw new ArgumentException($"{t?.Name}: not a CPU-backend tensor");
-
-    private static CpuWeight Mat(BackendWeight w) =>
-        w is CpuWeight { IsVector: false } c ? c : throw new ArgumentException($"{w?.Name}: not a CPU-backend matrix weight");
-
-    private static CpuWeight Vec(BackendWeight w) =>
-        w is CpuWeight { IsVector: true } c ? c : throw new ArgumentException($"{w?.Name}: not a CPU-backend vector weight");
-
-    private static CpuKvCache Kv(KvCache c) =>
-        c is CpuKvCache { Disposed: false } k ? k : throw new ArgumentException("not a live CPU-backend KV cache");
 
     private enum ElementOp { RmsNorm, Add, SiluGate, Rope }
 

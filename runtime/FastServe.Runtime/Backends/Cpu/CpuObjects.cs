@@ -92,7 +92,7 @@ internal sealed unsafe class CpuWeight : BackendWeight
         }
     }
 
-    public CpuWeight(string name, ReadOnlySpan<float> values) : base(name, DType.F32, 1, values.Length)
+    public CpuWeight(string name, ReadOnlySpan<float> values) : base(name, DType.F32, 1, values.Length, isVector: true)
     {
         _vector = AlignedMemory.Alloc(4L * values.Length, name, AlignedMemory.Alignment);
         values.CopyTo(new Span<float>(_vector, values.Length));
@@ -108,7 +108,6 @@ internal sealed unsafe class CpuWeight : BackendWeight
     /// <summary>Per-row bias (length Rows) or null.</summary>
     public float* Bias => (float*)_bias;
 
-    public bool IsVector => _vector is not null;
 
     public override void Dispose()
     {
@@ -165,8 +164,6 @@ internal sealed unsafe class CpuKvCache : KvCache
 
     public byte* VTile(int layer, int block, int kvHead) =>
         (byte*)_v + ((((long)layer * Spec.NumBlocks + block) * Spec.KvHeads + kvHead) * TileElements * ElementSize);
-
-    public bool Disposed => _k is null;
 
     public override void Dispose()
     {

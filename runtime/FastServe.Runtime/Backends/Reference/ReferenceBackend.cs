@@ -12,42 +12,39 @@ namespace FastServe.Runtime.Backends.Reference;
 /// </summary>
 /// <remarks>Error codes: <c>reference.too_large</c> when a tensor or KV cache exceeds the managed-array limit.
 /// Misuse (wrong shapes, foreign tensors, token ids or block ids out of range) throws <see cref="ArgumentException"/>.</remarks>
-public sealed class ReferenceBackend : IBackend
+public sealed class ReferenceBackend : BackendBase
 {
-    public string Name => "reference";
+    public override string Name => "reference";
 
-    public BackendWeight LoadMatrix(MatrixWeight weight)
+    public override BackendWeight LoadMatrix(MatrixWeight weight)
     {
         ArgumentNullException.ThrowIfNull(weight);
-        return new ReferenceWeight(weight);
+        return new ReferenceWeight(weight) { Owner = this };
     }
 
-    public BackendWeight LoadVector(string name, ReadOnlySpan<float> values) => new ReferenceWeight(name, values.ToArray());
+    public override BackendWeight LoadVector(string name, ReadOnlySpan<float> values) => new ReferenceWeight(name, values.ToArray()) { Owner = this };
 
-    public BackendTensor Alloc(string name, int maxRows, int cols)
+    public override BackendTensor Alloc(string name, int maxRows, int cols)
     {
         OpChecks.Alloc(name, maxRows, cols);
         long n = (long)maxRows * cols;
         if (n > Array.MaxLength)
             throw new FastServeException("reference.too_large", $"{maxRows}x{cols} activation exceeds the reference backend's array limit", name);
-        return new ReferenceTensor(name, maxRows, cols);
+        return new ReferenceTensor(name, maxRows, cols) { Owner = this };
     }
 
-    public KvCache AllocKvCache(KvCacheSpec spec)
+    public override KvCache AllocKvCache(KvCacheSpec spec)
     {
         OpChecks.AllocKvCache(spec);
         long n = (long)spec.Layers * spec.NumBlocks * spec.BlockSize * spec.KvHeads * spec.HeadDim;
         if (n > Array.MaxLength)
             throw new FastServeException("reference.too_large", $"KV cache of {n} elements per K/V exceeds the reference backend's array limit", "kv_cache");
-        return new ReferenceKvCache(spec, (int)n);
+        return new ReferenceKvCache(spec, (int)n) { Owner = this };
     }
 
-    public void Embedding(BackendWeight table, ReadOnlySpan<int> tokens, BackendTensor dst)
+    public override void Embedding(BackendWeight table, ReadOnlySpan<int> tokens, BackendTensor dst)
     {
-        var t = W(table);
-        var d = T(dst);
-        OpChecks.Embedding(table, tokens, dst);
-        d.Rows = tokens.Length;
+        EmbeddingOperands(table, tokens, dst, out ReferenceWeight t, out ReferenceTensor d);
         for (int i = 0; i < tokens.Length; i++)
         {
             int tok = tokens[i];
@@ -55,25 +52,16 @@ public sealed class ReferenceBackend : IBackend
         }
     }
 
-    public void RmsNorm(BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
+    public override void RmsNorm(BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
     {
-        var xs = T(x);
-        var g = Vec(gamma);
-        var d = T(dst);
-        OpChecks.RmsNorm(x, gamma, dst);
-        d.Rows = xs.Rows;
+        RmsNormOperands(x, gamma, dst, out ReferenceTensor xs, out ReferenceWeight g, out ReferenceTensor d);
         for (int r = 0; r < xs.Rows; r++) NormRow(xs.Data, r * xs.Cols, g.Vector!, eps, d.Data, r * d.Cols, xs.Cols);
     }
 
-    public void AddRmsNorm(BackendTensor residual, BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
+    public override void AddRmsNorm(BackendTensor residual, BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
     {
-        var res = T(residual);
-        var xs = T(x);
-        var g = Vec(gamma);
-        var d = T(dst);
-        OpChecks.AddRmsNorm(residual, x, gamma, dst);
+        AddRmsNormOperands(residual, x, gamma, dst, out ReferenceTensor res, out ReferenceTensor xs, out ReferenceWeight g, out ReferenceTensor d);
         for (int i = 0; i < res.Rows * res.Cols; i++) res.Data[i] += xs.Data[i];
-        d.Rows = res.Rows;
         for (int r = 0; r < res.Rows; r++) NormRow(res.Data, r * res.Cols, g.Vector!, eps, d.Data, r * d.Cols, res.Cols);
     }
 
@@ -85,22 +73,16 @@ public sealed class ReferenceBackend : IBackend
         for (int c = 0; c < cols; c++) dst[o + c] = (float)(x[xo + c] * inv * gamma[c]);
     }
 
-    public void Add(BackendTensor acc, BackendTensor x)
+    public override void Add(BackendTensor acc, BackendTensor x)
     {
-        var a = T(acc);
-        var b = T(x);
-        OpChecks.Add(acc, x);
+        AddOperands(acc, x, out ReferenceTensor a, out ReferenceTensor b);
         for (int i = 0; i < a.Rows * a.Cols; i++) a.Data[i] += b.Data[i];
     }
 
-    public void MatMul(BackendTensor x, BackendWeight w, BackendTensor dst)
+    public override void MatMul(BackendTensor x, BackendWeight w, BackendTensor dst)
     {
-        var xs = T(x);
-        var ws = W(w);
-        var d = T(dst);
+        MatMulOperands(x, w, dst, out ReferenceTensor xs, out ReferenceWeight ws, out ReferenceTensor d);
         if (ws.Matrix is null) throw new ArgumentException($"MatMul: {w.Name} is a vector, not a matrix");
-        OpChecks.MatMul(x, w, dst);
-        d.Rows = xs.Rows;
         float[]? bias = ws.Matrix.Bias;
         for (int r = 0; r < xs.Rows; r++)
         {
@@ -114,10 +96,9 @@ public sealed class ReferenceBackend : IBackend
         }
     }
 
-    public void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
+    public override void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
     {
-        var xs = T(x);
-        OpChecks.Rope(x, heads, positions, rope);
+        var xs = RopeOperand<ReferenceTensor>(x, heads, positions, rope);
         int dim = rope.HeadDim, half = dim / 2;
         for (int r = 0; r < xs.Rows; r++)
         {
@@ -136,13 +117,9 @@ public sealed class ReferenceBackend : IBackend
         }
     }
 
-    public void SiluGate(BackendTensor gate, BackendTensor up, BackendTensor dst)
+    public override void SiluGate(BackendTensor gate, BackendTensor up, BackendTensor dst)
     {
-        var g = T(gate);
-        var u = T(up);
-        var d = T(dst);
-        OpChecks.SiluGate(gate, up, dst);
-        d.Rows = g.Rows;
+        SiluGateOperands(gate, up, dst, out ReferenceTensor g, out ReferenceTensor u, out ReferenceTensor d);
         for (int i = 0; i < g.Rows * g.Cols; i++)
         {
             double z = g.Data[i];
@@ -150,12 +127,9 @@ public sealed class ReferenceBackend : IBackend
         }
     }
 
-    public void KvStore(KvCache cache, int layer, BackendTensor k, BackendTensor v, BatchLayout batch)
+    public override void KvStore(KvCache cache, int layer, BackendTensor k, BackendTensor v, BatchLayout batch)
     {
-        var c = C(cache);
-        var ks = T(k);
-        var vs = T(v);
-        OpChecks.KvStore(cache, layer, k, v, batch);
+        KvStoreOperands(cache, layer, k, v, batch, out ReferenceKvCache c, out ReferenceTensor ks, out ReferenceTensor vs);
         var spec = c.Spec;
         int width = spec.KvHeads * spec.HeadDim;
         for (int s = 0; s < batch.SequenceCount; s++)
@@ -174,18 +148,14 @@ public sealed class ReferenceBackend : IBackend
         }
     }
 
-    public void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst)
+    public override void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst)
     {
-        var qs = T(q);
-        var c = C(cache);
-        var d = T(dst);
-        OpChecks.Attention(q, cache, layer, batch, dst);
+        AttentionOperands(q, cache, layer, batch, dst, out ReferenceTensor qs, out ReferenceKvCache c, out ReferenceTensor d);
         var spec = c.Spec;
         int dim = spec.HeadDim;
         int heads = qs.Cols / dim;
         int group = heads / spec.KvHeads;
         double scale = 1.0 / Math.Sqrt(dim);
-        d.Rows = qs.Rows;
         for (int s = 0; s < batch.SequenceCount; s++)
         {
             for (int i = 0; i < batch.RowCount(s); i++)
@@ -227,53 +197,32 @@ public sealed class ReferenceBackend : IBackend
         }
     }
 
-    public void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst)
+    public override void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst)
     {
-        var s = T(src);
-        var d = T(dst);
-        OpChecks.GatherRows(src, rows, dst);
-        d.Rows = rows.Length;
+        GatherRowsOperands(src, rows, dst, out ReferenceTensor s, out ReferenceTensor d);
         for (int i = 0; i < rows.Length; i++) Array.Copy(s.Data, rows[i] * s.Cols, d.Data, i * d.Cols, s.Cols);
     }
 
-    public void CopyToHost(BackendTensor src, Span<float> dst)
+    public override void CopyToHost(BackendTensor src, Span<float> dst)
     {
-        var s = T(src);
-        OpChecks.CopyToHost(src, dst);
+        var s = CopyToHostOperand<ReferenceTensor>(src, dst);
         int n = s.Rows * s.Cols;
         s.Data.AsSpan(0, n).CopyTo(dst);
     }
 
-    public void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst)
+    public override void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst)
     {
-        var d = T(dst);
-        OpChecks.CopyFromHost(data, rows, dst);
-        d.Rows = rows;
+        var d = CopyFromHostOperand<ReferenceTensor>(data, rows, dst);
         data.CopyTo(d.Data);
     }
 
-    public void Dispose()
+    public override void Dispose()
     {
     }
 
     /// <summary>Block holding position <paramref name="pos"/> of sequence <paramref name="seq"/>; the op has already
     /// checked (<see cref="OpChecks"/>) that the table covers it with a valid id.</summary>
     private static int Block(BatchLayout batch, int seq, int pos, KvCacheSpec spec) => batch.BlockTable(seq)[pos / spec.BlockSize];
-
-    private static ReferenceTensor T(BackendTensor t) =>
-        t as ReferenceTensor ?? throw new ArgumentException($"{t?.Name}: not a reference-backend tensor");
-
-    private static ReferenceWeight W(BackendWeight w) =>
-        w as ReferenceWeight ?? throw new ArgumentException($"{w?.Name}: not a reference-backend weight");
-
-    private static ReferenceWeight Vec(BackendWeight w)
-    {
-        var r = W(w);
-        return r.Vector is not null ? r : throw new ArgumentException($"{w.Name}: a norm gain must be a vector weight (LoadVector)");
-    }
-
-    private static ReferenceKvCache C(KvCache c) =>
-        c as ReferenceKvCache ?? throw new ArgumentException("not a reference-backend KV cache");
 
     private sealed class ReferenceTensor(string name, int maxRows, int cols) : BackendTensor(name, maxRows, cols)
     {
@@ -284,7 +233,7 @@ public sealed class ReferenceBackend : IBackend
     {
         public ReferenceWeight(MatrixWeight m) : base(m.Name, m.DType, m.Rows, m.Cols) => Matrix = m;
 
-        public ReferenceWeight(string name, float[] values) : base(name, DType.F32, 1, values.Length) => Vector = values;
+        public ReferenceWeight(string name, float[] values) : base(name, DType.F32, 1, values.Length, isVector: true) => Vector = values;
 
         public MatrixWeight? Matrix { get; }
         public float[]? Vector { get; }

@@ -52,15 +52,13 @@ internal sealed class Admission
     private double _drainTokensPerSecond;  // prompt tokens admitted per second while requests were queued (EWMA)
     private long _drainWindowStart, _drainWindowTokens;
 
-    public Admission(EngineOptions options, EngineCounters counters, KvBlockManager kv, ObjectPool<Sequence> pool, int contextLength, int vocabSize)
+    public Admission(EngineOptions options, EngineLimits limits, EngineCounters counters, KvBlockManager kv, ObjectPool<Sequence> pool)
     {
         _opt = options;
+        (_ctx, _blockSize, _vocab) = (limits.Context, limits.BlockSize, limits.Vocab);
         _counters = counters;
         _kv = kv;
         _pool = pool;
-        _ctx = contextLength;
-        _blockSize = kv.BlockSize;
-        _vocab = vocabSize;
         _scratch = new SamplerScratch(_vocab);
     }
 
@@ -205,7 +203,7 @@ internal sealed class Admission
     // A request refused inside Submit: its result is complete before Submit returns (the sink hears it on this thread).
     private RequestHandle Immediate(RequestStatus status, string code, string message, EngineRequest r, RequestTimestamps ts, TimeSpan? retryAfter = null)
     {
-        _counters.CountRejected(status);
+        _counters.CountEnded(status);
         var result = new RequestResult
         {
             Status = status, ErrorCode = code, Message = message, RetryAfter = retryAfter,

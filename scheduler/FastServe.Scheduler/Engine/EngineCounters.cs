@@ -14,10 +14,10 @@ namespace FastServe.Scheduler.Engine;
 /// </summary>
 internal sealed class EngineCounters
 {
-    // Any thread (submitters count requests and rejections; the scheduler thread counts requests it ends).
-    private long _submitted, _cancelled, _overloaded, _invalid, _failed;
+    // Any thread: submitters count requests and the ones they refuse, the scheduler thread the ones it ends.
+    private long _submitted, _finished, _cancelled, _deadlineExceeded, _overloaded, _invalid, _failed;
     // Scheduler thread only.
-    private long _finished, _deadlineExceeded, _preemptions;
+    private long _preemptions;
     private long _steps, _rows, _prefillRows, _generated, _prefixHitTokens;
     private long _deviceBusyTicks, _deviceIdleTicks, _schedulerCpuTicks;
     private int _runningGauge;
@@ -32,21 +32,8 @@ internal sealed class EngineCounters
 
     public void CountSubmitted() => Interlocked.Increment(ref _submitted);
 
-    /// <summary>A request refused inside Submit (it never reached the scheduler thread).</summary>
-    public void CountRejected(RequestStatus status)
-    {
-        switch (status)
-        {
-            case RequestStatus.Overloaded: Interlocked.Increment(ref _overloaded); break;
-            case RequestStatus.Invalid: Interlocked.Increment(ref _invalid); break;
-            case RequestStatus.Failed: Interlocked.Increment(ref _failed); break;
-            default: Interlocked.Increment(ref _cancelled); break;
-        }
-    }
-
-    // ---- scheduler thread -----------------------------------------------------------------------------------
-
-    /// <summary>A request the scheduler thread ended.</summary>
+    /// <summary>A request ended: refused inside Submit (Overloaded, Invalid, Cancelled, Failed) or ended by the
+    /// scheduler thread (Finished, Cancelled, DeadlineExceeded, Failed).</summary>
     public void CountEnded(RequestStatus status)
     {
         switch (status)
@@ -54,9 +41,13 @@ internal sealed class EngineCounters
             case RequestStatus.Finished: Interlocked.Increment(ref _finished); break;
             case RequestStatus.Cancelled: Interlocked.Increment(ref _cancelled); break;
             case RequestStatus.DeadlineExceeded: Interlocked.Increment(ref _deadlineExceeded); break;
+            case RequestStatus.Overloaded: Interlocked.Increment(ref _overloaded); break;
+            case RequestStatus.Invalid: Interlocked.Increment(ref _invalid); break;
             default: Interlocked.Increment(ref _failed); break;
         }
     }
+
+    // ---- scheduler thread -----------------------------------------------------------------------------------
 
     public void CountPreemption() => Interlocked.Increment(ref _preemptions);
 

@@ -53,13 +53,13 @@ public sealed class InferenceEngine : IDisposable
         _kv = new KvBlockManager(spec.NumBlocks, spec.BlockSize);
         _maxTokens = Math.Min(_opt.MaxBatchedTokens, executor.MaxTokensPerStep);
         _maxSeqs = Math.Min(Math.Min(_opt.MaxSeqs, executor.MaxSequencesPerStep), _maxTokens);
-        int ctx = executor.MaxContextLength;
-        int reserve = _opt.AdmissionReserveBlocks > 0 ? _opt.AdmissionReserveBlocks : Math.Max(1, spec.NumBlocks / 100);
+        var limits = new EngineLimits(_maxTokens, _maxSeqs, executor.MaxContextLength, spec.BlockSize, executor.VocabSize,
+            _opt.AdmissionReserveBlocks > 0 ? _opt.AdmissionReserveBlocks : Math.Max(1, spec.NumBlocks / 100));
         var pool = new DefaultObjectPool<Sequence>(new Sequence.Policy(), Math.Min(_maxSeqs * 4 + 256, 1 << 16));
         _counters = new EngineCounters(_opt.StepHistory);
-        _admission = new Admission(_opt, _counters, _kv, pool, ctx, executor.VocabSize);
-        _builder = new StepBuilder(_kv, _admission, _counters, _opt.PrefixCaching, _maxTokens, _maxSeqs, ctx, reserve);
-        _post = new PostProcessor(_builder, _admission, _counters, pool, _opt, ctx);
+        _admission = new Admission(_opt, limits, _counters, _kv, pool);
+        _builder = new StepBuilder(limits, _opt.PrefixCaching, _kv, _admission, _counters);
+        _post = new PostProcessor(_opt, limits, _builder, _admission, _counters, pool);
         int inFlight = Math.Max(1, Math.Min(2, executor.MaxInFlight));
         _plans = new StepPlan[_opt.Overlap && inFlight > 1 ? 2 : 1];
         for (int i = 0; i < _plans.Length; i++) _plans[i] = new StepPlan(_maxTokens, _maxSeqs);
@@ -259,3 +259,8 @@ public sealed class InferenceEngine : IDisposable
 
     private void PublishGauges() => _counters.PublishRunning(_builder.RunningCount);
 }
+
+/// <summary>The engine's effective limits: its options clamped to the executor, fixed at construction. Rows per step,
+/// sequences per step, context length and KV block size in tokens, vocabulary size, and the KV blocks kept free
+/// when admitting a prompt while others run.</summary>
+internal readonly record struct EngineLimits(int MaxTokens, int MaxSeqs, int Context, int BlockSize, int Vocab, int ReserveBlocks);

@@ -23,16 +23,16 @@ internal sealed class PostProcessor
     private readonly int[] _eos;
     private readonly int _ctx;
 
-    public PostProcessor(StepBuilder builder, Admission admission, EngineCounters counters, ObjectPool<Sequence> pool,
-        EngineOptions options, int contextLength)
+    public PostProcessor(EngineOptions options, EngineLimits limits, StepBuilder builder, Admission admission, EngineCounters counters,
+        ObjectPool<Sequence> pool)
     {
+        _eos = [.. options.EosTokenIds];
+        _onStep = options.OnStep;
+        _ctx = limits.Context;
         _builder = builder;
         _admission = admission;
         _counters = counters;
         _pool = pool;
-        _onStep = options.OnStep;
-        _eos = [.. options.EosTokenIds];
-        _ctx = contextLength;
     }
 
     public void PostProcess(StepPlan plan)

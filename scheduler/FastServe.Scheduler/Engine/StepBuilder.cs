@@ -8,7 +8,8 @@ namespace FastServe.Scheduler.Engine;
 /// list (sorted by priority class, then arrival), the per-class waiting queues, the step ids, and every sequence's
 /// block table; it preempts (drops a sequence's blocks and queues it again) when blocks run out.
 ///
-/// Threads: scheduler thread only, every field and method. It reports queue movements to <see cref="Admission"/>
+/// Threads: scheduler thread only, every field and method (or the thread disposing an engine whose loop never
+/// started). It reports queue movements to <see cref="Admission"/>
 /// (whose gauges other threads read) and counts preemptions and prefix hits in <see cref="EngineCounters"/>.
 /// </summary>
 internal sealed class StepBuilder
@@ -23,18 +24,13 @@ internal sealed class StepBuilder
     private readonly PriorityQueue<(Sequence Seq, long Uid), long>[] _waiting = [new(), new()]; // per class, by arrival
     private long _nextStepId;
 
-    public StepBuilder(KvBlockManager kv, Admission admission, EngineCounters counters, bool prefixCaching,
-        int maxTokens, int maxSeqs, int contextLength, int reserveBlocks)
+    public StepBuilder(EngineLimits limits, bool prefixCaching, KvBlockManager kv, Admission admission, EngineCounters counters)
     {
+        (_maxTokens, _maxSeqs, _blockSize, _ctx, _reserve) = (limits.MaxTokens, limits.MaxSeqs, limits.BlockSize, limits.Context, limits.ReserveBlocks);
+        _prefixCaching = prefixCaching;
         _kv = kv;
         _admission = admission;
         _counters = counters;
-        _prefixCaching = prefixCaching;
-        _maxTokens = maxTokens;
-        _maxSeqs = maxSeqs;
-        _blockSize = kv.BlockSize;
-        _ctx = contextLength;
-        _reserve = reserveBlocks;
     }
 
     public int RunningCount => _running.Count;

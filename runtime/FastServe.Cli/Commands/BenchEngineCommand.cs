@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
+using FastServe.Protocol.Stats;
 using FastServe.Runtime;
 using FastServe.Scheduler.Engine;
 using FastServe.Scheduler.Execution;
@@ -151,7 +152,7 @@ internal static class BenchEngineCommand
         {
             if (double.IsFinite(v)) w.WriteNumber(name, v); else w.WriteNull(name);
         }
-        static void Pct(Utf8JsonWriter w, string name, Percentiles q)
+        static void Pct(Utf8JsonWriter w, string name, LatencySummary q)
         {
             w.WriteStartObject(name);
             Num(w, "p50_ms", q.P50 * 1000);

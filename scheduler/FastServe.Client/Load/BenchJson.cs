@@ -1,4 +1,5 @@
 using System.Text.Json;
+using FastServe.Protocol.Stats;
 
 namespace FastServe.Client.Load;
 

@@ -1,4 +1,5 @@
 using FastServe.Protocol;
+using FastServe.Protocol.Stats;
 
 namespace FastServe.Client.Load;
 

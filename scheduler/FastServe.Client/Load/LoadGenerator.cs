@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using FastServe.Protocol;
+using FastServe.Protocol.Stats;
 
 namespace FastServe.Client.Load;
 

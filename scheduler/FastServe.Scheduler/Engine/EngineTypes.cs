@@ -122,13 +122,13 @@ public sealed record RequestResult
 /// </summary>
 public sealed class RequestHandle
 {
-    private readonly InferenceEngine? _engine;
+    private readonly Admission? _admission;
     private readonly Sequence? _seq;
     private readonly long _uid;
 
-    internal RequestHandle(InferenceEngine? engine, Sequence? seq, long uid, ChannelReader<TokenEvent> tokens, Task<RequestResult> completion)
+    internal RequestHandle(Admission? admission, Sequence? seq, long uid, ChannelReader<TokenEvent> tokens, Task<RequestResult> completion)
     {
-        _engine = engine;
+        _admission = admission;
         _seq = seq;
         _uid = uid;
         Tokens = tokens;
@@ -142,6 +142,6 @@ public sealed class RequestHandle
     /// blocks; takes effect at the scheduler's next iteration (well under a step). Safe from any thread, any number of times.</summary>
     public void Cancel()
     {
-        if (_engine is not null && _seq is not null && !Completion.IsCompleted) _engine.RequestCancel(_seq, _uid);
+        if (_admission is not null && _seq is not null && !Completion.IsCompleted) _admission.Cancel(_seq, _uid);
     }
 }

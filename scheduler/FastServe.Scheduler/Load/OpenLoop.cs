@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using FastServe.Protocol.Stats;
 using FastServe.Runtime.Generation;
 using FastServe.Scheduler.Engine;
 
@@ -45,9 +46,10 @@ public sealed record OpenLoopResult
     public int Unfinished { get; init; }
     public int OtherErrors { get; init; }
     public double GeneratedTokensPerSecond { get; init; }
-    public Percentiles Ttft { get; init; }
-    public Percentiles EndToEnd { get; init; }
-    public Percentiles QueueWait { get; init; }
+    /// <summary>Latencies in seconds.</summary>
+    public LatencySummary Ttft { get; init; }
+    public LatencySummary EndToEnd { get; init; }
+    public LatencySummary QueueWait { get; init; }
     public double MeanRowsPerStep { get; init; }
     public double MeanSequencesPerStep { get; init; }
     public double SchedulerCpuPerStepMean { get; init; }
@@ -64,18 +66,6 @@ public sealed record OpenLoopResult
     /// with the offered rate.</summary>
     public bool MeetsSlo(double sloSeconds) =>
         Unfinished == 0 && Overloaded == 0 && OtherErrors == 0 && EndToEnd.P99 <= sloSeconds && AchievedRate >= 0.9 * OfferedRate;
-}
-
-/// <summary>P50/P90/P99 and max, in seconds (NaN when there were no samples).</summary>
-public readonly record struct Percentiles(double P50, double P90, double P99, double Max, int Count)
-{
-    public static Percentiles Of(List<double> xs)
-    {
-        if (xs.Count == 0) return new(double.NaN, double.NaN, double.NaN, double.NaN, 0);
-        xs.Sort();
-        double At(double q) => xs[Math.Min(xs.Count - 1, (int)Math.Ceiling(q * xs.Count) - 1)];
-        return new(At(0.50), At(0.90), At(0.99), xs[^1], xs.Count);
-    }
 }
 
 /// <summary>
@@ -163,9 +153,7 @@ public static class OpenLoop
         EngineStats before, EngineStats after, StepRecord[] steps, long windowStart, long windowEnd, long allocated)
     {
         double f = Stopwatch.Frequency, window = (windowEnd - windowStart) / f;
-        var ttft = new List<double>();
-        var e2e = new List<double>();
-        var queue = new List<double>();
+        SampleSet ttft = new(), e2e = new(), queue = new();
         int arrived = 0, finished = 0, overloaded = 0, deadline = 0, unfinished = 0, other = 0, good = 0, finishedInWindow = 0;
         for (int i = 0; i < outcomes.Count; i++)
         {
@@ -196,7 +184,8 @@ public static class OpenLoop
         // Unfinished requests are infinitely late for the percentiles.
         for (int i = 0; i < unfinished; i++) e2e.Add(double.PositiveInfinity);
         var d = after.Since(before);
-        var cpu = steps.Select(s => s.SchedulerCpuSeconds).OrderBy(x => x).ToArray();
+        var cpu = steps.Select(s => s.SchedulerCpuSeconds).ToArray();
+        Array.Sort(cpu);
         return new OpenLoopResult
         {
             OfferedRate = o.Rate,
@@ -209,13 +198,13 @@ public static class OpenLoop
             Unfinished = unfinished,
             OtherErrors = other,
             GeneratedTokensPerSecond = d.TokensGenerated / window,
-            Ttft = Percentiles.Of(ttft),
-            EndToEnd = Percentiles.Of(e2e),
-            QueueWait = Percentiles.Of(queue),
+            Ttft = ttft.Summarize(),
+            EndToEnd = e2e.Summarize(),
+            QueueWait = queue.Summarize(),
             MeanRowsPerStep = d.Steps == 0 ? 0 : d.RowsComputed / (double)d.Steps,
             MeanSequencesPerStep = steps.Length == 0 ? 0 : steps.Average(s => s.Sequences),
             SchedulerCpuPerStepMean = d.Steps == 0 ? 0 : d.SchedulerCpuSeconds / d.Steps,
-            SchedulerCpuPerStepP99 = cpu.Length == 0 ? 0 : cpu[Math.Min(cpu.Length - 1, (int)Math.Ceiling(0.99 * cpu.Length) - 1)],
+            SchedulerCpuPerStepP99 = cpu.Length == 0 ? 0 : SampleSet.Rank(cpu, 0.99),
             ForwardPerStepMean = steps.Length == 0 ? 0 : steps.Average(s => s.ForwardSeconds),
             DeviceIdleFraction = d.DeviceIdleFraction,
             PrefixHitRate = d.PrefixHitRate,

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using FastServe.Client.Load;
+using FastServe.Protocol.Stats;
 using NUnit.Framework;
 
 namespace FastServe.Tests.Client;

@@ -1,4 +1,5 @@
 using FastServe.Client.Load;
+using FastServe.Protocol.Stats;
 using Microsoft.ML.Tokenizers;
 using NUnit.Framework;
 

@@ -1,8 +1,10 @@
-namespace FastServe.Client.Load;
+namespace FastServe.Protocol.Stats;
 
 /// <summary>
-/// Latency samples with exact percentiles. Keeps every sample up to <see cref="Capacity"/>, then a uniform reservoir
-/// of that size (Vitter's algorithm R), so percentiles stay unbiased estimates on very long runs. Not thread-safe.
+/// Latency samples with exact percentiles: the one percentile computation of FastServe's benchmarks
+/// (<c>fastserve bench</c> in milliseconds, <c>fastserve bench-engine</c> in seconds). Keeps every sample up to
+/// <see cref="Capacity"/>, then a uniform reservoir of that size (Vitter's algorithm R), so percentiles stay unbiased
+/// estimates on very long runs. Not thread-safe.
 /// </summary>
 public sealed class SampleSet
 {
@@ -52,7 +54,7 @@ public sealed class SampleSet
     }
 }
 
-/// <summary>A latency distribution in milliseconds (NaN fields when there were no samples).</summary>
+/// <summary>A latency distribution, in the unit of its samples (NaN fields when there were no samples).</summary>
 public readonly record struct LatencySummary(long Count, double Mean, double P50, double P90, double P99, double P999, double Max)
 {
     public static readonly LatencySummary Empty = new(0, double.NaN, double.NaN, double.NaN, double.NaN, double.NaN, double.NaN);

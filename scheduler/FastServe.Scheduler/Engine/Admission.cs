@@ -1,0 +1,302 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Threading.Channels;
+using FastServe.Protocol;
+using FastServe.Runtime;
+using FastServe.Runtime.Generation;
+using Microsoft.Extensions.ObjectPool;
+
+namespace FastServe.Scheduler.Engine;
+
+/// <summary>
+/// The engine's front door: the only engine code that submitter threads run. <see cref="Submit"/> validates a
+/// request, enforces the waiting bounds (<see cref="EngineOptions.MaxWaitingRequests"/>,
+/// <see cref="EngineOptions.MaxWaitingTokens"/>), refuses a deadline the queue cannot meet, and hands an accepted
+/// request to the scheduler thread through the incoming channel. Cancels take the same way in. The scheduler thread
+/// takes both out (<see cref="TryTakeIncoming"/>, <see cref="TryTakeCancel"/>), sleeps here when it has nothing to
+/// do, and reports what left the queue (<see cref="Admitted"/>, <see cref="Requeued"/>, <see cref="Abandoned"/>)
+/// so that the waiting gauges and the drain-rate estimate stay true.
+///
+/// Threads and fields:
+/// <list type="bullet">
+/// <item><c>_waitingRequests</c>, <c>_waitingTokens</c>, <c>_waitingTokensByClass</c>: written by submitters and the
+/// scheduler thread, always Interlocked; read by anyone. Submit reserves before it checks, then backs out.</item>
+/// <item><c>_arrivals</c>: submitters, Interlocked.</item>
+/// <item><c>_drainTokensPerSecond</c>: written by the scheduler thread (Volatile), read by submitters.
+/// <c>_drainWindowStart</c>, <c>_drainWindowTokens</c>: scheduler thread only.</item>
+/// <item><c>_stopping</c>, <c>_failure</c>: written once each (by Dispose, by the failing scheduler thread), volatile.</item>
+/// <item><c>_sleeping</c>: the scheduler thread sets and clears it around a sleep; submitters read it to skip the
+/// event when the thread is awake (Interlocked/Volatile).</item>
+/// <item>Everything else is set in the constructor and read-only after it.</item>
+/// </list>
+/// </summary>
+internal sealed class Admission
+{
+    private readonly EngineOptions _opt;
+    private readonly EngineCounters _counters;
+    private readonly KvBlockManager _kv;   // read for its size only
+    private readonly ObjectPool<Sequence> _pool;
+    private readonly SamplerScratch _scratch;
+    private readonly int _ctx, _blockSize, _vocab;
+
+    private readonly Channel<Sequence> _incoming = Channel.CreateUnbounded<Sequence>(new UnboundedChannelOptions { SingleReader = true });
+    private readonly ConcurrentQueue<(Sequence Seq, long Uid)> _cancels = new();
+    private readonly ManualResetEventSlim _wake = new(false);
+    private int _sleeping;
+    private volatile bool _stopping;
+    private volatile string? _failure;
+
+    private int _waitingRequests;
+    private long _waitingTokens;
+    private readonly long[] _waitingTokensByClass = new long[2];
+    private long _arrivals;
+    private double _drainTokensPerSecond;  // prompt tokens admitted per second while requests were queued (EWMA)
+    private long _drainWindowStart, _drainWindowTokens;
+
+    public Admission(EngineOptions options, EngineLimits limits, EngineCounters counters, KvBlockManager kv, ObjectPool<Sequence> pool)
+    {
+        _opt = options;
+        (_ctx, _blockSize, _vocab) = (limits.Context, limits.BlockSize, limits.Vocab);
+        _counters = counters;
+        _kv = kv;
+        _pool = pool;
+        _scratch = new SamplerScratch(_vocab);
+    }
+
+    public int WaitingRequests => Volatile.Read(ref _waitingRequests);
+    public long WaitingTokens => Interlocked.Read(ref _waitingTokens);
+    public bool Stopping => _stopping;
+
+    // ---- submitter threads ----------------------------------------------------------------------------------
+
+    /// <summary>See <see cref="InferenceEngine.Submit"/>.</summary>
+    public RequestHandle Submit(EngineRequest request)
+    {
+        long now = Stopwatch.GetTimestamp();
+        long received = request.ReceivedTicks != 0 ? request.ReceivedTicks : now;
+        _counters.CountSubmitted();
+        var ts = new RequestTimestamps(received, 0, 0, 0, now);
+
+        if (_failure is { } why) return Immediate(RequestStatus.Failed, "engine.failed", why, request, ts);
+        if (_stopping) return Immediate(RequestStatus.Cancelled, "engine.shutdown", "the engine is shutting down", request, ts);
+        if (Validate(request) is { } bad) return Immediate(RequestStatus.Invalid, bad.Code, bad.Message, request, ts);
+
+        var prompt = request.Prompt.Span;
+        int cls = (int)request.Priority;
+        if (Interlocked.Increment(ref _waitingRequests) > _opt.MaxWaitingRequests)
+        {
+            Interlocked.Decrement(ref _waitingRequests);
+            return Immediate(RequestStatus.Overloaded, "engine.queue_full", $"{_opt.MaxWaitingRequests} requests are already waiting", request, ts, RetryHint(1));
+        }
+        if (Interlocked.Add(ref _waitingTokens, prompt.Length) > _opt.MaxWaitingTokens)
+        {
+            Interlocked.Add(ref _waitingTokens, -prompt.Length);
+            Interlocked.Decrement(ref _waitingRequests);
+            return Immediate(RequestStatus.Overloaded, "engine.queue_tokens_full", $"more than {_opt.MaxWaitingTokens} prompt tokens are already waiting", request, ts, RetryHint(prompt.Length));
+        }
+        long deadline = long.MaxValue;
+        if (request.Deadline is { } d)
+        {
+            deadline = received + (long)(d.TotalSeconds * Stopwatch.Frequency);
+            double wait = EstimatedQueueWait(request.Priority).TotalSeconds;
+            double left = (deadline - now) / (double)Stopwatch.Frequency;
+            if (wait > left)
+            {
+                Interlocked.Add(ref _waitingTokens, -prompt.Length);
+                Interlocked.Decrement(ref _waitingRequests);
+                return Immediate(RequestStatus.Overloaded, "engine.deadline_unmeetable",
+                    $"the estimated queue wait {wait * 1000:F0} ms exceeds the {Math.Max(left, 0) * 1000:F0} ms left before the deadline",
+                    request, ts, TimeSpan.FromSeconds(wait));
+            }
+        }
+        Interlocked.Add(ref _waitingTokensByClass[cls], prompt.Length);
+
+        var p = request.Sampling;
+        var seq = _pool.Get();
+        int capTokens = Math.Min(prompt.Length + p.MaxTokens, _ctx + 1) + 1;
+        seq.Init(capTokens, (_ctx + _blockSize - 1) / _blockSize);
+        prompt.CopyTo(seq.Tokens);
+        seq.PromptLength = seq.Length = prompt.Length;
+        seq.ArrivalOrder = Interlocked.Increment(ref _arrivals);
+        seq.Priority = request.Priority;
+        seq.DeadlineTicks = deadline;
+        seq.Sampling = p;
+        seq.Sampler = new Sampler(_vocab, p, _scratch);
+        seq.SampleKey = KvBlockManager.ChainHash(p.Seed ?? 0, prompt);
+        seq.IgnoreEos = p.IgnoreEos;
+        if (p.Stop.Count > 0)
+        {
+            seq.Stop = new StopMatcher(p.Stop);
+            seq.Decoder = _opt.Tokenizer!.CreateDecoder();
+        }
+        seq.Id = request.Id;
+        seq.Received = received;
+        seq.WaitingTokensCounted = prompt.Length;
+        ChannelReader<TokenEvent> reader;
+        if (request.Sink is { } sink)
+        {
+            seq.Sink = sink;
+            seq.SinkTag = request.SinkTag;
+            reader = EmptyTokens;
+        }
+        else
+        {
+            var channel = Channel.CreateUnbounded<TokenEvent>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+            seq.Writer = channel.Writer;
+            reader = channel.Reader;
+        }
+        seq.Completion = new TaskCompletionSource<RequestResult>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var handle = new RequestHandle(this, seq, seq.Uid, reader, seq.Completion.Task);
+        _incoming.Writer.TryWrite(seq);
+        Wake();
+        return handle;
+    }
+
+    /// <summary>See <see cref="InferenceEngine.EstimatedQueueWait"/>.</summary>
+    public TimeSpan EstimatedQueueWait(Priority priority)
+    {
+        double rate = Volatile.Read(ref _drainTokensPerSecond);
+        long ahead = Interlocked.Read(ref _waitingTokensByClass[0]) + (priority == Priority.Batch ? Interlocked.Read(ref _waitingTokensByClass[1]) : 0);
+        if (rate <= 0 || ahead <= 0) return TimeSpan.Zero;
+        return TimeSpan.FromSeconds(ahead / rate);
+    }
+
+    /// <summary>From <see cref="RequestHandle.Cancel"/>, any thread: the scheduler ends the request at its next iteration.</summary>
+    public void Cancel(Sequence seq, long uid)
+    {
+        _cancels.Enqueue((seq, uid));
+        Wake();
+    }
+
+    /// <summary>Refuses every later submission with engine.shutdown and wakes the scheduler thread to stop.</summary>
+    public void Stop()
+    {
+        _stopping = true;
+        Wake(force: true);
+    }
+
+    /// <summary>Scheduler thread, when the loop died: refuses every later submission with engine.failed.</summary>
+    public void Fail(string why) => _failure = why;
+
+    // The shared request rules (RequestRules), then what only the engine knows: its KV cache and tokenizer.
+    private (string Code, string Message)? Validate(EngineRequest r)
+    {
+        var prompt = r.Prompt.Span;
+        var broken = r.Sampling.Check()
+            ?? RequestRules.CheckPromptLength(prompt.Length, _ctx)
+            ?? RequestRules.CheckPromptTokens(prompt, _vocab)
+            ?? (r.Deadline is { } d ? RequestRules.CheckDeadline(d) : null);
+        if (broken is { } v) return (v.Code, v.Code == RequestRules.SamplingInvalid ? $"{v.Field}: {v.Message}" : v.Message);
+        int blocksNeeded = (prompt.Length + 1 + _blockSize - 1) / _blockSize;
+        if (blocksNeeded > _kv.NumBlocks) return (RequestRules.PromptTooLong, $"the prompt needs {blocksNeeded} KV blocks; the cache has {_kv.NumBlocks}");
+        if (r.Sampling.Stop.Count > 0 && _opt.Tokenizer is null) return ("request.stop_needs_tokenizer", "stop strings need the engine to have a tokenizer");
+        return null;
+    }
+
+    private TimeSpan RetryHint(long extraTokens)
+    {
+        double rate = Volatile.Read(ref _drainTokensPerSecond);
+        double s = rate > 0 ? (Interlocked.Read(ref _waitingTokens) + extraTokens) / rate : 1.0;
+        return TimeSpan.FromSeconds(Math.Clamp(s, 0.01, 60));
+    }
+
+    // A request refused inside Submit: its result is complete before Submit returns (the sink hears it on this thread).
+    private RequestHandle Immediate(RequestStatus status, string code, string message, EngineRequest r, RequestTimestamps ts, TimeSpan? retryAfter = null)
+    {
+        _counters.CountEnded(status);
+        var result = new RequestResult
+        {
+            Status = status, ErrorCode = code, Message = message, RetryAfter = retryAfter,
+            PromptTokens = r.Prompt.Length, Timestamps = ts, Id = r.Id,
+        };
+        r.Sink?.OnFinished(r.SinkTag, result);
+        return new RequestHandle(null, null, 0, EmptyTokens, Task.FromResult(result));
+    }
+
+    private static readonly ChannelReader<TokenEvent> EmptyTokens = CreateEmpty();
+
+    private static ChannelReader<TokenEvent> CreateEmpty()
+    {
+        var ch = Channel.CreateUnbounded<TokenEvent>();
+        ch.Writer.TryComplete();
+        return ch.Reader;
+    }
+
+    private void Wake(bool force = false)
+    {
+        if (force || Volatile.Read(ref _sleeping) == 1) _wake.Set();
+    }
+
+    // ---- scheduler thread -----------------------------------------------------------------------------------
+
+    public bool TryTakeIncoming(out Sequence seq) => _incoming.Reader.TryRead(out seq!);
+
+    /// <summary>Cancels queued so far; a cancel put back (<see cref="PutBackCancel"/>) waits for the next call.</summary>
+    public int PendingCancels => _cancels.Count;
+
+    public bool TryTakeCancel(out (Sequence Seq, long Uid) cancel) => _cancels.TryDequeue(out cancel);
+
+    public void PutBackCancel((Sequence Seq, long Uid) cancel) => _cancels.Enqueue(cancel);
+
+    /// <summary>
+    /// Announces that the scheduler thread is about to sleep, so that a submission or cancel from now on sets the
+    /// event. Returns false when one already arrived (or the engine is stopping): then do not <see cref="Sleep"/>.
+    /// Always pair with <see cref="EndSleep"/>.
+    /// </summary>
+    public bool BeginSleep()
+    {
+        _wake.Reset();
+        Interlocked.Exchange(ref _sleeping, 1);
+        return !_incoming.Reader.TryPeek(out _) && _cancels.IsEmpty && !_stopping;
+    }
+
+    /// <summary>Sleeps until a submission, a cancel, <see cref="Stop"/>, or <paramref name="timeoutMs"/> (-1: none).</summary>
+    public void Sleep(int timeoutMs) => _wake.Wait(timeoutMs);
+
+    public void EndSleep() => Interlocked.Exchange(ref _sleeping, 0);
+
+    /// <summary><paramref name="s"/> left the queue for a step: its prompt tokens count towards the drain rate.</summary>
+    public void Admitted(Sequence s)
+    {
+        Interlocked.Decrement(ref _waitingRequests);
+        Interlocked.Add(ref _waitingTokens, -s.WaitingTokensCounted);
+        Interlocked.Add(ref _waitingTokensByClass[(int)s.Priority], -s.WaitingTokensCounted);
+        _drainWindowTokens += s.WaitingTokensCounted;
+        s.WaitingTokensCounted = 0;
+    }
+
+    /// <summary><paramref name="s"/> was preempted back into the queue, where its <paramref name="tokens"/> wait again.</summary>
+    public void Requeued(Sequence s, int tokens)
+    {
+        s.WaitingTokensCounted = tokens;
+        Interlocked.Increment(ref _waitingRequests);
+        Interlocked.Add(ref _waitingTokens, tokens);
+        Interlocked.Add(ref _waitingTokensByClass[(int)s.Priority], tokens);
+    }
+
+    /// <summary><paramref name="s"/> ended while still queued (cancel, deadline, shutdown).</summary>
+    public void Abandoned(Sequence s)
+    {
+        Interlocked.Decrement(ref _waitingRequests);
+        Interlocked.Add(ref _waitingTokens, -s.WaitingTokensCounted);
+        Interlocked.Add(ref _waitingTokensByClass[(int)s.Priority], -s.WaitingTokensCounted);
+    }
+
+    // The admission estimate's rate: prompt tokens admitted per second, measured only over windows that began
+    // with a queue (otherwise it would measure the arrival rate, not what the engine can drain).
+    public void UpdateDrainRate(long now)
+    {
+        if (_drainWindowStart == 0)
+        {
+            if (Volatile.Read(ref _waitingRequests) > 0) { _drainWindowStart = now; _drainWindowTokens = 0; }
+            return;
+        }
+        double secs = (now - _drainWindowStart) / (double)Stopwatch.Frequency;
+        if (secs < 0.05) return;
+        double rate = _drainWindowTokens / secs;
+        double prev = _drainTokensPerSecond;
+        Volatile.Write(ref _drainTokensPerSecond, prev <= 0 ? rate : 0.7 * prev + 0.3 * rate);
+        _drainWindowStart = Volatile.Read(ref _waitingRequests) > 0 ? now : 0;
+        _drainWindowTokens = 0;
+    }
+}

@@ -1,0 +1,104 @@
+using System.Diagnostics;
+using FastServe.Runtime.Generation;
+using Microsoft.Extensions.ObjectPool;
+
+namespace FastServe.Scheduler.Engine;
+
+/// <summary>
+/// Applies a finished step: appends each sampled token to its sequence, streams it, and ends the sequence on EOS,
+/// a stop string, its length limit or a full context; counts the step and records it. <see cref="Finish"/> is the one
+/// place a sequence ends (also for cancels, deadlines and shutdown): it releases the sequence's blocks, completes
+/// its result, and returns it to the pool.
+///
+/// Threads: scheduler thread only (the engine's <see cref="InferenceEngine.Dispose"/> may call <see cref="Finish"/>
+/// on its own thread when the scheduler thread never started). Holds no state of its own beyond read-only settings.
+/// </summary>
+internal sealed class PostProcessor
+{
+    private readonly StepBuilder _builder;
+    private readonly Admission _admission;
+    private readonly EngineCounters _counters;
+    private readonly ObjectPool<Sequence> _pool;
+    private readonly Action<StepRecord>? _onStep;
+    private readonly int[] _eos;
+    private readonly int _ctx;
+
+    public PostProcessor(EngineOptions options, EngineLimits limits, StepBuilder builder, Admission admission, EngineCounters counters,
+        ObjectPool<Sequence> pool)
+    {
+        _eos = [.. options.EosTokenIds];
+        _onStep = options.OnStep;
+        _ctx = limits.Context;
+        _builder = builder;
+        _admission = admission;
+        _counters = counters;
+        _pool = pool;
+    }
+
+    public void PostProcess(StepPlan plan)
+    {
+        long cpu0 = ThreadCpuClock.NowTicks();
+        var b = plan.Batch;
+        long now = Stopwatch.GetTimestamp();
+        for (int i = 0; i < b.SampleCount; i++)
+        {
+            var s = plan.SampleSeq[i];
+            plan.SampleSeq[i] = null;
+            if (s is null || s.Uid != plan.SampleUid[i] || s.State == SeqState.Done) continue;
+            s.Pending--;
+            int tok = b.OutToken[i];
+            s.Tokens[s.Length++] = tok;
+            s.Generated++;
+            if (s.FirstToken == 0) s.FirstToken = now;
+            if (s.Sink is { } sink) sink.OnToken(s.SinkTag, new TokenEvent(tok, b.OutLogprob[i], b.SampleTop[i]));
+            else s.Writer!.TryWrite(new TokenEvent(tok, b.OutLogprob[i], b.SampleTop[i]));
+            _counters.CountGenerated();
+
+            if (!s.IgnoreEos && Array.IndexOf(_eos, tok) >= 0) Finish(s, RequestStatus.Finished, FinishReason.Eos);
+            else if (s.Stop is not null && StopHit(s, tok)) Finish(s, RequestStatus.Finished, FinishReason.Stop);
+            else if (s.Generated >= s.Sampling.MaxTokens) Finish(s, RequestStatus.Finished, FinishReason.Length);
+            else if (s.Length > _ctx) Finish(s, RequestStatus.Finished, FinishReason.ContextFull);
+        }
+
+        _admission.UpdateDrainRate(now);
+        _counters.CountStep(b.TokenCount, plan.PrefillRows);
+        long cpu = plan.SchedulerCpuTicks + ThreadCpuClock.NowTicks() - cpu0;
+        _counters.CountSchedulerCpu(cpu);
+        var rec = new StepRecord(b.Id, b.Layout.SequenceCount, b.TokenCount, plan.PrefillRows, b.SampleCount, cpu,
+            b.LaunchTicks, b.StartTicks, b.EndTicks, plan.IdleGapTicks);
+        _counters.RecordStep(rec);
+        _onStep?.Invoke(rec);
+    }
+
+    private static bool StopHit(Sequence s, int tok)
+    {
+        s.Stop!.Append(s.Decoder!.Append(tok));
+        return s.Stop.Stopped;
+    }
+
+    /// <summary>Ends <paramref name="s"/> (running or queued) with its one result.</summary>
+    public void Finish(Sequence s, RequestStatus status, FinishReason? reason, string? code = null, string? message = null)
+    {
+        if (s.State == SeqState.Waiting && s.WaitingTokensCounted > 0) _admission.Abandoned(s);
+        _builder.Release(s);
+        var result = new RequestResult
+        {
+            Status = status,
+            Finish = reason,
+            ErrorCode = code,
+            Message = message,
+            PromptTokens = s.PromptLength,
+            CachedPromptTokens = s.CachedPromptTokens,
+            OutputTokens = s.Tokens.AsSpan(s.PromptLength, s.Length - s.PromptLength).ToArray(),
+            Preemptions = s.Preemptions,
+            Timestamps = new RequestTimestamps(s.Received, s.Admitted, s.FirstScheduled, s.FirstToken, Stopwatch.GetTimestamp()),
+            Id = s.Id,
+        };
+        _counters.CountEnded(status);
+        s.State = SeqState.Done;
+        s.Writer?.TryComplete();
+        s.Sink?.OnFinished(s.SinkTag, result);
+        s.Completion.TrySetResult(result);
+        _pool.Return(s);
+    }
+}

@@ -7,7 +7,8 @@
     diff /tmp/old.txt /tmp/new.txt            # must be empty
 
 (tests/wire-probe/compare.sh OLD NEW does the three steps.) Fields that differ by nature are masked with `..`: the
-FINAL's eight hand-off timings, and a LOAD_REPORT's estimated wait and age. DELTAs of one request are joined (how
+FINAL's eight hand-off timings, and a LOAD_REPORT's estimated wait and age; for a cancelled request, also its
+completion-token count and its output (how far it got before the CANCEL is timing). DELTAs of one request are joined (how
 tokens group into DELTA frames depends on timing) and shown once, before that request's FINAL. Each case runs on a
 fresh connection; the transcript also says whether the peer closed the connection. The probe starts both processes
 itself (ports chosen by the OS) and stops them at the end.
@@ -196,10 +197,17 @@ def describe(data):
             d[1] += text
             continue
         if t == FINAL:
+            cancelled = len(p) >= 2 and struct.unpack_from("<H", p, 0)[0] == 1
             if fid in deltas:
                 ids, text, dfl = deltas.pop(fid)
-                out.append(f"  DELTA* id={fid} flags={dfl} ids={ids.hex()} text={text.hex()}")
-            hexp = p[:24].hex() + ".." * 32 + p[56:].hex()
+                if cancelled:  # how far a request got before its CANCEL arrived is timing
+                    out.append(f"  DELTA* id={fid} (cancelled: output not compared)")
+                else:
+                    out.append(f"  DELTA* id={fid} flags={dfl} ids={ids.hex()} text={text.hex()}")
+            if cancelled:
+                hexp = p[:16].hex() + ".." * 4 + p[20:24].hex() + ".." * 32 + p[56:].hex()
+            else:
+                hexp = p[:24].hex() + ".." * 32 + p[56:].hex()
         elif t == LOAD_REPORT and len(p) >= 32:
             hexp = p[:20].hex() + ".." * 4 + p[24:28].hex() + ".." * 4 + p[32:].hex()
         else:

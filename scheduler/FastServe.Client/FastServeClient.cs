@@ -17,7 +17,8 @@ namespace FastServe.Client;
 /// The connection is a <see cref="FrameConnection"/>, the same one FastServe's servers run: its receive loop reads into
 /// a pooled buffer that grows to the largest frame seen and hands each frame to this client, which dispatches it by id
 /// without copying the payload. Writers append frames to its <see cref="OutBuffer"/> under its lock; one sender swaps
-/// the buffer out and writes it in a single socket call, so frames that arrive together leave together. When the connection breaks, every call in flight completes once with
+/// the buffer out and writes it in a single socket call, so frames that arrive together leave together. When the
+/// connection breaks, every call in flight completes once with
 /// <see cref="ClientFailure.ConnectionLost"/> (status name <c>connection_lost</c>, retriable), every later
 /// <see cref="Start"/> completes the same way at once, and the control methods throw
 /// <see cref="FastServeClientException"/> with code <c>client.connection_lost</c>. The client never reconnects.

@@ -66,8 +66,7 @@ internal abstract class FrameSession<TRequest> : IFrameConsumer where TRequest :
     private readonly Dictionary<ulong, TRequest> _inflight = [];     // guarded by itself
     private readonly long _created;
     private int _closeOnce;
-    private volatile bool _closed, _hello;
-    private bool _fatal;                                              // receive loop only
+    private volatile bool _closed, _hello, _fatal;                    // _fatal: a fatal ERROR was queued (stop reading)
     private long _loadIntervalTicks, _nextLoadAt;                     // 0 = not subscribed
 
     /// <summary>A session over an accepted, connected <paramref name="socket"/>; nothing is read until
@@ -78,13 +77,14 @@ internal abstract class FrameSession<TRequest> : IFrameConsumer where TRequest :
         Id = id;
         _created = Stopwatch.GetTimestamp();
         _conn = new FrameConnection(socket, options.MaxFrame, options.SendLimitBytes, why => Close(why));
+        Out = _conn.Out;
     }
 
     /// <summary>The host's number for this connection.</summary>
     public long Id { get; }
 
     /// <summary>The send side: append frames under its lock, then flush.</summary>
-    public OutBuffer Out => _conn.Out;
+    public OutBuffer Out { get; }
 
     /// <summary>Closed, or closing after a fatal error: frames for it can be dropped.</summary>
     public bool IsClosed => _closed;

@@ -135,4 +135,45 @@ public class FrameConnectionTests
         Assert.That(conn.Run(rec).End, Is.EqualTo(FrameRunEnd.SocketError), "a closed connection runs no more");
         peer.Dispose();
     }
+    // Counts frames and samples the run thread's allocations at two frame numbers (allocates nothing itself).
+    private sealed class AllocationProbe(int from, int to) : IFrameConsumer
+    {
+        public int Frames;
+        public long AtFrom, AtTo;
+
+        public bool OnFrame(in FrameHeader header, ReadOnlySpan<byte> payload)
+        {
+            Frames++;
+            if (Frames == from) AtFrom = GC.GetAllocatedBytesForCurrentThread();
+            if (Frames == to) AtTo = GC.GetAllocatedBytesForCurrentThread();
+            return true;
+        }
+
+        public void OnTooLarge(in FrameHeader header) { }
+
+        public bool OnReadDone() => true;
+    }
+
+    [Test]
+    public void AWellFormedStreamAllocatesNothingOnTheReceivePath()
+    {
+        var (ours, peer) = Pair();
+        var conn = new FrameConnection(ours, 1 << 20, 1 << 20, _ => { }, receiveBytes: 4 << 10);
+        var probe = new AllocationProbe(1_000, 20_000);
+        FrameRunResult r = default;
+        var t = new Thread(() => r = conn.Run(probe));
+        t.Start();
+        // Frames of mixed sizes that straddle reads, and one larger than the first buffer early on (it grows once).
+        var stream = new List<byte>(Frame(FrameType.Delta, 1, 10_000, 9));
+        for (int i = 0; i < 20_000; i++) stream.AddRange(Frame(FrameType.Delta, (ulong)i, i % 97, 1));
+        byte[] all = [.. stream];
+        for (int off = 0; off < all.Length; off += 3001) peer.Send(all, off, Math.Min(3001, all.Length - off), SocketFlags.None);
+        peer.Shutdown(SocketShutdown.Send);
+        Assert.That(t.Join(TimeSpan.FromSeconds(30)), Is.True);
+        Assert.That(r.End, Is.EqualTo(FrameRunEnd.PeerClosed));
+        Assert.That(probe.Frames, Is.EqualTo(20_001));
+        Assert.That(probe.AtTo - probe.AtFrom, Is.EqualTo(0), "bytes allocated by the loop between frame 1,000 and 20,000");
+        conn.Close();
+        peer.Dispose();
+    }
 }

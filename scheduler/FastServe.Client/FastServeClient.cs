@@ -4,6 +4,7 @@ using System.Diagnostics;
 using System.Net.Sockets;
 using System.Text;
 using FastServe.Protocol;
+using FastServe.Protocol.Net;
 
 namespace FastServe.Client;
 
@@ -13,27 +14,25 @@ namespace FastServe.Client;
 /// may start, cancel and await calls.
 /// </summary>
 /// <remarks>
-/// One receive loop reads into a pooled buffer that grows to the largest frame seen, splits frames with
-/// <see cref="FrameReader"/> and dispatches them by id without copying the payload. Writers append frames to a
-/// pending buffer under a lock; one send loop swaps it out and writes it in a single socket call, so frames that
-/// arrive together leave together. When the connection breaks, every call in flight completes once with
+/// The connection is a <see cref="FrameConnection"/>, the same one FastServe's servers run: its receive loop reads into
+/// a pooled buffer that grows to the largest frame seen and hands each frame to this client, which dispatches it by id
+/// without copying the payload. Writers append frames to its <see cref="OutBuffer"/> under its lock; one sender swaps
+/// the buffer out and writes it in a single socket call, so frames that arrive together leave together. When the
+/// connection breaks, every call in flight completes once with
 /// <see cref="ClientFailure.ConnectionLost"/> (status name <c>connection_lost</c>, retriable), every later
 /// <see cref="Start"/> completes the same way at once, and the control methods throw
 /// <see cref="FastServeClientException"/> with code <c>client.connection_lost</c>. The client never reconnects.
 /// </remarks>
 public sealed class FastServeClient : IAsyncDisposable
 {
-    private const int InitialReceiveBuffer = 64 << 10;
-    private const int MinReceiveSpace = 4 << 10;
+    private const int InitialBufferBytes = 64 << 10;
 
-    private readonly Socket _socket;
+    private readonly FrameConnection _conn;
+    private readonly OutBuffer _out;
     private readonly FastServeClientOptions _options;
 
-    // Receive buffer: owned by the handshake, then by the receive loop alone.
-    private byte[] _rbuf;
-    private int _rstart, _rend;
-
-    // Calls and control waiters: guarded by _lock. Closing sets _closed under it, so nothing registers afterwards.
+    // Calls and control waiters: guarded by _lock (taken after _out.Lock when both are needed). Closing sets _closed
+    // under it, so nothing registers afterwards.
     private readonly object _lock = new();
     private readonly Dictionary<ulong, CompletionCall> _calls = new();
     private readonly Dictionary<ulong, (TaskCompletionSource<TimeSpan> Tcs, long Sent)> _pings = new();
@@ -48,24 +47,18 @@ public sealed class FastServeClient : IAsyncDisposable
     private uint _subscribedMs;
     private ErrorInfo? _lastError;
 
-    // Send buffers: guarded by _sendLock (taken before _lock when both are needed).
-    private readonly object _sendLock = new();
-    private ArrayBufferWriter<byte> _pending = new(64 << 10);
-    private ArrayBufferWriter<byte> _spare = new(64 << 10);
-    private int _sendingBytes;
-    private bool _sending;
-
     private volatile bool _isClosed;
-    private long _lastReceiveTicks;
     private Task _receiveTask = Task.CompletedTask;
-    private Task _sendTask = Task.CompletedTask;
     private Timer? _keepAlive;
 
+    // The client's own frame limit is checked before appending (a request is refused, not the connection), so the
+    // send buffer has none.
     private FastServeClient(Socket socket, FastServeClientOptions options)
     {
-        _socket = socket;
         _options = options;
-        _rbuf = ArrayPool<byte>.Shared.Rent(InitialReceiveBuffer);
+        _conn = new FrameConnection(socket, options.MaxReceiveFrameBytes, long.MaxValue,
+            why => Close("client.send_failed", $"sending failed: {why}"), InitialBufferBytes, InitialBufferBytes);
+        _out = _conn.Out;
     }
 
     /// <summary>The server's HELLO_OK: protocol version, limits and name.</summary>
@@ -117,7 +110,7 @@ public sealed class FastServeClient : IAsyncDisposable
                 throw new FastServeClientException("client.connect_failed", $"cannot connect to {host}:{port}: {e.Message}", inner: e);
             }
             client = new FastServeClient(socket, options);
-            await client.HandshakeAsync(cts.Token).ConfigureAwait(false);
+            await client.HandshakeAsync(host, port, cts.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
         {
@@ -141,57 +134,68 @@ public sealed class FastServeClient : IAsyncDisposable
 
     private static void Abandon(Socket socket, FastServeClient? client)
     {
-        socket.Dispose();
-        if (client is not null) ArrayPool<byte>.Shared.Return(client._rbuf);
+        if (client is not null) client._conn.Close();
+        else socket.Dispose();
     }
 
-    private async Task HandshakeAsync(CancellationToken ct)
+    private async Task HandshakeAsync(string host, int port, CancellationToken ct)
     {
         var hello = new ArrayBufferWriter<byte>(64);
         FrameWriter.Hello(hello, Encoding.UTF8.GetBytes(_options.ClientName));
-        await SendAllAsync(hello.WrittenMemory, ct).ConfigureAwait(false);
-        while (true)
+        var data = hello.WrittenMemory;
+        while (!data.IsEmpty) data = data[await _conn.Socket.SendAsync(data, SocketFlags.None, ct).ConfigureAwait(false)..];
+        var reply = new HelloReader();
+        var r = await _conn.RunAsync(reply, ct).ConfigureAwait(false);
+        switch (r.End)
         {
-            var r = FrameReader.TryRead(_rbuf.AsSpan(_rstart, _rend - _rstart), _options.MaxReceiveFrameBytes, out var h, out _, out int consumed);
-            if (r == ReadResult.TooLarge) throw ProtocolError($"the server's first frame announces {h.Length} bytes");
-            if (r == ReadResult.Frame)
-            {
-                ReadHandshakeFrame(h, _rstart, consumed);
-                _rstart += consumed;
-                return;
-            }
-            EnsureReceiveSpace(_rend - _rstart >= Wire.HeaderSize ? Wire.HeaderSize + h.Length : Wire.HeaderSize);
-            int n = await _socket.ReceiveAsync(_rbuf.AsMemory(_rend), SocketFlags.None, ct).ConfigureAwait(false);
-            if (n == 0) throw new FastServeClientException("client.connect_failed", "the server closed the connection before HELLO_OK");
-            _rend += n;
+            case FrameRunEnd.TooLarge: throw ProtocolError($"the server's first frame announces {reply.TooLargeLength} bytes");
+            case FrameRunEnd.PeerClosed: throw new FastServeClientException("client.connect_failed", "the server closed the connection before HELLO_OK");
+            case FrameRunEnd.SocketError:
+                throw new FastServeClientException("client.connect_failed", $"connection to {host}:{port} failed during the handshake: {r.Message}", inner: r.Error);
         }
+        if (reply.Error is not null) throw reply.Error;
+        Server = reply.Server;
     }
 
-    private void ReadHandshakeFrame(FrameHeader h, int start, int consumed)
+    // The handshake's consumer: the server's first frame, HELLO_OK or a refusal.
+    private sealed class HelloReader : IFrameConsumer
     {
-        var payload = _rbuf.AsSpan(start + Wire.HeaderSize, consumed - Wire.HeaderSize);
-        switch (h.Type)
+        public HelloOk Server;
+        public FastServeClientException? Error;
+        public int TooLargeLength;
+
+        public bool OnFrame(in FrameHeader h, ReadOnlySpan<byte> payload)
         {
-            case FrameType.HelloOk:
-                if (!HelloOk.TryParse(payload, out var ok)) throw ProtocolError("malformed HELLO_OK");
-                if (ok.Major != Wire.Major)
-                    throw new FastServeClientException("client.unsupported_version", $"the server speaks protocol {ok.Major}.{ok.Minor}, this client {Wire.Major}.{Wire.Minor}");
-                Server = ok;
-                return;
-            case FrameType.Error:
-                if (!ErrorInfo.TryParse(payload, h.Flags, out var err)) throw ProtocolError("malformed ERROR");
-                throw new FastServeClientException("client.hello_rejected", $"the server refused the connection: {WireNames.Of(err.Status)}: {err.Message}",
-                    err.Status, err.RetryAfterMs);
-            default:
-                throw ProtocolError($"expected HELLO_OK, got frame type 0x{(byte)h.Type:X2}");
+            switch (h.Type)
+            {
+                case FrameType.HelloOk:
+                    if (!HelloOk.TryParse(payload, out var ok)) Error = ProtocolError("malformed HELLO_OK");
+                    else if (ok.Major != Wire.Major)
+                        Error = new FastServeClientException("client.unsupported_version", $"the server speaks protocol {ok.Major}.{ok.Minor}, this client {Wire.Major}.{Wire.Minor}");
+                    else Server = ok;
+                    break;
+                case FrameType.Error:
+                    Error = !ErrorInfo.TryParse(payload, h.Flags, out var err)
+                        ? ProtocolError("malformed ERROR")
+                        : new FastServeClientException("client.hello_rejected", $"the server refused the connection: {WireNames.Of(err.Status)}: {err.Message}",
+                            err.Status, err.RetryAfterMs);
+                    break;
+                default:
+                    Error = ProtocolError($"expected HELLO_OK, got frame type 0x{(byte)h.Type:X2}");
+                    break;
+            }
+            return false;
         }
+
+        public void OnTooLarge(in FrameHeader h) => TooLargeLength = h.Length;
+
+        public bool OnReadDone() => true;
     }
 
     private static FastServeClientException ProtocolError(string message) => new("client.protocol_error", message);
 
     private void StartLoops()
     {
-        Volatile.Write(ref _lastReceiveTicks, Stopwatch.GetTimestamp());
         _receiveTask = Task.Run(ReceiveLoopAsync);
         if (_options.KeepAliveInterval is { } k) _keepAlive = new Timer(static s => ((FastServeClient)s!).KeepAliveTick(), this, k, k);
     }
@@ -272,10 +276,9 @@ public sealed class FastServeClient : IAsyncDisposable
             long frame = Wire.HeaderSize + payload;
 
             ClientFailure failure = ClientFailure.None;
-            bool pump = false;
-            lock (_sendLock)
+            lock (_out.Lock)
             {
-                long queued = (long)_pending.WrittenCount + _sendingBytes;
+                long queued = _out.UnsentUnsafe;
                 // An empty queue takes any frame, so a request larger than the limit is slow rather than impossible.
                 if (queued > 0 && queued + frame > _options.MaxPendingSendBytes) failure = ClientFailure.SendBufferFull;
                 else
@@ -289,12 +292,11 @@ public sealed class FastServeClient : IAsyncDisposable
                     {
                         var p = request.Params;
                         if (whole) p.Whole = true;
-                        FrameWriter.Request(_pending, id, p, text, ids, stops);
-                        pump = ClaimSendLocked();
+                        FrameWriter.Request(_out.Writer, id, p, text, ids, stops);
                     }
                 }
             }
-            if (pump) Pump();
+            if (failure == ClientFailure.None) _out.Flush();
             if (failure == ClientFailure.SendBufferFull)
                 call.Fail(ClientFailure.SendBufferFull, WireStatus.TooManyRequests, "send_buffer_full", "client.send_buffer_full",
                     $"more than {_options.MaxPendingSendBytes} bytes are waiting to be sent", retriable: true);
@@ -322,14 +324,12 @@ public sealed class FastServeClient : IAsyncDisposable
 
     internal void SendCancel(ulong id)
     {
-        bool pump = false;
-        lock (_sendLock)
+        lock (_out.Lock)
         {
-            if (_isClosed) return;
-            FrameWriter.Cancel(_pending, id);
-            pump = ClaimSendLocked();
+            if (_out.ClosedUnsafe) return;
+            FrameWriter.Cancel(_out.Writer, id);
         }
-        if (pump) Pump();
+        _out.Flush();
     }
 
     // ---------------------------------------------------------------- control
@@ -362,14 +362,12 @@ public sealed class FastServeClient : IAsyncDisposable
     {
         Span<byte> p = stackalloc byte[8];
         BinaryPrimitives.WriteUInt64LittleEndian(p, seq);
-        bool pump = false;
-        lock (_sendLock)
+        lock (_out.Lock)
         {
-            if (_isClosed) return;
-            FrameWriter.Ping(_pending, p);
-            pump = ClaimSendLocked();
+            if (_out.ClosedUnsafe) return;
+            FrameWriter.Ping(_out.Writer, p);
         }
-        if (pump) Pump();
+        _out.Flush();
     }
 
     /// <summary>Asks for one load report. Reports carry no request id, so this completes with the next LOAD_REPORT that
@@ -427,8 +425,7 @@ public sealed class FastServeClient : IAsyncDisposable
 
     private void UpdateSubscription()
     {
-        bool pump = false;
-        lock (_sendLock)
+        lock (_out.Lock)
         {
             uint want;
             lock (_lock)
@@ -438,23 +435,20 @@ public sealed class FastServeClient : IAsyncDisposable
                 if (want == _subscribedMs || _closed) return;
                 _subscribedMs = want;
             }
-            if (want == 0) FrameWriter.LoadQuery(_pending, 0, unsubscribe: true);
-            else FrameWriter.LoadQuery(_pending, want);
-            pump = ClaimSendLocked();
+            if (want == 0) FrameWriter.LoadQuery(_out.Writer, 0, unsubscribe: true);
+            else FrameWriter.LoadQuery(_out.Writer, want);
         }
-        if (pump) Pump();
+        _out.Flush();
     }
 
     private void SendLoadQuery(uint intervalMs, bool unsubscribe)
     {
-        bool pump = false;
-        lock (_sendLock)
+        lock (_out.Lock)
         {
-            if (_isClosed) return;
-            FrameWriter.LoadQuery(_pending, intervalMs, unsubscribe);
-            pump = ClaimSendLocked();
+            if (_out.ClosedUnsafe) return;
+            FrameWriter.LoadQuery(_out.Writer, intervalMs, unsubscribe);
         }
-        if (pump) Pump();
+        _out.Flush();
     }
 
     /// <summary>Asks the server to drain (stop admitting, finish what runs). Returns the grace period from DRAIN_OK.</summary>
@@ -465,18 +459,16 @@ public sealed class FastServeClient : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(adminToken);
         var tcs = new TaskCompletionSource<TimeSpan>(TaskCreationOptions.RunContinuationsAsynchronously);
         byte[] token = Encoding.UTF8.GetBytes(adminToken);
-        bool pump = false;
-        lock (_sendLock)
+        lock (_out.Lock)
         {
             lock (_lock)
             {
                 ThrowIfClosedLocked();
                 _drains.Enqueue(tcs);
             }
-            FrameWriter.Drain(_pending, token);
-            pump = ClaimSendLocked();
+            FrameWriter.Drain(_out.Writer, token);
         }
-        if (pump) Pump();
+        _out.Flush();
         return await tcs.Task.WaitAsync(ct).ConfigureAwait(false);
     }
 
@@ -491,73 +483,10 @@ public sealed class FastServeClient : IAsyncDisposable
     private void KeepAliveTick()
     {
         if (_isClosed) return;
-        long idle = Stopwatch.GetTimestamp() - Volatile.Read(ref _lastReceiveTicks);
+        long idle = Stopwatch.GetTimestamp() - _conn.LastReceiveTicks;
         if (idle * 1.0 / Stopwatch.Frequency < _options.KeepAliveInterval!.Value.TotalSeconds * 0.9) return;
         // A keep-alive ping nobody awaits: its PONG is absorbed as an unknown sequence number.
         SendPing(0);
-    }
-
-    // ---------------------------------------------------------------- sending
-
-    // Called under _sendLock after appending: true when no send is running, so the caller (after letting go of the
-    // lock) becomes the sender. Sending on the caller's thread, instead of waking a send loop, saves a thread hop per
-    // request; frames appended while a send is running ride along in the next batch.
-    private bool ClaimSendLocked()
-    {
-        if (_sending || _isClosed) return false;
-        _sending = true;
-        return true;
-    }
-
-    // Sends until the queue is empty: synchronously while the socket takes the bytes at once (a non-blocking send),
-    // asynchronously from the first send that has to wait. Never blocks the caller.
-    private void Pump()
-    {
-        var t = PumpAsync();
-        if (!t.IsCompleted) _sendTask = t;
-    }
-
-    private async Task PumpAsync()
-    {
-        try
-        {
-            while (true)
-            {
-                ArrayBufferWriter<byte> batch;
-                lock (_sendLock)
-                {
-                    if (_isClosed || _pending.WrittenCount == 0)
-                    {
-                        _sending = false;
-                        return;
-                    }
-                    batch = _pending;
-                    _pending = _spare;
-                    _sendingBytes = batch.WrittenCount;
-                }
-                await SendAllAsync(batch.WrittenMemory, CancellationToken.None).ConfigureAwait(false);
-                lock (_sendLock)
-                {
-                    batch.ResetWrittenCount();
-                    _spare = batch;
-                    _sendingBytes = 0;
-                }
-            }
-        }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
-        {
-            lock (_sendLock) _sending = false;
-            Close("client.send_failed", $"sending failed: {e.Message}");
-        }
-    }
-
-    private async ValueTask SendAllAsync(ReadOnlyMemory<byte> data, CancellationToken ct)
-    {
-        while (!data.IsEmpty)
-        {
-            int n = await _socket.SendAsync(data, SocketFlags.None, ct).ConfigureAwait(false);
-            data = data[n..];
-        }
     }
 
     // ---------------------------------------------------------------- receive loop
@@ -566,23 +495,10 @@ public sealed class FastServeClient : IAsyncDisposable
     {
         try
         {
-            while (true)
-            {
-                if (!ProcessBuffered(out int need)) return;
-                EnsureReceiveSpace(need);
-                int n = await _socket.ReceiveAsync(_rbuf.AsMemory(_rend), SocketFlags.None).ConfigureAwait(false);
-                if (n == 0)
-                {
-                    Close("client.connection_closed", "the server closed the connection");
-                    return;
-                }
-                _rend += n;
-                Volatile.Write(ref _lastReceiveTicks, Stopwatch.GetTimestamp());
-            }
-        }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
-        {
-            Close("client.connection_closed", $"receiving failed: {e.Message}");
+            var r = await _conn.RunAsync(new Receiver(this)).ConfigureAwait(false);
+            // Stopped or too large: the receiver has closed the connection already.
+            if (r.End == FrameRunEnd.PeerClosed) Close("client.connection_closed", "the server closed the connection");
+            else if (r.End == FrameRunEnd.SocketError) Close("client.connection_closed", $"receiving failed: {r.Message}");
         }
         catch (Exception e)
         {
@@ -591,60 +507,24 @@ public sealed class FastServeClient : IAsyncDisposable
         finally
         {
             FailEverything();
-            ArrayPool<byte>.Shared.Return(_rbuf);
-            _rbuf = [];
         }
     }
 
-    // Dispatches every whole frame in the buffer. False after a protocol error (the connection is then closed);
-    // need = bytes the next frame needs contiguous in the buffer.
-    private bool ProcessBuffered(out int need)
+    // The connection's consumer once connected (a nested class, so the client's public surface has no frame methods).
+    private sealed class Receiver(FastServeClient client) : IFrameConsumer
     {
-        need = Wire.HeaderSize;
-        while (true)
+        public bool OnFrame(in FrameHeader h, ReadOnlySpan<byte> payload)
         {
-            var r = FrameReader.TryRead(_rbuf.AsSpan(_rstart, _rend - _rstart), _options.MaxReceiveFrameBytes, out var h, out var payload, out int consumed);
-            if (r == ReadResult.NeedMore)
-            {
-                if (_rend - _rstart >= Wire.HeaderSize) need = Wire.HeaderSize + h.Length;
-                break;
-            }
-            if (r == ReadResult.TooLarge)
-            {
-                Close("client.protocol_error", $"the server sent a frame of {h.Length} bytes (limit {_options.MaxReceiveFrameBytes})");
-                return false;
-            }
-            string? error = Dispatch(h, payload);
-            if (error is not null)
-            {
-                Close("client.protocol_error", error);
-                return false;
-            }
-            _rstart += consumed;
+            string? error = client.Dispatch(h, payload);
+            if (error is null) return true;
+            client.Close("client.protocol_error", error);
+            return false;
         }
-        if (_rstart == _rend) _rstart = _rend = 0;
-        return true;
-    }
 
-    // Makes room for a frame of `need` bytes from _rstart and at least some free space after _rend.
-    private void EnsureReceiveSpace(int need)
-    {
-        int have = _rend - _rstart;
-        int want = Math.Max(need, have + MinReceiveSpace);
-        if (_rbuf.Length - _rstart >= want) return;
-        if (_rbuf.Length >= want)
-        {
-            _rbuf.AsSpan(_rstart, have).CopyTo(_rbuf);
-        }
-        else
-        {
-            var bigger = ArrayPool<byte>.Shared.Rent(Math.Max(want, _rbuf.Length * 2));
-            _rbuf.AsSpan(_rstart, have).CopyTo(bigger);
-            ArrayPool<byte>.Shared.Return(_rbuf);
-            _rbuf = bigger;
-        }
-        _rstart = 0;
-        _rend = have;
+        public void OnTooLarge(in FrameHeader h) =>
+            client.Close("client.protocol_error", $"the server sent a frame of {h.Length} bytes (limit {client._options.MaxReceiveFrameBytes})");
+
+        public bool OnReadDone() => true;
     }
 
     // Returns null, or why the frame is a protocol error ("" when the connection was already closed for another reason).
@@ -749,10 +629,9 @@ public sealed class FastServeClient : IAsyncDisposable
             _closeDetail = detail;
             _closeMessage = message;
         }
-        lock (_sendLock) _isClosed = true;
+        _isClosed = true;
         _keepAlive?.Dispose();
-        try { _socket.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
-        _socket.Dispose();
+        _conn.Close();
     }
 
     // Runs once, at the end of the receive loop: completes everything still waiting.
@@ -787,7 +666,7 @@ public sealed class FastServeClient : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         Close("client.disposed", "the client was disposed");
-        try { await Task.WhenAll(_receiveTask, _sendTask).ConfigureAwait(false); }
+        try { await _receiveTask.ConfigureAwait(false); }
         catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException) { }
     }
 

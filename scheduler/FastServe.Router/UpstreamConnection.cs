@@ -12,7 +12,7 @@ namespace FastServe.Router;
 /// subscription, then requests multiplexed by router-assigned ids. When it breaks, the requests on it are handed to
 /// the router (retried or finished) and it reconnects with backoff until stopped.
 /// </summary>
-internal sealed class UpstreamConnection
+internal sealed class UpstreamConnection : IFrameConsumer
 {
     private const int MaxReceiveFrame = 64 << 20;
 
@@ -21,18 +21,17 @@ internal sealed class UpstreamConnection
     private readonly int _index;
     private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    // Guarded by _lock: the request map and the live socket with its send buffer.
+    // Guarded by _lock: the request map and the live connection (its send side is used only while _up).
     private readonly Lock _lock = new();
     private readonly Dictionary<ulong, RoutedRequest> _requests = [];
-    private Socket? _socket;
-    private OutBuffer? _out;
+    private FrameConnection? _conn;
     private bool _up;
     private string? _abortWhy;
 
     private volatile bool _stopping;
     private int _count;              // _requests.Count, readable without the lock
-    private long _lastReceive;
     private bool _reportedDown;      // a failure was logged and no success since (receive loop only)
+    private string? _error;          // why the replica's stream was refused (receive loop only)
     // Sessions that got frames in the current receive batch: flushed once per batch (receive loop only).
     private readonly HashSet<DownstreamSession> _touched = [];
     private Task _loop = Task.CompletedTask;
@@ -65,7 +64,7 @@ internal sealed class UpstreamConnection
         lock (_lock)
         {
             if (!_up || _count >= MaxInFlight) return false;
-            o = _out;
+            o = _conn?.Out;
         }
         if (o is null) return false;
         lock (o.Lock) return o.PendingUnsafe < _opt.UpstreamSoftLimitBytes;
@@ -81,8 +80,8 @@ internal sealed class UpstreamConnection
         OutBuffer o;
         lock (_lock)
         {
-            if (!_up || _out is null) return false;
-            o = _out;
+            if (!_up || _conn is null) return false;
+            o = _conn.Out;
             _requests.Add(rid, req);
             _count++;
             Endpoint.AddInFlight();
@@ -104,7 +103,7 @@ internal sealed class UpstreamConnection
         lock (_lock)
         {
             if (!_up) return;
-            o = _out;
+            o = _conn?.Out;
         }
         if (o is null) return;
         lock (o.Lock) if (!o.Closed) FrameWriter.Cancel(o.Writer, rid);
@@ -115,16 +114,16 @@ internal sealed class UpstreamConnection
     public void Flush()
     {
         OutBuffer? o;
-        lock (_lock) o = _out;
+        lock (_lock) o = _up ? _conn?.Out : null;
         o?.Flush();
     }
 
     /// <summary>Breaks the connection when nothing arrived for too long (the load subscription is its heartbeat).</summary>
     public void CheckAlive(long now)
     {
-        bool up;
-        lock (_lock) up = _up;
-        if (up && now - Volatile.Read(ref _lastReceive) > RouterOptions.Ticks(_opt.UpstreamSilenceMs))
+        FrameConnection? c;
+        lock (_lock) c = _up ? _conn : null;
+        if (c is not null && now - c.LastReceiveTicks > RouterOptions.Ticks(_opt.UpstreamSilenceMs))
             Abort($"nothing received for {_opt.UpstreamSilenceMs} ms");
     }
 
@@ -139,15 +138,13 @@ internal sealed class UpstreamConnection
 
     private void Abort(string why)
     {
-        Socket? s;
+        FrameConnection? c;
         lock (_lock)
         {
             _abortWhy ??= why;
-            s = _socket;
+            c = _conn;
         }
-        if (s is null) return;
-        try { s.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
-        s.Dispose();
+        c?.Close();
     }
 
     private async Task RunAsync()
@@ -167,14 +164,13 @@ internal sealed class UpstreamConnection
     private async Task<bool> SessionAsync()
     {
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
+        var conn = new FrameConnection(socket, MaxReceiveFrame, _opt.UpstreamHardLimitBytes, w => Abort(w), receiveBytes: 64 << 10);
         lock (_lock)
         {
-            _socket = socket;
+            _conn = conn;
             _abortWhy = null;
         }
-        if (_stopping) socket.Dispose();
-        byte[] buf = ArrayPool<byte>.Shared.Rent(64 << 10);
-        int have = 0;
+        if (_stopping) conn.Close();
         bool up = false;
         string why = "closed";
         try
@@ -188,29 +184,20 @@ internal sealed class UpstreamConnection
                 FrameWriter.LoadQuery(hello, (uint)_opt.LoadIntervalMs);
                 var mem = hello.WrittenMemory;
                 while (!mem.IsEmpty) mem = mem[await socket.SendAsync(mem, SocketFlags.None, cts.Token).ConfigureAwait(false)..];
-                while (true)
+                var reply = new HelloReader();
+                var r = await conn.RunAsync(reply, cts.Token).ConfigureAwait(false);
+                if (r.End != FrameRunEnd.Stopped || reply.Why is not null)
                 {
-                    var r = FrameReader.TryRead(buf.AsSpan(0, have), MaxReceiveFrame, out var h, out var payload, out int consumed);
-                    if (r == ReadResult.TooLarge) { why = "its first frame is over the size limit"; return false; }
-                    if (r == ReadResult.Frame)
+                    why = r.End switch
                     {
-                        if (h.Type == FrameType.HelloOk && HelloOk.TryParse(payload, out server))
-                        {
-                            if (server.Major != Wire.Major) { why = $"it speaks protocol {server.Major}.{server.Minor}"; return false; }
-                            buf.AsSpan(consumed, have - consumed).CopyTo(buf);
-                            have -= consumed;
-                            break;
-                        }
-                        why = h.Type == FrameType.Error && ErrorInfo.TryParse(payload, h.Flags, out var err)
-                            ? $"it refused HELLO: {WireNames.Of(err.Status)}: {err.Message}"
-                            : $"expected HELLO_OK, got frame type 0x{(byte)h.Type:X2}";
-                        return false;
-                    }
-                    if (have >= Wire.HeaderSize && Wire.HeaderSize + h.Length > buf.Length) buf = Grow(buf, have, Wire.HeaderSize + h.Length);
-                    int n = await socket.ReceiveAsync(buf.AsMemory(have), SocketFlags.None, cts.Token).ConfigureAwait(false);
-                    if (n == 0) { why = "it closed the connection before HELLO_OK"; return false; }
-                    have += n;
+                        FrameRunEnd.TooLarge => "its first frame is over the size limit",
+                        FrameRunEnd.PeerClosed => "it closed the connection before HELLO_OK",
+                        FrameRunEnd.SocketError => r.Message,
+                        _ => reply.Why!,
+                    };
+                    return false;
                 }
+                server = reply.Server;
             }
 
             long now = Stopwatch.GetTimestamp();
@@ -219,32 +206,23 @@ internal sealed class UpstreamConnection
             lock (_lock)
             {
                 if (_stopping) return false;
-                _out = new OutBuffer(socket, _opt.UpstreamHardLimitBytes, w => Abort(w));
                 _up = true;
             }
-            Volatile.Write(ref _lastReceive, now);
             Endpoint.OnConnectionUp(server, now);
             Endpoint.SetCongested(false);
             up = true;
             if (_reportedDown || _index == 0) _router.Log($"endpoint {Endpoint.Address}: connected ({server.ServerName}, protocol {server.Major}.{server.Minor})");
             _reportedDown = false;
 
-            while (true)
+            _error = null;
+            var end = await conn.RunAsync(this).ConfigureAwait(false);
+            why = end.End switch
             {
-                int used = Consume(buf.AsSpan(0, have), out int needed, out string? error);
-                if (used < 0) { why = error ?? "protocol error"; return true; }
-                if (used > 0)
-                {
-                    buf.AsSpan(used, have - used).CopyTo(buf);
-                    have -= used;
-                }
-                if (needed > buf.Length) buf = Grow(buf, have, needed);
-                FlushTouched();
-                int n = await socket.ReceiveAsync(buf.AsMemory(have), SocketFlags.None).ConfigureAwait(false);
-                if (n == 0) { why = "the replica closed the connection"; return true; }
-                have += n;
-                Volatile.Write(ref _lastReceive, Stopwatch.GetTimestamp());
-            }
+                FrameRunEnd.PeerClosed => "the replica closed the connection",
+                FrameRunEnd.SocketError => end.Message,
+                _ => _error ?? "protocol error",
+            };
+            return true;
         }
         catch (OperationCanceledException)
         {
@@ -265,17 +243,32 @@ internal sealed class UpstreamConnection
         finally
         {
             FlushTouched();
-            ArrayPool<byte>.Shared.Return(buf);
-            TearDown(socket, up, why);
+            TearDown(conn, up, why);
         }
     }
 
-    private static byte[] Grow(byte[] buf, int have, int need)
+    // The handshake's consumer: the replica's first frame, HELLO_OK or a refusal.
+    private sealed class HelloReader : IFrameConsumer
     {
-        var bigger = ArrayPool<byte>.Shared.Rent(need);
-        buf.AsSpan(0, have).CopyTo(bigger);
-        ArrayPool<byte>.Shared.Return(buf);
-        return bigger;
+        public HelloOk Server;
+        public string? Why;
+
+        public bool OnFrame(in FrameHeader h, ReadOnlySpan<byte> payload)
+        {
+            if (h.Type == FrameType.HelloOk && HelloOk.TryParse(payload, out Server))
+            {
+                if (Server.Major != Wire.Major) Why = $"it speaks protocol {Server.Major}.{Server.Minor}";
+                return false;
+            }
+            Why = h.Type == FrameType.Error && ErrorInfo.TryParse(payload, h.Flags, out var err)
+                ? $"it refused HELLO: {WireNames.Of(err.Status)}: {err.Message}"
+                : $"expected HELLO_OK, got frame type 0x{(byte)h.Type:X2}";
+            return false;
+        }
+
+        public void OnTooLarge(in FrameHeader h) { }
+
+        public bool OnReadDone() => true;
     }
 
     private void FlushTouched()
@@ -285,92 +278,77 @@ internal sealed class UpstreamConnection
         _touched.Clear();
     }
 
-    // Bytes consumed, or -1 on a protocol error. `needed`: buffer size the next frame needs.
-    private int Consume(ReadOnlySpan<byte> data, out int needed, out string? error)
+    void IFrameConsumer.OnTooLarge(in FrameHeader h) => _error = $"the replica sent a frame of {(uint)h.Length} bytes";
+
+    bool IFrameConsumer.OnReadDone()
     {
-        int used = 0;
-        needed = 0;
-        error = null;
-        long now = Stopwatch.GetTimestamp();
-        while (true)
-        {
-            var r = FrameReader.TryRead(data[used..], MaxReceiveFrame, out var h, out var payload, out int consumed);
-            if (r == ReadResult.NeedMore)
-            {
-                if (data.Length - used >= Wire.HeaderSize) needed = Wire.HeaderSize + h.Length;
-                return used;
-            }
-            if (r == ReadResult.TooLarge)
-            {
-                error = $"the replica sent a frame of {(uint)h.Length} bytes";
-                return -1;
-            }
-            used += consumed;
-            switch (h.Type)
-            {
-                case FrameType.Delta:
-                {
-                    RoutedRequest? req;
-                    lock (_lock) _requests.TryGetValue(h.Id, out req);
-                    if (req is null) break;     // a request the router already gave up on (its client left)
-                    // A whole request's output waits for its FINAL, so a lost replica can be replaced.
-                    if (req.Whole && !req.Streamed && req.TryHold(h.Flags, payload, _router.Options.MaxHeldBytes)) break;
-                    req.Streamed = true;
-                    var s = req.Session;
-                    if (s.IsClosed) break;
-                    lock (s.Out.Lock)
-                    {
-                        req.PassHeld(s.Out.Writer);
-                        FrameCopy.Write(s.Out.Writer, FrameType.Delta, h.Flags, req.ClientId, payload);
-                    }
-                    _touched.Add(s);
-                    break;
-                }
-                case FrameType.Final:
-                {
-                    RoutedRequest? req;
-                    lock (_lock)
-                    {
-                        if (_requests.Remove(h.Id, out req)) _count--;
-                    }
-                    if (req is null) break;
-                    Endpoint.RemoveInFlight();
-                    _router.OnFinal(this, req, h.Flags, payload, now, _touched);
-                    break;
-                }
-                case FrameType.LoadReport:
-                    if (LoadReport.TryParse(payload, out var report)) Endpoint.OnLoadReport(report, now);
-                    else { error = "malformed LOAD_REPORT"; return -1; }
-                    break;
-                case FrameType.Error:
-                    if (ErrorInfo.TryParse(payload, h.Flags, out var err))
-                        _router.Log($"endpoint {Endpoint.Address}: ERROR {WireNames.Of(err.Status)}{(err.Fatal ? " (fatal)" : "")}: {err.Message}");
-                    break;
-                default:
-                    break;      // PONG, DRAIN_OK, frame types of a later minor version: nothing to do
-            }
-        }
+        FlushTouched();
+        return true;
     }
 
-    private void TearDown(Socket socket, bool up, string why)
+    // The replica's frames once up; false on a protocol error (`_error` says which).
+    bool IFrameConsumer.OnFrame(in FrameHeader h, ReadOnlySpan<byte> payload)
+    {
+        switch (h.Type)
+        {
+            case FrameType.Delta:
+            {
+                RoutedRequest? req;
+                lock (_lock) _requests.TryGetValue(h.Id, out req);
+                if (req is null) break;     // a request the router already gave up on (its client left)
+                // A whole request's output waits for its FINAL, so a lost replica can be replaced.
+                if (req.Whole && !req.Streamed && req.TryHold(h.Flags, payload, _router.Options.MaxHeldBytes)) break;
+                req.Streamed = true;
+                var s = req.Session;
+                if (s.IsClosed) break;
+                lock (s.Out.Lock)
+                {
+                    req.PassHeld(s.Out.Writer);
+                    FrameCopy.Write(s.Out.Writer, FrameType.Delta, h.Flags, req.ClientId, payload);
+                }
+                _touched.Add(s);
+                break;
+            }
+            case FrameType.Final:
+            {
+                RoutedRequest? req;
+                lock (_lock)
+                {
+                    if (_requests.Remove(h.Id, out req)) _count--;
+                }
+                if (req is null) break;
+                Endpoint.RemoveInFlight();
+                _router.OnFinal(this, req, h.Flags, payload, _conn!.LastReceiveTicks, _touched);
+                break;
+            }
+            case FrameType.LoadReport:
+                if (LoadReport.TryParse(payload, out var report)) Endpoint.OnLoadReport(report, _conn!.LastReceiveTicks);
+                else { _error = "malformed LOAD_REPORT"; return false; }
+                break;
+            case FrameType.Error:
+                if (ErrorInfo.TryParse(payload, h.Flags, out var err))
+                    _router.Log($"endpoint {Endpoint.Address}: ERROR {WireNames.Of(err.Status)}{(err.Fatal ? " (fatal)" : "")}: {err.Message}");
+                break;
+            default:
+                break;      // PONG, DRAIN_OK, frame types of a later minor version: nothing to do
+        }
+        return true;
+    }
+
+    private void TearDown(FrameConnection conn, bool up, string why)
     {
         RoutedRequest[] left;
-        OutBuffer? o;
         bool draining = Endpoint.IsDraining;
         lock (_lock)
         {
             why = _abortWhy ?? why;
             _up = false;
-            o = _out;
-            _out = null;
-            _socket = null;
+            _conn = null;
             left = _requests.Count == 0 ? [] : [.. _requests.Values];
             _requests.Clear();
             _count = 0;
         }
-        o?.Close();
-        try { socket.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
-        socket.Dispose();
+        conn.Close();
         long now = Stopwatch.GetTimestamp();
         if (up) Endpoint.OnConnectionDown(now);
         foreach (var _ in left) Endpoint.RemoveInFlight();

@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Diagnostics;
 using System.Net.Sockets;
 
@@ -39,13 +38,11 @@ internal sealed record FrameSessionOptions(string Role, int MaxFrame, int MaxInF
 /// </summary>
 /// <remarks>
 /// <para>
-/// Receive path: one pooled buffer per connection (16 KiB to start, from <see cref="ArrayPool{T}.Shared"/>). Each read
-/// is parsed in place by <see cref="FrameReader"/>: handlers see zero-copy slices valid only during the call; a partial
-/// frame stays at the front of the buffer for the next read; when the next frame's header says it needs more room
-/// than the buffer has, the buffer is swapped for a larger pooled one, so a frame is never read in pieces twice. After
-/// each read: <see cref="OnFramesConsumed"/>, then (unless a frame was fatal) one <see cref="OutBuffer.Flush"/> for
-/// every reply the read produced, then <see cref="OnRepliesFlushed"/>. A well-formed stream allocates nothing and
-/// throws nothing on this path but what the handlers themselves do (like Garnet's network handlers).
+/// Receive path: a <see cref="FrameConnection"/> (pooled buffer, frames parsed in place, partial frames kept); this
+/// session is its consumer, so handlers see zero-copy slices valid only during the call. After each read:
+/// <see cref="OnFramesConsumed"/>, then (unless a frame was fatal) one <see cref="OutBuffer.Flush"/> for every reply
+/// the read produced, then <see cref="OnRepliesFlushed"/>. A well-formed stream allocates nothing and throws nothing
+/// on this path but what the handlers themselves do (like Garnet's network handlers).
 /// </para>
 /// <para>
 /// Errors: input that can be answered gets a non-fatal ERROR (0 as its request id) or, for a request, a FINAL;
@@ -62,28 +59,25 @@ internal sealed record FrameSessionOptions(string Role, int MaxFrame, int MaxInF
 /// 10 ms and drops the session when <see cref="OnClosed"/> says so.</para>
 /// </remarks>
 /// <typeparam name="TRequest">What the host keeps for a request it accepted, keyed by the client's id.</typeparam>
-internal abstract class FrameSession<TRequest> where TRequest : class
+internal abstract class FrameSession<TRequest> : IFrameConsumer where TRequest : class
 {
-    private const int InitialReceiveBytes = 16 << 10;
-
-    private readonly Socket _socket;
+    private readonly FrameConnection _conn;
     private readonly FrameSessionOptions _opt;
     private readonly Dictionary<ulong, TRequest> _inflight = [];     // guarded by itself
     private readonly long _created;
     private int _closeOnce;
-    private volatile bool _closed, _hello;
-    private long _lastActivity, _partialSince;
+    private volatile bool _closed, _hello, _fatal;                    // _fatal: a fatal ERROR was queued (stop reading)
     private long _loadIntervalTicks, _nextLoadAt;                     // 0 = not subscribed
 
     /// <summary>A session over an accepted, connected <paramref name="socket"/>; nothing is read until
     /// <see cref="Start"/>. Virtual members are not called from here.</summary>
     protected FrameSession(Socket socket, long id, FrameSessionOptions options)
     {
-        _socket = socket;
         _opt = options;
         Id = id;
-        _created = _lastActivity = Stopwatch.GetTimestamp();
-        Out = new OutBuffer(socket, options.SendLimitBytes, why => Close(why));
+        _created = Stopwatch.GetTimestamp();
+        _conn = new FrameConnection(socket, options.MaxFrame, options.SendLimitBytes, why => Close(why));
+        Out = _conn.Out;
     }
 
     /// <summary>The host's number for this connection.</summary>
@@ -176,6 +170,7 @@ internal abstract class FrameSession<TRequest> where TRequest : class
     protected void Fatal(WireStatus status, string message)
     {
         lock (Out.Lock) FrameWriter.Error(Out.Writer, status, fatal: true, 0, message);
+        _fatal = true;
         _closed = true;
         Out.FlushThen(() => Close(message));
     }
@@ -184,92 +179,51 @@ internal abstract class FrameSession<TRequest> where TRequest : class
 
     private async Task ReceiveLoopAsync()
     {
-        byte[] buf = ArrayPool<byte>.Shared.Rent(InitialReceiveBytes);
-        int have = 0;
+        FrameRunResult r;
         try
         {
-            while (!_closed)
-            {
-                int n = await _socket.ReceiveAsync(buf.AsMemory(have), SocketFlags.None).ConfigureAwait(false);
-                if (n == 0) { Close("peer closed"); return; }
-                have += n;
-                long now = Stopwatch.GetTimestamp();
-                Volatile.Write(ref _lastActivity, now);
-                int used = Consume(buf.AsSpan(0, have), now, out int needed);
-                OnFramesConsumed();
-                if (used < 0) return;   // fatal: already answered and closing
-                if (used > 0)
-                {
-                    buf.AsSpan(used, have - used).CopyTo(buf);
-                    have -= used;
-                }
-                // A partial frame's clock starts when it began arriving; slow senders are cut off by the timer.
-                long since = Volatile.Read(ref _partialSince);
-                Volatile.Write(ref _partialSince, have == 0 ? 0 : used > 0 || since == 0 ? now : since);
-                if (needed > buf.Length)
-                {
-                    var bigger = ArrayPool<byte>.Shared.Rent(needed);
-                    buf.AsSpan(0, have).CopyTo(bigger);
-                    ArrayPool<byte>.Shared.Return(buf);
-                    buf = bigger;
-                }
-                Out.Flush();
-                OnRepliesFlushed();
-            }
-        }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
-        {
-            Close(e.Message);
+            r = await _conn.RunAsync(this).ConfigureAwait(false);
         }
         catch (Exception e)
         {
             OnInternalError(e);
             Close("internal error");
+            return;
         }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(buf);
-        }
+        // Stopped: a fatal frame is on its way out, and sending it closes the session.
+        if (r.End == FrameRunEnd.PeerClosed) Close("peer closed");
+        else if (r.End == FrameRunEnd.SocketError) Close(r.Message);
     }
 
-    // Bytes consumed, or -1 after a fatal error. `needed`: size of the buffer the next frame needs.
-    private int Consume(ReadOnlySpan<byte> data, long now, out int needed)
+    void IFrameConsumer.OnTooLarge(in FrameHeader h) =>
+        Fatal(WireStatus.TooLarge, $"frame of {(uint)h.Length} bytes is over the {_opt.MaxFrame}-byte limit");
+
+    bool IFrameConsumer.OnReadDone()
     {
-        int used = 0;
-        needed = 0;
-        while (true)
+        OnFramesConsumed();
+        if (_fatal) return false;
+        Out.Flush();
+        OnRepliesFlushed();
+        return !_closed;
+    }
+
+    bool IFrameConsumer.OnFrame(in FrameHeader h, ReadOnlySpan<byte> payload)
+    {
+        if (!_hello) return Hello(h, payload);
+        switch (h.Type)
         {
-            var r = FrameReader.TryRead(data[used..], _opt.MaxFrame, out var h, out var payload, out int consumed);
-            if (r == ReadResult.NeedMore)
-            {
-                if (data.Length - used >= Wire.HeaderSize) needed = Wire.HeaderSize + h.Length;
-                return used;
-            }
-            if (r == ReadResult.TooLarge)
-            {
-                Fatal(WireStatus.TooLarge, $"frame of {(uint)h.Length} bytes is over the {_opt.MaxFrame}-byte limit");
-                return -1;
-            }
-            used += consumed;
-            if (!_hello)
-            {
-                if (!Hello(h, payload)) return -1;
-                continue;
-            }
-            switch (h.Type)
-            {
-                case FrameType.Request: Request(h, payload, now); break;
-                case FrameType.Cancel: Cancel(h.Id); break;
-                case FrameType.Ping:
-                    if (payload.Length > Wire.MaxPingBytes) Error(WireStatus.BadRequest, $"PING payload over {Wire.MaxPingBytes} bytes");
-                    else lock (Out.Lock) FrameWriter.Ping(Out.Writer, payload, pong: true);
-                    break;
-                case FrameType.LoadQuery: LoadQuery(h, payload, now); break;
-                case FrameType.Drain: OnDrain(payload); break;
-                case FrameType.Hello: Error(WireStatus.BadRequest, "HELLO was already received"); break;
-                default: Error(WireStatus.BadRequest, $"unknown or server-only frame type 0x{(byte)h.Type:X2}"); break;
-            }
+            case FrameType.Request: Request(h, payload, _conn.LastReceiveTicks); break;
+            case FrameType.Cancel: Cancel(h.Id); break;
+            case FrameType.Ping:
+                if (payload.Length > Wire.MaxPingBytes) Error(WireStatus.BadRequest, $"PING payload over {Wire.MaxPingBytes} bytes");
+                else lock (Out.Lock) FrameWriter.Ping(Out.Writer, payload, pong: true);
+                break;
+            case FrameType.LoadQuery: LoadQuery(h, payload, _conn.LastReceiveTicks); break;
+            case FrameType.Drain: OnDrain(payload); break;
+            case FrameType.Hello: Error(WireStatus.BadRequest, "HELLO was already received"); break;
+            default: Error(WireStatus.BadRequest, $"unknown or server-only frame type 0x{(byte)h.Type:X2}"); break;
         }
+        return true;
     }
 
     private bool Hello(in FrameHeader h, ReadOnlySpan<byte> payload)
@@ -347,10 +301,10 @@ internal abstract class FrameSession<TRequest> where TRequest : class
             Out.Flush();
         }
         if (!checkTimeouts) return;
-        long partial = Volatile.Read(ref _partialSince);
+        long partial = _conn.PartialSinceTicks;
         if (!_hello && now - _created > _opt.HelloTimeoutTicks) Close("no HELLO in time");
         else if (partial != 0 && now - partial > _opt.FrameTimeoutTicks) Fatal(WireStatus.BadRequest, _opt.FrameTimeoutMessage);
-        else if (InFlight == 0 && now - Volatile.Read(ref _lastActivity) > _opt.IdleTimeoutTicks) Close("idle");
+        else if (InFlight == 0 && now - _conn.LastReceiveTicks > _opt.IdleTimeoutTicks) Close("idle");
     }
 
     /// <summary>
@@ -368,9 +322,7 @@ internal abstract class FrameSession<TRequest> where TRequest : class
             left = _inflight.Count == 0 ? [] : [.. _inflight.Values];
             _inflight.Clear();
         }
-        Out.Close();
-        try { _socket.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
-        _socket.Dispose();
+        _conn.Close();
         foreach (var r in left) CancelRequest(r);
         OnClosed();
     }

@@ -5,31 +5,48 @@ using System.Runtime.InteropServices;
 namespace FastServe.Protocol.Net;
 
 /// <summary>
-/// The send side of one connection: frames are appended under <see cref="Lock"/> into a fill buffer, and
+/// The send side of one connection (<see cref="FrameConnection.Out"/>): frames are appended under <see cref="Lock"/> into a fill buffer, and
 /// <see cref="Flush"/> hands everything appended so far to one sender, which writes it with one send while new
 /// frames collect in the other buffer (double buffering). So a scheduler step's worth of frames for a connection
 /// costs one syscall, and a writer never waits on the network.
 ///
 /// Backpressure: more than <c>limit</c> unsent bytes means the peer stopped reading; the buffer then closes
-/// itself and reports it through <c>onFailed</c> (once), and later appends are dropped.
+/// itself and reports it through <c>onFailed</c> (once), and later appends are dropped. A send that fails reports the
+/// same way. A caller that would rather refuse new frames than lose the connection (the .NET client) passes
+/// <see cref="long.MaxValue"/> and checks <see cref="UnsentUnsafe"/> before appending.
 /// </summary>
-internal sealed class OutBuffer
+/// <example>
+/// <code>
+/// lock (o.Lock) { if (!o.Closed) FrameWriter.Cancel(o.Writer, id); }
+/// o.Flush();
+/// </code>
+/// </example>
+public sealed class OutBuffer
 {
     private readonly Socket _socket;
     private readonly long _limit;
     private readonly Action<string> _onFailed;
     // Guarded by Lock: _fill, _sending, _closed, _leftAt. _send is owned by the sender while _sending is true.
-    private ArrayBufferWriter<byte> _fill = new(16 << 10);
-    private ArrayBufferWriter<byte> _send = new(16 << 10);
+    private ArrayBufferWriter<byte> _fill;
+    private ArrayBufferWriter<byte> _send;
     private bool _sending, _closed;
     private int _leftAt = -1;      // where the unsent tail of _send starts after a TrySendNow hit a full socket; -1: none
     private Action? _whenEmpty;
 
-    public OutBuffer(Socket socket, long limit, Action<string> onFailed)
+    /// <summary>A send buffer for the connected <paramref name="socket"/> (never closed by it; <see cref="Close"/> only
+    /// stops sending).</summary>
+    /// <param name="socket">The connected socket the frames go to.</param>
+    /// <param name="limit">Unsent bytes past which the peer counts as not reading: the buffer closes and reports it.</param>
+    /// <param name="onFailed">Called once, with why, when the limit is passed or a send fails (not on <see cref="Close"/>).
+    /// It may run on a sender's thread, never under <see cref="Lock"/>.</param>
+    /// <param name="initialBytes">Each of the two buffers' first size (they grow as needed).</param>
+    public OutBuffer(Socket socket, long limit, Action<string> onFailed, int initialBytes = 16 << 10)
     {
         _socket = socket;
         _limit = limit;
         _onFailed = onFailed;
+        _fill = new ArrayBufferWriter<byte>(initialBytes);
+        _send = new ArrayBufferWriter<byte>(initialBytes);
     }
 
     /// <summary>Held while appending frames to <see cref="Writer"/>.</summary>
@@ -38,10 +55,19 @@ internal sealed class OutBuffer
     /// <summary>The fill buffer; use only while holding <see cref="Lock"/>.</summary>
     public IBufferWriter<byte> Writer => _fill;
 
+    /// <summary>True once closed (by <see cref="Close"/> or a failure): appends are then dropped. Takes the lock; under
+    /// it, read <see cref="ClosedUnsafe"/>.</summary>
     public bool Closed { get { lock (Lock) return _closed; } }
+
+    /// <summary><see cref="Closed"/> for a caller already holding <see cref="Lock"/>.</summary>
+    public bool ClosedUnsafe => _closed;
 
     /// <summary>Bytes appended and not yet handed to the socket (read under the lock).</summary>
     public int PendingUnsafe => _fill.WrittenCount;
+
+    /// <summary>Bytes appended and not yet known to be sent: <see cref="PendingUnsafe"/> plus the batch a sender holds
+    /// (read under the lock; a batch that just finished may still count).</summary>
+    public long UnsentUnsafe => (long)_fill.WrittenCount + _send.WrittenCount;
 
     /// <summary>Starts sending what was appended, unless a send is already running (it will pick it up).</summary>
     public void Flush()

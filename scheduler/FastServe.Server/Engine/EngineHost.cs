@@ -234,10 +234,3 @@ public sealed class EngineHost : IDisposable
         _started?.Owner.Dispose();
     }
 }
-
-[StructLayout(LayoutKind.Sequential, Pack = 1)]
-internal struct EngineHelloMsg
-{
-    public int Pid, Vocab, Context, MaxRunning;
-    public byte State;
-}

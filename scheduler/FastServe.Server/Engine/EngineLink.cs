@@ -18,23 +18,24 @@ namespace FastServe.Server.Engine;
 /// link's buffer; <see cref="Signal"/> (after each scheduler iteration) sends the whole batch with one write, from
 /// the scheduler thread when the socket takes it at once, else through the link's writer thread. When the worker goes away, every request it submitted is cancelled.
 /// </summary>
-internal sealed class EngineLink : IRequestSink
+internal sealed class EngineLink : IRequestSink, IFrameConsumer
 {
     private sealed class Entry { public RequestHandle? Handle; public long EngineReceived; }
 
     private readonly EngineHost _host;
-    private readonly Socket _socket;
+    private readonly FrameConnection _conn;
     private readonly OutBuffer _out;
     private readonly ConcurrentDictionary<long, Entry> _active = new();
     private readonly AutoResetEvent _wake = new(false);
     private int _dirty;             // set by producers (any thread), cleared by Signal
     private volatile bool _closed;
+    private string? _readError;     // reader thread only: why it stopped on a bad message
 
     public EngineLink(EngineHost host, Socket socket)
     {
         _host = host;
-        _socket = socket;
-        _out = new OutBuffer(socket, 256L << 20, why => Close($"send failed: {why}"));
+        _conn = new FrameConnection(socket, Ipc.Ipc.MaxMessage, 256L << 20, why => Close($"send failed: {why}"), receiveBytes: 1 << 20);
+        _out = _conn.Out;
     }
 
     public int Pid { get; private set; }
@@ -114,12 +115,32 @@ internal sealed class EngineLink : IRequestSink
 
     private void ReadLoop()
     {
-        // Signal after each read: immediate rejections produced while handling it go out at once.
-        string why = MessageReader.Run(_socket, Handle, Signal, () => _closed);
-        Close(why);
+        var r = _conn.Run(this);
+        Close(r.End switch
+        {
+            FrameRunEnd.PeerClosed => "the peer closed the link",
+            FrameRunEnd.SocketError => r.Message,
+            _ => _readError ?? "stopped",
+        });
     }
 
-    private bool Handle(FrameHeader h, ReadOnlySpan<byte> payload)
+    bool IFrameConsumer.OnFrame(in FrameHeader h, ReadOnlySpan<byte> payload)
+    {
+        if (Handle(h, payload)) return true;
+        _readError = $"malformed IPC message type 0x{(byte)h.Type:X2}";
+        return false;
+    }
+
+    void IFrameConsumer.OnTooLarge(in FrameHeader h) => _readError = $"message of {h.Length} bytes is over the IPC limit";
+
+    // After each read: immediate rejections produced while handling it go out at once.
+    bool IFrameConsumer.OnReadDone()
+    {
+        Signal();
+        return !_closed;
+    }
+
+    private bool Handle(in FrameHeader h, ReadOnlySpan<byte> payload)
     {
         long tag = (long)h.Id;
         switch ((IpcType)h.Type)
@@ -180,10 +201,8 @@ internal sealed class EngineLink : IRequestSink
     {
         if (_closed) return;
         _closed = true;
-        _out.Close();
+        _conn.Close();
         _wake.Set();
-        try { _socket.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
-        _socket.Dispose();
         foreach (var kv in _active) kv.Value.Handle?.Cancel();
         _host.OnLinkClosed(this, why);
     }

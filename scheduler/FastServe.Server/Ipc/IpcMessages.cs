@@ -10,7 +10,8 @@ namespace FastServe.Server.Ipc;
 /// Engine ↔ worker messages (docs/server.md). They reuse the wire protocol's 16-byte frame header (length, type,
 /// flags, id) and its reader; many messages travel in one socket write (one per scheduler step, per worker).
 /// Ids are the worker's request keys. Both ends are our own processes, but a malformed message still closes the
-/// link rather than crashing the reader.
+/// link rather than crashing the reader. Both ends read with <see cref="FastServe.Protocol.Net.FrameConnection.Run"/>
+/// (the same connection the wire protocol uses), limited to <see cref="Ipc.MaxMessage"/>.
 /// </summary>
 internal enum IpcType : byte
 {
@@ -24,6 +25,19 @@ internal enum IpcType : byte
     Tokens = 0xC2,        // u32 n, n × i32 ids
     Final = 0xC3,         // FinalMsg + str16 code + str16 message
     Load = 0xC4,          // LoadMsg
+}
+
+[StructLayout(LayoutKind.Sequential, Pack = 1)]
+internal struct WorkerHelloMsg
+{
+    public int Pid, Index;
+}
+
+[StructLayout(LayoutKind.Sequential, Pack = 1)]
+internal struct EngineHelloMsg
+{
+    public int Pid, Vocab, Context, MaxRunning;
+    public byte State;            // ReplicaState
 }
 
 [StructLayout(LayoutKind.Sequential, Pack = 1)]

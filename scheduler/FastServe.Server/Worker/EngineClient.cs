@@ -13,14 +13,15 @@ namespace FastServe.Server.Worker;
 /// engine), sends submits and cancels in batches, and hands what the engine sends to the <see cref="WorkerHost"/>
 /// on one reader thread.
 /// </summary>
-internal sealed class EngineClient
+internal sealed class EngineClient : IFrameConsumer
 {
     private readonly WorkerHost _host;
     private readonly string _path;
     private readonly AutoResetEvent _wake = new(false);
     private readonly Lock _lock = new();
-    private Socket? _socket;           // guarded by _lock
-    private OutBuffer? _out;           // guarded by _lock
+    private FrameConnection? _conn;    // guarded by _lock
+    private OutBuffer? _out;           // guarded by _lock: _conn's, while linked
+    private string? _readError;        // link thread only: why the engine's stream was refused
     private int _dirty;
     private volatile bool _stopped;
 
@@ -47,7 +48,7 @@ internal sealed class EngineClient
     public void Stop()
     {
         _stopped = true;
-        lock (_lock) _socket?.Dispose();
+        lock (_lock) _conn?.Close();
         _wake.Set();
     }
 
@@ -101,29 +102,50 @@ internal sealed class EngineClient
                 continue;
             }
             backoffMs = 20;
-            var o = new OutBuffer(s, 256L << 20, _ => { try { s.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { } });
-            lock (_lock) { _socket = s; _out = o; }
+            // A send that fails shuts the socket down, so the read fails too and the link is made again.
+            var c = new FrameConnection(s, Ipc.Ipc.MaxMessage, 256L << 20,
+                _ => { try { s.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { } },
+                receiveBytes: 1 << 20);
+            var o = c.Out;
+            lock (_lock) { _conn = c; _out = o; }
             lock (o.Lock) Ipc.Ipc.Write(o.Writer, IpcType.WorkerHello, 0, new WorkerHelloMsg { Pid = Environment.ProcessId, Index = _host.Options.Index });
             o.FlushBlocking();
             Connected = true;
-            ReadLoop(s);
+            ReadLoop(c);
             Connected = false;
-            lock (_lock) { _socket = null; _out = null; }
-            o.Close();
-            s.Dispose();
+            lock (_lock) { _conn = null; _out = null; }
+            c.Close();
             lock (_loadLock) _load = default;
             _host.OnEngineLost();
         }
     }
 
-    private void ReadLoop(Socket s)
+    private void ReadLoop(FrameConnection c)
     {
-        string why = MessageReader.Run(s, Handle, () => { _host.FlushTouched(); Signal(); }, () => _stopped);
-        if (why.StartsWith("malformed", StringComparison.Ordinal) || why.StartsWith("message of", StringComparison.Ordinal))
-            Console.Error.WriteLine($"fastserve worker {_host.Options.Index}: {why} from the engine; reconnecting");
+        _readError = null;
+        var r = c.Run(this);
+        if (r.End != FrameRunEnd.SocketError && _readError is not null)
+            Console.Error.WriteLine($"fastserve worker {_host.Options.Index}: {_readError} from the engine; reconnecting");
     }
 
-    private bool Handle(FrameHeader h, ReadOnlySpan<byte> payload)
+    bool IFrameConsumer.OnFrame(in FrameHeader h, ReadOnlySpan<byte> payload)
+    {
+        if (Handle(h, payload)) return true;
+        _readError = $"malformed IPC message type 0x{(byte)h.Type:X2}";
+        return false;
+    }
+
+    void IFrameConsumer.OnTooLarge(in FrameHeader h) => _readError = $"message of {h.Length} bytes is over the IPC limit";
+
+    // After each read: the tokens it delivered reach the clients, and what it queued for the engine leaves.
+    bool IFrameConsumer.OnReadDone()
+    {
+        _host.FlushTouched();
+        Signal();
+        return !_stopped;
+    }
+
+    private bool Handle(in FrameHeader h, ReadOnlySpan<byte> payload)
     {
         switch ((IpcType)h.Type)
         {
@@ -157,10 +179,4 @@ internal sealed class EngineClient
 
     /// <summary>Age of the last load report in milliseconds.</summary>
     public int LoadAgeMs(in LoadMsg m) => m.TakenTicks == 0 ? 0 : (int)Math.Min(int.MaxValue, (Stopwatch.GetTimestamp() - m.TakenTicks) * 1000 / Stopwatch.Frequency);
-}
-
-[System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential, Pack = 1)]
-internal struct WorkerHelloMsg
-{
-    public int Pid, Index;
 }

@@ -1,9 +1,9 @@
-using System.Buffers;
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using FastServe.Protocol;
+using FastServe.Protocol.Net;
 
 namespace FastServe.Server.Supervisor;
 
@@ -211,29 +211,44 @@ public sealed class Supervisor
         }
     }
 
+    // Asks the replica's own port, as a client would: HELLO and LOAD_QUERY, then its first LOAD_REPORT says whether it is
+    // ready with every worker up. An ERROR, a closed connection or a silent one (2 s) is "not yet".
     private bool ProbeReady()
     {
-        using var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { ReceiveTimeout = 2000 };
-        s.Connect(new IPEndPoint(IPAddress.Parse(_opt.Host), Port));
-        var w = new ArrayBufferWriter<byte>();
-        FrameWriter.Hello(w, "fastserve-supervisor"u8);
-        FrameWriter.LoadQuery(w, 0);
-        s.Send(w.WrittenSpan);
-        var buf = new byte[4096];
-        int have = 0;
-        while (true)
+        var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { ReceiveTimeout = 2000 };
+        var conn = new FrameConnection(s, 4096, long.MaxValue, static _ => { }, receiveBytes: 4096, sendBytes: 256);
+        try
         {
-            int n = s.Receive(buf, have, buf.Length - have, SocketFlags.None);
-            if (n == 0) return false;
-            have += n;
-            int used = 0;
-            while (FrameReader.TryRead(buf.AsSpan(used, have - used), buf.Length, out var h, out var payload, out int consumed) == ReadResult.Frame)
+            s.Connect(new IPEndPoint(IPAddress.Parse(_opt.Host), Port));
+            lock (conn.Out.Lock)
             {
-                used += consumed;
-                if (h.Type == FrameType.Error) return false;
-                if (h.Type == FrameType.LoadReport) return LoadReport.TryParse(payload, out var r) && r.State == ReplicaState.Ready && r.Workers >= _opt.Workers;
+                FrameWriter.Hello(conn.Out.Writer, "fastserve-supervisor"u8);
+                FrameWriter.LoadQuery(conn.Out.Writer, 0);
             }
-            if (have == buf.Length) return false;
+            if (!conn.Out.FlushBlocking()) return false;
+            var probe = new ReadyProbe(_opt.Workers);
+            return conn.Run(probe).End == FrameRunEnd.Stopped && probe.Ready;
         }
+        finally
+        {
+            conn.Close();
+        }
+    }
+
+    private sealed class ReadyProbe(int workers) : IFrameConsumer
+    {
+        public bool Ready;
+
+        public bool OnFrame(in FrameHeader h, ReadOnlySpan<byte> payload)
+        {
+            if (h.Type == FrameType.Error) return false;
+            if (h.Type != FrameType.LoadReport) return true;
+            Ready = LoadReport.TryParse(payload, out var r) && r.State == ReplicaState.Ready && r.Workers >= workers;
+            return false;
+        }
+
+        public void OnTooLarge(in FrameHeader h) { }
+
+        public bool OnReadDone() => true;
     }
 }

@@ -147,22 +147,14 @@ public sealed class FrameConnection
         if (!Enter()) return new FrameRunResult(FrameRunEnd.SocketError);
         try
         {
-            if (_end > _start && Consume(consumer, Stopwatch.GetTimestamp(), out var first)) return first;
+            if (ConsumeBuffered(consumer, out var end)) return end;
             while (true)
             {
                 PrepareRead();
                 int n;
-                try
-                {
-                    n = await _socket.ReceiveAsync(_buf.AsMemory(_end), SocketFlags.None, ct).ConfigureAwait(false);
-                }
-                catch (Exception e) when (e is SocketException or ObjectDisposedException)
-                {
-                    return new FrameRunResult(FrameRunEnd.SocketError, e);
-                }
-                if (n == 0) return new FrameRunResult(FrameRunEnd.PeerClosed);
-                _end += n;
-                if (Consume(consumer, Stopwatch.GetTimestamp(), out var end)) return end;
+                try { n = await _socket.ReceiveAsync(_buf.AsMemory(_end), SocketFlags.None, ct).ConfigureAwait(false); }
+                catch (Exception e) when (e is SocketException or ObjectDisposedException) { return new FrameRunResult(FrameRunEnd.SocketError, e); }
+                if (Received(n, consumer, out end)) return end;
             }
         }
         finally
@@ -177,28 +169,41 @@ public sealed class FrameConnection
         if (!Enter()) return new FrameRunResult(FrameRunEnd.SocketError);
         try
         {
-            if (_end > _start && Consume(consumer, Stopwatch.GetTimestamp(), out var first)) return first;
+            if (ConsumeBuffered(consumer, out var end)) return end;
             while (true)
             {
                 PrepareRead();
                 int n;
-                try
-                {
-                    n = _socket.Receive(_buf, _end, _buf.Length - _end, SocketFlags.None);
-                }
-                catch (Exception e) when (e is SocketException or ObjectDisposedException)
-                {
-                    return new FrameRunResult(FrameRunEnd.SocketError, e);
-                }
-                if (n == 0) return new FrameRunResult(FrameRunEnd.PeerClosed);
-                _end += n;
-                if (Consume(consumer, Stopwatch.GetTimestamp(), out var end)) return end;
+                try { n = _socket.Receive(_buf, _end, _buf.Length - _end, SocketFlags.None); }
+                catch (Exception e) when (e is SocketException or ObjectDisposedException) { return new FrameRunResult(FrameRunEnd.SocketError, e); }
+                if (Received(n, consumer, out end)) return end;
             }
         }
         finally
         {
             Leave();
         }
+    }
+
+    // What a run does first: the frames a stopped run left buffered. True when the run ends (with `end`).
+    private bool ConsumeBuffered(IFrameConsumer consumer, out FrameRunResult end)
+    {
+        end = default;
+        return _end > _start && Consume(consumer, Stopwatch.GetTimestamp(), out end);
+    }
+
+    // What a run does after each read of n bytes (0: end of stream). True when the run ends (with `end`).
+    private bool Received(int n, IFrameConsumer consumer, out FrameRunResult end)
+    {
+        if (n == 0)
+        {
+            // Close shuts the socket down before disposing it, so a read it wakes can see end of stream: that is our
+            // close, not the peer's.
+            end = new FrameRunResult(Volatile.Read(ref _closed) != 0 ? FrameRunEnd.SocketError : FrameRunEnd.PeerClosed);
+            return true;
+        }
+        _end += n;
+        return Consume(consumer, Stopwatch.GetTimestamp(), out end);
     }
 
     // Hands over every whole frame buffered. True when the run ends (with `end`).

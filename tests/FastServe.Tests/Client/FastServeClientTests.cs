@@ -21,6 +21,46 @@ public class FastServeClientTests
     private static CompletionRequest Text(string prompt, int maxTokens = 8) =>
         new() { Prompt = prompt, Params = RequestParams.Default with { MaxTokens = maxTokens } };
 
+    /// <summary>A client connected to a scripted peer (handshake done); disposing it disposes the peer's connection,
+    /// the client, then the peer.</summary>
+    private sealed class Scripted : IAsyncDisposable
+    {
+        public required ScriptedPeer Peer { get; init; }
+        public required FastServeClient Client { get; init; }
+        public required PeerConnection Conn { get; init; }
+
+        public static async Task<Scripted> OpenAsync(FastServeClientOptions? options = null, HelloOk? hello = null)
+        {
+            var peer = new ScriptedPeer();
+            try
+            {
+                var (client, conn) = await ConnectAsync(peer, options, hello);
+                return new Scripted { Peer = peer, Client = client, Conn = conn };
+            }
+            catch
+            {
+                peer.Dispose();
+                throw;
+            }
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            Conn.Dispose();
+            await Client.DisposeAsync();
+            Peer.Dispose();
+        }
+    }
+
+    // One PING answered by the peer: proves everything the client queued before it has been read.
+    private static async Task PingRoundTripAsync(FastServeClient client, PeerConnection conn)
+    {
+        var ping = client.PingAsync();
+        var (_, payload) = await conn.ReadFrameAsync();
+        await conn.SendAsync(w => FrameWriter.Ping(w, payload, pong: true));
+        await ping.WaitAsync(Limit);
+    }
+
     [Test]
     public async Task HandshakeSendsHelloAndExposesServerLimits()
     {
@@ -83,10 +123,8 @@ public class FastServeClientTests
     [TestCase(true)]
     public async Task MultiplexesConcurrentRequestsWithInterleavedFrames(bool byteByByte)
     {
-        using var peer = new ScriptedPeer();
-        var (client, conn) = await ConnectAsync(peer);
-        await using var clientScope = client;
-        using var connScope = conn;
+        await using var scripted = await Scripted.OpenAsync();
+        var (client, conn) = (scripted.Client, scripted.Conn);
         conn.ByteByByte = byteByByte;
         const int N = 100;
         var calls = new CompletionCall[N];
@@ -169,10 +207,8 @@ public class FastServeClientTests
     [Test]
     public async Task CancelSendsCancelAndTheFinalCompletesTheCall()
     {
-        using var peer = new ScriptedPeer();
-        var (client, conn) = await ConnectAsync(peer);
-        await using var clientScope = client;
-        using var connScope = conn;
+        await using var scripted = await Scripted.OpenAsync();
+        var (client, conn) = (scripted.Client, scripted.Conn);
         var call = client.Start(Text("long one", 1000));
         var (h, _) = await conn.ReadFrameAsync();
         Assert.That(h.Type, Is.EqualTo(FrameType.Request));
@@ -199,10 +235,8 @@ public class FastServeClientTests
     [Test]
     public async Task CompleteAsyncCancellationSendsCancelAndThrows()
     {
-        using var peer = new ScriptedPeer();
-        var (client, conn) = await ConnectAsync(peer);
-        await using var clientScope = client;
-        using var connScope = conn;
+        await using var scripted = await Scripted.OpenAsync();
+        var (client, conn) = (scripted.Client, scripted.Conn);
         using var cts = new CancellationTokenSource();
         var task = client.CompleteAsync(Text("x"), cts.Token);
         var (h, _) = await conn.ReadFrameAsync();
@@ -212,10 +246,7 @@ public class FastServeClientTests
         Assert.That((c.Type, c.Id), Is.EqualTo((FrameType.Cancel, h.Id)));
         // The late FINAL is absorbed, not treated as an unknown id.
         await conn.SendAsync(w => FrameWriter.Final(w, h.Id, new FinalInfo { Status = WireStatus.Cancelled }, "", ""));
-        var ping = client.PingAsync();
-        var (p, pp) = await conn.ReadFrameAsync();
-        await conn.SendAsync(w => FrameWriter.Ping(w, pp, pong: true));
-        await ping.WaitAsync(Limit);
+        await PingRoundTripAsync(client, conn);
         Assert.That(client.IsConnected, Is.True);
         Assert.That(client.InFlight, Is.Zero);
     }
@@ -265,10 +296,8 @@ public class FastServeClientTests
     [Test]
     public async Task FrameForUnknownIdIsAProtocolErrorThatClosesTheConnection()
     {
-        using var peer = new ScriptedPeer();
-        var (client, conn) = await ConnectAsync(peer);
-        await using var clientScope = client;
-        using var connScope = conn;
+        await using var scripted = await Scripted.OpenAsync();
+        var (client, conn) = (scripted.Client, scripted.Conn);
         var call = client.Start(Text("a"));
         await conn.ReadFrameAsync();
         await conn.SendAsync(w => FrameWriter.Delta(w, call.Id + 1000, [1], "x"u8));
@@ -282,10 +311,8 @@ public class FastServeClientTests
     [Test]
     public async Task MalformedFinalIsAProtocolError()
     {
-        using var peer = new ScriptedPeer();
-        var (client, conn) = await ConnectAsync(peer);
-        await using var clientScope = client;
-        using var connScope = conn;
+        await using var scripted = await Scripted.OpenAsync();
+        var (client, conn) = (scripted.Client, scripted.Conn);
         var call = client.Start(Text("a"));
         await conn.ReadFrameAsync();
         await conn.SendAsync(w =>
@@ -305,10 +332,8 @@ public class FastServeClientTests
     [Test]
     public async Task FatalServerErrorClosesWithItsStatus()
     {
-        using var peer = new ScriptedPeer();
-        var (client, conn) = await ConnectAsync(peer);
-        await using var clientScope = client;
-        using var connScope = conn;
+        await using var scripted = await Scripted.OpenAsync();
+        var (client, conn) = (scripted.Client, scripted.Conn);
         var call = client.Start(Text("a"));
         await conn.ReadFrameAsync();
         await conn.SendAsync(w => FrameWriter.Error(w, WireStatus.BadRequest, fatal: true, 0, "frame timeout"));
@@ -322,10 +347,8 @@ public class FastServeClientTests
     [Test]
     public async Task KeepAlivePingsAQuietConnectionAndAbsorbsThePong()
     {
-        using var peer = new ScriptedPeer();
-        var (client, conn) = await ConnectAsync(peer, new FastServeClientOptions { KeepAliveInterval = TimeSpan.FromMilliseconds(50) });
-        await using var clientScope = client;
-        using var connScope = conn;
+        await using var scripted = await Scripted.OpenAsync(new FastServeClientOptions { KeepAliveInterval = TimeSpan.FromMilliseconds(50) });
+        var (client, conn) = (scripted.Client, scripted.Conn);
         var (h, payload) = await conn.ReadFrameAsync().WaitAsync(TimeSpan.FromSeconds(2));
         Assert.That(h.Type, Is.EqualTo(FrameType.Ping));
         await conn.SendAsync(w => FrameWriter.Ping(w, payload, pong: true));
@@ -336,10 +359,8 @@ public class FastServeClientTests
     [Test]
     public async Task PingMeasuresTheRoundTrip()
     {
-        using var peer = new ScriptedPeer();
-        var (client, conn) = await ConnectAsync(peer);
-        await using var clientScope = client;
-        using var connScope = conn;
+        await using var scripted = await Scripted.OpenAsync();
+        var (client, conn) = (scripted.Client, scripted.Conn);
         var ping = client.PingAsync();
         var (h, payload) = await conn.ReadFrameAsync();
         Assert.That(h.Type, Is.EqualTo(FrameType.Ping));
@@ -353,10 +374,8 @@ public class FastServeClientTests
     [Test]
     public async Task LoadQueryAndSubscription()
     {
-        using var peer = new ScriptedPeer();
-        var (client, conn) = await ConnectAsync(peer);
-        await using var clientScope = client;
-        using var connScope = conn;
+        await using var scripted = await Scripted.OpenAsync();
+        var (client, conn) = (scripted.Client, scripted.Conn);
         var report = new LoadReport(ReplicaState.Ready, 4, 10, 3, 15, 0.75f, 12, 64, 5);
         var query = client.GetLoadAsync();
         var (h, payload) = await conn.ReadFrameAsync();
@@ -382,10 +401,8 @@ public class FastServeClientTests
     [Test]
     public async Task DrainReturnsGraceOrThrowsUnauthorized()
     {
-        using var peer = new ScriptedPeer();
-        var (client, conn) = await ConnectAsync(peer);
-        await using var clientScope = client;
-        using var connScope = conn;
+        await using var scripted = await Scripted.OpenAsync();
+        var (client, conn) = (scripted.Client, scripted.Conn);
         var bad = client.DrainAsync("wrong");
         var (h, payload) = await conn.ReadFrameAsync();
         Assert.That(h.Type, Is.EqualTo(FrameType.Drain));
@@ -407,10 +424,8 @@ public class FastServeClientTests
     [TestCaseSource(typeof(FastServe.Tests.Protocol.RequestRulesTests), nameof(FastServe.Tests.Protocol.RequestRulesTests.BrokenParams))]
     public async Task BrokenRequestRulesAreRefusedBeforeSendingWithTheServersCode(RequestParams p, string code)
     {
-        using var peer = new ScriptedPeer();
-        var (client, conn) = await ConnectAsync(peer);
-        await using var clientScope = client;
-        using var connScope = conn;
+        await using var scripted = await Scripted.OpenAsync();
+        var (peer, client, conn) = (scripted.Peer, scripted.Client, scripted.Conn);
         var refused = await client.Start(new CompletionRequest { Prompt = "a", Params = p }).Completion;
         Assert.That((refused.StatusName, refused.Detail, refused.ClientFailure), Is.EqualTo(("bad_request", code, ClientFailure.Rejected)));
         // Nothing reached the wire: the next frame the peer sees is the valid request that follows.
@@ -422,10 +437,8 @@ public class FastServeClientTests
     [Test]
     public async Task RequestsTheServerWouldRefuseAreRefusedBeforeSending()
     {
-        using var peer = new ScriptedPeer();
-        var (client, conn) = await ConnectAsync(peer, hello: ScriptedPeer.DefaultHello with { MaxFrame = 4096 });
-        await using var clientScope = client;
-        using var connScope = conn;
+        await using var scripted = await Scripted.OpenAsync(hello: ScriptedPeer.DefaultHello with { MaxFrame = 4096 });
+        var (peer, client, conn) = (scripted.Peer, scripted.Client, scripted.Conn);
         var tooMany = await client.Start(Text("a") with { Stops = Enumerable.Range(0, 9).Select(i => $"s{i}").ToArray() }).Completion;
         Assert.That((tooMany.StatusName, tooMany.Detail, tooMany.ClientFailure), Is.EqualTo(("bad_request", "client.too_many_stops", ClientFailure.Rejected)));
         var badStop = await client.Start(Text("a") with { Stops = [""] }).Completion;
@@ -451,10 +464,8 @@ public class FastServeClientTests
     [Test]
     public async Task SendQueueIsBoundedWhenThePeerStopsReading()
     {
-        using var peer = new ScriptedPeer();
-        var (client, conn) = await ConnectAsync(peer, new FastServeClientOptions { MaxPendingSendBytes = 256 << 10 });
-        await using var clientScope = client;
-        using var connScope = conn;
+        await using var scripted = await Scripted.OpenAsync(new FastServeClientOptions { MaxPendingSendBytes = 256 << 10 });
+        var (client, conn) = (scripted.Client, scripted.Conn);
         string prompt = new string('z', 60_000);
         int full = 0;
         var calls = new List<CompletionCall>();

@@ -172,7 +172,9 @@ public class FrameConnectionTests
         Assert.That(t.Join(TimeSpan.FromSeconds(30)), Is.True);
         Assert.That(r.End, Is.EqualTo(FrameRunEnd.PeerClosed));
         Assert.That(probe.Frames, Is.EqualTo(20_001));
-        Assert.That(probe.AtTo - probe.AtFrom, Is.EqualTo(0), "bytes allocated by the loop between frame 1,000 and 20,000");
+        // Under one byte per frame: a per-frame allocation (24 bytes at least) would show 19,000 times over, while a
+        // one-off allocation by the runtime on this thread (a JIT tier-up under a parallel test run) is tolerated.
+        Assert.That(probe.AtTo - probe.AtFrom, Is.LessThan(20_000 - 1_000), "bytes allocated by the loop between frame 1,000 and 20,000");
         conn.Close();
         peer.Dispose();
     }

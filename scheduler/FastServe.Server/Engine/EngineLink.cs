@@ -5,10 +5,10 @@ using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using System.Text;
 using FastServe.Protocol;
+using FastServe.Protocol.Net;
 using FastServe.Runtime.Generation;
 using FastServe.Scheduler.Engine;
 using FastServe.Server.Ipc;
-using FastServe.Protocol.Net;
 
 namespace FastServe.Server.Engine;
 
@@ -18,7 +18,7 @@ namespace FastServe.Server.Engine;
 /// link's buffer; <see cref="Signal"/> (after each scheduler iteration) sends the whole batch with one write, from
 /// the scheduler thread when the socket takes it at once, else through the link's writer thread. When the worker goes away, every request it submitted is cancelled.
 /// </summary>
-internal sealed class EngineLink : IRequestSink, IFrameConsumer
+internal sealed class EngineLink : IpcReader, IRequestSink
 {
     private sealed class Entry { public RequestHandle? Handle; public long EngineReceived; }
 
@@ -29,7 +29,6 @@ internal sealed class EngineLink : IRequestSink, IFrameConsumer
     private readonly AutoResetEvent _wake = new(false);
     private int _dirty;             // set by producers (any thread), cleared by Signal
     private volatile bool _closed;
-    private string? _readError;     // reader thread only: why it stopped on a bad message
 
     public EngineLink(EngineHost host, Socket socket)
     {
@@ -120,27 +119,18 @@ internal sealed class EngineLink : IRequestSink, IFrameConsumer
         {
             FrameRunEnd.PeerClosed => "the peer closed the link",
             FrameRunEnd.SocketError => r.Message,
-            _ => _readError ?? "stopped",
+            _ => ReadError ?? "stopped",
         });
     }
 
-    bool IFrameConsumer.OnFrame(in FrameHeader h, ReadOnlySpan<byte> payload)
-    {
-        if (Handle(h, payload)) return true;
-        _readError = $"malformed IPC message type 0x{(byte)h.Type:X2}";
-        return false;
-    }
-
-    void IFrameConsumer.OnTooLarge(in FrameHeader h) => _readError = $"message of {h.Length} bytes is over the IPC limit";
-
     // After each read: immediate rejections produced while handling it go out at once.
-    bool IFrameConsumer.OnReadDone()
+    protected override bool ReadDone()
     {
         Signal();
         return !_closed;
     }
 
-    private bool Handle(in FrameHeader h, ReadOnlySpan<byte> payload)
+    protected override bool Handle(in FrameHeader h, ReadOnlySpan<byte> payload)
     {
         long tag = (long)h.Id;
         switch ((IpcType)h.Type)

@@ -2,9 +2,9 @@ using System.Diagnostics;
 using System.Net.Sockets;
 using System.Text;
 using FastServe.Protocol;
+using FastServe.Protocol.Net;
 using FastServe.Runtime.Generation;
 using FastServe.Server.Ipc;
-using FastServe.Protocol.Net;
 
 namespace FastServe.Server.Worker;
 

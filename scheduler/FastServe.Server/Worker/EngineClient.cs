@@ -2,9 +2,9 @@ using System.Buffers;
 using System.Diagnostics;
 using System.Net.Sockets;
 using FastServe.Protocol;
+using FastServe.Protocol.Net;
 using FastServe.Server.Engine;
 using FastServe.Server.Ipc;
-using FastServe.Protocol.Net;
 
 namespace FastServe.Server.Worker;
 
@@ -13,7 +13,7 @@ namespace FastServe.Server.Worker;
 /// engine), sends submits and cancels in batches, and hands what the engine sends to the <see cref="WorkerHost"/>
 /// on one reader thread.
 /// </summary>
-internal sealed class EngineClient : IFrameConsumer
+internal sealed class EngineClient : IpcReader
 {
     private readonly WorkerHost _host;
     private readonly string _path;
@@ -21,7 +21,6 @@ internal sealed class EngineClient : IFrameConsumer
     private readonly Lock _lock = new();
     private FrameConnection? _conn;    // guarded by _lock
     private OutBuffer? _out;           // guarded by _lock: _conn's, while linked
-    private string? _readError;        // link thread only: why the engine's stream was refused
     private int _dirty;
     private volatile bool _stopped;
 
@@ -122,30 +121,21 @@ internal sealed class EngineClient : IFrameConsumer
 
     private void ReadLoop(FrameConnection c)
     {
-        _readError = null;
+        ReadError = null;
         var r = c.Run(this);
-        if (r.End != FrameRunEnd.SocketError && _readError is not null)
-            Console.Error.WriteLine($"fastserve worker {_host.Options.Index}: {_readError} from the engine; reconnecting");
+        if (r.End != FrameRunEnd.SocketError && ReadError is not null)
+            Console.Error.WriteLine($"fastserve worker {_host.Options.Index}: {ReadError} from the engine; reconnecting");
     }
-
-    bool IFrameConsumer.OnFrame(in FrameHeader h, ReadOnlySpan<byte> payload)
-    {
-        if (Handle(h, payload)) return true;
-        _readError = $"malformed IPC message type 0x{(byte)h.Type:X2}";
-        return false;
-    }
-
-    void IFrameConsumer.OnTooLarge(in FrameHeader h) => _readError = $"message of {h.Length} bytes is over the IPC limit";
 
     // After each read: the tokens it delivered reach the clients, and what it queued for the engine leaves.
-    bool IFrameConsumer.OnReadDone()
+    protected override bool ReadDone()
     {
         _host.FlushTouched();
         Signal();
         return !_stopped;
     }
 
-    private bool Handle(in FrameHeader h, ReadOnlySpan<byte> payload)
+    protected override bool Handle(in FrameHeader h, ReadOnlySpan<byte> payload)
     {
         switch ((IpcType)h.Type)
         {

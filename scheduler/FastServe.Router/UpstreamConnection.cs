@@ -89,7 +89,7 @@ internal sealed class UpstreamConnection : IFrameConsumer
         lock (o.Lock)
         {
             // A connection that broke meanwhile has handed the request on already; its buffer drops the frame.
-            if (!o.Closed) FrameCopy.Write(o.Writer, FrameType.Request, req.HeaderFlags, rid, req.Payload);
+            if (!o.ClosedUnsafe) FrameCopy.Write(o.Writer, FrameType.Request, req.HeaderFlags, rid, req.Payload);
         }
         if (touched is not null) touched.Add(this);
         else o.Flush();
@@ -106,7 +106,7 @@ internal sealed class UpstreamConnection : IFrameConsumer
             o = _conn?.Out;
         }
         if (o is null) return;
-        lock (o.Lock) if (!o.Closed) FrameWriter.Cancel(o.Writer, rid);
+        lock (o.Lock) if (!o.ClosedUnsafe) FrameWriter.Cancel(o.Writer, rid);
         o.Flush();
     }
 

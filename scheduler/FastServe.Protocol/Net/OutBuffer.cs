@@ -17,7 +17,7 @@ namespace FastServe.Protocol.Net;
 /// </summary>
 /// <example>
 /// <code>
-/// lock (o.Lock) { if (!o.Closed) FrameWriter.Cancel(o.Writer, id); }
+/// lock (o.Lock) { if (!o.ClosedUnsafe) FrameWriter.Cancel(o.Writer, id); }
 /// o.Flush();
 /// </code>
 /// </example>

@@ -29,10 +29,11 @@ internal static class BenchEngineCommand
         var slo = new Option<double>("--slo-ms") { Description = "P99 end-to-end target in milliseconds", DefaultValueFactory = _ => 1000 };
         var deadline = new Option<double?>("--deadline-ms") { Description = "Per-request deadline in milliseconds (none by default)" };
         var start = new Option<double?>("--sweep-start") { Description = "First rate of a sweep (default: 1 on cpu, 100 on sim)" };
+        var batchFraction = new Option<double>("--batch-fraction") { Description = "Fraction of requests sent with priority batch (the rest interactive)" };
         var seed = new Option<int>("--seed") { Description = "Seed of arrivals and prompts", DefaultValueFactory = _ => 1 };
         var cmd = new Command("bench-engine", "Measure the engine under open-loop load: throughput, TTFT and end-to-end percentiles, goodput, scheduler cost.");
         e.AddTo(cmd);
-        foreach (Option o in new Option[] { rate, sweep, duration, warmup, inTokens, outTokens, shared, slo, deadline, start, seed }) cmd.Add(o);
+        foreach (Option o in new Option[] { rate, sweep, duration, warmup, inTokens, outTokens, shared, slo, deadline, start, batchFraction, seed }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             bool json = e.Json(r);
@@ -53,6 +54,8 @@ internal static class BenchEngineCommand
 
             using var session = e.Open(r);
             var engine = session.Engine!;
+            double bf = r.GetValue(batchFraction);
+            if (!(bf >= 0 && bf <= 1)) throw new FastServeException("args.invalid_batch_fraction", "--batch-fraction must be between 0 and 1", "--batch-fraction");
             var baseOpts = new OpenLoopOptions
             {
                 Rate = fixedRate ?? 1,
@@ -64,6 +67,7 @@ internal static class BenchEngineCommand
                 SloSeconds = sloMs / 1000,
                 Deadline = dl is { } x ? TimeSpan.FromMilliseconds(x) : null,
                 Seed = r.GetValue(seed),
+                BatchFraction = r.GetValue(batchFraction),
                 DrainLimit = TimeSpan.FromSeconds(Math.Max(10, 3 * sloMs / 1000)),
             };
             var points = new List<OpenLoopResult>();
@@ -142,7 +146,8 @@ internal static class BenchEngineCommand
         $"TTFT p50/p99 {Ms(p.Ttft.P50)}/{Ms(p.Ttft.P99)} ms | E2E p50/p90/p99 {Ms(p.EndToEnd.P50)}/{Ms(p.EndToEnd.P90)}/{Ms(p.EndToEnd.P99)} ms | " +
         $"{p.MeanRowsPerStep:F1} rows/step, forward {p.ForwardPerStepMean * 1e3:F2} ms, scheduler CPU {p.SchedulerCpuPerStepMean * 1e6:F0} µs/step (p99 {p.SchedulerCpuPerStepP99 * 1e6:F0}) | " +
         $"device idle {p.DeviceIdleFraction:P1}" + (p.Overloaded + p.Unfinished + p.OtherErrors + p.DeadlineExceeded > 0
-            ? $" | overloaded {p.Overloaded}, deadline {p.DeadlineExceeded}, unfinished {p.Unfinished}, errors {p.OtherErrors}" : "");
+            ? $" | overloaded {p.Overloaded}, deadline {p.DeadlineExceeded}, unfinished {p.Unfinished}, errors {p.OtherErrors}; " +
+              $"admitted E2E p99 {Ms(p.AdmittedEndToEnd.P99)} ms, wasted rows {p.WastedRows} of {p.RowsComputed} ({string.Join(", ", p.ErrorCodes.Select(c => $"{c.Key} {c.Value}"))})" : "");
 
     private static string Ms(double s) => double.IsNaN(s) ? "-" : double.IsPositiveInfinity(s) ? "∞" : (s * 1000).ToString("F0");
 
@@ -186,6 +191,16 @@ internal static class BenchEngineCommand
         Num(w, "device_idle_fraction", p.DeviceIdleFraction);
         Num(w, "prefix_hit_rate", p.PrefixHitRate);
         w.WriteNumber("preemptions", p.Preemptions);
+        Pct(w, "e2e_admitted", p.AdmittedEndToEnd);
+        w.WriteStartObject("error_codes");
+        foreach (var (code, n) in p.ErrorCodes) w.WriteNumber(code, n);
+        w.WriteEndObject();
+        w.WriteNumber("rows_computed", p.RowsComputed);
+        w.WriteNumber("wasted_rows", p.WastedRows);
+        w.WriteNumber("interactive_arrived", p.InteractiveArrived);
+        w.WriteNumber("interactive_good", p.InteractiveGood);
+        w.WriteNumber("batch_arrived", p.BatchArrived);
+        w.WriteNumber("batch_good", p.BatchGood);
         Num(w, "allocated_bytes_per_token", p.AllocatedBytesPerToken);
         w.WriteEndObject();
     }

@@ -24,6 +24,9 @@ internal sealed class EngineCliOptions
     public readonly Option<bool> GraphExactSizes = new("--graph-exact-sizes") { Description = "Record one CUDA graph per exact decode batch size instead of padding batches to 1, 2, 4 and multiples of 8" };
     public readonly Option<bool> NoPrefixCache = new("--no-prefix-cache") { Description = "Do not share KV blocks between requests with equal prefixes" };
     public readonly Option<int> MaxWaiting = new("--max-waiting") { Description = "Requests allowed to wait for admission before new ones are rejected as overloaded", DefaultValueFactory = _ => 4096 };
+    public readonly Option<int> QueueTargetMs = new("--queue-target-ms") { Description = "Queue wait allowed to requests without a deadline while the queue stands (CoDel target); longer waits are refused as overloaded", DefaultValueFactory = _ => 50 };
+    public readonly Option<int> QueueIntervalMs = new("--queue-interval-ms") { Description = "Queue wait allowed to requests without a deadline after the queue emptied within this window (CoDel interval); 0 = no queue budget", DefaultValueFactory = _ => 500 };
+    public readonly Option<int> DefaultDeadlineMs = new("--default-deadline-ms") { Description = "Deadline, end to end, given to requests that bring none (0 = none)" };
     public readonly Option<string> SimWeights = new("--sim-weights") { Description = "--backend sim: weight format the simulated GPU runs, fp8 or bf16", DefaultValueFactory = _ => "fp8" };
     public readonly Option<double> SimTimeScale = new("--sim-time-scale") { Description = "--backend sim: multiply modelled step times (1 = real time)", DefaultValueFactory = _ => 1.0 };
     public readonly Option<double> SimStallEvery = new("--sim-stall-every") { Description = "--backend sim: freeze the device every S seconds on average (exponential gaps; 0 = never)", DefaultValueFactory = _ => 0.0 };
@@ -32,7 +35,7 @@ internal sealed class EngineCliOptions
     public void AddTo(Command c)
     {
         Model.AddTo(c);
-        foreach (Option o in new Option[] { MaxBatchedTokens, MaxSeqs, Overlap, KvMemoryMiB, KvDtype, Ctx, BlockSize, Eager, GraphExactSizes, NoPrefixCache, MaxWaiting, SimWeights, SimTimeScale, SimStallEvery, SimStallMs }) c.Add(o);
+        foreach (Option o in new Option[] { MaxBatchedTokens, MaxSeqs, Overlap, KvMemoryMiB, KvDtype, Ctx, BlockSize, Eager, GraphExactSizes, NoPrefixCache, MaxWaiting, QueueTargetMs, QueueIntervalMs, DefaultDeadlineMs, SimWeights, SimTimeScale, SimStallEvery, SimStallMs }) c.Add(o);
     }
 
     public bool Json(ParseResult r) => r.GetValue(Model.Json);
@@ -43,7 +46,7 @@ internal sealed class EngineCliOptions
     {
         var args = new List<string>();
         foreach (Option o in new Option[] { Model.Quantize, Model.Scheme, Model.Backend, Model.Threads, MaxBatchedTokens, MaxSeqs, Overlap, KvMemoryMiB,
-                     KvDtype, Ctx, BlockSize, Eager, GraphExactSizes, NoPrefixCache, MaxWaiting, SimWeights, SimTimeScale, SimStallEvery, SimStallMs })
+                     KvDtype, Ctx, BlockSize, Eager, GraphExactSizes, NoPrefixCache, MaxWaiting, QueueTargetMs, QueueIntervalMs, DefaultDeadlineMs, SimWeights, SimTimeScale, SimStallEvery, SimStallMs })
         {
             var res = r.GetResult(o);
             if (res is null || res.Implicit) continue;
@@ -115,16 +118,27 @@ internal sealed class EngineCliOptions
         });
     }
 
-    public EngineOptions EngineOptions(ParseResult r, LoadedModel? model) => new()
+    public EngineOptions EngineOptions(ParseResult r, LoadedModel? model)
     {
-        MaxBatchedTokens = r.GetValue(MaxBatchedTokens),
-        MaxSeqs = r.GetValue(MaxSeqs),
-        Overlap = r.GetValue(Overlap) == "on",
-        PrefixCaching = !r.GetValue(NoPrefixCache),
-        MaxWaitingRequests = r.GetValue(MaxWaiting),
-        EosTokenIds = model?.Tokenizer.EosIds ?? [],
-        Tokenizer = model?.Tokenizer,
-    };
+        int target = r.GetValue(QueueTargetMs), interval = r.GetValue(QueueIntervalMs), deadline = r.GetValue(DefaultDeadlineMs);
+        if (target < 0 || target > 3_600_000) throw new FastServeException("args.invalid_queue_target", "--queue-target-ms must be between 0 and 3600000", "--queue-target-ms");
+        if (interval < 0 || interval > 3_600_000) throw new FastServeException("args.invalid_queue_interval", "--queue-interval-ms must be between 0 and 3600000", "--queue-interval-ms");
+        if (interval > 0 && target > interval) throw new FastServeException("args.invalid_queue_target", "--queue-target-ms must not exceed --queue-interval-ms", "--queue-target-ms");
+        if (deadline < 0 || deadline > 86_400_000) throw new FastServeException("args.invalid_default_deadline", "--default-deadline-ms must be between 0 and 86400000 (24 hours)", "--default-deadline-ms");
+        return new()
+        {
+            MaxBatchedTokens = r.GetValue(MaxBatchedTokens),
+            MaxSeqs = r.GetValue(MaxSeqs),
+            Overlap = r.GetValue(Overlap) == "on",
+            PrefixCaching = !r.GetValue(NoPrefixCache),
+            MaxWaitingRequests = r.GetValue(MaxWaiting),
+            EosTokenIds = model?.Tokenizer.EosIds ?? [],
+            Tokenizer = model?.Tokenizer,
+            QueueTarget = TimeSpan.FromMilliseconds(target),
+            QueueInterval = TimeSpan.FromMilliseconds(interval),
+            DefaultDeadline = deadline > 0 ? TimeSpan.FromMilliseconds(deadline) : null,
+        };
+    }
 }
 
 /// <summary>What an engine command holds open: the model, backend, executor and engine, disposed in reverse order.</summary>

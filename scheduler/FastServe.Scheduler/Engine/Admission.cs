@@ -11,19 +11,18 @@ namespace FastServe.Scheduler.Engine;
 /// <summary>
 /// The engine's front door: the only engine code that submitter threads run. <see cref="Submit"/> validates a
 /// request, enforces the waiting bounds (<see cref="EngineOptions.MaxWaitingRequests"/>,
-/// <see cref="EngineOptions.MaxWaitingTokens"/>), refuses a deadline the queue cannot meet, and hands an accepted
+/// <see cref="EngineOptions.MaxWaitingTokens"/>), refuses a request that could not finish by its deadline or would
+/// wait beyond the queue budget (estimates from <see cref="OverloadControl"/>), and hands an accepted
 /// request to the scheduler thread through the incoming channel. Cancels take the same way in. The scheduler thread
 /// takes both out (<see cref="TryTakeIncoming"/>, <see cref="TryTakeCancel"/>), sleeps here when it has nothing to
 /// do, and reports what left the queue (<see cref="Admitted"/>, <see cref="Requeued"/>, <see cref="Abandoned"/>)
-/// so that the waiting gauges and the drain-rate estimate stay true.
+/// so that the waiting gauges and the work queued ahead stay true.
 ///
 /// Threads and fields:
 /// <list type="bullet">
-/// <item><c>_waitingRequests</c>, <c>_waitingTokens</c>, <c>_waitingTokensByClass</c>: written by submitters and the
+/// <item><c>_waitingRequests</c>, <c>_waitingTokens</c>, <c>_waitingWorkByClass</c>: written by submitters and the
 /// scheduler thread, always Interlocked; read by anyone. Submit reserves before it checks, then backs out.</item>
 /// <item><c>_arrivals</c>: submitters, Interlocked.</item>
-/// <item><c>_drainTokensPerSecond</c>: written by the scheduler thread (Volatile), read by submitters.
-/// <c>_drainWindowStart</c>, <c>_drainWindowTokens</c>: scheduler thread only.</item>
 /// <item><c>_stopping</c>, <c>_failure</c>: written once each (by Dispose, by the failing scheduler thread), volatile.</item>
 /// <item><c>_sleeping</c>: the scheduler thread sets and clears it around a sleep; submitters read it to skip the
 /// event when the thread is awake (Interlocked/Volatile).</item>
@@ -36,6 +35,7 @@ internal sealed class Admission
     private readonly EngineCounters _counters;
     private readonly KvBlockManager _kv;   // read for its size only
     private readonly ObjectPool<Sequence> _pool;
+    private readonly OverloadControl _control;
     private readonly SamplerScratch _scratch;
     private readonly int _ctx, _blockSize, _vocab;
 
@@ -48,13 +48,13 @@ internal sealed class Admission
 
     private int _waitingRequests;
     private long _waitingTokens;
-    private readonly long[] _waitingTokensByClass = new long[2];
+    private readonly long[] _waitingWorkByClass = new long[2];  // rows: prompt plus expected output (OverloadControl)
     private long _arrivals;
-    private double _drainTokensPerSecond;  // prompt tokens admitted per second while requests were queued (EWMA)
-    private long _drainWindowStart, _drainWindowTokens;
 
-    public Admission(EngineOptions options, EngineLimits limits, EngineCounters counters, KvBlockManager kv, ObjectPool<Sequence> pool)
+    public Admission(EngineOptions options, EngineLimits limits, EngineCounters counters, KvBlockManager kv, ObjectPool<Sequence> pool,
+        OverloadControl control)
     {
+        _control = control;
         _opt = options;
         (_ctx, _blockSize, _vocab) = (limits.Context, limits.BlockSize, limits.Vocab);
         _counters = counters;
@@ -86,7 +86,7 @@ internal sealed class Admission
         if (Interlocked.Increment(ref _waitingRequests) > _opt.MaxWaitingRequests)
         {
             Interlocked.Decrement(ref _waitingRequests);
-            return Immediate(RequestStatus.Overloaded, "engine.queue_full", $"{_opt.MaxWaitingRequests} requests are already waiting", request, ts, RetryHint(1));
+            return Immediate(RequestStatus.Overloaded, "engine.queue_full", $"{_opt.MaxWaitingRequests} requests are already waiting", request, ts, RetryHint(0));
         }
         if (Interlocked.Add(ref _waitingTokens, prompt.Length) > _opt.MaxWaitingTokens)
         {
@@ -94,24 +94,44 @@ internal sealed class Admission
             Interlocked.Decrement(ref _waitingRequests);
             return Immediate(RequestStatus.Overloaded, "engine.queue_tokens_full", $"more than {_opt.MaxWaitingTokens} prompt tokens are already waiting", request, ts, RetryHint(prompt.Length));
         }
+        // Admit only what can plausibly finish in time: the work queued ahead at the measured drain rate, then this
+        // request's own steps at the measured step interval (OverloadControl). Refusing now costs nothing; a request
+        // admitted and then late would waste every step spent on it and delay the ones behind it.
+        var p = request.Sampling;
+        int expected = _control.ExpectedOutput(p.MaxTokens, p.IgnoreEos, p.Stop.Count > 0);
+        long work = _control.WorkRows(prompt.Length, expected);
+        double wait = _control.WaitSeconds(WorkAhead(request.Priority));
         long deadline = long.MaxValue;
-        if (request.Deadline is { } d)
+        if ((request.Deadline ?? _opt.DefaultDeadline) is { } d)
         {
             deadline = received + (long)(d.TotalSeconds * Stopwatch.Frequency);
-            double wait = EstimatedQueueWait(request.Priority).TotalSeconds;
             double left = (deadline - now) / (double)Stopwatch.Frequency;
-            if (wait > left)
+            // The batch it will join: full if others queue (this request is already counted as waiting); alone on an
+            // idle engine, the fastest step seen (see OverloadControl.FastestStepSeconds).
+            bool idle = _counters.Running == 0 && Volatile.Read(ref _waitingRequests) <= 1;
+            double step = idle ? _control.FastestStepSeconds : _control.PredictStepSeconds(_counters.Running, Volatile.Read(ref _waitingRequests) > 1);
+            double need = wait + _control.ServiceSeconds(prompt.Length, expected, step);
+            if (need > left * Headroom)
             {
                 Interlocked.Add(ref _waitingTokens, -prompt.Length);
                 Interlocked.Decrement(ref _waitingRequests);
                 return Immediate(RequestStatus.Overloaded, "engine.deadline_unmeetable",
-                    $"the estimated queue wait {wait * 1000:F0} ms exceeds the {Math.Max(left, 0) * 1000:F0} ms left before the deadline",
-                    request, ts, TimeSpan.FromSeconds(wait));
+                    $"the estimated queue wait {wait * 1000:F0} ms and run {(need - wait) * 1000:F0} ms exceed the {Math.Max(left, 0) * 1000:F0} ms left before the deadline",
+                    request, ts, RetryAfter(need - left * Headroom));
             }
         }
-        Interlocked.Add(ref _waitingTokensByClass[cls], prompt.Length);
+        else if (_control.BudgetTicks is > 0 and var budgetTicks && wait * Stopwatch.Frequency > budgetTicks)
+        {
+            double budget = budgetTicks / (double)Stopwatch.Frequency;
+            _control.NoteBudgetRefusal();
+            Interlocked.Add(ref _waitingTokens, -prompt.Length);
+            Interlocked.Decrement(ref _waitingRequests);
+            return Immediate(RequestStatus.Overloaded, QueueBudgetCode,
+                $"the estimated queue wait {wait * 1000:F0} ms exceeds the replica's queue budget of {budget * 1000:F0} ms",
+                request, ts, RetryAfter(wait - budget));
+        }
+        Interlocked.Add(ref _waitingWorkByClass[cls], work);
 
-        var p = request.Sampling;
         var seq = _pool.Get();
         int capTokens = Math.Min(prompt.Length + p.MaxTokens, _ctx + 1) + 1;
         seq.Init(capTokens, (_ctx + _blockSize - 1) / _blockSize);
@@ -132,6 +152,8 @@ internal sealed class Admission
         seq.Id = request.Id;
         seq.Received = received;
         seq.WaitingTokensCounted = prompt.Length;
+        seq.WaitingWorkCounted = work;
+        seq.ExpectedOutput = expected;
         ChannelReader<TokenEvent> reader;
         if (request.Sink is { } sink)
         {
@@ -153,13 +175,18 @@ internal sealed class Admission
     }
 
     /// <summary>See <see cref="InferenceEngine.EstimatedQueueWait"/>.</summary>
-    public TimeSpan EstimatedQueueWait(Priority priority)
-    {
-        double rate = Volatile.Read(ref _drainTokensPerSecond);
-        long ahead = Interlocked.Read(ref _waitingTokensByClass[0]) + (priority == Priority.Batch ? Interlocked.Read(ref _waitingTokensByClass[1]) : 0);
-        if (rate <= 0 || ahead <= 0) return TimeSpan.Zero;
-        return TimeSpan.FromSeconds(ahead / rate);
-    }
+    public TimeSpan EstimatedQueueWait(Priority priority) => TimeSpan.FromSeconds(_control.WaitSeconds(WorkAhead(priority)));
+
+    // Admit only when the estimate leaves this fraction of the time left: estimates err (a step grows with the prefill
+    // mixed into it), and a request admitted on a too-tight estimate is the one whose work is wasted.
+    private const double Headroom = 0.85;
+
+    /// <summary>Stable code of a request refused or dropped because it would wait longer than the queue budget.</summary>
+    public const string QueueBudgetCode = "engine.queue_budget";
+
+    // Rows queued ahead of a request of this class: its own class and every class above it.
+    private long WorkAhead(Priority priority) =>
+        Interlocked.Read(ref _waitingWorkByClass[0]) + (priority == Priority.Batch ? Interlocked.Read(ref _waitingWorkByClass[1]) : 0);
 
     /// <summary>From <see cref="RequestHandle.Cancel"/>, any thread: the scheduler ends the request at its next iteration.</summary>
     public void Cancel(Sequence seq, long uid)
@@ -193,12 +220,15 @@ internal sealed class Admission
         return null;
     }
 
-    private TimeSpan RetryHint(long extraTokens)
+    // When capacity frees: the queue's work drained at the measured rate (a second before any rate was measured).
+    private TimeSpan RetryHint(long extraRows)
     {
-        double rate = Volatile.Read(ref _drainTokensPerSecond);
-        double s = rate > 0 ? (Interlocked.Read(ref _waitingTokens) + extraTokens) / rate : 1.0;
-        return TimeSpan.FromSeconds(Math.Clamp(s, 0.01, 60));
+        double rate = _control.RowsPerSecond;
+        double all = Interlocked.Read(ref _waitingWorkByClass[0]) + Interlocked.Read(ref _waitingWorkByClass[1]);
+        return RetryAfter(rate > 0 ? (all + extraRows) / rate : 1.0);
     }
+
+    private static TimeSpan RetryAfter(double seconds) => TimeSpan.FromSeconds(Math.Clamp(seconds, 0.01, 60));
 
     // A request refused inside Submit: its result is complete before Submit returns (the sink hears it on this thread).
     private RequestHandle Immediate(RequestStatus status, string code, string message, EngineRequest r, RequestTimestamps ts, TimeSpan? retryAfter = null)
@@ -255,48 +285,32 @@ internal sealed class Admission
 
     public void EndSleep() => Interlocked.Exchange(ref _sleeping, 0);
 
-    /// <summary><paramref name="s"/> left the queue for a step: its prompt tokens count towards the drain rate.</summary>
+    /// <summary><paramref name="s"/> left the queue for a step.</summary>
     public void Admitted(Sequence s)
     {
         Interlocked.Decrement(ref _waitingRequests);
         Interlocked.Add(ref _waitingTokens, -s.WaitingTokensCounted);
-        Interlocked.Add(ref _waitingTokensByClass[(int)s.Priority], -s.WaitingTokensCounted);
-        _drainWindowTokens += s.WaitingTokensCounted;
-        s.WaitingTokensCounted = 0;
+        Interlocked.Add(ref _waitingWorkByClass[(int)s.Priority], -s.WaitingWorkCounted);
+        s.WaitingTokensCounted = s.WaitingWorkCounted = 0;
     }
 
-    /// <summary><paramref name="s"/> was preempted back into the queue, where its <paramref name="tokens"/> wait again.</summary>
+    /// <summary><paramref name="s"/> was preempted back into the queue, where its <paramref name="tokens"/> (to
+    /// recompute) and the output it is still expected to generate wait again.</summary>
     public void Requeued(Sequence s, int tokens)
     {
         s.WaitingTokensCounted = tokens;
+        s.WaitingWorkCounted = tokens + (long)Math.Max(0, s.ExpectedOutput - s.Generated);
         Interlocked.Increment(ref _waitingRequests);
         Interlocked.Add(ref _waitingTokens, tokens);
-        Interlocked.Add(ref _waitingTokensByClass[(int)s.Priority], tokens);
+        Interlocked.Add(ref _waitingWorkByClass[(int)s.Priority], s.WaitingWorkCounted);
     }
 
-    /// <summary><paramref name="s"/> ended while still queued (cancel, deadline, shutdown).</summary>
+    /// <summary><paramref name="s"/> ended while still queued (cancel, deadline, shed, shutdown).</summary>
     public void Abandoned(Sequence s)
     {
         Interlocked.Decrement(ref _waitingRequests);
         Interlocked.Add(ref _waitingTokens, -s.WaitingTokensCounted);
-        Interlocked.Add(ref _waitingTokensByClass[(int)s.Priority], -s.WaitingTokensCounted);
-    }
-
-    // The admission estimate's rate: prompt tokens admitted per second, measured only over windows that began
-    // with a queue (otherwise it would measure the arrival rate, not what the engine can drain).
-    public void UpdateDrainRate(long now)
-    {
-        if (_drainWindowStart == 0)
-        {
-            if (Volatile.Read(ref _waitingRequests) > 0) { _drainWindowStart = now; _drainWindowTokens = 0; }
-            return;
-        }
-        double secs = (now - _drainWindowStart) / (double)Stopwatch.Frequency;
-        if (secs < 0.05) return;
-        double rate = _drainWindowTokens / secs;
-        double prev = _drainTokensPerSecond;
-        Volatile.Write(ref _drainTokensPerSecond, prev <= 0 ? rate : 0.7 * prev + 0.3 * rate);
-        _drainWindowStart = Volatile.Read(ref _waitingRequests) > 0 ? now : 0;
-        _drainWindowTokens = 0;
+        Interlocked.Add(ref _waitingWorkByClass[(int)s.Priority], -s.WaitingWorkCounted);
+        s.WaitingTokensCounted = s.WaitingWorkCounted = 0;
     }
 }

@@ -17,7 +17,7 @@ internal sealed class EngineCounters
     // Any thread: submitters count requests and the ones they refuse, the scheduler thread the ones it ends.
     private long _submitted, _finished, _cancelled, _deadlineExceeded, _overloaded, _invalid, _failed;
     // Scheduler thread only.
-    private long _preemptions;
+    private long _preemptions, _wastedRows;
     private long _steps, _rows, _prefillRows, _generated, _prefixHitTokens;
     private long _deviceBusyTicks, _deviceIdleTicks, _schedulerCpuTicks;
     private int _runningGauge;
@@ -53,6 +53,9 @@ internal sealed class EngineCounters
 
     public void CountGenerated() => _generated++;
 
+    /// <summary>Rows computed for a request that then missed its deadline: work spent for nothing.</summary>
+    public void CountWastedRows(long rows) => Interlocked.Add(ref _wastedRows, rows);
+
     public void CountPrefixHitTokens(int tokens) => _prefixHitTokens += tokens;
 
     public void CountDeviceTime(long busyTicks, long idleTicks)
@@ -77,6 +80,9 @@ internal sealed class EngineCounters
     }
 
     public void PublishRunning(int running) => Volatile.Write(ref _runningGauge, running);
+
+    /// <summary>Sequences running, as of the scheduler thread's last iteration.</summary>
+    public int Running => Volatile.Read(ref _runningGauge);
 
     // ---- readers --------------------------------------------------------------------------------------------
 
@@ -103,6 +109,7 @@ internal sealed class EngineCounters
             Preemptions = Interlocked.Read(ref _preemptions),
             Steps = Interlocked.Read(ref _steps),
             RowsComputed = Interlocked.Read(ref _rows),
+            WastedRows = Interlocked.Read(ref _wastedRows),
             PrefillRows = Interlocked.Read(ref _prefillRows),
             TokensGenerated = Interlocked.Read(ref _generated),
             PrefixQueries = kv.PrefixQueries,

@@ -21,6 +21,18 @@ public sealed record EngineOptions
     /// <summary>Bound on prompt tokens waiting for admission; beyond it Submit answers Overloaded.</summary>
     public long MaxWaitingTokens { get; init; } = 1 << 20;
 
+    /// <summary>Queue-time budget of requests without a deadline while the queue stands (CoDel's target): if the queue
+    /// has not been empty at any point of the last <see cref="QueueInterval"/>, such a request may wait at most this
+    /// long for admission; one that would wait longer is refused (engine.queue_budget) or dropped before its prefill.</summary>
+    public TimeSpan QueueTarget { get; init; } = TimeSpan.FromMilliseconds(50);
+
+    /// <summary>CoDel's interval: the budget of requests without a deadline when the queue has emptied within the last
+    /// interval (a burst), and the window over which that is judged. Zero: no budget (only the waiting bounds).</summary>
+    public TimeSpan QueueInterval { get; init; } = TimeSpan.FromMilliseconds(500);
+
+    /// <summary>Deadline given to requests that bring none (null: none); end to end, like a client's.</summary>
+    public TimeSpan? DefaultDeadline { get; init; }
+
     /// <summary>Share full KV blocks between requests with equal prefixes.</summary>
     public bool PrefixCaching { get; init; } = true;
 
@@ -53,6 +65,10 @@ public sealed record EngineOptions
         if (MaxWaitingRequests < 0) Bad("max_waiting_requests", "max waiting requests must be ≥ 0");
         if (MaxWaitingTokens < 0) Bad("max_waiting_tokens", "max waiting tokens must be ≥ 0");
         if (StepHistory < 16 || StepHistory > 1 << 24) Bad("step_history", "step history must be between 16 and 16777216");
+        if (QueueTarget < TimeSpan.Zero || QueueTarget > TimeSpan.FromHours(1)) Bad("queue_target", "the queue target must be between 0 and 1 hour");
+        if (QueueInterval < TimeSpan.Zero || QueueInterval > TimeSpan.FromHours(1)) Bad("queue_interval", "the queue interval must be between 0 and 1 hour");
+        if (QueueInterval > TimeSpan.Zero && QueueTarget > QueueInterval) Bad("queue_target", "the queue target must not exceed the queue interval");
+        if (DefaultDeadline is { } dd && (dd <= TimeSpan.Zero || dd > TimeSpan.FromDays(1))) Bad("default_deadline", "the default deadline must be positive and at most a day");
         if (AdmissionReserveBlocks < 0) Bad("admission_reserve_blocks", "admission reserve must be ≥ 0");
     }
 }

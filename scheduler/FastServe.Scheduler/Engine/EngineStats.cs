@@ -31,6 +31,9 @@ public sealed record EngineStats
     public long Steps { get; init; }
     /// <summary>Rows computed (prefill and decode) and tokens sampled.</summary>
     public long RowsComputed { get; init; }
+    /// <summary>Of <see cref="RowsComputed"/>, rows spent on requests that then ended deadline_exceeded: wasted work,
+    /// which admission control exists to keep near zero.</summary>
+    public long WastedRows { get; init; }
     public long PrefillRows { get; init; }
     public long TokensGenerated { get; init; }
     /// <summary>Full-block prefix-cache lookups and hits, and prompt tokens served from the cache.</summary>
@@ -60,6 +63,7 @@ public sealed record EngineStats
         Preemptions = Preemptions - earlier.Preemptions,
         Steps = Steps - earlier.Steps,
         RowsComputed = RowsComputed - earlier.RowsComputed,
+        WastedRows = WastedRows - earlier.WastedRows,
         PrefillRows = PrefillRows - earlier.PrefillRows,
         TokensGenerated = TokensGenerated - earlier.TokensGenerated,
         PrefixQueries = PrefixQueries - earlier.PrefixQueries,

@@ -32,6 +32,7 @@ public sealed class InferenceEngine : IDisposable
     private readonly int _maxTokens, _maxSeqs;
     private readonly EngineCounters _counters;
     private readonly Admission _admission;
+    private readonly OverloadControl _control;
     private readonly StepBuilder _builder;
     private readonly PostProcessor _post;
     private readonly Thread _thread;
@@ -57,9 +58,10 @@ public sealed class InferenceEngine : IDisposable
             _opt.AdmissionReserveBlocks > 0 ? _opt.AdmissionReserveBlocks : Math.Max(1, spec.NumBlocks / 100));
         var pool = new DefaultObjectPool<Sequence>(new Sequence.Policy(), Math.Min(_maxSeqs * 4 + 256, 1 << 16));
         _counters = new EngineCounters(_opt.StepHistory);
-        _admission = new Admission(_opt, limits, _counters, _kv, pool);
-        _builder = new StepBuilder(limits, _opt.PrefixCaching, _kv, _admission, _counters);
-        _post = new PostProcessor(_opt, limits, _builder, _admission, _counters, pool);
+        _control = new OverloadControl(_opt, _maxTokens, _maxSeqs);
+        _admission = new Admission(_opt, limits, _counters, _kv, pool, _control);
+        _builder = new StepBuilder(limits, _opt.PrefixCaching, _kv, _admission, _counters, _control);
+        _post = new PostProcessor(_opt, limits, _builder, _admission, _counters, pool, _control);
         int inFlight = Math.Max(1, Math.Min(2, executor.MaxInFlight));
         _plans = new StepPlan[_opt.Overlap && inFlight > 1 ? 2 : 1];
         for (int i = 0; i < _plans.Length; i++) _plans[i] = new StepPlan(_maxTokens, _maxSeqs);
@@ -121,10 +123,13 @@ public sealed class InferenceEngine : IDisposable
                 TakeIncoming();
                 TakeCancels();
                 ExpireDeadlines(now);
+                EndUnreachable(now);
                 if (_admission.Stopping) break;
 
                 var plan = _plans[next];
-                _builder.Build(plan);
+                _builder.Build(plan, now);
+                EndShed();
+                _control.ObserveQueue(now, _admission.WaitingRequests > 0);
                 plan.SchedulerCpuTicks = ThreadCpuClock.NowTicks() - cpu0;
 
                 if (plan.Batch.TokenCount == 0 && inflight is null)
@@ -204,6 +209,7 @@ public sealed class InferenceEngine : IDisposable
         var b = plan.Batch;
         long busy = b.EndTicks - b.StartTicks;
         long gap = _prevEndTicks != 0 ? Math.Max(0, b.StartTicks - _prevEndTicks) : 0;
+        plan.IntervalTicks = _prevEndTicks != 0 ? Math.Max(0, b.EndTicks - _prevEndTicks) : 0;
         _prevEndTicks = b.EndTicks;
         plan.IdleGapTicks = gap;
         _counters.CountDeviceTime(busy, gap);
@@ -247,6 +253,46 @@ public sealed class InferenceEngine : IDisposable
                 if (e.Seq.Uid == e.Uid && e.Seq.State != SeqState.Done) keep.Add((e, dl));
             foreach (var k in keep) _deadlines.Enqueue(k.Item1, k.Item2);
         }
+    }
+
+    // Running requests whose deadline would pass before their expected output is out, at the measured step interval:
+    // ended now, before another step is spent on them (a token in flight is dropped with them).
+    private void EndUnreachable(long now)
+    {
+        double step = _control.RecentStepSeconds;
+        if (step <= 0) return;
+        for (int i = _builder.RunningCount - 1; i >= 0; i--)
+        {
+            var s = _builder.RunningAt(i);
+            if (s.DeadlineTicks == long.MaxValue) continue;
+            int left = Math.Max(1, s.ExpectedOutput - s.Generated - s.Pending);
+            double need = _control.ServiceSeconds(Math.Max(0, s.Uncomputed - s.Pending), left, step);
+            if (now + (long)(need * Stopwatch.Frequency) > s.DeadlineTicks)
+                _post.Finish(s, RequestStatus.DeadlineExceeded, null, "request.deadline_unreachable",
+                    $"ended early: {left} more tokens at {step * 1000:F1} ms a step would end after the deadline");
+        }
+    }
+
+    // Queued requests the builder dropped before their prefill (StepBuilder.Shed): refused as overloaded, with a
+    // retry-after of the queue's expected wait, since another replica (or this one later) may still serve them.
+    private void EndShed()
+    {
+        var shed = _builder.Shed;
+        if (shed.Count == 0) return;
+        var retry = TimeSpan.FromSeconds(Math.Clamp(_admission.EstimatedQueueWait(Priority.Batch).TotalSeconds, 0.01, 60));
+        foreach (var (s, why) in shed)
+        {
+            if (why == ShedReason.Deadline)
+                _post.Finish(s, RequestStatus.Overloaded, null, "engine.deadline_unmeetable",
+                    "dropped before its prefill: it could no longer finish by its deadline", retry);
+            else
+            {
+                _control.NoteBudgetRefusal();
+                _post.Finish(s, RequestStatus.Overloaded, null, Admission.QueueBudgetCode,
+                    $"dropped before its prefill: it waited longer than the queue budget of {_control.BudgetTicks * 1000 / Stopwatch.Frequency} ms", retry);
+            }
+        }
+        shed.Clear();
     }
 
     private void FailAll(RequestStatus status, string code, string message)

@@ -18,14 +18,16 @@ internal sealed class PostProcessor
     private readonly StepBuilder _builder;
     private readonly Admission _admission;
     private readonly EngineCounters _counters;
+    private readonly OverloadControl _control;
     private readonly ObjectPool<Sequence> _pool;
     private readonly Action<StepRecord>? _onStep;
     private readonly int[] _eos;
     private readonly int _ctx;
 
     public PostProcessor(EngineOptions options, EngineLimits limits, StepBuilder builder, Admission admission, EngineCounters counters,
-        ObjectPool<Sequence> pool)
+        ObjectPool<Sequence> pool, OverloadControl control)
     {
+        _control = control;
         _eos = [.. options.EosTokenIds];
         _onStep = options.OnStep;
         _ctx = limits.Context;
@@ -60,7 +62,7 @@ internal sealed class PostProcessor
             else if (s.Length > _ctx) Finish(s, RequestStatus.Finished, FinishReason.ContextFull);
         }
 
-        _admission.UpdateDrainRate(now);
+        _control.OnStep(now, b.TokenCount, plan.PrefillRows, plan.IntervalTicks, _admission.WaitingRequests > 0);
         _counters.CountStep(b.TokenCount, plan.PrefillRows);
         long cpu = plan.SchedulerCpuTicks + ThreadCpuClock.NowTicks() - cpu0;
         _counters.CountSchedulerCpu(cpu);
@@ -77,7 +79,8 @@ internal sealed class PostProcessor
     }
 
     /// <summary>Ends <paramref name="s"/> (running or queued) with its one result.</summary>
-    public void Finish(Sequence s, RequestStatus status, FinishReason? reason, string? code = null, string? message = null)
+    public void Finish(Sequence s, RequestStatus status, FinishReason? reason, string? code = null, string? message = null,
+        TimeSpan? retryAfter = null)
     {
         if (s.State == SeqState.Waiting && s.WaitingTokensCounted > 0) _admission.Abandoned(s);
         _builder.Release(s);
@@ -87,6 +90,7 @@ internal sealed class PostProcessor
             Finish = reason,
             ErrorCode = code,
             Message = message,
+            RetryAfter = retryAfter,
             PromptTokens = s.PromptLength,
             CachedPromptTokens = s.CachedPromptTokens,
             OutputTokens = s.Tokens.AsSpan(s.PromptLength, s.Length - s.PromptLength).ToArray(),
@@ -95,6 +99,8 @@ internal sealed class PostProcessor
             Id = s.Id,
         };
         _counters.CountEnded(status);
+        if (status == RequestStatus.DeadlineExceeded) _counters.CountWastedRows(s.RowsSpent);
+        else if (status == RequestStatus.Finished) _control.OnFinished(s.Generated);
         s.State = SeqState.Done;
         s.Writer?.TryComplete();
         s.Sink?.OnFinished(s.SinkTag, result);

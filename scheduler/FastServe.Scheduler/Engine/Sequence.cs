@@ -61,6 +61,9 @@ internal sealed class Sequence
     public int CachedPromptTokens;
     public int Preemptions;
     public long WaitingTokensCounted; // tokens this sequence adds to the engine's waiting-token gauge
+    public long WaitingWorkCounted;   // rows (prompt plus expected output) it adds to the work queued ahead of others
+    public int ExpectedOutput;        // tokens it is expected to generate (OverloadControl.ExpectedOutput)
+    public long RowsSpent;            // rows computed for it so far, recomputes included (wasted if it then misses its deadline)
 
     public void Init(int capacityTokens, int capacityBlocks)
     {
@@ -98,7 +101,8 @@ internal sealed class Sequence
         Id = null;
         Received = Admitted = FirstScheduled = FirstToken = 0;
         CachedPromptTokens = Preemptions = 0;
-        WaitingTokensCounted = 0;
+        WaitingTokensCounted = WaitingWorkCounted = RowsSpent = 0;
+        ExpectedOutput = 0;
     }
 
     /// <summary>Rows still to compute, counting a token in flight.</summary>

@@ -11,12 +11,17 @@ namespace FastServe.Scheduler.Engine;
 /// Threads: scheduler thread only, every field and method (or the thread disposing an engine whose loop never
 /// started). It reports queue movements to <see cref="Admission"/>
 /// (whose gauges other threads read) and counts preemptions and prefix hits in <see cref="EngineCounters"/>.
+///
+/// Overload: a queued request about to be admitted that can no longer finish by its deadline, or (without a deadline)
+/// has waited beyond the queue budget, is not admitted but put in <see cref="Shed"/> for the engine to end: no prefill
+/// is spent on it. Only requests never admitted are shed this way; a preempted one keeps its place.
 /// </summary>
 internal sealed class StepBuilder
 {
     private readonly KvBlockManager _kv;
     private readonly Admission _admission;
     private readonly EngineCounters _counters;
+    private readonly OverloadControl _control;
     private readonly bool _prefixCaching;
     private readonly int _maxTokens, _maxSeqs, _blockSize, _ctx, _reserve;
 
@@ -24,8 +29,10 @@ internal sealed class StepBuilder
     private readonly PriorityQueue<(Sequence Seq, long Uid), long>[] _waiting = [new(), new()]; // per class, by arrival
     private long _nextStepId;
 
-    public StepBuilder(EngineLimits limits, bool prefixCaching, KvBlockManager kv, Admission admission, EngineCounters counters)
+    public StepBuilder(EngineLimits limits, bool prefixCaching, KvBlockManager kv, Admission admission, EngineCounters counters,
+        OverloadControl control)
     {
+        _control = control;
         (_maxTokens, _maxSeqs, _blockSize, _ctx, _reserve) = (limits.MaxTokens, limits.MaxSeqs, limits.BlockSize, limits.Context, limits.ReserveBlocks);
         _prefixCaching = prefixCaching;
         _kv = kv;
@@ -34,6 +41,13 @@ internal sealed class StepBuilder
     }
 
     public int RunningCount => _running.Count;
+
+    /// <summary>The running sequence at <paramref name="i"/> (priority, then arrival order).</summary>
+    public Sequence RunningAt(int i) => _running[i];
+
+    /// <summary>Queued requests the last <see cref="Build"/> took out of the queue without admitting them, because
+    /// they could not finish in time (<see cref="ShedReason"/>); the engine ends them and clears the list.</summary>
+    public List<(Sequence Seq, ShedReason Reason)> Shed { get; } = [];
 
     /// <summary>Sequences running or queued (queues may still hold entries of sequences that ended meanwhile).</summary>
     public int LiveCount => _running.Count + _waiting[0].Count + _waiting[1].Count;
@@ -67,7 +81,7 @@ internal sealed class StepBuilder
         return false;
     }
 
-    public void Build(StepPlan plan)
+    public void Build(StepPlan plan, long now)
     {
         plan.Clear(_nextStepId);
         int budget = _maxTokens;
@@ -96,17 +110,36 @@ internal sealed class StepBuilder
         for (int cls = 0; cls < 2 && !blocked; cls++)
         {
             var q = _waiting[cls];
-            while (budget > 0 && _running.Count < _maxSeqs && plan.Batch.Layout.SequenceCount < _maxSeqs)
+            // The head is checked for shedding even when there is no room, so that a full batch does not keep a
+            // request that can no longer make it waiting for its answer.
+            while (q.TryPeek(out var e, out _))
             {
-                if (!q.TryPeek(out var e, out _)) break;
                 var s = e.Seq;
                 if (s.Uid != e.Uid || s.State != SeqState.Waiting) { q.Dequeue(); continue; }
+                if (ShouldShed(s, now) is { } why) { q.Dequeue(); Shed.Add((s, why)); continue; }
+                if (budget <= 0 || _running.Count >= _maxSeqs || plan.Batch.Layout.SequenceCount >= _maxSeqs) break;
                 if (s.Pending > 0) { blocked = true; break; } // preempted with a token still in flight: next step
                 if (!TryAdmit(plan, s, ref budget)) { blocked = true; break; }
                 q.Dequeue();
             }
         }
         _nextStepId++;
+    }
+
+    // A request never admitted yet that would now miss its deadline even if admitted at once, or that has waited
+    // beyond the queue budget (requests without a deadline).
+    private ShedReason? ShouldShed(Sequence s, long now)
+    {
+        if (s.Admitted != 0) return null;
+        if (s.DeadlineTicks != long.MaxValue)
+        {
+            // Alone, it runs at the fastest step seen (see Admission.Submit).
+            double step = _running.Count == 0 ? _control.FastestStepSeconds : _control.PredictStepSeconds(_running.Count, false);
+            double need = _control.ServiceSeconds(s.Uncomputed, s.ExpectedOutput, step);
+            return now + (long)(need * Stopwatch.Frequency) > s.DeadlineTicks ? ShedReason.Deadline : null;
+        }
+        long budget = _control.BudgetTicks;
+        return budget > 0 && now - s.Received > budget ? ShedReason.QueueBudget : null;
     }
 
     private bool TryAdmit(StepPlan plan, Sequence s, ref int budget)
@@ -173,6 +206,7 @@ internal sealed class StepBuilder
         bool decode = rows == 1 && (s.Pending > 0 || start == s.Length - 1) && s.Generated > 0;
         if (!decode) plan.PrefillRows += rows;
         s.Computed += rows;
+        s.RowsSpent += rows;
         s.ScheduledIn = plan.Id;
         if (s.FirstScheduled == 0) s.FirstScheduled = Stopwatch.GetTimestamp();
 
@@ -247,4 +281,13 @@ internal sealed class StepBuilder
         }
         _running.Insert(lo, s);
     }
+}
+
+/// <summary>Why a queued request was dropped before its prefill.</summary>
+internal enum ShedReason : byte
+{
+    /// <summary>Its deadline would pass before it could finish, even admitted now.</summary>
+    Deadline,
+    /// <summary>It has no deadline and waited longer than the queue budget.</summary>
+    QueueBudget,
 }

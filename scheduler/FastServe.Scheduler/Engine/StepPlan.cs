@@ -27,6 +27,8 @@ internal sealed class StepPlan
     public int PrefillRows;
     public long SchedulerCpuTicks;
     public long IdleGapTicks;
+    /// <summary>From the previous step's end to this one's (0 when the device idled in between for lack of work).</summary>
+    public long IntervalTicks;
 
     public void Clear(long id)
     {

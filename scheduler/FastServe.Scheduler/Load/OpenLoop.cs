@@ -24,6 +24,8 @@ public sealed record OpenLoopOptions
     public int TokenHigh { get; init; } = 100000;
     public TimeSpan? Deadline { get; init; }
     public Priority Priority { get; init; } = Priority.Interactive;
+    /// <summary>Fraction of requests sent as <see cref="Priority.Batch"/> instead of <see cref="Priority"/> (drawn per request).</summary>
+    public double BatchFraction { get; init; }
     public double SloSeconds { get; init; } = 1.0;
     public int Seed { get; init; } = 1;
     /// <summary>Read every token off each request's stream, as a server would (else only the final result).</summary>
@@ -45,10 +47,15 @@ public sealed record OpenLoopResult
     /// <summary>Arrived in the window but not finished when the drain limit ran out (counted as infinitely late).</summary>
     public int Unfinished { get; init; }
     public int OtherErrors { get; init; }
+    /// <summary>Measured requests that did not finish, by error code (engine.queue_budget, request.deadline_unreachable...).</summary>
+    public IReadOnlyDictionary<string, int> ErrorCodes { get; init; } = new Dictionary<string, int>();
     public double GeneratedTokensPerSecond { get; init; }
     /// <summary>Latencies in seconds.</summary>
     public LatencySummary Ttft { get; init; }
     public LatencySummary EndToEnd { get; init; }
+    /// <summary>End to end over the requests the engine admitted: finished, deadline_exceeded and unfinished ones
+    /// (refusals excluded).</summary>
+    public LatencySummary AdmittedEndToEnd { get; init; }
     public LatencySummary QueueWait { get; init; }
     public double MeanRowsPerStep { get; init; }
     public double MeanSequencesPerStep { get; init; }
@@ -58,6 +65,18 @@ public sealed record OpenLoopResult
     public double DeviceIdleFraction { get; init; }
     public double PrefixHitRate { get; init; }
     public long Preemptions { get; init; }
+    /// <summary>Rows the engine computed over the window, and of them the rows spent on requests that then missed their
+    /// deadline (<see cref="EngineStats.WastedRows"/>).</summary>
+    public long RowsComputed { get; init; }
+    public long WastedRows { get; init; }
+    /// <summary>Measured requests refused as overloaded after a step had already been spent on them (0 when every
+    /// refusal came before any prefill).</summary>
+    public int RefusedAfterScheduling { get; init; }
+    /// <summary>Measured requests by class: sent, finished within the SLO.</summary>
+    public int BatchArrived { get; init; }
+    public int BatchGood { get; init; }
+    public int InteractiveArrived { get; init; }
+    public int InteractiveGood { get; init; }
     public long Steps { get; init; }
     /// <summary>Managed bytes allocated per generated token over the window (all threads, load generator included).</summary>
     public double AllocatedBytesPerToken { get; init; }
@@ -91,6 +110,7 @@ public static class OpenLoop
         long windowEnd = windowStart + (long)(o.Duration.TotalSeconds * f);
         var outcomes = new List<Task<(bool Measured, RequestResult Result)>>();
         var handles = new List<RequestHandle>();
+        var classes = new List<Priority>();
         EngineStats? before = null;
         long allocBefore = 0;
 
@@ -109,10 +129,12 @@ public static class OpenLoop
             var prompt = new int[o.InputTokens];
             prefix.CopyTo(prompt, 0);
             for (int i = prefix.Length; i < prompt.Length; i++) prompt[i] = rng.Next(low, vocabHigh);
+            var priority = o.BatchFraction > 0 && rng.NextDouble() < o.BatchFraction ? Priority.Batch : o.Priority;
             var h = engine.Submit(new EngineRequest
             {
-                Prompt = prompt, Sampling = sampling, Priority = o.Priority, Deadline = o.Deadline, ReceivedTicks = due,
+                Prompt = prompt, Sampling = sampling, Priority = priority, Deadline = o.Deadline, ReceivedTicks = due,
             });
+            classes.Add(priority);
             handles.Add(h);
             outcomes.Add(Track(h, due >= windowStart, o.ReadStreams));
             progress?.Invoke(Math.Min(1, (Stopwatch.GetTimestamp() - t0) / (double)(windowEnd - t0)));
@@ -135,7 +157,7 @@ public static class OpenLoop
             }
             Task.WhenAll(outcomes).Wait();
         }
-        return Summarize(o, outcomes, late, before, after, steps, windowStart, windowEnd, allocAfter - allocBefore);
+        return Summarize(o, outcomes, classes, late, before, after, steps, windowStart, windowEnd, allocAfter - allocBefore);
     }
 
     private static async Task<(bool, RequestResult)> Track(RequestHandle h, bool measured, bool read)
@@ -149,24 +171,30 @@ public static class OpenLoop
         return (measured, await h.Completion.ConfigureAwait(false));
     }
 
-    private static OpenLoopResult Summarize(OpenLoopOptions o, List<Task<(bool Measured, RequestResult Result)>> outcomes, bool[] late,
+    private static OpenLoopResult Summarize(OpenLoopOptions o, List<Task<(bool Measured, RequestResult Result)>> outcomes, List<Priority> classes, bool[] late,
         EngineStats before, EngineStats after, StepRecord[] steps, long windowStart, long windowEnd, long allocated)
     {
         double f = Stopwatch.Frequency, window = (windowEnd - windowStart) / f;
-        SampleSet ttft = new(), e2e = new(), queue = new();
+        SampleSet ttft = new(), e2e = new(), queue = new(), admitted = new();
         int arrived = 0, finished = 0, overloaded = 0, deadline = 0, unfinished = 0, other = 0, good = 0, finishedInWindow = 0;
+        var classArrived = new int[2];
+        var classGood = new int[2];
+        int refusedLate = 0;
+        var codes = new SortedDictionary<string, int>(StringComparer.Ordinal);
         for (int i = 0; i < outcomes.Count; i++)
         {
             var (measured, r) = outcomes[i].Result;
             if (late[i])
             {
-                if (measured) { unfinished++; arrived++; }
+                if (measured) { unfinished++; arrived++; classArrived[(int)classes[i]]++; }
                 continue;
             }
             var ts = r.Timestamps;
             if (r.Status == RequestStatus.Finished && ts.Finished >= windowStart && ts.Finished < windowEnd) finishedInWindow++;
             if (!measured) continue;
             arrived++;
+            classArrived[(int)classes[i]]++;
+            if (r.Status != RequestStatus.Finished) codes[r.ErrorCode ?? r.Status.ToString()] = codes.GetValueOrDefault(r.ErrorCode ?? r.Status.ToString()) + 1;
             switch (r.Status)
             {
                 case RequestStatus.Finished:
@@ -174,15 +202,16 @@ public static class OpenLoop
                     e2e.Add(ts.EndToEnd);
                     if (!double.IsNaN(ts.TimeToFirstToken)) ttft.Add(ts.TimeToFirstToken);
                     if (!double.IsNaN(ts.QueueWait)) queue.Add(ts.QueueWait);
-                    if (ts.EndToEnd <= o.SloSeconds) good++;
+                    if (ts.EndToEnd <= o.SloSeconds) { good++; classGood[(int)classes[i]]++; }
+                    admitted.Add(ts.EndToEnd);
                     break;
-                case RequestStatus.Overloaded: overloaded++; break;
-                case RequestStatus.DeadlineExceeded: deadline++; break;
+                case RequestStatus.Overloaded: overloaded++; if (ts.FirstScheduled != 0) refusedLate++; break;
+                case RequestStatus.DeadlineExceeded: deadline++; admitted.Add(ts.EndToEnd); break;
                 default: other++; break;
             }
         }
         // Unfinished requests are infinitely late for the percentiles.
-        for (int i = 0; i < unfinished; i++) e2e.Add(double.PositiveInfinity);
+        for (int i = 0; i < unfinished; i++) { e2e.Add(double.PositiveInfinity); admitted.Add(double.PositiveInfinity); }
         var d = after.Since(before);
         var cpu = steps.Select(s => s.SchedulerCpuSeconds).ToArray();
         Array.Sort(cpu);
@@ -200,6 +229,8 @@ public static class OpenLoop
             GeneratedTokensPerSecond = d.TokensGenerated / window,
             Ttft = ttft.Summarize(),
             EndToEnd = e2e.Summarize(),
+            AdmittedEndToEnd = admitted.Summarize(),
+            ErrorCodes = codes,
             QueueWait = queue.Summarize(),
             MeanRowsPerStep = d.Steps == 0 ? 0 : d.RowsComputed / (double)d.Steps,
             MeanSequencesPerStep = steps.Length == 0 ? 0 : steps.Average(s => s.Sequences),
@@ -209,6 +240,13 @@ public static class OpenLoop
             DeviceIdleFraction = d.DeviceIdleFraction,
             PrefixHitRate = d.PrefixHitRate,
             Preemptions = d.Preemptions,
+            RowsComputed = d.RowsComputed,
+            WastedRows = d.WastedRows,
+            RefusedAfterScheduling = refusedLate,
+            InteractiveArrived = classArrived[(int)Priority.Interactive],
+            InteractiveGood = classGood[(int)Priority.Interactive],
+            BatchArrived = classArrived[(int)Priority.Batch],
+            BatchGood = classGood[(int)Priority.Batch],
             Steps = d.Steps,
             AllocatedBytesPerToken = d.TokensGenerated == 0 ? 0 : allocated / (double)d.TokensGenerated,
         };

@@ -363,11 +363,16 @@ public sealed class RouterHost : IAsyncDisposable
         if (WireNames.IsRetriable(status) && CanRetry(req, now))
         {
             if (!_budget.TryWithdraw()) Interlocked.Increment(ref _budgetExhausted);
-            else if (JitterDelay(req, status, f.RetryAfterMs, now) is > 0 and var delay && WaitThenRetry(req, flags, payload, now + delay)) return;
             else
             {
-                CountRetry(req);
-                if (Forward(req, now, null) == SendResult.Sent) return;
+                long delay = JitterDelay(req, status, f.RetryAfterMs, now);
+                if (delay > 0 && WaitThenRetry(req, flags, payload, now + delay)) return;
+                // Not queued (no delay, or the router is stopping and the queue closed).
+                if (!_stopped)
+                {
+                    CountRetry(req);
+                    if (Forward(req, now, null) == SendResult.Sent) return;
+                }
             }
             // Nowhere else to go, or no budget: the replica's own answer (retriable, with its retry-after) is the best one.
         }
@@ -418,7 +423,7 @@ public sealed class RouterHost : IAsyncDisposable
     }
 
     // Puts a refused request in the delay queue (which owns it from now on) with a copy of the refusal; false when
-    // the router is stopping (the caller passes the refusal on at once).
+    // the router is stopping (the queue is closed; the caller still owns it).
     private bool WaitThenRetry(RoutedRequest req, byte flags, ReadOnlySpan<byte> payload, long due)
     {
         req.KeepRefusal(flags, payload);
@@ -490,17 +495,22 @@ public sealed class RouterHost : IAsyncDisposable
                     $"the connection to replica {conn.Endpoint.Address} broke after the request had streamed output; it is not replayed");
                 continue;
             }
+            // A mass disconnect draws on the budget too: it must not double the load on the replicas left.
             bool spent = false;
-            if (CanRetry(req, now) && !(spent = !_budget.TryWithdraw()))
+            if (CanRetry(req, now))
             {
-                CountRetry(req);
-                switch (Forward(req, now, null))
+                if (_budget.TryWithdraw())
                 {
-                    case SendResult.Sent: continue;
-                    case SendResult.TooLarge: FinishTooLarge(req); continue;
-                    case SendResult.Cancelled: FinishWith(req, WireStatus.Cancelled, false, 0, "request.cancelled", "cancelled while being retried"); continue;
-                    default: FinishNoEndpoint(req); continue;
+                    CountRetry(req);
+                    switch (Forward(req, now, null))
+                    {
+                        case SendResult.Sent: continue;
+                        case SendResult.TooLarge: FinishTooLarge(req); continue;
+                        case SendResult.Cancelled: FinishWith(req, WireStatus.Cancelled, false, 0, "request.cancelled", "cancelled while being retried"); continue;
+                        default: FinishNoEndpoint(req); continue;
+                    }
                 }
+                spent = true;
             }
             if (req.DeadlineAt != 0 && now >= req.DeadlineAt)
             {

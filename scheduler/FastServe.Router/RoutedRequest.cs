@@ -12,13 +12,17 @@ namespace FastServe.Router;
 /// <remarks>
 /// Ownership: each attempt is owned by the upstream connection whose request map holds it; whoever removes it from
 /// that map (its FINAL, or the connection breaking) decides what happens next — retry or finish — so a request is
-/// finished exactly once. The session only marks it cancelled and forwards a CANCEL.
+/// finished exactly once. Between a refusal and its retry's jitter delay running out it is owned, the same way, by
+/// the router's <see cref="RetryDelays"/>. The session only marks it cancelled and forwards a CANCEL.
 /// </remarks>
 internal sealed class RoutedRequest
 {
     private byte[]? _payload;
     private byte[]? _held;
     private int _heldLength;
+    private byte[]? _refusal;       // a replica's refusal FINAL kept while its retry waits out its jitter delay
+    private int _refusalLength;
+    private byte _refusalFlags;
     private int _released;
 
     public RoutedRequest(DownstreamSession session, ulong clientId, byte headerFlags, ReadOnlySpan<byte> payload, long received, int maxAttempts)
@@ -117,6 +121,38 @@ internal sealed class RoutedRequest
         lock (Lock) _heldLength = 0;
     }
 
+    /// <summary>
+    /// Keeps a copy of a replica's refusal (its FINAL's flags and payload) while the retry waits out its jitter delay,
+    /// so the client gets that answer if the retry cannot go anywhere. Rare path: a pooled buffer, returned on release.
+    /// </summary>
+    public void KeepRefusal(byte flags, ReadOnlySpan<byte> payload)
+    {
+        lock (Lock)
+        {
+            if (_payload is null) return;
+            if (_refusal is null || _refusal.Length < payload.Length)
+            {
+                if (_refusal is not null) ArrayPool<byte>.Shared.Return(_refusal);
+                _refusal = ArrayPool<byte>.Shared.Rent(Math.Max(payload.Length, 1));
+            }
+            payload.CopyTo(_refusal);
+            _refusalLength = payload.Length;
+            _refusalFlags = flags;
+        }
+    }
+
+    /// <summary>Writes the refusal kept by <see cref="KeepRefusal"/> as a FINAL for the client; false when none is
+    /// kept (nothing written).</summary>
+    public bool PassRefusal(IBufferWriter<byte> w)
+    {
+        lock (Lock)
+        {
+            if (_refusal is null) return false;
+            FrameCopy.Write(w, FrameType.Final, _refusalFlags, ClientId, _refusal.AsSpan(0, _refusalLength));
+            return true;
+        }
+    }
+
     /// <summary>The REQUEST payload as the client sent it (deadline rewritten on retries).</summary>
     public ReadOnlySpan<byte> Payload => _payload is { } p ? p.AsSpan(0, Length) : default;
 
@@ -135,11 +171,11 @@ internal sealed class RoutedRequest
         if (TriedCount < Tried.Length) Tried[TriedCount++] = e;
     }
 
-    /// <summary>Returns the payload copy and any held output to the pool (once).</summary>
+    /// <summary>Returns the payload copy, any held output and any kept refusal to the pool (once).</summary>
     public void Release()
     {
         if (Interlocked.Exchange(ref _released, 1) != 0) return;
-        byte[]? p, h;
+        byte[]? p, h, f;
         lock (Lock)
         {
             p = _payload;
@@ -147,9 +183,12 @@ internal sealed class RoutedRequest
             h = _held;
             _held = null;
             _heldLength = 0;
+            f = _refusal;
+            _refusal = null;
         }
         if (p is not null) ArrayPool<byte>.Shared.Return(p);
         if (h is not null) ArrayPool<byte>.Shared.Return(h);
+        if (f is not null) ArrayPool<byte>.Shared.Return(f);
     }
 }
 

@@ -17,7 +17,13 @@ namespace FastServe.Router;
 /// <param name="UpstreamLost">Requests ended with <c>router.upstream_lost</c>.</param>
 /// <param name="NoEndpoint">Requests ended with <c>router.no_endpoint</c>.</param>
 /// <param name="InFlight">Accepted requests not yet completed.</param>
-public readonly record struct RouterStats(long Requests, long Rejected, long Completed, long Retries, long Replays, long UpstreamLost, long NoEndpoint, int InFlight);
+/// <param name="BudgetExhausted">Retries not made because the retry budget was spent (the refusal or loss was
+/// passed to the client instead).</param>
+/// <param name="UpstreamOverloaded">FINALs with status <c>overloaded</c> received from replicas (every attempt's).</param>
+/// <param name="Saturation">Of the FINALs replicas sent within the last <see cref="RouterOptions.OverloadWindowMs"/>
+/// (every attempt's, any status), the fraction that were <c>overloaded</c>; 0 when none came. In [0, 1].</param>
+public readonly record struct RouterStats(long Requests, long Rejected, long Completed, long Retries, long Replays, long UpstreamLost, long NoEndpoint, int InFlight,
+    long BudgetExhausted, long UpstreamOverloaded, double Saturation);
 
 /// <summary>
 /// A fleet router (<c>fastserve route</c>, docs/router.md): a listener speaking the replica protocol to clients, a
@@ -49,8 +55,12 @@ public sealed class RouterHost : IAsyncDisposable
     private Thread? _timer;
     private volatile bool _draining, _stopped;
     private long _nextSession, _nextId;
-    private long _requests, _rejected, _completed, _retries, _replays, _upstreamLost, _noEndpoint;
+    private long _requests, _rejected, _completed, _retries, _replays, _upstreamLost, _noEndpoint, _budgetExhausted, _upstreamOverloaded;
     private int _inFlight, _stopOnce;
+    private readonly RetryBudget _budget;
+    private readonly SaturationWindow _saturation;
+    private readonly RetryDelays _delays = new();
+    private readonly long _jitterTicks;
 
     /// <summary>A router over the endpoints <paramref name="source"/> gives, with <paramref name="options"/>.</summary>
     /// <exception cref="ArgumentOutOfRangeException">An option is out of range.</exception>
@@ -64,6 +74,10 @@ public sealed class RouterHost : IAsyncDisposable
         _source = source;
         Fleet = new Fleet(options);
         _balancer = new Balancer(options.Policy, options.Seed is { } s ? new Random(s) : new Random());
+        long now = Stopwatch.GetTimestamp();
+        _budget = new RetryBudget(options.RetryBudgetRatio, options.MinRetriesPerSecond, options.OverloadWindowMs, now);
+        _saturation = new SaturationWindow(options.OverloadWindowMs, now);
+        _jitterTicks = RouterOptions.Ticks(options.RetryJitterMs);
     }
 
     /// <summary>The settings it runs with.</summary>
@@ -87,7 +101,16 @@ public sealed class RouterHost : IAsyncDisposable
     /// <summary>Counters so far.</summary>
     public RouterStats Stats => new(Interlocked.Read(ref _requests), Interlocked.Read(ref _rejected), Interlocked.Read(ref _completed),
         Interlocked.Read(ref _retries), Interlocked.Read(ref _replays), Interlocked.Read(ref _upstreamLost), Interlocked.Read(ref _noEndpoint),
-        Volatile.Read(ref _inFlight));
+        Volatile.Read(ref _inFlight), Interlocked.Read(ref _budgetExhausted), Interlocked.Read(ref _upstreamOverloaded), _saturation.Value);
+
+    /// <summary>Retries the retry budget allows now (see <see cref="RouterOptions.RetryBudgetRatio"/>).</summary>
+    internal long RetryBudgetAvailable => _budget.Available;
+
+    /// <summary>Retries waiting out their jitter delay now.</summary>
+    internal int DelayedRetries => _delays.Count;
+
+    /// <summary>The jitter draw, uniform in [0, 1); tests pin it. Called on receive loops, so it must be thread-safe.</summary>
+    internal Func<double> JitterUnit { get; set; } = Random.Shared.NextDouble;
 
     /// <summary>
     /// Called once per request answered <c>ok</c> by a replica, with the seconds the router added: from reading the
@@ -242,6 +265,7 @@ public sealed class RouterHost : IAsyncDisposable
     {
         Interlocked.Increment(ref _requests);
         Interlocked.Increment(ref _inFlight);
+        _budget.Deposit();
         switch (Forward(req, now, touched))
         {
             case SendResult.Sent: return;
@@ -327,18 +351,30 @@ public sealed class RouterHost : IAsyncDisposable
         var status = FinalInfo.TryParse(payload, out var f, out _, out _) ? f.Status : WireStatus.Internal;
         if (status is WireStatus.Internal or WireStatus.Unavailable) Fleet.RecordError(conn.Endpoint, now);
         else Fleet.RecordSuccess(conn.Endpoint);
+        _saturation.Record(status == WireStatus.Overloaded);
+        if (status == WireStatus.Overloaded) Interlocked.Increment(ref _upstreamOverloaded);
         if (status == WireStatus.Ok && f.CompletionTokens >= 2)
         {
             uint first = f.Timings[(int)Timing.FirstToken], end = f.Timings[(int)Timing.EngineFinished];
             if (first > 0 && end > first) conn.Endpoint.OnTokenTime((end - first) / (double)(f.CompletionTokens - 1));
         }
-        // Refused without output passed on (overloaded, draining, unavailable, too many on that connection): try elsewhere.
+        // Refused without output passed on (overloaded, draining, unavailable, too many on that connection): try
+        // elsewhere, if the budget allows; a refusal for want of capacity after a jitter delay.
         if (WireNames.IsRetriable(status) && CanRetry(req, now))
         {
-            Interlocked.Increment(ref _retries);
-            if (req.HeldBytes > 0) Interlocked.Increment(ref _replays);
-            if (Forward(req, now, null) == SendResult.Sent) return;
-            // Nowhere else to go: the replica's own answer (retriable, with its retry-after) is the best one.
+            if (!_budget.TryWithdraw()) Interlocked.Increment(ref _budgetExhausted);
+            else
+            {
+                long delay = JitterDelay(req, status, f.RetryAfterMs, now);
+                if (delay > 0 && WaitThenRetry(req, flags, payload, now + delay)) return;
+                // Not queued (no delay, or the router is stopping and the queue closed).
+                if (!_stopped)
+                {
+                    CountRetry(req);
+                    if (Forward(req, now, null) == SendResult.Sent) return;
+                }
+            }
+            // Nowhere else to go, or no budget: the replica's own answer (retriable, with its retry-after) is the best one.
         }
         if (!MarkDone(req)) return;
         var s = req.Session;
@@ -356,6 +392,86 @@ public sealed class RouterHost : IAsyncDisposable
         {
             long added = Stopwatch.GetTimestamp() - req.Received - f.Timings[(int)Timing.FinalSent] * Stopwatch.Frequency / 1_000_000;
             observe(Math.Max(added, 0) / (double)Stopwatch.Frequency);
+        }
+        Completed(req);
+    }
+
+    private void CountRetry(RoutedRequest req)
+    {
+        Interlocked.Increment(ref _retries);
+        if (req.HeldBytes > 0) Interlocked.Increment(ref _replays);
+    }
+
+    /// <summary>
+    /// The jitter before retrying a refusal (Stopwatch ticks): full jitter, uniform in [0, min(RetryJitterMs, the
+    /// replica's retry_after)] for <c>overloaded</c> and <c>too_many_requests</c>, so requests refused together do not
+    /// come back together; at most half the time left to the deadline. 0 for other refusals (<c>draining</c>,
+    /// <c>unavailable</c> say nothing of the other replicas' load) and when jitter is off.
+    /// </summary>
+    private long JitterDelay(RoutedRequest req, WireStatus status, uint retryAfterMs, long now) =>
+        status is WireStatus.Overloaded or WireStatus.TooManyRequests
+            ? JitterTicks(_jitterTicks, retryAfterMs, now, req.DeadlineAt, JitterUnit())
+            : 0;
+
+    /// <summary>The rule of <see cref="JitterDelay"/> for a draw <paramref name="unit"/> in [0, 1).</summary>
+    internal static long JitterTicks(long capTicks, uint retryAfterMs, long now, long deadlineAt, double unit)
+    {
+        if (capTicks <= 0) return 0;
+        long bound = retryAfterMs == 0 ? capTicks : Math.Min(capTicks, (long)retryAfterMs * Stopwatch.Frequency / 1000);
+        long d = (long)(Math.Clamp(unit, 0, 1) * bound);
+        return deadlineAt == 0 ? d : Math.Min(d, Math.Max(0, deadlineAt - now) / 2);
+    }
+
+    // Puts a refused request in the delay queue (which owns it from now on) with a copy of the refusal; false when
+    // the router is stopping (the queue is closed; the caller still owns it).
+    private bool WaitThenRetry(RoutedRequest req, byte flags, ReadOnlySpan<byte> payload, long due)
+    {
+        req.KeepRefusal(flags, payload);
+        // The old attempt is over: a CANCEL meanwhile has nothing to reach; the timer sees the mark and finishes it.
+        lock (req.Lock) req.Upstream = null;
+        return _delays.TryAdd(req, due);
+    }
+
+    // The timer thread: a request's jitter delay is over.
+    private void RetryAfterDelay(RoutedRequest req, long now)
+    {
+        bool cancelled;
+        lock (req.Lock) cancelled = req.Cancelled;
+        if (cancelled || req.Session.IsClosed)
+        {
+            FinishWith(req, WireStatus.Cancelled, false, 0, "request.cancelled", "cancelled while waiting to be retried");
+            return;
+        }
+        // A late wake-up (or a stop) must not send it past its deadline: the replica's refusal is the answer then.
+        if (_stopped || (req.DeadlineAt != 0 && now >= req.DeadlineAt))
+        {
+            FinishWithRefusal(req);
+            return;
+        }
+        CountRetry(req);
+        switch (Forward(req, now, null))
+        {
+            case SendResult.Sent: return;
+            case SendResult.TooLarge: FinishTooLarge(req); return;
+            case SendResult.Cancelled: FinishWith(req, WireStatus.Cancelled, false, 0, "request.cancelled", "cancelled while being retried"); return;
+            default: FinishWithRefusal(req); return;
+        }
+    }
+
+    // The replica's refusal kept while the retry waited, as the client's FINAL.
+    private void FinishWithRefusal(RoutedRequest req)
+    {
+        if (!MarkDone(req)) return;
+        var s = req.Session;
+        s.Finished(req.ClientId);
+        if (!s.IsClosed)
+        {
+            lock (s.Out.Lock)
+            {
+                req.PassHeld(s.Out.Writer);
+                req.PassRefusal(s.Out.Writer);
+            }
+            s.Out.Flush();
         }
         Completed(req);
     }
@@ -379,17 +495,22 @@ public sealed class RouterHost : IAsyncDisposable
                     $"the connection to replica {conn.Endpoint.Address} broke after the request had streamed output; it is not replayed");
                 continue;
             }
+            // A mass disconnect draws on the budget too: it must not double the load on the replicas left.
+            bool spent = false;
             if (CanRetry(req, now))
             {
-                Interlocked.Increment(ref _retries);
-                if (req.HeldBytes > 0) Interlocked.Increment(ref _replays);
-                switch (Forward(req, now, null))
+                if (_budget.TryWithdraw())
                 {
-                    case SendResult.Sent: continue;
-                    case SendResult.TooLarge: FinishTooLarge(req); continue;
-                    case SendResult.Cancelled: FinishWith(req, WireStatus.Cancelled, false, 0, "request.cancelled", "cancelled while being retried"); continue;
-                    default: FinishNoEndpoint(req); continue;
+                    CountRetry(req);
+                    switch (Forward(req, now, null))
+                    {
+                        case SendResult.Sent: continue;
+                        case SendResult.TooLarge: FinishTooLarge(req); continue;
+                        case SendResult.Cancelled: FinishWith(req, WireStatus.Cancelled, false, 0, "request.cancelled", "cancelled while being retried"); continue;
+                        default: FinishNoEndpoint(req); continue;
+                    }
                 }
+                spent = true;
             }
             if (req.DeadlineAt != 0 && now >= req.DeadlineAt)
             {
@@ -397,10 +518,11 @@ public sealed class RouterHost : IAsyncDisposable
                 continue;
             }
             Interlocked.Increment(ref _upstreamLost);
+            if (spent) Interlocked.Increment(ref _budgetExhausted);
             int attempts;
             lock (req.Lock) attempts = req.Attempts;
             FinishWith(req, WireStatus.Unavailable, true, 0, "router.upstream_lost",
-                $"the connection to replica {conn.Endpoint.Address} broke before any output was passed on, after {attempts} attempt(s)");
+                $"the connection to replica {conn.Endpoint.Address} broke before any output was passed on, after {attempts} attempt(s){(spent ? "; the retry budget is spent" : "")}");
         }
     }
 
@@ -463,13 +585,22 @@ public sealed class RouterHost : IAsyncDisposable
 
     // ---------------------------------------------------------------- timer, drain, stop
 
+    // Every 10 ms: session timeouts, congestion, liveness, the overload windows; in between, wakes for delayed retries
+    // as they fall due.
     private void TimerLoop()
     {
-        long tick = 0;
+        long tick = 0, next = Stopwatch.GetTimestamp() + TimerTick;
         while (!_stopped)
         {
-            Thread.Sleep(10);
             long now = Stopwatch.GetTimestamp();
+            long wake = Math.Min(next, _delays.NextDue);
+            if (wake > now) _delays.Wait(wake - now);
+            now = Stopwatch.GetTimestamp();
+            while (!_stopped && _delays.TakeDue(now) is { } due) RetryAfterDelay(due, now);
+            if (now < next) continue;
+            next = now + TimerTick;
+            _budget.Advance(now);
+            _saturation.Advance(now);
             foreach (var kv in _sessions) kv.Value.OnTimer(now, tick % 25 == 0);
             foreach (var e in Fleet.Endpoints)
             {
@@ -554,7 +685,10 @@ public sealed class RouterHost : IAsyncDisposable
         }
         try { await Task.WhenAll([.. stops, _acceptTask, _sourceTask]).ConfigureAwait(false); }
         catch (Exception e) when (e is SocketException or ObjectDisposedException or OperationCanceledException) { }
+        _delays.Wake();
         _timer?.Join();
+        // Retries still waiting out their delay: their clients are gone; each is finished once, here.
+        foreach (var req in _delays.Close()) FinishWithRefusal(req);
         Log("stopped");
         _done.TrySetResult();
     }

@@ -14,9 +14,9 @@ public sealed class RouterMetrics : IDisposable
     private readonly RouterHost _router;
     private readonly CollectorRegistry _registry = Metrics.NewCustomRegistry();
     private readonly MetricServer _server;
-    private readonly Counter _requests, _completed, _rejected, _retries, _replays, _upstreamLost, _noEndpoint;
+    private readonly Counter _requests, _completed, _rejected, _retries, _replays, _upstreamLost, _noEndpoint, _budgetExhausted, _upstreamOverloaded;
     private readonly Histogram _added;
-    private readonly Gauge _inFlight, _endpoints, _epInFlight, _epReady, _epEjected, _epWeight;
+    private readonly Gauge _inFlight, _endpoints, _saturation, _epInFlight, _epReady, _epEjected, _epWeight;
     private readonly Counter _epPicks, _epEjections;
     private HashSet<string> _labelled = [];
 
@@ -33,6 +33,11 @@ public sealed class RouterMetrics : IDisposable
         _replays = f.CreateCounter("fastserve_router_replays_total", "Retries of 'whole' requests whose lost attempt had produced output (held back, never passed on).");
         _upstreamLost = f.CreateCounter("fastserve_router_upstream_lost_total", "Requests that had streamed output when their replica's connection broke (ended router.upstream_lost).");
         _noEndpoint = f.CreateCounter("fastserve_router_no_endpoint_total", "Requests answered router.no_endpoint: no replica was eligible.");
+        _budgetExhausted = f.CreateCounter("fastserve_router_retry_budget_exhausted_total",
+            "Retries not made because the retry budget was spent: the replica's refusal (or router.upstream_lost) went to the client instead.");
+        _upstreamOverloaded = f.CreateCounter("fastserve_router_upstream_overloaded_total", "FINALs with status overloaded received from replicas (every attempt's, retries included).");
+        _saturation = f.CreateGauge("fastserve_router_fleet_saturation",
+            "Of the FINALs replicas sent this router over the last overload window (10 s by default; every attempt's, any status), the fraction that were overloaded; 0 when none came. In [0, 1].");
         _inFlight = f.CreateGauge("fastserve_router_in_flight", "Requests in flight through this router.");
         _endpoints = f.CreateGauge("fastserve_router_endpoints", "Endpoints in the current set.");
         string[] ep = ["endpoint"];
@@ -62,6 +67,9 @@ public sealed class RouterMetrics : IDisposable
         _replays.IncTo(st.Replays);
         _upstreamLost.IncTo(st.UpstreamLost);
         _noEndpoint.IncTo(st.NoEndpoint);
+        _budgetExhausted.IncTo(st.BudgetExhausted);
+        _upstreamOverloaded.IncTo(st.UpstreamOverloaded);
+        _saturation.Set(st.Saturation);
         _inFlight.Set(st.InFlight);
         long now = System.Diagnostics.Stopwatch.GetTimestamp();
         var set = _router.Fleet.Endpoints;

@@ -59,6 +59,26 @@ public sealed record RouterOptions
     public int SlowStartMs { get; init; } = 5000;
     /// <summary>Most times one request is sent to a replica (the first try included).</summary>
     public int MaxAttempts { get; init; } = 3;
+    /// <summary>
+    /// The retry budget's share: every request received deposits this much of a retry, every retry (of a refusal or of a
+    /// lost connection) withdraws one, and what is older than <see cref="OverloadWindowMs"/> expires; so retries stay
+    /// under this fraction of recent requests, plus the reserve of <see cref="MinRetriesPerSecond"/>. When the budget
+    /// is spent, a refusal is passed to the client as the replica gave it. 0 turns retries off (the reserve too);
+    /// 0 … 10, default 0.1.
+    /// </summary>
+    public double RetryBudgetRatio { get; init; } = 0.1;
+    /// <summary>The retry budget's reserve, in retries per second: this × the window in seconds is always available on
+    /// top of the deposits, so a router with little traffic can still retry (0 … 100 000, default 10).</summary>
+    public int MinRetriesPerSecond { get; init; } = 10;
+    /// <summary>
+    /// A retry of an <c>overloaded</c> or <c>too_many_requests</c> refusal waits a random delay, uniform in
+    /// [0, min(this, the refusal's retry_after)] (this alone when retry_after is 0), and never more than half the time
+    /// left to its deadline; 0 retries at once (0 … 1000, default 25).
+    /// </summary>
+    public int RetryJitterMs { get; init; } = 25;
+    /// <summary>How far back the retry budget and the fleet saturation (<see cref="RouterStats.Saturation"/>) look, in
+    /// ten steps (1000 … 600 000, default 10 000).</summary>
+    public int OverloadWindowMs { get; init; } = 10_000;
     /// <summary>Persistent multiplexed connections the router keeps to each endpoint.</summary>
     public int ConnectionsPerEndpoint { get; init; } = 2;
     /// <summary>Consecutive errors (connection failures, timeouts, <c>internal</c>/<c>unavailable</c> FINALs) that eject an endpoint.</summary>
@@ -124,6 +144,11 @@ public sealed record RouterOptions
         Range(Port, 0, 65535, nameof(Port));
         Range(SlowStartMs, 0, 3_600_000, nameof(SlowStartMs));
         Range(MaxAttempts, 1, 16, nameof(MaxAttempts));
+        if (!(RetryBudgetRatio >= 0 && RetryBudgetRatio <= 10))
+            throw new ArgumentOutOfRangeException(nameof(RetryBudgetRatio), RetryBudgetRatio, $"{nameof(RetryBudgetRatio)} must be between 0 and 10");
+        Range(MinRetriesPerSecond, 0, 100_000, nameof(MinRetriesPerSecond));
+        Range(RetryJitterMs, 0, 1000, nameof(RetryJitterMs));
+        Range(OverloadWindowMs, 1000, 600_000, nameof(OverloadWindowMs));
         Range(ConnectionsPerEndpoint, 1, 64, nameof(ConnectionsPerEndpoint));
         Range(EjectAfterErrors, 1, 1_000_000, nameof(EjectAfterErrors));
         Range(BaseEjectionMs, 1, 3_600_000, nameof(BaseEjectionMs));

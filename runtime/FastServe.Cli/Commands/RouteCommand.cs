@@ -32,9 +32,16 @@ internal static class RouteCommand
             Description = "Output of a 'whole' request held back until its final, so it can be replayed if its replica is lost (past this it streams; 0 = hold nothing)",
             DefaultValueFactory = _ => 256 << 10,
         };
+        var budget = new Option<int>("--retry-budget-percent")
+        {
+            Description = "Retries (of refusals and lost connections) allowed as a percentage of the requests of the last 10 s, beyond the reserve (0 = no retries)",
+            DefaultValueFactory = _ => 10,
+        };
+        var minRetries = new Option<int>("--min-retries-per-second") { Description = "Retry budget reserve: this many retries per second are always allowed", DefaultValueFactory = _ => 10 };
+        var jitter = new Option<int>("--retry-jitter-ms") { Description = "A retry of an overloaded refusal waits a random delay up to this (and the refusal's retry-after); 0 = at once", DefaultValueFactory = _ => 25 };
         var metricsPort = new Option<int>("--metrics-port") { Description = "Prometheus metrics at http://HOST:PORT/metrics (0 = off)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("route", "Route requests over a fleet of replicas: one address for clients, power-of-two-choices balancing, retries.");
-        foreach (Option o in new Option[] { listen, endpoints, host, policy, slowStart, attempts, conns, ejected, grace, maxInFlight, maxFrame, maxHeld, name, json, metricsPort }) cmd.Add(o);
+        foreach (Option o in new Option[] { listen, endpoints, host, policy, slowStart, attempts, budget, minRetries, jitter, conns, ejected, grace, maxInFlight, maxFrame, maxHeld, name, json, metricsPort }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             bool asJson = r.GetValue(json);
@@ -55,6 +62,10 @@ internal static class RouteCommand
             if (g < 0 || g > 3_600_000) throw new FastServeException("args.invalid_grace", "--grace-ms must be between 0 and 3600000", "--grace-ms");
             if (mif < 1 || mif > 1 << 20) throw new FastServeException("args.invalid_max_in_flight", "--max-in-flight must be between 1 and 1048576", "--max-in-flight");
             if (mf < 4096 || mf > 64 << 20) throw new FastServeException("args.invalid_max_frame", "--max-frame must be between 4096 and 67108864", "--max-frame");
+            int rbp = r.GetValue(budget), mrs = r.GetValue(minRetries), rj = r.GetValue(jitter);
+            if (rbp < 0 || rbp > 1000) throw new FastServeException("args.invalid_retry_budget", "--retry-budget-percent must be between 0 and 1000", "--retry-budget-percent");
+            if (mrs < 0 || mrs > 100_000) throw new FastServeException("args.invalid_min_retries", "--min-retries-per-second must be between 0 and 100000", "--min-retries-per-second");
+            if (rj < 0 || rj > 1000) throw new FastServeException("args.invalid_retry_jitter", "--retry-jitter-ms must be between 0 and 1000", "--retry-jitter-ms");
             int mhb = r.GetValue(maxHeld);
             if (mhb < 0 || mhb > 64 << 20) throw new FastServeException("args.invalid_max_held", "--max-held-bytes must be between 0 and 67108864", "--max-held-bytes");
             int mport = r.GetValue(metricsPort);
@@ -80,6 +91,9 @@ internal static class RouteCommand
                 Policy = pol,
                 SlowStartMs = ss,
                 MaxAttempts = ma,
+                RetryBudgetRatio = rbp / 100.0,
+                MinRetriesPerSecond = mrs,
+                RetryJitterMs = rj,
                 ConnectionsPerEndpoint = cpe,
                 MaxEjectedPercent = mep,
                 GraceMs = g,
@@ -144,6 +158,8 @@ internal static class RouteCommand
                     w.WriteNumber("replays", st.Replays);
                     w.WriteNumber("upstream_lost", st.UpstreamLost);
                     w.WriteNumber("no_endpoint", st.NoEndpoint);
+                    w.WriteNumber("retry_budget_exhausted", st.BudgetExhausted);
+                    w.WriteNumber("upstream_overloaded", st.UpstreamOverloaded);
                     w.WriteStartArray("endpoints");
                     foreach (var e in router.Fleet.Endpoints)
                     {
@@ -154,7 +170,7 @@ internal static class RouteCommand
                     }
                     w.WriteEndArray();
                 });
-            else log($"stopped after {st.Requests} request(s): {st.Retries} retried ({st.Replays} replayed after held output), {st.UpstreamLost} lost with a replica, {st.NoEndpoint} with no replica ready");
+            else log($"stopped after {st.Requests} request(s): {st.Retries} retried ({st.Replays} replayed after held output, {st.BudgetExhausted} not for want of retry budget), {st.UpstreamLost} lost with a replica, {st.NoEndpoint} with no replica ready");
             Console.Out.Flush();
             return 0;
         });

@@ -34,6 +34,9 @@ public sealed class RouteCliTests
             (["--endpoints", "127.0.0.1:1", "--connections-per-endpoint", "0"], "args.invalid_connections"),
             (["--endpoints", "127.0.0.1:1", "--max-ejected-percent", "101"], "args.invalid_max_ejected_percent"),
             (["--endpoints", "127.0.0.1:1", "--slow-start-ms", "-1"], "args.invalid_slow_start"),
+            (["--endpoints", "127.0.0.1:1", "--retry-budget-percent", "-1"], "args.invalid_retry_budget"),
+            (["--endpoints", "127.0.0.1:1", "--min-retries-per-second", "-1"], "args.invalid_min_retries"),
+            (["--endpoints", "127.0.0.1:1", "--retry-jitter-ms", "1001"], "args.invalid_retry_jitter"),
             (["--endpoints", "127.0.0.1:1", "--host", "localhost"], "args.invalid_host"),
             (["--endpoints", "127.0.0.1:1", "--listen", $"{busy}"], "route.listen_failed"),
         ];

@@ -64,6 +64,10 @@ public class RouterMetricsTests
         Assert.That(m[$"fastserve_router_endpoint_weight{{endpoint=\"{y.Address}\"}}"], Is.EqualTo(1));
         Assert.That(m[$"fastserve_router_endpoint_ejections_total{{endpoint=\"{x.Address}\"}}"], Is.Zero, "refusals are not errors");
         Assert.That(m["fastserve_router_replays_total"], Is.Zero);
+        Assert.That(m["fastserve_router_upstream_overloaded_total"], Is.EqualTo(x.Requests.Count));
+        Assert.That(m["fastserve_router_retry_budget_exhausted_total"], Is.Zero, "the reserve covers this many retries");
+        Assert.That(m["fastserve_router_fleet_saturation"], Is.EqualTo(x.Requests.Count / (x.Requests.Count + 60.0)).Within(1e-9),
+            "x's refusals among all the replicas' answers");
         // One router-added latency per ok request; the scripted replica reports no time of its own, so each is the
         // whole time the request spent in the router: above zero, and under the 10 s this test may take.
         Assert.That(m["fastserve_router_added_seconds_count"], Is.EqualTo(60));

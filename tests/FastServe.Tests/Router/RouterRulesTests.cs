@@ -28,7 +28,7 @@ public sealed class RouterRulesTests
         Log = m => { lock (_log) _log.Add(m); },
     };
 
-    private static async Task<RouterHost> Start(RouterOptions o, IEndpointSource src, int ready)
+    internal static async Task<RouterHost> Start(RouterOptions o, IEndpointSource src, int ready)
     {
         var r = new RouterHost(o, src);
         await r.StartAsync();
@@ -36,7 +36,7 @@ public sealed class RouterRulesTests
         return r;
     }
 
-    private static async Task Until(Func<bool> ok, string what, double seconds = 10)
+    internal static async Task Until(Func<bool> ok, string what, double seconds = 10)
     {
         var sw = Stopwatch.StartNew();
         while (!ok())
@@ -46,9 +46,9 @@ public sealed class RouterRulesTests
         }
     }
 
-    private static CompletionRequest Req(uint deadlineMs = 0) => new() { Prompt = "hi", Params = RequestParams.Default with { MaxTokens = 3, DeadlineMs = deadlineMs } };
+    internal static CompletionRequest Req(uint deadlineMs = 0) => new() { Prompt = "hi", Params = RequestParams.Default with { MaxTokens = 3, DeadlineMs = deadlineMs } };
 
-    private static StaticEndpointSource Src(params ScriptedReplica[] rs) => new(rs.Select(r => EndpointSpec.Parse(r.Address)));
+    internal static StaticEndpointSource Src(params ScriptedReplica[] rs) => new(rs.Select(r => EndpointSpec.Parse(r.Address)));
 
     [TearDown]
     public void DumpLog()

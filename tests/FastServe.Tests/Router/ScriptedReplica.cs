@@ -40,7 +40,11 @@ internal sealed class ScriptedReplica : IDisposable
     public int Tokens = 3;
     /// <summary>Stop reading from every connection (a replica that hangs): the router's bytes pile up unsent.</summary>
     public volatile bool Stalled;
+    /// <summary>retry_after_ms of its retriable refusals.</summary>
+    public volatile uint RetryAfterMs = 100;
     public readonly ConcurrentQueue<ulong> Requests = new();
+    /// <summary>The deadline field (ms; 0 = none) of every REQUEST received, in order.</summary>
+    public readonly ConcurrentQueue<uint> Deadlines = new();
     public readonly ConcurrentQueue<ulong> Cancels = new();
 
     public int OpenConnections { get { lock (_conns) return _conns.Count(c => !c.Closed); } }
@@ -79,14 +83,14 @@ internal sealed class ScriptedReplica : IDisposable
         FrameWriter.Delta(w, id, ids, "x"u8);
     }
 
-    private static void Final(IBufferWriter<byte> w, ulong id, WireStatus status, string detail, int tokens = 0)
+    private void Final(IBufferWriter<byte> w, ulong id, WireStatus status, string detail, int tokens = 0)
     {
         var f = new FinalInfo
         {
             Status = status,
             Finish = status == WireStatus.Ok ? WireFinish.Length : WireFinish.None,
             Retriable = WireNames.IsRetriable(status),
-            RetryAfterMs = WireNames.IsRetriable(status) ? 100u : 0,
+            RetryAfterMs = WireNames.IsRetriable(status) ? RetryAfterMs : 0,
             CompletionTokens = (uint)tokens,
         };
         FrameWriter.Final(w, id, f, detail, status == WireStatus.Ok ? "" : "scripted");
@@ -176,13 +180,14 @@ internal sealed class ScriptedReplica : IDisposable
                 case FrameType.Request:
                 {
                     ulong id = h.Id;
+                    owner.Deadlines.Enqueue(BitConverter.ToUInt32(payload, 24));
                     owner.Requests.Enqueue(id);
                     switch (owner.OnRequest(id))
                     {
-                        case Reply.Ok: Send(w => { Delta(w, id, owner.Tokens); Final(w, id, WireStatus.Ok, "", owner.Tokens); }); break;
-                        case Reply.Overloaded: Send(w => Final(w, id, WireStatus.Overloaded, "engine.queue_full")); break;
-                        case Reply.Draining: Send(w => Final(w, id, WireStatus.Draining, "server.draining")); break;
-                        case Reply.Internal: Send(w => Final(w, id, WireStatus.Internal, "engine.failed")); break;
+                        case Reply.Ok: Send(w => { Delta(w, id, owner.Tokens); owner.Final(w, id, WireStatus.Ok, "", owner.Tokens); }); break;
+                        case Reply.Overloaded: Send(w => owner.Final(w, id, WireStatus.Overloaded, "engine.queue_full")); break;
+                        case Reply.Draining: Send(w => owner.Final(w, id, WireStatus.Draining, "server.draining")); break;
+                        case Reply.Internal: Send(w => owner.Final(w, id, WireStatus.Internal, "engine.failed")); break;
                         case Reply.Hold: owner._held[id] = this; break;
                         case Reply.StreamThenHold:
                             owner._held[id] = this;
@@ -193,7 +198,7 @@ internal sealed class ScriptedReplica : IDisposable
                 }
                 case FrameType.Cancel:
                     owner.Cancels.Enqueue(h.Id);
-                    if (owner._held.TryRemove(h.Id, out _)) Send(w => Final(w, h.Id, WireStatus.Cancelled, "request.cancelled"));
+                    if (owner._held.TryRemove(h.Id, out _)) Send(w => owner.Final(w, h.Id, WireStatus.Cancelled, "request.cancelled"));
                     break;
             }
         }

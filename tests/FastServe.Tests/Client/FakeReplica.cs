@@ -29,8 +29,10 @@ internal sealed class FakeReplica : IDisposable
     public TimeSpan FinalDelay { get; init; } = TimeSpan.FromMilliseconds(10);
     /// <summary>Serve requests one at a time (others wait): a server with a fixed capacity.</summary>
     public bool Serial { get; init; }
-    /// <summary>Answer every n-th request (1-based count over all connections) with overloaded; 0 = never.</summary>
-    public int OverloadEvery { get; init; }
+    /// <summary>Answer every n-th request (1-based count over all connections) with overloaded; 0 = never. May change
+    /// while serving.</summary>
+    public int OverloadEvery { get => Volatile.Read(ref _overloadEvery); set => Volatile.Write(ref _overloadEvery, value); }
+    private int _overloadEvery;
 
     public int Requests => Volatile.Read(ref _requests);
     public int MaxInFlight => Volatile.Read(ref _maxInFlight);
@@ -108,7 +110,8 @@ internal sealed class FakeReplica : IDisposable
     {
         try
         {
-            if (OverloadEvery > 0 && n % OverloadEvery == 0)
+            int every = OverloadEvery;
+            if (every > 0 && n % every == 0)
             {
                 var f = new FinalInfo { Status = WireStatus.Overloaded, Retriable = true, RetryAfterMs = 50 };
                 await SendAsync(s, writeLock, w => FrameWriter.Final(w, id, f, "engine.queue_full", "queue full"));

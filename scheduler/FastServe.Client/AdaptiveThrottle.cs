@@ -23,13 +23,18 @@ public sealed record AdaptiveThrottleOptions
     /// <summary>Granularity of the window: counts age out one bucket at a time.</summary>
     public TimeSpan Bucket { get; init; } = TimeSpan.FromSeconds(1);
 
+    /// <summary>No local refusal while the window holds fewer requests than this (the book has no such floor). With a
+    /// handful of requests the ratio is noise: a single refusal would otherwise refuse the next request half the time,
+    /// and a client that sends rarely would be throttled by one unlucky answer.</summary>
+    public int MinRequests { get; init; } = 10;
+
     /// <summary>Clock of the window (tests pass a manual one). Only <see cref="TimeProvider.GetTimestamp"/> is used.</summary>
     public TimeProvider Clock { get; init; } = TimeProvider.System;
 
     /// <summary>Seed of the local rejection draws; null seeds from <see cref="Random.Shared"/>.</summary>
     public ulong? Seed { get; init; }
 
-    /// <summary>The defaults: K = 2, a 2-minute window of 1-second buckets.</summary>
+    /// <summary>The defaults: K = 2, a 2-minute window of 1-second buckets, no refusal below 10 requests.</summary>
     public static readonly AdaptiveThrottleOptions Default = new();
 
     internal bool Enabled => K != 0;
@@ -37,6 +42,7 @@ public sealed record AdaptiveThrottleOptions
     internal void Validate()
     {
         if (!(K == 0 || (K >= 1 && double.IsFinite(K)))) throw new ArgumentOutOfRangeException(nameof(K), "must be 0 (off) or at least 1");
+        if (MinRequests < 0) throw new ArgumentOutOfRangeException(nameof(MinRequests), "must not be negative");
         if (Bucket < TimeSpan.FromMilliseconds(1)) throw new ArgumentOutOfRangeException(nameof(Bucket), "must be at least 1 ms");
         if (Window < Bucket || Window.Ticks % Bucket.Ticks != 0)
             throw new ArgumentOutOfRangeException(nameof(Window), "must be a whole number (at least 1) of buckets");
@@ -49,7 +55,8 @@ public sealed record AdaptiveThrottleOptions
 /// Client-side adaptive throttling (Google SRE book, "Handling Overload"): over a sliding window, <c>requests</c>
 /// counts every request the application asked for (those refused here included) and <c>accepts</c> every server
 /// answer that is not a refusal for load (<see cref="IsLoadRefusal"/>). <see cref="TryAdmit"/> refuses a new request
-/// with probability max(0, (requests − K·accepts) / (requests + 1)), so a client whose server refuses most of its
+/// with probability max(0, (requests − K·accepts) / (requests + 1)) (0 while requests &lt;
+/// <see cref="AdaptiveThrottleOptions.MinRequests"/>), so a client whose server refuses most of its
 /// requests stops sending most of them, and sends again as accepts come back and old refusals age out.
 /// </summary>
 /// <remarks>
@@ -65,6 +72,7 @@ public sealed record AdaptiveThrottleOptions
 public sealed class AdaptiveThrottle
 {
     private readonly double _k;
+    private readonly long _minRequests;
     private readonly TimeProvider _clock;
     private readonly long _bucketTicks; // in the clock's timestamp units
     private readonly int _n;
@@ -91,6 +99,7 @@ public sealed class AdaptiveThrottle
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         _k = options.K;
+        _minRequests = options.MinRequests;
         _clock = options.Clock;
         _bucketTicks = Math.Max(1, (long)(options.Bucket.TotalSeconds * _clock.TimestampFrequency));
         _n = (int)(options.Window.Ticks / options.Bucket.Ticks);
@@ -115,7 +124,7 @@ public sealed class AdaptiveThrottle
     public long WindowAccepts { get { int slot = Slot(out _); return Volatile.Read(ref _pastAccepts) + Volatile.Read(ref _accepts[slot]); } }
 
     /// <summary>The probability that the next request is refused locally: max(0, (requests − K·accepts) / (requests + 1));
-    /// 0 when the throttle is off.</summary>
+    /// 0 below <see cref="AdaptiveThrottleOptions.MinRequests"/> requests, and when the throttle is off.</summary>
     public double RejectProbability
     {
         get
@@ -176,7 +185,7 @@ public sealed class AdaptiveThrottle
 
     private double Probability(long requests, long accepts)
     {
-        if (_k == 0) return 0;
+        if (_k == 0 || requests < _minRequests) return 0;
         return Math.Max(0, (requests - _k * accepts) / (requests + 1));
     }
 

@@ -41,6 +41,20 @@ public class AdaptiveThrottleTests
     }
 
     [Test]
+    public void NothingIsRefusedBelowTheMinimumOfRequests()
+    {
+        var t = new AdaptiveThrottle(new AdaptiveThrottleOptions { Clock = new ManualClock(), Seed = 1 });
+        for (int i = 0; i < 9; i++) t.OnAnswer(WireStatus.Unavailable, 0);
+        Assert.That(t.RejectProbability, Is.Zero, "9 refusals are under the default floor of 10");
+        for (int i = 0; i < 100; i++) Assert.That(t.TryAdmit(), Is.True);
+        t.OnAnswer(WireStatus.Unavailable, 0);
+        Assert.That(t.RejectProbability, Is.EqualTo(10 / 11.0).Within(1e-12));
+        var bare = new AdaptiveThrottle(new AdaptiveThrottleOptions { Clock = new ManualClock(), MinRequests = 0 });
+        bare.OnAnswer(WireStatus.Overloaded, 0);
+        Assert.That(bare.RejectProbability, Is.EqualTo(0.5), "the book's formula alone: one refusal, p = 1/2");
+    }
+
+    [Test]
     public void OnlyLoadRefusalsAreNotAccepts()
     {
         var t = Make(new ManualClock());
@@ -121,6 +135,7 @@ public class AdaptiveThrottleTests
         Assert.That(() => new AdaptiveThrottle(new AdaptiveThrottleOptions { K = double.NaN }), Throws.InstanceOf<ArgumentOutOfRangeException>());
         Assert.That(() => new AdaptiveThrottle(new AdaptiveThrottleOptions { Window = TimeSpan.FromSeconds(2.5) }), Throws.InstanceOf<ArgumentOutOfRangeException>());
         Assert.That(() => new AdaptiveThrottle(new AdaptiveThrottleOptions { Bucket = TimeSpan.Zero }), Throws.InstanceOf<ArgumentOutOfRangeException>());
+        Assert.That(() => new AdaptiveThrottle(new AdaptiveThrottleOptions { MinRequests = -1 }), Throws.InstanceOf<ArgumentOutOfRangeException>());
     }
 
     [Test]

@@ -217,7 +217,8 @@ public sealed class FastServeClient : IAsyncDisposable
     /// Starts a completion: registers it, queues its REQUEST frame and returns at once (never waits on the network:
     /// when no send is running the frame leaves on the calling thread with a non-blocking send, else with the next batch).
     /// Deltas stream into <see cref="CompletionCall.Deltas"/> (unless <see cref="FastServeClientOptions.CollectOutput"/> is off).
-    /// Problems never throw: the call completes with a failure (connection lost, send buffer full, refused).
+    /// Problems never throw: the call completes with a failure (connection lost, send buffer full, refused, or
+    /// throttled: the adaptive throttle refused it locally, <see cref="FastServeClientOptions.AdaptiveThrottling"/>).
     /// </summary>
     public CompletionCall Start(CompletionRequest request) => Start(request, stream: true);
 

@@ -118,10 +118,10 @@ public sealed class AdaptiveThrottle
     public long Throttled => Interlocked.Read(ref _throttled);
 
     /// <summary>Requests counted in the window now (those refused locally included).</summary>
-    public long WindowRequests { get { int slot = Slot(out _); return Volatile.Read(ref _pastRequests) + Volatile.Read(ref _requests[slot]); } }
+    public long WindowRequests { get { int slot = Slot(); return Volatile.Read(ref _pastRequests) + Volatile.Read(ref _requests[slot]); } }
 
     /// <summary>Server accepts counted in the window now.</summary>
-    public long WindowAccepts { get { int slot = Slot(out _); return Volatile.Read(ref _pastAccepts) + Volatile.Read(ref _accepts[slot]); } }
+    public long WindowAccepts { get { int slot = Slot(); return Volatile.Read(ref _pastAccepts) + Volatile.Read(ref _accepts[slot]); } }
 
     /// <summary>The probability that the next request is refused locally: max(0, (requests − K·accepts) / (requests + 1));
     /// 0 below <see cref="AdaptiveThrottleOptions.MinRequests"/> requests, and when the throttle is off.</summary>
@@ -129,7 +129,7 @@ public sealed class AdaptiveThrottle
     {
         get
         {
-            int slot = Slot(out _);
+            int slot = Slot();
             return Probability(Volatile.Read(ref _pastRequests) + Volatile.Read(ref _requests[slot]),
                 Volatile.Read(ref _pastAccepts) + Volatile.Read(ref _accepts[slot]));
         }
@@ -145,7 +145,7 @@ public sealed class AdaptiveThrottle
     public bool TryAdmit()
     {
         if (_k == 0) return true;
-        int slot = Slot(out _);
+        int slot = Slot();
         double p = Probability(Volatile.Read(ref _pastRequests) + Volatile.Read(ref _requests[slot]),
             Volatile.Read(ref _pastAccepts) + Volatile.Read(ref _accepts[slot]));
         if (p <= 0 || NextUnit() >= p) return true;
@@ -160,7 +160,7 @@ public sealed class AdaptiveThrottle
     public void OnAnswer(WireStatus status, uint retryAfterMs)
     {
         if (_k == 0) return;
-        int slot = Slot(out _);
+        int slot = Slot();
         Interlocked.Increment(ref _requests[slot]);
         if (!IsLoadRefusal(status)) Interlocked.Increment(ref _accepts[slot]);
         else if (retryAfterMs != 0) Volatile.Write(ref _lastRetryAfterMs, retryAfterMs);
@@ -171,7 +171,7 @@ public sealed class AdaptiveThrottle
     public void OnUnanswered()
     {
         if (_k == 0) return;
-        Interlocked.Increment(ref _requests[Slot(out _)]);
+        Interlocked.Increment(ref _requests[Slot()]);
     }
 
     /// <summary>
@@ -190,9 +190,9 @@ public sealed class AdaptiveThrottle
     }
 
     // The current bucket's slot, recycling buckets when the clock has moved into a new one.
-    private int Slot(out long bucket)
+    private int Slot()
     {
-        bucket = _clock.GetTimestamp() / _bucketTicks;
+        long bucket = _clock.GetTimestamp() / _bucketTicks;
         int slot = (int)(bucket % _n);
         if (Volatile.Read(ref _stamp[slot]) != bucket) Rotate(bucket, slot);
         return slot;

@@ -120,8 +120,9 @@ public sealed class CompletionCall
         });
     }
 
-    /// <summary>Completes the call without a FINAL (connection lost, send buffer full, refused before sending).</summary>
-    internal void Fail(ClientFailure failure, WireStatus status, string statusName, string detail, string message, bool retriable)
+    /// <summary>Completes the call without a FINAL (connection lost, send buffer full, refused or throttled before sending).</summary>
+    internal void Fail(ClientFailure failure, WireStatus status, string statusName, string detail, string message, bool retriable,
+        uint retryAfterMs = 0)
     {
         long now = Stopwatch.GetTimestamp();
         Complete(new CompletionResult
@@ -132,6 +133,7 @@ public sealed class CompletionCall
             Detail = detail,
             Message = message,
             Retriable = retriable,
+            RetryAfter = retryAfterMs == 0 ? null : TimeSpan.FromMilliseconds(retryAfterMs),
             ReceivedTokens = _received,
             Ids = _ids is null ? [] : _ids.WrittenSpan.ToArray(),
             Text = _text is null ? "" : Utf8Text.Decode(_text.WrittenSpan),

@@ -58,6 +58,13 @@ public enum ClientFailure : byte
     /// given). Status <see cref="WireStatus.TooLarge"/> or <see cref="WireStatus.BadRequest"/>.
     /// </summary>
     Rejected = 3,
+    /// <summary>
+    /// The client's adaptive throttle (<see cref="FastServeClientOptions.AdaptiveThrottling"/>) refused the request
+    /// locally because the server has been refusing requests for load; nothing was sent. Status
+    /// <see cref="WireStatus.Overloaded"/> (as a server's refusal), status name <c>throttled</c>, detail
+    /// <c>client.throttled</c>, retriable, with a <see cref="CompletionResult.RetryAfter"/> hint.
+    /// </summary>
+    Throttled = 4,
 }
 
 /// <summary>
@@ -102,7 +109,8 @@ public sealed record CompletionResult
 {
     /// <summary>The wire status; for a <see cref="ClientFailure"/> the closest wire status (see that enum).</summary>
     public required WireStatus Status { get; init; }
-    /// <summary>Stable snake_case name: the wire status name, or <c>connection_lost</c> / <c>send_buffer_full</c>.</summary>
+    /// <summary>Stable snake_case name: the wire status name, or <c>connection_lost</c> / <c>send_buffer_full</c> /
+    /// <c>throttled</c>.</summary>
     public required string StatusName { get; init; }
     public ClientFailure ClientFailure { get; init; }
     /// <summary>Why generation stopped, when <see cref="Status"/> is <c>ok</c>.</summary>
@@ -114,7 +122,8 @@ public sealed record CompletionResult
     public string? Message { get; init; }
     /// <summary>Whether sending the same request again (here or elsewhere) may succeed.</summary>
     public bool Retriable { get; init; }
-    /// <summary>The server's back-off hint (overloaded, unavailable, draining); null when none was given.</summary>
+    /// <summary>The server's back-off hint (overloaded, unavailable, draining), or the throttle's for a
+    /// <see cref="ClientFailure.Throttled"/> call; null when none was given.</summary>
     public TimeSpan? RetryAfter { get; init; }
     public int PromptTokens { get; init; }
     public int CachedPromptTokens { get; init; }

@@ -30,6 +30,7 @@ public sealed class FastServeClient : IAsyncDisposable
     private readonly FrameConnection _conn;
     private readonly OutBuffer _out;
     private readonly FastServeClientOptions _options;
+    private readonly AdaptiveThrottle? _throttle;
 
     // Calls and control waiters: guarded by _lock (taken after _out.Lock when both are needed). Closing sets _closed
     // under it, so nothing registers afterwards.
@@ -56,6 +57,7 @@ public sealed class FastServeClient : IAsyncDisposable
     private FastServeClient(Socket socket, FastServeClientOptions options)
     {
         _options = options;
+        if (options.AdaptiveThrottling is { Enabled: true } t) _throttle = new AdaptiveThrottle(t);
         _conn = new FrameConnection(socket, options.MaxReceiveFrameBytes, long.MaxValue,
             why => Close("client.send_failed", $"sending failed: {why}"), InitialBufferBytes, InitialBufferBytes);
         _out = _conn.Out;
@@ -69,6 +71,15 @@ public sealed class FastServeClient : IAsyncDisposable
 
     /// <summary>Requests started and not yet completed.</summary>
     public int InFlight { get { lock (_lock) return _calls.Count; } }
+
+    /// <summary>The adaptive throttle (<see cref="FastServeClientOptions.AdaptiveThrottling"/>), null when it is off.</summary>
+    public AdaptiveThrottle? Throttle => _throttle;
+
+    /// <summary>Requests this client refused locally (<see cref="ClientFailure.Throttled"/>); 0 when throttling is off.</summary>
+    public long Throttled => _throttle?.Throttled ?? 0;
+
+    /// <summary>The probability that the throttle refuses the next request locally; 0 when throttling is off.</summary>
+    public double ThrottleRejectProbability => _throttle?.RejectProbability ?? 0;
 
     /// <summary>The last connection-level ERROR the server sent (fatal or not), null if none. Non-fatal ones other than a
     /// refused DRAIN answer nothing this client asked, so they are only kept here.</summary>
@@ -206,7 +217,8 @@ public sealed class FastServeClient : IAsyncDisposable
     /// Starts a completion: registers it, queues its REQUEST frame and returns at once (never waits on the network:
     /// when no send is running the frame leaves on the calling thread with a non-blocking send, else with the next batch).
     /// Deltas stream into <see cref="CompletionCall.Deltas"/> (unless <see cref="FastServeClientOptions.CollectOutput"/> is off).
-    /// Problems never throw: the call completes with a failure (connection lost, send buffer full, refused).
+    /// Problems never throw: the call completes with a failure (connection lost, send buffer full, refused, or
+    /// throttled: the adaptive throttle refused it locally, <see cref="FastServeClientOptions.AdaptiveThrottling"/>).
     /// </summary>
     public CompletionCall Start(CompletionRequest request) => Start(request, stream: true);
 
@@ -274,6 +286,13 @@ public sealed class FastServeClient : IAsyncDisposable
             if (payload > Server.MaxFrame)
                 return Refuse(call, WireStatus.TooLarge, "client.frame_too_large", $"the request is {payload} bytes; the server accepts frames up to {Server.MaxFrame}");
             long frame = Wire.HeaderSize + payload;
+            // A closed client keeps answering connection_lost, uncounted: the throttle is about the server's answers.
+            if (_throttle is not null && !_isClosed && !_throttle.TryAdmit())
+            {
+                call.Fail(ClientFailure.Throttled, WireStatus.Overloaded, "throttled", "client.throttled", ThrottledMessage, retriable: true,
+                    retryAfterMs: _throttle.RetryAfterMs);
+                return call;
+            }
 
             ClientFailure failure = ClientFailure.None;
             lock (_out.Lock)
@@ -298,8 +317,11 @@ public sealed class FastServeClient : IAsyncDisposable
             }
             if (failure == ClientFailure.None) _out.Flush();
             if (failure == ClientFailure.SendBufferFull)
+            {
+                _throttle?.OnUnanswered();
                 call.Fail(ClientFailure.SendBufferFull, WireStatus.TooManyRequests, "send_buffer_full", "client.send_buffer_full",
                     $"more than {_options.MaxPendingSendBytes} bytes are waiting to be sent", retriable: true);
+            }
             else if (failure == ClientFailure.ConnectionLost) FailLost(call);
             return call;
         }
@@ -308,6 +330,8 @@ public sealed class FastServeClient : IAsyncDisposable
             if (rented is not null) ArrayPool<byte>.Shared.Return(rented);
         }
     }
+
+    private const string ThrottledMessage = "refused by the client's adaptive throttle: the server has been refusing requests for load";
 
     private static CompletionCall Refuse(CompletionCall call, WireStatus status, string detail, string message)
     {
@@ -548,6 +572,7 @@ public sealed class FastServeClient : IAsyncDisposable
                 CompletionCall? call;
                 lock (_lock) _calls.Remove(h.Id, out call);
                 if (call is null) return $"FINAL for unknown request id {h.Id}";
+                _throttle?.OnAnswer(f.Status, f.RetryAfterMs);
                 call.OnFinal(f, detail, message, now);
                 return null;
             }

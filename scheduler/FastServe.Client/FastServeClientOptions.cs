@@ -35,8 +35,16 @@ public sealed record FastServeClientOptions
     /// </summary>
     public TimeSpan? KeepAliveInterval { get; init; }
 
+    /// <summary>
+    /// Client-side adaptive throttling (docs/client.md): when the server refuses requests for load, refuse a share of
+    /// new requests locally (<see cref="ClientFailure.Throttled"/>) instead of sending them. On by default (K = 2 over
+    /// 2 minutes); null, or <see cref="AdaptiveThrottleOptions.K"/> = 0, turns it off.
+    /// </summary>
+    public AdaptiveThrottleOptions? AdaptiveThrottling { get; init; } = AdaptiveThrottleOptions.Default;
+
     internal void Validate()
     {
+        AdaptiveThrottling?.Validate();
         if (ConnectTimeout <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(ConnectTimeout), "must be positive");
         if (MaxPendingSendBytes < 64 << 10) throw new ArgumentOutOfRangeException(nameof(MaxPendingSendBytes), "must be at least 64 KiB");
         if (MaxReceiveFrameBytes < 4096) throw new ArgumentOutOfRangeException(nameof(MaxReceiveFrameBytes), "must be at least 4096");

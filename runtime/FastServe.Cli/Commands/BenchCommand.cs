@@ -40,6 +40,8 @@ internal static class BenchCommand
         {
             Description = "Mark requests 'whole' (the output is used only with the final): a router may hold the output back and replay a request whose replica is lost mid-generation. TTFT through a router then measures the whole request",
         };
+        var noThrottle = new Option<bool>("--no-throttle") { Description = "Turn off the client's adaptive throttling (on by default: requests the server keeps refusing for load are refused locally, as 'throttled')" };
+        var throttleK = new Option<double>("--throttle-k") { Description = "Adaptive throttling's K: refuse locally once requests exceed K times the server's accepts (lower is more aggressive)", DefaultValueFactory = _ => 2 };
         var slo = new Option<double>("--slo-ms") { Description = "P99 end-to-end target, ms", DefaultValueFactory = _ => 1000 };
         var maxErrors = new Option<double>("--max-error-rate") { Description = "Largest share of failed or unfinished requests that still meets the SLO", DefaultValueFactory = _ => 0.01 };
         var seed = new Option<int>("--seed") { Description = "Seed of arrivals and prompt choice", DefaultValueFactory = _ => 1 };
@@ -56,7 +58,7 @@ internal static class BenchCommand
 
         var cmd = new Command("bench", "Load a FastServe server with grammar-correction requests: throughput, goodput, TTFT/TPOT/end-to-end percentiles, errors; sweeps for the highest rate meeting the SLO.");
         foreach (Option o in new Option[] { host, port, connections, rate, concurrency, profile, sweep, arrival, burstiness, duration, warmup, drain, maxTokens,
-                     noIgnoreEos, temperature, deadline, noText, whole, slo, maxErrors, seed, sweepStart, sweepFactor, sweepStep, sweepMax, sweepFails, sweepRefine,
+                     noIgnoreEos, temperature, deadline, noText, whole, noThrottle, throttleK, slo, maxErrors, seed, sweepStart, sweepFactor, sweepStep, sweepMax, sweepFails, sweepRefine,
                      chart, json, outJson, prompt }) cmd.Add(o);
         cmd.SetAction(async (r, ct) =>
         {
@@ -101,6 +103,11 @@ internal static class BenchCommand
                 if (wu > 0 && !(rp.Rate(0) > 0))
                     throw new FastServeException("args.invalid_profile", "a profile starting at 0 req/s needs --warmup 0", "--profile");
             }
+            double k = r.GetValue(throttleK);
+            if (!(k >= 1 && k <= 1000)) throw new FastServeException("args.invalid_throttle_k", "--throttle-k must be between 1 and 1000", "--throttle-k");
+            bool throttle = !r.GetValue(noThrottle);
+            if (!throttle && r.GetResult(throttleK) is { Implicit: false })
+                throw new FastServeException("args.invalid_throttle_k", "--throttle-k has no effect with --no-throttle", "--throttle-k");
             string? chartPath = r.GetValue(chart);
             if (chartPath is not null && !doSweep) throw new FastServeException("args.chart_needs_sweep", "--chart plots a sweep: add --sweep", "--chart");
 
@@ -133,7 +140,11 @@ internal static class BenchCommand
                 SloMs = sloMs,
                 MaxErrorRate = maxErr,
                 Seed = r.GetValue(seed),
-                ClientOptions = new FastServeClientOptions { ClientName = "fastserve-bench" },
+                ClientOptions = new FastServeClientOptions
+                {
+                    ClientName = "fastserve-bench",
+                    AdaptiveThrottling = throttle ? AdaptiveThrottleOptions.Default with { K = k } : null,
+                },
             };
             SweepOptions? sweepOptions = null;
             if (doSweep)
@@ -243,16 +254,19 @@ internal static class BenchCommand
     {
         string target = p.TargetRps is { } t ? $"offered {t:F1} req/s" : $"concurrency {p.Concurrency}";
         string errors = p.Errors.Count == 0 ? "" : " | errors " + string.Join(", ", p.Errors.Select(e => $"{e.Key} {e.Value}"));
+        string refusals = p.Throttled == 0 && p.Rejection.Count == 0 ? ""
+            : $" | throttled {p.Throttled}, P99 admitted {Ms(p.AdmittedEndToEnd.P99)} ms, rejection p50/p99 {Ms(p.Rejection.P50)}/{Ms(p.Rejection.P99)} ms";
         return $"{(p.MeetsSlo ? "[green]pass[/]" : "[red]fail[/]")} {target} | achieved {p.AchievedRps:F1} req/s, goodput {p.GoodputRps:F1} | " +
             $"TTFT p50/p99 {Ms(p.Ttft.P50)}/{Ms(p.Ttft.P99)} ms | TPOT p50/p99 {Ms(p.Tpot.P50)}/{Ms(p.Tpot.P99)} ms | " +
             $"E2E p50/p90/p99/p99.9 {Ms(p.EndToEnd.P50)}/{Ms(p.EndToEnd.P90)}/{Ms(p.EndToEnd.P99)}/{Ms(p.EndToEnd.P999)} ms | " +
-            $"{p.PromptTokensPerSecond:F0}/{p.CompletionTokensPerSecond:F0} tok/s in/out" + Markup.Escape(errors);
+            $"{p.PromptTokensPerSecond:F0}/{p.CompletionTokensPerSecond:F0} tok/s in/out" + refusals + Markup.Escape(errors);
     }
 
     private static Table Table(List<BenchResult> points, BenchResult? best)
     {
         var t = new Table().Border(TableBorder.Rounded);
-        foreach (var h in new[] { "req/s offered", "achieved", "goodput", "TTFT p50/p99", "TPOT p50/p99", "E2E p50/p90/p99/p99.9", "tok/s out", "errors", "SLO" })
+        foreach (var h in new[] { "req/s offered", "achieved", "goodput", "TTFT p50/p99", "TPOT p50/p99", "E2E p50/p90/p99/p99.9", "tok/s out", "errors",
+                     "throttled", "P99 admitted", "reject p50/p99", "SLO" })
             t.AddColumn(new TableColumn(h).RightAligned());
         foreach (var p in points.OrderBy(p => p.TargetRps ?? 0))
         {
@@ -261,7 +275,8 @@ internal static class BenchCommand
             t.AddRow(offered, p.AchievedRps.ToString("F1", CultureInfo.InvariantCulture), p.GoodputRps.ToString("F1", CultureInfo.InvariantCulture),
                 $"{Ms(p.Ttft.P50)}/{Ms(p.Ttft.P99)}", $"{Ms(p.Tpot.P50)}/{Ms(p.Tpot.P99)}",
                 $"{Ms(p.EndToEnd.P50)}/{Ms(p.EndToEnd.P90)}/{Ms(p.EndToEnd.P99)}/{Ms(p.EndToEnd.P999)}",
-                p.CompletionTokensPerSecond.ToString("F0", CultureInfo.InvariantCulture), p.ErrorRate.ToString("P2", CultureInfo.InvariantCulture), slo);
+                p.CompletionTokensPerSecond.ToString("F0", CultureInfo.InvariantCulture), p.ErrorRate.ToString("P2", CultureInfo.InvariantCulture),
+                p.Throttled.ToString(CultureInfo.InvariantCulture), Ms(p.AdmittedEndToEnd.P99), $"{Ms(p.Rejection.P50)}/{Ms(p.Rejection.P99)}", slo);
         }
         t.Caption("latencies in ms, from each request's intended send time");
         return t;

@@ -44,6 +44,12 @@ public static class BenchJson
         foreach (var (name, us) in r.ServerMeanUs) Num(w, name, us);
         w.WriteEndObject();
         w.WriteNumber("reconnects", r.Reconnects);
+        w.WriteNumber("throttled", r.Throttled);
+        w.WriteNumber("admitted", r.Admitted);
+        Num(w, "p99_admitted_ms", r.AdmittedEndToEnd.P99);
+        w.WriteNumber("rejections", r.Rejection.Count);
+        Num(w, "rejection_p50_ms", r.Rejection.P50);
+        Num(w, "rejection_p99_ms", r.Rejection.P99);
         w.WriteEndObject();
     }
 
@@ -61,6 +67,8 @@ public static class BenchJson
         w.WriteNumber("max_error_rate", o.MaxErrorRate);
         w.WriteNumber("seed", o.Seed);
         w.WriteBoolean("sweep", sweep);
+        // The throttle each connection ran with (LoadGenerator uses the client's defaults when none are given).
+        Num(w, "throttle_k", (o.ClientOptions ?? new FastServeClientOptions()).AdaptiveThrottling is { Enabled: true } t ? t.K : null);
         w.WriteStartArray("points");
         foreach (var p in points) WriteResult(w, p);
         w.WriteEndArray();

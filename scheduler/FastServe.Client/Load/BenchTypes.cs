@@ -97,6 +97,12 @@ public sealed record BenchResult
     public long Good { get; init; }
     /// <summary>Measured requests still running when the drain limit ran out.</summary>
     public long Unfinished { get; init; }
+    /// <summary>Measured requests the client's adaptive throttle refused locally (also in <see cref="Errors"/> as
+    /// <c>throttled</c>); never sent.</summary>
+    public long Throttled { get; init; }
+    /// <summary>Measured requests the server admitted: a FINAL that is not a refusal for load
+    /// (<see cref="AdaptiveThrottle.IsLoadRefusal"/>: ok, deadline_exceeded, cancelled, ...), plus the unfinished.</summary>
+    public long Admitted { get; init; }
     /// <summary>Measured requests that did not end ok, by status name (<c>overloaded</c>, <c>connection_lost</c>, …;
     /// <c>unfinished</c> for those cut off by the drain limit).</summary>
     public required IReadOnlyDictionary<string, long> Errors { get; init; }
@@ -114,6 +120,13 @@ public sealed record BenchResult
     public LatencySummary Tpot { get; init; }
     /// <summary>End-to-end latency of ok requests, plus an infinite sample per unfinished request.</summary>
     public LatencySummary EndToEnd { get; init; }
+    /// <summary>End-to-end latency of the <see cref="Admitted"/> requests, ok or not (a request that missed its deadline
+    /// counts), from the intended send time; infinite for unfinished ones. Leaves out server refusals for load and local
+    /// throttles, whose quick answers would otherwise flatter the percentiles of an overloaded server.</summary>
+    public LatencySummary AdmittedEndToEnd { get; init; } = LatencySummary.Empty;
+    /// <summary>Time from the actual send to the FINAL of the server's refusals for load (overloaded, too_many_requests,
+    /// draining, unavailable): how quickly an overloaded server says no.</summary>
+    public LatencySummary Rejection { get; init; } = LatencySummary.Empty;
     /// <summary>How late requests were sent against their intended time (the generator's own lag), ms.</summary>
     public LatencySummary SendLag { get; init; }
     /// <summary>Mean of each server timing slot over ok requests, microseconds (NaN when none reported it).</summary>

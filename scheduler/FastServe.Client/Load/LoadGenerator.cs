@@ -180,7 +180,13 @@ public static class LoadGenerator
             }
         }
 
-        public void OnCompleted(CompletionCall call, CompletionResult result) => Next();
+        public void OnCompleted(CompletionCall call, CompletionResult result)
+        {
+            // A throttled call ends inside Start: going on at once would spin, refusing locally at CPU speed.
+            if (result.ClientFailure == ClientFailure.Throttled)
+                _ = Task.Delay(10, CancellationToken.None).ContinueWith(static (_, c) => ((Chain)c!).Next(), this, TaskScheduler.Default);
+            else Next();
+        }
     }
 
     // Starts one request (or records a connection_lost failure when no connection is up). Null in the latter case.
@@ -240,12 +246,13 @@ public static class LoadGenerator
         private readonly object _lock = new();
         private readonly BenchOptions _o;
         private readonly SampleSet _ttft = new(seed: 1), _tpot = new(seed: 2), _e2e = new(seed: 3), _lag = new(seed: 4);
+        private readonly SampleSet _admittedE2e = new(seed: 5), _rejection = new(seed: 6);
         private readonly Dictionary<string, long> _errors = new();
         private readonly HashSet<Pending> _outstanding = new(ReferenceEqualityComparer.Instance);
         private readonly double[] _serverSum = new double[ServerTimings.Names.Length];
         private readonly long[] _serverCount = new long[ServerTimings.Names.Length];
         private long _sentAll, _doneAll, _errorsAll;
-        private long _sent, _ok, _good, _unfinished, _promptTokens, _completionTokens;
+        private long _sent, _ok, _good, _unfinished, _promptTokens, _completionTokens, _throttled, _admitted;
         private int _inFlight;
 
         public Recorder(BenchOptions o) => _o = o;
@@ -278,6 +285,18 @@ public static class LoadGenerator
                 _outstanding.Remove(p);
                 _promptTokens += r.PromptTokens;
                 _completionTokens += r.CompletionTokens;
+                if (r.ClientFailure == ClientFailure.Throttled) _throttled++;
+                else if (r.ClientFailure == ClientFailure.None)
+                {
+                    // The server's answer: admitted (the throttle's "accept", whatever came of it), or refused for load,
+                    // timed from the actual send so the generator's own lag does not count as the server's.
+                    if (AdaptiveThrottle.IsLoadRefusal(r.Status)) _rejection.Add((r.FinalTimestamp - r.StartedTimestamp) * 1000 / f);
+                    else
+                    {
+                        _admitted++;
+                        _admittedE2e.Add((r.FinalTimestamp - p.Intended) * 1000 / f);
+                    }
+                }
                 if (!r.IsOk)
                 {
                     _errors[r.StatusName] = _errors.GetValueOrDefault(r.StatusName) + 1;
@@ -314,6 +333,8 @@ public static class LoadGenerator
                     _unfinished++;
                     _errors["unfinished"] = _errors.GetValueOrDefault("unfinished") + 1;
                     _e2e.Add(double.PositiveInfinity);
+                    _admitted++;
+                    _admittedE2e.Add(double.PositiveInfinity);
                     if (p.Call is not { FirstTokenTimestamp: not 0 }) _ttft.Add(double.PositiveInfinity);
                 }
             }
@@ -348,6 +369,8 @@ public static class LoadGenerator
                     Ok = _ok,
                     Good = _good,
                     Unfinished = _unfinished,
+                    Throttled = _throttled,
+                    Admitted = _admitted,
                     Errors = new SortedDictionary<string, long>(_errors, StringComparer.Ordinal),
                     PromptTokensPerSecond = _promptTokens / window,
                     CompletionTokensPerSecond = _completionTokens / window,
@@ -355,6 +378,8 @@ public static class LoadGenerator
                     Tpot = _tpot.Summarize(),
                     EndToEnd = _e2e.Summarize(),
                     SendLag = _lag.Summarize(),
+                    AdmittedEndToEnd = _admittedE2e.Summarize(),
+                    Rejection = _rejection.Summarize(),
                     ServerMeanUs = server,
                     Reconnects = reconnects,
                 };

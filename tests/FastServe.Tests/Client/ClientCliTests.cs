@@ -84,6 +84,36 @@ public class ClientCliTests
     }
 
     [Test]
+    public void BenchReportsThrottlingAndRejectionsAndCanTurnThrottlingOff()
+    {
+        using var fake = new FakeReplica { AcceptEvery = 4, FirstTokenDelay = TimeSpan.FromMilliseconds(2), FinalDelay = TimeSpan.FromMilliseconds(2) };
+        string[] run = ["bench", "--port", fake.Port.ToString(), "--connections", "2", "--rate", "300", "--duration", "1", "--warmup", "0.2",
+            "--drain", "2", "--max-tokens", "4", "--json"];
+        var r = CliTests.Run(run);
+        Assert.That(r.Code, Is.Zero, r.Err);
+        using (var doc = JsonDocument.Parse(r.Out))
+        {
+            Assert.That(doc.RootElement.GetProperty("throttle_k").GetDouble(), Is.EqualTo(2));
+            var p = doc.RootElement.GetProperty("points")[0];
+            long throttled = p.GetProperty("throttled").GetInt64(), refused = p.GetProperty("errors").GetProperty("overloaded").GetInt64();
+            Assert.That(throttled, Is.GreaterThan(0));
+            Assert.That(p.GetProperty("errors").GetProperty("throttled").GetInt64(), Is.EqualTo(throttled));
+            Assert.That(p.GetProperty("ok").GetInt64() + refused + throttled, Is.EqualTo(p.GetProperty("sent").GetInt64()));
+            Assert.That(p.GetProperty("admitted").GetInt64(), Is.EqualTo(p.GetProperty("ok").GetInt64()));
+            Assert.That(p.GetProperty("p99_admitted_ms").GetDouble(), Is.GreaterThan(3));
+            Assert.That(p.GetProperty("rejections").GetInt64(), Is.EqualTo(refused));
+            Assert.That(p.GetProperty("rejection_p99_ms").GetDouble(), Is.GreaterThanOrEqualTo(p.GetProperty("rejection_p50_ms").GetDouble()));
+        }
+        r = CliTests.Run([.. run, "--no-throttle"]);
+        Assert.That(r.Code, Is.Zero, r.Err);
+        using (var doc = JsonDocument.Parse(r.Out))
+        {
+            Assert.That(doc.RootElement.GetProperty("throttle_k").ValueKind, Is.EqualTo(JsonValueKind.Null));
+            Assert.That(doc.RootElement.GetProperty("points")[0].GetProperty("throttled").GetInt64(), Is.Zero);
+        }
+    }
+
+    [Test]
     public void BenchRejectsConflictingModes()
     {
         var r = CliTests.Run("bench", "--rate", "10", "--concurrency", "2");
@@ -93,5 +123,9 @@ public class ClientCliTests
         Assert.That(r.Err, Does.StartWith("error[args.chart_needs_sweep]"));
         r = CliTests.Run("bench", "--profile", "weekly:1:2");
         Assert.That(r.Err, Does.StartWith("error[args.invalid_profile]"));
+        r = CliTests.Run("bench", "--rate", "10", "--throttle-k", "0.5");
+        Assert.That(r.Err, Does.StartWith("error[args.invalid_throttle_k]"));
+        r = CliTests.Run("bench", "--rate", "10", "--no-throttle", "--throttle-k", "3");
+        Assert.That(r.Err, Does.StartWith("error[args.invalid_throttle_k]"));
     }
 }

@@ -8,7 +8,7 @@ namespace FastServe.Tests.Client;
 /// <summary>
 /// A stand-in replica for load-generator tests: accepts any number of connections, answers HELLO, and answers every
 /// REQUEST after a fixed delay with one DELTA (all tokens) and a FINAL. Optionally serves one request at a time
-/// (a server of fixed capacity), or answers some requests <c>overloaded</c>.
+/// (a server of fixed capacity), or answers some requests <c>overloaded</c> (at once, with a 50 ms retry-after hint).
 /// </summary>
 internal sealed class FakeReplica : IDisposable
 {
@@ -29,8 +29,13 @@ internal sealed class FakeReplica : IDisposable
     public TimeSpan FinalDelay { get; init; } = TimeSpan.FromMilliseconds(10);
     /// <summary>Serve requests one at a time (others wait): a server with a fixed capacity.</summary>
     public bool Serial { get; init; }
-    /// <summary>Answer every n-th request (1-based count over all connections) with overloaded; 0 = never.</summary>
-    public int OverloadEvery { get; init; }
+    /// <summary>Answer every n-th request (1-based count over all connections) with overloaded; 0 = never. May change
+    /// while serving.</summary>
+    public int OverloadEvery { get => Volatile.Read(ref _overloadEvery); set => Volatile.Write(ref _overloadEvery, value); }
+    private int _overloadEvery;
+    /// <summary>Serve only every n-th request (1-based count over all connections) and answer the others overloaded;
+    /// 0 = serve all (then <see cref="OverloadEvery"/> applies).</summary>
+    public int AcceptEvery { get; init; }
 
     public int Requests => Volatile.Read(ref _requests);
     public int MaxInFlight => Volatile.Read(ref _maxInFlight);
@@ -108,7 +113,8 @@ internal sealed class FakeReplica : IDisposable
     {
         try
         {
-            if (OverloadEvery > 0 && n % OverloadEvery == 0)
+            int every = OverloadEvery;
+            if ((every > 0 && n % every == 0) || (AcceptEvery > 0 && n % AcceptEvery != 0))
             {
                 var f = new FinalInfo { Status = WireStatus.Overloaded, Retriable = true, RetryAfterMs = 50 };
                 await SendAsync(s, writeLock, w => FrameWriter.Final(w, id, f, "engine.queue_full", "queue full"));

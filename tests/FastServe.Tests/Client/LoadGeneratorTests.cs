@@ -79,6 +79,54 @@ public class LoadGeneratorTests
         Assert.That(r.EndToEnd.Count, Is.EqualTo(r.Ok), "only ok requests have latencies");
     }
 
+    // A server that serves one request in four and refuses the rest: the throttle refuses most requests locally, and the
+    // figures keep the three outcomes apart (served, refused by the server, refused by the client).
+    [Test]
+    public async Task OverloadFiguresSeparateAdmittedRefusedAndThrottled()
+    {
+        using var fake = new FakeReplica { AcceptEvery = 4, FirstTokenDelay = TimeSpan.FromMilliseconds(2), FinalDelay = TimeSpan.FromMilliseconds(2) };
+        var o = Options(fake) with { Rate = 400, Duration = TimeSpan.FromSeconds(1), SettleLimit = TimeSpan.Zero };
+        var r = await LoadGenerator.RunAsync(o);
+        TestContext.Out.WriteLine($"sent {r.Sent}, ok {r.Ok}, admitted {r.Admitted}, errors {string.Join(", ", r.Errors)}, throttled {r.Throttled}, " +
+            $"p99 admitted {r.AdmittedEndToEnd.P99:F2} ms, rejection p50/p99 {r.Rejection.P50:F2}/{r.Rejection.P99:F2} ms, {fake.Requests} reached the fake");
+        long refused = r.Errors.GetValueOrDefault("overloaded");
+        Assert.That(r.Errors.Keys, Is.SubsetOf(new[] { "overloaded", "throttled" }));
+        Assert.That(r.Throttled, Is.GreaterThan(r.Sent / 4), "most of the 3 in 4 the server would refuse are refused locally");
+        Assert.That(r.Errors["throttled"], Is.EqualTo(r.Throttled));
+        Assert.That(refused, Is.GreaterThan(0));
+        Assert.That(r.Ok + refused + r.Throttled, Is.EqualTo(r.Sent));
+        Assert.That(r.Admitted, Is.EqualTo(r.Ok), "nothing failed after admission");
+        Assert.That(r.AdmittedEndToEnd.Count, Is.EqualTo(r.Ok));
+        Assert.That(r.AdmittedEndToEnd.P99, Is.EqualTo(r.EndToEnd.P99), "with no deadline, the admitted are the ok");
+        Assert.That(r.Rejection.Count, Is.EqualTo(refused));
+        Assert.That(r.Rejection.P50, Is.GreaterThan(0).And.LessThanOrEqualTo(r.Rejection.P99));
+        Assert.That(double.IsFinite(r.Rejection.P99), Is.True);
+        Assert.That(fake.Requests, Is.LessThan(r.Sent - r.Throttled + 200), "throttled requests never reach the server (the warm-up's do)");
+
+        var off = await LoadGenerator.RunAsync(o with { ClientOptions = new global::FastServe.Client.FastServeClientOptions { AdaptiveThrottling = null } });
+        Assert.That(off.Throttled, Is.Zero);
+        Assert.That(off.Errors.Keys, Is.EqualTo(new[] { "overloaded" }));
+        Assert.That(off.Errors["overloaded"], Is.EqualTo(off.Sent * 3 / 4.0).Within(off.Sent * 0.05 + 2));
+
+        using var ms = new MemoryStream();
+        using (var w = new Utf8JsonWriter(ms))
+        {
+            w.WriteStartObject();
+            BenchJson.WriteDocument(w, o, "fake", sweep: false, [r], null);
+            w.WriteEndObject();
+        }
+        using var doc = JsonDocument.Parse(ms.ToArray());
+        Assert.That(doc.RootElement.GetProperty("throttle_k").GetDouble(), Is.EqualTo(2));
+        var p = doc.RootElement.GetProperty("points")[0];
+        Assert.That(p.GetProperty("throttled").GetInt64(), Is.EqualTo(r.Throttled));
+        Assert.That(p.GetProperty("admitted").GetInt64(), Is.EqualTo(r.Admitted));
+        Assert.That(p.GetProperty("p99_admitted_ms").GetDouble(), Is.EqualTo(Math.Round(r.AdmittedEndToEnd.P99, 4)));
+        Assert.That(p.GetProperty("rejections").GetInt64(), Is.EqualTo(refused));
+        Assert.That(p.GetProperty("rejection_p50_ms").GetDouble(), Is.EqualTo(Math.Round(r.Rejection.P50, 4)));
+        Assert.That(p.GetProperty("rejection_p99_ms").GetDouble(), Is.EqualTo(Math.Round(r.Rejection.P99, 4)));
+        Assert.That(p.GetProperty("errors").GetProperty("throttled").GetInt64(), Is.EqualTo(r.Throttled));
+    }
+
     [Test]
     public async Task ClosedLoopKeepsConcurrencyRequestsInFlight()
     {
@@ -214,9 +262,13 @@ public class LoadGeneratorTests
         Assert.That(best.GetProperty("target_rps").GetDouble(), Is.EqualTo(50));
         Assert.That(best.GetProperty("e2e_ms").GetProperty("p99").GetDouble(), Is.EqualTo(120));
         Assert.That(best.GetProperty("goodput_rps").GetDouble(), Is.EqualTo(100));
+        Assert.That(best.GetProperty("p99_admitted_ms").ValueKind, Is.EqualTo(JsonValueKind.Null), "no samples");
+        Assert.That(best.GetProperty("throttled").GetInt64(), Is.Zero);
+        Assert.That(root.GetProperty("throttle_k").GetDouble(), Is.EqualTo(2), "on by default");
         foreach (var name in new[] { "mode", "concurrency", "arrival", "burstiness", "profile", "window_s", "slo_ms", "sent", "ok", "good",
                      "offered_rps", "achieved_rps", "error_rate", "prompt_tokens_per_s", "completion_tokens_per_s", "ttft_ms", "tpot_ms",
-                     "send_lag_ms", "errors", "server_mean_us", "reconnects" })
+                     "send_lag_ms", "errors", "server_mean_us", "reconnects", "throttled", "admitted", "p99_admitted_ms", "rejections",
+                     "rejection_p50_ms", "rejection_p99_ms" })
             Assert.That(best.TryGetProperty(name, out _), Is.True, name);
     }
 }

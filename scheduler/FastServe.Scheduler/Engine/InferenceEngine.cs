@@ -94,6 +94,10 @@ public sealed class InferenceEngine : IDisposable
     /// were admitted recently while a queue existed. Zero before any queue has been observed.</summary>
     public TimeSpan EstimatedQueueWait(Priority priority) => _admission.EstimatedQueueWait(priority);
 
+    /// <summary>The queue wait allowed now to a request without a deadline (<see cref="EngineOptions.QueueTarget"/>
+    /// while the queue stands, <see cref="EngineOptions.QueueInterval"/> otherwise); zero when there is no budget.</summary>
+    public TimeSpan QueueBudget => TimeSpan.FromSeconds(_control.BudgetTicks / (double)Stopwatch.Frequency);
+
     /// <summary>A snapshot of the counters; cheap enough to call every second.</summary>
     public EngineStats GetStats() => _counters.Snapshot(_admission, _kv);
 

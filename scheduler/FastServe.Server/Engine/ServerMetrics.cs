@@ -21,9 +21,9 @@ internal sealed class ServerMetrics : IDisposable
     private readonly EngineHost _host;
     private readonly CollectorRegistry _registry = Metrics.NewCustomRegistry();
     private readonly MetricServer _server;
-    private readonly Counter _requests, _promptTokens, _generationTokens, _preemptions, _steps;
+    private readonly Counter _requests, _promptTokens, _generationTokens, _preemptions, _steps, _rows, _wastedRows;
     private readonly Histogram _queue, _ttft, _tpot, _e2e, _batchSeqs, _batchTokens, _stepSeconds;
-    private readonly Gauge _running, _waiting, _inflight, _kvUsage, _prefixHitRatio, _cpu, _ready, _deviceIdle;
+    private readonly Gauge _running, _waiting, _inflight, _kvUsage, _prefixHitRatio, _cpu, _ready, _deviceIdle, _queueWait, _queueBudget;
 
     public ServerMetrics(EngineHost host, string hostname, int port)
     {
@@ -34,6 +34,8 @@ internal sealed class ServerMetrics : IDisposable
         _generationTokens = f.CreateCounter("fastserve_generation_tokens_total", "Tokens generated for finished requests.");
         _preemptions = f.CreateCounter("fastserve_preemptions_total", "Sequences preempted (KV dropped, recomputed later).");
         _steps = f.CreateCounter("fastserve_engine_steps_total", "Forward steps run by the engine.");
+        _rows = f.CreateCounter("fastserve_engine_rows_total", "Rows (prompt tokens prefilled plus tokens generated) the engine computed.");
+        _wastedRows = f.CreateCounter("fastserve_engine_wasted_rows_total", "Of those rows, the ones spent on requests that then missed their deadline: work admission control failed to save.");
         _queue = f.CreateHistogram("fastserve_request_queue_seconds", "Receipt to first scheduled on the device.", new HistogramConfiguration { Buckets = LatencyBuckets });
         _ttft = f.CreateHistogram("fastserve_time_to_first_token_seconds", "Receipt to the first token sent to the client.", new HistogramConfiguration { Buckets = LatencyBuckets });
         _tpot = f.CreateHistogram("fastserve_time_per_output_token_seconds", "Mean time between output tokens of a request after the first.", new HistogramConfiguration { Buckets = TpotBuckets });
@@ -47,6 +49,8 @@ internal sealed class ServerMetrics : IDisposable
         _kvUsage = f.CreateGauge("fastserve_kv_cache_usage_ratio", "Fraction of KV-cache blocks held by requests.");
         _prefixHitRatio = f.CreateGauge("fastserve_prefix_cache_hit_ratio", "Prefix-cache block hits over lookups since start.");
         _deviceIdle = f.CreateGauge("fastserve_device_idle_ratio", "Device idle time between steps over busy plus idle, since start.");
+        _queueWait = f.CreateGauge("fastserve_estimated_queue_wait_seconds", "The engine's estimate of how long an interactive request arriving now would wait for admission.");
+        _queueBudget = f.CreateGauge("fastserve_queue_budget_seconds", "Queue wait allowed now to requests without a deadline (CoDel: the target while the queue stands, the interval otherwise; 0 = none).");
         _ready = f.CreateGauge("fastserve_ready", "1 when the replica is ready, 0 when starting or draining.");
         _cpu = f.CreateGauge("fastserve_process_cpu_seconds_total", "CPU time (user + system) of each replica process.", new GaugeConfiguration { LabelNames = ["role", "index"] });
         foreach (var s in WireNames.All) _requests.WithLabels(WireNames.Of(s));
@@ -90,6 +94,10 @@ internal sealed class ServerMetrics : IDisposable
             _kvUsage.Set(s.KvBlocksTotal == 0 ? 0 : s.KvBlocksUsed / (double)s.KvBlocksTotal);
             _prefixHitRatio.Set(s.PrefixHitRate);
             _deviceIdle.Set(s.DeviceIdleFraction);
+            _rows.IncTo(s.RowsComputed);
+            _wastedRows.IncTo(s.WastedRows);
+            _queueWait.Set(e.EstimatedQueueWait(Priority.Interactive).TotalSeconds);
+            _queueBudget.Set(e.QueueBudget.TotalSeconds);
             long p = s.Preemptions;
             if (p > _lastPreemptions) { _preemptions.Inc(p - _lastPreemptions); _lastPreemptions = p; }
         }

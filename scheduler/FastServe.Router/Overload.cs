@@ -78,40 +78,51 @@ internal sealed class SlidingSum
 /// The router's retry budget (docs/router.md, "Retries"), a token bucket in the manner of Finagle's RetryBudget and
 /// gRPC's retry throttling: every request received deposits <see cref="RouterOptions.RetryBudgetRatio"/> of a
 /// token, every retry withdraws one, and deposits and withdrawals expire after
-/// <see cref="RouterOptions.OverloadWindowMs"/>, so the budget reflects recent traffic. A reserve of
-/// <see cref="RouterOptions.MinRetriesPerSecond"/> × the window in seconds is always there on top, so a router with
-/// little traffic can still retry. Over any window, retries ≤ ratio × requests + reserve. A ratio of 0 allows no
-/// retry at all (the reserve included). Lock-free; no allocation.
+/// <see cref="RouterOptions.OverloadWindowMs"/>, so the budget reflects recent traffic. A floor of
+/// <see cref="RouterOptions.MinRetriesPerSecond"/> × the window in seconds lets a router with little traffic still
+/// retry. Over any window, retries ≤ max(ratio × requests, floor): the floor is not added on top, so at any traffic
+/// where the ratio's share exceeds it a saturated fleet is sent at most (1 + ratio) × the requests. A ratio of 0
+/// allows no retry at all (the floor included). Lock-free; no allocation.
 /// </summary>
 internal sealed class RetryBudget
 {
     // Fixed point: one token is Unit; a ratio resolves to 1e-6 of a token.
     private const long Unit = 1_000_000;
 
-    private readonly SlidingSum _balance;
+    private readonly SlidingSum _balance, _deposits;  // deposits less withdrawals; deposits alone
     private readonly long _deposit, _reserve;
 
     public RetryBudget(double ratio, int minRetriesPerSecond, int windowMs, long now)
     {
         _balance = new SlidingSum(RouterOptions.Ticks(windowMs), now);
+        _deposits = new SlidingSum(RouterOptions.Ticks(windowMs), now);
         _deposit = (long)Math.Round(ratio * Unit);
         _reserve = (long)minRetriesPerSecond * windowMs / 1000 * Unit;
     }
 
-    /// <summary>Retries the budget allows now (whole tokens; the reserve included).</summary>
-    public long Available => _deposit == 0 ? 0 : Math.Max(0, (_balance.Total + _reserve) / Unit);
+    /// <summary>Retries the budget allows now (whole tokens; the floor included).</summary>
+    public long Available => _deposit == 0 ? 0 : Math.Max(0, (_balance.Total + Floor) / Unit);
+
+    // What the floor adds to the balance: the part of it the window's deposits do not already cover.
+    private long Floor => Math.Max(0, _reserve - _deposits.Total);
 
     /// <summary>A request was received.</summary>
     public void Deposit()
     {
-        if (_deposit != 0) _balance.Add(_deposit);
+        if (_deposit == 0) return;
+        _balance.Add(_deposit);
+        _deposits.Add(_deposit);
     }
 
     /// <summary>Takes one retry's token; false when the budget is spent (or retries are off).</summary>
-    public bool TryWithdraw() => _deposit != 0 && _balance.TryTake(Unit, _reserve);
+    public bool TryWithdraw() => _deposit != 0 && _balance.TryTake(Unit, Floor);
 
     /// <summary>Expires what is older than the window (the router's timer).</summary>
-    public void Advance(long now) => _balance.Advance(now);
+    public void Advance(long now)
+    {
+        _balance.Advance(now);
+        _deposits.Advance(now);
+    }
 }
 
 /// <summary>

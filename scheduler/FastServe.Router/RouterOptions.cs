@@ -62,13 +62,14 @@ public sealed record RouterOptions
     /// <summary>
     /// The retry budget's share: every request received deposits this much of a retry, every retry (of a refusal or of a
     /// lost connection) withdraws one, and what is older than <see cref="OverloadWindowMs"/> expires; so retries stay
-    /// under this fraction of recent requests, plus the reserve of <see cref="MinRetriesPerSecond"/>. When the budget
-    /// is spent, a refusal is passed to the client as the replica gave it. 0 turns retries off (the reserve too);
+    /// under the larger of this fraction of recent requests and the floor of <see cref="MinRetriesPerSecond"/>. When the
+    /// budget is spent, a refusal is passed to the client as the replica gave it. 0 turns retries off (the floor too);
     /// 0 … 10, default 0.1.
     /// </summary>
     public double RetryBudgetRatio { get; init; } = 0.1;
-    /// <summary>The retry budget's reserve, in retries per second: this × the window in seconds is always available on
-    /// top of the deposits, so a router with little traffic can still retry (0 … 100 000, default 10).</summary>
+    /// <summary>The retry budget's floor, in retries per second: this × the window in seconds is available while the
+    /// deposits earn less, so a router with little traffic can still retry; not added to what they earn
+    /// (0 … 100 000, default 10).</summary>
     public int MinRetriesPerSecond { get; init; } = 10;
     /// <summary>
     /// A retry of an <c>overloaded</c> or <c>too_many_requests</c> refusal waits a random delay, uniform in

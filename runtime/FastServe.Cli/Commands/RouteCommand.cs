@@ -34,10 +34,10 @@ internal static class RouteCommand
         };
         var budget = new Option<int>("--retry-budget-percent")
         {
-            Description = "Retries (of refusals and lost connections) allowed as a percentage of the requests of the last 10 s, beyond the reserve (0 = no retries)",
+            Description = "Retries (of refusals and lost connections) allowed as a percentage of the requests of the last 10 s, or the floor if more (0 = no retries)",
             DefaultValueFactory = _ => 10,
         };
-        var minRetries = new Option<int>("--min-retries-per-second") { Description = "Retry budget reserve: this many retries per second are always allowed", DefaultValueFactory = _ => 10 };
+        var minRetries = new Option<int>("--min-retries-per-second") { Description = "Retry budget floor: this many retries per second are allowed even when the percentage allows fewer", DefaultValueFactory = _ => 10 };
         var jitter = new Option<int>("--retry-jitter-ms") { Description = "A retry of an overloaded refusal waits a random delay up to this (and the refusal's retry-after); 0 = at once", DefaultValueFactory = _ => 25 };
         var metricsPort = new Option<int>("--metrics-port") { Description = "Prometheus metrics at http://HOST:PORT/metrics (0 = off)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("route", "Route requests over a fleet of replicas: one address for clients, power-of-two-choices balancing, retries.");

@@ -293,7 +293,7 @@ public sealed class InferenceEngine : IDisposable
             {
                 _control.NoteBudgetRefusal();
                 _post.Finish(s, RequestStatus.Overloaded, null, Admission.QueueBudgetCode,
-                    $"dropped before its prefill: it waited longer than the queue budget of {_control.BudgetTicks * 1000 / Stopwatch.Frequency} ms", retry);
+                    $"dropped before its prefill: it waited longer than the queue budget and its tolerance, {_control.DropTicks * 1000 / Stopwatch.Frequency} ms", retry);
             }
         }
         shed.Clear();

@@ -82,8 +82,14 @@ internal sealed class OverloadControl
         return Math.Max(0, Volatile.Read(ref _stepBase) + Volatile.Read(ref _stepPerRow) * rows);
     }
 
-    /// <summary>The queue wait allowed now to a request without a deadline (Stopwatch ticks); 0 = unbounded.</summary>
+    /// <summary>The queue wait allowed now to a request without a deadline (Stopwatch ticks); 0 = unbounded. Submit
+    /// refuses a request whose estimated wait exceeds it.</summary>
     public long BudgetTicks => Volatile.Read(ref _budgetTicks);
+
+    /// <summary>How long a request without a deadline may actually wait before it is dropped from the queue: the
+    /// budget plus the target. The target is the tolerance for the estimate's error, so that nearly every refusal is
+    /// the immediate one at the door and a request dropped after waiting is the exception. 0 = unbounded.</summary>
+    public long DropTicks { get { long b = BudgetTicks; return b > 0 ? b + _targetTicks : 0; } }
 
     // ---- any thread ---------------------------------------------------------------------------------------------
 

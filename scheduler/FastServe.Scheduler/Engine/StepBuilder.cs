@@ -127,7 +127,7 @@ internal sealed class StepBuilder
     }
 
     // A request never admitted yet that would now miss its deadline even if admitted at once, or that has waited
-    // beyond the queue budget (requests without a deadline).
+    // beyond the queue budget and its tolerance (requests without a deadline; OverloadControl.DropTicks).
     private ShedReason? ShouldShed(Sequence s, long now)
     {
         if (s.Admitted != 0) return null;
@@ -138,8 +138,8 @@ internal sealed class StepBuilder
             double need = _control.ServiceSeconds(s.Uncomputed, s.ExpectedOutput, step);
             return now + (long)(need * Stopwatch.Frequency) > s.DeadlineTicks ? ShedReason.Deadline : null;
         }
-        long budget = _control.BudgetTicks;
-        return budget > 0 && now - s.Received > budget ? ShedReason.QueueBudget : null;
+        long drop = _control.DropTicks;
+        return drop > 0 && now - s.Received > drop ? ShedReason.QueueBudget : null;
     }
 
     private bool TryAdmit(StepPlan plan, Sequence s, ref int budget)

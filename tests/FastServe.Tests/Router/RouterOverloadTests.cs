@@ -15,12 +15,16 @@ namespace FastServe.Tests.Router;
 [TestFixture, NonParallelizable]
 public sealed class RouterOverloadTests
 {
+    // The client's own adaptive throttling would refuse most of these requests before the router saw them: these
+    // tests are about what the router does with the load it is given.
+    private static readonly FastServeClientOptions Unthrottled = new() { AdaptiveThrottling = null };
+
     private static RouterOptions Opt() => new() { Port = 0, SlowStartMs = 0, Seed = 17 };
 
     // ---------------------------------------------------------------- the budget and the windows, synthetic clock
 
     [Test]
-    public void TheBudgetAllowsItsShareOfRequestsPlusTheReserveAndNeverOverdraws()
+    public void TheBudgetAllowsItsShareOfRequestsOrTheFloorAndNeverOverdraws()
     {
         var b = new RetryBudget(0.1, 0, 10_000, T0);
         Assert.That(b.TryWithdraw(), Is.False, "no requests, no reserve: nothing to retry with");
@@ -32,6 +36,10 @@ public sealed class RouterOverloadTests
 
         var reserve = new RetryBudget(0.1, 10, 10_000, T0);
         Assert.That(reserve.Available, Is.EqualTo(100), "10 a second over a 10 s window");
+        for (int i = 0; i < 500; i++) reserve.Deposit();
+        Assert.That(reserve.Available, Is.EqualTo(100), "the floor is a floor: 50 earned do not add to it");
+        for (int i = 0; i < 1500; i++) reserve.Deposit();
+        Assert.That(reserve.Available, Is.EqualTo(200), "past it, the 10 % share alone: max(share, floor), not their sum");
 
         var off = new RetryBudget(0, 10, 10_000, T0);
         for (int i = 0; i < 100; i++) off.Deposit();
@@ -129,7 +137,8 @@ public sealed class RouterOverloadTests
         return all;
     }
 
-    // With the reserve at 0 the bound is the 10 % share alone; at 10 a second it adds 10 × 10 s of reserve.
+    // Retries ≤ max(10 % of requests, floor): with 2000 requests the share (200) exceeds a floor of 10 × 10 s, so
+    // either way the replicas get at most 1.1× the requests.
     [TestCase(0)]
     [TestCase(10)]
     public async Task ASaturatedFleetGetsAtMostItsShareOfRetries(int minRetriesPerSecond)
@@ -139,12 +148,13 @@ public sealed class RouterOverloadTests
         using var y = new ScriptedReplica("y") { OnRequest = _ => Reply.Overloaded };
         var o = Opt() with { MinRetriesPerSecond = minRetriesPerSecond };
         await using var router = await Start(o, Src(x, y), 2);
-        await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port);
+        await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port, Unthrottled);
         var results = await Drive(c, n);
 
         var st = router.Stats;
         long sent = router.Fleet.Endpoints.Sum(e => e.Forwarded);
-        double bound = n * (1 + o.RetryBudgetRatio) + minRetriesPerSecond * o.OverloadWindowMs / 1000.0;
+        double bound = n + Math.Max(n * o.RetryBudgetRatio, minRetriesPerSecond * o.OverloadWindowMs / 1000.0);
+        Assert.That(bound, Is.EqualTo(1.1 * n));
         TestContext.Out.WriteLine($"{n} requests: {sent} sent to replicas (bound {bound}), {st.Retries} retries, {st.BudgetExhausted} refused for want of budget, saturation {st.Saturation:F3}");
         Assert.That(results.Select(r => (r.StatusName, r.Detail, r.Retriable, r.RetryAfter)),
             Is.All.EqualTo(("overloaded", "engine.queue_full", true, (TimeSpan?)TimeSpan.FromMilliseconds(100))), "the replica's own refusal, unchanged");
@@ -164,7 +174,7 @@ public sealed class RouterOverloadTests
         using var x = new ScriptedReplica("x") { OnRequest = _ => Reply.Overloaded };
         using var y = new ScriptedReplica("y");
         await using var router = await Start(Opt(), Src(x, y), 2);
-        await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port);
+        await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port, Unthrottled);
         var results = await Drive(c, 60, batch: 20);
         Assert.That(results.Select(r => r.StatusName), Is.All.EqualTo("ok"));
         var st = router.Stats;
@@ -175,7 +185,7 @@ public sealed class RouterOverloadTests
 
         // A ratio of 0 retries nothing: x's refusal reaches the client.
         await using var off = await Start(Opt() with { RetryBudgetRatio = 0, Policy = BalancePolicy.RoundRobin }, Src(x, y), 2);
-        await using var c2 = await FastServeClient.ConnectAsync("127.0.0.1", off.Port);
+        await using var c2 = await FastServeClient.ConnectAsync("127.0.0.1", off.Port, Unthrottled);
         var two = await Drive(c2, 2, batch: 1);
         Assert.That(two.Select(r => r.StatusName), Is.EquivalentTo(new[] { "ok", "overloaded" }));
         Assert.That((off.Stats.Retries, off.Stats.BudgetExhausted), Is.EqualTo((0L, 1L)));
@@ -189,7 +199,7 @@ public sealed class RouterOverloadTests
         using var x = new ScriptedReplica("x") { OnRequest = _ => Reply.Overloaded, RetryAfterMs = 1000 };
         await using var router = await Start(Opt() with { RetryJitterMs = 1000 }, Src(x), 1);
         router.JitterUnit = () => 0.999;
-        await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port);
+        await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port, Unthrottled);
         var results = await Task.WhenAll(Enumerable.Range(0, 5).Select(_ => c.CompleteAsync(Req(deadlineMs: 1000))));
         Assert.That(results.Select(r => (r.StatusName, r.Detail)), Is.All.EqualTo(("overloaded", "engine.queue_full")));
         var deadlines = x.Deadlines.ToArray();
@@ -206,7 +216,7 @@ public sealed class RouterOverloadTests
         using var x = new ScriptedReplica("x") { OnRequest = _ => Reply.Overloaded, RetryAfterMs = 1000 };
         await using var router = await Start(Opt() with { RetryJitterMs = 1000 }, Src(x), 1);
         router.JitterUnit = () => 0.999;
-        await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port);
+        await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port, Unthrottled);
         var call = c.Start(Req());
         await Until(() => router.DelayedRetries == 1, "the retry waiting");
         call.Cancel();
@@ -215,7 +225,7 @@ public sealed class RouterOverloadTests
         await Until(() => router.Stats.InFlight == 0 && router.DelayedRetries == 0, "nothing in flight");
         Assert.That(x.Requests, Has.Count.EqualTo(1), "the retry was never sent");
 
-        await using (var gone = await FastServeClient.ConnectAsync("127.0.0.1", router.Port))
+        await using (var gone = await FastServeClient.ConnectAsync("127.0.0.1", router.Port, Unthrottled))
         {
             gone.Start(Req());
             await Until(() => router.DelayedRetries == 1, "the second retry waiting");
@@ -235,7 +245,7 @@ public sealed class RouterOverloadTests
         using var x = new ScriptedReplica("x") { OnRequest = _ => Reply.Overloaded };
         using var y = new ScriptedReplica("y") { OnRequest = _ => Reply.Overloaded };
         await using var router = await Start(Opt() with { OverloadWindowMs = 1000, MaxAttempts = 1 }, Src(x, y), 2);
-        await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port);
+        await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port, Unthrottled);
         Assert.That(router.Stats.Saturation, Is.Zero);
         await Drive(c, 100);
         Assert.That(router.Stats.Saturation, Is.EqualTo(1));

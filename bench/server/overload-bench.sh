@@ -9,13 +9,15 @@
 # sent to replicas over requests received (retry amplification).
 # Usage: bench/server/overload-bench.sh [RESULTS_DIR]   (needs dist/fastserve and python3)
 # Knobs: SCALE (--sim-time-scale, 10: about 170 req/s of capacity), CAP (req/s; measured by a sweep when unset),
-#        MULTS ("1 2 3 10"), DUR (measured seconds per point, 10), DEADLINE_MS (1000), ROUTER (1: the router point).
+#        MULTS ("1 2 3 10"), DUR (measured seconds per point, 10), DEADLINE_MS (1000), DEADLINES ("$DEADLINE_MS 0",
+#        0 = none), THROTTLED (1: the throttled-client point), ROUTER (1: the router point).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-build/overload-bench}
 mkdir -p "$out"
 source bench/lib.sh
 SCALE=${SCALE:-10}; MULTS=${MULTS:-"1 2 3 10"}; DUR=${DUR:-10}; DEADLINE_MS=${DEADLINE_MS:-1000}; ROUTER=${ROUTER:-1}
+DEADLINES=${DEADLINES:-"$DEADLINE_MS 0"}; THROTTLED=${THROTTLED:-1}
 replica=(serve --backend sim --sim-time-scale "$SCALE" --workers 1 --port 0 --json)
 
 # Peak RSS (MiB) of the replica's processes: the supervisor and its children (serve-engine, serve-worker).
@@ -62,10 +64,10 @@ point() { # NAME THROTTLE(on|off) DEADLINE_MS MULT
   echo "$name,replica,$throttle,$deadline,$m,$rate,$CAP,$rss" >>"$out/points.csv"
   echo "  $name: $(json "$out/point-$name.json" "'goodput %.0f req/s' % d['points'][0]['goodput_rps']")"
 }
-for deadline in "$DEADLINE_MS" 0; do
+for deadline in $DEADLINES; do
   for m in $MULTS; do point "$m-$deadline" off "$deadline" "$m"; done
 done
-point "10-$DEADLINE_MS-throttled" on "$DEADLINE_MS" 10
+[ "$THROTTLED" = 1 ] && point "10-$DEADLINE_MS-throttled" on "$DEADLINE_MS" 10
 
 if [ "$ROUTER" = 1 ]; then
   # Three replicas behind a router at 3x their summed capacity: the router must not amplify the overload with retries.
@@ -77,15 +79,16 @@ if [ "$ROUTER" = 1 ]; then
   rate=$((CAP * 9))
   "$fs" bench --port "$PORT" --rate "$rate" --duration "$DUR" --warmup 2 --drain 5 --slo-ms 1000 --deadline-ms "$DEADLINE_MS" \
     --no-throttle --json --out-json "$out/point-router.json" >/dev/null
+  router_rss=$(awk '/VmHWM/ { printf "%.0f", $2 / 1024 }' "/proc/$router/status")
   stop "$router"
   _bench_cleanup; pids=()
-  echo "router,router,off,$DEADLINE_MS,3,$rate,$((CAP * 3)),- - -" >>"$out/points.csv"
+  echo "router,router,off,$DEADLINE_MS,3,$rate,$((CAP * 3)),router $router_rss" >>"$out/points.csv"
 fi
 
 python3 - "$out" <<'PY'
 import csv, json, sys
 out = sys.argv[1]
-print("| replicas | client throttle | deadline | offered | achieved ok | goodput | goodput / capacity | deadline_exceeded | overloaded | throttled | other errors | P99 admitted (ms) | refusal P50 / P99 (ms) | peak RSS MiB (supervisor / engine / worker) |")
+print("| replicas | client throttle | deadline | offered | achieved ok | goodput | goodput / capacity | deadline_exceeded | overloaded | throttled | other errors | P99 admitted (ms) | refusal P50 / P99 (ms) | peak RSS MiB (supervisor / engine / worker; router) |")
 print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
 ms = lambda v: "-" if v is None else f"{v:.0f}" if v >= 10 else f"{v:.2f}"
 for name, kind, throttle, deadline, m, rate, cap, rss in csv.reader(open(f"{out}/points.csv")):
@@ -96,7 +99,7 @@ for name, kind, throttle, deadline, m, rate, cap, rss in csv.reader(open(f"{out}
     p99 = "> drain" if p["p99_admitted_ms"] is None and p["admitted"] > 0 else ms(p["p99_admitted_ms"])
     rej = f"{ms(p['rejection_p50_ms'])} / {ms(p['rejection_p99_ms'])}" if p["rejections"] else "-"
     reps = "1" if kind == "replica" else "3 + router"
-    rss = " / ".join(rss.split())
+    rss = " / ".join(rss.split()) if kind == "replica" else rss
     print(f"| {reps} | {throttle} | {deadline + ' ms' if deadline != '0' else 'none'} | {rate} req/s ({m}x) | {p['achieved_rps']:.0f} | {p['goodput_rps']:.0f} | "
           f"{p['goodput_rps'] / float(cap):.2f} | {dl} | {ov} | {th} | {other} | {p99} | {rej} | {rss} |")
 PY

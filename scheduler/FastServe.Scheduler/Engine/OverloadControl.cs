@@ -87,11 +87,11 @@ internal sealed class OverloadControl
     public long BudgetTicks => Volatile.Read(ref _budgetTicks);
 
     /// <summary>How long a request without a deadline may actually wait before it is dropped from the queue: the
-    /// budget plus the target. The target is the tolerance for the estimate's error, so that nearly every refusal is
-    /// the immediate one at the door and a request dropped after waiting is the exception. 0 = unbounded.</summary>
-    public long DropTicks { get { long b = BudgetTicks; return b > 0 ? b + _targetTicks : 0; } }
-
-    // ---- any thread ---------------------------------------------------------------------------------------------
+    /// interval, or the budget plus the target when that is longer. The door (<see cref="BudgetTicks"/>) holds the
+    /// estimated wait to the budget; this is the hard limit behind it for when the estimate was wrong, loose enough
+    /// that nearly every refusal is the immediate one at the door (the estimate's error is tens of milliseconds when
+    /// completions come in waves). 0 = unbounded.</summary>
+    public long DropTicks { get { long b = BudgetTicks; return b > 0 ? Math.Max(_intervalTicks, b + _targetTicks) : 0; } }
 
     /// <summary>Tokens a request is expected to generate.</summary>
     public int ExpectedOutput(int maxTokens, bool ignoreEos, bool hasStops)

@@ -91,6 +91,10 @@ public class CliTests
     [TestCase(new[] { "generate", "--ctx", "8", "--model", "@TINY", "a b c d e f g h i j k l m n o p" }, "prompt.too_long")]
     [TestCase(new[] { "generate", "--quantize", "int4", "--model", "@TINY", "hi" }, "args.invalid_quantize")]
     [TestCase(new[] { "make-model", "--preset", "huge", "--out", "@TMP" }, "args.unknown_preset")]
+    [TestCase(new[] { "bench-engine", "--backend", "sim", "--rate", "10", "--queue-target-ms", "600" }, "args.invalid_queue_target")]
+    [TestCase(new[] { "bench-engine", "--backend", "sim", "--rate", "10", "--queue-interval-ms", "-1" }, "args.invalid_queue_interval")]
+    [TestCase(new[] { "bench-engine", "--backend", "sim", "--rate", "10", "--default-deadline-ms", "-5" }, "args.invalid_default_deadline")]
+    [TestCase(new[] { "bench-engine", "--backend", "sim", "--rate", "10", "--batch-fraction", "1.5" }, "args.invalid_batch_fraction")]
     [TestCase(new[] { "inspect", "/nonexistent/model" }, "model.not_found")]
     public void BadInputGetsOneClearErrorAndNoStackTrace(string[] args, string code)
     {

@@ -112,6 +112,22 @@ public class EngineOverloadTests
     }
 
     [Test]
+    public async Task TheDefaultDeadlineTimeBoxesRequestsThatBringNone()
+    {
+        using var sim = Sim();
+        using var engine = new InferenceEngine(sim, new EngineOptions { DefaultDeadline = TimeSpan.FromMilliseconds(300) });
+        engine.Start();
+        var r = new Random(5);
+        var prompt = Enumerable.Range(0, 20).Select(_ => r.Next(1000, 100000)).ToArray();
+        var own = await engine.Submit(new EngineRequest { Prompt = prompt, Sampling = new() { MaxTokens = 5, IgnoreEos = true }, Deadline = TimeSpan.FromSeconds(5) }).Completion;
+        Assert.That(own.Status, Is.EqualTo(RequestStatus.Finished), "a request's own deadline stands");
+        var none = await engine.Submit(new EngineRequest { Prompt = prompt, Sampling = new() { MaxTokens = 1000, IgnoreEos = true } }).Completion;
+        Assert.That(none.Status, Is.AnyOf(RequestStatus.Overloaded, RequestStatus.DeadlineExceeded), none.Message);
+        Assert.That(none.ErrorCode, Is.AnyOf("engine.deadline_unmeetable", "request.deadline_unreachable", "request.deadline_exceeded"));
+        Assert.That(none.Timestamps.EndToEnd, Is.LessThan(0.4), "ended by the 300 ms default, not after 1000 tokens (~8 s)");
+    }
+
+    [Test]
     public void TheQueueBudgetIsTheTargetWhileTheQueueStandsAndTheIntervalAfterItEmpties()
     {
         var opt = new EngineOptions { QueueTarget = TimeSpan.FromMilliseconds(50), QueueInterval = TimeSpan.FromMilliseconds(500) };

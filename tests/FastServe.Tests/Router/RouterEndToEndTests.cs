@@ -168,8 +168,9 @@ public sealed class RouterEndToEndTests
     [Test]
     public async Task AReplicaKilledUnderLoadLosesOnlyRequestsThatHadStreamed()
     {
-        // Four sequences at a time per replica: the rest wait in its queue without output when it dies.
-        var rs = Replicas(2, metrics: false, "--sim-time-scale", "100", "--max-seqs", "4");
+        // Four sequences at a time per replica: the rest wait in its queue without output when it dies (however long:
+        // no queue budget, which would refuse most of them up front).
+        var rs = Replicas(2, metrics: false, "--sim-time-scale", "100", "--max-seqs", "4", "--queue-interval-ms", "0");
         var (a, b) = (rs[0], rs[1]);
         try
         {

@@ -85,7 +85,10 @@ public sealed class InferenceEngine : IDisposable
     /// Submits a request. Never throws for a bad or unlucky request: the handle then completes at once with
     /// Invalid (prompt.empty, prompt.too_long, prompt.invalid_token, sampling.invalid, request.invalid_deadline,
     /// request.stop_needs_tokenizer), Overloaded (engine.queue_full, engine.queue_tokens_full,
-    /// engine.deadline_unmeetable, each with RetryAfter) or Cancelled/Failed (engine.shutdown, engine.failed).
+    /// engine.deadline_unmeetable, engine.queue_budget, each with RetryAfter) or Cancelled/Failed (engine.shutdown,
+    /// engine.failed). An accepted request may still be dropped from the queue before its prefill with Overloaded
+    /// (engine.deadline_unmeetable, engine.queue_budget), or ended early with DeadlineExceeded
+    /// (request.deadline_unreachable): docs/engine.md, "Overload".
     /// </summary>
     public RequestHandle Submit(EngineRequest request) => _admission.Submit(request);
 

@@ -133,9 +133,11 @@ internal sealed class RetryBudget
 internal sealed class SaturationWindow
 {
     private readonly SlidingSum _answers, _overloaded;
+    private readonly double _windowSeconds;
 
     public SaturationWindow(int windowMs, long now)
     {
+        _windowSeconds = windowMs / 1000.0;
         _answers = new SlidingSum(RouterOptions.Ticks(windowMs), now);
         _overloaded = new SlidingSum(RouterOptions.Ticks(windowMs), now);
     }
@@ -158,11 +160,46 @@ internal sealed class SaturationWindow
         }
     }
 
+    /// <summary>Overloaded answers per second over the window (retries' included, so up to the retry budget's share
+    /// more than the refusals clients saw).</summary>
+    public double OverloadedPerSecond => Math.Max(0, _overloaded.Total) / _windowSeconds;
+
     public void Advance(long now)
     {
         _answers.Advance(now);
         _overloaded.Advance(now);
     }
+}
+
+/// <summary>
+/// The mean time a replica takes to answer a request (its own receipt-to-FINAL time, from the FINAL's timings), as an
+/// exponentially weighted mean over answered requests: what turns refusals into the concurrency they would have added
+/// (Little's law) for the fleet-demand signal. Lock-free: a lost update under a race only drops one sample.
+/// </summary>
+internal sealed class ServiceTime
+{
+    private long _bits;   // the mean, in seconds, as double bits; 0 = none yet
+
+    public double Seconds => BitConverter.Int64BitsToDouble(Volatile.Read(ref _bits));
+
+    public void Observe(double seconds)
+    {
+        if (!(seconds > 0) || double.IsInfinity(seconds)) return;
+        double prev = Seconds;
+        double next = prev <= 0 ? seconds : 0.98 * prev + 0.02 * seconds;
+        Volatile.Write(ref _bits, BitConverter.DoubleToInt64Bits(next));
+    }
+}
+
+/// <summary>What the router sees of its fleet's load: the autoscaler's input (docs/autoscale.md).</summary>
+/// <param name="Ready">Endpoints that can be picked now.</param>
+/// <param name="Concurrency">Requests in flight or queued at the ready endpoints, as their latest load reports say.</param>
+/// <param name="RefusedPerSecond">Overloaded answers per second over the overload window.</param>
+/// <param name="ServiceSeconds">Mean time a replica takes to answer a request (0 before any answer).</param>
+public readonly record struct FleetLoad(int Ready, double Concurrency, double RefusedPerSecond, double ServiceSeconds)
+{
+    /// <summary>Concurrency plus refusals turned into the concurrency they would have added (refused/s × seconds).</summary>
+    public double Demand => Concurrency + RefusedPerSecond * ServiceSeconds;
 }
 
 /// <summary>

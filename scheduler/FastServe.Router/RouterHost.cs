@@ -59,6 +59,7 @@ public sealed class RouterHost : IAsyncDisposable
     private int _inFlight, _stopOnce;
     private readonly RetryBudget _budget;
     private readonly SaturationWindow _saturation;
+    private readonly ServiceTime _serviceTime = new();
     private readonly RetryDelays _delays = new();
     private readonly long _jitterTicks;
 
@@ -102,6 +103,21 @@ public sealed class RouterHost : IAsyncDisposable
     public RouterStats Stats => new(Interlocked.Read(ref _requests), Interlocked.Read(ref _rejected), Interlocked.Read(ref _completed),
         Interlocked.Read(ref _retries), Interlocked.Read(ref _replays), Interlocked.Read(ref _upstreamLost), Interlocked.Read(ref _noEndpoint),
         Volatile.Read(ref _inFlight), Interlocked.Read(ref _budgetExhausted), Interlocked.Read(ref _upstreamOverloaded), _saturation.Value);
+
+    /// <summary>The fleet's load as this router sees it now: the autoscaler's signal (docs/autoscale.md).</summary>
+    public FleetLoad Load()
+    {
+        long now = Stopwatch.GetTimestamp();
+        int ready = 0;
+        double concurrency = 0;
+        foreach (var e in Fleet.Endpoints)
+        {
+            if (!e.IsEligible(now)) continue;
+            ready++;
+            concurrency += e.LastReport.Report.InFlight;
+        }
+        return new FleetLoad(ready, concurrency, _saturation.OverloadedPerSecond, _serviceTime.Seconds);
+    }
 
     /// <summary>Retries the retry budget allows now (see <see cref="RouterOptions.RetryBudgetRatio"/>).</summary>
     internal long RetryBudgetAvailable => _budget.Available;
@@ -353,6 +369,7 @@ public sealed class RouterHost : IAsyncDisposable
         else Fleet.RecordSuccess(conn.Endpoint);
         _saturation.Record(status == WireStatus.Overloaded);
         if (status == WireStatus.Overloaded) Interlocked.Increment(ref _upstreamOverloaded);
+        if (status == WireStatus.Ok) _serviceTime.Observe(f.Timings[(int)Timing.FinalSent] / 1e6);
         if (status == WireStatus.Ok && f.CompletionTokens >= 2)
         {
             uint first = f.Timings[(int)Timing.FirstToken], end = f.Timings[(int)Timing.EngineFinished];

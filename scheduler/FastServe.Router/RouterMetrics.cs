@@ -16,7 +16,7 @@ public sealed class RouterMetrics : IDisposable
     private readonly MetricServer _server;
     private readonly Counter _requests, _completed, _rejected, _retries, _replays, _upstreamLost, _noEndpoint, _budgetExhausted, _upstreamOverloaded;
     private readonly Histogram _added;
-    private readonly Gauge _inFlight, _endpoints, _saturation, _epInFlight, _epReady, _epEjected, _epWeight;
+    private readonly Gauge _inFlight, _endpoints, _saturation, _epInFlight, _epReady, _epEjected, _epWeight, _fleetReady, _fleetConcurrency, _fleetRefused, _fleetDemand;
     private readonly Counter _epPicks, _epEjections;
     private HashSet<string> _labelled = [];
 
@@ -38,6 +38,11 @@ public sealed class RouterMetrics : IDisposable
         _upstreamOverloaded = f.CreateCounter("fastserve_router_upstream_overloaded_total", "FINALs with status overloaded received from replicas (every attempt's, retries included).");
         _saturation = f.CreateGauge("fastserve_router_fleet_saturation",
             "Of the FINALs replicas sent this router over the last overload window (10 s by default; every attempt's, any status), the fraction that were overloaded; 0 when none came. In [0, 1].");
+        _fleetReady = f.CreateGauge("fastserve_router_fleet_ready_endpoints", "Endpoints that can be picked now.");
+        _fleetConcurrency = f.CreateGauge("fastserve_router_fleet_concurrency", "Requests in flight or queued at the ready endpoints, from their latest load reports.");
+        _fleetRefused = f.CreateGauge("fastserve_router_fleet_refused_per_second", "Overloaded answers from replicas per second over the overload window (retries included).");
+        _fleetDemand = f.CreateGauge("fastserve_router_fleet_demand",
+            "The autoscaler's signal: fleet concurrency plus refusals turned into concurrency by Little's law (refused per second x the replicas' mean answer time).");
         _inFlight = f.CreateGauge("fastserve_router_in_flight", "Requests in flight through this router.");
         _endpoints = f.CreateGauge("fastserve_router_endpoints", "Endpoints in the current set.");
         string[] ep = ["endpoint"];
@@ -70,6 +75,11 @@ public sealed class RouterMetrics : IDisposable
         _budgetExhausted.IncTo(st.BudgetExhausted);
         _upstreamOverloaded.IncTo(st.UpstreamOverloaded);
         _saturation.Set(st.Saturation);
+        var load = _router.Load();
+        _fleetReady.Set(load.Ready);
+        _fleetConcurrency.Set(load.Concurrency);
+        _fleetRefused.Set(load.RefusedPerSecond);
+        _fleetDemand.Set(load.Demand);
         _inFlight.Set(st.InFlight);
         long now = System.Diagnostics.Stopwatch.GetTimestamp();
         var set = _router.Fleet.Endpoints;

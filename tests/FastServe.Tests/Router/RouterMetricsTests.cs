@@ -68,6 +68,10 @@ public class RouterMetricsTests
         Assert.That(m["fastserve_router_retry_budget_exhausted_total"], Is.Zero, "the reserve covers this many retries");
         Assert.That(m["fastserve_router_fleet_saturation"], Is.EqualTo(x.Requests.Count / (x.Requests.Count + 60.0)).Within(1e-9),
             "x's refusals among all the replicas' answers");
+        Assert.That(m["fastserve_router_fleet_ready_endpoints"], Is.EqualTo(2));
+        Assert.That(m["fastserve_router_fleet_concurrency"], Is.Zero, "nothing held by either replica now");
+        Assert.That(m["fastserve_router_fleet_refused_per_second"], Is.EqualTo(x.Requests.Count / 10.0).Within(1e-9), "x's refusals over the 10 s window");
+        Assert.That(m["fastserve_router_fleet_demand"], Is.GreaterThanOrEqualTo(0));
         // One router-added latency per ok request; the scripted replica reports no time of its own, so each is the
         // whole time the request spent in the router: above zero, and under the 10 s this test may take.
         Assert.That(m["fastserve_router_added_seconds_count"], Is.EqualTo(60));

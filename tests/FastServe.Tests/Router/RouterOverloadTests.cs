@@ -89,6 +89,24 @@ public sealed class RouterOverloadTests
     }
 
     [Test]
+    public void FleetDemandTurnsRefusalsIntoConcurrency()
+    {
+        var w = new SaturationWindow(10_000, T0);
+        for (int i = 0; i < 500; i++) w.Record(overloaded: i % 5 == 0);
+        Assert.That(w.OverloadedPerSecond, Is.EqualTo(10), "100 overloaded answers over a 10 s window");
+        var t = new ServiceTime();
+        Assert.That(t.Seconds, Is.Zero);
+        t.Observe(0.4);
+        Assert.That(t.Seconds, Is.EqualTo(0.4));
+        for (int i = 0; i < 1000; i++) t.Observe(0.6);
+        Assert.That(t.Seconds, Is.EqualTo(0.6).Within(1e-6), "the mean follows the answers");
+        t.Observe(double.NaN);
+        t.Observe(-1);
+        Assert.That(t.Seconds, Is.EqualTo(0.6).Within(1e-6), "nonsense is ignored");
+        Assert.That(new FleetLoad(4, 40, 100, 0.5).Demand, Is.EqualTo(90), "40 in flight + 100/s refused x 0.5 s");
+    }
+
+    [Test]
     public void TheJitterStaysUnderTheCapTheRetryAfterAndHalfTheTimeLeft()
     {
         long cap = Ms(25);

@@ -99,7 +99,7 @@ internal static class ServeCommand
                 ChildEnvironment = env,
                 Grace = TimeSpan.FromMilliseconds(grace),
                 Log = msg => Console.Error.WriteLine($"fastserve serve: {msg}"),
-                OnReady = bound =>
+                OnReady = (bound, stages) =>
                 {
                     if (json)
                         Output.WriteJsonLine(w =>
@@ -111,8 +111,13 @@ internal static class ServeCommand
                             w.WriteNumber("metrics_port", mp);
                             w.WriteNumber("agent_port", ap);
                             w.WriteNumber("pid", Environment.ProcessId);
+                            // Milliseconds from exec to each stage (Supervisor.StartStages); null where unknown.
+                            w.WriteStartObject("start_ms");
+                            foreach (var (name, ms) in new[] { ("main", stages.Main), ("spawned", stages.Spawned), ("listening", stages.Listening), ("ready", stages.Ready) })
+                                if (double.IsFinite(ms)) w.WriteNumber(name, Math.Round(ms)); else w.WriteNull(name);
+                            w.WriteEndObject();
                         });
-                    else Console.Out.WriteLine($"fastserve: ready on {host}:{bound} ({k} worker{(k == 1 ? "" : "s")}, model {modelDir}{(mp > 0 ? $", metrics :{mp}" : "")}{(ap > 0 ? $", agent :{ap}" : "")})");
+                    else Console.Out.WriteLine($"fastserve: ready on {host}:{bound} in {stages.Ready:F0} ms ({k} worker{(k == 1 ? "" : "s")}, model {modelDir}{(mp > 0 ? $", metrics :{mp}" : "")}{(ap > 0 ? $", agent :{ap}" : "")})");
                     Console.Out.Flush();
                 },
             });

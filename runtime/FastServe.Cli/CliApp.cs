@@ -28,6 +28,7 @@ internal static class CliApp
             RouteCommand.Create(),
             CompareChartCommand.Create(),
             CheckBackendCommand.Create(),
+            SimulateFleetCommand.Create(),
         };
         foreach (var c in ServeCommand.Create()) root.Add(c);
         var parse = root.Parse(args);

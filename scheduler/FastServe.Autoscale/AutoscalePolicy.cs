@@ -98,6 +98,13 @@ public sealed class AutoscalePolicy
             desired = _panicFloor;
             reason = $"panic: {panicDemand:F1} in flight over {_o.PanicWindow.TotalSeconds:F0} s needs {wantPanic} replicas, {o.Ready} ready";
         }
+        else if (wantPanic > wantStable)
+        {
+            // Up on the short window: a ramp shows there within seconds, while the stable mean trails it by half its
+            // window. Down stays on the stable mean (and the stabilization window below).
+            desired = wantPanic;
+            reason = $"rising: {panicDemand:F1} in flight over {_o.PanicWindow.TotalSeconds:F0} s needs {wantPanic} replicas at {_o.TargetConcurrency:F0} each";
+        }
         else
         {
             desired = wantStable;

@@ -65,6 +65,25 @@ public class AutoscalePolicyTests
     }
 
     [Test]
+    public void ARiseBelowPanicIsFollowedOnTheShortWindowAndAFallOnlyOnTheStableOne()
+    {
+        var p = Policy();
+        TimeSpan t = TimeSpan.Zero;
+        int ready = 10;
+        Run(p, ref t, ref ready, 60, concurrency: 100);
+        // +50%: not a panic (15 < 2 x 10), yet within the 6 s short window the count follows (to within the 10%
+        // tolerance), where the 60 s mean would still ask for about 11.
+        var d = Run(p, ref t, ref ready, 4, concurrency: 150);
+        Assert.That(d.Panic, Is.False);
+        Assert.That(d.Desired, Is.InRange(14, 15), d.Reason);
+        Assert.That(d.StableDemand, Is.LessThan(115));
+        // Back to 100: the short window falls at once, but the count does not.
+        int held = d.Desired;
+        d = Run(p, ref t, ref ready, 4, concurrency: 100);
+        Assert.That(d.Desired, Is.EqualTo(held), d.Reason);
+    }
+
+    [Test]
     public void StartingReplicasCountAsCapacityOnTheWay()
     {
         // Demand for 20 replicas with 10 ready and 10 still starting: nothing more to start, tick after tick.

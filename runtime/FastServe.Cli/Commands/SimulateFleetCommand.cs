@@ -70,6 +70,9 @@ internal static class SimulateFleetCommand
         if (spec is null == csvPath is null) throw new FastServeException("args.invalid_trace", "give exactly one of --trace daily:MIN:MAX or --trace-csv FILE", "--trace");
         if (csvPath is not null)
         {
+            var info = new FileInfo(csvPath);
+            if (!info.Exists) throw new FastServeException("trace.not_found", "the trace file does not exist", csvPath);
+            if (info.Length > TraceCsv.MaxBytes) throw new FastServeException("trace.invalid_csv", $"the trace file is over {TraceCsv.MaxBytes >> 20} MiB", csvPath);
             string text = File.ReadAllText(csvPath);
             try { return TraceCsv.Parse(text); }
             catch (FormatException e) { throw new FastServeException("trace.invalid_csv", e.Message, csvPath); }

@@ -7,6 +7,12 @@ namespace FastServe.Autoscale.Simulation;
 /// numeric is taken as a header. Replayed linearly between points (<see cref="PiecewiseTrace"/>).</summary>
 public static class TraceCsv
 {
+    /// <summary>The longest trace accepted: 31 days (a longer one would be a simulation that never ends).</summary>
+    public const double MaxSeconds = 31 * 86400.0;
+
+    /// <summary>The largest trace file read, in bytes.</summary>
+    public const long MaxBytes = 64L << 20;
+
     /// <summary>Parses <paramref name="text"/>; a bad line throws a <see cref="FormatException"/> naming its 1-based
     /// line number and what is wrong.</summary>
     public static PiecewiseTrace Parse(string text)
@@ -25,6 +31,7 @@ public static class TraceCsv
             headerAllowed = false;
             if (parts.Length != 2) throw new FormatException($"line {line}: expected 'timestamp_seconds,rate', got {parts.Length} fields");
             if (!tOk || !double.IsFinite(t) || t < 0) throw new FormatException($"line {line}: the timestamp '{parts[0].Trim()}' is not a finite number of seconds >= 0");
+            if (t > MaxSeconds) throw new FormatException($"line {line}: the timestamp {t} is past {MaxSeconds} s (31 days)");
             if (!double.TryParse(parts[1].Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out double r) || !double.IsFinite(r) || r < 0)
                 throw new FormatException($"line {line}: the rate '{parts[1].Trim()}' is not a finite number >= 0");
             if (r > 1e9) throw new FormatException($"line {line}: the rate {r} is above 1e9 requests per second");

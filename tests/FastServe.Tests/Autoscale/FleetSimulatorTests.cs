@@ -60,6 +60,7 @@ public class FleetSimulatorTests
     [TestCase("0,10\n5,1\n5,2", "line 3")]
     [TestCase("0,10\n5,1\n3,2", "line 3")]
     [TestCase("t,r\n0,1\n-1,2", "line 3")]
+    [TestCase("0,10\n9999999999,5", "line 2")]
     [TestCase("0,10", "at least two points")]
     [TestCase("", "at least two points")]
     public void Csv_HostileInputFailsNamingTheLine(string text, string expected)

@@ -393,10 +393,8 @@ public sealed class RouterHost : IAsyncDisposable
             }
             // Nowhere else to go, or no budget: the replica's own answer (retriable, with its retry-after) is the best one.
         }
-        if (!MarkDone(req)) return;
-        var s = req.Session;
-        s.Finished(req.ClientId);
-        if (!s.IsClosed)
+        if (!TryFinish(req, out var s)) return;
+        if (s is not null)
         {
             lock (s.Out.Lock)
             {
@@ -478,10 +476,8 @@ public sealed class RouterHost : IAsyncDisposable
     // The replica's refusal kept while the retry waited, as the client's FINAL.
     private void FinishWithRefusal(RoutedRequest req)
     {
-        if (!MarkDone(req)) return;
-        var s = req.Session;
-        s.Finished(req.ClientId);
-        if (!s.IsClosed)
+        if (!TryFinish(req, out var s)) return;
+        if (s is not null)
         {
             lock (s.Out.Lock)
             {
@@ -570,16 +566,26 @@ public sealed class RouterHost : IAsyncDisposable
     // A FINAL made by the router (cold paths: refusals and losses); sent at once.
     private void FinishWith(RoutedRequest req, WireStatus status, bool retriable, uint retryAfterMs, string detail, string message)
     {
-        if (!MarkDone(req)) return;
-        var s = req.Session;
-        s.Finished(req.ClientId);
-        if (!s.IsClosed)
+        if (!TryFinish(req, out var s)) return;
+        if (s is not null)
         {
             var f = new FinalInfo { Status = status, Retriable = retriable, RetryAfterMs = retryAfterMs };
             lock (s.Out.Lock) FrameWriter.Final(s.Out.Writer, req.ClientId, f, detail, message);
             s.Out.Flush();
         }
         Completed(req);
+    }
+
+    // The one way a request ends: marked done (false if something else already ended it) and its client id freed;
+    // `open` is the client's session to write the FINAL to, null when that connection is closed.
+    private static bool TryFinish(RoutedRequest req, out DownstreamSession? open)
+    {
+        open = null;
+        if (!MarkDone(req)) return false;
+        var s = req.Session;
+        s.Finished(req.ClientId);
+        if (!s.IsClosed) open = s;
+        return true;
     }
 
     private static bool MarkDone(RoutedRequest req)

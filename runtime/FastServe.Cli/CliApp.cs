@@ -29,6 +29,7 @@ internal static class CliApp
             CompareChartCommand.Create(),
             CheckBackendCommand.Create(),
             SimulateFleetCommand.Create(),
+            AutoscaleCommand.Create(),
         };
         foreach (var c in ServeCommand.Create()) root.Add(c);
         var parse = root.Parse(args);

@@ -20,7 +20,11 @@ internal sealed class RouterProcess : IDisposable
     public string Stderr { get { lock (_err) return _err.ToString(); } }
 
     /// <summary>Starts a router over the replicas' ports and waits for its ready line.</summary>
-    public static RouterProcess Start(IEnumerable<int> replicaPorts, params string[] extra)
+    public static RouterProcess Start(IEnumerable<int> replicaPorts, params string[] extra) =>
+        StartOn(string.Join(',', replicaPorts.Select(p => $"127.0.0.1:{p}")), extra);
+
+    /// <summary>Starts a router over an endpoint source (<c>file:PATH</c>, a list, ...) and waits for its ready line.</summary>
+    public static RouterProcess StartOn(string endpoints, params string[] extra)
     {
         var psi = new ProcessStartInfo(DistBinary.Path)
         {
@@ -28,7 +32,6 @@ internal sealed class RouterProcess : IDisposable
             RedirectStandardError = true,
             UseShellExecute = false,
         };
-        string endpoints = string.Join(',', replicaPorts.Select(p => $"127.0.0.1:{p}"));
         foreach (var a in new[] { "route", "--listen", "0", "--endpoints", endpoints, "--json" }) psi.ArgumentList.Add(a);
         foreach (var a in extra) psi.ArgumentList.Add(a);
         var p = Process.Start(psi)!;

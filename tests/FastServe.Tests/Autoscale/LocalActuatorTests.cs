@@ -81,7 +81,7 @@ public class LocalActuatorTests
         }
         finally { a.DisposeAsync().AsTask().Wait(); }
         Assert.That(Listed(file), Is.Empty, "stopping the actuator stops its replicas");
-        Assert.That(events.Count(e => e.Event == "replica.stopped"), Is.EqualTo(3), string.Join("\n", events));
+        Assert.That(events.Count(e => e.Event == "replica.stopped"), Is.EqualTo(4), "the one drained, then the ready one and the two starting: " + string.Join("\n", events));
         foreach (int pid in events.Where(e => e.Pid is not null).Select(e => e.Pid!.Value).Distinct())
             Assert.That(Directory.Exists($"/proc/{pid}"), Is.False, $"pid {pid} still runs");
     }

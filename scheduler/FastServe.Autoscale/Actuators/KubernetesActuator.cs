@@ -48,8 +48,9 @@ public sealed class KubernetesActuator : IReplicaActuator
     private readonly Kubernetes _client;
     private readonly Action<string>? _log;
 
-    private KubernetesActuator(string ns, string deployment, int minReplicas, int maxReplicas, Kubernetes client, Action<string>? log)
+    private KubernetesActuator(string ns, string deployment, int minReplicas, int maxReplicas, TimeSpan callTimeout, Kubernetes client, Action<string>? log)
     {
+        CallTimeout = callTimeout;
         Namespace = ns;
         Deployment = deployment;
         MinReplicas = minReplicas;
@@ -71,7 +72,10 @@ public sealed class KubernetesActuator : IReplicaActuator
     public int MaxReplicas { get; }
 
     /// <summary>The longest one API call may take before it counts as <c>autoscale.k8s_unreachable</c>.</summary>
-    public TimeSpan CallTimeout { get; init; } = TimeSpan.FromSeconds(5);
+    public TimeSpan CallTimeout { get; }
+
+    /// <summary>The <see cref="CallTimeout"/> unless <see cref="Create"/> is given one.</summary>
+    public static readonly TimeSpan DefaultCallTimeout = TimeSpan.FromSeconds(5);
 
     /// <inheritdoc/>
     public string Name => "k8s";
@@ -87,12 +91,14 @@ public sealed class KubernetesActuator : IReplicaActuator
     /// <param name="maxReplicas">Most replicas ever asked for (at least <paramref name="minReplicas"/> and 1).</param>
     /// <param name="log">Event lines (each change made, a failed observation after a change); null for none.</param>
     /// <param name="config">Where and how to reach the API; null = the service account in a cluster, else the kubeconfig.</param>
+    /// <param name="callTimeout">Each API call's deadline (positive); null = <see cref="DefaultCallTimeout"/>.</param>
     /// <exception cref="AutoscaleException"><c>autoscale.bad_actuator</c> (the text is not two DNS labels),
     /// <c>autoscale.k8s_config</c> (not in a cluster and no usable kubeconfig).</exception>
     /// <exception cref="ArgumentOutOfRangeException">Bounds that do not make a range (the caller validates them first).</exception>
-    public static KubernetesActuator Create(string spec, int minReplicas, int maxReplicas, Action<string>? log = null, KubernetesClientConfiguration? config = null)
+    public static KubernetesActuator Create(string spec, int minReplicas, int maxReplicas, Action<string>? log = null, KubernetesClientConfiguration? config = null, TimeSpan? callTimeout = null)
     {
         ArgumentNullException.ThrowIfNull(spec);
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(callTimeout ?? DefaultCallTimeout, TimeSpan.Zero, nameof(callTimeout));
         ArgumentOutOfRangeException.ThrowIfNegative(minReplicas);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxReplicas, Math.Max(1, minReplicas));
         string text = spec.StartsWith("k8s:", StringComparison.Ordinal) ? spec[4..] : spec;
@@ -108,7 +114,7 @@ public sealed class KubernetesActuator : IReplicaActuator
         {
             throw new AutoscaleException("autoscale.k8s_config", $"k8s:{ns}/{name}: cannot set up the Kubernetes client: {e.Message}", e);
         }
-        return new KubernetesActuator(ns, name, minReplicas, maxReplicas, client, log);
+        return new KubernetesActuator(ns, name, minReplicas, maxReplicas, callTimeout ?? DefaultCallTimeout, client, log);
     }
 
     // In a pod: its service account. Else the first kubeconfig that exists (not merged, unlike kubectl).

@@ -160,6 +160,7 @@ public sealed class KubernetesActuator : IReplicaActuator
     public async ValueTask<ActuatorResult> ScaleAsync(int desired, CancellationToken ct)
     {
         int target = Math.Clamp(desired, MinReplicas, MaxReplicas);
+        bool wrote = false;
         for (int attempt = 1; ; attempt++)
         {
             var (scale, failure) = await CallAsync("read the scale subresource",
@@ -174,6 +175,7 @@ public sealed class KubernetesActuator : IReplicaActuator
                 t => _client.AppsV1.ReplaceNamespacedDeploymentScaleAsync(scale, Deployment, Namespace, fieldManager: FieldManager, cancellationToken: t), ct).ConfigureAwait(false);
             if (failure is null)
             {
+                wrote = true;
                 _log?.Invoke($"{Description}: spec.replicas {(before is { } b ? b.ToString(CultureInfo.InvariantCulture) : "unset")} -> {target.ToString(CultureInfo.InvariantCulture)}"
                     + (target != desired ? $" (asked {desired.ToString(CultureInfo.InvariantCulture)}, bounds {MinReplicas.ToString(CultureInfo.InvariantCulture)}..{MaxReplicas.ToString(CultureInfo.InvariantCulture)})" : ""));
                 break;
@@ -184,7 +186,7 @@ public sealed class KubernetesActuator : IReplicaActuator
                     $"{Description}: the scale subresource changed while it was being set to {target.ToString(CultureInfo.InvariantCulture)}, twice (409 Conflict; something else is scaling this Deployment, such as an HPA or kubectl)");
         }
         var observed = await ObserveAsync(ct).ConfigureAwait(false);
-        if (observed.Ok) return observed;
+        if (observed.Ok || !wrote) return observed;
         // The change is made; only its size is unknown. Not a failure, or the caller would count it as one.
         _log?.Invoke($"{Description}: scaled, but {observed.Error}");
         return ActuatorResult.Of(null);

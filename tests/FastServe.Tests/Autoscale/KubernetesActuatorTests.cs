@@ -22,8 +22,8 @@ public class KubernetesActuatorTests
     /// <summary>
     /// One Deployment as the API server keeps it: GET of the Deployment and of its scale subresource, and PUT of the
     /// scale, which is refused with 409 unless it carries the current resourceVersion (as the real server does).
-    /// Each request is recorded with its body; <see cref="Fail"/> makes the next requests of a verb answer an error
-    /// status; <see cref="BeforeWrite"/> runs before a PUT is judged (a concurrent writer). Raw HTTP/1.1 over TCP,
+    /// Each request is recorded with its body; <see cref="Fail"/> makes the next requests of a verb (<c>GET</c>) or of a
+    /// verb and path (<c>GET /apis/…</c>) answer an error status; <see cref="BeforeWrite"/> runs before a PUT is judged (a concurrent writer). Raw HTTP/1.1 over TCP,
     /// one request per connection.
     /// </summary>
     private sealed class FakeApiServer : IDisposable
@@ -118,7 +118,8 @@ public class KubernetesActuatorTests
             lock (_lock)
             {
                 _requests.Add(r);
-                if (_failures.TryGetValue(r.Method, out var queue) && queue.TryDequeue(out int failure)) return (failure, StatusJson(failure));
+                foreach (var key in new[] { $"{r.Method} {r.Path}", r.Method })
+                    if (_failures.TryGetValue(key, out var queue) && queue.TryDequeue(out int failure)) return (failure, StatusJson(failure));
                 switch (r.Method, r.Path)
                 {
                     case ("GET", DeploymentPath): return (200, DeploymentJson());
@@ -365,6 +366,24 @@ public class KubernetesActuatorTests
         var third = await k8s.ScaleAsync(5, Soon);
         Assert.That(third.Ok, Is.True, third.Error);
         Assert.That(api.SpecReplicas, Is.EqualTo(5));
+    }
+
+    [Test]
+    public async Task AFailedReadAfterAWriteIsStillASuccessWithoutASizeButWithoutAWriteItIsTheFailure()
+    {
+        using var api = new FakeApiServer { SpecReplicas = 3 };
+        var log = new Log();
+        await using var k8s = Actuator(api, log: log);
+        api.Fail($"GET {DeploymentPath}", 503);
+        var wrote = await k8s.ScaleAsync(6, Soon);
+        Assert.That((wrote.Ok, wrote.Size), Is.EqualTo((true, (FleetSize?)null)), "the change is made; only its size is unknown");
+        Assert.That(api.SpecReplicas, Is.EqualTo(6));
+        Assert.That(log.Lines.Last(), Does.Contain("scaled, but").And.Contain("answered 503"));
+
+        api.Fail($"GET {DeploymentPath}", 503);
+        var unchanged = await k8s.ScaleAsync(6, Soon);
+        Assert.That(unchanged.ErrorCode, Is.EqualTo("autoscale.k8s_server_error"), "nothing was done, and the size is unknown");
+        Assert.That(api.Requests.Count(r => r.Method == "PUT"), Is.EqualTo(1));
     }
 
     [Test]

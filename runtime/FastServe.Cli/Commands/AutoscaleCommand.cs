@@ -92,6 +92,8 @@ internal static class AutoscaleCommand
                 {
                     "dry-run" => new DryRunActuator(),
                     "local" => new LocalActuator(LocalOptions(r, policyOptions, ports, replicaHost, file, exe, drainDelay, stopTimeout, startTimeout, serveArgs), OnReplica),
+                    _ when spec.StartsWith("k8s:", StringComparison.Ordinal) => KubernetesActuator.Create(spec["k8s:".Length..], policyOptions.MinReplicas, policyOptions.MaxReplicas,
+                        msg => { lock (outLock) Console.Error.WriteLine($"fastserve autoscale: {msg}"); }),
                     _ => throw new AutoscaleException("autoscale.bad_actuator", $"--actuator must be local, k8s:NAMESPACE/DEPLOYMENT or dry-run, not '{spec}'"),
                 };
             }
@@ -100,6 +102,17 @@ internal static class AutoscaleCommand
             {
                 act.DisposeAsync().AsTask().GetAwaiter().GetResult();
                 throw new FastServeException("autoscale.bad_config", "serve arguments after -- are for the local actuator only", "serve-args");
+            }
+            // A cluster that cannot be reached or read at start is a configuration error, said once; later the same
+            // failures are a tick's events, and the next tick tries again.
+            if (act is KubernetesActuator)
+            {
+                var first = act.ObserveAsync(CancellationToken.None).AsTask().GetAwaiter().GetResult();
+                if (!first.Ok)
+                {
+                    act.DisposeAsync().AsTask().GetAwaiter().GetResult();
+                    throw new FastServeException(first.ErrorCode!, first.Error!, "--actuator");
+                }
             }
             if (mport > 0)
             {

@@ -28,8 +28,11 @@ internal static class SimulateFleetCommand
         var target = new Option<double>("--target-concurrency") { Description = "Concurrency per replica the autoscaler, KPA and HPA aim for", DefaultValueFactory = _ => new AutoscaleOptions().TargetConcurrency };
         var seed = new Option<int>("--seed") { Description = "Seed of the start-up times", DefaultValueFactory = _ => 1 };
         var json = new Option<bool>("--json") { Description = "Print the report as JSON" };
+        var chart = new Option<string?>("--chart") { Description = "Also draw FILE.png: load, ready replicas and P99 over time for every policy" };
+        var timeline = new Option<bool>("--timeline") { Description = "With --json: add each policy's run over time (--sample-s buckets)" };
+        var sample = new Option<double>("--sample-s") { Description = "Bucket of the chart and the timeline, seconds", DefaultValueFactory = _ => 60 };
         var cmd = new Command("simulate-fleet", "Simulate a fleet under a load trace: this autoscaler against the HPA, Knative's KPA, static provisioning and an oracle.");
-        foreach (Option o in new Option[] { trace, csv, spikes, spikeFactor, spikeMinutes, hours, capacity, startDelay, slo, target, seed, json }) cmd.Add(o);
+        foreach (Option o in new Option[] { trace, csv, spikes, spikeFactor, spikeMinutes, hours, capacity, startDelay, slo, target, seed, json, chart, timeline, sample }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             bool asJson = r.GetValue(json);
@@ -53,12 +56,23 @@ internal static class SimulateFleetCommand
             if (!(sloMs > 0 && sloMs <= 3_600_000)) throw new FastServeException("args.invalid_slo", "--slo-ms must be positive", "--slo-ms");
             if (!(tc > 0 && tc <= 1e6)) throw new FastServeException("args.invalid_target_concurrency", "--target-concurrency must be between 0 and 1000000", "--target-concurrency");
             var model = new ReplicaModel { Capacity = cap, StartDelayMedian = delay, Slo = sloMs / 1000 };
+            string? chartPath = r.GetValue(chart);
+            bool withTimeline = r.GetValue(timeline);
+            double sampleS = r.GetValue(sample);
+            if (!(sampleS >= 1 && sampleS <= 86_400)) throw new FastServeException("args.invalid_sample", "--sample-s must be between 1 and 86400", "--sample-s");
+            if (chartPath is not null && !chartPath.EndsWith(".png", StringComparison.OrdinalIgnoreCase))
+                throw new FastServeException("args.invalid_chart", "--chart must name a .png file", "--chart");
+            if (withTimeline && !asJson) throw new FastServeException("args.invalid_timeline", "--timeline goes with --json", "--timeline");
             var policies = FleetComparison.Policies(load, model, new AutoscaleOptions { MaxReplicas = 100_000, TargetConcurrency = tc });
             long perPolicy = new FleetSimulator(load, model, r.GetValue(seed)).Steps;
+            FleetTimeline[]? timelines = chartPath is not null || withTimeline ? [.. policies.Select(_ => new FleetTimeline(sampleS))] : null;
             var results = Output.WithProgress($"simulating {policies.Length} policies × {load.DurationSeconds / 3600:G4} h", asJson, p =>
-                FleetComparison.Run(load, model, r.GetValue(seed), policies, (i, d, _) => p(i * perPolicy + d, policies.Length * perPolicy)));
+                FleetComparison.Run(load, model, r.GetValue(seed), policies, (i, d, _) => p(i * perPolicy + d, policies.Length * perPolicy), timelines));
             double oracle = results[^1].ReplicaHours;
-            if (asJson) WriteJson(results, oracle, load, model, r.GetValue(seed));
+            if (chartPath is not null)
+                FleetChart.Write(chartPath, results, timelines!, model.Slo,
+                    $"{load.DurationSeconds / 3600:G4} h, peak {timelines![0].Rate.Max():N0} req/s, target {tc:G4} in flight a replica, {delay:G3} s starts, seed {r.GetValue(seed)}");
+            if (asJson) WriteJson(results, oracle, load, model, r.GetValue(seed), withTimeline ? timelines : null, chartPath);
             else WriteTable(results, oracle);
             return 0;
         });
@@ -97,8 +111,9 @@ internal static class SimulateFleetCommand
         console.Write(table);
     }
 
-    private static void WriteJson(FleetRunResult[] results, double oracle, LoadTrace load, ReplicaModel model, int seed) => Output.WriteJson(w =>
+    private static void WriteJson(FleetRunResult[] results, double oracle, LoadTrace load, ReplicaModel model, int seed, FleetTimeline[]? timelines, string? chart) => Output.WriteJson(w =>
     {
+        if (chart is not null) w.WriteString("chart", chart); else w.WriteNull("chart");
         w.WriteNumber("hours", load.DurationSeconds / 3600);
         w.WriteNumber("replica_capacity_rps", model.Capacity);
         w.WriteNumber("start_delay_median_s", model.StartDelayMedian);
@@ -118,8 +133,23 @@ internal static class SimulateFleetCommand
             w.WriteNumber("scale_events", x.ScaleEvents);
             w.WriteNumber("reversals", x.Reversals);
             w.WriteNumber("max_replicas", x.MaxReplicas);
+            if (timelines is not null) WriteTimeline(w, timelines[Array.IndexOf(results, x)]);
             w.WriteEndObject();
         }
         w.WriteEndArray();
     });
+
+    private static void WriteTimeline(System.Text.Json.Utf8JsonWriter w, FleetTimeline t)
+    {
+        w.WriteStartObject("timeline");
+        w.WriteNumber("sample_s", t.SampleSeconds);
+        foreach (var (name, values, scale) in new[] { ("t_s", t.Time, 1.0), ("rate_rps", t.Rate, 1.0), ("ready", t.Ready, 1.0), ("paid", t.Paid, 1.0), ("p99_ms", t.P99, 1000.0) })
+        {
+            w.WriteStartArray(name);
+            // An infinite P99 (over 1 % refused) is null: JSON has no infinity.
+            foreach (double v in values) if (double.IsFinite(v)) w.WriteNumberValue(Math.Round(v * scale, 3)); else w.WriteNullValue();
+            w.WriteEndArray();
+        }
+        w.WriteEndObject();
+    }
 }

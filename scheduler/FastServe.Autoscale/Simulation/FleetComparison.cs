@@ -23,15 +23,16 @@ public static class FleetComparison
     }
 
     /// <summary>Runs each policy over the trace with the same seed; <paramref name="progress"/> gets (policy index,
-    /// steps done, steps per policy).</summary>
+    /// steps done, steps per policy); <paramref name="timelines"/>, when given, one per policy, record each run over
+    /// time.</summary>
     public static FleetRunResult[] Run(LoadTrace trace, ReplicaModel model, int seed, IReadOnlyList<IScalePolicy> policies,
-        Action<int, long, long>? progress = null)
+        Action<int, long, long>? progress = null, IReadOnlyList<FleetTimeline>? timelines = null)
     {
         var results = new FleetRunResult[policies.Count];
         for (int p = 0; p < policies.Count; p++)
         {
             int index = p;
-            results[p] = new FleetSimulator(trace, model, seed).Run(policies[p], progress is null ? null : (d, n) => progress(index, d, n));
+            results[p] = new FleetSimulator(trace, model, seed).Run(policies[p], progress is null ? null : (d, n) => progress(index, d, n), timelines?[p]);
         }
         return results;
     }

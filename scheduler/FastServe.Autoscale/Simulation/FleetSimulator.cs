@@ -18,8 +18,9 @@ public sealed class FleetSimulator(LoadTrace trace, ReplicaModel model, int seed
 
     /// <summary>Runs <paramref name="policy"/> over the whole trace. The fleet starts with the count the policy asks for
     /// when shown a fleet sized for the first second at full capacity, all ready (a fleet already running).
-    /// <paramref name="progress"/> gets (steps done, steps) now and then.</summary>
-    public FleetRunResult Run(IScalePolicy policy, Action<long, long>? progress = null)
+    /// <paramref name="progress"/> gets (steps done, steps) now and then; <paramref name="timeline"/>, when given,
+    /// records the run over time.</summary>
+    public FleetRunResult Run(IScalePolicy policy, Action<long, long>? progress = null, FleetTimeline? timeline = null)
     {
         model.Validate();
         var rng = new Random(seed);
@@ -55,6 +56,7 @@ public sealed class FleetSimulator(LoadTrace trace, ReplicaModel model, int seed
             replicaSeconds += (ready + starting.Count + drainingCount) * stepSeconds;
             refusedSinceTick += s.Refused;
             stepsSinceTick++;
+            timeline?.Add(t, rate, ready, ready + starting.Count + drainingCount, s, model);
 
             double now = t + stepSeconds;
             if (now + 1e-9 < nextTick) continue;
@@ -97,6 +99,7 @@ public sealed class FleetSimulator(LoadTrace trace, ReplicaModel model, int seed
             }
         }
         progress?.Invoke(steps, steps);
+        timeline?.Finish();
         return new FleetRunResult(policy.Name, offered, within, over, rejected, replicaSeconds / 3600, events, reversals, maxReplicas);
     }
 }

@@ -152,6 +152,72 @@ public class AutoscaleEndToEndTests
         Assert.That(r.Err, Does.StartWith("error[autoscale.bad_signal]"), r.Err);
     }
 
+    private static string KubeConfig(int port)
+    {
+        string path = Path.Combine(TestModels.TempDir("autoscale-kubeconfig"), "config");
+        File.WriteAllText(path, $"""
+            apiVersion: v1
+            kind: Config
+            clusters:
+            - name: fake
+              cluster:
+                server: http://127.0.0.1:{port}
+            users:
+            - name: autoscaler
+              user:
+                token: scale-token
+            contexts:
+            - name: fake
+              context:
+                cluster: fake
+                user: autoscaler
+            current-context: fake
+            """);
+        return path;
+    }
+
+    /// <summary>The published binary's k8s actuator (KubernetesClient.Aot under NativeAOT) against the fake API
+    /// server: a surge on the routers' gauges becomes a PUT of the Deployment's scale subresource.</summary>
+    [Test]
+    public void TheK8sActuatorScalesADeploymentFromTheRoutersGauges()
+    {
+        using var api = new KubernetesActuatorTests.FakeApiServer();   // spec 3, all ready
+        // 3 ready, 400 in flight at 48 each: 9 wanted ≥ 2 × 3, panic, at most ×2 → 6.
+        using var router = new RouterMetricsSignalTests.TinyHttp(RouterMetricsSignalTests.Page
+            .Replace("ready_endpoints 3", "ready_endpoints 3").Replace("concurrency 12.5", "concurrency 400").Replace("demand 22.5", "demand 410"));
+        var psi = new ProcessStartInfo(DistBinary.Path) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { "autoscale", "--actuator", "k8s:fleet/replica", "--router-metrics", router.Url, "--max-replicas", "20", "--tick-ms", "200", "--json" })
+            psi.ArgumentList.Add(a);
+        psi.Environment["KUBECONFIG"] = KubeConfig(api.Port);
+        psi.Environment.Remove("KUBERNETES_SERVICE_HOST");
+        using var p = Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync();
+        var sw = Stopwatch.StartNew();
+        while (api.SpecReplicas == 3 && sw.Elapsed < TimeSpan.FromSeconds(30) && !p.HasExited) Thread.Sleep(50);
+        ReplicaProcess.Kill(p.Id, 15);
+        Assert.That(p.WaitForExit(20_000), Is.True);
+        string output = p.StandardOutput.ReadToEnd();
+        Assert.That(api.SpecReplicas, Is.EqualTo(6), output + err.Result);
+        var put = api.Requests.First(r => r.Method == "PUT");
+        Assert.That((put.Path, put.Authorization), Is.EqualTo(("/apis/apps/v1/namespaces/fleet/deployments/replica/scale", "Bearer scale-token")));
+        Assert.That(output, Does.Contain("\"action\":\"up\"").And.Contain("\"desired\":6"));
+        Assert.That(p.ExitCode, Is.Zero, err.Result);
+    }
+
+    [Test]
+    public void AnUnreachableClusterIsOneClearErrorAtStart()
+    {
+        var psi = new ProcessStartInfo(DistBinary.Path) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { "autoscale", "--actuator", "k8s:fleet/replica", "--router-metrics", "http://127.0.0.1:9/metrics" }) psi.ArgumentList.Add(a);
+        psi.Environment["KUBECONFIG"] = KubeConfig(ReplicaProcess.FreePort());
+        psi.Environment.Remove("KUBERNETES_SERVICE_HOST");
+        using var p = Process.Start(psi)!;
+        var err = p.StandardError.ReadToEndAsync();
+        Assert.That(p.WaitForExit(30_000), Is.True);
+        Assert.That(p.ExitCode, Is.EqualTo(1));
+        Assert.That(err.Result, Does.StartWith("error[autoscale.k8s_unreachable]"), err.Result);
+    }
+
     [Test]
     public void DryRunPrintsItsDecisionsAsJson()
     {

@@ -26,7 +26,7 @@ public class KubernetesActuatorTests
     /// verb and path (<c>GET /apis/…</c>) answer an error status; <see cref="BeforeWrite"/> runs before a PUT is judged (a concurrent writer). Raw HTTP/1.1 over TCP,
     /// one request per connection.
     /// </summary>
-    private sealed class FakeApiServer : IDisposable
+    internal sealed class FakeApiServer : IDisposable
     {
         private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
         private readonly CancellationTokenSource _stop = new();

@@ -11,7 +11,7 @@ namespace FastServe.Tests.Autoscale;
 /// input like any other.</summary>
 public class RouterMetricsSignalTests
 {
-    private const string Page = """
+    internal const string Page = """
         # HELP fastserve_router_fleet_ready_endpoints Endpoints that can be picked now.
         # TYPE fastserve_router_fleet_ready_endpoints gauge
         fastserve_router_fleet_ready_endpoints 3
@@ -107,7 +107,7 @@ public class RouterMetricsSignalTests
     }
 
     /// <summary>Answers every request on a loopback port with one fixed text body.</summary>
-    private sealed class TinyHttp : IDisposable
+    internal sealed class TinyHttp : IDisposable
     {
         private readonly TcpListener _l = new(IPAddress.Loopback, 0);
         private readonly CancellationTokenSource _stop = new();

@@ -87,6 +87,7 @@ public sealed partial class LocalActuator : IReplicaActuator
         public readonly Queue<string> StderrTail = new();    // under itself
         public State State;
         public bool StopRequested;                           // under the actuator's lock
+        public Task Watch = Task.CompletedTask;              // ends after the exit is settled
     }
 
     private static readonly TimeSpan PortCooldown = TimeSpan.FromSeconds(30);
@@ -222,7 +223,7 @@ public sealed partial class LocalActuator : IReplicaActuator
             }
         };
         proc.BeginErrorReadLine();
-        _ = Task.Run(() => WatchAsync(r));
+        r.Watch = Task.Run(() => WatchAsync(r));
         return null;
     }
 
@@ -395,7 +396,8 @@ public sealed partial class LocalActuator : IReplicaActuator
             _disposed = true;
             foreach (var r in _replicas.Where(r => !r.StopRequested).ToArray()) StopLocked(r, drain: r.State == State.Ready);
             PublishLocked();
-            waits = [.. _stopping];
+            // The watchers too: each ends after its replica's exit is settled and its event emitted.
+            waits = [.. _stopping, .. _replicas.Select(r => r.Watch)];
         }
         await Task.WhenAll(waits).ConfigureAwait(false);
     }

@@ -47,13 +47,6 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
     // What each purpose last staged in the current staging epoch: arrays that repeat within a step are staged once.
     private StageCache _ropeCache, _slotCache, _attnCache, _gatherCache, _tokenCache, _sampleCache;
 
-    /// <summary>Where this backend's one-line reports go (a finished weight upload of at least
-    /// <see cref="LogUploadBytes"/>, each graph captured): stderr, which a serving engine's log is.</summary>
-    internal static Action<string> Log = static line => Console.Error.WriteLine(line);
-
-    /// <summary>Upload sessions smaller than this (check-backend's test weights) are not logged.</summary>
-    internal const long LogUploadBytes = 64L << 20;
-
     private CudaBackend(CudaDeviceSummary device, CudaContextHandle context, CudaStreamHandle stream, FsCudaDeviceInfo info, UploadOptions upload)
     {
         Device = device;
@@ -544,13 +537,8 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
     private void FinishUploads()
     {
         var s = _uploader.Finish();
-        if (s.Bytes >= LogUploadBytes)
-        {
-            Log(string.Create(System.Globalization.CultureInfo.InvariantCulture,
-                $"fastserve cuda: weights uploaded: {s.Bytes / 1e9:F3} GB in {s.Seconds:F3} s, {s.GigabytesPerSecond:F1} GB/s " +
-                $"({_uploader.Chunks} x {_uploader.ChunkBytes >> 20} MiB pinned chunks, allocated once in {_uploader.StagingSeconds:F3} s, {_uploader.CopyThreads} copy threads; " +
-                $"host copies {s.HostCopySeconds:F3} s, waits on transfers {s.TransferWaitSeconds:F3} s, {s.Pieces} pieces)"));
-        }
+        if (s.Bytes >= CudaLog.UploadBytesWorthReporting)
+            CudaLog.Write(CudaLog.Upload(s, _uploader.Chunks, _uploader.ChunkBytes, _uploader.StagingSeconds, _uploader.CopyThreads));
     }
 
     /// <summary>Before device memory that uploads may still write is freed: waits for them (errors ignored: the fault
@@ -568,10 +556,7 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
     }
 
     /// <summary>A step's graph was captured (<see cref="CudaGraphRecorder"/>): one line in the log.</summary>
-    internal void OnGraphCaptured(int key, double seconds, GraphCaptureStats s) =>
-        Log(string.Create(System.Globalization.CultureInfo.InvariantCulture,
-            $"fastserve cuda: graph for batch {key} captured in {seconds * 1e3:F1} ms ({s.CapturedKeys} batch sizes captured, " +
-            $"{s.CaptureSeconds * 1e3:F1} ms capturing in all, {s.Deferred} steps ran eagerly while captures were spaced out)"));
+    internal void OnGraphCaptured(int key, double seconds, GraphCaptureStats s) => CudaLog.Write(CudaLog.Capture(key, seconds, s));
 
     private void Bind(int thread)
     {

@@ -103,12 +103,10 @@ internal sealed unsafe class CudaWeightUploader : IDisposable
         _active = false;
     }
 
-    // A chunk counted in flight has no event only when allocating the staging failed before anything was copied.
     private void Wait(int chunk)
     {
-        if (_events[chunk] is not { } e) return;
         long t0 = Stopwatch.GetTimestamp();
-        _b.Driver(CudaDriver.cuEventSynchronize(e.Event), "cuEventSynchronize");
+        _b.Driver(CudaDriver.cuEventSynchronize(_events[chunk]!.Event), "cuEventSynchronize");
         _waitTicks += Stopwatch.GetTimestamp() - t0;
     }
 

@@ -60,7 +60,7 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
         _staging = new CudaStaging(context, InitialStagingBytes);
         _readback = CudaPinnedMemory.Alloc(context, InitialStagingBytes, "readback");
         _graphs = new CudaGraphRecorder(this, context, _stream, new GraphCapturePolicy());
-        _uploader = new CudaWeightUploader(this, context, _stream, upload);
+        _uploader = new CudaWeightUploader(context, _stream, upload, Driver, () => Pending = true);
         _boundThread = Environment.CurrentManagedThreadId;
     }
 

@@ -11,11 +11,13 @@ namespace FastServe.Interop;
 /// both. Sources are copied before <see cref="Upload"/> returns, so a caller may drop them at once; the device
 /// copies complete later, in stream order before any kernel that reads them. <see cref="Finish"/> waits for the
 /// last one and closes the session's statistics. The chunks are allocated on first use and kept until disposed.
-/// Used by the backend's thread only.
+/// Used by the backend's thread only. Every driver result goes to <c>check</c> (the backend's: a failure faults it and
+/// throws); <c>issued</c> is told that work was enqueued on the stream.
 /// </summary>
 internal sealed unsafe class CudaWeightUploader : IDisposable
 {
-    private readonly CudaBackend _b;
+    private readonly Action<int, string> _check;
+    private readonly Action _issued;
     private readonly CudaContextHandle _context;
     private readonly nint _stream;
     private readonly UploadSchedule _schedule;
@@ -28,9 +30,10 @@ internal sealed unsafe class CudaWeightUploader : IDisposable
     private long _copyTicks, _waitTicks;
     private int _pieces;
 
-    public CudaWeightUploader(CudaBackend backend, CudaContextHandle context, nint stream, UploadOptions options)
+    public CudaWeightUploader(CudaContextHandle context, nint stream, UploadOptions options, Action<int, string> check, Action issued)
     {
-        _b = backend;
+        _check = check;
+        _issued = issued;
         _context = context;
         _stream = stream;
         _schedule = new UploadSchedule(options.Chunks, options.ChunkBytes);
@@ -74,13 +77,13 @@ internal sealed unsafe class CudaWeightUploader : IDisposable
             long t0 = Stopwatch.GetTimestamp();
             HostCopy(src + done, chunk + p.Offset, p.Length);
             _copyTicks += Stopwatch.GetTimestamp() - t0;
-            _b.Driver(CudaDriver.cuMemcpyHtoDAsync_v2(dst + (nint)done, chunk + p.Offset, (nuint)p.Length, _stream), "cuMemcpyHtoDAsync_v2");
-            _b.Driver(CudaDriver.cuEventRecord(_events[p.Chunk]!.Event, _stream), "cuEventRecord");
+            _check(CudaDriver.cuMemcpyHtoDAsync_v2(dst + (nint)done, chunk + p.Offset, (nuint)p.Length, _stream), "cuMemcpyHtoDAsync_v2");
+            _check(CudaDriver.cuEventRecord(_events[p.Chunk]!.Event, _stream), "cuEventRecord");
             done += p.Length;
             _pieces++;
         }
         _bytes += bytes;
-        _b.Pending = true;
+        _issued();
     }
 
     /// <summary>Waits until every copy of the open session has completed and adds the session to <see cref="Stats"/>;
@@ -106,7 +109,7 @@ internal sealed unsafe class CudaWeightUploader : IDisposable
     private void Wait(int chunk)
     {
         long t0 = Stopwatch.GetTimestamp();
-        _b.Driver(CudaDriver.cuEventSynchronize(_events[chunk]!.Event), "cuEventSynchronize");
+        _check(CudaDriver.cuEventSynchronize(_events[chunk]!.Event), "cuEventSynchronize");
         _waitTicks += Stopwatch.GetTimestamp() - t0;
     }
 

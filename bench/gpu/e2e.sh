@@ -35,11 +35,13 @@ if [ ! -f "$fp8model/config.json" ]; then
   say "quantizing $model to $fp8model"
   rm -rf "$fp8model"
   dist/fastserve quantize --model "$model" --out "$fp8model" --json >"$out/quantize.json" 2>"$out/quantize.err" \
-    || { say "quantize failed: $(tail -3 "$out/quantize.err")"; exit 1; }
+    || { say "quantize failed: $(tail -3 "$out/quantize.err")"; failed=1; }
 fi
-say "start-up: serve $fp8model three times (startup.py)"
-python3 bench/gpu/startup.py --exe dist/fastserve --model "$fp8model" --out "$out/startup.json" --starts 3 --load 8 2>&1 \
-  | tee "$out/startup.txt" || failed=1
+if [ -f "$fp8model/config.json" ]; then
+  say "start-up: serve $fp8model three times (startup.py)"
+  python3 bench/gpu/startup.py --exe dist/fastserve --model "$fp8model" --out "$out/startup.json" --starts 3 --load 8 2>&1 \
+    | tee "$out/startup.txt" || failed=1
+fi
 if [ "${FASTSERVE_E2E_STARTUP_ONLY:-0}" = 1 ]; then exit $failed; fi
 
 common=(--model "$model" --backend cuda --json)

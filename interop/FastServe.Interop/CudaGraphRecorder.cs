@@ -6,7 +6,8 @@ namespace FastServe.Interop;
 /// The cuda backend's step recording (<see cref="IStepRecorder"/>) with CUDA graphs: a key's first step runs op by op
 /// (it grows every buffer), a later one is captured from the stream, and the steps after it replay the graph
 /// (<see cref="StepRecordings{T}"/>'s policy, with <see cref="GraphCapturePolicy"/> deciding when a due key is
-/// captured). Nothing is captured before the replica is ready: steps run eagerly until their key's graph exists.
+/// captured). Nothing is captured at start-up (a key is captured only after it ran op by op, and the engine's warm-up
+/// runs one decode step): steps run eagerly until their key's graph exists.
 /// The backend's ops ask it what to do:
 /// <list type="bullet">
 /// <item><see cref="RecorderMode.Capturing"/>: ops issue their work as usual, into the stream's capture; the step's

@@ -2,8 +2,9 @@ namespace FastServe.Interop;
 
 /// <summary>
 /// When the cuda backend captures a decode step's graph, on top of <see cref="Runtime.Backends.StepRecordings{T}"/>
-/// (which says a key may be recorded once it ran op by op). Nothing is captured before the replica is ready: every
-/// key's steps run eagerly until its graph exists, and a key is captured only
+/// (which says a key may be recorded once it ran op by op). Nothing is captured at start-up: every key's steps run
+/// eagerly until its graph exists, so the engine's warm-up (one decode step of batch 1) captures nothing and the
+/// replica reports ready with no graph; a key is captured only
 /// <list type="bullet">
 /// <item>after <see cref="EagerStepsBeforeCapture"/> eager steps of it (the first grows every buffer the step needs,
 /// so at least 1), and</item>

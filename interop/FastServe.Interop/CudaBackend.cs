@@ -47,7 +47,7 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
     // What each purpose last staged in the current staging epoch: arrays that repeat within a step are staged once.
     private StageCache _ropeCache, _slotCache, _attnCache, _gatherCache, _tokenCache, _sampleCache;
 
-    private CudaBackend(CudaDeviceSummary device, CudaContextHandle context, CudaStreamHandle stream, FsCudaDeviceInfo info, UploadOptions upload)
+    private CudaBackend(CudaDeviceSummary device, CudaContextHandle context, CudaStreamHandle stream, FsCudaDeviceInfo info, UploadOptions upload, double captureDuty)
     {
         Device = device;
         _context = context;
@@ -59,7 +59,7 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
         Fp8TensorCores = info.Fp8TensorCores != 0;
         _staging = new CudaStaging(context, InitialStagingBytes);
         _readback = CudaPinnedMemory.Alloc(context, InitialStagingBytes, "readback");
-        _graphs = new CudaGraphRecorder(this, context, _stream, new GraphCapturePolicy());
+        _graphs = new CudaGraphRecorder(this, context, _stream, new GraphCapturePolicy(dutyCycle: captureDuty));
         _uploader = new CudaWeightUploader(context, _stream, upload, Driver, () => Pending = true);
         _boundThread = Environment.CurrentManagedThreadId;
     }
@@ -68,10 +68,12 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
     /// primary context to the calling thread, lets the kernel library check the device, and makes the stream.</summary>
     /// <exception cref="FastServeException">cuda.no_driver, cuda.no_device, cuda.unsupported_device, cuda.no_library,
     /// cuda.abi_mismatch, cuda.out_of_memory, cuda.error; cuda.invalid_upload_option for a bad
-    /// FASTSERVE_CUDA_UPLOAD_* variable (<see cref="UploadOptions"/>).</exception>
+    /// FASTSERVE_CUDA_UPLOAD_* variable (<see cref="UploadOptions"/>), cuda.invalid_capture_duty for a bad
+    /// FASTSERVE_CUDA_CAPTURE_DUTY (<see cref="GraphCapturePolicy.DutyCycleFromEnvironment"/>).</exception>
     public static CudaBackend Create(int ordinal = 0)
     {
         var upload = UploadOptions.FromEnvironment(Environment.GetEnvironmentVariable);
+        double captureDuty = GraphCapturePolicy.DutyCycleFromEnvironment(Environment.GetEnvironmentVariable);
         var summary = CudaEnvironment.Check(ordinal);
         int dev;
         CudaException.Check(CudaDriver.cuDeviceGet(&dev, ordinal), "cuDeviceGet");
@@ -86,7 +88,7 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
             st = FastServeCuda.fs_cuda_device_info_get(ordinal, &info);
             if (st != FsStatus.Ok) CudaException.ThrowKernels("fs_cuda_device_info_get", st);
             stream = CudaStreamHandle.Create(context);
-            return new CudaBackend(summary, context, stream, info, upload);
+            return new CudaBackend(summary, context, stream, info, upload, captureDuty);
         }
         catch
         {

@@ -33,6 +33,18 @@ internal sealed class GraphCapturePolicy
     public int EagerStepsBeforeCapture { get; }
     public double DutyCycle { get; }
 
+    /// <summary>The duty cycle <c>FASTSERVE_CUDA_CAPTURE_DUTY</c> sets (a number in (0, 1]; 1 captures every due key
+    /// at once, as before the duty cycle existed), else 0.25.</summary>
+    /// <exception cref="Runtime.FastServeException">cuda.invalid_capture_duty, naming the variable and the value.</exception>
+    public static double DutyCycleFromEnvironment(Func<string, string?> get)
+    {
+        const string Name = "FASTSERVE_CUDA_CAPTURE_DUTY";
+        string? v = get(Name);
+        if (string.IsNullOrWhiteSpace(v)) return 0.25;
+        if (double.TryParse(v.Trim(), System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double d) && d > 0 && d <= 1) return d;
+        throw new Runtime.FastServeException("cuda.invalid_capture_duty", $"{Name}={v}: expected a number greater than 0 and at most 1", Name);
+    }
+
     /// <summary>Keys whose graph is captured now.</summary>
     public int CapturedKeys { get; private set; }
     /// <summary>Captures that produced a graph, since the start (a key dropped and captured again counts twice).</summary>

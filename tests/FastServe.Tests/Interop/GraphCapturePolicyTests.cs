@@ -20,6 +20,20 @@ public class GraphCapturePolicyTests
     }
 
     [Test]
+    public void DutyCycleComesFromTheEnvironmentWithAClearError()
+    {
+        Assert.That(GraphCapturePolicy.DutyCycleFromEnvironment(_ => null), Is.EqualTo(0.25));
+        Assert.That(GraphCapturePolicy.DutyCycleFromEnvironment(_ => " 1 "), Is.EqualTo(1.0));
+        Assert.That(GraphCapturePolicy.DutyCycleFromEnvironment(_ => "0.5"), Is.EqualTo(0.5));
+        foreach (var bad in new[] { "0", "-0.1", "1.5", "half", "NaN" })
+        {
+            var e = Assert.Throws<FastServe.Runtime.FastServeException>(() => GraphCapturePolicy.DutyCycleFromEnvironment(n => n == "FASTSERVE_CUDA_CAPTURE_DUTY" ? bad : null))!;
+            Assert.That(e.Code, Is.EqualTo("cuda.invalid_capture_duty"));
+            Assert.That(e.Message, Does.Contain("FASTSERVE_CUDA_CAPTURE_DUTY=" + bad));
+        }
+    }
+
+    [Test]
     public void CapturesOnlyAfterTheEagerStepsAndOnlyOncePerKey()
     {
         var p = new GraphCapturePolicy(eagerStepsBeforeCapture: 2, dutyCycle: 1);

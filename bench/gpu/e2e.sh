@@ -5,8 +5,12 @@
 #   1. bench-model --compare: prefill tok/s and the batch-1 decode step against the device's copy bandwidth;
 #   2. bench-engine --sweep, 50 tokens in and 50 out, P99 end to end under 1 s: the highest rate meeting it;
 #   3. the same FP8 sweep with --eager (no CUDA graphs), to show what the graphs are worth;
-#   4. with FASTSERVE_E2E_EXACT=1, the FP8 sweep with --graph-exact-sizes (one graph per batch size, no padding).
-# Prints the ratios and writes every JSON into RESULTS_DIR.
+#   4. with FASTSERVE_E2E_EXACT=1, the FP8 sweep with --graph-exact-sizes (one graph per batch size, no padding);
+#   0. first, start-up (startup.py): a pre-quantized FP8 copy of the model (fastserve quantize) served 3 times; time
+#      to ready from exec by stage, the weight upload's GB/s, and, under 8 s of load after the first start, the decode
+#      graphs captured lazily after ready (how many, how long in all). FASTSERVE_E2E_STARTUP_ONLY=1 stops after it.
+# Prints the ratios and writes every JSON into RESULTS_DIR; the upload and capture lines the backend logs to stderr
+# are summed from every step's .err file too.
 #   bench/gpu/e2e.sh RESULTS_DIR [SECONDS_PER_RATE]
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,6 +29,21 @@ if [ ! -f "$model/config.json" ]; then
   dist/fastserve make-model --preset 1b --out "$model" --json >"$out/make-model.json" || { say "make-model failed"; exit 1; }
 fi
 
+failed=0
+fp8model="${model%/}-fp8"
+if [ ! -f "$fp8model/config.json" ]; then
+  say "quantizing $model to $fp8model"
+  rm -rf "$fp8model"
+  dist/fastserve quantize --model "$model" --out "$fp8model" --json >"$out/quantize.json" 2>"$out/quantize.err" \
+    || { say "quantize failed: $(tail -3 "$out/quantize.err")"; failed=1; }
+fi
+if [ -f "$fp8model/config.json" ]; then
+  say "start-up: serve $fp8model three times (startup.py)"
+  python3 bench/gpu/startup.py --exe dist/fastserve --model "$fp8model" --out "$out/startup.json" --starts 3 --load 8 2>&1 \
+    | tee "$out/startup.txt" || failed=1
+fi
+if [ "${FASTSERVE_E2E_STARTUP_ONLY:-0}" = 1 ]; then exit $failed; fi
+
 common=(--model "$model" --backend cuda --json)
 say "bench-model --compare"
 dist/fastserve bench-model "${common[@]}" --compare --prompt-tokens 512 --decode-tokens 64 >"$out/bench-model.json" 2>"$out/bench-model.err" \
@@ -36,7 +55,6 @@ sweep() { # NAME ARGS...
   dist/fastserve bench-engine "${common[@]}" --sweep --sweep-start 50 --duration "$dur" --warmup 2 --in 50 --out 50 "$@" \
     >"$out/engine-$name.json" 2>"$out/engine-$name.err" || { say "bench-engine ($name) failed: $(tail -3 "$out/engine-$name.err")"; return 1; }
 }
-failed=0
 sweep bf16 || failed=1
 sweep fp8 --quantize fp8 || failed=1
 sweep fp8-eager --quantize fp8 --eager || failed=1
@@ -71,5 +89,18 @@ if "fp8" in best and "fp8-eager" in best:
     print(f"CUDA graphs: {best['fp8'] / best['fp8-eager']:.2f}x the eager requests/s")
 if "fp8" in best and "fp8-exact" in best:
     print(f"Padded graph sizes: {best['fp8'] / best['fp8-exact']:.2f}x the requests/s of one graph per exact batch size")
+import re
+up = re.compile(r"weights uploaded: ([0-9.]+) GB in ([0-9.]+) s, ([0-9.]+) GB/s")
+cap = re.compile(r"graph for batch (\d+) captured in ([0-9.]+) ms")
+for n in ["bench-model"] + [f"engine-{k}" for k in ("bf16", "fp8", "fp8-eager", "fp8-exact")]:
+    p = os.path.join(out, n + ".err")
+    if not os.path.exists(p):
+        continue
+    text = open(p, errors="replace").read()
+    ups = [f"{float(m[0]):.2f} GB at {float(m[2]):.1f} GB/s" for m in up.findall(text)]
+    caps = [float(m[1]) for m in cap.findall(text)]
+    if ups or caps:
+        print(f"  {n:>16}: uploads {', '.join(ups) or 'none logged'}; {len(caps)} graphs captured in {sum(caps):.1f} ms"
+              + (f" (longest {max(caps):.1f} ms)" if caps else ""))
 PY
 exit $failed

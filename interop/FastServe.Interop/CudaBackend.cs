@@ -19,8 +19,10 @@ namespace FastServe.Interop;
 /// A failing CUDA call throws <see cref="CudaException"/> (<c>cuda.*</c>) and, except for arguments the kernel
 /// library rejects before launching (<c>cuda.invalid_argument</c>), leaves the backend faulted: every later op
 /// throws again, because the stream's work is lost and CUDA errors of a context are sticky.</para>
-/// <para>Steps bracketed by <see cref="BeginStep"/> and <see cref="EndStep"/> are recorded as CUDA graphs and replayed
-/// (<see cref="CudaGraphRecorder"/>; docs/cuda.md).</para>
+/// <para>Weights go up through pinned staging chunks, host reads overlapping the copies (<see cref="CudaWeightUploader"/>);
+/// <see cref="WeightUpload"/> says what that achieved. Steps bracketed by <see cref="BeginStep"/> and
+/// <see cref="EndStep"/> are recorded as CUDA graphs and replayed, captured lazily while steps run eagerly
+/// (<see cref="CudaGraphRecorder"/>, <see cref="GraphCapturePolicy"/>, <see cref="GraphCapture"/>; docs/cuda.md).</para>
 /// An instance is used by one thread at a time (any thread: the context is made current on a thread change).
 /// </remarks>
 public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProbe
@@ -34,6 +36,7 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
     private readonly Dictionary<RopeTable, CudaDeviceMemory> _invFreq = new(ReferenceEqualityComparer.Instance);
     private readonly CudaStaging _staging;
     private readonly CudaGraphRecorder _graphs;
+    private readonly CudaWeightUploader _uploader;
     private CudaPinnedMemory _readback;
     private CudaDeviceMemory? _gatherScratch;
     private CudaDeviceMemory? _sampleScratch;
@@ -44,7 +47,7 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
     // What each purpose last staged in the current staging epoch: arrays that repeat within a step are staged once.
     private StageCache _ropeCache, _slotCache, _attnCache, _gatherCache, _tokenCache, _sampleCache;
 
-    private CudaBackend(CudaDeviceSummary device, CudaContextHandle context, CudaStreamHandle stream, FsCudaDeviceInfo info)
+    private CudaBackend(CudaDeviceSummary device, CudaContextHandle context, CudaStreamHandle stream, FsCudaDeviceInfo info, UploadOptions upload, double captureDuty)
     {
         Device = device;
         _context = context;
@@ -56,16 +59,21 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
         Fp8TensorCores = info.Fp8TensorCores != 0;
         _staging = new CudaStaging(context, InitialStagingBytes);
         _readback = CudaPinnedMemory.Alloc(context, InitialStagingBytes, "readback");
-        _graphs = new CudaGraphRecorder(this, context, _stream);
+        _graphs = new CudaGraphRecorder(this, context, _stream, new GraphCapturePolicy(dutyCycle: captureDuty));
+        _uploader = new CudaWeightUploader(context, _stream, upload, Driver, () => Pending = true);
         _boundThread = Environment.CurrentManagedThreadId;
     }
 
     /// <summary>Checks the environment (<see cref="CudaEnvironment.Check"/>), binds device <paramref name="ordinal"/>'s
     /// primary context to the calling thread, lets the kernel library check the device, and makes the stream.</summary>
     /// <exception cref="FastServeException">cuda.no_driver, cuda.no_device, cuda.unsupported_device, cuda.no_library,
-    /// cuda.abi_mismatch, cuda.out_of_memory, cuda.error.</exception>
+    /// cuda.abi_mismatch, cuda.out_of_memory, cuda.error; cuda.invalid_upload_option for a bad
+    /// FASTSERVE_CUDA_UPLOAD_* variable (<see cref="UploadOptions"/>), cuda.invalid_capture_duty for a bad
+    /// FASTSERVE_CUDA_CAPTURE_DUTY (<see cref="GraphCapturePolicy.DutyCycleFromEnvironment"/>).</exception>
     public static CudaBackend Create(int ordinal = 0)
     {
+        var upload = UploadOptions.FromEnvironment(Environment.GetEnvironmentVariable);
+        double captureDuty = GraphCapturePolicy.DutyCycleFromEnvironment(Environment.GetEnvironmentVariable);
         var summary = CudaEnvironment.Check(ordinal);
         int dev;
         CudaException.Check(CudaDriver.cuDeviceGet(&dev, ordinal), "cuDeviceGet");
@@ -80,7 +88,7 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
             st = FastServeCuda.fs_cuda_device_info_get(ordinal, &info);
             if (st != FsStatus.Ok) CudaException.ThrowKernels("fs_cuda_device_info_get", st);
             stream = CudaStreamHandle.Create(context);
-            return new CudaBackend(summary, context, stream, info);
+            return new CudaBackend(summary, context, stream, info, upload, captureDuty);
         }
         catch
         {
@@ -109,6 +117,17 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
     public int RuntimeVersion { get; }
     /// <summary>Whether the library has, and the device runs, the FP8 tensor-core path (sm_89+).</summary>
     public bool Fp8TensorCores { get; }
+
+    /// <summary>Weight uploads so far: bytes, wall seconds, achieved GB/s, and where the host's time went. A session
+    /// closes (and is counted) at the first call after the uploads that is not itself an upload.</summary>
+    public WeightUploadStats WeightUpload => _uploader.Stats;
+
+    /// <summary>Lazy CUDA graph capture so far: keys (decode batch sizes) with a graph, captures, capture seconds.</summary>
+    public GraphCaptureStats GraphCapture => _graphs.Stats;
+
+    /// <summary>The step key an idle gap should capture next (the due key that ran eagerly most often), or -1. For a
+    /// caller that runs a dummy step of that key in a gap between steps; the engine does not yet.</summary>
+    public int NextIdleCaptureKey() => _graphs.NextIdleKey();
 
     /// <summary>Bumped whenever a buffer a graph may reference (staging, its mirror, readback, scratch) is
     /// reallocated; it starts every graph's signature, so a graph recorded before is refused instead of reading freed
@@ -145,7 +164,7 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
     {
         ArgumentNullException.ThrowIfNull(weight);
         if (weight.Data == null) throw new ArgumentException($"{weight.Name}: null data pointer");
-        EnterSetup("LoadMatrix");
+        EnterUpload("LoadMatrix");
         CudaDeviceMemory? data = null, scale = null, bias = null;
         try
         {
@@ -161,11 +180,11 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
             {
                 fixed (float* p = b) bias = Upload((byte*)p, 4L * b.Length, weight.Name + ".bias");
             }
-            Sync("cuStreamSynchronize");
             return new CudaWeight(weight.Name, weight.DType, weight.Rows, weight.Cols, false, data, scale, bias) { Owner = this };
         }
         catch
         {
+            QuiesceUploads();
             data?.Dispose();
             scale?.Dispose();
             bias?.Dispose();
@@ -176,18 +195,9 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
     public override BackendWeight LoadVector(string name, ReadOnlySpan<float> values)
     {
         if (values.IsEmpty) throw new ArgumentException($"{name}: empty vector");
-        EnterSetup("LoadVector");
+        EnterUpload("LoadVector");
         CudaDeviceMemory data;
         fixed (float* p = values) data = Upload((byte*)p, 4L * values.Length, name);
-        try
-        {
-            Sync("cuStreamSynchronize");
-        }
-        catch
-        {
-            data.Dispose();
-            throw;
-        }
         return new CudaWeight(name, DType.F32, 1, values.Length, true, data, null, null) { Owner = this };
     }
 
@@ -498,8 +508,15 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
 
     // ---- plumbing -----------------------------------------------------------------------------------------------
 
-    /// <summary>Before every op: refuse after a fault, and make the context current if the thread changed.</summary>
+    /// <summary>Before every op: refuse after a fault, make the context current if the thread changed, and close an
+    /// upload session (its last copies are waited for once, here, rather than after each weight).</summary>
     private void Enter()
+    {
+        EnterThread();
+        if (_uploader.Active) FinishUploads();
+    }
+
+    private void EnterThread()
     {
         if (_fault is not null) ThrowFaulted();
         ObjectDisposedException.ThrowIf(_disposed, this);
@@ -512,6 +529,36 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
         Enter();
         if (_graphs.Frozen) throw new InvalidOperationException($"{what}: not allowed inside a recorded or replayed step");
     }
+
+    private void EnterUpload(string what)
+    {
+        EnterThread();
+        if (_graphs.Frozen) throw new InvalidOperationException($"{what}: not allowed inside a recorded or replayed step");
+    }
+
+    private void FinishUploads()
+    {
+        var s = _uploader.Finish();
+        if (s.Bytes >= CudaLog.UploadBytesWorthReporting)
+            CudaLog.Write(CudaLog.Upload(s, _uploader.Chunks, _uploader.ChunkBytes, _uploader.StagingSeconds, _uploader.CopyThreads));
+    }
+
+    /// <summary>Before device memory that uploads may still write is freed: waits for them (errors ignored: the fault
+    /// that caused them is what gets reported, and the memory has to be released either way).</summary>
+    internal void QuiesceUploads()
+    {
+        if (!_uploader.Active || _disposed) return;
+        if (_fault is not null)
+        {
+            _uploader.Abandon();
+            return;
+        }
+        try { Enter(); }
+        catch (CudaException) { _uploader.Abandon(); }
+    }
+
+    /// <summary>A step's graph was captured (<see cref="CudaGraphRecorder"/>): one line in the log.</summary>
+    internal void OnGraphCaptured(int key, double seconds, GraphCaptureStats s) => CudaLog.Write(CudaLog.Capture(key, seconds, s));
 
     private void Bind(int thread)
     {
@@ -545,6 +592,7 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
     private void Fault(CudaException e)
     {
         _fault ??= e;
+        _uploader.Abandon();
         _graphs.OnFault();
         throw e;
     }
@@ -673,15 +721,21 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
         return mem.Ptr;
     }
 
-    /// <summary>Device copy of host memory for a weight; pageable sources are copied before the call returns.</summary>
+    /// <summary>Device memory for a weight and the upload of <paramref name="bytes"/> from <paramref name="src"/> into
+    /// it (<see cref="CudaWeightUploader"/>): the source has been read when this returns, the copy completes in stream
+    /// order.</summary>
     private CudaDeviceMemory Upload(byte* src, long bytes, string what)
     {
         var mem = CudaDeviceMemory.Alloc(_context, bytes, what);
-        int r = bytes > 0 ? CudaDriver.cuMemcpyHtoDAsync_v2(mem.Ptr, src, (nuint)bytes, _stream) : CudaDriver.Success;
-        if (r != CudaDriver.Success)
+        try
         {
+            _uploader.Upload(src, bytes, mem.Ptr);
+        }
+        catch
+        {
+            QuiesceUploads();
             mem.Dispose();
-            Driver(r, "cuMemcpyHtoDAsync_v2");
+            throw;
         }
         return mem;
     }
@@ -694,6 +748,8 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
         CudaDriver.cuCtxSetCurrent(_context.Context);
         _graphs.Dispose();
         CudaDriver.cuStreamSynchronize(_stream);
+        _uploader.Abandon();
+        _uploader.Dispose();
         foreach (var m in _invFreq.Values) m.Dispose();
         _invFreq.Clear();
         _gatherScratch?.Dispose();

@@ -33,6 +33,7 @@ internal static unsafe partial class CudaDriver
 
     public const uint StreamNonBlocking = 0x1;
     public const uint EventDefault = 0x0;
+    public const uint EventDisableTiming = 0x2;
     public const int StreamCaptureModeThreadLocal = 1;
 
     static CudaDriver() => NativeLibraries.EnsureResolver();

@@ -4,8 +4,11 @@ namespace FastServe.Interop;
 
 /// <summary>
 /// The cuda backend's step recording (<see cref="IStepRecorder"/>) with CUDA graphs: a key's first step runs op by op
-/// (it grows every buffer), the second is captured from the stream, later ones replay the graph
-/// (<see cref="StepRecordings{T}"/>'s policy). The backend's ops ask it what to do:
+/// (it grows every buffer), a later one is captured from the stream, and the steps after it replay the graph
+/// (<see cref="StepRecordings{T}"/>'s policy, with <see cref="GraphCapturePolicy"/> deciding when a due key is
+/// captured). Nothing is captured at start-up (a key is captured only after it ran op by op, and the engine's warm-up
+/// runs one decode step): steps run eagerly until their key's graph exists.
+/// The backend's ops ask it what to do:
 /// <list type="bullet">
 /// <item><see cref="RecorderMode.Capturing"/>: ops issue their work as usual, into the stream's capture; the step's
 /// readback ends the capture, instantiates the graph and launches it once to produce the step's result.</item>
@@ -19,6 +22,15 @@ namespace FastServe.Interop;
 /// Every buffer a graph may point at is reallocated only outside a recorded step, and each reallocation bumps the
 /// backend's buffer generation, which starts every signature: a graph recorded before is refused, never run on freed
 /// memory. Nothing here throws for a refusal.
+/// <para>Captures happen on the thread that runs the steps, inside a real step of the key (the graph's first launch
+/// produces that step's result), never on a second thread. Capture records whatever is issued to the stream, from any
+/// thread, so a concurrent capture would need a stream of its own; in the thread-local capture mode used here the
+/// driver would then allow it, provided the capturing thread made no unsafe call (cuMemAlloc, a synchronous copy). But
+/// capturing a step means issuing its ops through this backend, and the ops share its single-threaded state with the
+/// serving steps: the activation tensors and their row counts, the staging buffer whose offsets the graph bakes in,
+/// the signature. A capture beside a serving step would race on all of it; a second set of buffers would double the
+/// activations' memory. A capture costs its step about one graph instantiation; the duty cycle spreads those costs.
+/// </para>
 /// </summary>
 internal sealed unsafe class CudaGraphRecorder : IDisposable
 {
@@ -28,17 +40,29 @@ internal sealed unsafe class CudaGraphRecorder : IDisposable
     private readonly CudaContextHandle _context;
     private readonly nint _stream;
     private readonly StepRecordings<CudaGraph> _steps = new();
+    private readonly GraphCapturePolicy _policy;
     private StepRecordings<CudaGraph>.Plan _plan;
+    private int _key;
+    private double _captureStart, _captureEnd;
     private bool _inStep, _refused;
     private ulong _signature;
     private CudaGraph? _replaying, _captured;
 
-    public CudaGraphRecorder(CudaBackend backend, CudaContextHandle context, nint stream)
+    public CudaGraphRecorder(CudaBackend backend, CudaContextHandle context, nint stream, GraphCapturePolicy policy)
     {
         _b = backend;
         _context = context;
         _stream = stream;
+        _policy = policy;
     }
+
+    /// <summary>What lazy capture has done (read on any thread; exact once steps are idle).</summary>
+    public GraphCaptureStats Stats => _policy.Stats;
+
+    /// <summary>The key an idle gap should capture next (<see cref="GraphCapturePolicy.NextIdleKey"/>), or -1.</summary>
+    public int NextIdleKey() => _policy.NextIdleKey();
+
+    private static double Now() => System.Diagnostics.Stopwatch.GetTimestamp() / (double)System.Diagnostics.Stopwatch.Frequency;
 
     public RecorderMode Mode { get; private set; }
 
@@ -56,15 +80,22 @@ internal sealed unsafe class CudaGraphRecorder : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfNegative(maxBlocksPerSequence);
         _steps.Clear();
+        _policy.Clear();
         MinAttentionBlocks = maxBlocksPerSequence;
     }
 
-    public void Stop() => _steps.Clear();
+    public void Stop()
+    {
+        _steps.Clear();
+        _policy.Clear();
+    }
 
     public bool BeginStep(int key)
     {
         if (_inStep) throw new InvalidOperationException("BeginStep: a step is already in progress");
         if (!_steps.Begin(key, out _plan, out var recording)) return false;
+        if (_plan == StepRecordings<CudaGraph>.Plan.Record && !_policy.ShouldCapture(key, Now())) _plan = StepRecordings<CudaGraph>.Plan.Run;
+        _key = key;
         _inStep = true;
         _refused = false;
         _captured = null;
@@ -72,7 +103,10 @@ internal sealed unsafe class CudaGraphRecorder : IDisposable
         {
             if (_plan == StepRecordings<CudaGraph>.Plan.Record)
             {
+                _captureStart = Now(); // again below: waiting for earlier work is no part of the capture
                 _b.Synchronize();
+                _captureStart = Now();
+                _captureEnd = double.NaN;
                 _signature = SignatureSeed;
                 _b.Driver(CudaDriver.cuStreamBeginCapture_v2(_stream, CudaDriver.StreamCaptureModeThreadLocal), "cuStreamBeginCapture_v2");
                 Mode = RecorderMode.Capturing;
@@ -112,7 +146,23 @@ internal sealed unsafe class CudaGraphRecorder : IDisposable
         _captured = null;
         // Host arrays staged for a step that never ran were not copied to the device: forget them.
         if (refused) _b.ResetStaging();
-        return _steps.End(_plan, refused, captured);
+        var outcome = _steps.End(_plan, refused, captured);
+        switch (_plan)
+        {
+            case StepRecordings<CudaGraph>.Plan.Record:
+                bool ok = outcome == StepOutcome.Recorded;
+                double end = ok ? _captureEnd : Now();
+                _policy.OnCapture(_key, _captureStart, end, ok);
+                if (ok) _b.OnGraphCaptured(_key, end - _captureStart, _policy.Stats);
+                break;
+            case StepRecordings<CudaGraph>.Plan.Replay:
+                if (outcome == StepOutcome.Refused) _policy.OnDropped(_key);
+                break;
+            default:
+                if (outcome == StepOutcome.Ran) _policy.OnEager(_key);
+                break;
+        }
+        return outcome;
     }
 
     /// <summary>An op found it would have to grow a buffer (or upload a table) while the step is recorded or
@@ -139,6 +189,7 @@ internal sealed unsafe class CudaGraphRecorder : IDisposable
         Mode = RecorderMode.Normal;
         _b.Driver(CudaDriver.cuStreamEndCapture(_stream, &graph), "cuStreamEndCapture");
         var exec = CudaGraphExecHandle.Instantiate(_context, graph);
+        _captureEnd = Now();
         _captured = new CudaGraph(exec, _signature, readbackBytes);
         Launch(_captured);
     }

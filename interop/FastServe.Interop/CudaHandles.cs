@@ -147,3 +147,20 @@ internal sealed class CudaGraphExecHandle : CudaOwnedHandle
 
     protected override bool Free(nint value) => CudaDriver.cuGraphExecDestroy(value) == CudaDriver.Success;
 }
+
+/// <summary>An event (cuEventCreate) without timing: recorded after work on a stream, waited on by the host.</summary>
+internal sealed class CudaEventHandle : CudaOwnedHandle
+{
+    private CudaEventHandle(CudaContextHandle context, nint evt) : base(context) => SetHandle(evt);
+
+    public nint Event => handle;
+
+    public static unsafe CudaEventHandle Create(CudaContextHandle context)
+    {
+        nint e;
+        CudaException.Check(CudaDriver.cuEventCreate(&e, CudaDriver.EventDisableTiming), "cuEventCreate");
+        return new CudaEventHandle(context, e);
+    }
+
+    protected override bool Free(nint value) => CudaDriver.cuEventDestroy_v2(value) == CudaDriver.Success;
+}

@@ -75,6 +75,7 @@ internal sealed class CudaWeight : BackendWeight
 
     public override void Dispose()
     {
+        (Owner as CudaBackend)?.QuiesceUploads(); // copies into this weight may still be in flight
         _data.Dispose();
         _scale?.Dispose();
         _bias?.Dispose();

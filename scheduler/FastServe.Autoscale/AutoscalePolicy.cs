@@ -136,7 +136,9 @@ public sealed class AutoscalePolicy
             while (_removals.Count > 0 && _removals.Peek().At <= o.At - TimeSpan.FromMinutes(1)) _removals.Dequeue();
             int removedLastMinute = 0;
             foreach (var r in _removals) removedLastMinute += r.Removed;
-            int allowed = Math.Max(1, (int)Math.Floor(_o.MaxScaleDownPerMinute * current)) - removedLastMinute;
+            // A share of the fleet as it was a minute ago (the HPA's periodStartReplicas), not as it is now: of the
+            // shrinking current size, a limit of 100 % a minute stalled a 4 → 1 scale-down at 2 for a minute.
+            int allowed = Math.Max(1, (int)Math.Floor(_o.MaxScaleDownPerMinute * (current + removedLastMinute))) - removedLastMinute;
             if (current - desired > Math.Max(0, allowed))
             {
                 desired = current - Math.Max(0, allowed);

@@ -57,16 +57,6 @@ internal static class BenchChart
         plt.Axes.SetLimitsY(0, Math.Min(Math.Max(highest, sloMs) * 1.1, top));
         double span = x[^1] - x[0];
         plt.Axes.SetLimitsX(Math.Max(0, x[0] - 0.05 * Math.Max(span, x[0])), x[^1] + 0.05 * Math.Max(span, x[0]));
-        try
-        {
-            string? dir = Path.GetDirectoryName(Path.GetFullPath(path));
-            if (dir is not null) Directory.CreateDirectory(dir);
-            plt.SavePng(path, 1200, 700);
-        }
-        catch (Exception e) when (e is TypeInitializationException or DllNotFoundException or EntryPointNotFoundException)
-        {
-            throw new FastServeException("bench.chart_unavailable",
-                $"cannot draw the chart: SkiaSharp's native library did not load ({e.GetBaseException().Message}); libSkiaSharp.so must sit next to the fastserve executable", path);
-        }
+        ChartFile.Save(path, "bench.chart_unavailable", p => plt.SavePng(p, 1200, 700));
     }
 }

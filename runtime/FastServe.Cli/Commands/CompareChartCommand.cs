@@ -103,16 +103,6 @@ internal static class CompareChartCommand
         plt.Legend.ManualItems.Add(new LegendItem { LabelText = "P99", FillColor = Colors.Crimson });
         plt.Legend.ManualItems.Add(new LegendItem { LabelText = "unfinished (∞)", FillColor = Colors.Gray });
         plt.Legend.Alignment = Alignment.UpperRight;
-        try
-        {
-            string? dir = Path.GetDirectoryName(Path.GetFullPath(path));
-            if (dir is not null) Directory.CreateDirectory(dir);
-            plt.SavePng(path, Math.Max(800, 110 * entries.Length + 200), 600);
-        }
-        catch (Exception e) when (e is TypeInitializationException or DllNotFoundException or EntryPointNotFoundException)
-        {
-            throw new FastServeException("bench.chart_unavailable",
-                $"cannot draw the chart: SkiaSharp's native library did not load ({e.GetBaseException().Message}); libSkiaSharp.so must sit next to the fastserve executable", path);
-        }
+        ChartFile.Save(path, "bench.chart_unavailable", p => plt.SavePng(p, Math.Max(800, 110 * entries.Length + 200), 600));
     }
 }

@@ -53,16 +53,6 @@ internal static class FleetChart
         p99.Axes.SetLimitsY(0, top * 1.02);
         p99.ShowLegend(Alignment.UpperLeft);
         foreach (var plot in new[] { load, replicas, p99 }) plot.Axes.SetLimitsX(0, hours[^1]);
-        try
-        {
-            string? dir = Path.GetDirectoryName(Path.GetFullPath(path));
-            if (dir is not null) Directory.CreateDirectory(dir);
-            mp.SavePng(path, 1400, 1100);
-        }
-        catch (Exception e) when (e is TypeInitializationException or DllNotFoundException or EntryPointNotFoundException)
-        {
-            throw new FastServeException("simulate.chart_unavailable",
-                $"cannot draw the chart: SkiaSharp's native library did not load ({e.GetBaseException().Message}); libSkiaSharp.so must sit next to the fastserve executable", path);
-        }
+        ChartFile.Save(path, "simulate.chart_unavailable", p => mp.SavePng(p, 1400, 1100));
     }
 }

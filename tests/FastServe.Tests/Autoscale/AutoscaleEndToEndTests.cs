@@ -152,29 +152,8 @@ public class AutoscaleEndToEndTests
         Assert.That(r.Err, Does.StartWith("error[autoscale.bad_signal]"), r.Err);
     }
 
-    private static string KubeConfig(int port)
-    {
-        string path = Path.Combine(TestModels.TempDir("autoscale-kubeconfig"), "config");
-        File.WriteAllText(path, $"""
-            apiVersion: v1
-            kind: Config
-            clusters:
-            - name: fake
-              cluster:
-                server: http://127.0.0.1:{port}
-            users:
-            - name: autoscaler
-              user:
-                token: scale-token
-            contexts:
-            - name: fake
-              context:
-                cluster: fake
-                user: autoscaler
-            current-context: fake
-            """);
-        return path;
-    }
+    private static string KubeConfig(int port) =>
+        KubeConfigFile.Write(Path.Combine(TestModels.TempDir("autoscale-kubeconfig"), "config"), port, "autoscaler", "scale-token");
 
     /// <summary>The published binary's k8s actuator (KubernetesClient.Aot under NativeAOT) against the fake API
     /// server: a surge on the routers' gauges becomes a PUT of the Deployment's scale subresource.</summary>

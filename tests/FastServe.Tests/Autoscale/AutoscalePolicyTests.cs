@@ -122,6 +122,27 @@ public class AutoscalePolicyTests
     }
 
     [Test]
+    public void TheDownRateIsAShareOfTheFleetAsItWasAMinuteAgo()
+    {
+        // Windows of one tick, no stabilization, no tolerance: only the rate limit holds the count up.
+        var p = new AutoscalePolicy(new AutoscaleOptions
+        {
+            TargetConcurrency = 10, StableWindow = Tick, PanicWindow = Tick, ScaleDownStabilization = TimeSpan.Zero,
+            Tolerance = 0, MaxScaleDownPerMinute = 0.5,
+        });
+        TimeSpan t = TimeSpan.Zero;
+        int ready = 8;
+        Run(p, ref t, ref ready, 3, concurrency: 80);
+        Assert.That(ready, Is.EqualTo(8));
+        Assert.That(Run(p, ref t, ref ready, 1, concurrency: 60).Desired, Is.EqualTo(6));
+        // Half of the 8 of a minute ago may go: 2 more now (half of the current 6, less the 2 gone, would allow 1).
+        var d = Run(p, ref t, ref ready, 1, concurrency: 10);
+        Assert.That(d.Desired, Is.EqualTo(4), d.Reason);
+        Assert.That(Run(p, ref t, ref ready, 25, concurrency: 10).Desired, Is.EqualTo(4), "the minute's share is spent");
+        Assert.That(Run(p, ref t, ref ready, 10, concurrency: 10).Desired, Is.EqualTo(2), "a minute on, half of 4");
+    }
+
+    [Test]
     public void RefusalsCountAsDemandByLittlesLaw()
     {
         var p = Policy();

@@ -511,24 +511,7 @@ public class KubernetesActuatorTests
 
             using var api = new FakeApiServer();
             string path = Path.Combine(dir, "config");
-            File.WriteAllText(path, $"""
-                apiVersion: v1
-                kind: Config
-                clusters:
-                - name: fake
-                  cluster:
-                    server: http://127.0.0.1:{api.Port}
-                users:
-                - name: autoscaler
-                  user:
-                    token: scale-token
-                contexts:
-                - name: fake
-                  context:
-                    cluster: fake
-                    user: autoscaler
-                current-context: fake
-                """);
+            KubeConfigFile.Write(path, api.Port, "autoscaler", "scale-token");
             Environment.SetEnvironmentVariable("KUBECONFIG", missing + Path.PathSeparator + path);
             await using var k8s = KubernetesActuator.Create("fleet/replica", 0, 10);
             var result = await k8s.ScaleAsync(4, Soon);

@@ -501,24 +501,7 @@ public class KubernetesSourceTests
 
             using var api = new FakeApiServer(List("90", Slice("replica-a", [Ep("10.0.0.1")])));
             string path = Path.Combine(dir, "config");
-            File.WriteAllText(path, $"""
-                apiVersion: v1
-                kind: Config
-                clusters:
-                - name: fake
-                  cluster:
-                    server: http://127.0.0.1:{api.Port}
-                users:
-                - name: router
-                  user:
-                    token: fake-token-1
-                contexts:
-                - name: fake
-                  context:
-                    cluster: fake
-                    user: router
-                current-context: fake
-                """);
+            KubeConfigFile.Write(path, api.Port, "router", "fake-token-1");
             Environment.SetEnvironmentVariable("KUBECONFIG", Path.Combine(dir, "missing") + Path.PathSeparator + path);
             var src = EndpointSources.Parse("k8s:fleet/replica");
             Assert.That(src, Is.TypeOf<KubernetesEndpointSource>());

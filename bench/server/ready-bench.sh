@@ -11,7 +11,10 @@
 # Usage: bench/server/ready-bench.sh [--first-request[=REPEAT]] [--drop-first] [N] [SERVE ARGS...]
 #   e.g. bench/server/ready-bench.sh 7 --backend sim --workers 1
 #        bench/server/ready-bench.sh --first-request --drop-first 6 --model /tmp/models/1b-fp8 --workers 1 --no-prefix-cache
-# Environment: FIRST_PROMPT (the request's text), FIRST_TOKENS (tokens it generates, EOS ignored; default 16).
+# Environment: FIRST_PROMPT (the request's text), FIRST_TOKENS (tokens it generates, EOS ignored; default 16);
+# FASTSERVE, the command that starts fastserve (default dist/fastserve), e.g. a container:
+#   FASTSERVE="podman run --rm --network host -v /srv/models/1b-fp8:/models:ro fastserve:replica" \
+#     bench/server/ready-bench.sh 5 --model /models --workers 1
 # (needs dist/fastserve and python3)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,10 +30,11 @@ done
 n=${1:-7}; shift || true
 [ $# -gt 0 ] || set -- --backend sim --workers 1
 python3 - "$n" "$first" "$drop" "$@" <<'PY'
-import json, os, signal, statistics, subprocess, sys, time
+import json, os, shlex, signal, statistics, subprocess, sys, time
 n, repeat, drop, args = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
 prompt = os.environ.get("FIRST_PROMPT", "Correct the grammar of the sentence. Sentence: She don't like apples. Corrected:")
 tokens = os.environ.get("FIRST_TOKENS", "16")
+fastserve = shlex.split(os.environ.get("FASTSERVE", "dist/fastserve"))
 outer, stages, firsts, steadies, cached = [], [], [], [], []
 
 def request(port):
@@ -42,7 +46,7 @@ def request(port):
 
 for i in range(n):
     t0 = time.monotonic()
-    p = subprocess.Popen(["dist/fastserve", "serve", "--port", "0", "--json", *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    p = subprocess.Popen([*fastserve, "serve", "--port", "0", "--json", *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     ev = None
     for line in p.stdout:
         if '"ready"' in line:

@@ -35,7 +35,7 @@ public sealed record SupervisorOptions
 /// reporting ready with every worker linked to a loaded, warmed-up engine (<paramref name="Ready"/>).
 /// <see cref="Children"/> adds the stages the engine and workers report themselves (<see cref="Supervisor.ChildStages"/>
 /// names them), on the same time line: milliseconds from the supervisor's exec; NaN where a child did not report it
-/// (the sim backend maps no model and loads no tokenizer in the engine).</summary>
+/// (the sim backend maps no model).</summary>
 public readonly record struct StartStages(double Main, double Spawned, double Listening, double Ready)
 {
     public IReadOnlyList<(string Key, double Ms)> Children { get; init; } = [];
@@ -54,7 +54,9 @@ public sealed class Supervisor
     private readonly string _ipcPath;
     private readonly Socket _reserve;
     private readonly Lock _lock = new();
-    private long _mainTicks, _spawnedTicks, _listeningTicks;  // StartStages, Stopwatch timestamps (0 = not yet)
+    // StartStages, Stopwatch timestamps (0 = not yet): main and spawned written by Run before the ready thread starts,
+    // listening by the ready thread alone.
+    private long _mainTicks, _spawnedTicks, _listeningTicks;
     private readonly Child _engine;
     private readonly Child[] _workers;
     private volatile bool _draining, _everReady;

@@ -7,6 +7,8 @@ using FastServe.Server.Engine;
 using FastServe.Server.Supervisor;
 using FastServe.Server.Worker;
 using FastServe.Server;
+using FastServe.Scheduler.Engine;
+using FastServe.Scheduler.Execution;
 
 namespace FastServe.Cli.Commands;
 
@@ -22,6 +24,7 @@ internal static class ServeCommand
     private static readonly Option<string> IpcOpt = new("--ipc") { Description = "Engine IPC socket path", Required = true };
     private static readonly Option<int> ParentOpt = new("--parent") { Description = "Supervisor pid" };
     private static readonly Option<int> GraceOpt = new("--grace-ms") { Description = "Drain grace period in milliseconds", DefaultValueFactory = _ => 30_000 };
+    private static readonly Option<string?> StartFileOpt = new("--start-file") { Description = "Where to write this process's start stages for the supervisor" };
 
     private static Command Serve()
     {
@@ -111,10 +114,11 @@ internal static class ServeCommand
                             w.WriteNumber("metrics_port", mp);
                             w.WriteNumber("agent_port", ap);
                             w.WriteNumber("pid", Environment.ProcessId);
-                            // Milliseconds from exec to each stage (Supervisor.StartStages); null where unknown.
+                            // Milliseconds from the supervisor's exec to each stage (Supervisor.StartStages): its own,
+                            // then the engine's and the workers' (Supervisor.ChildStages); null where unknown.
                             w.WriteStartObject("start_ms");
-                            foreach (var (name, ms) in new[] { ("main", stages.Main), ("spawned", stages.Spawned), ("listening", stages.Listening), ("ready", stages.Ready) })
-                                if (double.IsFinite(ms)) w.WriteNumber(name, Math.Round(ms)); else w.WriteNull(name);
+                            foreach (var (name, ms) in new[] { ("main", stages.Main), ("spawned", stages.Spawned), ("listening", stages.Listening), ("ready", stages.Ready) }.Concat(stages.Children))
+                                if (double.IsFinite(ms)) w.WriteNumber(name, Math.Round(ms, 1)); else w.WriteNull(name);
                             w.WriteEndObject();
                         });
                     else Console.Out.WriteLine($"fastserve: ready on {host}:{bound} in {stages.Ready:F0} ms ({k} worker{(k == 1 ? "" : "s")}, model {modelDir}{(mp > 0 ? $", metrics :{mp}" : "")}{(ap > 0 ? $", agent :{ap}" : "")})");
@@ -133,19 +137,12 @@ internal static class ServeCommand
         var agent = new Option<int>("--agent-port");
         var cmd = new Command("serve-engine", "The engine process of a replica (started by serve).") { Hidden = true };
         e.AddTo(cmd);
-        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, metrics, agent, GraceOpt }) cmd.Add(o);
+        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, metrics, agent, GraceOpt, StartFileOpt }) cmd.Add(o);
         cmd.SetAction(r =>
         {
+            StartTrace.Mark("main");
             int parent = r.GetValue(ParentOpt);
             if (parent > 0 && !Native.DieWithParent(parent)) return 1;
-            string? dir = r.GetValue(e.Model.Model);
-            int[] warm = [1, 2, 3, 4];
-            if (dir is not null && r.GetValue(e.Model.Backend) != "sim")
-            {
-                var cfg = ModelConfig.Load(Path.Combine(dir, "config.json"));
-                var tok = Runtime.Tokenization.TextTokenizer.Load(dir, cfg.BosTokenId, cfg.EosTokenIds.Count > 0 ? cfg.EosTokenIds : null);
-                warm = tok.Encode("Correct the grammar: warm up.", addBos: tok.BosId is not null);
-            }
             using var host = new EngineHost(new EngineHostOptions
             {
                 IpcPath = r.GetValue(IpcOpt)!,
@@ -153,15 +150,67 @@ internal static class ServeCommand
                 MetricsPort = r.GetValue(metrics),
                 AgentPort = r.GetValue(agent),
                 Grace = TimeSpan.FromMilliseconds(r.GetValue(GraceOpt)),
-                WarmupPrompt = warm,
+                StartFile = r.GetValue(StartFileOpt),
             });
             return host.Run((after, onStep) =>
             {
-                var session = e.Open(r, after, onStep);
-                return new StartedEngine(session.Engine!, session);
+                var session = r.GetValue(e.Model.Backend) == "sim" ? e.Open(r, after, onStep) : OpenModelEngine(e, r, after, onStep);
+                return new StartedEngine(session.Engine!, session, session.Model is { } m ? WarmupPrompt(m.Config) : null);
             });
         });
         return cmd;
+    }
+
+    // The engine of a replica over a model: what EngineCliOptions.Open builds (keep the two in step), except that the
+    // tokenizer is never loaded. Workers tokenize, detokenize and match stop strings; the engine sees token ids
+    // only, and its EOS ids come from config.json (or the tokenizer, loaded then, when config.json has none).
+    private static EngineSession OpenModelEngine(EngineCliOptions e, ParseResult r, Action after, Action<StepRecord> onStep)
+    {
+        string overlap = r.GetValue(e.Overlap)!;
+        if (overlap is not ("on" or "off")) throw new FastServeException("args.invalid_overlap", $"--overlap accepts on or off, not '{overlap}'", "--overlap");
+        int kvMiB = r.GetValue(e.KvMemoryMiB);
+        if (kvMiB < 1 || kvMiB > 1 << 20) throw new FastServeException("args.invalid_kv_memory", "--kv-memory must be between 1 and 1048576 MiB", "--kv-memory");
+        var session = new EngineSession();
+        try
+        {
+            session.Backend = e.Model.CreateBackend(r);
+            string dir = r.GetValue(e.Model.Model) ?? throw new FastServeException("args.missing_model", "serve-engine needs --model", "--model");
+            session.Model = LoadedModel.Load(dir, e.Model.QuantizeOptions(r), loadTokenizer: false);
+            session.Executor = new ModelStepExecutor(session.Model.Config, session.Model.Weights, session.Backend, new ModelExecutorOptions
+            {
+                MaxTokensPerStep = r.GetValue(e.MaxBatchedTokens),
+                MaxSequencesPerStep = r.GetValue(e.MaxSeqs),
+                ContextLength = r.GetValue(e.Ctx),
+                BlockSize = r.GetValue(e.BlockSize),
+                KvMemoryBytes = (long)kvMiB << 20,
+                KvDType = e.Model.ResolveKvDType(r, e.KvDtype),
+                StepGraphs = !r.GetValue(e.Eager),
+                PadGraphBatches = !r.GetValue(e.GraphExactSizes),
+            });
+            session.Engine = new InferenceEngine(session.Executor, e.EngineOptions(r, null) with
+            {
+                EosTokenIds = [.. session.Model.EosIds],
+                AfterIteration = after,
+                OnStep = onStep,
+            });
+            session.Engine.Start();
+            return session;
+        }
+        catch
+        {
+            session.Dispose();
+            throw;
+        }
+    }
+
+    // The warm-up request's prompt: BOS (when the model has one) and a few ordinary ids. Any valid ids do: the warm-up
+    // exists to fault in the weights and run the prefill, decode and sampling paths once, not to read text.
+    private static int[] WarmupPrompt(ModelConfig config)
+    {
+        var ids = new List<int>();
+        if (config.BosTokenId is int bos) ids.Add(bos);
+        for (int i = 0; ids.Count < 4; i++) ids.Add((1000 + 37 * i) % config.VocabSize);
+        return [.. ids];
     }
 
     private static Command Worker()
@@ -175,9 +224,10 @@ internal static class ServeCommand
         var frameTimeout = new Option<int>("--frame-timeout-ms") { DefaultValueFactory = _ => 10_000 };
         var name = new Option<string>("--name") { DefaultValueFactory = _ => "fastserve" };
         var cmd = new Command("serve-worker", "A worker process of a replica (started by serve).") { Hidden = true };
-        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, model, port, index, maxInFlight, maxFrame, idle, frameTimeout, name, GraceOpt }) cmd.Add(o);
+        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, model, port, index, maxInFlight, maxFrame, idle, frameTimeout, name, GraceOpt, StartFileOpt }) cmd.Add(o);
         cmd.SetAction(r =>
         {
+            StartTrace.Mark("main");
             int parent = r.GetValue(ParentOpt);
             if (parent > 0 && !Native.DieWithParent(parent)) return 1;
             using var host = new WorkerHost(new WorkerOptions
@@ -196,6 +246,7 @@ internal static class ServeCommand
                 Grace = TimeSpan.FromMilliseconds(r.GetValue(GraceOpt)),
                 AdminToken = Environment.GetEnvironmentVariable("FASTSERVE_ADMIN_TOKEN"),
                 ServerName = r.GetValue(name)!,
+                StartFile = r.GetValue(StartFileOpt),
             });
             return host.Run();
         });

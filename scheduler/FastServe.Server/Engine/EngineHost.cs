@@ -21,10 +21,14 @@ public sealed record EngineHostOptions
     public TimeSpan Grace { get; init; } = TimeSpan.FromSeconds(30);
     /// <summary>Token ids the warm-up request uses (any valid ids; the tokenizer's encoding of a short text).</summary>
     public int[] WarmupPrompt { get; init; } = [1, 2, 3, 4];
+    /// <summary>Where to write this process's start stages (<see cref="Runtime.StartTrace.WriteFile"/>) just before
+    /// it reports ready; null = nowhere. The supervisor names it and reads it once the replica is ready.</summary>
+    public string? StartFile { get; init; }
 }
 
-/// <summary>What the engine factory returns: the started engine and what must be disposed with it.</summary>
-public sealed record StartedEngine(InferenceEngine Engine, IDisposable Owner);
+/// <summary>What the engine factory returns: the started engine, what must be disposed with it, and the warm-up
+/// prompt when the factory had a tokenizer to make one (else <see cref="EngineHostOptions.WarmupPrompt"/>).</summary>
+public sealed record StartedEngine(InferenceEngine Engine, IDisposable Owner, int[]? WarmupPrompt = null);
 
 /// <summary>
 /// The engine process: owns the model, the KV cache and the <see cref="InferenceEngine"/>; serves the workers over
@@ -67,7 +71,12 @@ public sealed class EngineHost : IDisposable
         new Thread(LoadLoop) { IsBackground = true, Name = "fastserve-load" }.Start();
 
         _started = start(FlushLinks, rec => Metrics?.ObserveStep(rec));
+        Runtime.StartTrace.Mark("engine_built");
         Warmup();
+        Runtime.StartTrace.Mark("warmed_up");
+        // The start file exists before any worker can report ready, so the supervisor always finds it.
+        Runtime.StartTrace.Mark("ready");
+        if (_opt.StartFile is { } sf) Runtime.StartTrace.WriteFile(sf);
         if (_state == ReplicaState.Starting) _state = ReplicaState.Ready;
         BroadcastHello();
         Console.Error.WriteLine($"fastserve engine {Environment.ProcessId}: ready ({_started.Engine.Executor.Name}, max {_started.Engine.MaxSeqs} sequences)");
@@ -76,12 +85,15 @@ public sealed class EngineHost : IDisposable
         return 0;
     }
 
+    // One step: a short prefill that samples its first token. It reads every weight once (faulting the mapped
+    // checkpoint into this process, most of a warm-up's cost) and runs the multi-row kernels and the sampler; a
+    // second, decode step would cost a whole forward pass more for code the first request runs at full speed anyway.
     private void Warmup()
     {
         var h = _started!.Engine.Submit(new EngineRequest
         {
-            Prompt = _opt.WarmupPrompt,
-            Sampling = new Runtime.Generation.SamplingParams { MaxTokens = 2, IgnoreEos = true },
+            Prompt = _started.WarmupPrompt ?? _opt.WarmupPrompt,
+            Sampling = new Runtime.Generation.SamplingParams { MaxTokens = 1, IgnoreEos = true },
         });
         var r = h.Completion.GetAwaiter().GetResult();
         if (r.Status != RequestStatus.Finished)

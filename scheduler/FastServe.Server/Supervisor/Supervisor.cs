@@ -32,8 +32,14 @@ public sealed record SupervisorOptions
 /// <summary>Milliseconds from this process's exec to each stage of a replica's start, as the supervisor sees them:
 /// its own code running (<paramref name="Main"/>: the runtime and the command line), the engine and workers spawned
 /// (<paramref name="Spawned"/>), a worker first accepting on the port (<paramref name="Listening"/>), and the replica
-/// reporting ready with every worker linked to a loaded, warmed-up engine (<paramref name="Ready"/>).</summary>
-public readonly record struct StartStages(double Main, double Spawned, double Listening, double Ready);
+/// reporting ready with every worker linked to a loaded, warmed-up engine (<paramref name="Ready"/>).
+/// <see cref="Children"/> adds the stages the engine and workers report themselves (<see cref="Supervisor.ChildStages"/>
+/// names them), on the same time line: milliseconds from the supervisor's exec; NaN where a child did not report it
+/// (the sim backend maps no model).</summary>
+public readonly record struct StartStages(double Main, double Spawned, double Listening, double Ready)
+{
+    public IReadOnlyList<(string Key, double Ms)> Children { get; init; } = [];
+}
 
 /// <summary>
 /// `fastserve serve`: starts the engine process and the worker processes, restarts whichever dies (the engine's
@@ -48,7 +54,9 @@ public sealed class Supervisor
     private readonly string _ipcPath;
     private readonly Socket _reserve;
     private readonly Lock _lock = new();
-    private double _mainMs = double.NaN, _spawnedMs = double.NaN, _listeningMs = double.NaN;  // StartStages
+    // StartStages, Stopwatch timestamps (0 = not yet): main and spawned written by Run before the ready thread starts,
+    // listening by the ready thread alone.
+    private long _mainTicks, _spawnedTicks, _listeningTicks;
     private readonly Child _engine;
     private readonly Child[] _workers;
     private volatile bool _draining, _everReady;
@@ -63,6 +71,21 @@ public sealed class Supervisor
         public int Restarts;
         public long LastStart;
     }
+
+    /// <summary>The children's own start stages in the ready event, in order: the key, which child reports it (the
+    /// engine, or the workers: the last worker to reach it) and the stage name in its start file
+    /// (<see cref="Runtime.StartTrace"/>). Engine: exec'd, its code running, weights mapped and bound (none on the sim
+    /// backend), backend/KV cache/engine built, the warm-up request done, ready. Workers: exec'd, code running,
+    /// tokenizer loaded (the engine loads none: it sees token ids only), listening on the client port, linked to the
+    /// engine's IPC socket.</summary>
+    public static readonly IReadOnlyList<(string Key, bool Engine, string Stage)> ChildStages =
+    [
+        ("engine_exec", true, "exec"), ("engine_main", true, "main"),
+        ("model_mapped", true, "model_mapped"), ("engine_built", true, "engine_built"), ("warmed_up", true, "warmed_up"),
+        ("engine_ready", true, "ready"),
+        ("workers_exec", false, "exec"), ("workers_main", false, "main"), ("workers_tokenizer", false, "tokenizer"),
+        ("workers_listening", false, "listening"), ("workers_linked", false, "linked"),
+    ];
 
     public Supervisor(SupervisorOptions options)
     {
@@ -79,13 +102,15 @@ public sealed class Supervisor
         Port = ((IPEndPoint)_reserve.LocalEndPoint!).Port;
 
         int me = Environment.ProcessId;
-        _engine = new Child { Role = "engine", Index = 0, Args = ["serve-engine", "--ipc", _ipcPath, "--parent", $"{me}", "--grace-ms", $"{(int)options.Grace.TotalMilliseconds}", .. options.EngineArgs] };
+        _engine = new Child { Role = "engine", Index = 0, Args = ["serve-engine", "--ipc", _ipcPath, "--parent", $"{me}", "--grace-ms", $"{(int)options.Grace.TotalMilliseconds}", "--start-file", StartFile("engine", 0), .. options.EngineArgs] };
         _workers = new Child[options.Workers];
         for (int i = 0; i < options.Workers; i++)
-            _workers[i] = new Child { Role = "worker", Index = i, Args = ["serve-worker", "--ipc", _ipcPath, "--parent", $"{me}", "--index", $"{i}", "--host", options.Host, "--port", $"{Port}", "--grace-ms", $"{(int)options.Grace.TotalMilliseconds}", .. options.WorkerArgs] };
+            _workers[i] = new Child { Role = "worker", Index = i, Args = ["serve-worker", "--ipc", _ipcPath, "--parent", $"{me}", "--index", $"{i}", "--host", options.Host, "--port", $"{Port}", "--grace-ms", $"{(int)options.Grace.TotalMilliseconds}", "--start-file", StartFile("worker", i), .. options.WorkerArgs] };
     }
 
     public int Port { get; }
+
+    private string StartFile(string role, int index) => Path.Combine(_runDir, $"{role}-{index}.start");
 
     /// <summary>A child refused to start (exit code 1 or 2) before the replica was ever ready: <see cref="Run"/>
     /// stopped the rest and returned 1 instead of restarting it forever.</summary>
@@ -97,13 +122,14 @@ public sealed class Supervisor
         using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; Drain("SIGINT"); });
         try
         {
-            _mainMs = SinceExecMs();
+            _ = Runtime.StartTrace.ExecTicks;
+            _mainTicks = Stopwatch.GetTimestamp();
             lock (_lock)
             {
                 StartChild(_engine);
                 foreach (var w in _workers) StartChild(w);
             }
-            _spawnedMs = SinceExecMs();
+            _spawnedTicks = Stopwatch.GetTimestamp();
             new Thread(WaitReady) { IsBackground = true, Name = "fastserve-ready" }.Start();
             while (!_draining)
             {
@@ -213,7 +239,12 @@ public sealed class Supervisor
                 if (ProbeReady())
                 {
                     _everReady = true;
-                    _opt.OnReady?.Invoke(Port, new StartStages(_mainMs, _spawnedMs, _listeningMs, SinceExecMs()));
+                    long readyTicks = Stopwatch.GetTimestamp();
+                    long exec = Runtime.StartTrace.ExecTicks;
+                    _opt.OnReady?.Invoke(Port, new StartStages(Ms(exec, _mainTicks), Ms(exec, _spawnedTicks), Ms(exec, _listeningTicks), Ms(exec, readyTicks))
+                    {
+                        Children = ReadChildStages(exec),
+                    });
                     return;
                 }
             }
@@ -222,22 +253,29 @@ public sealed class Supervisor
         }
     }
 
-    // Milliseconds since this process was exec'd: its start time in /proc/self/stat (clock ticks since boot; USER_HZ
-    // is 100 on Linux whatever the kernel's HZ) against /proc/uptime. Both have 10 ms resolution. NaN off Linux.
-    private static double SinceExecMs()
+    private static double Ms(long exec, long ticks) => Runtime.StartTrace.Ms(exec, ticks);
+
+    // The children's start files, read once the replica is ready (each is written before its child can let the
+    // replica report ready). A worker stage is the latest over the workers: when all of them had reached it.
+    private List<(string Key, double Ms)> ReadChildStages(long exec)
     {
-        try
+        var engine = Runtime.StartTrace.ReadFile(StartFile("engine", 0));
+        var workers = Enumerable.Range(0, _workers.Length).Select(i => Runtime.StartTrace.ReadFile(StartFile("worker", i))).ToList();
+        var result = new List<(string, double)>(ChildStages.Count);
+        foreach (var (key, isEngine, stage) in ChildStages)
         {
-            string stat = File.ReadAllText("/proc/self/stat");
-            var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-            double startSeconds = long.Parse(fields[19], System.Globalization.CultureInfo.InvariantCulture) / 100.0;
-            double uptime = double.Parse(File.ReadAllText("/proc/uptime").Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture);
-            return Math.Max(0, (uptime - startSeconds) * 1000);
+            double ms = double.NaN;
+            if (isEngine)
+            {
+                if (engine.TryGetValue(stage, out long t)) ms = Ms(exec, t);
+            }
+            else if (workers.All(w => w.ContainsKey(stage)))
+            {
+                ms = workers.Max(w => Ms(exec, w[stage]));
+            }
+            result.Add((key, ms));
         }
-        catch (Exception e) when (e is IOException or FormatException or IndexOutOfRangeException or UnauthorizedAccessException)
-        {
-            return double.NaN;
-        }
+        return result;
     }
 
     // Asks the replica's own port, as a client would: HELLO and LOAD_QUERY, then its first LOAD_REPORT says whether it is
@@ -249,7 +287,7 @@ public sealed class Supervisor
         try
         {
             s.Connect(new IPEndPoint(IPAddress.Parse(_opt.Host), Port));
-            if (double.IsNaN(_listeningMs)) _listeningMs = SinceExecMs();
+            if (_listeningTicks == 0) _listeningTicks = Stopwatch.GetTimestamp();
             lock (conn.Out.Lock)
             {
                 FrameWriter.Hello(conn.Out.Writer, "fastserve-supervisor"u8);

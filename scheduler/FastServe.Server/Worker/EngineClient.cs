@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Net.Sockets;
 using FastServe.Protocol;
 using FastServe.Protocol.Net;
+using FastServe.Runtime;
 using FastServe.Server.Engine;
 using FastServe.Server.Ipc;
 
@@ -23,6 +24,7 @@ internal sealed class EngineClient : IpcReader
     private OutBuffer? _out;           // guarded by _lock: _conn's, while linked
     private int _dirty;
     private volatile bool _stopped;
+    private bool _startWritten;     // connect-loop thread only
 
     public EngineClient(WorkerHost host, string path)
     {
@@ -107,6 +109,9 @@ internal sealed class EngineClient : IpcReader
                 receiveBytes: 1 << 20);
             var o = c.Out;
             lock (_lock) { _conn = c; _out = o; }
+            // Written before the engine hears of this worker, so it exists before the replica can report ready.
+            StartTrace.Mark("linked");
+            if (_host.Options.StartFile is { } sf && !_startWritten) { StartTrace.WriteFile(sf); _startWritten = true; }
             lock (o.Lock) Ipc.Ipc.Write(o.Writer, IpcType.WorkerHello, 0, new WorkerHelloMsg { Pid = Environment.ProcessId, Index = _host.Options.Index });
             o.FlushBlocking();
             Connected = true;

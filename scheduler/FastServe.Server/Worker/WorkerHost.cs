@@ -7,6 +7,7 @@ using System.Runtime.InteropServices;
 using System.Text;
 using FastServe.Protocol;
 using FastServe.Protocol.Net;
+using FastServe.Runtime;
 using FastServe.Runtime.Formats;
 using FastServe.Runtime.Tokenization;
 using FastServe.Scheduler.Engine;
@@ -44,11 +45,13 @@ public sealed class WorkerHost : IDisposable
         SessionOptions = ClientSession.SessionOptionsOf(options);
         var config = ModelConfig.Load(Path.Combine(options.ModelDir, "config.json"));
         Tokenizer = TextTokenizer.Load(options.ModelDir, config.BosTokenId, config.EosTokenIds.Count > 0 ? config.EosTokenIds : null);
+        StartTrace.Mark("tokenizer");
         _adminToken = options.AdminToken is { Length: > 0 } t ? Encoding.UTF8.GetBytes(t) : null;
         _listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
         Native.ReusePort(_listener);
         _listener.Bind(new IPEndPoint(IPAddress.Parse(options.Host), options.Port));
         _listener.Listen(1024);
+        StartTrace.Mark("listening");
         _engine = new EngineClient(this, options.IpcPath);
     }
 

@@ -24,4 +24,7 @@ public sealed record WorkerOptions
     public string? AdminToken { get; init; }
     public TimeSpan Grace { get; init; } = TimeSpan.FromSeconds(30);
     public string ServerName { get; init; } = "fastserve";
+    /// <summary>Where to write this process's start stages (<see cref="Runtime.StartTrace.WriteFile"/>) once it is
+    /// linked to the engine, before it says so; null = nowhere.</summary>
+    public string? StartFile { get; init; }
 }

@@ -17,6 +17,8 @@ internal sealed class ReplicaProcess : IDisposable
     public int Port { get; private set; }
     public int MetricsPort { get; }
     public int AgentPort { get; }
+    /// <summary>The ready event's <c>start_ms</c> object (stage → milliseconds from the supervisor's exec, or null).</summary>
+    public JsonElement StartMs { get; private set; }
 
     private ReplicaProcess(Process p, int metricsPort, int agentPort)
     {
@@ -61,8 +63,45 @@ internal sealed class ReplicaProcess : IDisposable
         }
         using var doc = JsonDocument.Parse(ready.Result);
         r.Port = doc.RootElement.GetProperty("port").GetInt32();
+        r.StartMs = doc.RootElement.GetProperty("start_ms").Clone();
         _ = Task.Run(async () => { while (await p.StandardOutput.ReadLineAsync() is not null) { } });
         return r;
+    }
+
+    /// <summary>Checks the ready event's start stages: every key present, each a finite number (or null only where
+    /// <paramref name="absent"/> names it), and in the order a start must pass them. A child's exec time comes from
+    /// /proc (10 ms resolution, in each of two processes), so orderings against an <c>*_exec</c> stage allow 20 ms.</summary>
+    public void AssertStartStages(params string[] absent)
+    {
+        string[] keys = ["main", "spawned", "listening", "ready", "engine_exec", "engine_main", "model_mapped", "engine_built", "warmed_up",
+            "engine_ready", "workers_exec", "workers_main", "workers_tokenizer", "workers_listening", "workers_linked"];
+        var ms = new Dictionary<string, double>();
+        foreach (var k in keys)
+        {
+            Assert.That(StartMs.TryGetProperty(k, out var v), Is.True, $"start_ms has no '{k}': {StartMs}");
+            if (absent.Contains(k))
+            {
+                Assert.That(v.ValueKind, Is.EqualTo(JsonValueKind.Null), $"'{k}' should be null here: {StartMs}");
+                continue;
+            }
+            Assert.That(v.ValueKind, Is.EqualTo(JsonValueKind.Number), $"'{k}' is not a number: {StartMs}");
+            ms[k] = v.GetDouble();
+            Assert.That(double.IsFinite(ms[k]) && ms[k] > -20 && ms[k] < 600_000, Is.True, $"'{k}' = {ms[k]}");
+        }
+        void Ordered(params string[] chain)
+        {
+            var present = chain.Where(ms.ContainsKey).ToArray();
+            for (int i = 1; i < present.Length; i++)
+                Assert.That(ms[present[i]], Is.GreaterThanOrEqualTo(ms[present[i - 1]]), $"{present[i]} before {present[i - 1]}: {StartMs}");
+        }
+        Ordered("main", "spawned", "listening", "ready");
+        Ordered("engine_main", "model_mapped", "engine_built", "warmed_up", "engine_ready", "ready");
+        Ordered("workers_main", "workers_tokenizer", "workers_listening", "workers_linked", "ready");
+        foreach (var child in new[] { "engine", "workers" })
+        {
+            Assert.That(ms[$"{child}_exec"], Is.GreaterThanOrEqualTo(ms["main"] - 20), $"{child} exec'd before the supervisor's main: {StartMs}");
+            Assert.That(ms[$"{child}_exec"], Is.LessThanOrEqualTo(ms[$"{child}_main"] + 20), $"{child} main before its exec: {StartMs}");
+        }
     }
 
     /// <summary>Pids of the children whose command line names <paramref name="role"/> (serve-engine, serve-worker).</summary>

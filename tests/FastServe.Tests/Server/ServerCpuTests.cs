@@ -18,6 +18,9 @@ public sealed class ServerCpuTests
     public void Stop() => _r.Dispose();
 
     [Test]
+    public void ReadyEventReportsEachStartStageInOrder() => _r.AssertStartStages();
+
+    [Test]
     public void StopStringsEndTheStreamJustBeforeTheMatch()
     {
         using var c = RawConnection.Open(_r.Port);

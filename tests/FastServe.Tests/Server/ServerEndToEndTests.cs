@@ -61,6 +61,9 @@ public sealed class ServerEndToEndTests
     }
 
     [Test]
+    public void ReadyEventReportsEachStartStageInOrder() => _r.AssertStartStages("model_mapped");
+
+    [Test]
     public void PingLoadQueryAndSubscription()
     {
         using var c = RawConnection.Open(_r.Port);

@@ -1,3 +1,4 @@
+using System.Runtime.InteropServices;
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
@@ -31,6 +32,9 @@ public static unsafe class MachineProbe
         try
         {
             dst = (byte*)AlignedMemory.Alloc(bufferBytes, "probe.copy_dst");
+            // Untouched pages all map the kernel's one zero page, which would be copied from cache: give the
+            // source real pages of its own.
+            NativeMemory.Fill(src, (nuint)bufferBytes, 0x5A);
             using var pool = new ComputePool(threads);
             var job = new CopyJob { Src = src, Dst = dst, Bytes = bufferBytes, Slices = threads };
             pool.Run(job, threads); // warm-up: faults in every destination page

@@ -57,7 +57,10 @@ internal sealed class EngineCliOptions
     }
 
     /// <summary>Loads the model (or the simulated device) and starts an engine over it.</summary>
-    public EngineSession Open(ParseResult r, Action? afterIteration = null, Action<StepRecord>? onStep = null)
+    /// <param name="engineTokenizer">False for a replica's engine process: its workers tokenize, detokenize and match
+    /// stop strings, so the engine sees token ids only, loads no tokenizer (its EOS ids come from config.json, or the
+    /// tokenizer loaded then when config.json has none) and needs --model.</param>
+    public EngineSession Open(ParseResult r, Action? afterIteration = null, Action<StepRecord>? onStep = null, bool engineTokenizer = true)
     {
         string overlap = r.GetValue(Overlap)!;
         if (overlap is not ("on" or "off")) throw new FastServeException("args.invalid_overlap", $"--overlap accepts on or off, not '{overlap}'", "--overlap");
@@ -75,7 +78,9 @@ internal sealed class EngineCliOptions
             }
             // The backend first: a missing GPU or driver is reported before a model is loaded (or made).
             session.Backend = Model.CreateBackend(r);
-            session.Model = Model.Load(r);
+            session.Model = engineTokenizer ? Model.Load(r)
+                : LoadedModel.Load(r.GetValue(Model.Model) ?? throw new FastServeException("args.missing_model", "serve-engine needs --model", "--model"),
+                    Model.QuantizeOptions(r), loadTokenizer: false);
             session.Executor = new ModelStepExecutor(session.Model.Config, session.Model.Weights, session.Backend, new ModelExecutorOptions
             {
                 MaxTokensPerStep = r.GetValue(MaxBatchedTokens),
@@ -87,7 +92,8 @@ internal sealed class EngineCliOptions
                 StepGraphs = !r.GetValue(Eager),
                 PadGraphBatches = !r.GetValue(GraphExactSizes),
             });
-            session.Engine = new InferenceEngine(session.Executor, EngineOptions(r, session.Model) with { AfterIteration = afterIteration, OnStep = onStep });
+            var options = engineTokenizer ? EngineOptions(r, session.Model) : EngineOptions(r, null) with { EosTokenIds = [.. session.Model.EosIds] };
+            session.Engine = new InferenceEngine(session.Executor, options with { AfterIteration = afterIteration, OnStep = onStep });
             session.Engine.Start();
             return session;
         }

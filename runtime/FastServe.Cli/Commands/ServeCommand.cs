@@ -154,53 +154,11 @@ internal static class ServeCommand
             });
             return host.Run((after, onStep) =>
             {
-                var session = r.GetValue(e.Model.Backend) == "sim" ? e.Open(r, after, onStep) : OpenModelEngine(e, r, after, onStep);
+                var session = e.Open(r, after, onStep, engineTokenizer: false);
                 return new StartedEngine(session.Engine!, session, session.Model is { } m ? WarmupPrompt(m.Config) : null);
             });
         });
         return cmd;
-    }
-
-    // The engine of a replica over a model: what EngineCliOptions.Open builds (keep the two in step), except that the
-    // tokenizer is never loaded. Workers tokenize, detokenize and match stop strings; the engine sees token ids
-    // only, and its EOS ids come from config.json (or the tokenizer, loaded then, when config.json has none).
-    private static EngineSession OpenModelEngine(EngineCliOptions e, ParseResult r, Action after, Action<StepRecord> onStep)
-    {
-        string overlap = r.GetValue(e.Overlap)!;
-        if (overlap is not ("on" or "off")) throw new FastServeException("args.invalid_overlap", $"--overlap accepts on or off, not '{overlap}'", "--overlap");
-        int kvMiB = r.GetValue(e.KvMemoryMiB);
-        if (kvMiB < 1 || kvMiB > 1 << 20) throw new FastServeException("args.invalid_kv_memory", "--kv-memory must be between 1 and 1048576 MiB", "--kv-memory");
-        var session = new EngineSession();
-        try
-        {
-            session.Backend = e.Model.CreateBackend(r);
-            string dir = r.GetValue(e.Model.Model) ?? throw new FastServeException("args.missing_model", "serve-engine needs --model", "--model");
-            session.Model = LoadedModel.Load(dir, e.Model.QuantizeOptions(r), loadTokenizer: false);
-            session.Executor = new ModelStepExecutor(session.Model.Config, session.Model.Weights, session.Backend, new ModelExecutorOptions
-            {
-                MaxTokensPerStep = r.GetValue(e.MaxBatchedTokens),
-                MaxSequencesPerStep = r.GetValue(e.MaxSeqs),
-                ContextLength = r.GetValue(e.Ctx),
-                BlockSize = r.GetValue(e.BlockSize),
-                KvMemoryBytes = (long)kvMiB << 20,
-                KvDType = e.Model.ResolveKvDType(r, e.KvDtype),
-                StepGraphs = !r.GetValue(e.Eager),
-                PadGraphBatches = !r.GetValue(e.GraphExactSizes),
-            });
-            session.Engine = new InferenceEngine(session.Executor, e.EngineOptions(r, null) with
-            {
-                EosTokenIds = [.. session.Model.EosIds],
-                AfterIteration = after,
-                OnStep = onStep,
-            });
-            session.Engine.Start();
-            return session;
-        }
-        catch
-        {
-            session.Dispose();
-            throw;
-        }
     }
 
     // The warm-up request's prompt: BOS (when the model has one) and a few ordinary ids. Any valid ids do: the warm-up

@@ -56,7 +56,8 @@ def settled():
     t = named("tick")
     return t and (f := t[-1][1].get("fleet")) and f["ready"] == 1 and f["starting"] == 0 and f["draining"] == 0
 wait(settled, "the fleet back at one replica", 120)
-t_down = named("tick")[-1][0]
+def one(e): return (f := e.get("fleet")) and f["ready"] == 1 and f["starting"] == 0 and f["draining"] == 0
+t_down = next(t for t, e in named("tick") if t > t1 and one(e))
 router.send_signal(signal.SIGTERM); router.wait()
 scaler.send_signal(signal.SIGTERM); scaler.wait()
 changes = [{"t_s": round(t - t0, 2), "action": e["action"], "from": e["current"], "to": e["desired"], "reason": e["reason"]}

@@ -565,7 +565,7 @@ def main():
     log, window, tokens, answer_tokens = [], [], 0, 0
     stream = batches(train, a.batch, rng)
     t_train = time.time()
-    step, progress, next_log = 0, 0.0, 1 / 15
+    step, progress, next_log, eval_s = 0, 0.0, 1 / 15, 0.0
     while progress < 1.0:
         ids, labels = collate(train, next(stream))
         lr = lr_at(step, progress, a.warmup, a.lr)
@@ -581,12 +581,14 @@ def main():
         window.append(loss.item())
         tokens += ids.numel()
         answer_tokens += int((labels != -100).sum())
-        elapsed = time.time() - t_train
+        elapsed = time.time() - t_train - eval_s   # training time: the dev-loss passes do not count
         progress = max(step / a.steps, elapsed / budget_s)
         if progress >= next_log or progress >= 1.0 or step == 1:
             dev = None
             if progress >= next_log or progress >= 1.0:
+                t_dev = time.time()
                 dev = eval_loss(model, enc["dev"][:300], bf16=bf16)
+                eval_s += time.time() - t_dev
                 while next_log <= progress:
                     next_log += 1 / 15
             log.append({"step": step, "train_loss": sum(window) / len(window), "dev_loss": dev, "lr": lr,

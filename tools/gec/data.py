@@ -8,8 +8,8 @@ Source: the double-quoted usage examples in the glosses of /usr/share/wordnet/da
 distribute for any purpose without fee, keeping the copyright notice and disclaimer; see
 /usr/share/doc/wordnet-base/copyright).
 
-Writes train.jsonl, dev.jsonl, test.jsonl ({"source", "target", "errors"} per line), sentences.txt-free
-stats in stats.json and SHA256SUMS. Deterministic for a given seed and wordnet-base version.
+Writes train.jsonl, dev.jsonl, test.jsonl ({"source", "target", "errors"} per line), stats.json (counts per
+split and rule) and SHA256SUMS. Deterministic for a given seed and wordnet-base version.
 """
 import argparse
 import hashlib

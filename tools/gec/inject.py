@@ -220,19 +220,26 @@ def article_choice(tokens, rng, lex):
     return _replace(tokens, i, new)
 
 
-def _confusion(group):
+def _confusion(group, expanded, wrong_for_expanded):
+    """Swap one word of group for another; or write the uncontracted pair (e.g. 'it is') as a wrong word of group.
+
+    WordNet's examples rarely contain the contractions themselves, so the expanded forms widen the rule's reach.
+    """
     def rule(tokens, rng, lex):
-        pos = _positions(tokens, lambda i, t: t.lower() in group)
-        if not pos:
+        cands = [(i, 1, g) for i, t in enumerate(tokens) if t.lower() in group
+                 for g in group if g != t.lower()]
+        cands += [(i, 2, g) for i in range(len(tokens) - 1)
+                  if (tokens[i].lower(), tokens[i + 1].lower()) == expanded for g in wrong_for_expanded]
+        if not cands:
             return None
-        i = rng.choice(pos)
-        return _replace(tokens, i, rng.choice([g for g in group if g != tokens[i].lower()]))
+        i, n, g = rng.choice(cands)
+        return tokens[:i] + [match_case(g, tokens[i])] + tokens[i + n:]
     return rule
 
 
-their_there = _confusion(("their", "there", "they're"))
-its_its = _confusion(("its", "it's"))
-your_youre = _confusion(("your", "you're"))
+their_there = _confusion(("their", "there", "they're"), ("they", "are"), ("their", "there"))
+its_its = _confusion(("its", "it's"), ("it", "is"), ("its",))
+your_youre = _confusion(("your", "you're"), ("you", "are"), ("your",))
 
 MODALS = {"will", "would", "can", "could", "shall", "should", "may", "might", "must", "did", "didn't", "does",
           "doesn't", "do", "don't", "won't", "can't", "couldn't", "wouldn't", "shouldn't"}

@@ -67,6 +67,12 @@ class RuleTests(unittest.TestCase):
         self.assertEqual(apply("its_its", "The dog wagged its tail."), "The dog wagged it's tail.")
         self.assertEqual(apply("your_youre", "You're late."), "Your late.")
 
+    def test_confusions_from_uncontracted_pairs(self):
+        self.assertEqual(apply("its_its", "It is late."), "Its late.")
+        self.assertEqual(apply("your_youre", "I think you are right."), "I think your right.")
+        self.assertEqual(all_outputs("their_there", "They are here."), {"Their here.", "There here."})
+        self.assertIsNone(apply("its_its", "He is late."))
+
     def test_verb_tense_after_modal_and_perfect(self):
         self.assertIn(apply("verb_tense", "I will go home."), {"I will went home.", "I will gone home."})
         self.assertEqual(apply("verb_tense", "She wants to walk."), "She wants to walked.")

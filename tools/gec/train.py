@@ -11,7 +11,7 @@ names and shapes are transformers' (model.embed_tokens.weight, model.layers.N.se
 model.norm.weight, lm_head.weight), so FastServe (and transformers) load the directory unchanged.
 
 Training: sequences <|bos|> prompt answer <|eos|> (tools/gec/format.py), loss on the answer tokens and EOS only,
-AdamW, linear warm-up then cosine decay to 10 %, gradient clipping at 1, fixed seeds, 2 threads. After training
+AdamW, linear warm-up then cosine decay to 10 %, gradient clipping at 1, fixed seeds, at most 2 threads. After training
 the weights are rounded to BF16 (what is shipped) and every metric and reference output is computed from the
 rounded weights, in F32 arithmetic, with greedy decoding and a KV cache.
 
@@ -458,7 +458,8 @@ def model_card(name, c, args, n_params, log, metrics, info):
                               f"time / {args.time_budget_min} min)"),
                  ("batch", f"{args.batch} sequences"), ("steps run", info["steps"]),
                  ("time budget bound first", info["stopped_by_budget"]), ("gradient clip", 1.0), ("seed", args.seed),
-                 ("threads", args.threads), ("arithmetic", "BF16 autocast, F32 master weights" if info["bf16_autocast"] else "F32"),
+                 ("threads", args.threads if info["steps_by_threads"] is None else
+                  f"auto: {info['steps_by_threads'][1]} steps on 1, {info['steps_by_threads'][2]} on 2"), ("arithmetic", "BF16 autocast, F32 master weights" if info["bf16_autocast"] else "F32"),
                  ("training wall time", f"{info['train_seconds']:.0f} s"),
                  ("speed", f"{info['steps_per_second']:.3f} steps/s, {info['tokens_per_second']:.0f} tokens/s (padding included)"),
                  ("answer tokens seen", f"{info['answer_tokens']:,}")]:
@@ -504,7 +505,9 @@ def main():
     ap.add_argument("--lr", type=float)
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--seed", type=int, default=18)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="auto",
+                    help="compute threads, or 'auto': every 200 steps time 5 steps on 1 thread and 5 on 2 and keep the "
+                         "faster (on a shared machine 2 threads can be 2-8x slower than 1; see README.md)")
     ap.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                     help="BF16 autocast for training (F32 master weights); auto = on where the CPU has AVX512-BF16/AMX")
     ap.add_argument("--eval-limit", type=int, default=0, help="greedy-decode only the first N dev/test examples (0 = all)")
@@ -514,7 +517,8 @@ def main():
         if getattr(a, k) is None:
             setattr(a, k, c[k])
 
-    torch.set_num_threads(a.threads)
+    auto_threads = a.threads == "auto"
+    torch.set_num_threads(2 if auto_threads else int(a.threads))
     bf16 = a.bf16 == "on" or (a.bf16 == "auto" and cpu_has_bf16())
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
@@ -566,7 +570,14 @@ def main():
     stream = batches(train, a.batch, rng)
     t_train = time.time()
     step, progress, next_log, eval_s = 0, 0.0, 1 / 15, 0.0
+    probe, best_threads, thread_steps = [0.0, 0.0], 2, {1: 0, 2: 0}
     while progress < 1.0:
+        if auto_threads:
+            cycle = step % 200
+            n_threads = 1 if cycle < 5 else 2 if cycle < 10 else best_threads
+            torch.set_num_threads(n_threads)
+            thread_steps[n_threads] += 1
+            t_step = time.time()
         ids, labels = collate(train, next(stream))
         lr = lr_at(step, progress, a.warmup, a.lr)
         for g in opt.param_groups:
@@ -577,6 +588,11 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if auto_threads and cycle < 10:
+            probe[cycle // 5] += time.time() - t_step
+            if cycle == 9:
+                best_threads = 1 if probe[0] < probe[1] else 2
+                probe = [0.0, 0.0]
         step += 1
         window.append(loss.item())
         tokens += ids.numel()
@@ -597,6 +613,8 @@ def main():
             print(f"[{a.config}] step {step}/{a.steps} loss {log[-1]['train_loss']:.4f}"
                   + (f" dev {dev:.4f}" if dev is not None else "") + f" lr {lr:.2e} {elapsed:.0f}s", flush=True)
     stopped_by_budget = step < a.steps
+    if auto_threads:
+        print(f"[{a.config}] steps on 1 / 2 threads: {thread_steps[1]} / {thread_steps[2]}", flush=True)
     train_s = time.time() - t_train
 
     # What is shipped, and what every number below is computed from: the weights rounded to BF16.
@@ -624,7 +642,7 @@ def main():
     write_jsonl(os.path.join(out, "dev_outputs.jsonl"), records["dev"])
 
     info = {
-        "config": a.config, "shape": c, "parameters": n_params, "seed": a.seed, "threads": a.threads,
+        "config": a.config, "shape": c, "parameters": n_params, "seed": a.seed, "threads": a.threads, "steps_by_threads": thread_steps if auto_threads else None,
         "steps": step, "planned_steps": a.steps, "stopped_by_budget": stopped_by_budget,
         "batch": a.batch, "lr": a.lr, "warmup": a.warmup, "time_budget_min": a.time_budget_min,
         "bf16_autocast": bf16, "train_seconds": train_s, "eval_seconds": eval_s, "total_seconds": time.time() - t_start,

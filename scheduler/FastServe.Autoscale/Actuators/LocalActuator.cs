@@ -154,8 +154,7 @@ public sealed partial class LocalActuator : IReplicaActuator
                 var victims = _replicas.Where(r => !r.StopRequested && r.State == State.Starting).Reverse()
                     .Concat(_replicas.Where(r => !r.StopRequested && r.State == State.Ready).Reverse())
                     .Take(-delta).ToArray();
-                foreach (var r in victims) StopLocked(r, drain: r.State == State.Ready);
-                PublishLocked();
+                StopLocked(victims);
             }
             return ValueTask.FromResult(ActuatorResult.Of(SizeLocked()));
         }
@@ -272,9 +271,9 @@ public sealed partial class LocalActuator : IReplicaActuator
             _failedStarts = 0;
             _noStartBefore = 0;
             double ms = Stopwatch.GetElapsedTime(r.StartedAt).TotalMilliseconds;
+            PublishLocked();   // first: whoever acts on the event finds the replica in the file
             _emit(new ReplicaEvent("replica.ready", Address(r), r.Pid, readyMs is { } own
                 ? $"ready {ms:0} ms after exec (its own count {own:0} ms)" : $"ready {ms:0} ms after exec"));
-            PublishLocked();
         }
     }
 
@@ -293,8 +292,8 @@ public sealed partial class LocalActuator : IReplicaActuator
             }
             else
             {
+                PublishLocked();   // first: whoever acts on the event finds it gone from the file
                 _emit(new ReplicaEvent("replica.exited", Address(r), r.Pid, $"exited unasked with code {code}; stderr: {Tail(r)}"));
-                PublishLocked();
             }
         }
     }
@@ -308,14 +307,24 @@ public sealed partial class LocalActuator : IReplicaActuator
         _noStartBefore = now + (long)(backoff * Stopwatch.Frequency);
     }
 
-    private void StopLocked(Replica r, bool drain)
+    // Takes the replicas out of the file first, then reports and stops them: a ready one drains (SIGTERM after the
+    // drain delay), a starting one is stopped at once.
+    private void StopLocked(Replica[] victims)
     {
-        r.StopRequested = true;
-        if (drain) r.State = State.Draining;
-        _emit(new ReplicaEvent("replica.draining", Address(r), r.Pid, drain
-            ? $"out of the endpoints file; SIGTERM in {_o.DrainDelay.TotalMilliseconds:0} ms" : "stopped while starting"));
+        foreach (var r in victims)
+        {
+            r.StopRequested = true;
+            if (r.State == State.Ready) r.State = State.Draining;
+        }
+        PublishLocked();
         _stopping.RemoveAll(t => t.IsCompleted);
-        _stopping.Add(Task.Run(() => StopAsync(r, drain ? _o.DrainDelay : TimeSpan.Zero)));
+        foreach (var r in victims)
+        {
+            bool drain = r.State == State.Draining;
+            _emit(new ReplicaEvent("replica.draining", Address(r), r.Pid, drain
+                ? $"out of the endpoints file; SIGTERM in {_o.DrainDelay.TotalMilliseconds:0} ms" : "stopped while starting"));
+            _stopping.Add(Task.Run(() => StopAsync(r, drain ? _o.DrainDelay : TimeSpan.Zero)));
+        }
     }
 
     private async Task StopAsync(Replica r, TimeSpan delay)
@@ -394,8 +403,7 @@ public sealed partial class LocalActuator : IReplicaActuator
         {
             if (_disposed) return;
             _disposed = true;
-            foreach (var r in _replicas.Where(r => !r.StopRequested).ToArray()) StopLocked(r, drain: r.State == State.Ready);
-            PublishLocked();
+            StopLocked([.. _replicas.Where(r => !r.StopRequested)]);
             // The watchers too: each ends after its replica's exit is settled and its event emitted.
             waits = [.. _stopping, .. _replicas.Select(r => r.Watch)];
         }

@@ -26,11 +26,7 @@ def run_batch(cli, model, requests, extra):
         with open(inp, "w", encoding="utf-8") as f:
             for r in requests:
                 f.write(json.dumps(r) + "\n")
-        # --queue-interval-ms 0 unless the caller sets it: the engine's queue budget (issue 16) is for live traffic;
-        # with 1,200 prompts queued at once it refuses most of them and `batch` retries the refused ones one at a
-        # time, which takes minutes (a known bug of `batch`, to be fixed there).
-        budget = [] if any(x.startswith("--queue-interval-ms") for x in extra) else ["--queue-interval-ms", "0"]
-        cmd = shlex.split(cli) + ["batch", "--model", model, "--input", inp, "--output", out, "--json"] + budget + extra
+        cmd = shlex.split(cli) + ["batch", "--model", model, "--input", inp, "--output", out, "--json"] + extra
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         with open(out, encoding="utf-8") as f:
             return [json.loads(line) for line in f]

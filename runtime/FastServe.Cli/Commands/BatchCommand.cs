@@ -22,7 +22,7 @@ internal static class BatchCommand
 
     public static Command Create()
     {
-        var e = new EngineCliOptions();
+        var e = new EngineCliOptions(offline: true);
         var input = new Option<string>("--input", "-i") { Description = "JSON Lines file: one request per line ({\"prompt\": ...} or {\"prompt_ids\": [...]}, sampling fields)", Required = true };
         var output = new Option<string>("--output", "-o") { Description = "JSON Lines file to write, one result per input line, in input order", Required = true };
         var window = new Option<int>("--window") { Description = "Most requests outstanding at once (0 = the engine's waiting bound)" };
@@ -62,10 +62,10 @@ internal static class BatchCommand
                 if (line.Blank) continue;
                 var p = Submit(engine, tokenizer, index++, line);
                 pending.Enqueue(p);
-                while (pending.Count >= window) Write(engine, outStream, pending.Dequeue(), tokenizer, counts);
+                while (pending.Count >= window) Write(engine, outStream, pending.Dequeue(), tokenizer, counts, pending);
                 progress(inStream.Position, totalBytes);
             }
-            while (pending.Count > 0) Write(engine, outStream, pending.Dequeue(), tokenizer, counts);
+            while (pending.Count > 0) Write(engine, outStream, pending.Dequeue(), tokenizer, counts, pending);
             progress(totalBytes, totalBytes);
         });
         File.Move(tmp, outputPath, overwrite: true);
@@ -85,6 +85,7 @@ internal static class BatchCommand
                 w.WriteNumber("generated_tokens_per_second", counts.Tokens / secs);
                 w.WriteNumber("prefix_hit_rate", stats.PrefixHitRate);
                 w.WriteNumber("preemptions", stats.Preemptions);
+                w.WriteNumber("overload_waits", counts.OverloadWaits);
             });
         }
         else
@@ -98,12 +99,21 @@ internal static class BatchCommand
 
     private sealed class Counts
     {
-        public long Lines, Finished, Tokens;
+        public long Lines, Finished, Tokens, OverloadWaits;
     }
 
-    private sealed record Pending(int Index, string? Id, EngineRequest? Request, RequestHandle? Handle, string? ErrorCode, string? ErrorMessage)
+    private sealed class Pending(int index, string? id, EngineRequest? request, RequestHandle? handle, string? errorCode, string? errorMessage)
     {
+        public int Index => index;
+        public string? Id => id;
+        public EngineRequest? Request => request;
+        public RequestHandle? Handle { get; set; } = handle;
+        public string? ErrorCode => errorCode;
+        public string? ErrorMessage => errorMessage;
         public SamplingParams? Sampling => Request?.Sampling;
+
+        public bool Refused => Handle is { Completion.IsCompletedSuccessfully: true } h &&
+            h.Completion.Result is { Status: RequestStatus.Overloaded, RetryAfter: not null };
     }
 
     private static Pending Submit(InferenceEngine engine, TextTokenizer tokenizer, int index, JsonLines.Line line)
@@ -184,15 +194,21 @@ internal static class BatchCommand
         }
     }
 
-    private static void Write(InferenceEngine engine, Stream output, Pending p, TextTokenizer tokenizer, Counts counts)
+    private static void Write(InferenceEngine engine, Stream output, Pending p, TextTokenizer tokenizer, Counts counts, Queue<Pending> later)
     {
         counts.Lines++;
         RequestResult? res = p.Handle?.Completion.GetAwaiter().GetResult();
-        // Offline work is never dropped for load: an overloaded answer is retried after the engine's hint.
+        // Offline work is never dropped for load: an overloaded answer is retried after the engine's hint, and with
+        // it every later line already refused, so a refused backlog goes back to the engine as one batch rather than
+        // one request per wait.
         while (res is { Status: RequestStatus.Overloaded, RetryAfter: { } wait } && p.Request is not null)
         {
+            counts.OverloadWaits++;
             Thread.Sleep(wait);
-            res = engine.Submit(p.Request).Completion.GetAwaiter().GetResult();
+            p.Handle = engine.Submit(p.Request);
+            foreach (var q in later)
+                if (q.Refused) q.Handle = engine.Submit(q.Request!);
+            res = p.Handle.Completion.GetAwaiter().GetResult();
         }
         var buf = new MemoryStream();
         using (var w = new Utf8JsonWriter(buf, new JsonWriterOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping }))

@@ -2,6 +2,7 @@ using System.CommandLine;
 using FastServe.Runtime;
 using FastServe.Runtime.Backends;
 using FastServe.Runtime.Model;
+using FastServe.Runtime.Quantization;
 using FastServe.Scheduler.Engine;
 using FastServe.Runtime.Formats;
 using FastServe.Scheduler.Execution;
@@ -25,17 +26,33 @@ internal sealed class EngineCliOptions
     public readonly Option<bool> NoPrefixCache = new("--no-prefix-cache") { Description = "Do not share KV blocks between requests with equal prefixes" };
     public readonly Option<int> MaxWaiting = new("--max-waiting") { Description = "Requests allowed to wait for admission before new ones are rejected as overloaded", DefaultValueFactory = _ => 4096 };
     public readonly Option<int> QueueTargetMs = new("--queue-target-ms") { Description = "Queue wait allowed to requests without a deadline while the queue stands (CoDel target); longer waits are refused as overloaded", DefaultValueFactory = _ => 50 };
-    public readonly Option<int> QueueIntervalMs = new("--queue-interval-ms") { Description = "Queue wait allowed to requests without a deadline after the queue emptied within this window (CoDel interval); 0 = no queue budget", DefaultValueFactory = _ => 500 };
+    public readonly Option<int> QueueIntervalMs;
     public readonly Option<int> DefaultDeadlineMs = new("--default-deadline-ms") { Description = "Deadline, end to end, given to requests that bring none (0 = none)" };
     public readonly Option<string> SimWeights = new("--sim-weights") { Description = "--backend sim: weight format the simulated GPU runs, fp8 or bf16", DefaultValueFactory = _ => "fp8" };
     public readonly Option<double> SimTimeScale = new("--sim-time-scale") { Description = "--backend sim: multiply modelled step times (1 = real time)", DefaultValueFactory = _ => 1.0 };
     public readonly Option<double> SimStallEvery = new("--sim-stall-every") { Description = "--backend sim: freeze the device every S seconds on average (exponential gaps; 0 = never)", DefaultValueFactory = _ => 0.0 };
     public readonly Option<int> SimStallMs = new("--sim-stall-ms") { Description = "--backend sim: how long each freeze lasts, in ms", DefaultValueFactory = _ => 2000 };
 
-    public void AddTo(Command c)
+    /// <param name="offline">True for commands that work through a file (batch, eval): nobody waits on a single
+    /// answer, so the queue budget that protects live latency is off unless --queue-interval-ms turns it on.</param>
+    public EngineCliOptions(bool offline = false)
     {
-        Model.AddTo(c);
-        foreach (Option o in new Option[] { MaxBatchedTokens, MaxSeqs, Overlap, KvMemoryMiB, KvDtype, Ctx, BlockSize, Eager, GraphExactSizes, NoPrefixCache, MaxWaiting, QueueTargetMs, QueueIntervalMs, DefaultDeadlineMs, SimWeights, SimTimeScale, SimStallEvery, SimStallMs }) c.Add(o);
+        int interval = offline ? 0 : 500;
+        QueueIntervalMs = new("--queue-interval-ms")
+        {
+            Description = "Queue wait allowed to requests without a deadline after the queue emptied within this window (CoDel interval); 0 = no queue budget" +
+                (offline ? " (default 0 here: offline work has no latency to protect)" : ""),
+            DefaultValueFactory = _ => interval,
+        };
+    }
+
+    /// <param name="variants">True for a command that opens one engine per model, weight format and KV dtype it
+    /// is given (eval, through <see cref="EngineVariant"/>): --model, --quantize, --scheme and --kv-dtype are its own.</param>
+    public void AddTo(Command c, bool variants = false)
+    {
+        Model.AddTo(c, variants);
+        foreach (Option o in new Option[] { MaxBatchedTokens, MaxSeqs, Overlap, KvMemoryMiB, KvDtype, Ctx, BlockSize, Eager, GraphExactSizes, NoPrefixCache, MaxWaiting, QueueTargetMs, QueueIntervalMs, DefaultDeadlineMs, SimWeights, SimTimeScale, SimStallEvery, SimStallMs })
+            if (!(variants && o == KvDtype)) c.Add(o);
     }
 
     public bool Json(ParseResult r) => r.GetValue(Model.Json);
@@ -60,7 +77,9 @@ internal sealed class EngineCliOptions
     /// <param name="engineTokenizer">False for a replica's engine process: its workers tokenize, detokenize and match
     /// stop strings, so the engine sees token ids only, loads no tokenizer (its EOS ids come from config.json, or the
     /// tokenizer loaded then when config.json has none) and needs --model.</param>
-    public EngineSession Open(ParseResult r, Action? afterIteration = null, Action<StepRecord>? onStep = null, bool engineTokenizer = true)
+    /// <param name="variant">The model, weight format and KV dtype to use instead of this command line's.</param>
+    public EngineSession Open(ParseResult r, Action? afterIteration = null, Action<StepRecord>? onStep = null, bool engineTokenizer = true,
+        EngineVariant? variant = null)
     {
         string overlap = r.GetValue(Overlap)!;
         if (overlap is not ("on" or "off")) throw new FastServeException("args.invalid_overlap", $"--overlap accepts on or off, not '{overlap}'", "--overlap");
@@ -78,7 +97,8 @@ internal sealed class EngineCliOptions
             }
             // The backend first: a missing GPU or driver is reported before a model is loaded (or made).
             session.Backend = Model.CreateBackend(r);
-            session.Model = engineTokenizer ? Model.Load(r)
+            session.Model = variant is not null ? Model.Load(r, variant.Quantize, variant.ModelDir)
+                : engineTokenizer ? Model.Load(r)
                 : LoadedModel.Load(r.GetValue(Model.Model) ?? throw new FastServeException("args.missing_model", "serve-engine needs --model", "--model"),
                     Model.QuantizeOptions(r), loadTokenizer: false);
             session.Executor = new ModelStepExecutor(session.Model.Config, session.Model.Weights, session.Backend, new ModelExecutorOptions
@@ -88,7 +108,7 @@ internal sealed class EngineCliOptions
                 ContextLength = r.GetValue(Ctx),
                 BlockSize = r.GetValue(BlockSize),
                 KvMemoryBytes = (long)kvMiB << 20,
-                KvDType = Model.ResolveKvDType(r, KvDtype),
+                KvDType = variant?.KvDType ?? Model.ResolveKvDType(r, KvDtype),
                 StepGraphs = !r.GetValue(Eager),
                 PadGraphBatches = !r.GetValue(GraphExactSizes),
             });
@@ -146,6 +166,10 @@ internal sealed class EngineCliOptions
         };
     }
 }
+
+/// <summary>One engine configuration of a command that compares several (eval): a model directory, its weight
+/// format (null: as stored; else quantized at load) and the KV cache dtype.</summary>
+internal sealed record EngineVariant(string ModelDir, Fp8LoadOptions? Quantize, KvDType KvDType);
 
 /// <summary>What an engine command holds open: the model, backend, executor and engine, disposed in reverse order.</summary>
 internal sealed class EngineSession : IDisposable

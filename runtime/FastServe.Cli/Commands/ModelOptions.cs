@@ -16,11 +16,16 @@ internal sealed class ModelOptions
     public readonly Option<int> Threads = new("--threads", "-t") { Description = "Compute threads (0 = all cores)", DefaultValueFactory = _ => 0 };
     public readonly Option<bool> Json = new("--json") { Description = "Machine-readable JSON output" };
 
-    public void AddTo(Command c)
+    /// <param name="variants">True for a command that brings its own (multi-valued) --model, --quantize and
+    /// --scheme and opens one engine per combination (eval): these three are left out.</param>
+    public void AddTo(Command c, bool variants = false)
     {
-        c.Add(Model);
-        c.Add(Quantize);
-        c.Add(Scheme);
+        if (!variants)
+        {
+            c.Add(Model);
+            c.Add(Quantize);
+            c.Add(Scheme);
+        }
         c.Add(Backend);
         c.Add(Threads);
         c.Add(Json);
@@ -41,12 +46,17 @@ internal sealed class ModelOptions
         _ => throw new FastServeException("args.invalid_scheme", $"--scheme accepts per-channel or per-tensor, not '{s}'", "--scheme"),
     };
 
-    /// <summary>Resolves the model directory (making the default model if needed) and loads it with progress.</summary>
-    public LoadedModel Load(ParseResult r, Fp8LoadOptions? quantize = null)
+    /// <summary>Resolves the model directory (making the default model if needed) and loads it with progress. A given
+    /// <paramref name="dir"/> is loaded with exactly <paramref name="quantize"/> (null: as stored), whatever the
+    /// command line says.</summary>
+    public LoadedModel Load(ParseResult r, Fp8LoadOptions? quantize = null, string? dir = null)
     {
         bool json = r.GetValue(Json);
-        string dir = r.GetValue(Model) ?? EnsureDefault(json);
-        quantize ??= QuantizeOptions(r);
+        if (dir is null)
+        {
+            dir = r.GetValue(Model) ?? EnsureDefault(json);
+            quantize ??= QuantizeOptions(r);
+        }
         return Output.WithProgress(quantize is null ? "Loading model" : "Loading and quantizing model", json,
             p => LoadedModel.Load(dir, quantize, p));
     }

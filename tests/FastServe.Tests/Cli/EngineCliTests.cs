@@ -54,6 +54,30 @@ public class EngineCliTests
 
     private static int[] Ids(JsonElement e) => [.. e.EnumerateArray().Select(x => x.GetInt32())];
 
+    [TestCase(null)]
+    [TestCase("500")]
+    public void BatchWorksThroughABacklogFarLargerThanTheQueueBudget(string? queueIntervalMs)
+    {
+        // 1,500 requests queued at once: with the live queue budget on, the engine refuses most of them, and batch
+        // must send the refused ones back together after each wait, not one per wait (which took minutes).
+        string root = TestModels.TempDir("batch-backlog");
+        string input = Path.Combine(root, "in.jsonl"), output = Path.Combine(root, "out.jsonl");
+        const int n = 1500;
+        File.WriteAllLines(input, Enumerable.Range(0, n).Select(i => $$"""{"prompt": "line {{i}}", "max_tokens": 2, "ignore_eos": true}"""));
+        string[] args = ["batch", "--model", TestModels.Tiny, "--input", input, "--output", output, "--json"];
+        if (queueIntervalMs is not null) args = [.. args, "--queue-interval-ms", queueIntervalMs];
+        var b = CliTests.Run(args);
+        Assert.That(b.Code, Is.Zero, b.Err);
+        using var summary = JsonDocument.Parse(b.Out);
+        Assert.That(summary.RootElement.GetProperty("finished").GetInt32(), Is.EqualTo(n));
+        long waits = summary.RootElement.GetProperty("overload_waits").GetInt64();
+        if (queueIntervalMs is null) Assert.That(waits, Is.Zero, "offline work has no queue budget by default");
+        else Assert.That(waits, Is.LessThan(n / 10), "refused requests go back to the engine together");
+        var results = File.ReadAllLines(output);
+        Assert.That(results, Has.Length.EqualTo(n));
+        Assert.That(results.All(l => l.Contains("\"status\":\"finished\"")), "every line finished, none left overloaded");
+    }
+
     [Test]
     public void BatchRejectsAMissingInputWithACode()
     {

@@ -53,6 +53,22 @@ fuzz=${FASTSERVE_FUZZ:-}
 if [ "$fuzz" = 1 ]; then
   if tests/FastServe.Fuzz/run.sh "${FASTSERVE_FUZZ_SECONDS:-60}"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 fi
+# The offline model tooling's Python unit tests (tools/gec: error injection, data cleaning, the BPE trainer; standard
+# library only), counted one by one. On by default, off with a filter, FASTSERVE_PYTHON_TESTS=0|1 overrides both.
+pyt=${FASTSERVE_PYTHON_TESTS:-}
+[ -n "$pyt" ] || { [ -n "$filter" ] && pyt=0 || pyt=1; }
+if [ "$pyt" = 1 ]; then
+  pyout=$(cd tools/gec && python3 -m unittest discover -s . 2>&1); pyrc=$?
+  echo "$pyout" | tail -n 3
+  ran=$(sed -n 's/^Ran \([0-9][0-9]*\) tests\{0,1\} in .*/\1/p' <<<"$pyout")
+  pyfail=$(( $(grep -o 'failures=[0-9]*' <<<"$pyout" | cut -d= -f2 || true) + $(grep -o 'errors=[0-9]*' <<<"$pyout" | cut -d= -f2 || true) + 0 ))
+  pyskip=$(( $(grep -o 'skipped=[0-9]*' <<<"$pyout" | cut -d= -f2 || true) + 0 ))
+  if [ -z "$ran" ]; then failed=$((failed + 1))
+  else
+    passed=$((passed + ran - pyfail - pyskip)); failed=$((failed + pyfail)); skipped=$((skipped + pyskip))
+    [ "$pyrc" -eq 0 ] || [ "$pyfail" -gt 0 ] || failed=$((failed + 1))
+  fi
+fi
 # The FP8 mma path compiled with CUDA 12.4 (native/cuda12-check.sh: trixie's toolkit, unpacked under build/cuda-12.4
 # or $FASTSERVE_CUDA12_DIR, never installed; about 2 min the first time, 1 min with the toolkit cached), counted as one
 # test. It runs with FASTSERVE_CUDA12_CHECK=1, and under CI without a filter unless FASTSERVE_CUDA12_CHECK=0; otherwise

@@ -22,6 +22,7 @@ internal static class CliApp
             InspectCommand.Create(),
             BenchModelCommand.Create(),
             BatchCommand.Create(),
+            EvalCommand.Create(),
             BenchEngineCommand.Create(),
             ClientCommand.Create(),
             BenchCommand.Create(),

@@ -32,7 +32,7 @@ n=${1:-7}; shift || true
 python3 - "$n" "$first" "$drop" "$@" <<'PY'
 import json, os, shlex, signal, statistics, subprocess, sys, time
 n, repeat, drop, args = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
-prompt = os.environ.get("FIRST_PROMPT", "Correct the grammar of the sentence. Sentence: She don't like apples. Corrected:")
+prompt = os.environ.get("FIRST_PROMPT", "Correct: She don't like apples.\nFixed:")
 tokens = os.environ.get("FIRST_TOKENS", "16")
 fastserve = shlex.split(os.environ.get("FASTSERVE", "dist/fastserve"))
 outer, stages, firsts, steadies, cached = [], [], [], [], []

@@ -82,7 +82,7 @@ internal static class EvalCommand
     private static List<EngineVariant> Variants(ParseResult r, EngineCliOptions e, string[] models, string[] quantize, string[] schemes, string[] kvs,
         bool kvImplicit, bool server, bool json)
     {
-        if (models.Length == 0 && !server) models = [ModelOptions.EnsureDefault(json)];
+        if (models.Length == 0 && !server) models = [ModelOptions.ResolveDefault()];
         if (kvImplicit && r.GetValue(e.Model.Backend) == "cuda") kvs = ["bf16"];
         var weights = new List<Fp8LoadOptions?>();
         foreach (string q in quantize.Distinct())

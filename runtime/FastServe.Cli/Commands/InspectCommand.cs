@@ -17,7 +17,7 @@ internal static class InspectCommand
         cmd.SetAction(r =>
         {
             bool j = r.GetValue(json);
-            string d = r.GetValue(dir) ?? ModelOptions.EnsureDefault(j);
+            string d = r.GetValue(dir) ?? ModelOptions.ResolveDefault();
             if (!Directory.Exists(d)) throw new FastServeException("model.not_found", "model directory does not exist", d);
             var cfg = ModelConfig.Load(Path.Combine(d, "config.json"));
             using var ckpt = Checkpoint.Open(d);

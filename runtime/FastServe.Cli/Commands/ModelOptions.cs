@@ -9,7 +9,7 @@ namespace FastServe.Cli.Commands;
 /// <summary>Options every model-loading command shares, and the loading itself (default model, progress, --quantize).</summary>
 internal sealed class ModelOptions
 {
-    public readonly Option<string?> Model = new("--model", "-m") { Description = "Model directory (Hugging Face layout). Default: the built-in default model, made on first use." };
+    public readonly Option<string?> Model = new("--model", "-m") { Description = "Model directory (Hugging Face layout). Default: the built-in default model (gec-small; see FASTSERVE_DEFAULT_MODEL)." };
     public readonly Option<string?> Quantize = new("--quantize") { Description = "Quantize weights at load time: fp8" };
     public readonly Option<string> Scheme = new("--scheme") { Description = "FP8 scale granularity for --quantize: per-channel or per-tensor", DefaultValueFactory = _ => "per-channel" };
     public readonly Option<string> Backend = new("--backend") { Description = "Compute backend: cpu, reference or cuda (serve and bench-engine also take sim, a simulated H100)", DefaultValueFactory = _ => "cpu" };
@@ -46,15 +46,15 @@ internal sealed class ModelOptions
         _ => throw new FastServeException("args.invalid_scheme", $"--scheme accepts per-channel or per-tensor, not '{s}'", "--scheme"),
     };
 
-    /// <summary>Resolves the model directory (making the default model if needed) and loads it with progress. A given
-    /// <paramref name="dir"/> is loaded with exactly <paramref name="quantize"/> (null: as stored), whatever the
+    /// <summary>Resolves the model directory (<c>--model</c>, else the built-in default) and loads it with progress. A
+    /// given <paramref name="dir"/> is loaded with exactly <paramref name="quantize"/> (null: as stored), whatever the
     /// command line says.</summary>
     public LoadedModel Load(ParseResult r, Fp8LoadOptions? quantize = null, string? dir = null)
     {
         bool json = r.GetValue(Json);
         if (dir is null)
         {
-            dir = r.GetValue(Model) ?? EnsureDefault(json);
+            dir = r.GetValue(Model) ?? ResolveDefault();
             quantize ??= QuantizeOptions(r);
         }
         return Output.WithProgress(quantize is null ? "Loading model" : "Loading and quantizing model", json,
@@ -77,10 +77,7 @@ internal sealed class ModelOptions
         return GenerateCommand.ParseKvDType(r.GetValue(option)!);
     }
 
-    public static string EnsureDefault(bool json)
-    {
-        if (File.Exists(Path.Combine(DefaultModel.Directory, "config.json"))) return DefaultModel.Directory;
-        Output.Info(json, $"[grey]Making the built-in default model ({DefaultModel.Preset}) in {Spectre.Console.Markup.Escape(DefaultModel.Directory)}[/]");
-        return Output.WithProgress("Making default model", json, p => DefaultModel.Ensure(p));
-    }
+    /// <summary>The built-in default model's directory (<see cref="DefaultModel.Resolve()"/>): the shipped
+    /// <c>gec-small</c>, found, never made; <c>model.default_not_found</c> when there is none.</summary>
+    public static string ResolveDefault() => DefaultModel.Resolve();
 }

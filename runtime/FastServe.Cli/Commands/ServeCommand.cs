@@ -75,8 +75,8 @@ internal static class ServeCommand
             // the engine child, after workers started.
             string backendName = r.GetValue(e.Model.Backend)!;
             if (backendName != "sim") BackendFactory.Check(backendName);
-            // Children get the resolved model directory, so they never race to make the default model.
-            string modelDir = r.GetValue(e.Model.Model) ?? ModelOptions.EnsureDefault(json);
+            // Children get the resolved model directory, so all of them load the same one whatever their environment.
+            string modelDir = r.GetValue(e.Model.Model) ?? ModelOptions.ResolveDefault();
             if (!File.Exists(Path.Combine(modelDir, "config.json"))) throw new FastServeException("model.not_found", "the model directory has no config.json", modelDir);
             string exe = Environment.ProcessPath ?? throw new FastServeException("internal", "cannot find the fastserve executable");
 

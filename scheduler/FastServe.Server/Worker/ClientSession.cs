@@ -108,6 +108,7 @@ internal sealed class ClientSession : FrameSession<WorkerRequest>
             Session = this,
             Decoder = noText ? null : _host.Tokenizer.CreateDecoder(),
             Stop = noText ? null : stop,
+            EosEnds = (v.Flags & RequestFlags.IgnoreEos) == 0,
             PromptTokens = prompt.Length,
             Received = received,
             Tokenized = Stopwatch.GetTimestamp(),

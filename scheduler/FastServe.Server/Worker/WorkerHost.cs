@@ -158,6 +158,8 @@ public sealed class WorkerHost : IDisposable
         {
             foreach (int id in ids)
             {
+                // The engine sends the EOS that ended a request as its last id; it is not part of the text.
+                if (r.EosEnds && Tokenizer.IsEos(id)) continue;
                 if (r.Stop is null)
                 {
                     r.Decoder.AppendUtf8(id, _text);

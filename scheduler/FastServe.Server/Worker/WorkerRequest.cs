@@ -14,6 +14,9 @@ internal sealed class WorkerRequest
     public required ClientSession Session;
     public IncrementalDecoder? Decoder;        // null with no_text
     public StopMatcher? Stop;
+    /// <summary>The request stops at EOS (no ignore_eos): an EOS id ends it and adds no text, as in
+    /// <c>fastserve generate</c>; with ignore_eos it is an ordinary token and its text is sent.</summary>
+    public bool EosEnds;
     public int PromptTokens;
     public int Completion;
     public long Received, Tokenized;           // Stopwatch ticks

@@ -10,11 +10,16 @@ public class CliTests
 {
     private static string Exe => DistBinary.Path;
 
-    internal static (int Code, string Out, string Err) Run(params string[] args)
+    internal static (int Code, string Out, string Err) Run(params string[] args) => RunWith(null, args);
+
+    /// <summary><see cref="Run"/> with environment changes: a null value removes the variable.</summary>
+    internal static (int Code, string Out, string Err) RunWith(IReadOnlyDictionary<string, string?>? env, params string[] args)
     {
         var psi = new ProcessStartInfo(Exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in args) psi.ArgumentList.Add(a);
-        psi.Environment["FASTSERVE_HOME"] = Path.Combine(TestModels.Root, "home");
+        if (env is not null)
+            foreach (var (k, v) in env)
+                if (v is null) psi.Environment.Remove(k); else psi.Environment[k] = v;
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
@@ -56,6 +61,37 @@ public class CliTests
         using var d1 = JsonDocument.Parse(g.Out);
         using var d2 = JsonDocument.Parse(g2.Out);
         Assert.That(d2.RootElement.GetProperty("token_ids").ToString(), Is.EqualTo(d1.RootElement.GetProperty("token_ids").ToString()));
+    }
+
+    private static readonly Dictionary<string, string?> s_noDefaultOverride = new() { ["FASTSERVE_DEFAULT_MODEL"] = null };
+
+    [Test]
+    public void WithoutModelTheCheckoutsGecSmallIsTheDefault()
+    {
+        // dist/fastserve finds models/gec-small one level up, in the checkout.
+        var inspect = RunWith(s_noDefaultOverride, "inspect", "--json");
+        Assert.That(inspect.Code, Is.Zero, inspect.Err);
+        using (var doc = JsonDocument.Parse(inspect.Out))
+            Assert.That(doc.RootElement.GetProperty("dir").GetString(), Is.EqualTo(Path.Combine(TestModels.RepoRoot, "models", "gec-small")));
+
+        // A trained model: in its prompt format it answers with one line and stops at EOS well before 32 tokens.
+        var g = RunWith(s_noDefaultOverride, "generate", "--max-tokens", "32", "--json", "Correct: She don't like apples.\nFixed:");
+        Assert.That(g.Code, Is.Zero, g.Err);
+        using var gd = JsonDocument.Parse(g.Out);
+        string text = gd.RootElement.GetProperty("text").GetString()!;
+        TestContext.Out.WriteLine($"gec-small: {text}");
+        Assert.That(gd.RootElement.GetProperty("finish_reason").GetString(), Is.EqualTo("eos"), text);
+        Assert.That(text, Does.StartWith(" ").And.EndWith("\n").And.Contain("apples"));
+    }
+
+    [Test]
+    public void ADefaultModelVariableWithoutConfigIsNamed()
+    {
+        string empty = TestModels.TempDir("nodefault");
+        var r = RunWith(new Dictionary<string, string?> { ["FASTSERVE_DEFAULT_MODEL"] = empty }, "inspect");
+        Assert.That(r.Code, Is.EqualTo(1));
+        Assert.That(r.Err, Does.StartWith("error[model.default_not_found]").And.Contain(empty).And.Contain("FASTSERVE_DEFAULT_MODEL"));
+        Assert.That(r.Err, Does.Not.Contain("   at "));
     }
 
     [Test]

@@ -1,32 +1,70 @@
+using System.Text.Json;
 using FastServe.Client.Load;
 using FastServe.Protocol.Stats;
-using Microsoft.ML.Tokenizers;
+using FastServe.Runtime.Formats;
+using FastServe.Runtime.Model;
+using FastServe.Runtime.Tokenization;
 using NUnit.Framework;
 
 namespace FastServe.Tests.Client;
 
-/// <summary>The grammar-correction corpus and the arrival processes of the load generator.</summary>
+/// <summary>The grammar-correction workload (the gec model's held-out sentences in its prompt format) and the arrival
+/// processes of the load generator.</summary>
 public class WorkloadTests
 {
-    // cl100k_base: the default tokenizer's ids are exactly these (Tokenization/DefaultTokenizerTests).
-    private static readonly Lazy<TiktokenTokenizer> s_cl100k = new(() => TiktokenTokenizer.CreateForEncoding("cl100k_base"));
+    // The built-in default model's tokenizer (gec-small: byte-level BPE from vocab.json + merges.txt), loaded as a
+    // replica loads it; the workload is that model's prompt format.
+    private static readonly Lazy<TextTokenizer> s_gec = new(() =>
+    {
+        string dir = DefaultModel.Resolve();
+        var cfg = ModelConfig.Load(Path.Combine(dir, "config.json"));
+        return TextTokenizer.Load(dir, cfg.BosTokenId, cfg.EosTokenIds.Count > 0 ? cfg.EosTokenIds : null);
+    });
 
     [Test]
-    public void CorpusHasAtLeast300DistinctSentencesWithPromptsNear50Tokens()
+    public void CorpusIsTheHeldOutTestSetInTheModelsPromptFormat()
     {
         var sentences = GrammarCorpus.Sentences;
-        Assert.That(sentences.Count, Is.GreaterThanOrEqualTo(300));
-        Assert.That(sentences.Distinct(StringComparer.OrdinalIgnoreCase).Count(), Is.EqualTo(sentences.Count), "sentences are distinct");
+        string jsonl = Path.Combine(TestModels.RepoRoot, "tools", "gec", "data", "test.jsonl");
+        var expected = File.ReadLines(jsonl).Where(l => l.Length > 0)
+            .Select(l => { using var d = JsonDocument.Parse(l); return d.RootElement.GetProperty("source").GetString()!; }).ToArray();
+        Assert.That(sentences, Is.EqualTo(expected), "the embedded file is tools/gec/data/test.jsonl, in file order");
+        Assert.That(sentences.Count, Is.EqualTo(1200));
+        Assert.That(sentences.Distinct(StringComparer.Ordinal).Count(), Is.EqualTo(sentences.Count), "sentences are distinct");
         Assert.That(sentences.All(s => s.Length > 10 && !s.Contains('\n') && s.Trim() == s), Is.True);
-
-        // +1: the server prepends BOS to a text prompt.
-        var counts = GrammarCorpus.Prompts().Select(p => s_cl100k.Value.CountTokens(p) + 1).ToArray();
-        double mean = counts.Average();
-        TestContext.Out.WriteLine($"prompt tokens: mean {mean:F1}, min {counts.Min()}, max {counts.Max()}");
-        Assert.That(mean, Is.InRange(45.0, 55.0));
-        Assert.That(counts.Min(), Is.GreaterThanOrEqualTo(38));
-        Assert.That(counts.Max(), Is.LessThanOrEqualTo(65));
+        Assert.That(GrammarCorpus.Prompt("She don't like apples."), Is.EqualTo("Correct: She don't like apples.\nFixed:"));
     }
+
+    [Test]
+    public void EveryPromptRoundTripsThroughTheDefaultModelsTokenizerIn10To38Tokens()
+    {
+        var tok = s_gec.Value;
+        Assert.That(tok.BosId, Is.Not.Null);
+        var counts = new List<int>();
+        foreach (string p in GrammarCorpus.Prompts())
+        {
+            int[] ids = tok.Encode(p, addBos: true);
+            Assert.That(ids[0], Is.EqualTo(tok.BosId), "the server prepends BOS");
+            Assert.That(tok.Decode(ids.AsSpan(1)), Is.EqualTo(p), "round trip");
+            counts.Add(ids.Length);
+        }
+        double mean = counts.Average();
+        TestContext.Out.WriteLine($"prompt tokens with BOS: mean {mean:F1}, min {counts.Min()}, max {counts.Max()}");
+        // Measured with gec-small's tokenizer: mean 17.9, min 10, max 38. The bounds leave room for a retrained
+        // tokenizer, not for another prompt format.
+        Assert.That(mean, Is.InRange(14.0, 22.0));
+        Assert.That(counts.Min(), Is.GreaterThanOrEqualTo(8));
+        Assert.That(counts.Max(), Is.LessThanOrEqualTo(48));
+    }
+
+    [TestCase("{\"source\": \"ok sentence.\"}\nnot json\n", "line 2: not JSON")]
+    [TestCase("{\"target\": \"x\"}\n", "line 1: not an object")]
+    [TestCase("[\"source\"]\n", "line 1: not an object")]
+    [TestCase("{\"source\": 3}\n", "line 1: not an object")]
+    [TestCase("\n\n", "no sentences")]
+    public void MalformedCorpusLinesAreNamed(string text, string message) =>
+        Assert.That(() => GrammarCorpus.Parse(new StringReader(text)),
+            Throws.InstanceOf<InvalidDataException>().With.Message.Contains(message));
 
     private static double[] Gaps(ArrivalProcess a, int n)
     {

@@ -18,7 +18,6 @@ public class CudaCliTests
     {
         var psi = new ProcessStartInfo(Exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in args) psi.ArgumentList.Add(a);
-        psi.Environment["FASTSERVE_HOME"] = Path.Combine(TestModels.Root, "home");
         psi.Environment.Remove("FASTSERVE_CUDA_LIB");
         foreach (var (k, v) in env) psi.Environment[k] = v;
         using var p = Process.Start(psi)!;

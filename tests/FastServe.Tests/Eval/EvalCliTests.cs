@@ -12,9 +12,10 @@ public class EvalCliTests
     private static string Model(string name) => Path.Combine(TestModels.RepoRoot, "models", name);
     private static string TestSet => Path.Combine(TestModels.RepoRoot, "tools/gec/data/test.jsonl");
 
-    // Floors a few points under what gec-small measured on these 200 examples (docs/eval.md has the figures); a
-    // broken forward pass, tokenizer, quantizer or scorer falls far below them.
-    private const double ExactMatchFloor = 0.40, F05Floor = 0.45;
+    // Floors a few points under what gec-small measured on these 200 examples (F32: exact match 37.5 %, F0.5 0.551;
+    // FP8 per-channel: 37.5 %, 0.543; copy baseline 21.0 %; docs/benchmarks.md has the whole set). A broken forward
+    // pass, tokenizer, quantizer or scorer falls far below them.
+    private const double ExactMatchFloor = 0.34, F05Floor = 0.50;
 
     [Test]
     public void GecSmallCorrectsTheFirst200HeldOutExamplesInF32AndFp8()
@@ -33,9 +34,12 @@ public class EvalCliTests
             Assert.That(r.GetProperty("finished").GetInt32(), Is.EqualTo(200), label);
             Assert.That(r.GetProperty("exact_match").GetDouble(), Is.GreaterThanOrEqualTo(ExactMatchFloor), label);
             Assert.That(r.GetProperty("f05").GetDouble(), Is.GreaterThanOrEqualTo(F05Floor), label);
-            Assert.That(r.GetProperty("exact_match").GetDouble(), Is.GreaterThan(baseline.GetProperty("exact_match").GetDouble() + 0.15), label);
+            Assert.That(r.GetProperty("exact_match").GetDouble(), Is.GreaterThan(baseline.GetProperty("exact_match").GetDouble() + 0.10), label);
             Assert.That(r.GetProperty("mean_logprob").GetDouble(), Is.LessThan(0).And.GreaterThan(-1), label);
         }
+        // FP8 costs no quality: within 2 points of F32 here (one example is 0.5 points; the whole set is in the docs).
+        Assert.That(runs[1].GetProperty("exact_match").GetDouble(), Is.EqualTo(runs[0].GetProperty("exact_match").GetDouble()).Within(0.02));
+        Assert.That(runs[1].GetProperty("f05").GetDouble(), Is.EqualTo(runs[0].GetProperty("f05").GetDouble()).Within(0.02));
     }
 
     [Test]

@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.Json;
+using FastServe.Runtime.Formats;
 
 namespace FastServe.Eval;
 
@@ -33,47 +34,19 @@ public static class EvalData
     /// <summary>Reads every line of <paramref name="stream"/>; each item is an example or an error.</summary>
     public static IEnumerable<(EvalExample? Example, EvalDataError? Error)> Read(Stream stream)
     {
-        var buf = new byte[1 << 16];
-        var line = new MemoryStream();
-        bool tooLong = false;
-        long number = 0;
-        int n;
-        while ((n = stream.Read(buf, 0, buf.Length)) > 0)
+        foreach (var line in JsonLines.Read(stream, MaxLineBytes))
         {
-            int start = 0;
-            for (int i = 0; i < n; i++)
+            if (line.Blank) continue;
+            if (line.TooLong)
             {
-                if (buf[i] != (byte)'\n') continue;
-                Append(line, buf.AsSpan(start, i - start), ref tooLong);
-                if (Parse(++number, line, tooLong) is { } item) yield return item;
-                line.SetLength(0);
-                tooLong = false;
-                start = i + 1;
+                yield return (null, new EvalDataError(line.Number, "eval.line_too_long", $"the line is longer than {MaxLineBytes} bytes"));
+                continue;
             }
-            Append(line, buf.AsSpan(start, n - start), ref tooLong);
-        }
-        if ((line.Length > 0 || tooLong) && Parse(++number, line, tooLong) is { } last) yield return last;
-    }
-
-    private static void Append(MemoryStream line, ReadOnlySpan<byte> part, ref bool tooLong)
-    {
-        if (tooLong) return;
-        if (line.Length + part.Length > MaxLineBytes) { tooLong = true; line.SetLength(0); return; }
-        line.Write(part);
-    }
-
-    private static (EvalExample?, EvalDataError?)? Parse(long number, MemoryStream line, bool tooLong)
-    {
-        if (tooLong) return (null, new EvalDataError(number, "eval.line_too_long", $"the line is longer than {MaxLineBytes} bytes"));
-        var bytes = line.GetBuffer().AsSpan(0, (int)line.Length);
-        if (bytes.Trim(" \t\r"u8).IsEmpty) return null;
-        try
-        {
-            return (ParseLine(number, bytes), null);
-        }
-        catch (EvalDataException e)
-        {
-            return (null, new EvalDataError(number, e.Code, e.Message));
+            EvalExample? example = null;
+            EvalDataError? error = null;
+            try { example = ParseLine(line.Number, line.Bytes.Span); }
+            catch (EvalDataException e) { error = new EvalDataError(line.Number, e.Code, e.Message); }
+            yield return (example, error);
         }
     }
 

@@ -71,12 +71,13 @@ public enum ClientFailure : byte
 /// The server's hand-off timing of one request from FINAL: microseconds after the server read the REQUEST, 0 when
 /// the request never reached that point (docs/protocol.md, "FINAL payload").
 /// </summary>
+/// <param name="DeviceUs">Not a hand-off: the device time the request cost, µs (protocol 1.1; 0 from older servers).</param>
 public readonly record struct ServerTimings(uint TokenizedUs, uint EngineReceivedUs, uint AdmittedUs, uint FirstScheduledUs,
-    uint FirstTokenUs, uint EngineFinishedUs, uint FinalSentUs)
+    uint FirstTokenUs, uint EngineFinishedUs, uint FinalSentUs, uint DeviceUs = 0)
 {
     /// <summary>Reads the named slots of a FINAL's timing array.</summary>
     public static ServerTimings From(in TimingSlots t) => new(t[(int)Timing.Tokenized], t[(int)Timing.EngineReceived], t[(int)Timing.Admitted],
-        t[(int)Timing.FirstScheduled], t[(int)Timing.FirstToken], t[(int)Timing.EngineFinished], t[(int)Timing.FinalSent]);
+        t[(int)Timing.FirstScheduled], t[(int)Timing.FirstToken], t[(int)Timing.EngineFinished], t[(int)Timing.FinalSent], t[(int)Timing.Device]);
 
     /// <summary>The slot's microseconds (0 = not reached).</summary>
     public uint this[Timing slot] => slot switch
@@ -88,15 +89,17 @@ public readonly record struct ServerTimings(uint TokenizedUs, uint EngineReceive
         Timing.FirstToken => FirstTokenUs,
         Timing.EngineFinished => EngineFinishedUs,
         Timing.FinalSent => FinalSentUs,
+        Timing.Device => DeviceUs,
         _ => 0,
     };
 
-    /// <summary>The slots in <see cref="Timing"/> order with their wire names (for printing).</summary>
+    /// <summary>The slots in <see cref="Timing"/> order with their wire names (for printing); the last, <c>device</c>, is a
+    /// duration, the others hand-offs.</summary>
     public static readonly (Timing Slot, string Name)[] Names =
     [
         (Timing.Tokenized, "tokenized"), (Timing.EngineReceived, "engine_received"), (Timing.Admitted, "admitted"),
         (Timing.FirstScheduled, "first_scheduled"), (Timing.FirstToken, "first_token"), (Timing.EngineFinished, "engine_finished"),
-        (Timing.FinalSent, "final_sent"),
+        (Timing.FinalSent, "final_sent"), (Timing.Device, "device"),
     ];
 }
 

@@ -6,7 +6,7 @@ public static class Wire
     /// <summary>"FSRV" read as a little-endian u32: the first field of <c>HELLO</c>.</summary>
     public const uint Magic = 0x56525346;
     public const ushort Major = 1;
-    public const ushort Minor = 0;
+    public const ushort Minor = 1;
     /// <summary>Bytes of every frame header: u32 length, u8 type, u8 flags, u16 reserved, u64 id.</summary>
     public const int HeaderSize = 16;
     public const int DefaultMaxFrame = 1 << 20;
@@ -91,6 +91,9 @@ public enum Timing
     FirstToken = 4,
     EngineFinished = 5,
     FinalSent = 6,
+    /// <summary>Not a hand-off but a duration: the device time the request cost, µs (its token-weighted share of
+    /// every step that computed its rows; 0 from a server before protocol 1.1).</summary>
+    Device = 7,
 }
 
 public static class WireNames

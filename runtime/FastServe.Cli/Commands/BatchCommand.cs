@@ -238,6 +238,7 @@ internal static class BatchCommand
                 var ts = res.Timestamps;
                 if (!double.IsNaN(ts.TimeToFirstToken)) w.WriteNumber("ttft_ms", Math.Round(ts.TimeToFirstToken * 1000, 3));
                 w.WriteNumber("latency_ms", Math.Round(ts.EndToEnd * 1000, 3));
+                w.WriteNumber("device_ms", Math.Round(res.DeviceTime.TotalMilliseconds, 3));
                 if (res.Status == RequestStatus.Finished) counts.Finished++;
                 counts.Tokens += res.OutputTokens.Length;
             }

@@ -52,6 +52,7 @@ internal static class BenchCommand
         var sweepFails = new Option<int>("--sweep-fails") { Description = "End the grid after this many failing rates in a row", DefaultValueFactory = _ => 2 };
         var sweepRefine = new Option<int>("--sweep-refine") { Description = "Bisection steps between the best rate and the next failing one", DefaultValueFactory = _ => 2 };
         var chart = new Option<string?>("--chart") { Description = "--sweep: write a PNG of latency percentiles against offered load" };
+        var costPerHour = new Option<double?>("--cost-per-hour") { Description = "Price of an hour of the serving device; adds the device-time cost of 1,000 requests to the results" };
         var json = new Option<bool>("--json") { Description = "Print one JSON document instead of tables" };
         var outJson = new Option<string?>("--out-json") { Description = "Also write the JSON document to this file" };
         var prompt = new Option<string[]>("--prompt") { Description = "Use these prompts (repeatable) instead of the grammar-correction corpus, e.g. a one-token prompt to measure the frontend", AllowMultipleArgumentsPerToken = false };
@@ -59,7 +60,7 @@ internal static class BenchCommand
         var cmd = new Command("bench", "Load a FastServe server with grammar-correction requests: throughput, goodput, TTFT/TPOT/end-to-end percentiles, errors; sweeps for the highest rate meeting the SLO.");
         foreach (Option o in new Option[] { host, port, connections, rate, concurrency, profile, sweep, arrival, burstiness, duration, warmup, drain, maxTokens,
                      noIgnoreEos, temperature, deadline, noText, whole, noThrottle, throttleK, slo, maxErrors, seed, sweepStart, sweepFactor, sweepStep, sweepMax, sweepFails, sweepRefine,
-                     chart, json, outJson, prompt }) cmd.Add(o);
+                     chart, json, outJson, prompt, costPerHour }) cmd.Add(o);
         cmd.SetAction(async (r, ct) =>
         {
             // The generator's receive loops record outcomes and start follow-up requests without blocking, so they
@@ -81,6 +82,8 @@ internal static class BenchCommand
             if (!(dr >= 0 && dr <= 3600)) throw new FastServeException("args.invalid_drain", "--drain must be between 0 and 3600 seconds", "--drain");
             if (!(sloMs > 0 && sloMs <= 3_600_000)) throw new FastServeException("args.invalid_slo", "--slo-ms must be positive", "--slo-ms");
             if (!(maxErr >= 0 && maxErr <= 1)) throw new FastServeException("args.invalid_error_rate", "--max-error-rate must be between 0 and 1", "--max-error-rate");
+            double? cost = r.GetValue(costPerHour);
+            if (cost is { } cph && !(cph >= 0 && cph <= 1e6)) throw new FastServeException("args.invalid_cost", "--cost-per-hour must be between 0 and 1000000", "--cost-per-hour");
             int conns = r.GetValue(connections);
             if (conns < 1 || conns > 4096) throw new FastServeException("args.invalid_connections", "--connections must be between 1 and 4096", "--connections");
             int n = r.GetValue(maxTokens);
@@ -139,6 +142,7 @@ internal static class BenchCommand
                 },
                 SloMs = sloMs,
                 MaxErrorRate = maxErr,
+                CostPerHour = cost,
                 Seed = r.GetValue(seed),
                 ClientOptions = new FastServeClientOptions
                 {
@@ -171,7 +175,7 @@ internal static class BenchCommand
                 {
                     var res = await RunWithProgress(Label(options, fixedRate), asJson, p => LoadGenerator.RunAsync(options, p, ct));
                     points.Add(res);
-                    if (!asJson) Output.Info(false, Line(res));
+                    if (!asJson) Output.Info(false, Line(res, options.CostPerHour));
                     best = res.MeetsSlo ? res : null;
                 }
                 else
@@ -180,7 +184,7 @@ internal static class BenchCommand
                         p => LoadGenerator.RunAsync(options with { Rate = rps }, p, ct)), res =>
                     {
                         points.Add(res);
-                        if (!asJson) Output.Info(false, Line(res));
+                        if (!asJson) Output.Info(false, Line(res, options.CostPerHour));
                     });
                     best = s.Best;
                 }
@@ -250,8 +254,11 @@ internal static class BenchCommand
 
     private static string Ms(double ms) => double.IsNaN(ms) ? "-" : double.IsPositiveInfinity(ms) ? "∞" : ms.ToString(ms < 10 ? "F2" : "F0", CultureInfo.InvariantCulture);
 
-    private static string Line(BenchResult p)
+    private static string Line(BenchResult p, double? costPerHour)
     {
+        string cost = costPerHour is { } c
+            ? $" | device {p.ServerMeanUs.GetValueOrDefault("device", double.NaN) / 1000:F2} ms/request, {p.CostPer1000(c):G4} per 1,000 requests"
+            : "";
         string target = p.TargetRps is { } t ? $"offered {t:F1} req/s" : $"concurrency {p.Concurrency}";
         string errors = p.Errors.Count == 0 ? "" : " | errors " + string.Join(", ", p.Errors.Select(e => $"{e.Key} {e.Value}"));
         string refusals = p.Throttled == 0 && p.Rejection.Count == 0 ? ""
@@ -259,7 +266,7 @@ internal static class BenchCommand
         return $"{(p.MeetsSlo ? "[green]pass[/]" : "[red]fail[/]")} {target} | achieved {p.AchievedRps:F1} req/s, goodput {p.GoodputRps:F1} | " +
             $"TTFT p50/p99 {Ms(p.Ttft.P50)}/{Ms(p.Ttft.P99)} ms | TPOT p50/p99 {Ms(p.Tpot.P50)}/{Ms(p.Tpot.P99)} ms | " +
             $"E2E p50/p90/p99/p99.9 {Ms(p.EndToEnd.P50)}/{Ms(p.EndToEnd.P90)}/{Ms(p.EndToEnd.P99)}/{Ms(p.EndToEnd.P999)} ms | " +
-            $"{p.PromptTokensPerSecond:F0}/{p.CompletionTokensPerSecond:F0} tok/s in/out" + refusals + Markup.Escape(errors);
+            $"{p.PromptTokensPerSecond:F0}/{p.CompletionTokensPerSecond:F0} tok/s in/out" + Markup.Escape(cost) + refusals + Markup.Escape(errors);
     }
 
     private static Table Table(List<BenchResult> points, BenchResult? best)

@@ -146,7 +146,7 @@ internal static class ClientCommand
             {
                 uint us = r.ServerTimings[slot];
                 s.Append(' ').Append(name).Append(' ').Append(us == 0 ? "-" : (us / 1000.0).ToString("F2", CultureInfo.InvariantCulture) + " ms");
-                if (slot != Timing.FinalSent) s.Append(',');
+                if (slot != Timing.Device) s.Append(',');
             }
         }
         return s.ToString();

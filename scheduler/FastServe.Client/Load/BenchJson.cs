@@ -9,8 +9,9 @@ namespace FastServe.Client.Load;
 /// </summary>
 public static class BenchJson
 {
-    /// <summary>Writes one result as an object (as an array element or after a property name).</summary>
-    public static void WriteResult(Utf8JsonWriter w, BenchResult r)
+    /// <summary>Writes one result as an object (as an array element or after a property name); with
+    /// <paramref name="costPerHour"/>, its device-time cost of 1,000 requests too.</summary>
+    public static void WriteResult(Utf8JsonWriter w, BenchResult r, double? costPerHour = null)
     {
         w.WriteStartObject();
         w.WriteString("mode", r.Mode);
@@ -43,6 +44,7 @@ public static class BenchJson
         w.WriteStartObject("server_mean_us");
         foreach (var (name, us) in r.ServerMeanUs) Num(w, name, us);
         w.WriteEndObject();
+        if (costPerHour is { } price) Num(w, "cost_per_1000_requests", r.CostPer1000(price));
         w.WriteNumber("reconnects", r.Reconnects);
         w.WriteNumber("throttled", r.Throttled);
         w.WriteNumber("admitted", r.Admitted);
@@ -66,17 +68,18 @@ public static class BenchJson
         w.WriteNumber("slo_ms", o.SloMs);
         w.WriteNumber("max_error_rate", o.MaxErrorRate);
         w.WriteNumber("seed", o.Seed);
+        if (o.CostPerHour is { } cost) w.WriteNumber("cost_per_hour", cost);
         w.WriteBoolean("sweep", sweep);
         // The throttle each connection ran with (LoadGenerator uses the client's defaults when none are given).
         Num(w, "throttle_k", (o.ClientOptions ?? new FastServeClientOptions()).AdaptiveThrottling is { Enabled: true } t ? t.K : null);
         w.WriteStartArray("points");
-        foreach (var p in points) WriteResult(w, p);
+        foreach (var p in points) WriteResult(w, p, o.CostPerHour);
         w.WriteEndArray();
         if (best is null) w.WriteNull("best");
         else
         {
             w.WritePropertyName("best");
-            WriteResult(w, best);
+            WriteResult(w, best, o.CostPerHour);
         }
     }
 

@@ -50,6 +50,9 @@ public sealed record BenchOptions
     /// <summary>Largest share of measured requests that may fail (any status but ok, or unfinished) for the run to meet the SLO.</summary>
     public double MaxErrorRate { get; init; } = 0.01;
     public int Seed { get; init; } = 1;
+    /// <summary>What an hour of the serving device costs (any currency); with it, results carry the device-time cost
+    /// of 1,000 requests (<see cref="BenchResult.CostPer1000"/>). Null: no cost.</summary>
+    public double? CostPerHour { get; init; }
     /// <summary>Client options of each connection (output collection is always off: only counts and times are kept).</summary>
     public FastServeClientOptions? ClientOptions { get; init; }
 
@@ -131,6 +134,12 @@ public sealed record BenchResult
     public LatencySummary SendLag { get; init; }
     /// <summary>Mean of each server timing slot over ok requests, microseconds (NaN when none reported it).</summary>
     public required IReadOnlyDictionary<string, double> ServerMeanUs { get; init; }
+
+    /// <summary>The device-time cost of 1,000 requests at <paramref name="costPerHour"/>: the servers' mean
+    /// <c>device</c> time per ok request (protocol 1.1) × 1,000 × the hourly price. Device time idle for lack of
+    /// requests is not in it (a fleet's bill is this over its utilisation). NaN when the servers report none.</summary>
+    public double CostPer1000(double costPerHour) =>
+        ServerMeanUs.TryGetValue("device", out double us) && us > 0 ? us * 1e-6 * 1000 * costPerHour / 3600 : double.NaN;
     /// <summary>Connections re-established during the run after one broke.</summary>
     public int Reconnects { get; init; }
 

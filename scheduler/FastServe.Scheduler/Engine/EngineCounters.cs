@@ -20,6 +20,7 @@ internal sealed class EngineCounters
     private long _preemptions, _wastedRows;
     private long _steps, _rows, _prefillRows, _generated, _prefixHitTokens;
     private long _deviceBusyTicks, _deviceIdleTicks, _schedulerCpuTicks;
+    private double _unattributedTicks; // scheduler thread only
     private int _runningGauge;
 
     // The step ring: written by the scheduler thread, copied by RecentSteps, both under the lock.
@@ -63,6 +64,9 @@ internal sealed class EngineCounters
         Interlocked.Add(ref _deviceBusyTicks, busyTicks);
         Interlocked.Add(ref _deviceIdleTicks, idleTicks);
     }
+
+    /// <summary>Device time of rows no request paid for (scheduler thread only).</summary>
+    public void CountUnattributedDevice(double ticks) => Volatile.Write(ref _unattributedTicks, _unattributedTicks + ticks);
 
     public void CountStep(int rows, int prefillRows)
     {
@@ -117,6 +121,7 @@ internal sealed class EngineCounters
             PrefixHitTokens = Interlocked.Read(ref _prefixHitTokens),
             DeviceBusySeconds = Interlocked.Read(ref _deviceBusyTicks) / f,
             DeviceIdleSeconds = Interlocked.Read(ref _deviceIdleTicks) / f,
+            DeviceUnattributedSeconds = Volatile.Read(ref _unattributedTicks) / f,
             SchedulerCpuSeconds = Interlocked.Read(ref _schedulerCpuTicks) / f,
         };
     }

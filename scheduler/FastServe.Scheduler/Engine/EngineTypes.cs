@@ -111,6 +111,10 @@ public sealed record RequestResult
     public int[] OutputTokens { get; init; } = [];
     /// <summary>Times this request was preempted (its KV dropped and later recomputed).</summary>
     public int Preemptions { get; init; }
+    /// <summary>The device time this request cost: over every step that computed rows for it (prefill chunks, decode
+    /// rows, recomputes after a preemption), the step's forward time × its rows / the step's rows. Summed over all
+    /// requests, plus <see cref="EngineStats.DeviceUnattributedSeconds"/>, it is the engine's device busy time.</summary>
+    public TimeSpan DeviceTime { get; init; }
     public RequestTimestamps Timestamps { get; init; }
     public string? Id { get; init; }
 }

@@ -42,6 +42,7 @@ internal sealed class PostProcessor
         long cpu0 = ThreadCpuClock.NowTicks();
         var b = plan.Batch;
         long now = Stopwatch.GetTimestamp();
+        ChargeDeviceTime(plan);
         for (int i = 0; i < b.SampleCount; i++)
         {
             var s = plan.SampleSeq[i];
@@ -72,6 +73,29 @@ internal sealed class PostProcessor
         _onStep?.Invoke(rec);
     }
 
+    // Each request pays for the rows the step computed for it: its token-weighted share of the step's device time,
+    // charged before any result of this step is sent. Rows of a sequence that ended before the step did (a pending
+    // token after EOS, a cancel) belong to no request; they are counted as unattributed.
+    private void ChargeDeviceTime(StepPlan plan)
+    {
+        var b = plan.Batch;
+        long busy = b.EndTicks - b.StartTicks;
+        int n = b.Layout.SequenceCount;
+        if (busy <= 0 || b.TokenCount == 0) { Array.Clear(plan.RowSeq, 0, n); return; }
+        double perRow = busy / (double)b.TokenCount;
+        double unattributed = busy;
+        for (int i = 0; i < n; i++)
+        {
+            var s = plan.RowSeq[i];
+            plan.RowSeq[i] = null;
+            if (s is null || s.Uid != plan.RowUid[i] || s.State == SeqState.Done) continue;
+            double share = perRow * b.Layout.RowCount(i);
+            s.DeviceTicks += share;
+            unattributed -= share;
+        }
+        _counters.CountUnattributedDevice(Math.Max(0, unattributed));
+    }
+
     private static bool StopHit(Sequence s, int tok)
     {
         s.Stop!.Append(s.Decoder!.Append(tok));
@@ -95,6 +119,7 @@ internal sealed class PostProcessor
             CachedPromptTokens = s.CachedPromptTokens,
             OutputTokens = s.Tokens.AsSpan(s.PromptLength, s.Length - s.PromptLength).ToArray(),
             Preemptions = s.Preemptions,
+            DeviceTime = TimeSpan.FromSeconds(s.DeviceTicks / Stopwatch.Frequency),
             Timestamps = new RequestTimestamps(s.Received, s.Admitted, s.FirstScheduled, s.FirstToken, Stopwatch.GetTimestamp()),
             Id = s.Id,
         };

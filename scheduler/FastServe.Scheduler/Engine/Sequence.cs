@@ -64,6 +64,7 @@ internal sealed class Sequence
     public long WaitingWorkCounted;   // rows (prompt plus expected output) it adds to the work queued ahead of others
     public int ExpectedOutput;        // tokens it is expected to generate (OverloadControl.ExpectedOutput)
     public long RowsSpent;            // rows computed for it so far, recomputes included (wasted if it then misses its deadline)
+    public double DeviceTicks;        // its share of the device time of every step that computed its rows (rows / step rows)
 
     public void Init(int capacityTokens, int capacityBlocks)
     {
@@ -102,6 +103,7 @@ internal sealed class Sequence
         Received = Admitted = FirstScheduled = FirstToken = 0;
         CachedPromptTokens = Preemptions = 0;
         WaitingTokensCounted = WaitingWorkCounted = RowsSpent = 0;
+        DeviceTicks = 0;
         ExpectedOutput = 0;
     }
 

@@ -201,6 +201,8 @@ internal sealed class StepBuilder
         // finished step's output is copied in just before launch (StepPlan.PatchFrom).
         if (s.Pending > 0) s.Tokens[s.Length] = 0;
         int seqIndex = plan.Batch.AddSequence(start, s.Tokens.AsSpan(start, rows), s.Blocks.AsSpan(0, s.BlockCount));
+        plan.RowSeq[seqIndex] = s;
+        plan.RowUid[seqIndex] = s.Uid;
         int rowStart = plan.Batch.Layout.RowStart(seqIndex);
         if (s.Pending > 0) plan.AddPatch(rowStart + rows - 1, s.PendingSample);
         bool decode = rows == 1 && (s.Pending > 0 || start == s.Length - 1) && s.Generated > 0;

@@ -15,6 +15,8 @@ internal sealed class StepPlan
         SampleUid = new long[maxSeqs];
         PatchRow = new int[maxSeqs];
         PatchSample = new int[maxSeqs];
+        RowSeq = new Sequence?[maxSeqs];
+        RowUid = new long[maxSeqs];
     }
 
     public StepBatch Batch { get; }
@@ -24,6 +26,10 @@ internal sealed class StepPlan
     public int[] PatchRow { get; }
     public int[] PatchSample { get; }
     public int PatchCount;
+    /// <summary>The sequence (and its uid then) behind each of the batch's sequences, by layout index, so that the
+    /// step's device time can be charged to the requests whose rows it computed.</summary>
+    public Sequence?[] RowSeq { get; }
+    public long[] RowUid { get; }
     public int PrefillRows;
     public long SchedulerCpuTicks;
     public long IdleGapTicks;

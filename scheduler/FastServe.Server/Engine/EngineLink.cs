@@ -81,6 +81,7 @@ internal sealed class EngineLink : IpcReader, IRequestSink
             FirstScheduled = ts.FirstScheduled,
             FirstToken = ts.FirstToken,
             Finished = ts.Finished,
+            DeviceUs = (uint)Math.Clamp(Math.Round(r.DeviceTime.TotalMicroseconds), 0, uint.MaxValue),
         };
         lock (_out.Lock) Ipc.Ipc.WriteFinal(_out.Writer, (ulong)tag, f, r.ErrorCode, r.Message);
         Volatile.Write(ref _dirty, 1);

@@ -21,8 +21,9 @@ internal sealed class ServerMetrics : IDisposable
     private readonly EngineHost _host;
     private readonly CollectorRegistry _registry = Metrics.NewCustomRegistry();
     private readonly MetricServer _server;
-    private readonly Counter _requests, _promptTokens, _generationTokens, _preemptions, _steps, _rows, _wastedRows;
-    private readonly Histogram _queue, _ttft, _tpot, _e2e, _batchSeqs, _batchTokens, _stepSeconds;
+    private readonly Counter _requests, _promptTokens, _generationTokens, _preemptions, _steps, _rows, _wastedRows, _requestDevice;
+    private readonly Histogram _queue, _ttft, _tpot, _e2e, _batchSeqs, _batchTokens, _stepSeconds, _deviceTime;
+    private readonly Counter _deviceBusy, _deviceUnattributed;
     private readonly Gauge _running, _waiting, _inflight, _kvUsage, _prefixHitRatio, _cpu, _ready, _deviceIdle, _queueWait, _queueBudget;
 
     public ServerMetrics(EngineHost host, string hostname, int port)
@@ -43,6 +44,10 @@ internal sealed class ServerMetrics : IDisposable
         _batchSeqs = f.CreateHistogram("fastserve_batch_size_sequences", "Sequences in one forward step.", new HistogramConfiguration { Buckets = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] });
         _batchTokens = f.CreateHistogram("fastserve_batch_size_tokens", "Rows (decode plus prefill tokens) in one forward step.", new HistogramConfiguration { Buckets = [1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192] });
         _stepSeconds = f.CreateHistogram("fastserve_step_seconds", "Device time of one forward step.", new HistogramConfiguration { Buckets = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1] });
+        _deviceTime = f.CreateHistogram("fastserve_request_device_seconds", "Device time one request cost: its token-weighted share of every step that computed its rows.", new HistogramConfiguration { Buckets = TpotBuckets });
+        _requestDevice = f.CreateCounter("fastserve_request_device_seconds_total", "Device time charged to requests, summed (with fastserve_device_unattributed_seconds_total, the device busy time).");
+        _deviceBusy = f.CreateCounter("fastserve_device_busy_seconds_total", "Device time running steps since start.");
+        _deviceUnattributed = f.CreateCounter("fastserve_device_unattributed_seconds_total", "Device time of rows no request paid for (computed for a request that had already ended), since start.");
         _running = f.CreateGauge("fastserve_requests_running", "Sequences in the running batch.");
         _waiting = f.CreateGauge("fastserve_requests_waiting", "Requests queued for admission.");
         _inflight = f.CreateGauge("fastserve_requests_in_flight", "Requests submitted by workers and not yet finished.");
@@ -69,6 +74,11 @@ internal sealed class ServerMetrics : IDisposable
         if (float.IsFinite(r.TtftSeconds)) _ttft.Observe(r.TtftSeconds);
         if (float.IsFinite(r.TpotSeconds)) _tpot.Observe(r.TpotSeconds);
         if (float.IsFinite(r.E2eSeconds)) _e2e.Observe(r.E2eSeconds);
+        if (r.DeviceSeconds > 0)
+        {
+            _deviceTime.Observe(r.DeviceSeconds);
+            _requestDevice.Inc(r.DeviceSeconds);
+        }
     }
 
     public void ObserveStep(in StepRecord s)
@@ -94,6 +104,8 @@ internal sealed class ServerMetrics : IDisposable
             _kvUsage.Set(s.KvBlocksTotal == 0 ? 0 : s.KvBlocksUsed / (double)s.KvBlocksTotal);
             _prefixHitRatio.Set(s.PrefixHitRate);
             _deviceIdle.Set(s.DeviceIdleFraction);
+            _deviceBusy.IncTo(s.DeviceBusySeconds);
+            _deviceUnattributed.IncTo(s.DeviceUnattributedSeconds);
             _rows.IncTo(s.RowsComputed);
             _wastedRows.IncTo(s.WastedRows);
             _queueWait.Set(e.EstimatedQueueWait(Priority.Interactive).TotalSeconds);

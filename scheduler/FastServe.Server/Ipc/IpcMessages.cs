@@ -65,6 +65,7 @@ internal struct FinalMsg
     public uint RetryAfterMs;
     public uint PromptTokens, CachedPromptTokens, CompletionTokens, Preemptions;
     public long EngineReceived, Admitted, FirstScheduled, FirstToken, Finished;
+    public uint DeviceUs;         // the request's device time (RequestResult.DeviceTime), µs
 }
 
 [StructLayout(LayoutKind.Sequential, Pack = 1)]
@@ -87,6 +88,7 @@ internal struct ReportMsg
     public byte Reserved;
     public uint PromptTokens, CompletionTokens;
     public float QueueSeconds, TtftSeconds, TpotSeconds, E2eSeconds;   // NaN = not reached
+    public float DeviceSeconds;   // the request's device time (0 when it never reached the engine)
 }
 
 internal static class Ipc

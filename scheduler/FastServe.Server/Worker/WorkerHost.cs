@@ -244,20 +244,22 @@ public sealed class WorkerHost : IDisposable
         f.Timings[(int)Timing.FirstToken] = Micros(t0, r.FirstTokenSent);
         f.Timings[(int)Timing.EngineFinished] = Micros(t0, m.Finished);
         f.Timings[(int)Timing.FinalSent] = Micros(t0, now);
+        f.Timings[(int)Timing.Device] = m.DeviceUs;
         if (f.CompletionTokens == 0) f.CompletionTokens = (uint)r.Completion;
         if (f.PromptTokens == 0) f.PromptTokens = (uint)r.PromptTokens;
         var session = r.Session;
         session.Finished(r.ClientId);
         lock (session.Out.Lock) FrameWriter.Final(session.Out.Writer, r.ClientId, f, code, message);
         Touch(session);
-        Report(f.Status, f.Finish, r, m.FirstScheduled, now);
+        Report(f.Status, f.Finish, r, m.FirstScheduled, now, deviceUs: m.DeviceUs);
     }
 
     /// <summary>Sends the engine a finished request's figures for the metrics endpoint.</summary>
-    internal void Report(WireStatus status, WireFinish finish, WorkerRequest? r, long firstScheduled, long now, int promptTokens = 0)
+    internal void Report(WireStatus status, WireFinish finish, WorkerRequest? r, long firstScheduled, long now, int promptTokens = 0, uint deviceUs = 0)
     {
         double f = Stopwatch.Frequency;
-        var rep = new ReportMsg { Status = (ushort)status, Finish = (byte)finish, QueueSeconds = float.NaN, TtftSeconds = float.NaN, TpotSeconds = float.NaN, E2eSeconds = float.NaN, PromptTokens = (uint)promptTokens };
+        var rep = new ReportMsg { Status = (ushort)status, Finish = (byte)finish, QueueSeconds = float.NaN, TtftSeconds = float.NaN, TpotSeconds = float.NaN, E2eSeconds = float.NaN,
+            PromptTokens = (uint)promptTokens, DeviceSeconds = deviceUs / 1e6f };
         if (r is not null)
         {
             rep.PromptTokens = (uint)r.PromptTokens;

@@ -75,6 +75,21 @@ public class EngineCpuTests : TinyCpuModelFixture
 
     [TestCase(true)]
     [TestCase(false)]
+    public async Task EveryRequestPaysForItsRowsAndThePaymentsAddUpToTheBusyTime(bool overlap)
+    {
+        // Some requests stop at EOS-free limits, some are cut by a tight KV budget (preempted, recomputed).
+        var cases = RandomCases(30, 21);
+        var (results, stats) = await Batched(cases, overlap, new ModelExecutorOptions { KvBlocks = 24 }, 9);
+        double charged = results.Sum(r => r.DeviceTime.TotalSeconds);
+        Assert.That(results.All(r => r.DeviceTime > TimeSpan.Zero), "every request computed rows, so every one paid");
+        Assert.That(charged + stats.DeviceUnattributedSeconds, Is.EqualTo(stats.DeviceBusySeconds).Within(1e-6 * stats.DeviceBusySeconds + 1e-5),
+            "the shares and the unattributed rows are the busy time, exactly");
+        Assert.That(stats.DeviceUnattributedSeconds, Is.LessThanOrEqualTo(0.02 * stats.DeviceBusySeconds),
+            "requests that end at max_tokens leave no row unpaid (the engine never schedules past the limit)");
+    }
+
+    [TestCase(true)]
+    [TestCase(false)]
     public async Task BatchedGreedyOutputEqualsGeneratingEachAlone(bool overlap)
     {
         var cases = RandomCases(30, 11);

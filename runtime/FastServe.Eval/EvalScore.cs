@@ -9,8 +9,10 @@ namespace FastServe.Eval;
 /// <param name="LogprobSum">Sum of the generated tokens' log-probabilities (natural log); NaN when the target does
 /// not report them (a server: the wire protocol carries none).</param>
 /// <param name="LogprobMin">The least of them; NaN as above or with no token.</param>
+/// <param name="DeviceSeconds">The device time the request cost (the engine's token-weighted share of its steps, or
+/// FINAL's <c>device</c> slot from a server); 0 when unknown.</param>
 public sealed record EvalOutput(string Status, string? ErrorCode, string? Message, string Text, string? Finish, int Tokens,
-    double LogprobSum, double LogprobMin)
+    double LogprobSum, double LogprobMin, double DeviceSeconds = 0)
 {
     public bool Finished => Status == "finished";
 }

@@ -48,7 +48,7 @@ public sealed class EngineEvalTarget(InferenceEngine engine, TextTokenizer token
             }
             var ids = res.OutputTokens.Where(id => !tokenizer.IsEos(id)).ToArray();
             return new EvalOutput(StatusNames.Of(res.Status), res.ErrorCode, res.Message, tokenizer.Decode(ids),
-                res.Finish?.WireName(), res.OutputTokens.Length, n > 0 ? sum : double.NaN, n > 0 ? min : double.NaN);
+                res.Finish?.WireName(), res.OutputTokens.Length, n > 0 ? sum : double.NaN, n > 0 ? min : double.NaN, res.DeviceTime.TotalSeconds);
         }
     }
 }
@@ -79,8 +79,8 @@ public sealed class ServerEvalTarget(FastServeClient client, int maxTokens) : IE
                 continue;
             }
             return res.IsOk
-                ? new EvalOutput("finished", null, null, res.Text, res.FinishName, res.CompletionTokens, double.NaN, double.NaN)
-                : new EvalOutput(res.StatusName, res.Detail, res.Message, res.Text, null, res.CompletionTokens, double.NaN, double.NaN);
+                ? new EvalOutput("finished", null, null, res.Text, res.FinishName, res.CompletionTokens, double.NaN, double.NaN, res.ServerTimings.DeviceUs / 1e6)
+                : new EvalOutput(res.StatusName, res.Detail, res.Message, res.Text, null, res.CompletionTokens, double.NaN, double.NaN, res.ServerTimings.DeviceUs / 1e6);
         }
     }
 }

@@ -36,9 +36,10 @@ internal static class EvalCommand
         var maxTokens = new Option<int>("--max-tokens") { Description = "Most tokens generated per example", DefaultValueFactory = _ => 96 };
         var concurrency = new Option<int>("--concurrency") { Description = "Examples in flight at once in each run", DefaultValueFactory = _ => 256 };
         var results = new Option<string?>("--results") { Description = "Write every example's judgement, run by run, to this JSON Lines file" };
+        var cascade = new Option<bool>("--cascade") { Description = "With two --model (cheap first, then strong): the cascade that escalates low-confidence cheap answers, at a range of thresholds" };
         var cmd = new Command("eval", "Judge grammar corrections: exact match, edit precision/recall/F0.5, copy rate and log-probabilities, for several models or settings side by side.");
         e.AddTo(cmd, variants: true);
-        foreach (Option o in new Option[] { data, models, quantize, scheme, kv, host, port, limit, maxTokens, concurrency, results }) cmd.Add(o);
+        foreach (Option o in new Option[] { data, models, quantize, scheme, kv, host, port, limit, maxTokens, concurrency, results, cascade }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             bool json = e.Json(r);
@@ -50,6 +51,10 @@ internal static class EvalCommand
             var variants = Variants(r, e, r.GetValue(models)!, r.GetValue(quantize)!, r.GetValue(scheme)!, r.GetValue(kv)!, r.GetResult(kv) is null or { Implicit: true }, server, json);
             var (examples, errors) = ReadData(r.GetValue(data)!, lim);
             var runs = new List<(string Label, EngineVariant? Variant, EvalSummary Summary)>();
+            var judgedRuns = new List<EvalJudgement[]>();
+            bool doCascade = r.GetValue(cascade);
+            if (doCascade && (r.GetValue(models)!.Distinct().Count() != 2 || server))
+                throw new FastServeException("args.invalid_cascade", "--cascade takes exactly two --model (the cheap one first, then the strong one) and no server", "--cascade");
             using var sink = r.GetValue(results) is { } path ? new ResultsFile(path) : null;
             foreach (var err in errors) sink?.WriteError(err);
 
@@ -58,7 +63,9 @@ internal static class EvalCommand
                 string label = Label(v);
                 using var session = e.Open(r, variant: v);
                 var target = new EngineEvalTarget(session.Engine!, session.Model!.Tokenizer, n);
-                runs.Add((label, v, Run(label, target, examples, conc, sink, json)));
+                var (summary, judged) = Run(label, target, examples, conc, sink, json);
+                runs.Add((label, v, summary));
+                judgedRuns.Add(judged);
             }
             if (server)
             {
@@ -68,12 +75,13 @@ internal static class EvalCommand
                 var client = ClientCommand.Connect(h, p, new FastServeClientOptions { ClientName = "fastserve-eval" }, CancellationToken.None).GetAwaiter().GetResult();
                 try
                 {
-                    runs.Add((label, null, Run(label, new ServerEvalTarget(client, n), examples, conc, sink, json)));
+                    runs.Add((label, null, Run(label, new ServerEvalTarget(client, n), examples, conc, sink, json).Item1));
                 }
                 finally { client.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
             }
             var baseline = Baseline(examples);
-            Report(r.GetValue(data)!, examples.Count, errors, runs, baseline, json);
+            var cascades = doCascade ? Cascades(variants, runs, judgedRuns) : [];
+            Report(r.GetValue(data)!, examples.Count, errors, runs, baseline, cascades, json);
             return 0;
         });
         return cmd;
@@ -131,7 +139,7 @@ internal static class EvalCommand
         return (examples, errors);
     }
 
-    private static EvalSummary Run(string label, IEvalTarget target, List<EvalExample> examples, int concurrency, ResultsFile? sink, bool json)
+    private static (EvalSummary, EvalJudgement[]) Run(string label, IEvalTarget target, List<EvalExample> examples, int concurrency, ResultsFile? sink, bool json)
     {
         var score = new EvalScore();
         var judged = new EvalJudgement[examples.Count];
@@ -166,7 +174,29 @@ internal static class EvalCommand
         if (failed.Length > 0)
             Console.Error.WriteLine($"{label}: {failed.Length} of {judged.Length} examples failed (first: line {failed[0].Example.Line}: " +
                 $"{failed[0].Output.Status} {failed[0].Output.ErrorCode}: {failed[0].Output.Message}); they count as left unchanged");
-        return summary;
+        return (summary, judged);
+    }
+
+    private sealed record CascadeResult(string Cheap, string Strong, EvalSummary CheapAlone, EvalSummary StrongAlone,
+        double CheapDevice, double StrongDevice, List<Cascade.Point> Points);
+
+    // Pairs each run of the first model with the run of the second that has the same weights and KV dtype.
+    private static List<CascadeResult> Cascades(List<EngineVariant> variants, List<(string Label, EngineVariant? Variant, EvalSummary Summary)> runs,
+        List<EvalJudgement[]> judged)
+    {
+        var list = new List<CascadeResult>();
+        string cheapModel = variants[0].ModelDir;
+        for (int i = 0; i < variants.Count; i++)
+        {
+            var v = variants[i];
+            if (v.ModelDir != cheapModel) continue;
+            int k = variants.FindIndex(x => x.ModelDir != cheapModel && x.Quantize == v.Quantize && x.KvDType == v.KvDType);
+            if (k < 0) continue;
+            var points = Cascade.Thresholds(judged[i]).Select(t => Cascade.At(judged[i], judged[k], t)).ToList();
+            list.Add(new CascadeResult(runs[i].Label, runs[k].Label, runs[i].Summary, runs[k].Summary,
+                judged[i].Average(j => j.Output.DeviceSeconds), judged[k].Average(j => j.Output.DeviceSeconds), points));
+        }
+        return list;
     }
 
     // The do-nothing baseline: every sentence returned as it came.
@@ -178,7 +208,7 @@ internal static class EvalCommand
     }
 
     private static void Report(string data, int examples, List<EvalDataError> errors, List<(string Label, EngineVariant? Variant, EvalSummary Summary)> runs,
-        EvalSummary baseline, bool json)
+        EvalSummary baseline, List<CascadeResult> cascades, bool json)
     {
         if (json)
         {
@@ -218,6 +248,30 @@ internal static class EvalCommand
                 w.WriteStartObject("copy_baseline");
                 WriteSummary(w, baseline);
                 w.WriteEndObject();
+                w.WriteStartArray("cascades");
+                foreach (var c in cascades)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("cheap", c.Cheap);
+                    w.WriteString("strong", c.Strong);
+                    w.WriteNumber("cheap_device_ms_per_request", c.CheapDevice * 1000);
+                    w.WriteNumber("strong_device_ms_per_request", c.StrongDevice * 1000);
+                    w.WriteStartArray("points");
+                    foreach (var pt in c.Points)
+                    {
+                        w.WriteStartObject();
+                        if (double.IsFinite(pt.Threshold)) w.WriteNumber("threshold", pt.Threshold);
+                        else w.WriteString("threshold", pt.Threshold > 0 ? "always" : "never");
+                        w.WriteNumber("escalation_rate", pt.EscalationRate);
+                        w.WriteNumber("exact_match", pt.Summary.ExactMatch);
+                        w.WriteNumber("f05", pt.Summary.F05);
+                        w.WriteNumber("device_ms_per_request", pt.DeviceSecondsPerRequest * 1000);
+                        w.WriteEndObject();
+                    }
+                    w.WriteEndArray();
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
             });
             return;
         }
@@ -233,6 +287,17 @@ internal static class EvalCommand
         AnsiConsole.Write(t);
         Console.WriteLine($"{examples} examples from {data}" + (errors.Count > 0 ? $", {errors.Count} invalid lines left out" : "") +
             "; edits at the token level, F0.5 over the whole set");
+        foreach (var c in cascades)
+        {
+            var ct = new Table().Border(TableBorder.Rounded).Title(Markup.Escape($"cascade: {c.Cheap} → {c.Strong}, escalate below the threshold (least token logprob)"))
+                .AddColumn("escalate when min logprob <").AddColumn(new TableColumn("escalated").RightAligned()).AddColumn(new TableColumn("exact match").RightAligned())
+                .AddColumn(new TableColumn("F0.5").RightAligned()).AddColumn(new TableColumn("device ms/request").RightAligned());
+            foreach (var pt in c.Points)
+                ct.AddRow(double.IsNegativeInfinity(pt.Threshold) ? "never (cheap alone)" : double.IsPositiveInfinity(pt.Threshold) ? "always" : $"{pt.Threshold:F3}",
+                    $"{pt.EscalationRate:P1}", $"{pt.Summary.ExactMatch:P1}", $"{pt.Summary.F05:F3}", $"{pt.DeviceSecondsPerRequest * 1000:F2}");
+            ct.AddRow("strong alone", "–", $"{c.StrongAlone.ExactMatch:P1}", $"{c.StrongAlone.F05:F3}", $"{c.StrongDevice * 1000:F2}");
+            AnsiConsole.Write(ct);
+        }
     }
 
     private static string[] Row(string label, EvalSummary s, bool generated) =>

@@ -69,6 +69,29 @@ public class EvalCliTests
     }
 
     [Test]
+    public void ACascadeRunsFromTheCheapModelAloneToTheStrongOneAlone()
+    {
+        var res = CliTests.Run("eval", "--data", TestSet, "--limit", "60", "--model", Model("gec-tiny"), "--model", Model("gec-small"), "--cascade", "--json");
+        Assert.That(res.Code, Is.Zero, res.Err);
+        using var doc = JsonDocument.Parse(res.Out);
+        var runs = doc.RootElement.GetProperty("runs").EnumerateArray().ToArray();
+        var c = doc.RootElement.GetProperty("cascades")[0];
+        var points = c.GetProperty("points").EnumerateArray().ToArray();
+        Assert.That(points[0].GetProperty("threshold").GetString(), Is.EqualTo("never"));
+        Assert.That(points[0].GetProperty("escalation_rate").GetDouble(), Is.Zero);
+        Assert.That(points[0].GetProperty("exact_match").GetDouble(), Is.EqualTo(runs[0].GetProperty("exact_match").GetDouble()));
+        Assert.That(points[^1].GetProperty("threshold").GetString(), Is.EqualTo("always"));
+        Assert.That(points[^1].GetProperty("exact_match").GetDouble(), Is.EqualTo(runs[1].GetProperty("exact_match").GetDouble()));
+        Assert.That(points.Select(p => p.GetProperty("escalation_rate").GetDouble()), Is.Ordered);
+        Assert.That(points.Select(p => p.GetProperty("device_ms_per_request").GetDouble()), Is.Ordered, "escalating more costs more");
+        Assert.That(c.GetProperty("cheap_device_ms_per_request").GetDouble(), Is.LessThan(c.GetProperty("strong_device_ms_per_request").GetDouble()),
+            "gec-tiny costs less device time than gec-small");
+
+        var one = CliTests.Run("eval", "--data", TestSet, "--limit", "5", "--model", Model("gec-tiny"), "--cascade");
+        Assert.That(one.Err, Does.StartWith("error[args.invalid_cascade]"));
+    }
+
+    [Test]
     public void BadDataLinesGetAnErrorLineEachAndTheRunGoesOn()
     {
         string root = TestModels.TempDir("eval-bad");

@@ -6,6 +6,7 @@
 #   2. bench-engine --sweep, 50 tokens in and 50 out, P99 end to end under 1 s: the highest rate meeting it;
 #   3. the same FP8 sweep with --eager (no CUDA graphs), to show what the graphs are worth;
 #   4. with FASTSERVE_E2E_EXACT=1, the FP8 sweep with --graph-exact-sizes (one graph per batch size, no padding);
+#   5. fastserve eval of the trained gec-small, BF16 and FP8, on the cuda backend: quality on the GPU's kernels;
 #   0. first, start-up (startup.py): a pre-quantized FP8 copy of the model (fastserve quantize) served 3 times; time
 #      to ready from exec by stage, the weight upload's GB/s, and, under 8 s of load after the first start, the decode
 #      graphs captured lazily after ready (how many, how long in all). FASTSERVE_E2E_STARTUP_ONLY=1 stops after it.
@@ -60,6 +61,12 @@ sweep fp8 --quantize fp8 || failed=1
 sweep fp8-eager --quantize fp8 --eager || failed=1
 if [ "${FASTSERVE_E2E_EXACT:-0}" = 1 ]; then sweep fp8-exact --quantize fp8 --graph-exact-sizes || failed=1; fi
 
+# 5. Quality on the GPU's own kernels: the trained gec-small, as stored (BF16) and FP8, on the held-out test set
+#    (docs/eval.md); FP8 must stay within 0.5 point of BF16, as it does on the CPU (docs/benchmarks.md, issue 18).
+say "eval gec-small on cuda (bf16, fp8)"
+dist/fastserve eval --data tools/gec/data/test.jsonl --model models/gec-small --backend cuda --quantize none --quantize fp8 --json \
+  >"$out/eval-cuda.json" 2>"$out/eval-cuda.err" || { say "eval failed: $(tail -3 "$out/eval-cuda.err")"; failed=1; }
+
 python3 - "$out" <<'PY'
 import json, os, sys
 out = sys.argv[1]
@@ -89,6 +96,15 @@ if "fp8" in best and "fp8-eager" in best:
     print(f"CUDA graphs: {best['fp8'] / best['fp8-eager']:.2f}x the eager requests/s")
 if "fp8" in best and "fp8-exact" in best:
     print(f"Padded graph sizes: {best['fp8'] / best['fp8-exact']:.2f}x the requests/s of one graph per exact batch size")
+ev = load("eval-cuda.json")
+if ev:
+    runs = ev["runs"]
+    for r in runs:
+        print(f"  eval {r['label']}: exact match {r['exact_match']:.1%}, F0.5 {r['f05']:.3f}, copy rate {r['copy_rate']:.1%}, "
+              f"{r['tokens_per_second']:.0f} tok/s")
+    if len(runs) == 2:
+        d_em, d_f = 100 * (runs[1]["exact_match"] - runs[0]["exact_match"]), 100 * (runs[1]["f05"] - runs[0]["f05"])
+        print(f"FP8 against BF16 on cuda: {d_em:+.1f} points of exact match, {d_f:+.1f} points of F0.5 (target: within 0.5)")
 import re
 up = re.compile(r"weights uploaded: ([0-9.]+) GB in ([0-9.]+) s, ([0-9.]+) GB/s")
 cap = re.compile(r"graph for batch (\d+) captured in ([0-9.]+) ms")

@@ -56,7 +56,7 @@ public sealed class AutoscaleController(AutoscalePolicy policy, IFleetSignal sig
             if (seen.Size is { } have && have.Current < min)
             {
                 var floor = new ScaleDecision(min, have.Current, 0, 0, 0, policy.Panicking, $"no signal ({read.ErrorCode}); below min replicas {min}");
-                var up = await actuator.ScaleAsync(min, ct).ConfigureAwait(false);
+                var up = await actuator.ScaleAsync(min, CancellationToken.None).ConfigureAwait(false);
                 return Emit(new AutoscaleTick(at, up.Ok ? "up" : "failed", null, floor, up.Size ?? have, 0, up.ErrorCode ?? read.ErrorCode, up.Error ?? read.Error));
             }
             return Emit(new AutoscaleTick(at, "hold", null, null, seen.Size, 0, read.ErrorCode, read.Error));
@@ -67,7 +67,9 @@ public sealed class AutoscaleController(AutoscalePolicy policy, IFleetSignal sig
         var d = policy.Decide(obs);
         if (d.Desired == size.Current) return Emit(new AutoscaleTick(at, "none", obs, d, size, s.Sources, null, null));
 
-        var done = await actuator.ScaleAsync(d.Desired, ct).ConfigureAwait(false);
+        // Once decided, the action is not cancelled by a stop: a scale the API server applied must be reported, and a
+        // stop mid-request would drop the event while the fleet changed (the actuators bound their own requests).
+        var done = await actuator.ScaleAsync(d.Desired, CancellationToken.None).ConfigureAwait(false);
         string action = !done.Ok ? "failed" : d.Desired > size.Current ? "up" : "down";
         return Emit(new AutoscaleTick(at, action, obs, d, done.Size ?? size, s.Sources, done.ErrorCode, done.Error));
     }

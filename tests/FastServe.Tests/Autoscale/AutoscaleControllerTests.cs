@@ -53,6 +53,42 @@ public class AutoscaleControllerTests
     private static SignalResult Load(int ready, double concurrency, double refused = 0, double service = 0) =>
         new(new SignalReading(ready, concurrency, refused, service, 1));
 
+    /// <summary>Like the API server: the scale is applied when the request arrives; the answer comes when released.</summary>
+    private sealed class SlowActuator : IReplicaActuator
+    {
+        public readonly TaskCompletionSource Entered = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public readonly TaskCompletionSource Release = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public int Applied = 1;
+        public string Name => "slow";
+        public string Description => "slow";
+        public ValueTask<ActuatorResult> ObserveAsync(CancellationToken ct) => ValueTask.FromResult(ActuatorResult.Of(new FleetSize(Applied, 0)));
+        public async ValueTask<ActuatorResult> ScaleAsync(int desired, CancellationToken ct)
+        {
+            Applied = desired;
+            Entered.SetResult();
+            await Release.Task.WaitAsync(ct);
+            return ActuatorResult.Of(new FleetSize(1, desired - 1));
+        }
+        public ValueTask DisposeAsync() => ValueTask.CompletedTask;
+    }
+
+    [Test]
+    public async Task AStopDuringAScaleStillReportsTheScale()
+    {
+        var slow = new SlowActuator();
+        var (c, s, _, ticks, advance) = Make(actuator: slow);
+        s.Next = Load(ready: 1, concurrency: 40);
+        advance(TimeSpan.FromSeconds(2));
+        using var stop = new CancellationTokenSource();
+        var tick = c.TickAsync(stop.Token);
+        await slow.Entered.Task;
+        stop.Cancel();                 // the stop arrives while the scale request is out
+        slow.Release.SetResult();
+        var t = await tick;
+        Assert.That((t.Action, slow.Applied), Is.EqualTo(("up", 2)), "the applied scale is not dropped by the stop");
+        Assert.That(ticks.Single().Action, Is.EqualTo("up"), "and its event is emitted");
+    }
+
     [Test]
     public void WithoutASignalItStartsTheMinimumAndOtherwiseHolds()
     {

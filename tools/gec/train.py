@@ -20,7 +20,6 @@ tokenizer_config.json, special_tokens_map.json, MODEL_CARD.md, reference_outputs
 dev_outputs.jsonl, train_log.json.
 """
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -38,6 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import bpe  # noqa: E402
 import format as fmt  # noqa: E402
+from data import sha256, write_jsonl  # noqa: E402  (one copy of the data files' writer and checksum)
 
 # Model shapes and the training defaults for each. steps is what fits the time budget on the 2-core development
 # machine with BF16 autocast (README.md: gec-small 2.7 steps/s, gec-tiny ~10 steps/s when the machine is not
@@ -408,17 +408,6 @@ def write_json(path, obj):
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         json.dump(obj, f, indent=2, ensure_ascii=False)
         f.write("\n")
-
-
-def write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
-def sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 def model_card(name, c, args, n_params, log, metrics, info):

@@ -48,7 +48,7 @@ internal static class EvalCommand
             if (conc < 1 || conc > 4096) throw new FastServeException("args.invalid_concurrency", "--concurrency must be between 1 and 4096", "--concurrency");
             if (lim < 0) throw new FastServeException("args.invalid_limit", "--limit must be ≥ 0", "--limit");
             bool server = r.GetResult(host) is { Implicit: false } || r.GetResult(port) is { Implicit: false };
-            var variants = Variants(r, e, r.GetValue(models)!, r.GetValue(quantize)!, r.GetValue(scheme)!, r.GetValue(kv)!, r.GetResult(kv) is null or { Implicit: true }, server, json);
+            var variants = Variants(r, e, r.GetValue(models)!, r.GetValue(quantize)!, r.GetValue(scheme)!, r.GetValue(kv)!, r.GetResult(kv) is null or { Implicit: true }, server);
             var (examples, errors) = ReadData(r.GetValue(data)!, lim);
             var runs = new List<(string Label, EngineVariant? Variant, EvalSummary Summary)>();
             var judgedRuns = new List<EvalJudgement[]>();
@@ -88,7 +88,7 @@ internal static class EvalCommand
     }
 
     private static List<EngineVariant> Variants(ParseResult r, EngineCliOptions e, string[] models, string[] quantize, string[] schemes, string[] kvs,
-        bool kvImplicit, bool server, bool json)
+        bool kvImplicit, bool server)
     {
         if (models.Length == 0 && !server) models = [ModelOptions.ResolveDefault()];
         if (kvImplicit && r.GetValue(e.Model.Backend) == "cuda") kvs = ["bf16"];

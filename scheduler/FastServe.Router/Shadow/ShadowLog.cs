@@ -43,8 +43,8 @@ public sealed class ShadowLog : IAsyncDisposable
     /// <summary>Longest model or version name written, in UTF-8 bytes (the report refuses longer ones).</summary>
     public const int MaxNameBytes = 256;
 
-    /// <summary>Most groups whose summary can wait at once; a summary of a further group is dropped.</summary>
-    public const int MaxPendingSummaries = 1024;
+    /// <summary>Most groups the log takes summaries of; a summary of a further group is dropped.</summary>
+    public const int MaxSummaryGroups = 1024;
 
     private static readonly JsonWriterOptions s_json = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
 
@@ -53,10 +53,14 @@ public sealed class ShadowLog : IAsyncDisposable
     private readonly Channel<ShadowRecord> _pairs;
     // Doorbell, capacity 1 with DropWrite: producers ring after enqueueing, the writer waits on it.
     private readonly Channel<bool> _bell = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite, SingleReader = true });
-    private readonly ConcurrentDictionary<(string, string, string), ShadowSummary> _summaries = new();
+    // One slot per group, never removed: producers swap the latest summary in (boxed), the writer swaps it out.
+    private readonly ConcurrentDictionary<(string, string, string), SummarySlot> _summaries = new();
+    private sealed class SummarySlot { public object? Pending; }
+    // Producers, Interlocked: slots made (a lost GetOrAdd race may count one twice, erring on the safe side).
+    private int _summaryGroups;
     private readonly TimeProvider _time;
     private readonly int _maxPerSecond;
-    private readonly Task _writer;
+    private Task? _writer;
 
     // Producers (CAS loop in Admit): the current second in the high 32 bits, pairs admitted in it in the low 32.
     private long _window = -1L << 32;
@@ -73,8 +77,9 @@ public sealed class ShadowLog : IAsyncDisposable
     /// <see cref="ArgumentOutOfRangeException"/> for a rate or capacity below 1.</summary>
     public ShadowLog(string path, int maxLinesPerSecond = 100, int queueCapacity = 1024) : this(path, maxLinesPerSecond, queueCapacity, TimeProvider.System) { }
 
-    /// <summary>With a clock for the per-second cap (tests).</summary>
-    internal ShadowLog(string path, int maxLinesPerSecond, int queueCapacity, TimeProvider time)
+    /// <summary>With a clock for the per-second cap, and the writer left stopped until <see cref="Start"/> when
+    /// <paramref name="start"/> is false (tests: a queue that fills deterministically).</summary>
+    internal ShadowLog(string path, int maxLinesPerSecond, int queueCapacity, TimeProvider time, bool start = true)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxLinesPerSecond, 1);
@@ -95,8 +100,10 @@ public sealed class ShadowLog : IAsyncDisposable
             FullMode = BoundedChannelFullMode.Wait, // with TryWrite only: false when full, never a wait
             SingleReader = true,
         });
-        _writer = Task.Run(WriteLoop);
+        if (start) Start();
     }
+
+    internal Task Start() => _writer ??= Task.Run(WriteLoop);
 
     /// <summary>The file this log appends to.</summary>
     public string Path => _path;
@@ -125,17 +132,24 @@ public sealed class ShadowLog : IAsyncDisposable
     }
 
     /// <summary>Queues a summary line; it replaces a summary of the same group still waiting. Not subject to the
-    /// rate cap or the queue; dropped (and counted) only after an I/O error, after disposal, or when
-    /// <see cref="MaxPendingSummaries"/> other groups are waiting. Never blocks, never throws.</summary>
+    /// rate cap or the queue; dropped (and counted) only after an I/O error, after disposal, or for a group past
+    /// the first <see cref="MaxSummaryGroups"/>. Never blocks, never throws.</summary>
     public void WriteSummary(in ShadowSummary s)
     {
         var key = (s.Model ?? "", s.PrimaryVersion ?? "", s.ShadowVersion ?? "");
-        if (_failed || Volatile.Read(ref _closed) != 0 || (_summaries.Count >= MaxPendingSummaries && !_summaries.ContainsKey(key)))
+        SummarySlot? slot = null;
+        if (_failed || Volatile.Read(ref _closed) != 0 ||
+            (!_summaries.TryGetValue(key, out slot) && Volatile.Read(ref _summaryGroups) >= MaxSummaryGroups))
         {
             Interlocked.Increment(ref _dropped);
             return;
         }
-        _summaries[key] = s;
+        slot ??= _summaries.GetOrAdd(key, _ =>
+        {
+            Interlocked.Increment(ref _summaryGroups);
+            return new SummarySlot();
+        });
+        Interlocked.Exchange(ref slot.Pending, s);
         _bell.Writer.TryWrite(true);
     }
 
@@ -164,7 +178,8 @@ public sealed class ShadowLog : IAsyncDisposable
         if (Interlocked.Exchange(ref _closed, 1) != 0) return;
         _pairs.Writer.TryComplete();
         _bell.Writer.TryComplete();
-        await _writer.ConfigureAwait(false);
+        try { await Start().ConfigureAwait(false); }
+        catch (Exception e) { _lastError ??= $"shadow log {_path}: writer failed: {e.Message}"; }
         try { _file.Dispose(); }
         catch (Exception e) { _lastError ??= $"shadow log {_path}: close failed: {e.Message}"; }
     }
@@ -189,13 +204,20 @@ public sealed class ShadowLog : IAsyncDisposable
 
     private void Drain()
     {
+        // A bug here must not fault the task (DisposeAsync awaits it): it stops the log like an I/O error.
+        try { DrainLines(); }
+        catch (Exception e) { Fail(e, lost: _unflushed); }
+    }
+
+    private void DrainLines()
+    {
         while (_pairs.Reader.TryRead(out var r))
         {
             Emit(in r, default, pair: true);
             if (_time.GetElapsedTime(_lastFlush).TotalSeconds >= 1) Flush();
         }
-        foreach (var key in _summaries.Keys)
-            if (_summaries.TryRemove(key, out var s)) Emit(default, in s, pair: false);
+        foreach (var (_, slot) in _summaries)
+            if (Interlocked.Exchange(ref slot.Pending, null) is ShadowSummary s) Emit(default, in s, pair: false);
         Flush();
     }
 

@@ -23,6 +23,7 @@ internal static class CliApp
             BenchModelCommand.Create(),
             BatchCommand.Create(),
             EvalCommand.Create(),
+            ShadowReportCommand.Create(),
             BenchEngineCommand.Create(),
             ClientCommand.Create(),
             BenchCommand.Create(),

@@ -38,6 +38,7 @@ public sealed class TrafficSplit
     private const string StickySuffix = "sticky";
 
     private readonly SplitEntry[] _entries;
+    private readonly IReadOnlyList<SplitEntry> _readOnly;   // _entries behind a wrapper a caller cannot cast back
     private readonly long[] _ends;       // _ends[i]: where entry i's range ends in [0, TotalWeight)
     private readonly ulong[] _seeds;     // per-version hash of its name, for sticky picks
     private readonly double[] _inverseWeights;
@@ -45,6 +46,7 @@ public sealed class TrafficSplit
     private TrafficSplit(SplitEntry[] entries, bool sticky)
     {
         _entries = entries;
+        _readOnly = Array.AsReadOnly(entries);
         Sticky = sticky;
         _ends = new long[entries.Length];
         _seeds = new ulong[entries.Length];
@@ -61,7 +63,7 @@ public sealed class TrafficSplit
     }
 
     /// <summary>The versions and their weights in spec order; the first is <see cref="Stable"/>.</summary>
-    public IReadOnlyList<SplitEntry> Entries => _entries;
+    public IReadOnlyList<SplitEntry> Entries => _readOnly;
 
     /// <summary>The stable version: the first entry (whatever its weight).</summary>
     public string Stable => _entries[0].Version;

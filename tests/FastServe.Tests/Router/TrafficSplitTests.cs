@@ -23,6 +23,7 @@ public sealed class TrafficSplitTests
         Assert.That(s.Share("a1b2"), Is.EqualTo(0.95).Within(1e-12));
         Assert.That(s.Share("c3d4"), Is.EqualTo(0.05).Within(1e-12));
         Assert.That(s.Share("nope"), Is.EqualTo(0));
+        Assert.That(s.Entries, Is.Not.InstanceOf<SplitEntry[]>(), "no way to edit an immutable split through a cast");
 
         var spaced = TrafficSplit.Parse("  v1.0 = 3 , v1.1_rc-2=1 ; sticky ");
         Assert.That(spaced.ToString(), Is.EqualTo("v1.0=3,v1.1_rc-2=1;sticky"));

@@ -28,6 +28,7 @@ internal static class CliApp
             ClientCommand.Create(),
             BenchCommand.Create(),
             RouteCommand.Create(),
+            AdminCommand.Create(),
             CompareChartCommand.Create(),
             CheckBackendCommand.Create(),
             SimulateFleetCommand.Create(),

@@ -114,6 +114,8 @@ public sealed class CompletionCall
             Text = _text is null ? "" : Utf8Text.Decode(_text.WrittenSpan),
             ReceivedTokens = _received,
             ServerTimings = ServerTimings.From(f.Timings),
+            LogprobMean = f.HasLogprobs ? f.LogprobMean : double.NaN,
+            LogprobMin = f.HasLogprobs ? f.LogprobMin : double.NaN,
             StartedTimestamp = StartedTimestamp,
             FirstTokenTimestamp = _firstToken,
             FinalTimestamp = now,

@@ -140,6 +140,12 @@ public sealed record CompletionResult
     /// <summary>Token ids counted over the deltas received (kept even when output is not collected).</summary>
     public int ReceivedTokens { get; init; }
     public ServerTimings ServerTimings { get; init; }
+    /// <summary>Mean log-probability of the generated tokens, for a request sent with <c>Logprobs</c> to a 1.2 server;
+    /// NaN otherwise.</summary>
+    public double LogprobMean { get; init; } = double.NaN;
+    /// <summary>The lowest log-probability among the generated tokens (a confidence: a cascade escalates on it); NaN
+    /// as <see cref="LogprobMean"/>.</summary>
+    public double LogprobMin { get; init; } = double.NaN;
     /// <summary>When the call was started (its REQUEST queued for sending).</summary>
     public long StartedTimestamp { get; init; }
     /// <summary>When the first DELTA carrying at least one token id arrived; 0 if none did.</summary>

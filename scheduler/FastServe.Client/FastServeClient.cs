@@ -40,6 +40,7 @@ public sealed class FastServeClient : IAsyncDisposable
     private readonly List<TaskCompletionSource<LoadReport>> _loadWaiters = new();
     private readonly List<LoadSubscription> _subscribers = new();
     private readonly Queue<TaskCompletionSource<TimeSpan>> _drains = new();
+    private readonly Queue<TaskCompletionSource<string>> _admins = new();
     private bool _closed;
     private string _closeDetail = "";
     private string _closeMessage = "";
@@ -266,6 +267,17 @@ public sealed class FastServeClient : IAsyncDisposable
              ?? (p0.DeadlineMs != 0 ? RequestRules.CheckDeadline(TimeSpan.FromMilliseconds(p0.DeadlineMs)) : null)) is { } bad)
             return Refuse(call, bad.Status, bad.Code, bad.Message);
         int stopBytes = stopText + 2 * (stops?.Count ?? 0);
+        if (p0.HasRoute)
+        {
+            if (Server.Major == 1 && Server.Minor < 2)
+                return Refuse(call, WireStatus.BadRequest, "client.route_unsupported",
+                    $"the server speaks protocol {Server.Major}.{Server.Minor}; naming a model, version or routing key needs 1.2");
+            int m = Encoding.UTF8.GetByteCount(p0.Model ?? ""), v = Encoding.UTF8.GetByteCount(p0.ModelVersion ?? ""), k = Encoding.UTF8.GetByteCount(p0.RouteKey ?? "");
+            if (m > Wire.MaxModelBytes || v > Wire.MaxModelBytes || k > Wire.MaxRouteKeyBytes)
+                return Refuse(call, WireStatus.BadRequest, "request.bad_route",
+                    $"model and version take at most {Wire.MaxModelBytes} UTF-8 bytes, the routing key {Wire.MaxRouteKeyBytes}");
+            stopBytes += 6 + m + v + k;
+        }
         if (request.Prompt is not null && request.PromptIds is not null)
             return Refuse(call, WireStatus.BadRequest, "client.prompt_ambiguous", "give a prompt text or prompt ids, not both");
 
@@ -496,6 +508,32 @@ public sealed class FastServeClient : IAsyncDisposable
         return await tcs.Task.WaitAsync(ct).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// Sends an ADMIN command (protocol 1.2; a router takes them, docs/router.md "Admin commands") and returns the
+    /// ADMIN_OK's JSON body.
+    /// </summary>
+    /// <exception cref="FastServeClientException"><c>client.unauthorized</c> (wrong or missing token),
+    /// <c>client.admin_refused</c> (the command was refused: its message says why), <c>client.connection_lost</c>.</exception>
+    public async Task<string> AdminAsync(string adminToken, string command, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(adminToken);
+        ArgumentNullException.ThrowIfNull(command);
+        var tcs = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
+        byte[] token = Encoding.UTF8.GetBytes(adminToken), cmd = Encoding.UTF8.GetBytes(command);
+        if (cmd.Length > Wire.MaxAdminBytes) throw new FastServeClientException("client.admin_refused", $"the command is over {Wire.MaxAdminBytes} bytes", WireStatus.BadRequest);
+        lock (_out.Lock)
+        {
+            lock (_lock)
+            {
+                ThrowIfClosedLocked();
+                _admins.Enqueue(tcs);
+            }
+            FrameWriter.Admin(_out.Writer, token, cmd);
+        }
+        _out.Flush();
+        return await tcs.Task.WaitAsync(ct).ConfigureAwait(false);
+    }
+
     private void ThrowIfClosedLocked()
     {
         if (_closed) throw LostException();
@@ -620,20 +658,36 @@ public sealed class FastServeClient : IAsyncDisposable
                 tcs?.TrySetResult(TimeSpan.FromMilliseconds(grace));
                 return null;
             }
+            case FrameType.AdminOk:
+            {
+                var r = new PayloadReader(payload);
+                if (!r.TryStr16(out var body)) return "malformed ADMIN_OK";
+                TaskCompletionSource<string>? tcs;
+                lock (_lock) _admins.TryDequeue(out tcs);
+                tcs?.TrySetResult(Utf8Text.Decode(body));
+                return null;
+            }
             case FrameType.Error:
             {
                 if (!ErrorInfo.TryParse(payload, h.Flags, out var err)) return "malformed ERROR";
                 TaskCompletionSource<TimeSpan>? drain = null;
+                TaskCompletionSource<string>? admin = null;
                 lock (_lock)
                 {
                     _lastError = err;
-                    if (err.Status == WireStatus.Unauthorized) _drains.TryDequeue(out drain);
+                    // A refused DRAIN or ADMIN answers with an ERROR; drains are matched first (a tool that sends both
+                    // at once cannot tell which an `unauthorized` answers).
+                    if (err.Status == WireStatus.Unauthorized && !_drains.TryDequeue(out drain)) _admins.TryDequeue(out admin);
+                    else if (err.Status == WireStatus.BadRequest && !err.Fatal) _admins.TryDequeue(out admin);
                 }
                 drain?.TrySetException(new FastServeClientException("client.unauthorized", $"the server refused DRAIN: {err.Message}", err.Status));
+                admin?.TrySetException(err.Status == WireStatus.Unauthorized
+                    ? new FastServeClientException("client.unauthorized", $"the server refused ADMIN: {err.Message}", err.Status)
+                    : new FastServeClientException("client.admin_refused", err.Message, err.Status));
                 if (err.Fatal) Close("server." + WireNames.Of(err.Status), $"the server closed the connection: {WireNames.Of(err.Status)}: {err.Message}");
                 return null;
             }
-            case FrameType.Hello or FrameType.Request or FrameType.Cancel or FrameType.Ping or FrameType.LoadQuery or FrameType.Drain or FrameType.HelloOk:
+            case FrameType.Hello or FrameType.Request or FrameType.Cancel or FrameType.Ping or FrameType.LoadQuery or FrameType.Drain or FrameType.Admin or FrameType.HelloOk:
                 return $"unexpected frame type 0x{(byte)h.Type:X2} from the server";
             default:
                 // A later minor version may add frame types; this client has no use for them.
@@ -666,6 +720,7 @@ public sealed class FastServeClient : IAsyncDisposable
         (TaskCompletionSource<TimeSpan> Tcs, long Sent)[] pings;
         TaskCompletionSource<LoadReport>[] loads;
         TaskCompletionSource<TimeSpan>[] drains;
+        TaskCompletionSource<string>[] admins;
         FastServeClientException lost;
         lock (_lock)
         {
@@ -677,6 +732,8 @@ public sealed class FastServeClient : IAsyncDisposable
             _loadWaiters.Clear();
             drains = _drains.ToArray();
             _drains.Clear();
+            admins = _admins.ToArray();
+            _admins.Clear();
             _subscribers.Clear();
             lost = LostException();
         }
@@ -684,6 +741,7 @@ public sealed class FastServeClient : IAsyncDisposable
         foreach (var p in pings) p.Tcs.TrySetException(lost);
         foreach (var l in loads) l.TrySetException(lost);
         foreach (var d in drains) d.TrySetException(lost);
+        foreach (var a in admins) a.TrySetException(lost);
     }
 
     /// <summary>Closes the connection: calls in flight complete with <c>connection_lost</c> (detail

@@ -19,6 +19,18 @@ public struct RequestParams
     public bool NoText;
     /// <summary>Sets <see cref="RequestFlags.Whole"/>: the output is wanted only with the FINAL.</summary>
     public bool Whole;
+    /// <summary>Sets <see cref="RequestFlags.Logprobs"/>: the FINAL carries the mean and minimum token log-probability.</summary>
+    public bool Logprobs;
+    /// <summary>The model to run it on (null or empty: the server's default); with <see cref="ModelVersion"/> or
+    /// <see cref="RouteKey"/> these are the routing fields of protocol 1.2 (<see cref="RequestFlags.Route"/>).</summary>
+    public string? Model;
+    /// <summary>The model version (null or empty: any, or the router's traffic split).</summary>
+    public string? ModelVersion;
+    /// <summary>A routing key: requests with the same key go to the same version of a split model (sticky canaries).</summary>
+    public string? RouteKey;
+
+    /// <summary>Whether any routing field is set (the request then needs a 1.2 server).</summary>
+    public readonly bool HasRoute => !string.IsNullOrEmpty(Model) || !string.IsNullOrEmpty(ModelVersion) || !string.IsNullOrEmpty(RouteKey);
 
     public static RequestParams Default => new() { MaxTokens = 64, TopP = 1f };
 }
@@ -78,7 +90,9 @@ public static class FrameWriter
     public static void HelloOk(IBufferWriter<byte> w, in HelloOk h)
     {
         Utf8(h.ServerName, out var name);
-        int n = Wire.HelloOkFixedSize + Str16Size(name);
+        Utf8(h.Model, out var model);
+        Utf8(h.ModelVersion, out var version);
+        int n = Wire.HelloOkFixedSize + Str16Size(name) + Str16Size(model) + Str16Size(version);
         var p = Begin(w, FrameType.HelloOk, 0, 0, n);
         BinaryPrimitives.WriteUInt16LittleEndian(p, h.Major);
         BinaryPrimitives.WriteUInt16LittleEndian(p[2..], h.Minor);
@@ -87,7 +101,9 @@ public static class FrameWriter
         BinaryPrimitives.WriteUInt32LittleEndian(p[12..], (uint)h.MaxInFlight);
         BinaryPrimitives.WriteUInt32LittleEndian(p[16..], (uint)h.IdleTimeoutMs);
         BinaryPrimitives.WriteUInt32LittleEndian(p[20..], (uint)h.ContextLength);
-        PutStr16(p[24..], name);
+        int o = 24 + PutStr16(p[24..], name);
+        o += PutStr16(p[o..], model);
+        PutStr16(p[o..], version);
         w.Advance(Wire.HeaderSize + n);
     }
 
@@ -101,7 +117,17 @@ public static class FrameWriter
         var stopUtf8 = new byte[stopCount][];
         int stopBytes = 0;
         for (int i = 0; i < stopCount; i++) stopBytes += Str16Size(stopUtf8[i] = Encoding.UTF8.GetBytes(stops![i]));
-        int n = Wire.RequestFixedSize + promptBytes + stopBytes;
+        bool route = r.HasRoute;
+        byte[] model = [], version = [], key = [];
+        int routeBytes = 0;
+        if (route)
+        {
+            model = Encoding.UTF8.GetBytes(r.Model ?? "");
+            version = Encoding.UTF8.GetBytes(r.ModelVersion ?? "");
+            key = Encoding.UTF8.GetBytes(r.RouteKey ?? "");
+            routeBytes = Str16Size(model) + Str16Size(version) + Str16Size(key);
+        }
+        int n = Wire.RequestFixedSize + promptBytes + stopBytes + routeBytes;
         var p = Begin(w, FrameType.Request, 0, id, n);
         BinaryPrimitives.WriteUInt32LittleEndian(p, (uint)r.MaxTokens);
         BinaryPrimitives.WriteSingleLittleEndian(p[4..], r.Temperature);
@@ -116,6 +142,8 @@ public static class FrameWriter
         if (r.IgnoreEos) flags |= RequestFlags.IgnoreEos;
         if (r.NoText) flags |= RequestFlags.NoText;
         if (r.Whole) flags |= RequestFlags.Whole;
+        if (r.Logprobs) flags |= RequestFlags.Logprobs;
+        if (route) flags |= RequestFlags.Route;
         p[29] = (byte)flags;
         BinaryPrimitives.WriteUInt16LittleEndian(p[30..], (ushort)Math.Min(stopCount, ushort.MaxValue));
         BinaryPrimitives.WriteUInt32LittleEndian(p[32..], (uint)(ids ? promptIds.Length : promptText.Length));
@@ -129,6 +157,12 @@ public static class FrameWriter
         else promptText.CopyTo(p[o..]);
         o += promptBytes;
         for (int i = 0; i < stopCount; i++) o += PutStr16(p[o..], stopUtf8[i]);
+        if (route)
+        {
+            o += PutStr16(p[o..], model);
+            o += PutStr16(p[o..], version);
+            PutStr16(p[o..], key);
+        }
         w.Advance(Wire.HeaderSize + n);
     }
 
@@ -162,6 +196,25 @@ public static class FrameWriter
         w.Advance(Wire.HeaderSize + n);
     }
 
+    /// <summary>ADMIN (protocol 1.2): the admin token and a one-line command (docs/router.md, "Admin commands").</summary>
+    public static void Admin(IBufferWriter<byte> w, ReadOnlySpan<byte> token, ReadOnlySpan<byte> command)
+    {
+        int n = Str16Size(token) + Str16Size(command);
+        var p = Begin(w, FrameType.Admin, 0, 0, n);
+        int o = PutStr16(p, token);
+        PutStr16(p[o..], command);
+        w.Advance(Wire.HeaderSize + n);
+    }
+
+    /// <summary>ADMIN_OK: the command's result, one JSON object.</summary>
+    public static void AdminOk(IBufferWriter<byte> w, string json)
+    {
+        Utf8(json, out var body);
+        int n = Str16Size(body);
+        PutStr16(Begin(w, FrameType.AdminOk, 0, 0, n), body);
+        w.Advance(Wire.HeaderSize + n);
+    }
+
     public static void DrainOk(IBufferWriter<byte> w, uint graceMs)
     {
         BinaryPrimitives.WriteUInt32LittleEndian(Begin(w, FrameType.DrainOk, 0, 0, 4), graceMs);
@@ -183,7 +236,7 @@ public static class FrameWriter
 
     public static void Final(IBufferWriter<byte> w, ulong id, in FinalInfo f, ReadOnlySpan<byte> detail, ReadOnlySpan<byte> message)
     {
-        int n = Wire.FinalFixedSize + Str16Size(detail) + Str16Size(message);
+        int n = Wire.FinalFixedSize + Str16Size(detail) + Str16Size(message) + (f.HasLogprobs ? 8 : 0);
         var p = Begin(w, FrameType.Final, 0, id, n);
         BinaryPrimitives.WriteUInt16LittleEndian(p, (ushort)f.Status);
         p[2] = (byte)f.Finish;
@@ -196,7 +249,12 @@ public static class FrameWriter
         for (int i = 0; i < Wire.TimingSlots; i++) BinaryPrimitives.WriteUInt32LittleEndian(p[(24 + 4 * i)..], f.Timings[i]);
         int o = Wire.FinalFixedSize;
         o += PutStr16(p[o..], detail);
-        PutStr16(p[o..], message);
+        o += PutStr16(p[o..], message);
+        if (f.HasLogprobs)
+        {
+            BinaryPrimitives.WriteSingleLittleEndian(p[o..], f.LogprobMean);
+            BinaryPrimitives.WriteSingleLittleEndian(p[(o + 4)..], f.LogprobMin);
+        }
         w.Advance(Wire.HeaderSize + n);
     }
 
@@ -210,7 +268,10 @@ public static class FrameWriter
 
     public static void LoadReport(IBufferWriter<byte> w, in LoadReport r)
     {
-        var p = Begin(w, FrameType.LoadReport, 0, 0, Wire.LoadReportSize);
+        Utf8(r.Model, out var model);
+        Utf8(r.ModelVersion, out var version);
+        int n = Wire.LoadReportSize + Str16Size(model) + Str16Size(version);
+        var p = Begin(w, FrameType.LoadReport, 0, 0, n);
         p[0] = (byte)r.State;
         p[1] = 0;
         BinaryPrimitives.WriteUInt16LittleEndian(p[2..], (ushort)Math.Clamp(r.Workers, 0, ushort.MaxValue));
@@ -221,7 +282,9 @@ public static class FrameWriter
         BinaryPrimitives.WriteUInt32LittleEndian(p[20..], (uint)Math.Max(0, r.EstimatedWaitMs));
         BinaryPrimitives.WriteUInt32LittleEndian(p[24..], (uint)Math.Max(0, r.MaxRunning));
         BinaryPrimitives.WriteUInt32LittleEndian(p[28..], (uint)Math.Max(0, r.AgeMs));
-        w.Advance(Wire.HeaderSize + Wire.LoadReportSize);
+        int o = Wire.LoadReportSize + PutStr16(p[Wire.LoadReportSize..], model);
+        PutStr16(p[o..], version);
+        w.Advance(Wire.HeaderSize + n);
     }
 
     public static void Error(IBufferWriter<byte> w, WireStatus status, bool fatal, uint retryAfterMs, string message)

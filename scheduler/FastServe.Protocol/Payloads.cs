@@ -25,8 +25,10 @@ public readonly ref struct HelloView
     }
 }
 
-/// <summary>The server's answer to HELLO: its version and limits.</summary>
-public readonly record struct HelloOk(ushort Major, ushort Minor, int MaxFrame, int MaxPromptTokens, int MaxInFlight, int IdleTimeoutMs, int ContextLength, string ServerName)
+/// <summary>The server's answer to HELLO: its version and limits, and (protocol 1.2) the model it serves: its name
+/// and version, empty from a router or an older server.</summary>
+public readonly record struct HelloOk(ushort Major, ushort Minor, int MaxFrame, int MaxPromptTokens, int MaxInFlight, int IdleTimeoutMs, int ContextLength, string ServerName,
+    string Model = "", string ModelVersion = "")
 {
     public static bool TryParse(ReadOnlySpan<byte> payload, out HelloOk v)
     {
@@ -34,8 +36,10 @@ public readonly record struct HelloOk(ushort Major, ushort Minor, int MaxFrame, 
         v = default;
         if (!r.TryU16(out ushort major) || !r.TryU16(out ushort minor) || !r.TryU32(out uint maxFrame) || !r.TryU32(out uint maxPrompt)
             || !r.TryU32(out uint maxInFlight) || !r.TryU32(out uint idle) || !r.TryU32(out uint ctx) || !r.TryStr16(out var name)) return false;
+        // 1.2 appended the model's name and version; a shorter payload is an older server's.
+        if (!r.TryStr16(out var model) || !r.TryStr16(out var version)) model = version = default;
         v = new HelloOk(major, minor, (int)Math.Min(maxFrame, int.MaxValue), (int)Math.Min(maxPrompt, int.MaxValue), (int)Math.Min(maxInFlight, int.MaxValue),
-            (int)Math.Min(idle, int.MaxValue), (int)Math.Min(ctx, int.MaxValue), Encoding.UTF8.GetString(name));
+            (int)Math.Min(idle, int.MaxValue), (int)Math.Min(ctx, int.MaxValue), Encoding.UTF8.GetString(name), Utf8Text.Decode(model), Utf8Text.Decode(version));
         return true;
     }
 }
@@ -49,6 +53,8 @@ public enum RequestParseError : byte
     BadStop,
     PromptLength,
     TrailingBytes,
+    /// <summary>The routing fields (flag <see cref="RequestFlags.Route"/>) are missing, too long or not UTF-8.</summary>
+    BadRoute,
 }
 
 /// <summary>
@@ -70,12 +76,24 @@ public readonly ref struct RequestView
     public readonly ReadOnlySpan<byte> Prompt;
     /// <summary>The stop strings, each str16, <see cref="StopCount"/> of them (use <see cref="GetStop"/>).</summary>
     public readonly ReadOnlySpan<byte> Stops;
+    /// <summary>The model the request names (UTF-8, empty = whichever the server serves; protocol 1.2).</summary>
+    public readonly ReadOnlySpan<byte> Model;
+    /// <summary>The model version the request names (empty = any).</summary>
+    public readonly ReadOnlySpan<byte> ModelVersion;
+    /// <summary>The routing key (empty = none): a router that splits traffic between versions sends requests with
+    /// the same key to the same version.</summary>
+    public readonly ReadOnlySpan<byte> RouteKey;
+    /// <summary>Payload offset where the routing fields start (the payload's length when there are none): a router
+    /// forwards the payload cut here, with the flag cleared.</summary>
+    public readonly int RouteOffset;
 
     private RequestView(uint maxTokens, float temperature, float topP, int topK, ulong seed, uint deadlineMs, byte priority, RequestFlags flags,
-        int stopCount, ReadOnlySpan<byte> prompt, ReadOnlySpan<byte> stops)
+        int stopCount, ReadOnlySpan<byte> prompt, ReadOnlySpan<byte> stops, ReadOnlySpan<byte> model, ReadOnlySpan<byte> version,
+        ReadOnlySpan<byte> key, int routeOffset)
     {
         MaxTokens = maxTokens; Temperature = temperature; TopP = topP; TopK = topK; Seed = seed; DeadlineMs = deadlineMs;
         Priority = priority; Flags = flags; StopCount = stopCount; Prompt = prompt; Stops = stops;
+        Model = model; ModelVersion = version; RouteKey = key; RouteOffset = routeOffset;
     }
 
     public bool PromptIsIds => (Flags & RequestFlags.PromptIds) != 0;
@@ -110,9 +128,18 @@ public readonly ref struct RequestView
             if (!r.TryStr16(out var s)) return RequestParseError.Truncated;
             if (s.Length == 0 || s.Length > Wire.MaxStopBytes) return RequestParseError.BadStop;
         }
+        int routeOffset = r.Position;
+        ReadOnlySpan<byte> model = default, version = default, key = default;
+        if ((flags & (byte)RequestFlags.Route) != 0)
+        {
+            if (!r.TryStr16(out model) || !r.TryStr16(out version) || !r.TryStr16(out key)
+                || model.Length > Wire.MaxModelBytes || version.Length > Wire.MaxModelBytes || key.Length > Wire.MaxRouteKeyBytes
+                || !Utf8Text.IsValid(model) || !Utf8Text.IsValid(version))
+                return RequestParseError.BadRoute;
+        }
         if (r.Remaining != 0) return RequestParseError.TrailingBytes;
         v = new RequestView(maxTokens, temp, topP, topK, seed, deadline, prio, (RequestFlags)flags, stopCount, prompt,
-            payload[stopsStart..]);
+            payload[stopsStart..routeOffset], model, version, key, routeOffset);
         return RequestParseError.None;
     }
 
@@ -123,6 +150,7 @@ public readonly ref struct RequestView
         RequestParseError.BadStop => "request.bad_stop",
         RequestParseError.PromptLength => "request.prompt_length",
         RequestParseError.TrailingBytes => "frame.trailing_bytes",
+        RequestParseError.BadRoute => "request.bad_route",
         _ => "",
     };
 }
@@ -160,6 +188,10 @@ public struct FinalInfo
     public uint RetryAfterMs;
     public uint PromptTokens, CachedPromptTokens, CompletionTokens, Preemptions;
     public TimingSlots Timings;
+    /// <summary>Protocol 1.2, for a request with <see cref="RequestFlags.Logprobs"/>: the FINAL ends with the mean and the
+    /// minimum log-probability of the generated tokens (NaN when none was generated).</summary>
+    public bool HasLogprobs;
+    public float LogprobMean, LogprobMin;
 
     public static bool TryParse(ReadOnlySpan<byte> payload, out FinalInfo v, out ReadOnlySpan<byte> detail, out ReadOnlySpan<byte> message)
     {
@@ -171,6 +203,12 @@ public struct FinalInfo
         r.TryU32(out v.PromptTokens); r.TryU32(out v.CachedPromptTokens); r.TryU32(out v.CompletionTokens); r.TryU32(out v.Preemptions);
         for (int i = 0; i < Wire.TimingSlots; i++) { r.TryU32(out uint t); v.Timings[i] = t; }
         if (!r.TryStr16(out detail) || !r.TryStr16(out message)) return false;
+        if (r.TryF32(out float mean) && r.TryF32(out float min))
+        {
+            v.HasLogprobs = true;
+            v.LogprobMean = mean;
+            v.LogprobMin = min;
+        }
         v.Status = (WireStatus)status;
         v.Finish = (WireFinish)finish;
         v.Retriable = (flags & 1) != 0;
@@ -185,9 +223,10 @@ public struct TimingSlots
     private uint _e0;
 }
 
-/// <summary>A replica's load, as reported in LOAD_REPORT.</summary>
+/// <summary>A replica's load, as reported in LOAD_REPORT, and (protocol 1.2) the model it serves (empty from a router
+/// or an older server).</summary>
 public readonly record struct LoadReport(ReplicaState State, int Workers, int Running, int Queued, int InFlight, float KvFreeFraction,
-    int EstimatedWaitMs, int MaxRunning, int AgeMs)
+    int EstimatedWaitMs, int MaxRunning, int AgeMs, string Model = "", string ModelVersion = "")
 {
     public static bool TryParse(ReadOnlySpan<byte> payload, out LoadReport v)
     {
@@ -196,11 +235,31 @@ public readonly record struct LoadReport(ReplicaState State, int Workers, int Ru
         var r = new PayloadReader(payload);
         r.TryU8(out byte state); r.TryU8(out _); r.TryU16(out ushort workers); r.TryU32(out uint running); r.TryU32(out uint queued);
         r.TryU32(out uint inFlight); r.TryF32(out float kv); r.TryU32(out uint wait); r.TryU32(out uint maxRunning); r.TryU32(out uint age);
-        v = new LoadReport((ReplicaState)state, workers, Sat(running), Sat(queued), Sat(inFlight), kv, Sat(wait), Sat(maxRunning), Sat(age));
+        if (!r.TryStr16(out var model) || !r.TryStr16(out var version)) model = version = default;
+        v = new LoadReport((ReplicaState)state, workers, Sat(running), Sat(queued), Sat(inFlight), kv, Sat(wait), Sat(maxRunning), Sat(age),
+            Utf8Text.Decode(model), Utf8Text.Decode(version));
         return true;
     }
 
     private static int Sat(uint x) => (int)Math.Min(x, int.MaxValue);
+}
+
+/// <summary>A parsed ADMIN frame (protocol 1.2): the admin token and a one-line command, slices of the payload.</summary>
+public readonly ref struct AdminView
+{
+    public readonly ReadOnlySpan<byte> Token;
+    public readonly ReadOnlySpan<byte> Command;
+
+    private AdminView(ReadOnlySpan<byte> token, ReadOnlySpan<byte> command) { Token = token; Command = command; }
+
+    public static bool TryParse(ReadOnlySpan<byte> payload, out AdminView v)
+    {
+        v = default;
+        var r = new PayloadReader(payload);
+        if (!r.TryStr16(out var token) || !r.TryStr16(out var command) || command.Length > Wire.MaxAdminBytes) return false;
+        v = new AdminView(token, command);
+        return true;
+    }
 }
 
 /// <summary>A parsed connection-level ERROR.</summary>

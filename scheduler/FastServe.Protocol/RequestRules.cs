@@ -30,6 +30,14 @@ public static class RequestRules
     /// <summary>Priorities: 0 interactive, 1 batch.</summary>
     public const int MaxPriority = 1;
 
+    /// <summary>Whether <paramref name="s"/> is a valid model name, model version or tier name: 1 to
+    /// <see cref="Wire.MaxModelBytes"/> letters, digits, '.', '_' or '-' (ASCII, so as many bytes on the wire).</summary>
+    public static bool IsModelLabel(string? s) =>
+        s is { Length: > 0 and <= Wire.MaxModelBytes } && s.All(IsLabelChar);
+
+    /// <summary>A character <see cref="IsModelLabel"/> allows.</summary>
+    public static bool IsLabelChar(char c) => c is (>= 'a' and <= 'z') or (>= 'A' and <= 'Z') or (>= '0' and <= '9') or '.' or '_' or '-';
+
     public const string SamplingInvalid = "sampling.invalid";
     public const string InvalidPriority = "request.invalid_priority";
     public const string InvalidDeadline = "request.invalid_deadline";

@@ -6,7 +6,7 @@ public static class Wire
     /// <summary>"FSRV" read as a little-endian u32: the first field of <c>HELLO</c>.</summary>
     public const uint Magic = 0x56525346;
     public const ushort Major = 1;
-    public const ushort Minor = 1;
+    public const ushort Minor = 2;
     /// <summary>Bytes of every frame header: u32 length, u8 type, u8 flags, u16 reserved, u64 id.</summary>
     public const int HeaderSize = 16;
     public const int DefaultMaxFrame = 1 << 20;
@@ -19,6 +19,12 @@ public static class Wire
     public const int MaxStops = 8;
     public const int MaxStopBytes = 256;
     public const int MaxPingBytes = 64;
+    /// <summary>Longest model name or version a REQUEST, HELLO_OK or LOAD_REPORT carries (UTF-8 bytes).</summary>
+    public const int MaxModelBytes = 64;
+    /// <summary>Longest routing key a REQUEST carries (UTF-8 bytes).</summary>
+    public const int MaxRouteKeyBytes = 256;
+    /// <summary>Longest ADMIN command (UTF-8 bytes).</summary>
+    public const int MaxAdminBytes = 16 << 10;
     /// <summary>Timing slots in <c>FINAL</c> (see <see cref="Timing"/>).</summary>
     public const int TimingSlots = 8;
 }
@@ -32,12 +38,14 @@ public enum FrameType : byte
     Ping = 0x04,
     LoadQuery = 0x05,
     Drain = 0x06,
+    Admin = 0x07,
     HelloOk = 0x81,
     Delta = 0x82,
     Final = 0x83,
     Pong = 0x84,
     LoadReport = 0x85,
     DrainOk = 0x86,
+    AdminOk = 0x87,
     Error = 0x8F,
 }
 
@@ -56,6 +64,8 @@ public enum WireStatus : ushort
     Unavailable = 9,
     TooManyRequests = 10,
     UnsupportedVersion = 11,
+    /// <summary>The request named a model (or version) that no replica behind this end serves (protocol 1.2).</summary>
+    NotFound = 12,
 }
 
 /// <summary>Why an <c>ok</c> request stopped generating.</summary>
@@ -79,6 +89,11 @@ public enum RequestFlags : byte
     /// run the request again elsewhere instead of failing it (docs/router.md, "Retries").
     /// </summary>
     Whole = 16,
+    /// <summary>Protocol 1.2: the payload ends with the routing fields after the stop strings: str16 model, str16
+    /// version, str16 key (each may be empty; docs/protocol.md).</summary>
+    Route = 32,
+    /// <summary>Protocol 1.2: the FINAL carries the mean and the minimum log-probability of the generated tokens.</summary>
+    Logprobs = 64,
 }
 
 /// <summary>Indexes of the hand-off timing slots of FINAL: microseconds after the server read the request.</summary>
@@ -113,6 +128,7 @@ public static class WireNames
         WireStatus.Unavailable => "unavailable",
         WireStatus.TooManyRequests => "too_many_requests",
         WireStatus.UnsupportedVersion => "unsupported_version",
+        WireStatus.NotFound => "not_found",
         _ => "unknown",
     };
 

@@ -30,14 +30,16 @@ public sealed class Balancer
     /// The endpoint for the next request, or null when none is eligible. Endpoints in <paramref name="avoid"/> (those a
     /// retried request already tried) are left out while any other is eligible. With <paramref name="leaving"/> the
     /// endpoints are ones that left the source and serve as a fallback: <see cref="Endpoint.CanServe"/> decides instead
-    /// of <see cref="Endpoint.IsEligible"/>.
+    /// of <see cref="Endpoint.IsEligible"/>. Only endpoints in the pool of <paramref name="model"/> and
+    /// <paramref name="version"/> are candidates (<see cref="Endpoint.Serves"/>; null: any).
     /// </summary>
-    public Endpoint? Pick(ReadOnlySpan<Endpoint> endpoints, long now, ReadOnlySpan<Endpoint?> avoid = default, bool leaving = false)
+    public Endpoint? Pick(ReadOnlySpan<Endpoint> endpoints, long now, ReadOnlySpan<Endpoint?> avoid = default, bool leaving = false,
+        string? model = null, string? version = null)
     {
         lock (_lock)
         {
-            int n = Collect(endpoints, now, avoid, leaving);
-            if (n == 0 && !avoid.IsEmpty) n = Collect(endpoints, now, default, leaving);
+            int n = Collect(endpoints, now, avoid, leaving, model, version);
+            if (n == 0 && !avoid.IsEmpty) n = Collect(endpoints, now, default, leaving, model, version);
             if (n == 0) return null;
             double total = 0;
             for (int i = 0; i < n; i++) total += _w[i];
@@ -60,7 +62,7 @@ public sealed class Balancer
         }
     }
 
-    private int Collect(ReadOnlySpan<Endpoint> endpoints, long now, ReadOnlySpan<Endpoint?> avoid, bool leaving)
+    private int Collect(ReadOnlySpan<Endpoint> endpoints, long now, ReadOnlySpan<Endpoint?> avoid, bool leaving, string? model, string? version)
     {
         if (_cand.Length < endpoints.Length)
         {
@@ -70,7 +72,7 @@ public sealed class Balancer
         int n = 0;
         foreach (var e in endpoints)
         {
-            if (!(leaving ? e.CanServe(now) : e.IsEligible(now)) || Contains(avoid, e)) continue;
+            if (!e.Serves(model, version) || !(leaving ? e.CanServe(now) : e.IsEligible(now)) || Contains(avoid, e)) continue;
             _cand[n] = e;
             _w[n] = e.EffectiveWeight(now);
             n++;

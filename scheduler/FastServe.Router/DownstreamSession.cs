@@ -40,12 +40,15 @@ internal sealed class DownstreamSession : FrameSession<RoutedRequest>
     protected override void OnRequest(in FrameHeader h, ReadOnlySpan<byte> payload, long now)
     {
         ulong id = h.Id;
-        // The replica checks the rest; the router only needs the fixed part (the deadline lives there).
-        if (payload.Length < Wire.RequestFixedSize) { Reject(id, WireStatus.BadRequest, "frame.truncated", "malformed REQUEST payload"); return; }
+        // The replica checks values; the router checks the layout, since it reads the routing fields at its end.
+        var pe = RequestView.TryParse(payload, out var v);
+        if (pe != RequestParseError.None) { Reject(id, WireStatus.BadRequest, RequestView.DetailCode(pe), "malformed REQUEST payload"); return; }
         if (_router.IsDraining) { Reject(id, WireStatus.Draining, "router.draining", "the router is draining; send the request elsewhere", 0); return; }
-        var req = new RoutedRequest(this, id, h.Flags, payload, now, _opt.MaxAttempts);
+        var d = _router.Decide(v);
+        if (d.Rejected) { Reject(id, d.RejectStatus, d.RejectCode, d.RejectMessage, d.RetryAfterMs); return; }
+        var req = new RoutedRequest(this, id, h.Flags, payload, now, _opt.MaxAttempts, v.RouteOffset, d.Pool, d.Shaping) { Tier = d.Tier };
         AddInFlight(id, req);
-        _router.Admit(req, now, _touched);
+        _router.Admit(req, now, _touched, d.Shadow);
     }
 
     protected override void CancelRequest(RoutedRequest request) => RouterHost.CancelUpstream(request);
@@ -54,6 +57,18 @@ internal sealed class DownstreamSession : FrameSession<RoutedRequest>
         Error(WireStatus.Unauthorized, "a router takes no DRAIN frame; send it SIGTERM, or drain the replicas themselves");
 
     protected override void OnRejected(WireStatus status) => _router.CountRejected();
+
+    // ADMIN: the token first (constant time), then one routing command; its answer is ADMIN_OK with JSON, a refused
+    // command a non-fatal bad_request saying why.
+    protected override void OnAdmin(ReadOnlySpan<byte> payload)
+    {
+        if (!AdminView.TryParse(payload, out var a)) { Error(WireStatus.BadRequest, "malformed ADMIN payload"); return; }
+        if (!_router.CheckAdminToken(a.Token)) { Error(WireStatus.Unauthorized, "ADMIN needs the router's admin token"); return; }
+        if (!Utf8Text.IsValid(a.Command)) { Error(WireStatus.BadRequest, "the ADMIN command is not valid UTF-8"); return; }
+        string? json = _router.Admin(Utf8Text.Decode(a.Command), out var error);
+        if (json is null) { Error(WireStatus.BadRequest, error); return; }
+        lock (Out.Lock) FrameWriter.AdminOk(Out.Writer, json);
+    }
 
     protected override void OnClosed() => _router.OnSessionClosed(this);
 

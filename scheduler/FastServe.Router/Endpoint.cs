@@ -49,6 +49,8 @@ public sealed class Endpoint
     private int _reportQueued, _reportWaitMs, _inFlight;
     private long _forwarded;
     private long _tokenTimeBits;     // a double; written by the receive loops of its connections
+    private volatile string _model = "", _modelVersion = "";
+    private volatile bool _helloed;
 
     /// <summary>An endpoint judged by the rules of <paramref name="options"/>.</summary>
     public Endpoint(EndpointSpec spec, RouterOptions options)
@@ -108,6 +110,21 @@ public sealed class Endpoint
 
     /// <summary>The replica's HELLO_OK (limits, context length); default until a connection has completed HELLO.</summary>
     public HelloOk Server { get { lock (_lock) return _server; } }
+
+    /// <summary>The model name its last HELLO_OK declared (empty from a replica that declares none, or before any).</summary>
+    public string Model => _model;
+
+    /// <summary>The model version its last HELLO_OK declared (empty as <see cref="Model"/>).</summary>
+    public string ModelVersion => _modelVersion;
+
+    /// <summary>A connection to it has completed HELLO at least once, so <see cref="Model"/> is what it serves.</summary>
+    public bool HasHello => _helloed;
+
+    /// <summary>Whether it belongs to the pool of <paramref name="model"/> (null: every pool) and
+    /// <paramref name="version"/> (null: every version of that model). A replica declaring no model is in no
+    /// named model's pool.</summary>
+    public bool Serves(string? model, string? version) =>
+        model is null || (string.Equals(_model, model, StringComparison.Ordinal) && (version is null || string.Equals(_modelVersion, version, StringComparison.Ordinal)));
 
     /// <summary>The last load report and when it arrived (0 = none since the connections came up).</summary>
     public (LoadReport Report, long ReceivedAt) LastReport { get { lock (_lock) return (_report, _reportAt); } }
@@ -194,6 +211,9 @@ public sealed class Endpoint
             _exitedAfterDrain = false;
             _connectionsUp++;
             _server = server;
+            _model = server.Model;
+            _modelVersion = server.ModelVersion;
+            _helloed = true;
             UpdateReadyLocked(now);
         }
     }

@@ -25,20 +25,38 @@ internal sealed class RoutedRequest
     private byte _refusalFlags;
     private int _released;
 
-    public RoutedRequest(DownstreamSession session, ulong clientId, byte headerFlags, ReadOnlySpan<byte> payload, long received, int maxAttempts)
+    /// <summary>A request whose payload is forwarded without its routing fields (the router has chosen the pool, and
+    /// replicas of older protocol versions would refuse them): <paramref name="payload"/> is cut at
+    /// <paramref name="routeOffset"/> and the <see cref="RequestFlags.Route"/> bit cleared in the copy.</summary>
+    public RoutedRequest(DownstreamSession session, ulong clientId, byte headerFlags, ReadOnlySpan<byte> payload, long received, int maxAttempts,
+        int routeOffset, PoolKey pool, in RequestShaping shaping = default)
     {
         Session = session;
         ClientId = clientId;
         HeaderFlags = headerFlags;
+        payload = payload[..Math.Min(routeOffset, payload.Length)];
         _payload = ArrayPool<byte>.Shared.Rent(Math.Max(payload.Length, 1));
         payload.CopyTo(_payload);
         Length = payload.Length;
+        Pool = pool;
+        if (Length >= Wire.RequestFixedSize) shaping.Apply(_payload.AsSpan(0, Length));
+        payload = _payload.AsSpan(0, Length);
         Received = received;
         uint deadlineMs = BinaryPrimitives.ReadUInt32LittleEndian(payload[24..]);
         DeadlineAt = deadlineMs == 0 ? 0 : received + deadlineMs * Stopwatch.Frequency / 1000;
         Tried = new Endpoint?[maxAttempts];
         Whole = payload.Length > 29 && (payload[29] & (byte)RequestFlags.Whole) != 0;
     }
+
+    /// <summary>A mirror of <paramref name="primary"/> for its shadow comparison: the same payload as forwarded, at
+    /// batch priority (a replica shared with live traffic serves the live requests first), sent to
+    /// <paramref name="pool"/>. It belongs to no client session's in-flight map.</summary>
+    public static RoutedRequest MirrorOf(RoutedRequest primary, PoolKey pool, Shadow.ShadowPair pair, long now) =>
+        new(primary.Session, 0, primary.HeaderFlags, primary.Payload, now, 1, primary.Length, pool, new RequestShaping(null, Logprobs: true, Batch: true))
+        {
+            Pair = pair,
+            IsShadow = true,
+        };
 
     public readonly DownstreamSession Session;
     public readonly ulong ClientId;
@@ -48,6 +66,23 @@ internal sealed class RoutedRequest
     public readonly long Received;
     /// <summary>When its deadline passes (Stopwatch ticks); 0 = no deadline.</summary>
     public readonly long DeadlineAt;
+    /// <summary>The pool it is sent to (every attempt; a tier's escalation moves it to the strong pool). Written only
+    /// by whoever owns the request (see remarks).</summary>
+    public PoolKey Pool;
+    /// <summary>The cascade tier it runs under (null: none): its output is held until its FINAL decides whether it
+    /// is escalated.</summary>
+    public TierRule? Tier;
+    /// <summary>It has been sent on to the tier's strong pool (so it is not escalated again).</summary>
+    public bool Escalated;
+    /// <summary>Device time of the attempts before an escalation, µs, added to the FINAL the client gets.</summary>
+    public uint PriorDeviceUs;
+    /// <summary>The shadow comparison this request takes part in (as the primary, or as the mirror when
+    /// <see cref="IsShadow"/>); null when not mirrored.</summary>
+    public Shadow.ShadowPair? Pair;
+    /// <summary>A mirror: no client waits for it; its output goes to <see cref="Pair"/> only, it is never retried.</summary>
+    public bool IsShadow;
+    /// <summary>Its output is held back until the FINAL: a <c>whole</c> request, or a tier's cheap attempt.</summary>
+    public bool Holds => Whole || (Tier is not null && !Escalated);
     /// <summary>The client set <see cref="RequestFlags.Whole"/>: its output is held until the FINAL, so it stays
     /// replayable until then.</summary>
     public readonly bool Whole;
@@ -189,6 +224,26 @@ internal sealed class RoutedRequest
         if (p is not null) ArrayPool<byte>.Shared.Return(p);
         if (h is not null) ArrayPool<byte>.Shared.Return(h);
         if (f is not null) ArrayPool<byte>.Shared.Return(f);
+    }
+}
+
+/// <summary>
+/// What the router changes in a request's payload before it forwards it (the current burst mode, cascades and
+/// shadows): a cap on max_tokens, a tightened or default deadline, and the <c>logprobs</c> flag. Default: nothing.
+/// </summary>
+internal readonly record struct RequestShaping(Burst.ModePolicy? Policy, bool Logprobs, bool Batch = false)
+{
+    /// <summary>Rewrites the fixed part of a REQUEST payload copy in place.</summary>
+    public void Apply(Span<byte> p)
+    {
+        if (Policy is { } mode)
+        {
+            BinaryPrimitives.WriteUInt32LittleEndian(p, mode.ApplyMaxTokens(BinaryPrimitives.ReadUInt32LittleEndian(p)));
+            BinaryPrimitives.WriteUInt32LittleEndian(p[24..], mode.ApplyDeadlineMs(BinaryPrimitives.ReadUInt32LittleEndian(p[24..])));
+        }
+        p[29] &= unchecked((byte)~RequestFlags.Route);
+        if (Logprobs) p[29] |= (byte)RequestFlags.Logprobs;
+        if (Batch) p[28] = 1;
     }
 }
 

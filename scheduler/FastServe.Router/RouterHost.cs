@@ -4,6 +4,8 @@ using System.Net;
 using System.Net.Sockets;
 using FastServe.Protocol;
 using FastServe.Protocol.Net;
+using FastServe.Router.Canary;
+using FastServe.Router.Shadow;
 
 namespace FastServe.Router;
 
@@ -55,6 +57,9 @@ public sealed class RouterHost : IAsyncDisposable
     private Thread? _timer;
     private volatile bool _draining, _stopped;
     private long _nextSession, _nextId;
+    private readonly byte[]? _adminToken;
+    private ConfigWatcher? _config;
+    private long _escalations, _shedBatch;
     private long _requests, _rejected, _completed, _retries, _replays, _upstreamLost, _noEndpoint, _budgetExhausted, _upstreamOverloaded;
     private int _inFlight, _stopOnce;
     private readonly RetryBudget _budget;
@@ -74,6 +79,10 @@ public sealed class RouterHost : IAsyncDisposable
         SessionOptions = DownstreamSession.SessionOptionsOf(options);
         _source = source;
         Fleet = new Fleet(options);
+        Routes = new ModelRoutes { DefaultModel = options.DefaultModel };
+        Traffic = new TrafficControl(options.Canary, options.Burst, options.BurstPolicies, options.OnEvent, options.Log);
+        Mirror = new ShadowMirror(options.ShadowMaxInFlight, options.ShadowLogPath is { } sl ? new ShadowLog(sl) : null);
+        _adminToken = options.AdminToken is { Length: > 0 } t ? System.Text.Encoding.UTF8.GetBytes(t) : null;
         _balancer = new Balancer(options.Policy, options.Seed is { } s ? new Random(s) : new Random());
         long now = Stopwatch.GetTimestamp();
         _budget = new RetryBudget(options.RetryBudgetRatio, options.MinRetriesPerSecond, options.OverloadWindowMs, now);
@@ -89,6 +98,21 @@ public sealed class RouterHost : IAsyncDisposable
 
     /// <summary>The endpoints and their state.</summary>
     public Fleet Fleet { get; }
+
+    /// <summary>Which models and versions the endpoints serve, and the per-pool counters.</summary>
+    internal ModelRoutes Routes { get; }
+
+    /// <summary>Splits, shadows, tiers, canary judgement and burst modes.</summary>
+    internal TrafficControl Traffic { get; }
+
+    /// <summary>Shadow traffic: mirrors in flight, comparisons, the shadow log.</summary>
+    internal ShadowMirror Mirror { get; }
+
+    /// <summary>Requests a tier sent on from its cheap pool to its strong pool.</summary>
+    public long Escalations => Interlocked.Read(ref _escalations);
+
+    /// <summary>Requests of the <c>batch</c> class refused because the burst mode sheds them.</summary>
+    public long ShedBatch => Interlocked.Read(ref _shedBatch);
 
     /// <summary>The bound client port (after <see cref="StartAsync"/>).</summary>
     public int Port { get; private set; }
@@ -166,6 +190,7 @@ public sealed class RouterHost : IAsyncDisposable
         }
         _listener = listener;
         Port = ((IPEndPoint)listener.LocalEndPoint!).Port;
+        if (Options.ConfigPath is { } cfg) _config = new ConfigWatcher(cfg, Traffic);
         Apply(enumerator.Current);
         _sourceTask = WatchSourceAsync(enumerator);
         _timer = new Thread(TimerLoop) { IsBackground = true, Name = "fastserve-route-timer" };
@@ -276,19 +301,123 @@ public sealed class RouterHost : IAsyncDisposable
 
     private enum SendResult : byte { Sent, NoEndpoint, TooLarge, Cancelled }
 
+    /// <summary>Where a request goes and what the router changes in it, or why it is refused at once.</summary>
+    internal readonly record struct RouteDecision(PoolKey Pool, RequestShaping Shaping, TierRule? Tier, ShadowRule? Shadow,
+        WireStatus RejectStatus = WireStatus.Ok, string RejectCode = "", string RejectMessage = "", uint RetryAfterMs = 0)
+    {
+        public bool Rejected => RejectStatus != WireStatus.Ok;
+
+        public static RouteDecision Reject(WireStatus s, string code, string message, uint retryAfterMs = 0) =>
+            new(default, default, null, null, s, code, message, retryAfterMs);
+    }
+
+    /// <summary>
+    /// Decides a request's route (docs/router.md, "Models, versions and traffic"): the burst mode's shedding of the
+    /// batch class; a tier name becomes its cheap pool; the named (or default) model and version resolve to a pool
+    /// (<c>not_found</c> when nothing serves them); a split model without a named version draws one (by the routing
+    /// key when the split is sticky); the mode's caps and deadline rules, and whether this request is mirrored.
+    /// </summary>
+    internal RouteDecision Decide(in RequestView v)
+    {
+        var table = Traffic.Table;
+        var policy = Traffic.Policy;
+        if (policy.ShedBatch && v.Priority == 1)
+        {
+            Interlocked.Increment(ref _shedBatch);
+            return RouteDecision.Reject(WireStatus.Overloaded, "router.shed_batch",
+                $"the fleet is in {Burst.BurstModeNames.Of(Traffic.Burst.Mode)} mode and sheds the batch class", 1000);
+        }
+        string? model = v.Model.IsEmpty ? null : Utf8Text.Decode(v.Model);
+        string? version = v.ModelVersion.IsEmpty ? null : Utf8Text.Decode(v.ModelVersion);
+        TierRule? tier = null;
+        if (model is not null && version is null && table.Tiers.TryGetValue(model, out var t))
+        {
+            // With escalation off (a burst mode), the tier still answers, from its cheap pool alone.
+            tier = policy.EscalationOn ? t : null;
+            model = t.CheapModel;
+            version = t.CheapVersion;
+        }
+        switch (Routes.Resolve(model, version, out var pool))
+        {
+            case RouteOutcome.NotFound:
+                return version is null
+                    ? RouteDecision.Reject(WireStatus.NotFound, "router.model_not_found", $"no replica serves model '{pool.Model}'")
+                    : RouteDecision.Reject(WireStatus.NotFound, "router.version_not_found", $"no replica serves version '{version}' of model '{pool.Model}'");
+            case RouteOutcome.NotYet:
+                return RouteDecision.Reject(WireStatus.Unavailable, "router.no_endpoint",
+                    $"no replica serving '{pool.Model}' is known yet; some have not answered", (uint)Options.NoEndpointRetryAfterMs);
+        }
+        if (pool is { Model: { } m, Version: null } && table.Splits.TryGetValue(m, out var split))
+        {
+            string drawn = split.Sticky && !v.RouteKey.IsEmpty ? split.Pick(TrafficSplit.HashKey(v.RouteKey)) : split.Pick(JitterUnit());
+            // A split naming a version no replica serves (yet) leaves the request to the whole model.
+            if (Routes.Knows(m, drawn)) pool = pool with { Version = drawn };
+        }
+        ShadowRule? shadow = null;
+        if (tier is null && policy.ShadowOn && pool.Model is { } pm && table.Shadows.TryGetValue(pm, out var sr)
+            && sr.Version != pool.Version && JitterUnit() * 100 < sr.Percent)
+            shadow = sr;
+        var shaping = new RequestShaping(policy, Logprobs: tier is not null || shadow is not null);
+        return new RouteDecision(pool, shaping, tier, shadow);
+    }
+
     /// <summary>A new request from a session (already registered there): forward it, or answer it at once.</summary>
-    internal void Admit(RoutedRequest req, long now, HashSet<UpstreamConnection> touched)
+    internal void Admit(RoutedRequest req, long now, HashSet<UpstreamConnection> touched, ShadowRule? shadow = null)
     {
         Interlocked.Increment(ref _requests);
         Interlocked.Increment(ref _inFlight);
         _budget.Deposit();
         switch (Forward(req, now, touched))
         {
-            case SendResult.Sent: return;
+            case SendResult.Sent:
+                if (shadow is not null) Mirror_(req, shadow, now, touched);
+                return;
             case SendResult.TooLarge: FinishTooLarge(req); return;
             case SendResult.Cancelled: FinishWith(req, WireStatus.Cancelled, false, 0, "request.cancelled", "cancelled before it reached a replica"); return;
             default: FinishNoEndpoint(req); return;
         }
+    }
+
+    // Sends a mirror of a just-forwarded request to its model's shadow version: never waited for, never retried;
+    // dropped (and counted) when too many mirrors are out or the shadow pool cannot take it without queueing.
+    private void Mirror_(RoutedRequest primary, ShadowRule rule, long now, HashSet<UpstreamConnection> touched)
+    {
+        if (primary.Pool.Model is not { } model || !Mirror.TryReserve()) return;
+        var pool = new PoolKey(model, rule.Version);
+        Endpoint? e;
+        lock (primary.Lock) e = _balancer.Pick(Fleet.Endpoints, now, model: pool.Model, version: pool.Version);
+        if (e is null || e.LastReport.Report.Queued > 0 || ChooseConnection(e) is not { } conn)
+        {
+            Mirror.Release();
+            Mirror.Drop(ShadowDrop.Saturated);
+            return;
+        }
+        var pair = new ShadowPair(model, rule.Version, ShadowMirror.PromptOf(primary.Payload), primary.Received);
+        var mirror = RoutedRequest.MirrorOf(primary, pool, pair, now);
+        if (mirror.Length > conn.MaxFrame) { mirror.Release(); Mirror.Release(); Mirror.Drop(ShadowDrop.Saturated); return; }
+        primary.Pair = pair;
+        ulong rid = (ulong)Interlocked.Increment(ref _nextId);
+        lock (mirror.Lock)
+        {
+            mirror.Upstream = conn;
+            mirror.RouterId = rid;
+            mirror.Attempts = 1;
+        }
+        if (!conn.TrySend(mirror, rid, touched))
+        {
+            primary.Pair = null;
+            mirror.Release();
+            Mirror.Release();
+            Mirror.Drop(ShadowDrop.Saturated);
+        }
+    }
+
+    // A mirror's FINAL: its side of the pair; the comparison when the primary has ended too.
+    private void OnShadowFinal(RoutedRequest mirror, WireStatus status, in FinalInfo f, string version, long now)
+    {
+        if (mirror.Pair is { } pair && pair.Finish(true, status, f, version, now)) Mirror.Complete(pair);
+        mirror.Release();
+        Mirror.Release();
     }
 
     // Picks an endpoint and sends the request there (a retry avoids endpoints it already tried while others exist).
@@ -302,8 +431,9 @@ public sealed class RouterHost : IAsyncDisposable
             {
                 if (req.Cancelled) return SendResult.Cancelled;
                 var tried = req.Tried.AsSpan(0, req.TriedCount);
-                e = _balancer.Pick(endpoints, now, tried);
-                if (e is null && _fallback is { Length: > 0 } fallback) e = _balancer.Pick(fallback, now, tried, leaving: true);
+                var pool = req.Pool;
+                e = _balancer.Pick(endpoints, now, tried, model: pool.Model, version: pool.Version);
+                if (e is null && _fallback is { Length: > 0 } fallback) e = _balancer.Pick(fallback, now, tried, leaving: true, model: pool.Model, version: pool.Version);
             }
             if (e is null) return SendResult.NoEndpoint;
             var conn = ChooseConnection(e);
@@ -369,6 +499,13 @@ public sealed class RouterHost : IAsyncDisposable
         else Fleet.RecordSuccess(conn.Endpoint);
         _saturation.Record(status == WireStatus.Overloaded);
         if (status == WireStatus.Overloaded) Interlocked.Increment(ref _upstreamOverloaded);
+        var ep = conn.Endpoint;
+        Routes.Counters(ep.Model, ep.ModelVersion).Record(status, f);
+        if (req.IsShadow)
+        {
+            OnShadowFinal(req, status, f, ep.ModelVersion, now);
+            return;
+        }
         if (status == WireStatus.Ok) _serviceTime.Observe(f.Timings[(int)Timing.FinalSent] / 1e6);
         if (status == WireStatus.Ok && f.CompletionTokens >= 2)
         {
@@ -393,13 +530,30 @@ public sealed class RouterHost : IAsyncDisposable
             }
             // Nowhere else to go, or no budget: the replica's own answer (retriable, with its retry-after) is the best one.
         }
+        // A tier's cheap answer with a token below the threshold goes on to the strong pool, while one can take it;
+        // its output was held, so the client sees only the strong answer.
+        if (status == WireStatus.Ok && req.Tier is { } tier && !req.Escalated && !req.Streamed && Traffic.Policy.EscalationOn
+            && f.HasLogprobs && f.LogprobMin < tier.Threshold && StrongCanServe(tier, now))
+        {
+            req.Escalated = true;
+            req.PriorDeviceUs += f.Timings[(int)Timing.Device];
+            req.Pool = new PoolKey(tier.StrongModel, tier.StrongVersion);
+            Interlocked.Increment(ref _escalations);
+            if (Forward(req, now, null) == SendResult.Sent) return;
+            FinishNoEndpoint(req);
+            return;
+        }
+        if (status != WireStatus.Cancelled && ep.Model.Length > 0)
+            Traffic.RecordOutcome(ep.Model, ep.ModelVersion, PoolCounters.IsModelError(status), (now - req.Received) / (double)Stopwatch.Frequency, now);
+        if (req.Pair is { } pair && pair.Finish(false, status, f, ep.ModelVersion, now)) Mirror.Complete(pair);
         if (!TryFinish(req, out var s)) return;
         if (s is not null)
         {
             lock (s.Out.Lock)
             {
                 req.PassHeld(s.Out.Writer);
-                FrameCopy.Write(s.Out.Writer, FrameType.Final, flags, req.ClientId, payload);
+                if (req.PriorDeviceUs == 0) FrameCopy.Write(s.Out.Writer, FrameType.Final, flags, req.ClientId, payload);
+                else WriteFinalWithDevice(s.Out.Writer, flags, req.ClientId, payload, req.PriorDeviceUs);
             }
             touched.Add(s);
         }
@@ -409,6 +563,33 @@ public sealed class RouterHost : IAsyncDisposable
             observe(Math.Max(added, 0) / (double)Stopwatch.Frequency);
         }
         Completed(req);
+    }
+
+    // Whether a tier's strong pool has an endpoint that can take a request now.
+    private bool StrongCanServe(TierRule tier, long now)
+    {
+        foreach (var e in Fleet.Endpoints)
+            if (e.Serves(tier.StrongModel, tier.StrongVersion) && e.IsEligible(now)) return true;
+        return false;
+    }
+
+    // The FINAL of an escalated request: the strong attempt's, with the cheap attempt's device time added to its
+    // device slot, so the client (and the bench's cost figures) see what the whole answer cost.
+    private static void WriteFinalWithDevice(System.Buffers.IBufferWriter<byte> w, byte flags, ulong id, ReadOnlySpan<byte> payload, uint priorUs)
+    {
+        var copy = System.Buffers.ArrayPool<byte>.Shared.Rent(payload.Length);
+        try
+        {
+            payload.CopyTo(copy);
+            int at = 24 + 4 * (int)Timing.Device;
+            if (payload.Length >= at + 4)
+            {
+                uint d = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(copy.AsSpan(at));
+                System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(copy.AsSpan(at), (uint)Math.Min(uint.MaxValue, (ulong)d + priorUs));
+            }
+            FrameCopy.Write(w, FrameType.Final, flags, id, copy.AsSpan(0, payload.Length));
+        }
+        finally { System.Buffers.ArrayPool<byte>.Shared.Return(copy); }
     }
 
     private void CountRetry(RoutedRequest req)
@@ -494,6 +675,14 @@ public sealed class RouterHost : IAsyncDisposable
     {
         foreach (var req in left)
         {
+            if (req.IsShadow)
+            {
+                // A mirror is never retried: its comparison is lost.
+                req.Release();
+                Mirror.Release();
+                Mirror.Drop(ShadowDrop.Failed);
+                continue;
+            }
             bool cancelled;
             lock (req.Lock) cancelled = req.Cancelled;
             if (cancelled || req.Session.IsClosed)
@@ -625,6 +814,10 @@ public sealed class RouterHost : IAsyncDisposable
             _budget.Advance(now);
             _saturation.Advance(now);
             foreach (var kv in _sessions) kv.Value.OnTimer(now, tick % 25 == 0);
+            Routes.Refresh(Fleet.Endpoints);
+            ObserveBurstLoad(now);
+            if (tick % 100 == 0) Traffic.EvaluateCanaries(now);
+            if (tick % 100 == 50) Mirror.Tick(now);
             foreach (var e in Fleet.Endpoints)
             {
                 // Congestion clears once any connection has room again.
@@ -634,6 +827,71 @@ public sealed class RouterHost : IAsyncDisposable
             if (tick % 10 == 0) ReapLeaving();
             tick++;
         }
+    }
+
+    // The burst controller's input: the mean estimated wait of the eligible endpoints and the fleet's utilisation
+    // (running plus queued over the batch capacity), from their latest load reports.
+    private void ObserveBurstLoad(long now)
+    {
+        double wait = 0, busy = 0, cap = 0;
+        int n = 0;
+        foreach (var e in Fleet.Endpoints)
+        {
+            if (!e.IsEligible(now)) continue;
+            var r = e.LastReport.Report;
+            n++;
+            wait += r.EstimatedWaitMs;
+            busy += r.Running + r.Queued;
+            cap += r.MaxRunning;
+        }
+        Traffic.ObserveLoad(n == 0 ? 0 : wait / n, cap == 0 ? 0 : busy / cap, now);
+    }
+
+    /// <summary>Runs an ADMIN command whose token was checked (docs/router.md, "Admin commands"): the JSON answer, or
+    /// null and why not.</summary>
+    internal string? Admin(string command, out string error) => Traffic.Execute(command, StatusJson, out error);
+
+    /// <summary>Whether <paramref name="token"/> is the admin token (constant time; false when none is set).</summary>
+    internal bool CheckAdminToken(ReadOnlySpan<byte> token) =>
+        _adminToken is not null && System.Security.Cryptography.CryptographicOperations.FixedTimeEquals(token, _adminToken);
+
+    /// <summary>The router's routing state as one JSON object: pools with their endpoints, the traffic rules and
+    /// canary windows, the burst mode, shadow and cascade counters.</summary>
+    internal string StatusJson(long now)
+    {
+        var buf = new System.Buffers.ArrayBufferWriter<byte>(2048);
+        using (var w = new System.Text.Json.Utf8JsonWriter(buf))
+        {
+            w.WriteStartObject();
+            w.WriteBoolean("ok", true);
+            w.WriteStartArray("pools");
+            foreach (var (m, v) in Routes.Pools)
+            {
+                int total = 0, eligible = 0;
+                foreach (var e in Fleet.Endpoints)
+                {
+                    if (!e.HasHello || e.Model != m || e.ModelVersion != v) continue;
+                    total++;
+                    if (e.IsEligible(now)) eligible++;
+                }
+                w.WriteStartObject();
+                w.WriteString("model", m);
+                w.WriteString("version", v);
+                w.WriteNumber("endpoints", total);
+                w.WriteNumber("eligible", eligible);
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            Traffic.WriteState(w, now);
+            w.WriteNumber("escalations", Escalations);
+            w.WriteNumber("shed_batch", ShedBatch);
+            w.WriteNumber("shadow_in_flight", Mirror.InFlight);
+            w.WriteStartObject("shadow_dropped");
+            foreach (var d in Enum.GetValues<ShadowDrop>()) w.WriteNumber(ShadowDropNames.Of(d), Mirror.Dropped(d));
+            w.WriteEndObject();
+            w.WriteEndObject();
+        }
+        return System.Text.Encoding.UTF8.GetString(buf.WrittenSpan);
     }
 
     // Endpoints that left the source close once nothing of theirs is in flight, unless they are still the fallback:
@@ -712,6 +970,8 @@ public sealed class RouterHost : IAsyncDisposable
         _timer?.Join();
         // Retries still waiting out their delay: their clients are gone; each is finished once, here.
         foreach (var req in _delays.Close()) FinishWithRefusal(req);
+        _config?.Dispose();
+        await Mirror.DisposeAsync().ConfigureAwait(false);
         Log("stopped");
         _done.TrySetResult();
     }

@@ -128,6 +128,29 @@ public sealed record RouterOptions
     public int MaxHeldBytes { get; init; } = 256 << 10;
     /// <summary>retry_after_ms of the FINAL sent when no endpoint is eligible.</summary>
     public int NoEndpointRetryAfterMs { get; init; } = 500;
+    /// <summary>The model a request that names none goes to (protocol 1.2 routing); null: the fleet's only model, or any
+    /// endpoint when the fleet serves several.</summary>
+    public string? DefaultModel { get; init; }
+    /// <summary>The token ADMIN frames must carry (compared in constant time); null: every ADMIN is refused.</summary>
+    public string? AdminToken { get; init; }
+    /// <summary>A file of routing commands (docs/router.md, "Admin commands") applied at start and whenever it
+    /// changes; null: none.</summary>
+    public string? ConfigPath { get; init; }
+    /// <summary>Where shadow disagreements and summaries go (JSONL, docs/shadow.md); null: nowhere (metrics only).</summary>
+    public string? ShadowLogPath { get; init; }
+    /// <summary>Mirrors in flight at most; a mirror over it is dropped and counted (1 … 100 000, default 256).</summary>
+    public int ShadowMaxInFlight { get; init; } = 256;
+    /// <summary>How canaries are judged against their stable version.</summary>
+    public Canary.CanaryOptions Canary { get; init; } = new();
+    /// <summary>When the burst modes switch automatically.</summary>
+    public Burst.BurstOptions Burst { get; init; } = new();
+    /// <summary>What each burst mode does.</summary>
+    public Burst.BurstPolicies BurstPolicies { get; init; } = new();
+    /// <summary>Device price per hour (any currency) for the cost figures of the pool metrics; 0: no cost figures.</summary>
+    public double CostPerHour { get; init; }
+    /// <summary>Changes the router makes to its traffic rules (rollbacks, burst modes, admin commands, config);
+    /// null = only the log.</summary>
+    public Action<RouterEvent>? OnEvent { get; init; }
     /// <summary>Name sent in HELLO_OK (to clients) and HELLO (to replicas).</summary>
     public string Name { get; init; } = "fastserve-router";
     /// <summary>Seed of the balancer's random draws; null = unpredictable.</summary>
@@ -172,6 +195,13 @@ public sealed record RouterOptions
         Range(MaxHeldBytes, 0, 64 << 20, nameof(MaxHeldBytes));
         Range(NoEndpointRetryAfterMs, 0, 600_000, nameof(NoEndpointRetryAfterMs));
         if (string.IsNullOrEmpty(Name) || Name.Length > 64) throw new ArgumentOutOfRangeException(nameof(Name), "must have 1 to 64 characters");
+        Range(ShadowMaxInFlight, 1, 100_000, nameof(ShadowMaxInFlight));
+        if (DefaultModel is not null && !RequestRules.IsModelLabel(DefaultModel))
+            throw new ArgumentOutOfRangeException(nameof(DefaultModel), "must be 1 to 64 letters, digits, '.', '_' or '-'");
+        if (!(CostPerHour >= 0) || double.IsInfinity(CostPerHour)) throw new ArgumentOutOfRangeException(nameof(CostPerHour), "must be a finite number >= 0");
+        Canary.Validate();
+        Burst.Validate();
+        BurstPolicies.Validate();
     }
 
     internal static long Ticks(int ms) => ms * Stopwatch.Frequency / 1000;

@@ -296,8 +296,12 @@ internal sealed class UpstreamConnection : IFrameConsumer
                 RoutedRequest? req;
                 lock (_lock) _requests.TryGetValue(h.Id, out req);
                 if (req is null) break;     // a request the router already gave up on (its client left)
-                // A whole request's output waits for its FINAL, so a lost replica can be replaced.
-                if (req.Whole && !req.Streamed && req.TryHold(h.Flags, payload, _router.Options.MaxHeldBytes)) break;
+                // A mirror's output is for its comparison only.
+                if (req.IsShadow) { req.Pair?.Append(true, payload); break; }
+                req.Pair?.Append(false, payload);
+                // A whole request's output waits for its FINAL, so a lost replica can be replaced; a tier's cheap
+                // attempt's, so the strong answer can replace it.
+                if (req.Holds && !req.Streamed && req.TryHold(h.Flags, payload, _router.Options.MaxHeldBytes)) break;
                 req.Streamed = true;
                 var s = req.Session;
                 if (s.IsClosed) break;

@@ -35,12 +35,28 @@ public static class CorpusSeeds
         Add("load_query_unsubscribe.bin", w => FrameWriter.LoadQuery(w, 0, unsubscribe: true));
         Add("drain.bin", w => FrameWriter.Drain(w, "s3cret-admin-token"u8));
         Add("drain_ok.bin", w => FrameWriter.DrainOk(w, 30_000));
+        Add("admin.bin", w => FrameWriter.Admin(w, "s3cret-admin-token"u8, "split gec-small a1b2c3=95,d4e5f6=5;sticky"u8));
+        Add("admin_ok.bin", w => FrameWriter.AdminOk(w, "{\"ok\":true,\"mode\":\"normal\"}"));
+        Add("request_route.bin", w => FrameWriter.Request(w, 10, RequestParams.Default with
+        {
+            MaxTokens = 50, Model = "gec-small", ModelVersion = "a1b2c3", RouteKey = "user-42", Logprobs = true,
+        }, "Correct: She go home.\nFixed:"u8, default, ["\n"]));
         Add("delta.bin", w => FrameWriter.Delta(w, 7, [15043, 29892, 1], "Héllo €😀"u8));
         Add("delta_ids_only.bin", w => FrameWriter.Delta(w, 8, [1, 2, 3, 4], default));
         Add("final_ok.bin", w => FrameWriter.Final(w, 7, Final(WireStatus.Ok, WireFinish.Stop), ReadOnlySpan<byte>.Empty, ReadOnlySpan<byte>.Empty));
+        Add("final_logprobs.bin", w =>
+        {
+            var f = Final(WireStatus.Ok, WireFinish.Eos);
+            f.HasLogprobs = true;
+            f.LogprobMean = -0.125f;
+            f.LogprobMin = -2.5f;
+            FrameWriter.Final(w, 10, f, ReadOnlySpan<byte>.Empty, ReadOnlySpan<byte>.Empty);
+        });
+        Add("final_not_found.bin", w => FrameWriter.Final(w, 11, Final(WireStatus.NotFound, WireFinish.None), "router.model_not_found"u8,
+            "no replica serves model 'gec-large'"u8));
         Add("final_error.bin", w => FrameWriter.Final(w, 8, Final(WireStatus.Overloaded, WireFinish.None), "engine.queue_full"u8,
             "the queue is full; retry after 120 ms"u8));
-        Add("load_report.bin", w => FrameWriter.LoadReport(w, new LoadReport(ReplicaState.Ready, 2, 17, 3, 20, 0.625f, 40, 256, 12)));
+        Add("load_report.bin", w => FrameWriter.LoadReport(w, new LoadReport(ReplicaState.Ready, 2, 17, 3, 20, 0.625f, 40, 256, 12, "gec-small", "a1b2c3")));
         Add("error.bin", w => FrameWriter.Error(w, WireStatus.UnsupportedVersion, true, 0, "this server speaks protocol 1.x"));
 
         Add("stream_client.bin", w =>
@@ -102,7 +118,7 @@ public static class CorpusSeeds
     }
 
     private static void HelloOk(ArrayBufferWriter<byte> w) =>
-        FrameWriter.HelloOk(w, new HelloOk(Wire.Major, Wire.Minor, Wire.DefaultMaxFrame, 4095, 1024, 60_000, 4096, "fastserve 0.1 (llama-1b-fp8)"));
+        FrameWriter.HelloOk(w, new HelloOk(Wire.Major, Wire.Minor, Wire.DefaultMaxFrame, 4095, 1024, 60_000, 4096, "fastserve 0.1 (llama-1b-fp8)", "gec-small", "a1b2c3"));
 
     private static FinalInfo Final(WireStatus status, WireFinish finish)
     {

@@ -94,6 +94,18 @@ public static class FrameParseLoop
                 break;
             case FrameType.LoadQuery: LoadQuery(w, h, p); break;
             case FrameType.Drain: Drain(w, p); break;
+            case FrameType.Admin: Admin(w, p); break;
+            case FrameType.AdminOk:
+            {
+                var r = new PayloadReader(p);
+                bool ok = r.TryStr16(out var body);
+                Check(ok == (p.Length >= 2 && 2 + U16(p, 0) <= p.Length), "ADMIN_OK accepted a short payload or refused a full one");
+                if (!ok || !Utf8.IsValid(body)) break;
+                FrameWriter.AdminOk(w, Encoding.UTF8.GetString(body));
+                var q = new PayloadReader(Reread(w, FrameType.AdminOk, 0));
+                Check(q.TryStr16(out var b2) && b2.SequenceEqual(body) && q.Remaining == 0, "ADMIN_OK round trip");
+                break;
+            }
             case FrameType.HelloOk: HelloOk(w, p); break;
             case FrameType.Delta: Delta(w, h, p); break;
             case FrameType.Final: Final(w, h, p); break;
@@ -151,8 +163,20 @@ public static class FrameParseLoop
             if (n == 0 || n > Wire.MaxStopBytes) return RequestParseError.BadStop;
             pos += 2 + n;
         }
+        if ((p[29] & (byte)RequestFlags.Route) != 0)
+        {
+            int[] limits = [Wire.MaxModelBytes, Wire.MaxModelBytes, Wire.MaxRouteKeyBytes];
+            for (int k = 0; k < 3; k++)
+            {
+                if (pos + 2 > p.Length) return RequestParseError.BadRoute;
+                int n = U16(p, (int)pos);
+                if (pos + 2 + n > p.Length || n > limits[k] || (k < 2 && !Utf8.IsValid(p.Slice((int)pos + 2, n)))) return RequestParseError.BadRoute;
+                pos += 2 + n;
+            }
+        }
         return pos == p.Length ? RequestParseError.None : RequestParseError.TrailingBytes;
     }
+
 
     private static void Request(ArrayBufferWriter<byte> w, FrameHeader h, ReadOnlySpan<byte> p)
     {
@@ -171,7 +195,20 @@ public static class FrameParseLoop
         int promptBytes = (int)(ids ? 4 * U32(p, 32) : U32(p, 32));
         Within(v.Prompt, p, Wire.RequestFixedSize, promptBytes, "REQUEST prompt");
         int stopsAt = Wire.RequestFixedSize + promptBytes;
-        Within(v.Stops, p, stopsAt, p.Length - stopsAt, "REQUEST stops");
+        bool route = (v.Flags & RequestFlags.Route) != 0;
+        Check(route || v.RouteOffset == p.Length, "REQUEST without routing fields ends after its stops");
+        Within(v.Stops, p, stopsAt, v.RouteOffset - stopsAt, "REQUEST stops");
+        if (route)
+        {
+            int ra = v.RouteOffset;
+            Within(v.Model, p, ra + 2, U16(p, ra), "REQUEST model");
+            ra += 2 + U16(p, ra);
+            Within(v.ModelVersion, p, ra + 2, U16(p, ra), "REQUEST model version");
+            ra += 2 + U16(p, ra);
+            Within(v.RouteKey, p, ra + 2, U16(p, ra), "REQUEST routing key");
+            Check(ra + 2 + U16(p, ra) == p.Length, "REQUEST routing fields end the payload");
+        }
+        else Check(v.Model.IsEmpty && v.ModelVersion.IsEmpty && v.RouteKey.IsEmpty, "REQUEST routing fields without the flag");
 
         var stops = new List<string>(v.StopCount);
         bool stopsText = true;
@@ -202,22 +239,25 @@ public static class FrameParseLoop
 
         // Round trip. The writer cannot express invalid UTF-8 stops, unknown flag bits, a seed without has_seed,
         // or an empty id prompt (it writes an empty text prompt instead): compare what it can express.
-        if (!stopsText) return;
+        if (!stopsText || !Utf8.IsValid(v.RouteKey)) return;
         var rp = new RequestParams
         {
             MaxTokens = (int)v.MaxTokens, Temperature = v.Temperature, TopP = v.TopP, TopK = v.TopK,
             Seed = (v.Flags & RequestFlags.HasSeed) != 0 ? v.Seed : null, DeadlineMs = v.DeadlineMs, Priority = v.Priority,
             IgnoreEos = (v.Flags & RequestFlags.IgnoreEos) != 0, NoText = (v.Flags & RequestFlags.NoText) != 0,
+            Logprobs = (v.Flags & RequestFlags.Logprobs) != 0,
+            Model = Encoding.UTF8.GetString(v.Model), ModelVersion = Encoding.UTF8.GetString(v.ModelVersion), RouteKey = Encoding.UTF8.GetString(v.RouteKey),
         };
         FrameWriter.Request(w, h.Id, rp, ids ? default : v.Prompt, promptIds, stops);
         var back = Reread(w, FrameType.Request, h.Id);
         Check(RequestView.TryParse(back, out var b) == RequestParseError.None, "REQUEST round trip does not parse");
-        const RequestFlags known = RequestFlags.HasSeed | RequestFlags.IgnoreEos | RequestFlags.NoText;
+        const RequestFlags known = RequestFlags.HasSeed | RequestFlags.IgnoreEos | RequestFlags.NoText | RequestFlags.Logprobs;
         Check(b.MaxTokens == v.MaxTokens && BitConverter.SingleToUInt32Bits(b.Temperature) == BitConverter.SingleToUInt32Bits(v.Temperature)
               && BitConverter.SingleToUInt32Bits(b.TopP) == BitConverter.SingleToUInt32Bits(v.TopP) && b.TopK == v.TopK
               && b.DeadlineMs == v.DeadlineMs && b.Priority == v.Priority && (b.Flags & known) == (v.Flags & known)
               && b.Seed == (rp.Seed ?? 0) && b.Prompt.SequenceEqual(v.Prompt) && (v.Prompt.IsEmpty || b.PromptIsIds == ids)
-              && b.StopCount == v.StopCount && b.Stops.SequenceEqual(v.Stops), "REQUEST round trip");
+              && b.StopCount == v.StopCount && b.Stops.SequenceEqual(v.Stops)
+              && b.Model.SequenceEqual(v.Model) && b.ModelVersion.SequenceEqual(v.ModelVersion) && b.RouteKey.SequenceEqual(v.RouteKey), "REQUEST round trip");
     }
 
     private static void LoadQuery(ArrayBufferWriter<byte> w, FrameHeader h, ReadOnlySpan<byte> p)
@@ -229,6 +269,19 @@ public static class FrameParseLoop
         FrameWriter.LoadQuery(w, interval, (h.Flags & 1) != 0);
         Check(FrameReader.TryRead(w.WrittenSpan, MaxFrame, out var bh, out var back, out _) == ReadResult.Frame
               && bh.Type == FrameType.LoadQuery && bh.Flags == (h.Flags & 1) && back.Length == 4 && U32(back, 0) == interval, "LOAD_QUERY round trip");
+    }
+
+    private static void Admin(ArrayBufferWriter<byte> w, ReadOnlySpan<byte> p)
+    {
+        bool ok = AdminView.TryParse(p, out var v);
+        bool fits = p.Length >= 2 && 2 + U16(p, 0) + 2 <= p.Length && 4 + U16(p, 0) + U16(p, 2 + U16(p, 0)) <= p.Length
+                    && U16(p, 2 + U16(p, 0)) <= Wire.MaxAdminBytes;
+        Check(ok == fits, "ADMIN accepted a short payload or refused a full one");
+        if (!ok) return;
+        Within(v.Token, p, 2, U16(p, 0), "ADMIN token");
+        Within(v.Command, p, 4 + U16(p, 0), U16(p, 2 + U16(p, 0)), "ADMIN command");
+        FrameWriter.Admin(w, v.Token, v.Command);
+        Check(AdminView.TryParse(Reread(w, FrameType.Admin, 0), out var b) && b.Token.SequenceEqual(v.Token) && b.Command.SequenceEqual(v.Command), "ADMIN round trip");
     }
 
     private static void Drain(ArrayBufferWriter<byte> w, ReadOnlySpan<byte> p)
@@ -252,10 +305,18 @@ public static class FrameParseLoop
         Check(v.Major == U16(p, 0) && v.Minor == U16(p, 2) && v.MaxFrame == Sat(U32(p, 4)) && v.MaxPromptTokens == Sat(U32(p, 8))
               && v.MaxInFlight == Sat(U32(p, 12)) && v.IdleTimeoutMs == Sat(U32(p, 16)) && v.ContextLength == Sat(U32(p, 20)),
             "HELLO_OK fields");
+        // 1.2's model and version follow the name when both are whole; otherwise the payload is an older server's.
+        int at = Wire.HelloOkFixedSize + 2 + U16(p, Wire.HelloOkFixedSize);
+        bool strings = Utf8.IsValid(p.Slice(Wire.HelloOkFixedSize + 2, U16(p, Wire.HelloOkFixedSize)));
+        if (p.Length >= at + 2 && at + 2 + U16(p, at) + 2 <= p.Length && at + 4 + U16(p, at) + U16(p, at + 2 + U16(p, at)) <= p.Length)
+            strings &= Utf8.IsValid(p.Slice(at + 2, U16(p, at))) && Utf8.IsValid(p.Slice(at + 4 + U16(p, at), U16(p, at + 2 + U16(p, at))));
+        else Check(v.Model == "" && v.ModelVersion == "", "HELLO_OK model without both strings");
         FrameWriter.HelloOk(w, v);
         var back = Reread(w, FrameType.HelloOk, 0);
-        Check(FastServe.Protocol.HelloOk.TryParse(back, out var v2) && StrFits(back, Wire.HelloOkFixedSize), "HELLO_OK round trip does not parse");
-        if (Utf8.IsValid(p.Slice(Wire.HelloOkFixedSize + 2, U16(p, Wire.HelloOkFixedSize)))) Check(v2 == v, "HELLO_OK round trip");
+        Check(FastServe.Protocol.HelloOk.TryParse(back, out var v2), "HELLO_OK round trip does not parse");
+        int bm = Wire.HelloOkFixedSize + 2 + U16(back, Wire.HelloOkFixedSize);
+        Check(back.Length >= bm + 4 && bm + 4 + U16(back, bm) + U16(back, bm + 2 + U16(back, bm)) == back.Length, "HELLO_OK round trip length");
+        if (strings) Check(v2 == v, "HELLO_OK round trip");
     }
 
     private static void Delta(ArrayBufferWriter<byte> w, FrameHeader h, ReadOnlySpan<byte> p)
@@ -316,8 +377,12 @@ public static class FrameParseLoop
         _ = WireNames.Of(v.Finish);
         FrameWriter.Final(w, h.Id, v, detail, message);
         var back = Reread(w, FrameType.Final, h.Id);
+        int tail = p.Length - (mAt + 2 + U16(p, mAt));
+        Check(v.HasLogprobs == tail >= 8, "FINAL log-probabilities read from the bytes after the message");
         Check(FinalInfo.TryParse(back, out var b, out var d2, out var m2) && d2.SequenceEqual(detail) && m2.SequenceEqual(message)
-              && back.Length == fixedEnd + 4 + detail.Length + message.Length, "FINAL round trip does not parse");
+              && back.Length == fixedEnd + 4 + detail.Length + message.Length + (v.HasLogprobs ? 8 : 0), "FINAL round trip does not parse");
+        Check(b.HasLogprobs == v.HasLogprobs && BitConverter.SingleToUInt32Bits(b.LogprobMean) == BitConverter.SingleToUInt32Bits(v.LogprobMean)
+              && BitConverter.SingleToUInt32Bits(b.LogprobMin) == BitConverter.SingleToUInt32Bits(v.LogprobMin), "FINAL log-probabilities round trip");
         Check(b.Status == v.Status && b.Finish == v.Finish && b.Retriable == v.Retriable && b.RetryAfterMs == v.RetryAfterMs
               && b.PromptTokens == v.PromptTokens && b.CachedPromptTokens == v.CachedPromptTokens
               && b.CompletionTokens == v.CompletionTokens && b.Preemptions == v.Preemptions, "FINAL round trip");
@@ -335,7 +400,12 @@ public static class FrameParseLoop
         _ = WireNames.Of(v.State);
         FrameWriter.LoadReport(w, v);
         var back = Reread(w, FrameType.LoadReport, 0);
-        Check(back.Length == Wire.LoadReportSize && FastServe.Protocol.LoadReport.TryParse(back, out var b) && b == v, "LOAD_REPORT round trip");
+        int at = Wire.LoadReportSize;
+        bool whole = p.Length >= at + 2 && at + 2 + U16(p, at) + 2 <= p.Length && at + 4 + U16(p, at) + U16(p, at + 2 + U16(p, at)) <= p.Length;
+        bool valid = !whole || (Utf8.IsValid(p.Slice(at + 2, U16(p, at))) && Utf8.IsValid(p.Slice(at + 4 + U16(p, at), U16(p, at + 2 + U16(p, at)))));
+        if (!whole) Check(v.Model == "" && v.ModelVersion == "", "LOAD_REPORT model without both strings");
+        Check(back.Length == Wire.LoadReportSize + 4 + Encoding.UTF8.GetByteCount(v.Model) + Encoding.UTF8.GetByteCount(v.ModelVersion)
+              && FastServe.Protocol.LoadReport.TryParse(back, out var b) && (!valid || b == v), "LOAD_REPORT round trip");
     }
 
     private static void Error(ArrayBufferWriter<byte> w, FrameHeader h, ReadOnlySpan<byte> p)

@@ -35,9 +35,11 @@ internal static class ClientCommand
         var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Keep generating past EOS" };
         var timeout = new Option<double>("--connect-timeout") { Description = "Seconds allowed to connect and complete the handshake", DefaultValueFactory = _ => 10 };
         var json = new Option<bool>("--json") { Description = "Print one JSON object instead of streaming text" };
+        var (model, modelVersion, routeKey) = RouteOptions();
+        var logprobs = new Option<bool>("--logprobs") { Description = "Ask for the mean and lowest token log-probability of the answer (protocol 1.2)" };
 
         var cmd = new Command("client", "Send one completion to a FastServe server and stream the answer.");
-        foreach (Option o in new Option[] { host, port, promptIds, maxTokens, temperature, topP, topK, seed, stop, deadline, priority, ignoreEos, timeout, json }) cmd.Add(o);
+        foreach (Option o in new Option[] { host, port, promptIds, maxTokens, temperature, topP, topK, seed, stop, deadline, priority, ignoreEos, model, modelVersion, routeKey, logprobs, timeout, json }) cmd.Add(o);
         cmd.Add(prompt);
         cmd.SetAction(async (r, ct) =>
         {
@@ -62,6 +64,10 @@ internal static class ClientCommand
                     DeadlineMs = r.GetValue(deadline),
                     Priority = ParsePriority(r.GetValue(priority)!),
                     IgnoreEos = r.GetValue(ignoreEos),
+                    Logprobs = r.GetValue(logprobs),
+                    Model = CheckLabel(r.GetValue(model), "--model"),
+                    ModelVersion = CheckLabel(r.GetValue(modelVersion), "--model-version"),
+                    RouteKey = r.GetValue(routeKey),
                 },
                 Stops = r.GetValue(stop) is { Length: > 0 } s ? s : null,
             };
@@ -119,6 +125,18 @@ internal static class ClientCommand
         }
     }
 
+    /// <summary>The routing options of <c>client</c> and <c>bench</c>: the model, version and routing key a request
+    /// names (protocol 1.2).</summary>
+    internal static (Option<string?> Model, Option<string?> Version, Option<string?> Key) RouteOptions() =>
+        (new Option<string?>("--model") { Description = "Model the request names (a router sends it to that model's pool; a replica refuses another model's)" },
+         new Option<string?>("--model-version") { Description = "Model version the request names (default: any, or the router's traffic split)" },
+         new Option<string?>("--route-key") { Description = "Routing key: requests with the same key get the same version of a sticky split" });
+
+    /// <summary>A model name or version from a flag: null when absent, else a valid label.</summary>
+    internal static string? CheckLabel(string? s, string flag) =>
+        s is null || RequestRules.IsModelLabel(s) ? s
+        : throw new FastServeException("args.invalid_model_name", $"{flag} must be 1 to 64 letters, digits, '.', '_' or '-'", flag);
+
     internal static int ParsePort(int port) => port is >= 1 and <= 65535
         ? port : throw new FastServeException("args.invalid_port", "--port must be between 1 and 65535", "--port");
 
@@ -159,6 +177,7 @@ internal static class ClientCommand
             if (t is { } x) w.WriteNumber(name, Math.Round(x.TotalMilliseconds, 3)); else w.WriteNull(name);
         }
         w.WriteString("server", server.ServerName);
+        if (server.Model.Length > 0) { w.WriteString("server_model", server.Model); w.WriteString("server_model_version", server.ModelVersion); }
         w.WriteNumber("id", id);
         w.WriteString("status", r.StatusName);
         w.WriteString("finish_reason", r.FinishName);
@@ -174,6 +193,7 @@ internal static class ClientCommand
         foreach (int t in r.Ids) w.WriteNumberValue(t);
         w.WriteEndArray();
         w.WriteString("text", r.Text);
+        if (!double.IsNaN(r.LogprobMean)) { w.WriteNumber("logprob_mean", r.LogprobMean); w.WriteNumber("logprob_min", r.LogprobMin); }
         Ms(w, "ttft_ms", r.TimeToFirstToken);
         Ms(w, "e2e_ms", r.EndToEnd);
         Ms(w, "tpot_ms", r.TimePerOutputToken);

@@ -40,8 +40,19 @@ internal static class RouteCommand
         var minRetries = new Option<int>("--min-retries-per-second") { Description = "Retry budget floor: this many retries per second are allowed even when the percentage allows fewer", DefaultValueFactory = _ => 10 };
         var jitter = new Option<int>("--retry-jitter-ms") { Description = "A retry of an overloaded refusal waits a random delay up to this (and the refusal's retry-after); 0 = at once", DefaultValueFactory = _ => 25 };
         var metricsPort = new Option<int>("--metrics-port") { Description = "Prometheus metrics at http://HOST:PORT/metrics (0 = off)", DefaultValueFactory = _ => 0 };
+        var defaultModel = new Option<string?>("--default-model") { Description = "Model for requests that name none (default: the fleet's only model, else any replica)" };
+        var tokenFile = new Option<string?>("--admin-token-file") { Description = "File holding the admin token ADMIN frames must carry (or set FASTSERVE_ADMIN_TOKEN); none: ADMIN refused" };
+        var config = new Option<string?>("--config") { Description = "File of routing commands (split, shadow, tier, mode; docs/router.md) applied at start and whenever it changes" };
+        var shadowLog = new Option<string?>("--shadow-log") { Description = "JSONL file for shadow disagreements and summaries (read it with fastserve shadow-report)" };
+        var shadowMax = new Option<int>("--shadow-max-in-flight") { Description = "Shadow mirrors in flight at most; more are dropped and counted", DefaultValueFactory = _ => 256 };
+        var costPerHour = new Option<double>("--cost-per-hour") { Description = "Device price per hour for the per-pool cost metrics (0 = no cost figures)" };
+        var canaryMin = new Option<int>("--canary-min-samples") { Description = "Requests each of canary and stable needs in the window before a canary is judged", DefaultValueFactory = _ => 200 };
+        var canaryWindow = new Option<int>("--canary-window-ms") { Description = "Sliding window over which canaries are judged", DefaultValueFactory = _ => 60_000 };
+        var canaryErr = new Option<double>("--canary-max-error-delta") { Description = "Roll back a canary whose error rate exceeds the stable version's by more than this (absolute, 0..1)", DefaultValueFactory = _ => 0.02 };
+        var canaryP99 = new Option<double>("--canary-max-p99-ratio") { Description = "Roll back a canary whose P99 latency exceeds this multiple of the stable version's", DefaultValueFactory = _ => 1.5 };
         var cmd = new Command("route", "Route requests over a fleet of replicas: one address for clients, power-of-two-choices balancing, retries.");
-        foreach (Option o in new Option[] { listen, endpoints, host, policy, slowStart, attempts, budget, minRetries, jitter, conns, ejected, grace, maxInFlight, maxFrame, maxHeld, name, json, metricsPort }) cmd.Add(o);
+        foreach (Option o in new Option[] { listen, endpoints, host, policy, slowStart, attempts, budget, minRetries, jitter, conns, ejected, grace, maxInFlight, maxFrame, maxHeld, name, json, metricsPort,
+                     defaultModel, tokenFile, config, shadowLog, shadowMax, costPerHour, canaryMin, canaryWindow, canaryErr, canaryP99 }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             bool asJson = r.GetValue(json);
@@ -73,7 +84,38 @@ internal static class RouteCommand
             string routerName = r.GetValue(name)!;
             if (routerName.Length is 0 or > 64) throw new FastServeException("args.invalid_name", "--name must have 1 to 64 characters", "--name");
 
+            string? dm = ClientCommand.CheckLabel(r.GetValue(defaultModel), "--default-model");
+            string? adminToken = Environment.GetEnvironmentVariable("FASTSERVE_ADMIN_TOKEN");
+            if (r.GetValue(tokenFile) is { } tf)
+            {
+                if (!File.Exists(tf)) throw new FastServeException("args.admin_token_file_missing", "the admin token file does not exist", tf);
+                adminToken = File.ReadAllText(tf).Trim();
+                if (adminToken.Length == 0) throw new FastServeException("args.admin_token_empty", "the admin token file is empty", tf);
+            }
+            string? configPath = r.GetValue(config);
+            if (configPath is not null && !File.Exists(configPath)) throw new FastServeException("args.config_missing", "the config file does not exist", configPath);
+            int sm = r.GetValue(shadowMax);
+            if (sm < 1 || sm > 100_000) throw new FastServeException("args.invalid_shadow_max", "--shadow-max-in-flight must be between 1 and 100000", "--shadow-max-in-flight");
+            double cph = r.GetValue(costPerHour);
+            if (!(cph >= 0) || double.IsInfinity(cph)) throw new FastServeException("args.invalid_cost", "--cost-per-hour must be a number >= 0", "--cost-per-hour");
+            var canary = new FastServe.Router.Canary.CanaryOptions
+            {
+                MinSamples = r.GetValue(canaryMin),
+                WindowMs = r.GetValue(canaryWindow),
+                MaxErrorRateDelta = r.GetValue(canaryErr),
+                MaxP99Ratio = r.GetValue(canaryP99),
+            };
+            try { canary.Validate(); }
+            catch (ArgumentOutOfRangeException e) { throw new FastServeException("args.invalid_canary", e.Message, "--canary-*"); }
+
             Action<string> log = msg => Console.Error.WriteLine($"fastserve route: {msg}");
+            // Traffic events (rollbacks, burst modes, admin and config changes): JSON lines with --json, else the log.
+            Action<RouterEvent>? onEvent = !asJson ? null : ev => Output.WriteJsonLine(w =>
+            {
+                w.WriteString("event", ev.Kind);
+                w.WriteString("detail", ev.Detail);
+                foreach (var (k, v) in ev.Fields) w.WriteString(k, v);
+            });
             IEndpointSource source;
             try
             {
@@ -102,6 +144,14 @@ internal static class RouteCommand
                 MaxHeldBytes = mhb,
                 Name = routerName,
                 Log = log,
+                DefaultModel = dm,
+                AdminToken = adminToken,
+                ConfigPath = configPath,
+                ShadowLogPath = r.GetValue(shadowLog),
+                ShadowMaxInFlight = sm,
+                CostPerHour = cph,
+                Canary = canary,
+                OnEvent = onEvent,
             }, source);
             try
             {

@@ -25,6 +25,8 @@ internal static class ServeCommand
     private static readonly Option<int> ParentOpt = new("--parent") { Description = "Supervisor pid" };
     private static readonly Option<int> GraceOpt = new("--grace-ms") { Description = "Drain grace period in milliseconds", DefaultValueFactory = _ => 30_000 };
     private static readonly Option<string?> StartFileOpt = new("--start-file") { Description = "Where to write this process's start stages for the supervisor" };
+    private static readonly Option<string?> ModelNameOpt = new("--model-name") { Description = "Model name the replica declares" };
+    private static readonly Option<string?> ModelVersionOpt = new("--model-version") { Description = "Model version the replica declares" };
 
     private static Command Serve()
     {
@@ -39,9 +41,11 @@ internal static class ServeCommand
         var idle = new Option<int>("--idle-timeout-ms") { Description = "Close connections idle this long", DefaultValueFactory = _ => 60_000 };
         var frameTimeout = new Option<int>("--frame-timeout-ms") { Description = "Close a connection whose started frame does not complete in this time (slow senders)", DefaultValueFactory = _ => 10_000 };
         var name = new Option<string>("--name") { Description = "Replica name sent in HELLO_OK (at most 64 characters)", DefaultValueFactory = _ => "fastserve" };
+        var modelName = new Option<string?>("--model-name") { Description = "Model name this replica declares and answers to (default: the model directory's name)" };
+        var modelVersion = new Option<string?>("--model-version") { Description = "Model version this replica declares (default: a fingerprint of the model's files)" };
         var cmd = new Command("serve", "Serve the model over the FastServe protocol: an engine process plus worker processes on one port.");
         e.AddTo(cmd);
-        foreach (Option o in new Option[] { HostOpt, port, workers, metrics, agent, tokenFile, maxInFlight, maxFrame, idle, frameTimeout, name, GraceOpt }) cmd.Add(o);
+        foreach (Option o in new Option[] { HostOpt, port, workers, metrics, agent, tokenFile, maxInFlight, maxFrame, idle, frameTimeout, name, modelName, modelVersion, GraceOpt }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             bool json = e.Json(r);
@@ -79,6 +83,12 @@ internal static class ServeCommand
             string modelDir = r.GetValue(e.Model.Model) ?? ModelOptions.ResolveDefault();
             if (!File.Exists(Path.Combine(modelDir, "config.json"))) throw new FastServeException("model.not_found", "the model directory has no config.json", modelDir);
             string exe = Environment.ProcessPath ?? throw new FastServeException("internal", "cannot find the fastserve executable");
+            string declaredName = r.GetValue(modelName) ?? ModelIdentity.DefaultName(modelDir);
+            if (!ModelIdentity.IsValidLabel(declaredName))
+                throw new FastServeException("args.invalid_model_name", "--model-name must have 1 to 64 letters, digits, '.', '_' or '-'", "--model-name");
+            string declaredVersion = r.GetValue(modelVersion) ?? ModelIdentity.Fingerprint(modelDir);
+            if (!ModelIdentity.IsValidLabel(declaredVersion))
+                throw new FastServeException("args.invalid_model_version", "--model-version must have 1 to 64 letters, digits, '.', '_' or '-'", "--model-version");
 
             var engineArgs = e.Forward(r);
             // The simulated device takes its shape from --model when one is given, else Llama-3.2-1B's; workers
@@ -87,7 +97,9 @@ internal static class ServeCommand
             engineArgs.AddRange(["--host", host]);
             if (mp > 0) engineArgs.AddRange(["--metrics-port", $"{mp}"]);
             if (ap > 0) engineArgs.AddRange(["--agent-port", $"{ap}"]);
-            var workerArgs = new List<string> { "--model", modelDir, "--max-in-flight", $"{mif}", "--max-frame", $"{mf}", "--idle-timeout-ms", $"{idleMs}", "--frame-timeout-ms", $"{ftMs}", "--name", replicaName };
+            var workerArgs = new List<string> { "--model", modelDir, "--max-in-flight", $"{mif}", "--max-frame", $"{mf}", "--idle-timeout-ms", $"{idleMs}", "--frame-timeout-ms", $"{ftMs}", "--name", replicaName,
+                "--model-name", declaredName, "--model-version", declaredVersion };
+            engineArgs.AddRange(["--model-name", declaredName, "--model-version", declaredVersion]);
             var env = new Dictionary<string, string>();
             if (token is not null) env["FASTSERVE_ADMIN_TOKEN"] = token;
 
@@ -114,6 +126,8 @@ internal static class ServeCommand
                             w.WriteNumber("metrics_port", mp);
                             w.WriteNumber("agent_port", ap);
                             w.WriteNumber("pid", Environment.ProcessId);
+                            w.WriteString("model", declaredName);
+                            w.WriteString("model_version", declaredVersion);
                             // Milliseconds from the supervisor's exec to each stage (Supervisor.StartStages): its own,
                             // then the engine's and the workers' (Supervisor.ChildStages); null where unknown.
                             w.WriteStartObject("start_ms");
@@ -121,7 +135,7 @@ internal static class ServeCommand
                                 if (double.IsFinite(ms)) w.WriteNumber(name, Math.Round(ms, 1)); else w.WriteNull(name);
                             w.WriteEndObject();
                         });
-                    else Console.Out.WriteLine($"fastserve: ready on {host}:{bound} in {stages.Ready:F0} ms ({k} worker{(k == 1 ? "" : "s")}, model {modelDir}{(mp > 0 ? $", metrics :{mp}" : "")}{(ap > 0 ? $", agent :{ap}" : "")})");
+                    else Console.Out.WriteLine($"fastserve: ready on {host}:{bound} in {stages.Ready:F0} ms ({k} worker{(k == 1 ? "" : "s")}, model {declaredName} version {declaredVersion} from {modelDir}{(mp > 0 ? $", metrics :{mp}" : "")}{(ap > 0 ? $", agent :{ap}" : "")})");
                     Console.Out.Flush();
                 },
             });
@@ -137,7 +151,7 @@ internal static class ServeCommand
         var agent = new Option<int>("--agent-port");
         var cmd = new Command("serve-engine", "The engine process of a replica (started by serve).") { Hidden = true };
         e.AddTo(cmd);
-        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, metrics, agent, GraceOpt, StartFileOpt }) cmd.Add(o);
+        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, metrics, agent, GraceOpt, StartFileOpt, ModelNameOpt, ModelVersionOpt }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             StartTrace.Mark("main");
@@ -151,6 +165,8 @@ internal static class ServeCommand
                 AgentPort = r.GetValue(agent),
                 Grace = TimeSpan.FromMilliseconds(r.GetValue(GraceOpt)),
                 StartFile = r.GetValue(StartFileOpt),
+                ModelName = r.GetValue(ModelNameOpt) ?? "",
+                ModelVersion = r.GetValue(ModelVersionOpt) ?? "",
             });
             return host.Run((after, onStep) =>
             {
@@ -182,7 +198,7 @@ internal static class ServeCommand
         var frameTimeout = new Option<int>("--frame-timeout-ms") { DefaultValueFactory = _ => 10_000 };
         var name = new Option<string>("--name") { DefaultValueFactory = _ => "fastserve" };
         var cmd = new Command("serve-worker", "A worker process of a replica (started by serve).") { Hidden = true };
-        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, model, port, index, maxInFlight, maxFrame, idle, frameTimeout, name, GraceOpt, StartFileOpt }) cmd.Add(o);
+        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, model, port, index, maxInFlight, maxFrame, idle, frameTimeout, name, GraceOpt, StartFileOpt, ModelNameOpt, ModelVersionOpt }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             StartTrace.Mark("main");
@@ -205,6 +221,8 @@ internal static class ServeCommand
                 AdminToken = Environment.GetEnvironmentVariable("FASTSERVE_ADMIN_TOKEN"),
                 ServerName = r.GetValue(name)!,
                 StartFile = r.GetValue(StartFileOpt),
+                ModelName = r.GetValue(ModelNameOpt) ?? "",
+                ModelVersion = r.GetValue(ModelVersionOpt) ?? "",
             });
             return host.Run();
         });

@@ -134,6 +134,10 @@ internal abstract class FrameSession<TRequest> : IFrameConsumer where TRequest :
     /// the frames queued elsewhere.</summary>
     protected virtual void OnFramesConsumed() { }
 
+    /// <summary>An ADMIN frame (protocol 1.2). By default a non-fatal <c>bad_request</c>: only a router takes them.</summary>
+    protected virtual void OnAdmin(ReadOnlySpan<byte> payload) =>
+        Error(WireStatus.BadRequest, $"this {_opt.Role} takes no ADMIN frame");
+
     /// <summary>After a read's replies were flushed (not after a fatal frame).</summary>
     protected virtual void OnRepliesFlushed() { }
 
@@ -220,6 +224,7 @@ internal abstract class FrameSession<TRequest> : IFrameConsumer where TRequest :
                 break;
             case FrameType.LoadQuery: LoadQuery(h, payload, _conn.LastReceiveTicks); break;
             case FrameType.Drain: OnDrain(payload); break;
+            case FrameType.Admin: OnAdmin(payload); break;
             case FrameType.Hello: Error(WireStatus.BadRequest, "HELLO was already received"); break;
             default: Error(WireStatus.BadRequest, $"unknown or server-only frame type 0x{(byte)h.Type:X2}"); break;
         }

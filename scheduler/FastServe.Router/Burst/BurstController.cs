@@ -21,14 +21,15 @@ public sealed record BurstOptions
     /// <summary>Leave emergency (for surge) below this wait (and below <see cref="EmergencyExitUtilization"/>).
     /// Default 400.</summary>
     public double EmergencyExitWaitMs { get; init; } = 400;
-    /// <summary>Enter surge at this utilization. Default 0.9.</summary>
-    public double SurgeEnterUtilization { get; init; } = 0.9;
-    /// <summary>Leave surge below this utilization. Default 0.75.</summary>
-    public double SurgeExitUtilization { get; init; } = 0.75;
-    /// <summary>Enter emergency at this utilization. Default 0.98.</summary>
-    public double EmergencyEnterUtilization { get; init; } = 0.98;
-    /// <summary>Leave emergency below this utilization. Default 0.9.</summary>
-    public double EmergencyExitUtilization { get; init; } = 0.9;
+    /// <summary>Enter surge at this utilization. Default 1.5: a full batch (1.0) is a healthy replica, not a burst;
+    /// half a batch more waiting behind it is.</summary>
+    public double SurgeEnterUtilization { get; init; } = 1.5;
+    /// <summary>Leave surge below this utilization. Default 1.0.</summary>
+    public double SurgeExitUtilization { get; init; } = 1.0;
+    /// <summary>Enter emergency at this utilization. Default 3.0 (two batches queued).</summary>
+    public double EmergencyEnterUtilization { get; init; } = 3.0;
+    /// <summary>Leave emergency below this utilization. Default 2.0.</summary>
+    public double EmergencyExitUtilization { get; init; } = 2.0;
     /// <summary>How long a level's enter condition must hold before the mode goes up to it. Default 1,000.</summary>
     public int EnterHoldMs { get; init; } = 1000;
     /// <summary>How long the current level's exit condition must hold before the mode goes down one level (again

@@ -24,6 +24,9 @@ public sealed record EngineHostOptions
     /// <summary>Where to write this process's start stages (<see cref="Runtime.StartTrace.WriteFile"/>) just before
     /// it reports ready; null = nowhere. The supervisor names it and reads it once the replica is ready.</summary>
     public string? StartFile { get; init; }
+    /// <summary>The model name and version the replica declares (metric labels of <c>fastserve_model_info</c>).</summary>
+    public string ModelName { get; init; } = "";
+    public string ModelVersion { get; init; } = "";
 }
 
 /// <summary>What the engine factory returns: the started engine, what must be disposed with it, and the warm-up
@@ -57,6 +60,7 @@ public sealed class EngineHost : IDisposable
 
     internal InferenceEngine? Engine => _started?.Engine;
     internal ServerMetrics? Metrics { get; private set; }
+    internal EngineHostOptions Options => _opt;
     public ReplicaState State => _state;
 
     /// <summary>Runs until drained (SIGTERM) or the supervisor dies. <paramref name="start"/> loads the model and

@@ -20,7 +20,16 @@ namespace FastServe.Server.Engine;
 /// </summary>
 internal sealed class EngineLink : IpcReader, IRequestSink
 {
-    private sealed class Entry { public RequestHandle? Handle; public long EngineReceived; }
+    private sealed class Entry
+    {
+        public RequestHandle? Handle;
+        public long EngineReceived;
+        // Log-probability summary of a request that asked for it (scheduler thread only).
+        public bool Logprobs;
+        public int Tokens;
+        public double LogprobSum;
+        public float LogprobMin = float.PositiveInfinity;
+    }
 
     private readonly EngineHost _host;
     private readonly FrameConnection _conn;
@@ -52,6 +61,13 @@ internal sealed class EngineLink : IpcReader, IRequestSink
 
     public void OnToken(long tag, in TokenEvent token)
     {
+        // Only requests that asked for log-probabilities carry a top list; the others pay no lookup.
+        if (token.Top is not null && _active.TryGetValue(tag, out var e) && e.Logprobs)
+        {
+            e.Tokens++;
+            e.LogprobSum += token.Logprob;
+            e.LogprobMin = Math.Min(e.LogprobMin, token.Logprob);
+        }
         lock (_out.Lock) Ipc.Ipc.WriteTokens(_out.Writer, (ulong)tag, token.Id);
         Volatile.Write(ref _dirty, 1);
     }
@@ -83,6 +99,12 @@ internal sealed class EngineLink : IpcReader, IRequestSink
             Finished = ts.Finished,
             DeviceUs = (uint)Math.Clamp(Math.Round(r.DeviceTime.TotalMicroseconds), 0, uint.MaxValue),
         };
+        if (entry is { Logprobs: true })
+        {
+            f.HasLogprobs = 1;
+            f.LogprobMean = entry.Tokens == 0 ? float.NaN : (float)(entry.LogprobSum / entry.Tokens);
+            f.LogprobMin = entry.Tokens == 0 ? float.NaN : entry.LogprobMin;
+        }
         lock (_out.Lock) Ipc.Ipc.WriteFinal(_out.Writer, (ulong)tag, f, r.ErrorCode, r.Message);
         Volatile.Write(ref _dirty, 1);
     }
@@ -155,8 +177,9 @@ internal sealed class EngineLink : IpcReader, IRequestSink
                     TopK = m.TopK,
                     Seed = (m.Flags & 1) != 0 ? m.Seed : null,
                     IgnoreEos = (m.Flags & 2) != 0,
+                    Logprobs = (m.Flags & 4) != 0 ? 1 : 0,
                 };
-                var entry = new Entry { EngineReceived = engineReceived };
+                var entry = new Entry { EngineReceived = engineReceived, Logprobs = (m.Flags & 4) != 0 };
                 _active[tag] = entry;
                 if (_host.Engine is null)
                 {

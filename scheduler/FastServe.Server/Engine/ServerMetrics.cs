@@ -59,6 +59,9 @@ internal sealed class ServerMetrics : IDisposable
         _ready = f.CreateGauge("fastserve_ready", "1 when the replica is ready, 0 when starting or draining.");
         _cpu = f.CreateGauge("fastserve_process_cpu_seconds_total", "CPU time (user + system) of each replica process.", new GaugeConfiguration { LabelNames = ["role", "index"] });
         foreach (var s in WireNames.All) _requests.WithLabels(WireNames.Of(s));
+        // The model this replica declares, as labels to join the other series on (cost per model and version).
+        f.CreateGauge("fastserve_model_info", "1, labelled with the model name and version this replica declares.", new GaugeConfiguration { LabelNames = ["model", "version"] })
+            .WithLabels(host.Options.ModelName, host.Options.ModelVersion).Set(1);
         _registry.AddBeforeCollectCallback(Refresh);
         _server = new MetricServer(hostname, port, "metrics/", _registry);
         _server.Start();

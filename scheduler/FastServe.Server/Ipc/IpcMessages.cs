@@ -47,7 +47,7 @@ internal struct SubmitMsg
     public float Temperature, TopP;
     public int TopK;
     public ulong Seed;
-    public byte Flags;            // 1 has_seed, 2 ignore_eos
+    public byte Flags;            // 1 has_seed, 2 ignore_eos, 4 logprobs
     public byte Priority;
     public ushort Reserved;
     public uint DeadlineMs;
@@ -66,6 +66,8 @@ internal struct FinalMsg
     public uint PromptTokens, CachedPromptTokens, CompletionTokens, Preemptions;
     public long EngineReceived, Admitted, FirstScheduled, FirstToken, Finished;
     public uint DeviceUs;         // the request's device time (RequestResult.DeviceTime), µs
+    public byte HasLogprobs;      // 1 when the request asked for log-probabilities (Submit flag 4)
+    public float LogprobMean, LogprobMin;   // over the generated tokens; NaN when none was generated
 }
 
 [StructLayout(LayoutKind.Sequential, Pack = 1)]

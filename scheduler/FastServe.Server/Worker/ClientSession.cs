@@ -38,7 +38,7 @@ internal sealed class ClientSession : FrameSession<WorkerRequest>
         var o = _host.Options;
         int ctx = _host.ContextLength;
         return new HelloOk(Wire.Major, Wire.Minor, o.MaxFrame, Math.Max(0, ctx - 1), o.MaxInFlight,
-            (int)o.IdleTimeout.TotalMilliseconds, ctx, o.ServerName);
+            (int)o.IdleTimeout.TotalMilliseconds, ctx, o.ServerName, o.ModelName, o.ModelVersion);
     }
 
     protected override LoadReport CurrentLoad(long now) => _host.CurrentLoad();
@@ -54,6 +54,7 @@ internal sealed class ClientSession : FrameSession<WorkerRequest>
             case ReplicaState.Unavailable: Reject(id, WireStatus.Unavailable, "engine.unavailable", "the engine is restarting", 500); return;
             case ReplicaState.Starting: Reject(id, WireStatus.Unavailable, "engine.starting", "the replica is still starting", 500); return;
         }
+        if (!ServesRoute(v, out var notFound)) { Reject(id, WireStatus.NotFound, notFound.Code, notFound.Message); return; }
         int ctx = _host.ContextLength;
         // The shared request rules (RequestRules): the engine checks them again, but a broken one is answered here
         // without tokenizing the prompt or a round trip to the engine.
@@ -109,6 +110,7 @@ internal sealed class ClientSession : FrameSession<WorkerRequest>
             Decoder = noText ? null : _host.Tokenizer.CreateDecoder(),
             Stop = noText ? null : stop,
             EosEnds = (v.Flags & RequestFlags.IgnoreEos) == 0,
+            Logprobs = (v.Flags & RequestFlags.Logprobs) != 0,
             PromptTokens = prompt.Length,
             Received = received,
             Tokenized = Stopwatch.GetTimestamp(),
@@ -120,7 +122,8 @@ internal sealed class ClientSession : FrameSession<WorkerRequest>
             TopP = v.TopP,
             TopK = v.TopK,
             Seed = v.Seed,
-            Flags = (byte)(((v.Flags & RequestFlags.HasSeed) != 0 ? 1 : 0) | ((v.Flags & RequestFlags.IgnoreEos) != 0 ? 2 : 0)),
+            Flags = (byte)(((v.Flags & RequestFlags.HasSeed) != 0 ? 1 : 0) | ((v.Flags & RequestFlags.IgnoreEos) != 0 ? 2 : 0)
+                | ((v.Flags & RequestFlags.Logprobs) != 0 ? 4 : 0)),
             Priority = v.Priority,
             DeadlineMs = v.DeadlineMs,
             ReceivedTicks = received,
@@ -133,6 +136,30 @@ internal sealed class ClientSession : FrameSession<WorkerRequest>
             Finished(id);
             Reject(id, WireStatus.Unavailable, "engine.unavailable", "the engine is restarting", 500);
         }
+    }
+
+    // A request that names a model (or version) must name this replica's; a replica that declares none takes any.
+    private bool ServesRoute(in RequestView v, out (string Code, string Message) notFound)
+    {
+        notFound = default;
+        var o = _host.Options;
+        if (!v.Model.IsEmpty && o.ModelName.Length > 0 && !Utf8Equals(v.Model, o.ModelName))
+        {
+            notFound = ("model.not_found", $"this replica serves model '{o.ModelName}', not '{Utf8Text.Decode(v.Model)}'");
+            return false;
+        }
+        if (!v.ModelVersion.IsEmpty && o.ModelVersion.Length > 0 && !Utf8Equals(v.ModelVersion, o.ModelVersion))
+        {
+            notFound = ("model.version_not_found", $"this replica serves version '{o.ModelVersion}' of '{o.ModelName}', not '{Utf8Text.Decode(v.ModelVersion)}'");
+            return false;
+        }
+        return true;
+    }
+
+    private static bool Utf8Equals(ReadOnlySpan<byte> utf8, string s)
+    {
+        Span<byte> buf = stackalloc byte[Wire.MaxModelBytes * 3];
+        return Encoding.UTF8.TryGetBytes(s, buf, out int n) && utf8.SequenceEqual(buf[..n]);
     }
 
     private void Reject(ulong id, in RuleViolation broken) => Reject(id, broken.Status, broken.Code, broken.Message);

@@ -128,7 +128,7 @@ public sealed class WorkerHost : IDisposable
     {
         var l = _engine.Load;
         return new LoadReport(State, l.Workers, (int)l.Running, (int)l.Queued, (int)l.InFlight, l.KvFreeFraction, (int)l.EstimatedWaitMs,
-            (int)l.MaxRunning, _engine.LoadAgeMs(l));
+            (int)l.MaxRunning, _engine.LoadAgeMs(l), Options.ModelName, Options.ModelVersion);
     }
 
     internal bool CheckAdminToken(ReadOnlySpan<byte> token) =>
@@ -245,6 +245,12 @@ public sealed class WorkerHost : IDisposable
         f.Timings[(int)Timing.EngineFinished] = Micros(t0, m.Finished);
         f.Timings[(int)Timing.FinalSent] = Micros(t0, now);
         f.Timings[(int)Timing.Device] = m.DeviceUs;
+        if (r.Logprobs)
+        {
+            f.HasLogprobs = true;
+            f.LogprobMean = m.HasLogprobs != 0 ? m.LogprobMean : float.NaN;
+            f.LogprobMin = m.HasLogprobs != 0 ? m.LogprobMin : float.NaN;
+        }
         if (f.CompletionTokens == 0) f.CompletionTokens = (uint)r.Completion;
         if (f.PromptTokens == 0) f.PromptTokens = (uint)r.PromptTokens;
         var session = r.Session;

@@ -24,6 +24,10 @@ public sealed record WorkerOptions
     public string? AdminToken { get; init; }
     public TimeSpan Grace { get; init; } = TimeSpan.FromSeconds(30);
     public string ServerName { get; init; } = "fastserve";
+    /// <summary>The model's name and version this replica declares (HELLO_OK, LOAD_REPORT) and checks requests that
+    /// name one against (<c>not_found</c> otherwise); empty = declares none and accepts any.</summary>
+    public string ModelName { get; init; } = "";
+    public string ModelVersion { get; init; } = "";
     /// <summary>Where to write this process's start stages (<see cref="Runtime.StartTrace.WriteFile"/>) once it is
     /// linked to the engine, before it says so; null = nowhere.</summary>
     public string? StartFile { get; init; }

@@ -18,6 +18,8 @@ internal sealed class WorkerRequest
     /// <c>fastserve generate</c>; with ignore_eos it is an ordinary token and its text is sent.</summary>
     public bool EosEnds;
     public int PromptTokens;
+    /// <summary>The client asked for the log-probability summary in its FINAL (REQUEST flag <c>logprobs</c>).</summary>
+    public bool Logprobs;
     public int Completion;
     public long Received, Tokenized;           // Stopwatch ticks
     public long FirstTokenSent, LastTokenSent;

@@ -151,9 +151,12 @@ public class PayloadParserTests
     [Test]
     public void LoadReportEveryTruncation()
     {
-        var p = Single(Write(w => FrameWriter.LoadReport(w, new LoadReport(ReplicaState.Ready, 1, 2, 3, 4, 0.5f, 6, 7, 8)))).Payload;
-        Assert.That(FastServe.Protocol.LoadReport.TryParse(p, out _), Is.True);
-        for (int n = 0; n < p.Length; n++) Assert.That(FastServe.Protocol.LoadReport.TryParse(p[..n], out _), Is.False, $"cut at {n}");
+        var p = Single(Write(w => FrameWriter.LoadReport(w, new LoadReport(ReplicaState.Ready, 1, 2, 3, 4, 0.5f, 6, 7, 8, "m", "v")))).Payload;
+        Assert.That(FastServe.Protocol.LoadReport.TryParse(p, out var full) && full.Model == "m" && full.ModelVersion == "v", Is.True);
+        for (int n = 0; n < Wire.LoadReportSize; n++) Assert.That(FastServe.Protocol.LoadReport.TryParse(p[..n], out _), Is.False, $"cut at {n}");
+        // From the 1.1 size on it parses (an older replica's report); the model only when both strings are whole.
+        for (int n = Wire.LoadReportSize; n < p.Length; n++)
+            Assert.That(FastServe.Protocol.LoadReport.TryParse(p[..n], out var old) && old.Model == "" && old.ModelVersion == "" && old.AgeMs == 8, Is.True, $"cut at {n}");
         var wide = (byte[])p.Clone();
         BinaryPrimitives.WriteUInt32LittleEndian(wide.AsSpan(4), uint.MaxValue);
         Assert.That(FastServe.Protocol.LoadReport.TryParse(wide, out var r) && r.Running == int.MaxValue, Is.True, "u32 saturates");
@@ -162,9 +165,13 @@ public class PayloadParserTests
     [Test]
     public void HelloOkEveryTruncation()
     {
-        var p = Single(Write(w => FrameWriter.HelloOk(w, new HelloOk(1, 0, 1024, 2, 3, 4, 5, "server")))).Payload;
-        Assert.That(FastServe.Protocol.HelloOk.TryParse(p, out _), Is.True);
-        for (int n = 0; n < p.Length; n++) Assert.That(FastServe.Protocol.HelloOk.TryParse(p[..n], out _), Is.False, $"cut at {n}");
+        var p = Single(Write(w => FrameWriter.HelloOk(w, new HelloOk(1, 0, 1024, 2, 3, 4, 5, "server", "gec", "v1")))).Payload;
+        Assert.That(FastServe.Protocol.HelloOk.TryParse(p, out var full) && full.Model == "gec" && full.ModelVersion == "v1", Is.True);
+        int v11 = Wire.HelloOkFixedSize + 2 + "server".Length;
+        for (int n = 0; n < v11; n++) Assert.That(FastServe.Protocol.HelloOk.TryParse(p[..n], out _), Is.False, $"cut at {n}");
+        // From the 1.1 length on it parses (an older server's HELLO_OK); the model only when both strings are whole.
+        for (int n = v11; n < p.Length; n++)
+            Assert.That(FastServe.Protocol.HelloOk.TryParse(p[..n], out var old) && old.ServerName == "server" && old.Model == "", Is.True, $"cut at {n}");
         var wide = (byte[])p.Clone();
         BinaryPrimitives.WriteUInt32LittleEndian(wide.AsSpan(4), uint.MaxValue);
         Assert.That(FastServe.Protocol.HelloOk.TryParse(wide, out var h) && h.MaxFrame == int.MaxValue, Is.True, "u32 saturates");
@@ -233,7 +240,7 @@ public class PayloadParserTests
         Assert.That(ErrorInfo.TryParse(err, 0, out var e) && e.Message == s[..Cut], Is.True);
 
         var (_, ok) = Single(Write(w => FrameWriter.HelloOk(w, new HelloOk(1, 0, 1, 1, 1, 1, 1, s))));
-        Assert.That(ok, Has.Length.EqualTo(Wire.HelloOkFixedSize + 2 + Cut));
+        Assert.That(ok, Has.Length.EqualTo(Wire.HelloOkFixedSize + 2 + Cut + 2 + 2));
 
         var (_, hello) = Single(Write(w => FrameWriter.Hello(w, bytes)));
         Assert.That(hello, Has.Length.EqualTo(8 + 2 + Cut));

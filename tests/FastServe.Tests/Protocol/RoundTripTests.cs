@@ -36,7 +36,7 @@ public class RoundTripTests
     {
         var sent = new HelloOk(1, 0, 65536, 1, 1, 0, 2, "");
         var (_, p) = Single(Write(w => FrameWriter.HelloOk(w, sent)));
-        Assert.That(p, Has.Length.EqualTo(Wire.HelloOkFixedSize + 2));
+        Assert.That(p, Has.Length.EqualTo(Wire.HelloOkFixedSize + 2 + 2 + 2));
         Assert.That(FastServe.Protocol.HelloOk.TryParse(p, out var got) && got == sent, Is.True);
     }
 
@@ -240,6 +240,8 @@ public class RoundTripTests
         FrameWriter.LoadQuery(w, 0);
         FrameWriter.Drain(w, "t"u8);
         FrameWriter.DrainOk(w, 1);
+        FrameWriter.Admin(w, "t"u8, "status"u8);
+        FrameWriter.AdminOk(w, "{}");
         FrameWriter.Delta(w, 1, [5], "a"u8);
         FrameWriter.Final(w, 1, default, "", "");
         FrameWriter.LoadReport(w, default);

@@ -30,6 +30,8 @@ public class SpecLayoutTests
         new("16", "u64", "seed"), new("24", "u32", "deadline_ms"), new("28", "u8", "priority"), new("29", "u8", "request flags"),
         new("30", "u16", "stop_count"), new("32", "u32", "prompt_len"), new("36", "u32", "reserved"),
         new("40", "…", "the prompt"), new("…", "…", "stop_count × str16 stop strings"),
+        new("…", "str16", "with `route` (1.2): the model"), new("…", "str16", "with `route`: the model version"),
+        new("…", "str16", "with `route`: the routing key"),
     ];
 
     private static readonly Field[] Final =
@@ -38,6 +40,7 @@ public class SpecLayoutTests
         new("8", "u32", "prompt tokens"), new("12", "u32", "prompt tokens served from the prefix cache"),
         new("16", "u32", "completion tokens"), new("20", "u32", "preemptions"), new("24", "8 × u32", "hand-off timing"),
         new("56", "str16", "error detail code"), new("…", "str16", "message"),
+        new("…", "f32", "1.2, only for a request with `logprobs`"), new("…", "f32", "1.2, only with `logprobs`"),
     ];
 
     private static readonly Field[] LoadReportLayout =
@@ -46,6 +49,7 @@ public class SpecLayoutTests
         new("4", "u32", "requests running"), new("8", "u32", "requests queued"), new("12", "u32", "requests in flight"),
         new("16", "f32", "KV-cache free fraction"), new("20", "u32", "estimated queue wait"),
         new("24", "u32", "max running sequences"), new("28", "u32", "age of the engine data"),
+        new("32", "str16", "1.2: the model"), new("…", "str16", "1.2: its version"),
     ];
 
     // Payloads described in the frame-type tables: "type name" items in order, packed from offset 0.
@@ -55,7 +59,9 @@ public class SpecLayoutTests
         ["LOAD_QUERY"] = ["u32 interval_ms"],
         ["DRAIN"] = ["str16 admin token"],
         ["HELLO_OK"] = ["u16 major", "u16 minor", "u32 max_frame", "u32 max_prompt_tokens", "u32 max_in_flight", "u32 idle_timeout_ms",
-            "u32 context_length", "str16 server name"],
+            "u32 context_length", "str16 server name", "str16 model", "str16 model version"],
+        ["ADMIN"] = ["str16 admin token", "str16 command"],
+        ["ADMIN_OK"] = ["str16 the command's result"],
         ["DELTA"] = ["u32 n_ids", "u32 text_bytes", "n_ids × u32 token ids", "text_bytes of UTF-8 text"],
         ["DRAIN_OK"] = ["u32 grace_ms"],
         ["ERROR"] = ["u16 status", "u16 reserved", "u32 retry_after_ms", "str16 message"],
@@ -112,7 +118,7 @@ public class SpecLayoutTests
         {
             [(int)RequestFlags.PromptIds] = "prompt_ids", [(int)RequestFlags.HasSeed] = "has_seed",
             [(int)RequestFlags.IgnoreEos] = "ignore_eos", [(int)RequestFlags.NoText] = "no_text",
-            [(int)RequestFlags.Whole] = "whole",
+            [(int)RequestFlags.Whole] = "whole", [(int)RequestFlags.Route] = "route", [(int)RequestFlags.Logprobs] = "logprobs",
         }));
         Assert.That(Table("### REQUEST payload")[8][2], Does.Contain($"≤ {Wire.MaxStops}"));
         Assert.That(Table("### REQUEST payload")[12][2], Does.Contain($"each 1 … {Wire.MaxStopBytes} bytes"));
@@ -157,7 +163,8 @@ public class SpecLayoutTests
         Assert.That(rows["CANCEL"].Payload, Does.StartWith("empty"));
     }
 
-    [TestCase("HELLO"), TestCase("LOAD_QUERY"), TestCase("DRAIN"), TestCase("HELLO_OK"), TestCase("DELTA"), TestCase("DRAIN_OK"), TestCase("ERROR")]
+    [TestCase("HELLO"), TestCase("LOAD_QUERY"), TestCase("DRAIN"), TestCase("HELLO_OK"), TestCase("DELTA"), TestCase("DRAIN_OK"), TestCase("ERROR"),
+     TestCase("ADMIN"), TestCase("ADMIN_OK")]
     public void PayloadDescriptionMatchesLayout(string frame)
     {
         string text = FrameTypeRows()[frame].Payload;
@@ -302,7 +309,7 @@ public class SpecLayoutTests
     [Test]
     public void LoadReportBytesFollowTheLayout()
     {
-        var actual = Write(w => FrameWriter.LoadReport(w, new LoadReport(ReplicaState.Draining, 3, 5, 6, 7, 0.25f, 8, 256, 9)));
+        var actual = Write(w => FrameWriter.LoadReport(w, new LoadReport(ReplicaState.Draining, 3, 5, 6, 7, 0.25f, 8, 256, 9, "gec", "v2")));
         var p = new byte[Wire.LoadReportSize];
         Put(p, LoadReportLayout, "state", 2);
         Put(p, LoadReportLayout, "reserved", 0);
@@ -314,7 +321,52 @@ public class SpecLayoutTests
         Put(p, LoadReportLayout, "estimated queue wait", 8);
         Put(p, LoadReportLayout, "max running sequences", 256);
         Put(p, LoadReportLayout, "age of the engine data", 9);
-        Assert.That(actual, Is.EqualTo(Framed(FrameType.LoadReport, 0, 0, p)));
+        Assert.That(Off(LoadReportLayout, "1.2: the model"), Is.EqualTo(p.Length));
+        Assert.That(actual, Is.EqualTo(Framed(FrameType.LoadReport, 0, 0, [.. p, .. Str16("gec"), .. Str16("v2")])));
+        Assert.That(LoadReport.TryParse(actual.AsSpan(Wire.HeaderSize), out var back) && back.Model == "gec" && back.ModelVersion == "v2");
+        // A 1.1 report (no strings) still parses, with no model.
+        Assert.That(LoadReport.TryParse(p, out var old) && old.Model == "" && old.AgeMs == 9);
+    }
+
+    [Test]
+    public void RequestRouteFieldsFollowTheLayout()
+    {
+        var rp = RequestParams.Default with { MaxTokens = 5, Model = "gec", ModelVersion = "v2", RouteKey = "user-7", Logprobs = true };
+        var actual = Write(w => FrameWriter.Request(w, 4, rp, "Hi"u8, default, ["."]));
+        var payload = actual.AsSpan(Wire.HeaderSize);
+        Assert.That(payload[29], Is.EqualTo((byte)(RequestFlags.Route | RequestFlags.Logprobs)));
+        int routeAt = Off(Request, "the prompt") + 2 + 3;
+        Assert.That(payload[routeAt..].ToArray(), Is.EqualTo((byte[])[.. Str16("gec"), .. Str16("v2"), .. Str16("user-7")]));
+        Assert.That(RequestView.TryParse(payload, out var v), Is.EqualTo(RequestParseError.None));
+        Assert.That(Encoding.UTF8.GetString(v.Model), Is.EqualTo("gec"));
+        Assert.That(Encoding.UTF8.GetString(v.ModelVersion), Is.EqualTo("v2"));
+        Assert.That(Encoding.UTF8.GetString(v.RouteKey), Is.EqualTo("user-7"));
+        Assert.That(v.RouteOffset, Is.EqualTo(routeAt));
+        Assert.That(v.StopCount, Is.EqualTo(1));
+        Assert.That(v.GetStop(0).ToArray(), Is.EqualTo("."u8.ToArray()));
+        // The flag without the fields, and fields over their limits, are bad_route.
+        var cut = payload[..routeAt].ToArray();
+        Assert.That(RequestView.TryParse(cut, out _), Is.EqualTo(RequestParseError.BadRoute));
+        byte[] longModel = [.. cut, .. Str16(new string('m', Wire.MaxModelBytes + 1)), .. Str16(""), .. Str16("")];
+        Assert.That(RequestView.TryParse(longModel, out _), Is.EqualTo(RequestParseError.BadRoute));
+        Assert.That(RequestView.DetailCode(RequestParseError.BadRoute), Is.EqualTo("request.bad_route"));
+    }
+
+    [Test]
+    public void FinalLogprobsFollowTheMessage()
+    {
+        var f = SampleFinal();
+        f.HasLogprobs = true;
+        f.LogprobMean = -0.25f;
+        f.LogprobMin = -3.5f;
+        var actual = Write(w => FrameWriter.Final(w, 9, f, "q"u8, "m!"u8));
+        var tail = actual.AsSpan(actual.Length - 8);
+        Assert.That(BinaryPrimitives.ReadSingleLittleEndian(tail), Is.EqualTo(-0.25f));
+        Assert.That(BinaryPrimitives.ReadSingleLittleEndian(tail[4..]), Is.EqualTo(-3.5f));
+        Assert.That(FinalInfo.TryParse(actual.AsSpan(Wire.HeaderSize), out var back, out _, out _));
+        Assert.That(back.HasLogprobs && back.LogprobMean == -0.25f && back.LogprobMin == -3.5f);
+        var plain = Write(w => FrameWriter.Final(w, 9, SampleFinal(), "q"u8, "m!"u8));
+        Assert.That(FinalInfo.TryParse(plain.AsSpan(Wire.HeaderSize), out var none, out _, out _) && !none.HasLogprobs);
     }
 
     [Test]
@@ -325,7 +377,13 @@ public class SpecLayoutTests
             Assert.That(Write(w => FrameWriter.Hello(w, "cli"u8, 1, 3)),
                 Is.EqualTo(Framed(FrameType.Hello, 0, 0, Packed("HELLO", Wire.Magic, 1, 3, "cli"))), "HELLO");
             Assert.That(Write(w => FrameWriter.HelloOk(w, new HelloOk(1, 2, 65536, 4095, 1024, 60000, 4096, "srv"))),
-                Is.EqualTo(Framed(FrameType.HelloOk, 0, 0, Packed("HELLO_OK", 1, 2, 65536, 4095, 1024, 60000, 4096, "srv"))), "HELLO_OK");
+                Is.EqualTo(Framed(FrameType.HelloOk, 0, 0, Packed("HELLO_OK", 1, 2, 65536, 4095, 1024, 60000, 4096, "srv", "", ""))), "HELLO_OK");
+            Assert.That(Write(w => FrameWriter.HelloOk(w, new HelloOk(1, 2, 65536, 4095, 1024, 60000, 4096, "srv", "gec-small", "0a1b2c"))),
+                Is.EqualTo(Framed(FrameType.HelloOk, 0, 0, Packed("HELLO_OK", 1, 2, 65536, 4095, 1024, 60000, 4096, "srv", "gec-small", "0a1b2c"))), "HELLO_OK with model");
+            Assert.That(Write(w => FrameWriter.Admin(w, "tok"u8, "split gec a=9,b=1"u8)),
+                Is.EqualTo(Framed(FrameType.Admin, 0, 0, Packed("ADMIN", "tok", "split gec a=9,b=1"))), "ADMIN");
+            Assert.That(Write(w => FrameWriter.AdminOk(w, "{\"ok\":true}")),
+                Is.EqualTo(Framed(FrameType.AdminOk, 0, 0, Packed("ADMIN_OK", "{\"ok\":true}"))), "ADMIN_OK");
             Assert.That(Write(w => FrameWriter.LoadQuery(w, 250)),
                 Is.EqualTo(Framed(FrameType.LoadQuery, 0, 0, Packed("LOAD_QUERY", 250))), "LOAD_QUERY");
             Assert.That(Write(w => FrameWriter.LoadQuery(w, 0, unsubscribe: true)),
@@ -406,8 +464,9 @@ public class SpecLayoutTests
     {
         var actual = Write(w => FrameWriter.LoadReport(w, new LoadReport(ReplicaState.Ready, 3, 5, 6, 7, 0.25f, 8, 256, 9)));
         var expected = Hex("""
-            20000000 85 00 0000 0000000000000000
+            24000000 85 00 0000 0000000000000000
             01 00 0300 05000000 06000000 07000000 0000803E 08000000 00010000 09000000
+            0000 0000
             """);
         Assert.That(actual, Is.EqualTo(expected));
     }

@@ -13,7 +13,14 @@ public sealed class BurstControllerTests
 
     private static readonly long T0 = Ms(1_000_000);
 
-    private static BurstController Controller(BurstMode initial = BurstMode.Normal) => new(new BurstOptions(), initial);
+    // Utilization thresholds written out (0.9/0.75 surge, 0.98/0.9 emergency) so the rules are checked on round
+    // figures whatever the defaults are.
+    private static readonly BurstOptions Thresholds = new()
+    {
+        SurgeEnterUtilization = 0.9, SurgeExitUtilization = 0.75, EmergencyEnterUtilization = 0.98, EmergencyExitUtilization = 0.9,
+    };
+
+    private static BurstController Controller(BurstMode initial = BurstMode.Normal) => new(Thresholds, initial);
 
     // The router's timer: one observation every `step` ms over [fromMs, toMs), all with the same load. The changes
     // seen, with the time (ms after T0) each came at.
@@ -195,7 +202,7 @@ public sealed class BurstControllerTests
     [Test]
     public void PinAndObserveFromTwoThreadsCountEveryChangeOnce()
     {
-        var c = new BurstController(new BurstOptions { EnterHoldMs = 0, ExitHoldMs = 0 });
+        var c = new BurstController(Thresholds with { EnterHoldMs = 0, ExitHoldMs = 0 });
         int returned = 0;
         var observer = Task.Run(() =>
         {
@@ -221,10 +228,10 @@ public sealed class BurstControllerTests
         static void Refused(BurstOptions o, string name) =>
             Assert.That(() => new BurstController(o), Throws.InstanceOf<ArgumentOutOfRangeException>().With.Message.Contains(name), name);
         Refused(new BurstOptions { SurgeExitWaitMs = 250 }, "SurgeExitWaitMs must be below SurgeEnterWaitMs");
-        Refused(new BurstOptions { EmergencyExitUtilization = 0.98 }, "EmergencyExitUtilization must be below EmergencyEnterUtilization");
-        Refused(new BurstOptions { SurgeExitUtilization = 0.8, SurgeEnterUtilization = 0.7 }, "SurgeExitUtilization must be below");
+        Refused(Thresholds with { EmergencyExitUtilization = 0.98 }, "EmergencyExitUtilization must be below EmergencyEnterUtilization");
+        Refused(Thresholds with { SurgeExitUtilization = 0.8, SurgeEnterUtilization = 0.7 }, "SurgeExitUtilization must be below");
         Refused(new BurstOptions { SurgeEnterWaitMs = 1500 }, "SurgeEnterWaitMs must be at most EmergencyEnterWaitMs");
-        Refused(new BurstOptions { SurgeEnterUtilization = 0.99 }, "SurgeEnterUtilization must be at most EmergencyEnterUtilization");
+        Refused(Thresholds with { SurgeEnterUtilization = 0.99 }, "SurgeEnterUtilization must be at most EmergencyEnterUtilization");
         Refused(new BurstOptions { SurgeExitWaitMs = 500, SurgeEnterWaitMs = 600 }, "SurgeExitWaitMs must be at most EmergencyExitWaitMs");
         Refused(new BurstOptions { SurgeEnterWaitMs = double.NaN }, "SurgeEnterWaitMs");
         Refused(new BurstOptions { EmergencyEnterUtilization = -1 }, "EmergencyEnterUtilization");

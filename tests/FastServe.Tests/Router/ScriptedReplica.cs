@@ -46,6 +46,18 @@ internal sealed class ScriptedReplica : IDisposable
     /// <summary>The deadline field (ms; 0 = none) of every REQUEST received, in order.</summary>
     public readonly ConcurrentQueue<uint> Deadlines = new();
     public readonly ConcurrentQueue<ulong> Cancels = new();
+    /// <summary>Every REQUEST payload received, in order.</summary>
+    public readonly ConcurrentQueue<byte[]> Payloads = new();
+    /// <summary>The model and version it declares (protocol 1.2; empty: none, as a 1.1 replica).</summary>
+    public volatile string Model = "", ModelVersion = "";
+    /// <summary>The text of an <see cref="Reply.Ok"/> answer.</summary>
+    public volatile string Text = "x";
+    /// <summary>Mean and lowest token log-probability of its answers, sent when a request asks (flag logprobs).</summary>
+    public float LogprobMean = -0.1f, LogprobMin = -0.5f;
+    /// <summary>The device time its FINALs report, µs.</summary>
+    public uint DeviceUs = 1000;
+    /// <summary>Estimated queue wait its load reports give, ms.</summary>
+    public volatile int EstimatedWaitMs;
 
     public int OpenConnections { get { lock (_conns) return _conns.Count(c => !c.Closed); } }
     public int HeldCount => _held.Count;
@@ -54,7 +66,7 @@ internal sealed class ScriptedReplica : IDisposable
     public void ReleaseHeld()
     {
         foreach (var (id, c) in _held)
-            if (_held.TryRemove(id, out _)) c.Send(w => { Delta(w, id, Tokens); Final(w, id, WireStatus.Ok, "", Tokens); });
+            if (_held.TryRemove(id, out _)) c.Send(w => { Delta(w, id, Tokens); Final(w, id, WireStatus.Ok, "", Tokens, logprobs: true); });
     }
 
     /// <summary>Closes every connection at once (as if the process died).</summary>
@@ -77,13 +89,13 @@ internal sealed class ScriptedReplica : IDisposable
         }
     }
 
-    private static void Delta(IBufferWriter<byte> w, ulong id, int n)
+    private void Delta(IBufferWriter<byte> w, ulong id, int n)
     {
         var ids = Enumerable.Range(100, n).ToArray();
-        FrameWriter.Delta(w, id, ids, "x"u8);
+        FrameWriter.Delta(w, id, ids, System.Text.Encoding.UTF8.GetBytes(Text));
     }
 
-    private void Final(IBufferWriter<byte> w, ulong id, WireStatus status, string detail, int tokens = 0)
+    private void Final(IBufferWriter<byte> w, ulong id, WireStatus status, string detail, int tokens = 0, bool logprobs = false)
     {
         var f = new FinalInfo
         {
@@ -92,7 +104,11 @@ internal sealed class ScriptedReplica : IDisposable
             Retriable = WireNames.IsRetriable(status),
             RetryAfterMs = WireNames.IsRetriable(status) ? RetryAfterMs : 0,
             CompletionTokens = (uint)tokens,
+            HasLogprobs = logprobs,
+            LogprobMean = LogprobMean,
+            LogprobMin = LogprobMin,
         };
+        if (status == WireStatus.Ok) f.Timings[(int)Timing.Device] = DeviceUs;
         FrameWriter.Final(w, id, f, detail, status == WireStatus.Ok ? "" : "scripted");
     }
 
@@ -161,7 +177,7 @@ internal sealed class ScriptedReplica : IDisposable
             switch (h.Type)
             {
                 case FrameType.Hello:
-                    Send(w => FrameWriter.HelloOk(w, new HelloOk(1, 0, Wire.DefaultMaxFrame, 2047, 1024, 60_000, 2048, owner.Name)));
+                    Send(w => FrameWriter.HelloOk(w, new HelloOk(1, 2, Wire.DefaultMaxFrame, 2047, 1024, 60_000, 2048, owner.Name, owner.Model, owner.ModelVersion)));
                     break;
                 case FrameType.LoadQuery:
                 {
@@ -181,17 +197,19 @@ internal sealed class ScriptedReplica : IDisposable
                 {
                     ulong id = h.Id;
                     owner.Deadlines.Enqueue(BitConverter.ToUInt32(payload, 24));
+                    owner.Payloads.Enqueue(payload);
                     owner.Requests.Enqueue(id);
+                    bool lp = (payload[29] & (byte)RequestFlags.Logprobs) != 0;
                     switch (owner.OnRequest(id))
                     {
-                        case Reply.Ok: Send(w => { Delta(w, id, owner.Tokens); owner.Final(w, id, WireStatus.Ok, "", owner.Tokens); }); break;
+                        case Reply.Ok: Send(w => { owner.Delta(w, id, owner.Tokens); owner.Final(w, id, WireStatus.Ok, "", owner.Tokens, lp); }); break;
                         case Reply.Overloaded: Send(w => owner.Final(w, id, WireStatus.Overloaded, "engine.queue_full")); break;
                         case Reply.Draining: Send(w => owner.Final(w, id, WireStatus.Draining, "server.draining")); break;
                         case Reply.Internal: Send(w => owner.Final(w, id, WireStatus.Internal, "engine.failed")); break;
                         case Reply.Hold: owner._held[id] = this; break;
                         case Reply.StreamThenHold:
                             owner._held[id] = this;
-                            Send(w => Delta(w, id, 1));
+                            Send(w => owner.Delta(w, id, 1));
                             break;
                     }
                     break;
@@ -203,7 +221,7 @@ internal sealed class ScriptedReplica : IDisposable
             }
         }
 
-        private LoadReport Report() => new(owner.State, 1, owner._held.Count, 0, owner._held.Count, 1f, 0, 64, 0);
+        private LoadReport Report() => new(owner.State, 1, owner._held.Count, 0, owner._held.Count, 1f, owner.EstimatedWaitMs, 64, 0, owner.Model, owner.ModelVersion);
     }
 
     public void Dispose()

@@ -50,6 +50,12 @@ internal static class CliApp
         {
             return Output.Fail(e, JsonRequested(args));
         }
+        catch (OperationCanceledException)
+        {
+            // Ctrl+C or SIGTERM stopped a command that was waiting (bench, client, admin): not a fault.
+            Console.Error.WriteLine("error[interrupted]: stopped by a signal before it finished");
+            return 130;
+        }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             return Output.Fail(new FastServeException("io.error", e.Message), JsonRequested(args));

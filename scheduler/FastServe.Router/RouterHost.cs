@@ -367,35 +367,44 @@ public sealed class RouterHost : IAsyncDisposable
         Interlocked.Increment(ref _requests);
         Interlocked.Increment(ref _inFlight);
         _budget.Deposit();
+        // The mirror is made before the request leaves: once it has, its replica may answer (and the router release
+        // it) before this thread looks at it again.
+        var mirror = shadow is null ? null : PrepareMirror(req, shadow, now);
         switch (Forward(req, now, touched))
         {
             case SendResult.Sent:
-                if (shadow is not null) Mirror_(req, shadow, now, touched);
+                if (mirror is not null) SendMirror(req, mirror, now, touched);
                 return;
-            case SendResult.TooLarge: FinishTooLarge(req); return;
-            case SendResult.Cancelled: FinishWith(req, WireStatus.Cancelled, false, 0, "request.cancelled", "cancelled before it reached a replica"); return;
-            default: FinishNoEndpoint(req); return;
+            case SendResult.TooLarge: DropMirror(req, mirror, ShadowDrop.Failed); FinishTooLarge(req); return;
+            case SendResult.Cancelled:
+                DropMirror(req, mirror, ShadowDrop.Failed);
+                FinishWith(req, WireStatus.Cancelled, false, 0, "request.cancelled", "cancelled before it reached a replica");
+                return;
+            default: DropMirror(req, mirror, ShadowDrop.Failed); FinishNoEndpoint(req); return;
         }
     }
 
-    // Sends a mirror of a just-forwarded request to its model's shadow version: never waited for, never retried;
-    // dropped (and counted) when too many mirrors are out or the shadow pool cannot take it without queueing.
-    private void Mirror_(RoutedRequest primary, ShadowRule rule, long now, HashSet<UpstreamConnection> touched)
+    // A mirror of a request about to be forwarded, for its model's shadow version, with a slot reserved; null (and
+    // counted) when too many mirrors are out.
+    private RoutedRequest? PrepareMirror(RoutedRequest primary, ShadowRule rule, long now)
     {
-        if (primary.Pool.Model is not { } model || !Mirror.TryReserve()) return;
-        var pool = new PoolKey(model, rule.Version);
-        Endpoint? e;
-        lock (primary.Lock) e = _balancer.Pick(Fleet.Endpoints, now, model: pool.Model, version: pool.Version);
-        if (e is null || e.LastReport.Report.Queued > 0 || ChooseConnection(e) is not { } conn)
+        if (primary.Pool.Model is not { } model || !Mirror.TryReserve()) return null;
+        var pair = new ShadowPair(model, rule.Version, ShadowMirror.PromptOf(primary.Payload), primary.Received);
+        primary.Pair = pair;
+        return RoutedRequest.MirrorOf(primary, new PoolKey(model, rule.Version), pair, now);
+    }
+
+    // Sends a mirror, fire and forget: never waited for, never retried; dropped (and counted) when the shadow pool
+    // has no replica that can take it without queueing.
+    private void SendMirror(RoutedRequest primary, RoutedRequest mirror, long now, HashSet<UpstreamConnection> touched)
+    {
+        var pool = mirror.Pool;
+        var e = _balancer.Pick(Fleet.Endpoints, now, model: pool.Model, version: pool.Version);
+        if (e is null || e.LastReport.Report.Queued > 0 || ChooseConnection(e) is not { } conn || mirror.Length > conn.MaxFrame)
         {
-            Mirror.Release();
-            Mirror.Drop(ShadowDrop.Saturated);
+            DropMirror(primary, mirror, ShadowDrop.Saturated);
             return;
         }
-        var pair = new ShadowPair(model, rule.Version, ShadowMirror.PromptOf(primary.Payload), primary.Received);
-        var mirror = RoutedRequest.MirrorOf(primary, pool, pair, now);
-        if (mirror.Length > conn.MaxFrame) { mirror.Release(); Mirror.Release(); Mirror.Drop(ShadowDrop.Saturated); return; }
-        primary.Pair = pair;
         ulong rid = (ulong)Interlocked.Increment(ref _nextId);
         lock (mirror.Lock)
         {
@@ -403,13 +412,16 @@ public sealed class RouterHost : IAsyncDisposable
             mirror.RouterId = rid;
             mirror.Attempts = 1;
         }
-        if (!conn.TrySend(mirror, rid, touched))
-        {
-            primary.Pair = null;
-            mirror.Release();
-            Mirror.Release();
-            Mirror.Drop(ShadowDrop.Saturated);
-        }
+        if (!conn.TrySend(mirror, rid, touched)) DropMirror(primary, mirror, ShadowDrop.Saturated);
+    }
+
+    private void DropMirror(RoutedRequest primary, RoutedRequest? mirror, ShadowDrop why)
+    {
+        if (mirror is null) return;
+        primary.Pair = null;    // the primary may be finishing meanwhile: then its pair is simply never completed
+        mirror.Release();
+        Mirror.Release();
+        Mirror.Drop(why);
     }
 
     // A mirror's FINAL: its side of the pair; the comparison when the primary has ended too.

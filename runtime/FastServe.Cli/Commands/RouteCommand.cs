@@ -126,33 +126,41 @@ internal static class RouteCommand
                 throw new FastServeException(e.Code, e.Message, "--endpoints");
             }
 
-            var router = new RouterHost(new RouterOptions
+            RouterHost router;
+            try
             {
-                Host = h,
-                Port = port,
-                Policy = pol,
-                SlowStartMs = ss,
-                MaxAttempts = ma,
-                RetryBudgetRatio = rbp / 100.0,
-                MinRetriesPerSecond = mrs,
-                RetryJitterMs = rj,
-                ConnectionsPerEndpoint = cpe,
-                MaxEjectedPercent = mep,
-                GraceMs = g,
-                MaxInFlight = mif,
-                MaxFrame = mf,
-                MaxHeldBytes = mhb,
-                Name = routerName,
-                Log = log,
-                DefaultModel = dm,
-                AdminToken = adminToken,
-                ConfigPath = configPath,
-                ShadowLogPath = r.GetValue(shadowLog),
-                ShadowMaxInFlight = sm,
-                CostPerHour = cph,
-                Canary = canary,
-                OnEvent = onEvent,
-            }, source);
+                router = new RouterHost(new RouterOptions
+                {
+                    Host = h,
+                    Port = port,
+                    Policy = pol,
+                    SlowStartMs = ss,
+                    MaxAttempts = ma,
+                    RetryBudgetRatio = rbp / 100.0,
+                    MinRetriesPerSecond = mrs,
+                    RetryJitterMs = rj,
+                    ConnectionsPerEndpoint = cpe,
+                    MaxEjectedPercent = mep,
+                    GraceMs = g,
+                    MaxInFlight = mif,
+                    MaxFrame = mf,
+                    MaxHeldBytes = mhb,
+                    Name = routerName,
+                    Log = log,
+                    DefaultModel = dm,
+                    AdminToken = adminToken,
+                    ConfigPath = configPath,
+                    ShadowLogPath = r.GetValue(shadowLog),
+                    ShadowMaxInFlight = sm,
+                    CostPerHour = cph,
+                    Canary = canary,
+                    OnEvent = onEvent,
+                }, source);
+            }
+            catch (IOException e) when (r.GetValue(shadowLog) is { } sl)
+            {
+                throw new FastServeException("route.shadow_log_failed", $"cannot open the shadow log for appending: {e.Message}", sl);
+            }
             try
             {
                 router.StartAsync().GetAwaiter().GetResult();

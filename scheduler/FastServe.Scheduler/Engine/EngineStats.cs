@@ -44,8 +44,9 @@ public sealed record EngineStats
     /// <summary>Device time running steps, and device time idle between steps while the engine had work.</summary>
     public double DeviceBusySeconds { get; init; }
     public double DeviceIdleSeconds { get; init; }
-    /// <summary>Device busy time charged to no request: rows computed for a sequence that had already ended when its
-    /// step did (with overlap, the step after a request's last token is already running with that request in it).
+    /// <summary>Device busy time charged to no request: steps in which every row was computed for a sequence that had
+    /// already ended (with overlap, the step after the last request's last token is already running). Rows of ended
+    /// sequences in a step that also ran live ones are shared by those.
     /// The sum of every <see cref="RequestResult.DeviceTime"/> and this is <see cref="DeviceBusySeconds"/>.</summary>
     public double DeviceUnattributedSeconds { get; init; }
     /// <summary>Scheduler-thread CPU time spent scheduling and post-processing (not waiting on the device).</summary>

@@ -112,7 +112,8 @@ public sealed record RequestResult
     /// <summary>Times this request was preempted (its KV dropped and later recomputed).</summary>
     public int Preemptions { get; init; }
     /// <summary>The device time this request cost: over every step that computed rows for it (prefill chunks, decode
-    /// rows, recomputes after a preemption), the step's forward time × its rows / the step's rows. Summed over all
+    /// rows, recomputes after a preemption), the step's forward time × its rows / the step's rows of requests still
+    /// running (rows computed for a request that had already ended are shared by the others). Summed over all
     /// requests, plus <see cref="EngineStats.DeviceUnattributedSeconds"/>, it is the engine's device busy time.</summary>
     public TimeSpan DeviceTime { get; init; }
     public RequestTimestamps Timestamps { get; init; }

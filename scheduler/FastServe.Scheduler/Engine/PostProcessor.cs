@@ -74,27 +74,35 @@ internal sealed class PostProcessor
     }
 
     // Each request pays for the rows the step computed for it: its token-weighted share of the step's device time,
-    // charged before any result of this step is sent. Rows of a sequence that ended before the step did (a pending
-    // token after EOS, a cancel) belong to no request; they are counted as unattributed.
+    // charged before any result of this step is sent. Rows of a sequence that ended before the step did (with the
+    // overlap, the row launched after its EOS; a cancel) can no longer be charged to their request, whose FINAL has
+    // gone: they are overhead of the step, shared by the requests still running in it, so the requests' charges add
+    // up to the busy time. Only a step in which no request is left is unattributed.
     private void ChargeDeviceTime(StepPlan plan)
     {
         var b = plan.Batch;
         long busy = b.EndTicks - b.StartTicks;
         int n = b.Layout.SequenceCount;
         if (busy <= 0 || b.TokenCount == 0) { Array.Clear(plan.RowSeq, 0, n); return; }
-        double perRow = busy / (double)b.TokenCount;
-        double unattributed = busy;
+        int liveRows = 0;
+        for (int i = 0; i < n; i++)
+            if (Live(plan, i)) liveRows += b.Layout.RowCount(i);
+        if (liveRows == 0)
+        {
+            Array.Clear(plan.RowSeq, 0, n);
+            _counters.CountUnattributedDevice(busy);
+            return;
+        }
+        double perRow = busy / (double)liveRows;
         for (int i = 0; i < n; i++)
         {
-            var s = plan.RowSeq[i];
+            if (Live(plan, i)) plan.RowSeq[i]!.DeviceTicks += perRow * b.Layout.RowCount(i);
             plan.RowSeq[i] = null;
-            if (s is null || s.Uid != plan.RowUid[i] || s.State == SeqState.Done) continue;
-            double share = perRow * b.Layout.RowCount(i);
-            s.DeviceTicks += share;
-            unattributed -= share;
         }
-        _counters.CountUnattributedDevice(Math.Max(0, unattributed));
     }
+
+    private static bool Live(StepPlan plan, int i) =>
+        plan.RowSeq[i] is { } s && s.Uid == plan.RowUid[i] && s.State != SeqState.Done;
 
     private static bool StopHit(Sequence s, int tok)
     {

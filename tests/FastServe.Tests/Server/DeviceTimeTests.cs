@@ -38,6 +38,7 @@ public class DeviceTimeTests
         double unpaid = m["fastserve_device_unattributed_seconds_total"] - before["fastserve_device_unattributed_seconds_total"];
         Assert.That(busy, Is.GreaterThan(0));
         Assert.That(told + unpaid, Is.EqualTo(busy).Within(0.02 * busy), "shares plus unattributed rows are the busy time");
+        Assert.That(told, Is.EqualTo(busy).Within(0.02 * busy), "the requests alone reconcile with the busy time within 2 %");
     }
 
     private static Dictionary<string, double> Scrape(int port)

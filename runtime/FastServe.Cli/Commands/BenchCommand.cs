@@ -56,11 +56,12 @@ internal static class BenchCommand
         var json = new Option<bool>("--json") { Description = "Print one JSON document instead of tables" };
         var outJson = new Option<string?>("--out-json") { Description = "Also write the JSON document to this file" };
         var prompt = new Option<string[]>("--prompt") { Description = "Use these prompts (repeatable) instead of the grammar-correction corpus, e.g. a one-token prompt to measure the frontend", AllowMultipleArgumentsPerToken = false };
+        var (model, modelVersion, _) = ClientCommand.RouteOptions();
 
         var cmd = new Command("bench", "Load a FastServe server with grammar-correction requests: throughput, goodput, TTFT/TPOT/end-to-end percentiles, errors; sweeps for the highest rate meeting the SLO.");
         foreach (Option o in new Option[] { host, port, connections, rate, concurrency, profile, sweep, arrival, burstiness, duration, warmup, drain, maxTokens,
                      noIgnoreEos, temperature, deadline, noText, whole, noThrottle, throttleK, slo, maxErrors, seed, sweepStart, sweepFactor, sweepStep, sweepMax, sweepFails, sweepRefine,
-                     chart, json, outJson, prompt, costPerHour }) cmd.Add(o);
+                     chart, json, outJson, prompt, costPerHour, model, modelVersion }) cmd.Add(o);
         cmd.SetAction(async (r, ct) =>
         {
             // The generator's receive loops record outcomes and start follow-up requests without blocking, so they
@@ -139,6 +140,8 @@ internal static class BenchCommand
                     DeadlineMs = r.GetValue(deadline),
                     NoText = r.GetValue(noText),
                     Whole = r.GetValue(whole),
+                    Model = ClientCommand.CheckLabel(r.GetValue(model), "--model"),
+                    ModelVersion = ClientCommand.CheckLabel(r.GetValue(modelVersion), "--model-version"),
                 },
                 SloMs = sloMs,
                 MaxErrorRate = maxErr,

@@ -87,7 +87,7 @@ public sealed class HaproxyAgentTests
         {
             if (!hp.HasExited) hp.Kill();
             hp.WaitForExit(5000);
-            TestContext.Out.WriteLine(hpErr.ToString());
+            lock (hpErr) TestContext.Out.WriteLine(hpErr.ToString());
         }
     }
 }

@@ -67,21 +67,41 @@ if ! command -v dotnet >/dev/null 2>&1; then
   exit 1
 fi
 
-log "publishing NativeAOT executable -> dist/fastserve"
+# NativeAOT fixes the instruction set at compile time, so there are two builds of the same sources: fastserve-v4
+# (x86-64-v4, AVX-512 kernels) and fastserve-v3 (x86-64-v3, AVX2 + FMA kernels). dist/fastserve is a small C launcher
+# that checks CPUID as the .NET runtime does and execs the best one this processor runs (same pid, arguments, exit
+# status), or says in one line which features a pre-AVX2 processor lacks (docs/portability.md). Each level has its own
+# object and link directories (FastServeX86Level in the csproj), so a build with no source change redoes neither.
+log "publishing NativeAOT executables -> dist/fastserve-v4, dist/fastserve-v3 (launcher: dist/fastserve)"
 mkdir -p build dist
 # The fingerprint of the sources as they are now, stamped next to the binary only once it is published (a failed
 # publish leaves no stamp): the end-to-end tests refuse a dist/fastserve whose stamp differs from the checkout's
-# (tests/sources-fingerprint.sh, tests/FastServe.Tests/DistBinary.cs).
+# (tests/sources-fingerprint.sh, tests/FastServe.Tests/DistBinary.cs). It covers the launcher (under runtime/).
 fingerprint=$(tests/sources-fingerprint.sh)
 rm -f dist/fastserve.sources-sha256
-if ! dotnet publish runtime/FastServe.Cli/FastServe.Cli.csproj -c Release -r linux-x64 -o dist -nologo -v q \
-     -p:DebugType=none >build/publish.log 2>&1; then
-  cat build/publish.log >&2
-  log "publish failed"
-  exit 1
-fi
-test -x dist/fastserve || { log "dist/fastserve was not produced"; exit 1; }
+for level in v4 v3; do
+  if ! dotnet publish runtime/FastServe.Cli/FastServe.Cli.csproj -c Release -r linux-x64 -o "build/publish/x86-64-$level" \
+       -nologo -v q -p:DebugType=none -p:FastServeX86Level="$level" >"build/publish-$level.log" 2>&1; then
+    cat "build/publish-$level.log" >&2
+    log "publish failed (x86-64-$level)"
+    exit 1
+  fi
+  test -x "build/publish/x86-64-$level/fastserve" || { log "the x86-64-$level build was not produced"; exit 1; }
+done
+mkdir -p build/launcher
+clang -O2 -std=c11 -Wall -Wextra -Werror -march=x86-64 -mtune=generic -o build/launcher/fastserve \
+  runtime/FastServe.Launcher/launcher.c || { log "launcher compile failed"; exit 1; }
+# Into dist/ by rename, so a dist/fastserve* that is running (a replica) is replaced, not written over. The rest of
+# the publish output (the chart libraries) is the same for both levels.
+install_file() { cp -p "$1" "$2.tmp.$$" && mv -f "$2.tmp.$$" "$2"; }
+for f in build/publish/x86-64-v4/*; do
+  [ "$(basename "$f")" = fastserve ] || install_file "$f" "dist/$(basename "$f")"
+done
+install_file build/publish/x86-64-v4/fastserve dist/fastserve-v4
+install_file build/publish/x86-64-v3/fastserve dist/fastserve-v3
+install_file build/launcher/fastserve dist/fastserve
 echo "$fingerprint" >dist/fastserve.sources-sha256
+log "dist/fastserve $(stat -c %s dist/fastserve) B, dist/fastserve-v4 $(stat -c %s dist/fastserve-v4) B, dist/fastserve-v3 $(stat -c %s dist/fastserve-v3) B"
 
 # Native kernels (CUDA): CMake reports and skips cleanly when no CUDA compiler is present. Any compile error fails
 # the build. With FASTSERVE_CUDA=1 (or under CI) a missing library after the build is an error too.

@@ -18,12 +18,15 @@ filter=${1:-}
 
 ./build.sh || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
 
-# Real peers the end-to-end tests talk to over loopback (HAProxy for the agent check, dnsmasq for DNS discovery), and
-# python3 for the tests of bench/gpu/fastserve_abi.py (the GPU scripts' view of the C ABI).
+# Real peers the end-to-end tests talk to over loopback (HAProxy for the agent check, dnsmasq for DNS discovery),
+# python3 for the tests of bench/gpu/fastserve_abi.py (the GPU scripts' view of the C ABI), and qemu-user, whose
+# qemu-x86_64 -cpu Haswell|Nehalem|... runs dist/fastserve as on processors without AVX-512 or AVX2
+# (tests/FastServe.Tests/Portability, docs/portability.md).
 need=()
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v qemu-x86_64 >/dev/null 2>&1 || need+=(qemu-user)
 if [ ${#need[@]} -gt 0 ] && [ "${FASTSERVE_SKIP_APT:-0}" != 1 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1 || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"; }

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Text.Json;
 using FastServe.Runtime;
 using FastServe.Runtime.Backends;
+using FastServe.Runtime.Backends.Cpu;
 using FastServe.Runtime.Backends.Reference;
 using Spectre.Console;
 
@@ -51,14 +52,16 @@ internal static class CheckBackendCommand
             });
             int failed = results.Count(x => x.Outcome == CheckOutcome.Fail);
             int skipped = results.Count(x => x.Outcome == CheckOutcome.Skip);
-            if (json) WriteJson(name, seed, results, failed, skipped);
-            else WriteTable(name, seed, results, failed, skipped);
+            // The CPU backend's kernel path (avx512, avx2, portable): which build of fastserve ran is part of what passed.
+            string? isa = backend is CpuBackend cpu ? cpu.Isa : null;
+            if (json) WriteJson(name, isa, seed, results, failed, skipped);
+            else WriteTable(name, isa, seed, results, failed, skipped);
             return failed == 0 ? 0 : 1;
         });
         return cmd;
     }
 
-    private static void WriteJson(string backend, int seed, List<CheckResult> results, int failed, int skipped)
+    private static void WriteJson(string backend, string? isa, int seed, List<CheckResult> results, int failed, int skipped)
     {
         static void Num(Utf8JsonWriter w, string name, double v)
         {
@@ -68,6 +71,7 @@ internal static class CheckBackendCommand
         Output.WriteJson(w =>
         {
             w.WriteString("backend", backend);
+            if (isa is not null) w.WriteString("isa", isa);
             w.WriteNumber("seed", seed);
             w.WriteBoolean("passed", failed == 0);
             w.WriteNumber("cases", results.Count);
@@ -92,7 +96,7 @@ internal static class CheckBackendCommand
         });
     }
 
-    private static void WriteTable(string backend, int seed, List<CheckResult> results, int failed, int skipped)
+    private static void WriteTable(string backend, string? isa, int seed, List<CheckResult> results, int failed, int skipped)
     {
         static string E(double v) => double.IsNaN(v) ? "-" : double.IsInfinity(v) ? "inf" : v == 0 ? "0" : v.ToString("0.00e+00", System.Globalization.CultureInfo.InvariantCulture);
         // Piped output has no terminal width; keep one case per line instead of Spectre's 80-column default.
@@ -110,7 +114,7 @@ internal static class CheckBackendCommand
             t.AddRow(Markup.Escape(x.Op), Markup.Escape(x.Shape), Markup.Escape(x.DType), E(x.MaxAbsError), E(x.MaxRelError), E(x.Nrmse), E(x.Tolerance), outcome);
         }
         AnsiConsole.Write(t);
-        AnsiConsole.MarkupLine($"backend [bold]{Markup.Escape(backend)}[/], seed {seed}: {results.Count - failed - skipped} passed, " +
+        AnsiConsole.MarkupLine($"backend [bold]{Markup.Escape(backend)}[/]{(isa is null ? "" : $" ({isa})")}, seed {seed}: {results.Count - failed - skipped} passed, " +
             $"{(failed > 0 ? $"[red]{failed} failed[/]" : "0 failed")}, {skipped} skipped");
     }
 }

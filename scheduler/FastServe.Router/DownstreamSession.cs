@@ -46,7 +46,7 @@ internal sealed class DownstreamSession : FrameSession<RoutedRequest>
         if (_router.IsDraining) { Reject(id, WireStatus.Draining, "router.draining", "the router is draining; send the request elsewhere", 0); return; }
         var d = _router.Decide(v);
         if (d.Rejected) { Reject(id, d.RejectStatus, d.RejectCode, d.RejectMessage, d.RetryAfterMs); return; }
-        var req = new RoutedRequest(this, id, h.Flags, payload, now, _opt.MaxAttempts, v.RouteOffset, d.Pool, d.Shaping) { Tier = d.Tier };
+        var req = new RoutedRequest(this, id, h.Flags, payload, now, _opt.MaxAttempts, v.RouteOffset, d.Pool, d.Shaping) { Tier = d.Tier, DrawnVersion = d.DrawnVersion };
         AddInFlight(id, req);
         _router.Admit(req, now, _touched, d.Shadow);
     }

@@ -69,6 +69,9 @@ internal sealed class RoutedRequest
     /// <summary>The pool it is sent to (every attempt; a tier's escalation moves it to the strong pool). Written only
     /// by whoever owns the request (see remarks).</summary>
     public PoolKey Pool;
+    /// <summary>The version in <see cref="Pool"/> was drawn by the model's traffic split, not named by the client: when
+    /// no replica of it can take the request, another version of the model may.</summary>
+    public bool DrawnVersion;
     /// <summary>The cascade tier it runs under (null: none): its output is held until its FINAL decides whether it
     /// is escalated.</summary>
     public TierRule? Tier;

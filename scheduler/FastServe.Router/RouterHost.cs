@@ -303,7 +303,7 @@ public sealed class RouterHost : IAsyncDisposable
 
     /// <summary>Where a request goes and what the router changes in it, or why it is refused at once.</summary>
     internal readonly record struct RouteDecision(PoolKey Pool, RequestShaping Shaping, TierRule? Tier, ShadowRule? Shadow,
-        WireStatus RejectStatus = WireStatus.Ok, string RejectCode = "", string RejectMessage = "", uint RetryAfterMs = 0)
+        WireStatus RejectStatus = WireStatus.Ok, string RejectCode = "", string RejectMessage = "", uint RetryAfterMs = 0, bool DrawnVersion = false)
     {
         public bool Rejected => RejectStatus != WireStatus.Ok;
 
@@ -347,18 +347,22 @@ public sealed class RouterHost : IAsyncDisposable
                 return RouteDecision.Reject(WireStatus.Unavailable, "router.no_endpoint",
                     $"no replica serving '{pool.Model}' is known yet; some have not answered", (uint)Options.NoEndpointRetryAfterMs);
         }
+        bool drawnVersion = false;
         if (pool is { Model: { } m, Version: null } && table.Splits.TryGetValue(m, out var split))
         {
             string drawn = split.Sticky && !v.RouteKey.IsEmpty ? split.Pick(TrafficSplit.HashKey(v.RouteKey)) : split.Pick(JitterUnit());
             // A split naming a version no replica serves (yet) leaves the request to the whole model.
-            if (Routes.Knows(m, drawn)) pool = pool with { Version = drawn };
+            if (Routes.Knows(m, drawn)) { pool = pool with { Version = drawn }; drawnVersion = true; }
         }
         ShadowRule? shadow = null;
-        if (tier is null && policy.ShadowOn && pool.Model is { } pm && table.Shadows.TryGetValue(pm, out var sr)
+        if (tier is null && pool.Model is { } pm && table.Shadows.TryGetValue(pm, out var sr)
             && sr.Version != pool.Version && JitterUnit() * 100 < sr.Percent)
-            shadow = sr;
+        {
+            if (policy.ShadowOn) shadow = sr;
+            else Mirror.Drop(ShadowDrop.BurstMode);
+        }
         var shaping = new RequestShaping(policy, Logprobs: tier is not null || shadow is not null);
-        return new RouteDecision(pool, shaping, tier, shadow);
+        return new RouteDecision(pool, shaping, tier, shadow, DrawnVersion: drawnVersion);
     }
 
     /// <summary>A new request from a session (already registered there): forward it, or answer it at once.</summary>
@@ -445,6 +449,9 @@ public sealed class RouterHost : IAsyncDisposable
                 var tried = req.Tried.AsSpan(0, req.TriedCount);
                 var pool = req.Pool;
                 e = _balancer.Pick(endpoints, now, tried, model: pool.Model, version: pool.Version);
+                // A version the split drew (not one the client named) whose replicas cannot take it now (ejected,
+                // draining, down): the model's other versions can.
+                if (e is null && req.DrawnVersion) e = _balancer.Pick(endpoints, now, tried, model: pool.Model);
                 if (e is null && _fallback is { Length: > 0 } fallback) e = _balancer.Pick(fallback, now, tried, leaving: true, model: pool.Model, version: pool.Version);
             }
             if (e is null) return SendResult.NoEndpoint;
@@ -548,6 +555,7 @@ public sealed class RouterHost : IAsyncDisposable
             && f.HasLogprobs && f.LogprobMin < tier.Threshold && StrongCanServe(tier, now))
         {
             req.Escalated = true;
+            req.DrawnVersion = false;
             req.PriorDeviceUs += f.Timings[(int)Timing.Device];
             req.Pool = new PoolKey(tier.StrongModel, tier.StrongVersion);
             Interlocked.Increment(ref _escalations);

@@ -151,6 +151,24 @@ public sealed class RouterTrafficTests
     }
 
     [Test]
+    public async Task ASplitVersionThatCannotServeLeavesItsRequestsToTheModelsOtherVersions()
+    {
+        var v1 = Replica("gec", "v1");
+        var v2 = Replica("gec", "v2");
+        await using var router = await StartWith(Opt(), v1, v2);
+        await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port);
+        await c.AdminAsync(Token, "split gec v1=0,v2=100");
+        v2.State = FastServe.Protocol.ReplicaState.Draining;
+        await Until(() => !router.Fleet.Endpoints.Single(e => e.ModelVersion == "v2").IsEligible(System.Diagnostics.Stopwatch.GetTimestamp()), "v2 draining");
+        var results = await Task.WhenAll(Enumerable.Range(0, 20).Select(_ => c.CompleteAsync(Named("gec"))));
+        Assert.That(results.All(r => r.IsOk), "the drawn version drains: v1 takes its requests");
+        Assert.That(v1.Requests.Count, Is.EqualTo(20));
+        // A version the client names is held to: nothing else may answer for it.
+        var named = await c.CompleteAsync(Named("gec", "v2"));
+        Assert.That((named.Status, named.Detail), Is.EqualTo((WireStatus.Unavailable, "router.no_endpoint")));
+    }
+
+    [Test]
     public async Task ACanaryThatFailsIsRolledBackWithAnEventAndItsShareGoesToZero()
     {
         var stable = Replica("gec", "v1");
@@ -262,6 +280,12 @@ public sealed class RouterTrafficTests
                 Assert.That((t.Model, t.Primary, t.Shadow, t.Matches), Is.EqualTo(("gec", "v1", "v2", 0L)));
                 // Mirrors run at batch priority and ask for log-probabilities.
                 Assert.That(shadow.Payloads.All(p => p[28] == 1 && (p[29] & (byte)RequestFlags.Logprobs) != 0));
+
+                // Surge turns shadows off; the mirrors it would have sent are counted.
+                await c.AdminAsync(Token, "mode surge");
+                for (int i = 0; i < 5; i++) Assert.That((await c.CompleteAsync(Named("gec"))).IsOk);
+                Assert.That(router.Mirror.Dropped(FastServe.Router.Shadow.ShadowDrop.BurstMode), Is.EqualTo(5));
+                await c.AdminAsync(Token, "mode normal");
 
                 // A shadow that never answers: the clients are not held up, and the mirrors are bounded.
                 shadow.OnRequest = _ => Reply.Hold;

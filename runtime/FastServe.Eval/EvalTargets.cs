@@ -55,19 +55,34 @@ public sealed class EngineEvalTarget(InferenceEngine engine, TextTokenizer token
 
 /// <summary>
 /// A running replica or router, over the wire protocol (batch priority, so a judged production replica serves its
-/// interactive traffic first). The protocol carries no log-probabilities, so this target reports none.
+/// interactive traffic first). From a protocol 1.2 server it asks for the log-probability summary (FINAL's mean and
+/// least token log-probability); an older server gives none. <see cref="Model"/> and <see cref="ModelVersion"/> name
+/// what a router should run (a model, a version, or a cascade tier).
 /// </summary>
 public sealed class ServerEvalTarget(FastServeClient client, int maxTokens) : IEvalTarget
 {
     /// <summary>How long a load refusal is retried before the example counts as failed.</summary>
     public TimeSpan RetryFor { get; init; } = TimeSpan.FromMinutes(5);
 
+    /// <summary>The model (or tier) every request names; null: the server's default.</summary>
+    public string? Model { get; init; }
+
+    /// <summary>The model version every request names; null: any.</summary>
+    public string? ModelVersion { get; init; }
+
+    // The summary's mean back to a sum over the generated tokens, as the engine target reports it.
+    private static double Sum(CompletionResult r) => double.IsNaN(r.LogprobMean) ? double.NaN : r.LogprobMean * r.CompletionTokens;
+
     public async Task<EvalOutput> RunAsync(string prompt, CancellationToken ct)
     {
         var request = new CompletionRequest
         {
             Prompt = prompt,
-            Params = RequestParams.Default with { MaxTokens = maxTokens, Temperature = 0, Priority = (byte)Priority.Batch },
+            Params = RequestParams.Default with
+            {
+                MaxTokens = maxTokens, Temperature = 0, Priority = (byte)Priority.Batch,
+                Logprobs = client.Server.Major == 1 && client.Server.Minor >= 2, Model = Model, ModelVersion = ModelVersion,
+            },
         };
         var until = DateTime.UtcNow + RetryFor;
         while (true)
@@ -79,7 +94,7 @@ public sealed class ServerEvalTarget(FastServeClient client, int maxTokens) : IE
                 continue;
             }
             return res.IsOk
-                ? new EvalOutput("finished", null, null, res.Text, res.FinishName, res.CompletionTokens, double.NaN, double.NaN, res.ServerTimings.DeviceUs / 1e6)
+                ? new EvalOutput("finished", null, null, res.Text, res.FinishName, res.CompletionTokens, Sum(res), res.LogprobMin, res.ServerTimings.DeviceUs / 1e6)
                 : new EvalOutput(res.StatusName, res.Detail, res.Message, res.Text, null, res.CompletionTokens, double.NaN, double.NaN, res.ServerTimings.DeviceUs / 1e6);
         }
     }

@@ -32,6 +32,8 @@ internal static class EvalCommand
         var kv = new Option<string[]>("--kv-dtype") { Description = "KV cache storage: f32 or bf16 (repeatable; default f32, bf16 on cuda)", DefaultValueFactory = _ => ["f32"] };
         var host = new Option<string?>("--host") { Description = "Also judge the server (replica or router) at this host" };
         var port = new Option<int>("--port") { Description = "Also judge the server on this TCP port (host default 127.0.0.1)", DefaultValueFactory = _ => 7700 };
+        var serverModel = new Option<string?>("--server-model") { Description = "The model (or a router's cascade tier) the server run's requests name" };
+        var serverVersion = new Option<string?>("--server-model-version") { Description = "The model version the server run's requests name" };
         var limit = new Option<int>("--limit") { Description = "Use only the first N valid examples (0 = all)" };
         var maxTokens = new Option<int>("--max-tokens") { Description = "Most tokens generated per example", DefaultValueFactory = _ => 96 };
         var concurrency = new Option<int>("--concurrency") { Description = "Examples in flight at once in each run", DefaultValueFactory = _ => 256 };
@@ -39,7 +41,7 @@ internal static class EvalCommand
         var cascade = new Option<bool>("--cascade") { Description = "With two --model (cheap first, then strong): the cascade that escalates low-confidence cheap answers, at a range of thresholds" };
         var cmd = new Command("eval", "Judge grammar corrections: exact match, edit precision/recall/F0.5, copy rate and log-probabilities, for several models or settings side by side.");
         e.AddTo(cmd, variants: true);
-        foreach (Option o in new Option[] { data, models, quantize, scheme, kv, host, port, limit, maxTokens, concurrency, results, cascade }) cmd.Add(o);
+        foreach (Option o in new Option[] { data, models, quantize, scheme, kv, host, port, serverModel, serverVersion, limit, maxTokens, concurrency, results, cascade }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             bool json = e.Json(r);
@@ -71,11 +73,13 @@ internal static class EvalCommand
             {
                 string h = r.GetValue(host) ?? "127.0.0.1";
                 int p = ClientCommand.ParsePort(r.GetValue(port));
-                string label = $"server {h}:{p}";
+                string? sm = ClientCommand.CheckLabel(r.GetValue(serverModel), "--server-model");
+                string? sv = ClientCommand.CheckLabel(r.GetValue(serverVersion), "--server-model-version");
+                string label = $"server {h}:{p}{(sm is null ? "" : $" {sm}")}{(sv is null ? "" : $"@{sv}")}";
                 var client = ClientCommand.Connect(h, p, new FastServeClientOptions { ClientName = "fastserve-eval" }, CancellationToken.None).GetAwaiter().GetResult();
                 try
                 {
-                    runs.Add((label, null, Run(label, new ServerEvalTarget(client, n), examples, conc, sink, json).Item1));
+                    runs.Add((label, null, Run(label, new ServerEvalTarget(client, n) { Model = sm, ModelVersion = sv }, examples, conc, sink, json).Item1));
                 }
                 finally { client.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
             }
@@ -383,6 +387,7 @@ internal static class EvalCommand
                 w.WriteEndObject();
             }
             w.WriteNumber("tokens", o.Tokens);
+            w.WriteNumber("device_ms", o.DeviceSeconds * 1000);
             if (!double.IsNaN(o.LogprobSum) && o.Tokens > 0)
             {
                 w.WriteNumber("mean_logprob", o.LogprobSum / o.Tokens);

@@ -3,12 +3,14 @@
 # (FP8), a router with `tier gec gec-tiny gec-small THRESHOLD`, and `fastserve eval` over the held-out set through
 # the router, naming the tier, then each model alone through the same router; the router's escalation count at the end.
 # Compare with the offline `eval --cascade` table in docs/benchmarks.md.
-# Usage: bench/router/cascade-eval.sh [RESULTS_DIR]   Knobs: THRESHOLD (-0.91), LIMIT (examples, 0 = all 1,200).
+# Usage: bench/router/cascade-eval.sh [RESULTS_DIR]   Knobs: THRESHOLD (-0.91), LIMIT (examples, 0 = all 1,200),
+# CONC (requests in flight, 1: on a CPU host both replicas share the cores, so requests running on the two at once
+# would inflate each other's device time, which on the CPU backend is the step's wall time).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-build/cascade-eval}
 mkdir -p "$out"
-THRESHOLD=${THRESHOLD:--0.91}; LIMIT=${LIMIT:-0}
+THRESHOLD=${THRESHOLD:--0.91}; LIMIT=${LIMIT:-0}; CONC=${CONC:-1}
 source bench/lib.sh
 token="$out/admin-token"
 echo "cascade-admin-$$" >"$token"
@@ -25,15 +27,15 @@ sleep 1
 
 for target in gec gec-tiny gec-small; do
   rm -f "$out/results-$target.jsonl"
-  "$fs" eval --data tools/gec/data/test.jsonl --host 127.0.0.1 --port "$router" --server-model "$target" --limit "$LIMIT" \
+  "$fs" eval --data tools/gec/data/test.jsonl --host 127.0.0.1 --port "$router" --server-model "$target" --limit "$LIMIT" --concurrency "$CONC" \
     --results "$out/results-$target.jsonl" --json >"$out/eval-$target.json"
   "$fs" admin --port "$router" --admin-token-file "$token" status >"$out/status-after-$target.json"
 done
 
-python3 - "$out" "$THRESHOLD" <<'PY'
+python3 - "$out" "$THRESHOLD" "$CONC" <<'PY'
 import json, sys
 out, threshold = sys.argv[1], sys.argv[2]
-print(f"through the router, FP8 CPU replicas, tier threshold {threshold}:")
+print(f"through the router, FP8 CPU replicas, tier threshold {threshold}, {sys.argv[3]} in flight:")
 prev = 0
 for t in ("gec", "gec-tiny", "gec-small"):
     d = json.load(open(f"{out}/eval-{t}.json"))

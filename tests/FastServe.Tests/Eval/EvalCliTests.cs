@@ -54,7 +54,9 @@ public class EvalCliTests
         using var doc = JsonDocument.Parse(res.Out);
         var runs = doc.RootElement.GetProperty("runs").EnumerateArray().ToArray();
         Assert.That(runs.Select(r => r.GetProperty("target").GetString()), Is.EqualTo(new[] { "engine", "server" }));
-        Assert.That(runs[1].GetProperty("mean_logprob").ValueKind, Is.EqualTo(JsonValueKind.Null), "the wire protocol carries no log-probabilities");
+        // A 1.2 replica returns the log-probability summary: the same model's, so the same figures as the engine run's.
+        Assert.That(runs[1].GetProperty("mean_logprob").GetDouble(), Is.EqualTo(runs[0].GetProperty("mean_logprob").GetDouble()).Within(0.01));
+        Assert.That(runs[1].GetProperty("mean_min_logprob").GetDouble(), Is.EqualTo(runs[0].GetProperty("mean_min_logprob").GetDouble()).Within(0.01));
         var lines = File.ReadAllLines(results).Select(l => JsonDocument.Parse(l).RootElement).ToArray();
         Assert.That(lines, Has.Length.EqualTo(120));
         var engine = lines.Take(60).ToArray();
@@ -64,6 +66,9 @@ public class EvalCliTests
             Assert.That(server[i].GetProperty("line").GetInt64(), Is.EqualTo(engine[i].GetProperty("line").GetInt64()));
             Assert.That(server[i].GetProperty("output").GetString(), Is.EqualTo(engine[i].GetProperty("output").GetString()),
                 $"greedy answers agree, line {engine[i].GetProperty("line")}");
+            Assert.That(server[i].GetProperty("min_logprob").GetDouble(), Is.EqualTo(engine[i].GetProperty("min_logprob").GetDouble()).Within(0.05),
+                $"least token log-probability, line {engine[i].GetProperty("line")}");
+            Assert.That(server[i].GetProperty("device_ms").GetDouble(), Is.GreaterThan(0), "each request's device time");
         }
         Assert.That(runs[1].GetProperty("exact_match").GetDouble(), Is.EqualTo(runs[0].GetProperty("exact_match").GetDouble()));
     }

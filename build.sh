@@ -6,6 +6,8 @@
 #   FASTSERVE_CUDA=1      also install Debian's CUDA toolkit (nvcc 11.8, about 2 GB, once) and clang-14 when nvcc is
 #                         missing, so the kernel library is always built; CI (CI=true) does this by default.
 #                         FASTSERVE_CUDA=0 opts out even under CI.
+#   FASTSERVE_LEVELS=v4   publish only the named x86-64 levels (default "v4 v3"); for quick iteration on a machine
+#                         that runs that level. A level not published is removed from dist/ (never a stale binary).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -79,7 +81,9 @@ mkdir -p build dist
 # (tests/sources-fingerprint.sh, tests/FastServe.Tests/DistBinary.cs). It covers the launcher (under runtime/).
 fingerprint=$(tests/sources-fingerprint.sh)
 rm -f dist/fastserve.sources-sha256
-for level in v4 v3; do
+levels="${FASTSERVE_LEVELS:-v4 v3}"
+for level in $levels; do
+  case "$level" in v3|v4) ;; *) log "FASTSERVE_LEVELS: unknown level '$level' (v3, v4)"; exit 1 ;; esac
   if ! dotnet publish runtime/FastServe.Cli/FastServe.Cli.csproj -c Release -r linux-x64 -o "build/publish/x86-64-$level" \
        -nologo -v q -p:DebugType=none -p:FastServeX86Level="$level" >"build/publish-$level.log" 2>&1; then
     cat "build/publish-$level.log" >&2
@@ -94,14 +98,16 @@ clang -O2 -std=c11 -Wall -Wextra -Werror -march=x86-64 -mtune=generic -o build/l
 # Into dist/ by rename, so a dist/fastserve* that is running (a replica) is replaced, not written over. The rest of
 # the publish output (the chart libraries) is the same for both levels.
 install_file() { cp -p "$1" "$2.tmp.$$" && mv -f "$2.tmp.$$" "$2"; }
-for f in build/publish/x86-64-v4/*; do
+first=${levels%% *}
+for f in "build/publish/x86-64-$first"/*; do
   [ "$(basename "$f")" = fastserve ] || install_file "$f" "dist/$(basename "$f")"
 done
-install_file build/publish/x86-64-v4/fastserve dist/fastserve-v4
-install_file build/publish/x86-64-v3/fastserve dist/fastserve-v3
+for level in v4 v3; do
+  case " $levels " in *" $level "*) install_file "build/publish/x86-64-$level/fastserve" "dist/fastserve-$level" ;; *) rm -f "dist/fastserve-$level" ;; esac
+done
 install_file build/launcher/fastserve dist/fastserve
 echo "$fingerprint" >dist/fastserve.sources-sha256
-log "dist/fastserve $(stat -c %s dist/fastserve) B, dist/fastserve-v4 $(stat -c %s dist/fastserve-v4) B, dist/fastserve-v3 $(stat -c %s dist/fastserve-v3) B"
+log "dist/fastserve $(stat -c %s dist/fastserve) B$(for l in v4 v3; do [ -f "dist/fastserve-$l" ] && printf ', dist/fastserve-%s %s B' "$l" "$(stat -c %s "dist/fastserve-$l")"; done)"
 
 # Native kernels (CUDA): CMake reports and skips cleanly when no CUDA compiler is present. Any compile error fails
 # the build. With FASTSERVE_CUDA=1 (or under CI) a missing library after the build is an error too.

@@ -55,12 +55,12 @@ public sealed class FastServeClient : IAsyncDisposable
 
     // The client's own frame limit is checked before appending (a request is refused, not the connection), so the
     // send buffer has none.
-    private FastServeClient(Socket socket, FastServeClientOptions options)
+    private FastServeClient(Socket socket, FastServeClientOptions options, Stream? tls)
     {
         _options = options;
         if (options.AdaptiveThrottling is { Enabled: true } t) _throttle = new AdaptiveThrottle(t);
         _conn = new FrameConnection(socket, options.MaxReceiveFrameBytes, long.MaxValue,
-            why => Close("client.send_failed", $"sending failed: {why}"), InitialBufferBytes, InitialBufferBytes);
+            why => Close("client.send_failed", $"sending failed: {why}"), InitialBufferBytes, InitialBufferBytes, tls);
         _out = _conn.Out;
     }
 
@@ -98,6 +98,8 @@ public sealed class FastServeClient : IAsyncDisposable
     /// <exception cref="FastServeClientException"><c>client.connect_failed</c> (refused, unreachable, name not found),
     /// <c>client.connect_timeout</c> (no HELLO_OK within <see cref="FastServeClientOptions.ConnectTimeout"/>),
     /// <c>client.hello_rejected</c> (the server answered ERROR; <see cref="FastServeClientException.Status"/> says why),
+    /// <c>client.unauthorized</c> (the server requires an API key and <see cref="FastServeClientOptions.ApiKey"/> is
+    /// missing or not valid), <c>client.tls_failed</c> (<see cref="FastServeClientOptions.Tls"/>: the handshake failed),
     /// <c>client.unsupported_version</c>, <c>client.protocol_error</c>.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="ct"/> was cancelled.</exception>
     public static async Task<FastServeClient> ConnectAsync(string host, int port, FastServeClientOptions? options = null, CancellationToken ct = default)
@@ -121,7 +123,13 @@ public sealed class FastServeClient : IAsyncDisposable
             {
                 throw new FastServeClientException("client.connect_failed", $"cannot connect to {host}:{port}: {e.Message}", inner: e);
             }
-            client = new FastServeClient(socket, options);
+            System.Net.Security.SslStream? tls = null;
+            if (options.Tls is { } t)
+            {
+                try { tls = await t.AuthenticateAsync(socket, host, cts.Token).ConfigureAwait(false); }
+                catch (FastServe.Protocol.Security.TlsFailedException e) { throw new FastServeClientException("client.tls_failed", e.Message, inner: e); }
+            }
+            client = new FastServeClient(socket, options, tls);
             await client.HandshakeAsync(host, port, cts.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
@@ -153,9 +161,9 @@ public sealed class FastServeClient : IAsyncDisposable
     private async Task HandshakeAsync(string host, int port, CancellationToken ct)
     {
         var hello = new ArrayBufferWriter<byte>(64);
-        FrameWriter.Hello(hello, Encoding.UTF8.GetBytes(_options.ClientName));
-        var data = hello.WrittenMemory;
-        while (!data.IsEmpty) data = data[await _conn.Socket.SendAsync(data, SocketFlags.None, ct).ConfigureAwait(false)..];
+        FrameWriter.Hello(hello, Encoding.UTF8.GetBytes(_options.ClientName), apiKey: _options.ApiKey is null ? default : Encoding.ASCII.GetBytes(_options.ApiKey));
+        try { await _conn.SendDirectAsync(hello.WrittenMemory, ct).ConfigureAwait(false); }
+        catch (IOException e) { throw new FastServeClientException("client.connect_failed", $"connection to {host}:{port} failed during the handshake: {e.Message}", inner: e); }
         var reply = new HelloReader();
         var r = await _conn.RunAsync(reply, ct).ConfigureAwait(false);
         switch (r.End)
@@ -189,8 +197,8 @@ public sealed class FastServeClient : IAsyncDisposable
                 case FrameType.Error:
                     Error = !ErrorInfo.TryParse(payload, h.Flags, out var err)
                         ? ProtocolError("malformed ERROR")
-                        : new FastServeClientException("client.hello_rejected", $"the server refused the connection: {WireNames.Of(err.Status)}: {err.Message}",
-                            err.Status, err.RetryAfterMs);
+                        : new FastServeClientException(err.Status == WireStatus.Unauthorized ? "client.unauthorized" : "client.hello_rejected",
+                            $"the server refused the connection: {WireNames.Of(err.Status)}: {err.Message}", err.Status, err.RetryAfterMs);
                     break;
                 default:
                     Error = ProtocolError($"expected HELLO_OK, got frame type 0x{(byte)h.Type:X2}");

@@ -42,6 +42,17 @@ public sealed record FastServeClientOptions
     /// </summary>
     public AdaptiveThrottleOptions? AdaptiveThrottling { get; init; } = AdaptiveThrottleOptions.Default;
 
+    /// <summary>
+    /// The API key sent in HELLO (protocol 1.3; docs/security.md), null for none. A server that requires keys refuses a
+    /// HELLO without a valid one (<c>client.unauthorized</c>); one that does not, and any server older than 1.3,
+    /// ignores it. 16 to 256 printable ASCII characters. Send it only over TLS or on a network you trust.
+    /// </summary>
+    public string? ApiKey { get; init; }
+
+    /// <summary>TLS settings (target host, trusted CAs, validation); null: plaintext. A refused certificate fails
+    /// the connect with <c>client.tls_failed</c>.</summary>
+    public FastServe.Protocol.Security.TlsClientSettings? Tls { get; init; }
+
     internal void Validate()
     {
         AdaptiveThrottling?.Validate();
@@ -50,6 +61,7 @@ public sealed record FastServeClientOptions
         if (MaxReceiveFrameBytes < 4096) throw new ArgumentOutOfRangeException(nameof(MaxReceiveFrameBytes), "must be at least 4096");
         if (KeepAliveInterval is { } k && k < TimeSpan.FromMilliseconds(10)) throw new ArgumentOutOfRangeException(nameof(KeepAliveInterval), "must be at least 10 ms");
         ArgumentNullException.ThrowIfNull(ClientName);
+        if (ApiKey is not null && FastServe.Protocol.Security.ApiKeyStore.CheckEntry("key", ApiKey) is { } bad) throw new ArgumentException(bad, nameof(ApiKey));
     }
 }
 
@@ -71,7 +83,9 @@ public sealed class FastServeClientException : Exception
     /// <summary>
     /// Stable code: <c>client.connect_failed</c>, <c>client.connect_timeout</c>, <c>client.hello_rejected</c>,
     /// <c>client.unsupported_version</c>, <c>client.protocol_error</c>, <c>client.connection_lost</c>,
-    /// <c>client.unauthorized</c>, <c>client.server_error</c>.
+    /// <c>client.unauthorized</c> (a control request's admin token, or HELLO's API key, was refused),
+    /// <c>client.tls_failed</c> (the TLS handshake failed: the server's certificate is expired, names another host or
+    /// does not chain to a trusted CA, or the server does not speak TLS), <c>client.server_error</c>.
     /// </summary>
     public string Code { get; }
 

@@ -76,14 +76,17 @@ public static class FrameWriter
         return b;
     }
 
-    public static void Hello(IBufferWriter<byte> w, ReadOnlySpan<byte> clientName, ushort major = Wire.Major, ushort minor = Wire.Minor)
+    /// <summary>HELLO: magic, version, client name and (1.3, only when not empty) the API key.</summary>
+    public static void Hello(IBufferWriter<byte> w, ReadOnlySpan<byte> clientName, ushort major = Wire.Major, ushort minor = Wire.Minor,
+        ReadOnlySpan<byte> apiKey = default)
     {
-        int n = 8 + Str16Size(clientName);
+        int n = 8 + Str16Size(clientName) + (apiKey.IsEmpty ? 0 : Str16Size(apiKey));
         var p = Begin(w, FrameType.Hello, 0, 0, n);
         BinaryPrimitives.WriteUInt32LittleEndian(p, Wire.Magic);
         BinaryPrimitives.WriteUInt16LittleEndian(p[4..], major);
         BinaryPrimitives.WriteUInt16LittleEndian(p[6..], minor);
         PutStr16(p[8..], clientName);
+        if (!apiKey.IsEmpty) PutStr16(p[(8 + Str16Size(clientName))..], apiKey);
         w.Advance(Wire.HeaderSize + n);
     }
 

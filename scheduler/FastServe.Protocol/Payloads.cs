@@ -5,22 +5,30 @@ using System.Text.Unicode;
 
 namespace FastServe.Protocol;
 
-/// <summary>A parsed HELLO (client name is a slice of the payload).</summary>
+/// <summary>A parsed HELLO (client name and API key are slices of the payload).</summary>
 public readonly ref struct HelloView
 {
     public readonly uint Magic;
     public readonly ushort Major, Minor;
     public readonly ReadOnlySpan<byte> ClientName;
+    /// <summary>Protocol 1.3: the API key after the client name; empty when the HELLO carries none (an older client,
+    /// or a client without a key).</summary>
+    public readonly ReadOnlySpan<byte> ApiKey;
 
-    public HelloView(uint magic, ushort major, ushort minor, ReadOnlySpan<byte> name) { Magic = magic; Major = major; Minor = minor; ClientName = name; }
+    public HelloView(uint magic, ushort major, ushort minor, ReadOnlySpan<byte> name, ReadOnlySpan<byte> apiKey = default)
+    {
+        Magic = magic; Major = major; Minor = minor; ClientName = name; ApiKey = apiKey;
+    }
 
     public static bool TryParse(ReadOnlySpan<byte> payload, out HelloView v)
     {
         var r = new PayloadReader(payload);
         v = default;
         if (!r.TryU32(out uint magic) || !r.TryU16(out ushort major) || !r.TryU16(out ushort minor)) return false;
-        if (!r.TryStr16(out var name)) name = default; // the name is optional
-        v = new HelloView(magic, major, minor, name);
+        // The name and (1.3) the key are optional; bytes after them are a later minor's and are ignored.
+        if (!r.TryStr16(out var name)) name = default;
+        if (!r.TryStr16(out var key)) key = default;
+        v = new HelloView(magic, major, minor, name, key);
         return true;
     }
 }

@@ -6,7 +6,7 @@ public static class Wire
     /// <summary>"FSRV" read as a little-endian u32: the first field of <c>HELLO</c>.</summary>
     public const uint Magic = 0x56525346;
     public const ushort Major = 1;
-    public const ushort Minor = 2;
+    public const ushort Minor = 3;
     /// <summary>Bytes of every frame header: u32 length, u8 type, u8 flags, u16 reserved, u64 id.</summary>
     public const int HeaderSize = 16;
     public const int DefaultMaxFrame = 1 << 20;

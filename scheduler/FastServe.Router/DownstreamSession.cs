@@ -17,7 +17,8 @@ internal sealed class DownstreamSession : FrameSession<RoutedRequest>
     private readonly RouterOptions _opt;
     private readonly HashSet<UpstreamConnection> _touched = [];         // receive loop only
 
-    public DownstreamSession(RouterHost router, Socket socket, long id) : base(socket, id, router.SessionOptions)
+    public DownstreamSession(RouterHost router, Socket socket, long id, Stream? stream = null, bool trusted = false)
+        : base(socket, id, router.SessionOptions, stream, trusted)
     {
         _router = router;
         _opt = router.Options;
@@ -26,7 +27,7 @@ internal sealed class DownstreamSession : FrameSession<RoutedRequest>
     /// <summary>The session settings of a router with <paramref name="o"/> (one object for all its sessions).</summary>
     internal static FrameSessionOptions SessionOptionsOf(RouterOptions o) =>
         new("router", o.MaxFrame, o.MaxInFlight, o.ClientSendLimitBytes, RouterOptions.Ticks(o.HelloTimeoutMs), RouterOptions.Ticks(o.FrameTimeoutMs),
-            $"a frame did not complete within {o.FrameTimeoutMs} ms", RouterOptions.Ticks(o.IdleTimeoutMs));
+            $"a frame did not complete within {o.FrameTimeoutMs} ms", RouterOptions.Ticks(o.IdleTimeoutMs), o.ApiKeys);
 
     protected override HelloOk HelloReply()
     {

@@ -284,10 +284,31 @@ public sealed class RouterHost : IAsyncDisposable
             }
             if (_draining || _stopped) { s.Dispose(); continue; }
             s.NoDelay = true;
-            var session = new DownstreamSession(this, s, Interlocked.Increment(ref _nextSession));
-            _sessions[session.Id] = session;
-            session.Start();
+            if (Options.Tls is { } tls) _ = AcceptTlsAsync(s, tls);
+            else StartSession(s, null, trusted: false);
         }
+    }
+
+    // The TLS handshake runs off the accept loop, within the HELLO timeout; a failed one closes the socket.
+    private async Task AcceptTlsAsync(Socket s, Protocol.Security.CertificateSource tls)
+    {
+        var ssl = await tls.AcceptAsync(s, TimeSpan.FromMilliseconds(Options.HelloTimeoutMs)).ConfigureAwait(false);
+        if (ssl is null || _draining || _stopped) { ssl?.Dispose(); s.Dispose(); return; }
+        StartSession(s, ssl, trusted: false);
+    }
+
+    /// <summary>
+    /// Serves a connection the router's own process opened to itself (the HTTP front door's link), as a client
+    /// session whose HELLO skips the API key check (the front door authenticated its caller). The socket must be
+    /// connected; the session owns it.
+    /// </summary>
+    public void AttachTrusted(Socket s) => StartSession(s, null, trusted: true);
+
+    private void StartSession(Socket s, Stream? stream, bool trusted)
+    {
+        var session = new DownstreamSession(this, s, Interlocked.Increment(ref _nextSession), stream, trusted);
+        _sessions[session.Id] = session;
+        session.Start();
     }
 
     internal void OnSessionClosed(DownstreamSession s) => _sessions.TryRemove(s.Id, out _);
@@ -991,6 +1012,8 @@ public sealed class RouterHost : IAsyncDisposable
         // Retries still waiting out their delay: their clients are gone; each is finished once, here.
         foreach (var req in _delays.Close()) FinishWithRefusal(req);
         _config?.Dispose();
+        Options.ApiKeys?.Dispose();
+        Options.Tls?.Dispose();
         await Mirror.DisposeAsync().ConfigureAwait(false);
         Log("stopped");
         _done.TrySetResult();

@@ -22,6 +22,7 @@ public sealed class RouterMetrics : IDisposable
     private readonly Counter _poolFinals, _poolDevice, _poolTokens, _rollbacks, _modeChanges, _escalations, _shedBatch, _shadowPairs, _shadowMatches, _shadowDropped;
     private readonly Gauge _poolEndpoints, _poolCost, _mode, _splitShare;
     private readonly Histogram _shadowEdit, _shadowLength, _shadowLogprob, _shadowLatency;
+    private readonly Counter _keyConnections, _keyRequests, _authRefused, _keyReloads, _keyReloadFailures, _tlsHandshakeFailures;
     private HashSet<string> _labelled = [];
 
     /// <summary>Starts serving <paramref name="router"/>'s metrics on <paramref name="host"/>:<paramref name="port"/>.</summary>
@@ -93,6 +94,12 @@ public sealed class RouterMetrics : IDisposable
             if (double.IsFinite(d.LogprobDelta)) _shadowLogprob.WithLabels(m, pv, sv).Observe(d.LogprobDelta);
             _shadowLatency.WithLabels(m, pv, sv).Observe(d.LatencyDeltaSeconds);
         };
+        _keyConnections = f.CreateCounter("fastserve_router_key_connections_total", "Client connections authenticated, by API key name (docs/security.md).", new CounterConfiguration { LabelNames = ["key"] });
+        _keyRequests = f.CreateCounter("fastserve_router_key_requests_total", "REQUEST frames received, by the API key name of their connection.", new CounterConfiguration { LabelNames = ["key"] });
+        _authRefused = f.CreateCounter("fastserve_router_auth_refused_total", "HELLOs refused unauthorized: reason key_required (no key) or invalid_key.", new CounterConfiguration { LabelNames = ["reason"] });
+        _keyReloads = f.CreateCounter("fastserve_router_api_keys_reloads_total", "Times the API keys file changed and its keys were put in force.");
+        _keyReloadFailures = f.CreateCounter("fastserve_router_api_keys_reload_failures_total", "Times a changed API keys file was refused (the previous keys stayed in force).");
+        _tlsHandshakeFailures = f.CreateCounter("fastserve_router_tls_handshake_failures_total", "Client TLS handshakes that failed or timed out.");
         _registry.AddBeforeCollectCallback(Refresh);
         _server = new MetricServer(host, port, "metrics/", _registry);
         _server.Start();
@@ -111,6 +118,19 @@ public sealed class RouterMetrics : IDisposable
         _budgetExhausted.IncTo(st.BudgetExhausted);
         _upstreamOverloaded.IncTo(st.UpstreamOverloaded);
         _saturation.Set(st.Saturation);
+        if (_router.Options.ApiKeys is { } keys)
+        {
+            foreach (var u in keys.Usage)
+            {
+                _keyConnections.WithLabels(u.Name).IncTo(u.Connections);
+                _keyRequests.WithLabels(u.Name).IncTo(u.Requests);
+            }
+            _authRefused.WithLabels("key_required").IncTo(keys.RefusedMissing);
+            _authRefused.WithLabels("invalid_key").IncTo(keys.RefusedInvalid);
+            _keyReloads.IncTo(keys.Reloads);
+            _keyReloadFailures.IncTo(keys.ReloadFailures);
+        }
+        if (_router.Options.Tls is { } tls) _tlsHandshakeFailures.IncTo(tls.HandshakeFailures);
         var load = _router.Load();
         _fleetReady.Set(load.Ready);
         _fleetConcurrency.Set(load.Concurrency);

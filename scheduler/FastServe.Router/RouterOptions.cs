@@ -157,6 +157,16 @@ public sealed record RouterOptions
     public int? Seed { get; init; }
     /// <summary>One-line diagnostics (endpoint state changes, source problems); null = silent.</summary>
     public Action<string>? Log { get; init; }
+    /// <summary>The API keys clients must present in HELLO (docs/security.md); null: none required. The router
+    /// disposes it.</summary>
+    public Protocol.Security.ApiKeyStore? ApiKeys { get; init; }
+    /// <summary>TLS on the client listener (<c>--tls-cert</c>/<c>--tls-key</c>); null: plaintext. The router disposes it.</summary>
+    public Protocol.Security.CertificateSource? Tls { get; init; }
+    /// <summary>The key the router sends in its HELLO to replicas that require keys (<c>--upstream-api-key-file</c>);
+    /// null: none.</summary>
+    public string? UpstreamApiKey { get; init; }
+    /// <summary>TLS towards the replicas (<c>--upstream-tls</c>); null: plaintext.</summary>
+    public Protocol.Security.TlsClientSettings? UpstreamTls { get; init; }
 
     /// <summary>Throws <see cref="ArgumentOutOfRangeException"/> naming the first setting out of range.</summary>
     public void Validate()

@@ -25,6 +25,7 @@ internal sealed class UpstreamConnection : IFrameConsumer
     private readonly Lock _lock = new();
     private readonly Dictionary<ulong, RoutedRequest> _requests = [];
     private FrameConnection? _conn;
+    private Socket? _connecting;             // the socket of the connection being set up (guarded by _lock)
     private bool _up;
     private string? _abortWhy;
 
@@ -139,13 +140,24 @@ internal sealed class UpstreamConnection : IFrameConsumer
     private void Abort(string why)
     {
         FrameConnection? c;
+        Socket? s;
         lock (_lock)
         {
             _abortWhy ??= why;
             c = _conn;
+            s = _connecting;
         }
-        c?.Close();
+        Close(c, s);
     }
+
+    private static void Close(FrameConnection? c, Socket? s)
+    {
+        if (c is not null) c.Close();
+        else s?.Dispose();
+    }
+
+    private FrameConnection NewConnection(Socket socket, Stream? tls) =>
+        new(socket, MaxReceiveFrame, _opt.UpstreamHardLimitBytes, w => Abort(w), receiveBytes: 64 << 10, stream: tls);
 
     private async Task RunAsync()
     {
@@ -164,13 +176,16 @@ internal sealed class UpstreamConnection : IFrameConsumer
     private async Task<bool> SessionAsync()
     {
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-        var conn = new FrameConnection(socket, MaxReceiveFrame, _opt.UpstreamHardLimitBytes, w => Abort(w), receiveBytes: 64 << 10);
+        // Without TLS the connection exists before connecting, so Abort can close a connect in progress; with TLS it
+        // is made once the handshake is done, and Abort closes the socket meanwhile.
+        FrameConnection? conn = _opt.UpstreamTls is null ? NewConnection(socket, null) : null;
         lock (_lock)
         {
             _conn = conn;
             _abortWhy = null;
+            _connecting = socket;
         }
-        if (_stopping) conn.Close();
+        if (_stopping) Close(conn, socket);
         bool up = false;
         string why = "closed";
         try
@@ -179,13 +194,21 @@ internal sealed class UpstreamConnection : IFrameConsumer
             using (var cts = new CancellationTokenSource(_opt.ConnectTimeoutMs))
             {
                 await socket.ConnectAsync(Endpoint.Spec.Host, Endpoint.Spec.Port, cts.Token).ConfigureAwait(false);
+                if (_opt.UpstreamTls is { } tls)
+                {
+                    System.Net.Security.SslStream ssl;
+                    try { ssl = await tls.AuthenticateAsync(socket, Endpoint.Spec.Host, cts.Token).ConfigureAwait(false); }
+                    catch (Protocol.Security.TlsFailedException e) { why = e.Message; return false; }
+                    conn = NewConnection(socket, ssl);
+                    lock (_lock) _conn = conn;
+                    if (_stopping) conn.Close();
+                }
                 var hello = new ArrayBufferWriter<byte>(128);
-                FrameWriter.Hello(hello, Encoding.UTF8.GetBytes(_opt.Name));
+                FrameWriter.Hello(hello, Encoding.UTF8.GetBytes(_opt.Name), apiKey: _opt.UpstreamApiKey is null ? default : Encoding.ASCII.GetBytes(_opt.UpstreamApiKey));
                 FrameWriter.LoadQuery(hello, (uint)_opt.LoadIntervalMs);
-                var mem = hello.WrittenMemory;
-                while (!mem.IsEmpty) mem = mem[await socket.SendAsync(mem, SocketFlags.None, cts.Token).ConfigureAwait(false)..];
+                await conn!.SendDirectAsync(hello.WrittenMemory, cts.Token).ConfigureAwait(false);
                 var reply = new HelloReader();
-                var r = await conn.RunAsync(reply, cts.Token).ConfigureAwait(false);
+                var r = await conn!.RunAsync(reply, cts.Token).ConfigureAwait(false);
                 if (r.End != FrameRunEnd.Stopped || reply.Why is not null)
                 {
                     why = r.End switch
@@ -215,7 +238,7 @@ internal sealed class UpstreamConnection : IFrameConsumer
             _reportedDown = false;
 
             _error = null;
-            var end = await conn.RunAsync(this).ConfigureAwait(false);
+            var end = await conn!.RunAsync(this).ConfigureAwait(false);
             why = end.End switch
             {
                 FrameRunEnd.PeerClosed => "the replica closed the connection",
@@ -229,7 +252,7 @@ internal sealed class UpstreamConnection : IFrameConsumer
             why = $"no HELLO_OK within {_opt.ConnectTimeoutMs} ms";
             return up;
         }
-        catch (Exception e) when (e is SocketException or ObjectDisposedException)
+        catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
         {
             why = e.Message;
             return up;
@@ -243,7 +266,7 @@ internal sealed class UpstreamConnection : IFrameConsumer
         finally
         {
             FlushTouched();
-            TearDown(conn, up, why);
+            TearDown(conn, socket, up, why);
         }
     }
 
@@ -339,7 +362,7 @@ internal sealed class UpstreamConnection : IFrameConsumer
         return true;
     }
 
-    private void TearDown(FrameConnection conn, bool up, string why)
+    private void TearDown(FrameConnection? conn, Socket socket, bool up, string why)
     {
         RoutedRequest[] left;
         bool draining = Endpoint.IsDraining;
@@ -348,11 +371,12 @@ internal sealed class UpstreamConnection : IFrameConsumer
             why = _abortWhy ?? why;
             _up = false;
             _conn = null;
+            _connecting = null;
             left = _requests.Count == 0 ? [] : [.. _requests.Values];
             _requests.Clear();
             _count = 0;
         }
-        conn.Close();
+        Close(conn, socket);
         long now = Stopwatch.GetTimestamp();
         if (up) Endpoint.OnConnectionDown(now);
         foreach (var _ in left) Endpoint.RemoveInFlight();

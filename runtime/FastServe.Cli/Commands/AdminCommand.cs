@@ -19,8 +19,11 @@ internal static class AdminCommand
         var cmd = new Command("admin", "Change a router's traffic rules at run time (splits, shadows, tiers, burst mode) or read them (status).");
         foreach (Option o in new Option[] { host, port, tokenFile }) cmd.Add(o);
         cmd.Add(words);
+        var security = new ClientSecurityOptions();
+        security.AddTo(cmd);
         cmd.SetAction(async (r, ct) =>
         {
+            var (apiKey, tls) = security.Read(r);
             string? token = Environment.GetEnvironmentVariable("FASTSERVE_ADMIN_TOKEN");
             if (r.GetValue(tokenFile) is { } tf)
             {
@@ -31,7 +34,7 @@ internal static class AdminCommand
                 throw new FastServeException("args.admin_token_missing", "give the router's admin token with --admin-token-file or FASTSERVE_ADMIN_TOKEN", "--admin-token-file");
             string h = r.GetValue(host)!;
             int p = ClientCommand.ParsePort(r.GetValue(port));
-            await using var client = await ClientCommand.Connect(h, p, new FastServeClientOptions { ClientName = "fastserve-admin" }, ct);
+            await using var client = await ClientCommand.Connect(h, p, new FastServeClientOptions { ClientName = "fastserve-admin", ApiKey = apiKey, Tls = tls }, ct);
             string answer;
             try
             {

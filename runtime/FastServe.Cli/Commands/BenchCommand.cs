@@ -62,6 +62,8 @@ internal static class BenchCommand
         foreach (Option o in new Option[] { host, port, connections, rate, concurrency, profile, sweep, arrival, burstiness, duration, warmup, drain, maxTokens,
                      noIgnoreEos, temperature, deadline, noText, whole, noThrottle, throttleK, slo, maxErrors, seed, sweepStart, sweepFactor, sweepStep, sweepMax, sweepFails, sweepRefine,
                      chart, json, outJson, prompt, costPerHour, model, modelVersion }) cmd.Add(o);
+        var security = new ClientSecurityOptions();
+        security.AddTo(cmd);
         cmd.SetAction(async (r, ct) =>
         {
             // The generator's receive loops record outcomes and start follow-up requests without blocking, so they
@@ -118,6 +120,7 @@ internal static class BenchCommand
             var prompts = r.GetValue(prompt);
             if (prompts is { Length: > 0 } && prompts.Any(string.IsNullOrEmpty))
                 throw new FastServeException("args.invalid_prompt", "--prompt must not be empty", "--prompt");
+            var (apiKey, tls) = security.Read(r);
             var options = new BenchOptions
             {
                 Prompts = prompts is { Length: > 0 } ? prompts : null,
@@ -150,6 +153,8 @@ internal static class BenchCommand
                 ClientOptions = new FastServeClientOptions
                 {
                     ClientName = "fastserve-bench",
+                    ApiKey = apiKey,
+                    Tls = tls,
                     AdaptiveThrottling = throttle ? AdaptiveThrottleOptions.Default with { K = k } : null,
                 },
             };

@@ -41,9 +41,12 @@ internal static class ClientCommand
         var cmd = new Command("client", "Send one completion to a FastServe server and stream the answer.");
         foreach (Option o in new Option[] { host, port, promptIds, maxTokens, temperature, topP, topK, seed, stop, deadline, priority, ignoreEos, model, modelVersion, routeKey, logprobs, timeout, json }) cmd.Add(o);
         cmd.Add(prompt);
+        var security = new ClientSecurityOptions();
+        security.AddTo(cmd);
         cmd.SetAction(async (r, ct) =>
         {
             bool asJson = r.GetValue(json);
+            var (apiKey, tls) = security.Read(r);
             string? text = r.GetValue(prompt);
             string? ids = r.GetValue(promptIds);
             if ((text is null) == (ids is null))
@@ -81,6 +84,8 @@ internal static class ClientCommand
             {
                 ClientName = "fastserve-cli",
                 ConnectTimeout = TimeSpan.FromSeconds(connectSeconds),
+                ApiKey = apiKey,
+                Tls = tls,
             }, ct);
             var call = client.Start(request);
             // Ctrl+C: ask the server to stop; the FINAL (cancelled) still arrives and is reported.

@@ -50,9 +50,18 @@ internal static class RouteCommand
         var canaryWindow = new Option<int>("--canary-window-ms") { Description = "Sliding window over which canaries are judged", DefaultValueFactory = _ => 60_000 };
         var canaryErr = new Option<double>("--canary-max-error-delta") { Description = "Roll back a canary whose error rate exceeds the stable version's by more than this (absolute, 0..1)", DefaultValueFactory = _ => 0.02 };
         var canaryP99 = new Option<double>("--canary-max-p99-ratio") { Description = "Roll back a canary whose P99 latency exceeds this multiple of the stable version's", DefaultValueFactory = _ => 1.5 };
+        var apiKeysFile = new Option<string?>("--api-keys-file") { Description = "File of API keys clients must present in HELLO: one 'name key' per line, re-read on change (also FASTSERVE_API_KEYS=name:key,...; docs/security.md)" };
+        var insecure = new Option<bool>("--insecure") { Description = "Listen on a non-loopback --host without API keys (refused otherwise)" };
+        var tlsCert = new Option<string?>("--tls-cert") { Description = "PEM certificate (chain) for TLS on the client port, re-read on change (with --tls-key)" };
+        var tlsKey = new Option<string?>("--tls-key") { Description = "PEM private key of --tls-cert" };
+        var upKeyFile = new Option<string?>("--upstream-api-key-file") { Description = "File holding the API key the router sends to replicas that require keys (or set FASTSERVE_UPSTREAM_API_KEY)" };
+        var upTls = new Option<bool>("--upstream-tls") { Description = "Connect to the replicas with TLS (their certificates must chain to the system's roots, or to --upstream-tls-ca)" };
+        var upTlsCa = new Option<string?>("--upstream-tls-ca") { Description = "PEM file of the CA certificates to trust for the replicas (implies --upstream-tls)" };
+        var upTlsHost = new Option<string?>("--upstream-tls-host") { Description = "Name the replicas' certificates must carry (default: each endpoint's host)" };
         var cmd = new Command("route", "Route requests over a fleet of replicas: one address for clients, power-of-two-choices balancing, retries.");
         foreach (Option o in new Option[] { listen, endpoints, host, policy, slowStart, attempts, budget, minRetries, jitter, conns, ejected, grace, maxInFlight, maxFrame, maxHeld, name, json, metricsPort,
-                     defaultModel, tokenFile, config, shadowLog, shadowMax, costPerHour, canaryMin, canaryWindow, canaryErr, canaryP99 }) cmd.Add(o);
+                     defaultModel, tokenFile, config, shadowLog, shadowMax, costPerHour, canaryMin, canaryWindow, canaryErr, canaryP99,
+                     apiKeysFile, insecure, tlsCert, tlsKey, upKeyFile, upTls, upTlsCa, upTlsHost }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             bool asJson = r.GetValue(json);
@@ -109,6 +118,22 @@ internal static class RouteCommand
             catch (ArgumentOutOfRangeException e) { throw new FastServeException("args.invalid_canary", e.Message, "--canary-*"); }
 
             Action<string> log = msg => Console.Error.WriteLine($"fastserve route: {msg}");
+            // Security (docs/security.md): checked before anything starts; the stores live as long as the router.
+            var security = SecurityCli.CheckListener(ip, r.GetValue(apiKeysFile), r.GetValue(insecure), r.GetValue(tlsCert), r.GetValue(tlsKey), "--host");
+            string? upstreamKey = SecurityCli.ReadClientKey(r.GetValue(upKeyFile), "FASTSERVE_UPSTREAM_API_KEY", "--upstream-api-key-file");
+            FastServe.Protocol.Security.TlsClientSettings? upstreamTls = null;
+            if (r.GetValue(upTls) || r.GetValue(upTlsCa) is not null)
+            {
+                upstreamTls = new FastServe.Protocol.Security.TlsClientSettings { CaFile = r.GetValue(upTlsCa), TargetHost = r.GetValue(upTlsHost) };
+                if (upstreamTls.Check() is { } te) throw new FastServeException(te.Code, te.Message, "--upstream-tls-ca");
+            }
+            var apiKeys = SecurityCli.OpenKeys(r.GetValue(apiKeysFile), log);
+            FastServe.Protocol.Security.CertificateSource? tls = null;
+            if (security.Tls)
+            {
+                tls = FastServe.Protocol.Security.CertificateSource.Create(r.GetValue(tlsCert)!, r.GetValue(tlsKey)!, log, out var certError);
+                if (certError is { } ce) throw new FastServeException(ce.Code, ce.Message, "--tls-cert");
+            }
             // Traffic events (rollbacks, burst modes, admin and config changes): JSON lines with --json, else the log.
             Action<RouterEvent>? onEvent = !asJson ? null : ev => Output.WriteJsonLine(w =>
             {
@@ -155,6 +180,10 @@ internal static class RouteCommand
                     CostPerHour = cph,
                     Canary = canary,
                     OnEvent = onEvent,
+                    ApiKeys = apiKeys,
+                    Tls = tls,
+                    UpstreamApiKey = upstreamKey,
+                    UpstreamTls = upstreamTls,
                 }, source);
             }
             catch (IOException e) when (r.GetValue(shadowLog) is { } sl)
@@ -198,6 +227,8 @@ internal static class RouteCommand
                     w.WriteNumber("metrics_port", mport);
                     w.WriteString("source", source.Description);
                     w.WriteString("policy", BalancePolicyNames.Of(pol));
+                    w.WriteBoolean("api_keys", apiKeys is not null);
+                    w.WriteBoolean("tls", tls is not null);
                     w.WriteNumber("pid", Environment.ProcessId);
                 });
             else Console.Out.WriteLine($"fastserve: routing on {h}:{router.Port} to {n} endpoint{(n == 1 ? "" : "s")} ({source.Description}, policy {BalancePolicyNames.Of(pol)})");

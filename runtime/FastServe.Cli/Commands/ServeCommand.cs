@@ -27,6 +27,9 @@ internal static class ServeCommand
     private static readonly Option<string?> StartFileOpt = new("--start-file") { Description = "Where to write this process's start stages for the supervisor" };
     private static readonly Option<string?> ModelNameOpt = new("--model-name") { Description = "Model name the replica declares" };
     private static readonly Option<string?> ModelVersionOpt = new("--model-version") { Description = "Model version the replica declares" };
+    private static readonly Option<string?> ApiKeysFileOpt = new("--api-keys-file") { Description = "File of API keys clients must present in HELLO: one 'name key' per line, re-read on change (also FASTSERVE_API_KEYS=name:key,...; docs/security.md)" };
+    private static readonly Option<string?> TlsCertOpt = new("--tls-cert") { Description = "PEM certificate (chain) for TLS on the client port, re-read on change (with --tls-key)" };
+    private static readonly Option<string?> TlsKeyOpt = new("--tls-key") { Description = "PEM private key of --tls-cert" };
 
     private static Command Serve()
     {
@@ -43,9 +46,10 @@ internal static class ServeCommand
         var name = new Option<string>("--name") { Description = "Replica name sent in HELLO_OK (at most 64 characters)", DefaultValueFactory = _ => "fastserve" };
         var modelName = new Option<string?>("--model-name") { Description = "Model name this replica declares and answers to (default: the model directory's name)" };
         var modelVersion = new Option<string?>("--model-version") { Description = "Model version this replica declares (default: a fingerprint of the model's files)" };
+        var insecure = new Option<bool>("--insecure") { Description = "Serve a non-loopback --host without API keys (refused otherwise)" };
         var cmd = new Command("serve", "Serve the model over the FastServe protocol: an engine process plus worker processes on one port.");
         e.AddTo(cmd);
-        foreach (Option o in new Option[] { HostOpt, port, workers, metrics, agent, tokenFile, maxInFlight, maxFrame, idle, frameTimeout, name, modelName, modelVersion, GraceOpt }) cmd.Add(o);
+        foreach (Option o in new Option[] { HostOpt, port, workers, metrics, agent, tokenFile, maxInFlight, maxFrame, idle, frameTimeout, name, modelName, modelVersion, GraceOpt, ApiKeysFileOpt, insecure, TlsCertOpt, TlsKeyOpt }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             bool json = e.Json(r);
@@ -75,6 +79,8 @@ internal static class ServeCommand
                 token = File.ReadAllText(tf).Trim();
                 if (token.Length == 0) throw new FastServeException("args.admin_token_empty", "the admin token file is empty", tf);
             }
+            var security = SecurityCli.CheckListener(ip, r.GetValue(ApiKeysFileOpt), r.GetValue(insecure), r.GetValue(TlsCertOpt), r.GetValue(TlsKeyOpt), "--host");
+
             // A backend that cannot run here (no GPU, driver or kernel library) fails now in one line, not later in
             // the engine child, after workers started.
             string backendName = r.GetValue(e.Model.Backend)!;
@@ -102,6 +108,8 @@ internal static class ServeCommand
             engineArgs.AddRange(["--model-name", declaredName, "--model-version", declaredVersion]);
             var env = new Dictionary<string, string>();
             if (token is not null) env["FASTSERVE_ADMIN_TOKEN"] = token;
+            if (r.GetValue(ApiKeysFileOpt) is { } keysFile) workerArgs.AddRange(["--api-keys-file", Path.GetFullPath(keysFile)]);
+            if (security.Tls) workerArgs.AddRange(["--tls-cert", Path.GetFullPath(r.GetValue(TlsCertOpt)!), "--tls-key", Path.GetFullPath(r.GetValue(TlsKeyOpt)!)]);
 
             var sup = new Supervisor(new SupervisorOptions
             {
@@ -112,6 +120,8 @@ internal static class ServeCommand
                 EngineArgs = engineArgs,
                 WorkerArgs = workerArgs,
                 ChildEnvironment = env,
+                ProbeKey = security.Keys ? SecurityCli.NewProbeKey() : null,
+                ProbeTls = security.Tls,
                 Grace = TimeSpan.FromMilliseconds(grace),
                 Log = msg => Console.Error.WriteLine($"fastserve serve: {msg}"),
                 OnReady = (bound, stages) =>
@@ -128,6 +138,8 @@ internal static class ServeCommand
                             w.WriteNumber("pid", Environment.ProcessId);
                             w.WriteString("model", declaredName);
                             w.WriteString("model_version", declaredVersion);
+                            w.WriteBoolean("api_keys", security.Keys);
+                            w.WriteBoolean("tls", security.Tls);
                             // Milliseconds from the supervisor's exec to each stage (Supervisor.StartStages): its own,
                             // then the engine's and the workers' (Supervisor.ChildStages); null where unknown.
                             w.WriteStartObject("start_ms");
@@ -198,7 +210,7 @@ internal static class ServeCommand
         var frameTimeout = new Option<int>("--frame-timeout-ms") { DefaultValueFactory = _ => 10_000 };
         var name = new Option<string>("--name") { DefaultValueFactory = _ => "fastserve" };
         var cmd = new Command("serve-worker", "A worker process of a replica (started by serve).") { Hidden = true };
-        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, model, port, index, maxInFlight, maxFrame, idle, frameTimeout, name, GraceOpt, StartFileOpt, ModelNameOpt, ModelVersionOpt }) cmd.Add(o);
+        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, model, port, index, maxInFlight, maxFrame, idle, frameTimeout, name, GraceOpt, StartFileOpt, ModelNameOpt, ModelVersionOpt, ApiKeysFileOpt, TlsCertOpt, TlsKeyOpt }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             StartTrace.Mark("main");
@@ -223,6 +235,10 @@ internal static class ServeCommand
                 StartFile = r.GetValue(StartFileOpt),
                 ModelName = r.GetValue(ModelNameOpt) ?? "",
                 ModelVersion = r.GetValue(ModelVersionOpt) ?? "",
+                ApiKeysFile = r.GetValue(ApiKeysFileOpt),
+                ProbeKey = Environment.GetEnvironmentVariable(SupervisorOptions.ProbeKeyEnvVar),
+                TlsCert = r.GetValue(TlsCertOpt),
+                TlsKey = r.GetValue(TlsKeyOpt),
             });
             return host.Run();
         });

@@ -88,6 +88,7 @@ public sealed class FrameConnection
     private const int MinReadBytes = 4 << 10;
 
     private readonly Socket _socket;
+    private readonly Stream? _stream;    // TLS (an SslStream over the socket), null for plaintext
     // Owned by the running loop; between runs by whoever starts the next one. Returned to the pool once (see Close).
     private byte[] _buf;
     private int _start, _end;
@@ -103,16 +104,37 @@ public sealed class FrameConnection
     /// <param name="onSendFailed">Called once when sending fails or passes the limit, with why.</param>
     /// <param name="receiveBytes">The receive buffer's first size (it grows to the largest frame seen).</param>
     /// <param name="sendBytes">Each of the send side's two buffers' first size.</param>
+    /// <param name="stream">For TLS: the authenticated <c>SslStream</c> over <paramref name="socket"/>; every read and
+    /// write then goes through it (the connection disposes it on <see cref="Close"/>). Null: plaintext, straight on
+    /// the socket.</param>
     public FrameConnection(Socket socket, int maxFrame, long sendLimitBytes, Action<string> onSendFailed,
-        int receiveBytes = 16 << 10, int sendBytes = 16 << 10)
+        int receiveBytes = 16 << 10, int sendBytes = 16 << 10, Stream? stream = null)
     {
         ArgumentNullException.ThrowIfNull(socket);
         ArgumentOutOfRangeException.ThrowIfNegative(maxFrame);
         _socket = socket;
+        _stream = stream;
         MaxFrame = maxFrame;
         _buf = ArrayPool<byte>.Shared.Rent(Math.Max(receiveBytes, Wire.HeaderSize));
         _lastReceive = Stopwatch.GetTimestamp();
-        Out = new OutBuffer(socket, sendLimitBytes, onSendFailed, sendBytes);
+        Out = new OutBuffer(socket, sendLimitBytes, onSendFailed, sendBytes, stream);
+    }
+
+    /// <summary>True when the connection runs over TLS.</summary>
+    public bool IsTls => _stream is not null;
+
+    /// <summary>
+    /// Writes <paramref name="data"/> directly, bypassing <see cref="Out"/>: for a handshake sent before any run or
+    /// flush (a client's HELLO). Never while <see cref="Out"/> may be sending.
+    /// </summary>
+    public async ValueTask SendDirectAsync(ReadOnlyMemory<byte> data, CancellationToken ct)
+    {
+        if (_stream is not null)
+        {
+            await _stream.WriteAsync(data, ct).ConfigureAwait(false);
+            return;
+        }
+        while (!data.IsEmpty) data = data[await _socket.SendAsync(data, SocketFlags.None, ct).ConfigureAwait(false)..];
     }
 
     /// <summary>The socket (for what a run does not do: connecting, a handshake sent directly, socket options).</summary>
@@ -152,8 +174,13 @@ public sealed class FrameConnection
             {
                 PrepareRead();
                 int n;
-                try { n = await _socket.ReceiveAsync(_buf.AsMemory(_end), SocketFlags.None, ct).ConfigureAwait(false); }
-                catch (Exception e) when (e is SocketException or ObjectDisposedException) { return new FrameRunResult(FrameRunEnd.SocketError, e); }
+                try
+                {
+                    n = _stream is null
+                        ? await _socket.ReceiveAsync(_buf.AsMemory(_end), SocketFlags.None, ct).ConfigureAwait(false)
+                        : await _stream.ReadAsync(_buf.AsMemory(_end), ct).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException) { return new FrameRunResult(FrameRunEnd.SocketError, e); }
                 if (Received(n, consumer, out end)) return end;
             }
         }
@@ -174,8 +201,8 @@ public sealed class FrameConnection
             {
                 PrepareRead();
                 int n;
-                try { n = _socket.Receive(_buf, _end, _buf.Length - _end, SocketFlags.None); }
-                catch (Exception e) when (e is SocketException or ObjectDisposedException) { return new FrameRunResult(FrameRunEnd.SocketError, e); }
+                try { n = _stream is null ? _socket.Receive(_buf, _end, _buf.Length - _end, SocketFlags.None) : _stream.Read(_buf, _end, _buf.Length - _end); }
+                catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException) { return new FrameRunResult(FrameRunEnd.SocketError, e); }
                 if (Received(n, consumer, out end)) return end;
             }
         }
@@ -296,6 +323,7 @@ public sealed class FrameConnection
         Out.Close();
         try { _socket.Shutdown(SocketShutdown.Both); } catch (Exception e) when (e is SocketException or ObjectDisposedException) { }
         _socket.Dispose();
+        try { _stream?.Dispose(); } catch (Exception e) when (e is IOException or ObjectDisposedException or InvalidOperationException) { }
         if (Volatile.Read(ref _running) == 0) ReturnBuffer();
     }
 }

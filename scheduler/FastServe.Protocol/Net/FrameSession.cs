@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Net.Sockets;
+using FastServe.Protocol.Security;
 
 namespace FastServe.Protocol.Net;
 
@@ -20,8 +21,10 @@ namespace FastServe.Protocol.Net;
 /// <paramref name="FrameTimeoutMessage"/> closes the connection.</param>
 /// <param name="FrameTimeoutMessage">The message of that fatal error (each host states its limit in its own unit).</param>
 /// <param name="IdleTimeoutTicks">Without a read for this long, a connection with nothing in flight closes.</param>
+/// <param name="Keys">The API keys a HELLO must carry one of (protocol 1.3), null when none are configured: then any
+/// HELLO passes, with or without a key.</param>
 internal sealed record FrameSessionOptions(string Role, int MaxFrame, int MaxInFlight, long SendLimitBytes,
-    long HelloTimeoutTicks, long FrameTimeoutTicks, string FrameTimeoutMessage, long IdleTimeoutTicks)
+    long HelloTimeoutTicks, long FrameTimeoutTicks, string FrameTimeoutMessage, long IdleTimeoutTicks, ApiKeyStore? Keys = null)
 {
     /// <summary>Stopwatch ticks in <paramref name="t"/>, exact, saturating instead of overflowing.</summary>
     public static long Ticks(TimeSpan t) =>
@@ -65,20 +68,34 @@ internal abstract class FrameSession<TRequest> : IFrameConsumer where TRequest :
     private readonly FrameSessionOptions _opt;
     private readonly Dictionary<ulong, TRequest> _inflight = [];     // guarded by itself
     private readonly long _created;
+    private readonly bool _trusted;
+    private KeyUsage? _usage;                                         // the authenticated key's counters; receive loop only
     private int _closeOnce;
     private volatile bool _closed, _hello, _fatal;                    // _fatal: a fatal ERROR was queued (stop reading)
     private long _loadIntervalTicks, _nextLoadAt;                     // 0 = not subscribed
 
     /// <summary>A session over an accepted, connected <paramref name="socket"/>; nothing is read until
     /// <see cref="Start"/>. Virtual members are not called from here.</summary>
-    protected FrameSession(Socket socket, long id, FrameSessionOptions options)
+    /// <param name="socket">The accepted socket (the session owns it).</param>
+    /// <param name="id">The host's number for this connection.</param>
+    /// <param name="options">The host's session settings.</param>
+    /// <param name="stream">For a TLS listener: the stream the host's handshake authenticated over
+    /// <paramref name="socket"/>; null for plaintext.</param>
+    /// <param name="trusted">A connection the process opened to itself (the HTTP front door's in-process link): its
+    /// HELLO skips the key check, since the front door checked the caller's key already.</param>
+    protected FrameSession(Socket socket, long id, FrameSessionOptions options, Stream? stream = null, bool trusted = false)
     {
         _opt = options;
         Id = id;
+        _trusted = trusted;
         _created = Stopwatch.GetTimestamp();
-        _conn = new FrameConnection(socket, options.MaxFrame, options.SendLimitBytes, why => Close(why));
+        _conn = new FrameConnection(socket, options.MaxFrame, options.SendLimitBytes, why => Close(why), stream: stream);
         Out = _conn.Out;
     }
+
+    /// <summary>The name of the API key this connection's HELLO carried; null before HELLO, and when no keys are
+    /// configured or the session is trusted.</summary>
+    public string? KeyName => _usage?.Name;
 
     /// <summary>The host's number for this connection.</summary>
     public long Id { get; }
@@ -137,6 +154,10 @@ internal abstract class FrameSession<TRequest> : IFrameConsumer where TRequest :
     /// <summary>An ADMIN frame (protocol 1.2). By default a non-fatal <c>bad_request</c>: only a router takes them.</summary>
     protected virtual void OnAdmin(ReadOnlySpan<byte> payload) =>
         Error(WireStatus.BadRequest, $"this {_opt.Role} takes no ADMIN frame");
+
+    /// <summary>A HELLO was refused for its API key (<paramref name="missing"/>: it carried none), before the fatal
+    /// ERROR goes out; the key store has counted it already. By default nothing more.</summary>
+    protected virtual void OnUnauthorized(bool missing) { }
 
     /// <summary>After a read's replies were flushed (not after a fatal frame).</summary>
     protected virtual void OnRepliesFlushed() { }
@@ -243,6 +264,21 @@ internal abstract class FrameSession<TRequest> : IFrameConsumer where TRequest :
             Fatal(WireStatus.UnsupportedVersion, $"protocol {v.Major}.{v.Minor} is not supported; this {_opt.Role} speaks {Wire.Major}.{Wire.Minor}");
             return false;
         }
+        if (_opt.Keys is { } keys && !_trusted)
+        {
+            // One refusal for both cases on the wire (the status); the message's code tells a client which to fix.
+            if (!keys.TryAuthenticate(v.ApiKey, out string name))
+            {
+                bool missing = v.ApiKey.IsEmpty;
+                keys.CountRefusal(missing);
+                OnUnauthorized(missing);
+                Fatal(WireStatus.Unauthorized, missing
+                    ? $"auth.key_required: this {_opt.Role} requires an API key in HELLO (protocol 1.3)"
+                    : "auth.invalid_key: the API key is not valid");
+                return false;
+            }
+            _usage = keys.CountConnection(name);
+        }
         _hello = true;
         var ok = HelloReply();
         lock (Out.Lock) FrameWriter.HelloOk(Out.Writer, ok);
@@ -252,6 +288,7 @@ internal abstract class FrameSession<TRequest> : IFrameConsumer where TRequest :
     private void Request(in FrameHeader h, ReadOnlySpan<byte> payload, long now)
     {
         ulong id = h.Id;
+        _usage?.CountRequest();
         if (id == 0) { Error(WireStatus.BadRequest, "REQUEST needs a non-zero request id"); return; }
         lock (_inflight)
         {

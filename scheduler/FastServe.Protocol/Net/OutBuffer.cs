@@ -24,6 +24,7 @@ namespace FastServe.Protocol.Net;
 public sealed class OutBuffer
 {
     private readonly Socket _socket;
+    private readonly Stream? _stream;   // TLS: every byte goes through it, one write at a time (the sender owns it)
     private readonly long _limit;
     private readonly Action<string> _onFailed;
     // Guarded by Lock: _fill, _sending, _closed, _leftAt. _send is owned by the sender while _sending is true.
@@ -40,9 +41,14 @@ public sealed class OutBuffer
     /// <param name="onFailed">Called once, with why, when the limit is passed or a send fails (not on <see cref="Close"/>).
     /// It may run on a sender's thread, never under <see cref="Lock"/>.</param>
     /// <param name="initialBytes">Each of the two buffers' first size (they grow as needed).</param>
-    public OutBuffer(Socket socket, long limit, Action<string> onFailed, int initialBytes = 16 << 10)
+    /// <param name="stream">The TLS stream over <paramref name="socket"/>, or null for plaintext. With a stream, every
+    /// send is a write to it; since only the one sender (<see cref="Flush"/>'s loop, or <see cref="FlushBlocking"/>)
+    /// writes at a time, <c>SslStream</c>'s one-write-at-a-time rule holds. <see cref="TrySendNow"/> then sends
+    /// nothing itself (a TLS record cannot be written without blocking) and leaves the batch to the blocking writer.</param>
+    public OutBuffer(Socket socket, long limit, Action<string> onFailed, int initialBytes = 16 << 10, Stream? stream = null)
     {
         _socket = socket;
+        _stream = stream;
         _limit = limit;
         _onFailed = onFailed;
         _fill = new ArrayBufferWriter<byte>(initialBytes);
@@ -107,9 +113,10 @@ public sealed class OutBuffer
             try
             {
                 var mem = batch.WrittenSpan[from..];
-                while (!mem.IsEmpty) mem = mem[_socket.Send(mem)..];
+                if (_stream is not null) _stream.Write(mem);
+                else while (!mem.IsEmpty) mem = mem[_socket.Send(mem)..];
             }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException)
             {
                 lock (Lock) _sending = false;
                 Fail(e.Message);
@@ -134,6 +141,7 @@ public sealed class OutBuffer
         {
             if (_closed || _sending) return true;        // an owner re-checks the fill buffer before letting go
             if (_leftAt >= 0) return false;              // a tail is waiting for the blocking writer
+            if (_stream is not null) return _fill.WrittenCount == 0;
             if (_fill.WrittenCount == 0) return true;
             (batch, _fill, _send) = (_fill, _send, _fill);
             _sending = true;
@@ -218,9 +226,10 @@ public sealed class OutBuffer
             try
             {
                 var mem = batch.WrittenMemory;
-                while (!mem.IsEmpty) mem = mem[await _socket.SendAsync(mem, SocketFlags.None).ConfigureAwait(false)..];
+                if (_stream is not null) await _stream.WriteAsync(mem).ConfigureAwait(false);
+                else while (!mem.IsEmpty) mem = mem[await _socket.SendAsync(mem, SocketFlags.None).ConfigureAwait(false)..];
             }
-            catch (Exception e) when (e is SocketException or ObjectDisposedException)
+            catch (Exception e) when (e is SocketException or ObjectDisposedException or IOException or InvalidOperationException)
             {
                 lock (Lock) _sending = false;
                 Fail(e.Message);

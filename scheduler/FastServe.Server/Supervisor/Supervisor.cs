@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Net;
+using System.Net.Security;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
 using FastServe.Protocol;
@@ -27,6 +28,18 @@ public sealed record SupervisorOptions
     /// stage of the start took.</summary>
     public Action<int, StartStages>? OnReady { get; init; }
     public Action<string>? Log { get; init; }
+    /// <summary>
+    /// When the replica requires API keys: a random key of the supervisor's own, given to the children in
+    /// <see cref="ProbeKeyEnvVar"/> (never in argv) and sent in the readiness probe's HELLO, so the probe passes the
+    /// key check without borrowing an operator's key. Null when keys are off.
+    /// </summary>
+    public string? ProbeKey { get; init; }
+    /// <summary>The client port speaks TLS: the readiness probe opens TLS too (accepting the replica's own
+    /// certificate whatever it is: it only asks its own children whether they are ready).</summary>
+    public bool ProbeTls { get; init; }
+
+    /// <summary>The environment variable that carries <see cref="ProbeKey"/> to the workers.</summary>
+    public const string ProbeKeyEnvVar = "FASTSERVE_PROBE_KEY";
 }
 
 /// <summary>Milliseconds from this process's exec to each stage of a replica's start, as the supervisor sees them:
@@ -187,6 +200,7 @@ public sealed class Supervisor
         var psi = new ProcessStartInfo(_opt.Executable) { UseShellExecute = false };
         foreach (var a in c.Args) psi.ArgumentList.Add(a);
         foreach (var kv in _opt.ChildEnvironment) psi.Environment[kv.Key] = kv.Value;
+        if (_opt.ProbeKey is not null) psi.Environment[SupervisorOptions.ProbeKeyEnvVar] = _opt.ProbeKey;
         var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {c.Role}");
         p.EnableRaisingEvents = true;
         p.Exited += (_, _) => _changed.Set();
@@ -282,15 +296,30 @@ public sealed class Supervisor
     // ready with every worker up. An ERROR, a closed connection or a silent one (2 s) is "not yet".
     private bool ProbeReady()
     {
-        var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { ReceiveTimeout = 2000 };
-        var conn = new FrameConnection(s, 4096, long.MaxValue, static _ => { }, receiveBytes: 4096, sendBytes: 256);
+        var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { ReceiveTimeout = 2000, SendTimeout = 2000 };
+        FrameConnection? conn = null;
         try
         {
             s.Connect(new IPEndPoint(IPAddress.Parse(_opt.Host), Port));
             if (_listeningTicks == 0) _listeningTicks = Stopwatch.GetTimestamp();
+            SslStream? ssl = null;
+            if (_opt.ProbeTls)
+            {
+                ssl = new SslStream(new NetworkStream(s, ownsSocket: false), leaveInnerStreamOpen: false);
+                try
+                {
+                    ssl.AuthenticateAsClient(new SslClientAuthenticationOptions { TargetHost = "localhost", RemoteCertificateValidationCallback = static (_, _, _, _) => true });
+                }
+                catch (Exception e) when (e is System.Security.Authentication.AuthenticationException or IOException)
+                {
+                    ssl.Dispose();
+                    return false;
+                }
+            }
+            conn = new FrameConnection(s, 4096, long.MaxValue, static _ => { }, receiveBytes: 4096, sendBytes: 256, stream: ssl);
             lock (conn.Out.Lock)
             {
-                FrameWriter.Hello(conn.Out.Writer, "fastserve-supervisor"u8);
+                FrameWriter.Hello(conn.Out.Writer, "fastserve-supervisor"u8, apiKey: _opt.ProbeKey is null ? default : System.Text.Encoding.ASCII.GetBytes(_opt.ProbeKey));
                 FrameWriter.LoadQuery(conn.Out.Writer, 0);
             }
             if (!conn.Out.FlushBlocking()) return false;
@@ -299,7 +328,8 @@ public sealed class Supervisor
         }
         finally
         {
-            conn.Close();
+            if (conn is not null) conn.Close();
+            else s.Dispose();
         }
     }
 

@@ -20,15 +20,15 @@ internal sealed class ClientSession : FrameSession<WorkerRequest>
     private readonly WorkerHost _host;
     private int _touched;                // 1 while in the engine reader's list of sessions to flush
 
-    public ClientSession(WorkerHost host, Socket socket, long id) : base(socket, id, host.SessionOptions)
+    public ClientSession(WorkerHost host, Socket socket, long id, Stream? stream = null) : base(socket, id, host.SessionOptions, stream)
     {
         _host = host;
     }
 
     /// <summary>The session settings of a worker with <paramref name="o"/> (one object for all its sessions).</summary>
-    internal static FrameSessionOptions SessionOptionsOf(WorkerOptions o) =>
+    internal static FrameSessionOptions SessionOptionsOf(WorkerOptions o, Protocol.Security.ApiKeyStore? keys = null) =>
         new("server", o.MaxFrame, o.MaxInFlight, o.MaxSendBytes, FrameSessionOptions.Ticks(o.HelloTimeout), FrameSessionOptions.Ticks(o.FrameTimeout),
-            $"a frame did not complete within {o.FrameTimeout.TotalSeconds:F0} s", FrameSessionOptions.Ticks(o.IdleTimeout));
+            $"a frame did not complete within {o.FrameTimeout.TotalSeconds:F0} s", FrameSessionOptions.Ticks(o.IdleTimeout), keys);
 
     internal bool MarkTouched() => Interlocked.Exchange(ref _touched, 1) == 0;
     internal void ClearTouched() => Volatile.Write(ref _touched, 0);

@@ -7,6 +7,7 @@ using System.Runtime.InteropServices;
 using System.Text;
 using FastServe.Protocol;
 using FastServe.Protocol.Net;
+using FastServe.Protocol.Security;
 using FastServe.Runtime;
 using FastServe.Runtime.Formats;
 using FastServe.Runtime.Tokenization;
@@ -30,6 +31,8 @@ public sealed class WorkerHost : IDisposable
     private readonly EngineClient _engine;
     private readonly ManualResetEventSlim _exit = new(false);
     private readonly byte[]? _adminToken;
+    private readonly ApiKeyStore? _keys;
+    private readonly CertificateSource? _tls;
     private long _nextKey, _nextSession;
     private volatile bool _draining;
     private readonly ArrayBufferWriter<byte> _text = new(4096);    // engine-reader thread only: a delta's text
@@ -42,7 +45,16 @@ public sealed class WorkerHost : IDisposable
         // wake-up per readable socket) cost more than the work. Read once, before the first socket exists.
         Environment.SetEnvironmentVariable("DOTNET_SYSTEM_NET_SOCKETS_INLINE_COMPLETIONS", "1");
         Options = options;
-        SessionOptions = ClientSession.SessionOptionsOf(options);
+        Action<string> log = line => Console.Error.WriteLine($"fastserve worker {options.Index}: {line}");
+        var extra = options.ProbeKey is { Length: > 0 } pk ? new[] { ("supervisor", pk) } : null;
+        _keys = ApiKeyStore.Create(options.ApiKeysFile, Environment.GetEnvironmentVariable(ApiKeyStore.EnvVar), log, out var keyError, extra);
+        if (keyError is { } ke) throw new FastServeException(ke.Code, ke.Message);
+        if (options.TlsCert is not null && options.TlsKey is not null)
+        {
+            _tls = CertificateSource.Create(options.TlsCert, options.TlsKey, log, out var tlsError);
+            if (tlsError is { } te) throw new FastServeException(te.Code, te.Message);
+        }
+        SessionOptions = ClientSession.SessionOptionsOf(options, _keys);
         var config = ModelConfig.Load(Path.Combine(options.ModelDir, "config.json"));
         Tokenizer = TextTokenizer.Load(options.ModelDir, config.BosTokenId, config.EosTokenIds.Count > 0 ? config.EosTokenIds : null);
         StartTrace.Mark("tokenizer");
@@ -81,12 +93,29 @@ public sealed class WorkerHost : IDisposable
             try { s = await _listener.AcceptAsync().ConfigureAwait(false); }
             catch (Exception e) when (e is SocketException or ObjectDisposedException) { return; }
             s.NoDelay = true;
-            long id = Interlocked.Increment(ref _nextSession);
-            var session = new ClientSession(this, s, id);
-            _sessions[id] = session;
-            session.Start();
+            if (_tls is null) StartSession(s, null);
+            else _ = AcceptTlsAsync(s, _tls);
         }
     }
+
+    // The TLS handshake runs here, off the accept loop, within the HELLO timeout; a failed one closes the socket.
+    private async Task AcceptTlsAsync(Socket s, CertificateSource tls)
+    {
+        var ssl = await tls.AcceptAsync(s, Options.HelloTimeout).ConfigureAwait(false);
+        if (ssl is null) { s.Dispose(); return; }
+        StartSession(s, ssl);
+    }
+
+    private void StartSession(Socket s, Stream? stream)
+    {
+        long id = Interlocked.Increment(ref _nextSession);
+        var session = new ClientSession(this, s, id, stream);
+        _sessions[id] = session;
+        session.Start();
+    }
+
+    /// <summary>The API keys in force, null when none are configured.</summary>
+    internal ApiKeyStore? Keys => _keys;
 
     internal void OnSessionClosed(ClientSession s) => _sessions.TryRemove(s.Id, out _);
 
@@ -347,6 +376,8 @@ public sealed class WorkerHost : IDisposable
         _exit.Set();
         _engine.Stop();
         _listener.Dispose();
+        _keys?.Dispose();
+        _tls?.Dispose();
         foreach (var kv in _sessions) kv.Value.Close("shutting down");
     }
 }

@@ -31,4 +31,13 @@ public sealed record WorkerOptions
     /// <summary>Where to write this process's start stages (<see cref="Runtime.StartTrace.WriteFile"/>) once it is
     /// linked to the engine, before it says so; null = nowhere.</summary>
     public string? StartFile { get; init; }
+    /// <summary>The API keys file (<c>--api-keys-file</c>), null for none; keys also come from
+    /// <see cref="Protocol.Security.ApiKeyStore.EnvVar"/> in the worker's environment (docs/security.md).</summary>
+    public string? ApiKeysFile { get; init; }
+    /// <summary>The supervisor's own key for its readiness probe (<see cref="Supervisor.SupervisorOptions.ProbeKeyEnvVar"/>),
+    /// accepted beside the configured keys under the name <c>supervisor</c>; null when keys are off.</summary>
+    public string? ProbeKey { get; init; }
+    /// <summary>PEM certificate and key for TLS on the client port (<c>--tls-cert</c>, <c>--tls-key</c>); null: plaintext.</summary>
+    public string? TlsCert { get; init; }
+    public string? TlsKey { get; init; }
 }

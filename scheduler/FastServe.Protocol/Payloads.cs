@@ -26,8 +26,9 @@ public readonly ref struct HelloView
         v = default;
         if (!r.TryU32(out uint magic) || !r.TryU16(out ushort major) || !r.TryU16(out ushort minor)) return false;
         // The name and (1.3) the key are optional; bytes after them are a later minor's and are ignored.
+        ReadOnlySpan<byte> key = default;
         if (!r.TryStr16(out var name)) name = default;
-        if (!r.TryStr16(out var key)) key = default;
+        else if (!r.TryStr16(out key)) key = default;
         v = new HelloView(magic, major, minor, name, key);
         return true;
     }

@@ -23,6 +23,7 @@ public static class CorpusSeeds
         }
 
         Add("hello.bin", w => FrameWriter.Hello(w, "fastserve-client/1"u8));
+        Add("hello_key.bin", w => FrameWriter.Hello(w, "fastserve-client/1"u8, apiKey: "example-key-0123456789"u8));
         Add("hello_ok.bin", HelloOk);
         Add("request_text.bin", w => Request(w, 7, ids: false, stops: ["\n\n", "</s>"], seed: 42));
         Add("request_ids.bin", w => Request(w, 8, ids: true, stops: [], seed: null));

@@ -140,10 +140,16 @@ public static class FrameParseLoop
         // The name is optional: absent or cut short reads as empty.
         int nameLen = p.Length >= 10 && 10 + U16(p, 8) <= p.Length ? U16(p, 8) : 0;
         Within(v.ClientName, p, 10, nameLen, "HELLO client name");
-        FrameWriter.Hello(w, v.ClientName, v.Major, v.Minor);
+        // 1.3: the API key follows a whole name; absent or cut short reads as empty.
+        int keyAt = 10 + nameLen;
+        bool nameWhole = p.Length >= 10 && 10 + U16(p, 8) <= p.Length;
+        int keyLen = nameWhole && p.Length >= keyAt + 2 && keyAt + 2 + U16(p, keyAt) <= p.Length ? U16(p, keyAt) : 0;
+        Within(v.ApiKey, p, keyAt + 2, keyLen, "HELLO api key");
+        FrameWriter.Hello(w, v.ClientName, v.Major, v.Minor, v.ApiKey);
         var back = Reread(w, FrameType.Hello, 0);
         Check(HelloView.TryParse(back, out var v2) && v2.Magic == Wire.Magic && v2.Major == v.Major && v2.Minor == v.Minor
-              && v2.ClientName.SequenceEqual(v.ClientName) && back.Length == 10 + nameLen, "HELLO round trip");
+              && v2.ClientName.SequenceEqual(v.ClientName) && v2.ApiKey.SequenceEqual(v.ApiKey)
+              && back.Length == 10 + nameLen + (keyLen > 0 ? 2 + keyLen : 0), "HELLO round trip");
     }
 
     /// <summary>The REQUEST layout check in docs/protocol.md order, independent of <see cref="RequestView.TryParse"/>.</summary>

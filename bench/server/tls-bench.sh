@@ -6,8 +6,9 @@
 # latency (median over the rounds), and CPU per request of the replica (all its processes, from /proc) and of the
 # load generator (rusage); then TLS's cost: added latency and CPU per request.
 # Usage: bench/server/tls-bench.sh [--json]
-# Knobs (environment): ROUNDS (3), SECONDS_PER_ROUND (15), CONCURRENCY (16), CONNECTIONS (4). Needs dist/fastserve,
-# openssl and python3.
+# Knobs (environment): ROUNDS (3), SECONDS_PER_ROUND (15), CONCURRENCY (16), CONNECTIONS (4); BASE=DIR adds a third
+# mode, "base": DIR/fastserve (another build, e.g. the commit before TLS) serving and benchmarking plaintext, to check
+# that the plaintext path did not get slower. Needs dist/fastserve, openssl and python3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 d=build/tls-bench
@@ -27,8 +28,9 @@ rounds, secs, conc, conns = int(env("ROUNDS", "3")), env("SECONDS_PER_ROUND", "1
 d = os.path.abspath("build/tls-bench")
 tick = os.sysconf("SC_CLK_TCK")
 
-def start(name, extra):
-    p = subprocess.Popen(["dist/fastserve", "serve", "--port", "0", "--json", "--backend", "sim", "--model", f"{d}/tiny", "--workers", "1", *extra],
+base = env("BASE")
+def start(name, extra, exe="dist/fastserve"):
+    p = subprocess.Popen([exe, "serve", "--port", "0", "--json", "--backend", "sim", "--model", f"{d}/tiny", "--workers", "1", *extra],
                          stdout=subprocess.PIPE, stderr=open(f"{d}/{name}.err", "w"), text=True)
     line = p.stdout.readline()
     if not line: sys.exit(f"the {name} replica did not start; see {d}/{name}.err")
@@ -53,12 +55,16 @@ def tree_cpu(pid):
 plain, pport = start("plain", [])
 tls, tport = start("tls", ["--tls-cert", f"{d}/leaf.pem", "--tls-key", f"{d}/leaf.key"])
 modes = {"plaintext": (plain, pport, []), "tls": (tls, tport, ["--tls-ca", f"{d}/ca.pem", "--tls-host", "localhost"])}
+exes = {m: "dist/fastserve" for m in modes}
+if base:
+    modes["base"] = (*start("base", [], f"{base}/fastserve"), [])
+    exes["base"] = f"{base}/fastserve"
 runs = {m: [] for m in modes}
 try:
     for i in range(rounds):
         for m, (proc, port, flags) in modes.items():
             c0, r0 = tree_cpu(proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
-            out = subprocess.run(["dist/fastserve", "bench", "--port", str(port), *flags, "--concurrency", conc, "--connections", conns,
+            out = subprocess.run([exes[m], "bench", "--port", str(port), *flags, "--concurrency", conc, "--connections", conns,
                                   "--duration", secs, "--warmup", "2", "--max-tokens", "1", "--prompt", "x", "--no-throttle", "--json"],
                                  capture_output=True, text=True)
             if out.returncode != 0: sys.exit(f"bench ({m}) failed: {out.stderr.strip()}")
@@ -82,6 +88,9 @@ cost = {"p50_added_us": (summary["tls"]["p50_ms"] - summary["plaintext"]["p50_ms
         "client_cpu_added_us": summary["tls"]["client_cpu_us"] - summary["plaintext"]["client_cpu_us"],
         "rps_ratio": summary["tls"]["rps"] / summary["plaintext"]["rps"]}
 errors = {m: sum(r["sent"] - r["ok"] for r in runs[m]) for m in runs}
+if base:
+    cost["plaintext_vs_base_rps_ratio"] = summary["plaintext"]["rps"] / summary["base"]["rps"]
+    cost["plaintext_vs_base_p50_us"] = (summary["plaintext"]["p50_ms"] - summary["base"]["p50_ms"]) * 1000
 if as_json:
     print(json.dumps({"rounds": runs, "median": summary, "tls_cost": cost, "not_ok": errors, "concurrency": int(conc), "connections": int(conns), "seconds": float(secs)}, indent=1))
 else:
@@ -90,4 +99,6 @@ else:
         print(f"{m:10} {s['rps']:9.0f} {s['p50_ms']:8.3f} {s['p99_ms']:8.3f} {s['server_cpu_us']:18.1f} {s['client_cpu_us']:18.1f} {errors[m]:7}")
     print(f"TLS cost per request: +{cost['p50_added_us']:.0f} us at P50, +{cost['p99_added_us']:.0f} us at P99, "
           f"+{cost['server_cpu_added_us']:.1f} us replica CPU, +{cost['client_cpu_added_us']:.1f} us client CPU; throughput x{cost['rps_ratio']:.3f}")
+    if base:
+        print(f"plaintext against the base build: throughput x{cost['plaintext_vs_base_rps_ratio']:.3f}, {cost['plaintext_vs_base_p50_us']:+.0f} us at P50")
 PY

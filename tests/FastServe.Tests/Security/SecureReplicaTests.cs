@@ -112,7 +112,11 @@ public sealed class SecureReplicaTests
             Assert.That(cliEnv.Err, Does.Contain("error[client.unauthorized]").And.Contain("auth.invalid_key").And.Not.Contain("wrong-key"));
 
             using var router = RouterProcess.Start([r.Port], "--upstream-tls-ca", certs.CaPem, "--upstream-tls-host", "localhost", "--upstream-api-key-file", routerKeyFile);
-            Assert.That(await Outcome(router.Port, new()), Is.EqualTo("ok"), "the router reaches the replica over TLS with its key");
+            // The router is ready before its endpoint is: wait for the connection to the replica.
+            string through = "";
+            for (var until = DateTime.UtcNow.AddSeconds(10); through != "ok" && DateTime.UtcNow < until; await Task.Delay(100))
+                through = await Outcome(router.Port, new());
+            Assert.That(through, Is.EqualTo("ok"), $"the router reaches the replica over TLS with its key; router stderr:\n{router.Stderr}");
             foreach (var output in new[] { r.Stderr, router.Stderr, cli.Out, cli.Err })
                 Assert.That(output, Does.Not.Contain(KeyA).And.Not.Contain(RouterKey), "no key material in any output");
         }

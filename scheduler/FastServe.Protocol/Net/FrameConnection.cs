@@ -49,8 +49,9 @@ public enum FrameRunEnd : byte
 
 /// <summary>How a receive run ended.</summary>
 /// <param name="End">Why it ended.</param>
-/// <param name="Error">For <see cref="FrameRunEnd.SocketError"/>: the <see cref="SocketException"/> or
-/// <see cref="ObjectDisposedException"/> the read threw (null when the connection was closed before the run).</param>
+/// <param name="Error">For <see cref="FrameRunEnd.SocketError"/>: the <see cref="SocketException"/>,
+/// <see cref="ObjectDisposedException"/> or (TLS) <see cref="IOException"/> the read threw (null when the connection
+/// was closed before the run).</param>
 public readonly record struct FrameRunResult(FrameRunEnd End, Exception? Error = null)
 {
     /// <summary>The error's message, or a fixed text when there is no error object.</summary>
@@ -76,6 +77,10 @@ public readonly record struct FrameRunResult(FrameRunEnd End, Exception? Error =
 /// <para>
 /// Send: <see cref="Out"/>, frames appended under its lock and flushed (see <see cref="OutBuffer"/>, which also does
 /// the backpressure: over the send limit, the connection counts as not reading and <c>onSendFailed</c> runs once).
+/// </para>
+/// <para>
+/// TLS (docs/security.md): given an authenticated stream, the same loop reads through it and <see cref="Out"/> writes
+/// through it; the plaintext path is untouched (one null check per read and per send).
 /// </para>
 /// <para>
 /// Threads: a run's loop is the only reader of the buffer. <see cref="LastReceiveTicks"/> and

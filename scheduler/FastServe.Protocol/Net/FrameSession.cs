@@ -34,7 +34,7 @@ internal sealed record FrameSessionOptions(string Role, int MaxFrame, int MaxInF
 /// <summary>
 /// The accepting side of one client connection speaking the replica protocol (docs/protocol.md): what a worker and a
 /// router do alike for the connections their clients open. The session owns the socket's receive loop, the receive
-/// buffer, frame parsing, the HELLO gate, PING, LOAD_QUERY (one-off and subscribed reports), the connection's
+/// buffer, frame parsing, the HELLO gate (version, and the API key when the host has keys: docs/security.md), PING, LOAD_QUERY (one-off and subscribed reports), the connection's
 /// in-flight map with its id and limit checks, error and fatal frames, the hello, partial-frame and idle timeouts,
 /// and closing. A derived class handles only what its end does differently: a REQUEST that passed the connection's
 /// checks, CANCEL's and close's effect on a request, DRAIN, the HELLO_OK it answers, its load, and its metrics.

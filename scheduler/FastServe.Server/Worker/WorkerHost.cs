@@ -114,8 +114,13 @@ public sealed class WorkerHost : IDisposable
         session.Start();
     }
 
-    /// <summary>The API keys in force, null when none are configured.</summary>
-    internal ApiKeyStore? Keys => _keys;
+    /// <summary>The API keys this worker enforces, null when none are configured (for a listener beside the binary
+    /// one, such as HTTP: <see cref="ApiKeyStore.TryAuthenticate(string, out string)"/>).</summary>
+    public ApiKeyStore? Keys => _keys;
+
+    /// <summary>The client port's TLS certificate source, null for plaintext (for another listener's TLS, such as
+    /// Kestrel's certificate selector: <see cref="CertificateSource.Current"/>).</summary>
+    public CertificateSource? Tls => _tls;
 
     internal void OnSessionClosed(ClientSession s) => _sessions.TryRemove(s.Id, out _);
 

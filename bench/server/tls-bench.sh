@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# TLS cost per request on the binary protocol (issue 20): two identical `--backend sim` replicas on the tiny model,
+# TLS cost per request on the binary protocol (issue 20): two identical zero-cost `--backend sim` replicas
+# (--sim-time-scale 0, as bench/ab-bench.sh's capacity points) on the tiny model's tokenizer,
 # one plaintext and one with --tls-cert/--tls-key (a throwaway CA and leaf made with openssl), driven by
 # `fastserve bench` in a closed loop of tiny requests (a one-character prompt, one token), plaintext and TLS in
 # alternating rounds so drift on a shared machine hits both alike. Prints, per mode: requests/s, P50/P99 end-to-end
@@ -30,7 +31,8 @@ tick = os.sysconf("SC_CLK_TCK")
 
 base = env("BASE")
 def start(name, extra, exe="dist/fastserve"):
-    p = subprocess.Popen([exe, "serve", "--port", "0", "--json", "--backend", "sim", "--model", f"{d}/tiny", "--workers", "1", *extra],
+    p = subprocess.Popen([exe, "serve", "--port", "0", "--json", "--backend", "sim", "--model", f"{d}/tiny", "--workers", "1",
+                          "--sim-time-scale", "0", "--max-seqs", "1024", "--max-batched-tokens", "4096", *extra],
                          stdout=subprocess.PIPE, stderr=open(f"{d}/{name}.err", "w"), text=True)
     line = p.stdout.readline()
     if not line: sys.exit(f"the {name} replica did not start; see {d}/{name}.err")
@@ -65,7 +67,7 @@ try:
         for m, (proc, port, flags) in modes.items():
             c0, r0 = tree_cpu(proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
             out = subprocess.run([exes[m], "bench", "--port", str(port), *flags, "--concurrency", conc, "--connections", conns,
-                                  "--duration", secs, "--warmup", "2", "--max-tokens", "1", "--prompt", "x", "--no-throttle", "--json"],
+                                  "--duration", secs, "--warmup", "2", "--max-tokens", "1", "--prompt", "x", "--no-text", "--no-throttle", "--json"],
                                  capture_output=True, text=True)
             if out.returncode != 0: sys.exit(f"bench ({m}) failed: {out.stderr.strip()}")
             c1, r1 = tree_cpu(proc.pid), resource.getrusage(resource.RUSAGE_CHILDREN)

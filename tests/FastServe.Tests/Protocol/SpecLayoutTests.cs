@@ -55,7 +55,7 @@ public class SpecLayoutTests
     // Payloads described in the frame-type tables: "type name" items in order, packed from offset 0.
     private static readonly Dictionary<string, string[]> Prose = new()
     {
-        ["HELLO"] = ["u32 magic", "u16 major", "u16 minor", "str16 client name"],
+        ["HELLO"] = ["u32 magic", "u16 major", "u16 minor", "str16 client name", "str16 API key"],
         ["LOAD_QUERY"] = ["u32 interval_ms"],
         ["DRAIN"] = ["str16 admin token"],
         ["HELLO_OK"] = ["u16 major", "u16 minor", "u32 max_frame", "u32 max_prompt_tokens", "u32 max_in_flight", "u32 idle_timeout_ms",

@@ -6,7 +6,7 @@ public static class Wire
     /// <summary>"FSRV" read as a little-endian u32: the first field of <c>HELLO</c>.</summary>
     public const uint Magic = 0x56525346;
     public const ushort Major = 1;
-    public const ushort Minor = 2;
+    public const ushort Minor = 3;
     /// <summary>Bytes of every frame header: u32 length, u8 type, u8 flags, u16 reserved, u64 id.</summary>
     public const int HeaderSize = 16;
     public const int DefaultMaxFrame = 1 << 20;
@@ -94,6 +94,10 @@ public enum RequestFlags : byte
     Route = 32,
     /// <summary>Protocol 1.2: the FINAL carries the mean and the minimum log-probability of the generated tokens.</summary>
     Logprobs = 64,
+    /// <summary>Protocol 1.3: the request continues a generation another replica began (a router's failover): the
+    /// payload ends with u32 n, n × u32 token ids already delivered to the client, u32 text bytes already delivered
+    /// (docs/protocol.md, "Resuming a request"). A replica of minor &lt; 3 is never sent one.</summary>
+    Resume = 128,
 }
 
 /// <summary>Indexes of the hand-off timing slots of FINAL: microseconds after the server read the request.</summary>

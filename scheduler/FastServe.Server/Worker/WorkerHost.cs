@@ -172,7 +172,7 @@ public sealed class WorkerHost : IDisposable
             }
         }
         var session = r.Session;
-        lock (session.Out.Lock) FrameWriter.Delta(session.Out.Writer, r.ClientId, ids, _text.WrittenSpan);
+        lock (session.Out.Lock) FrameWriter.Delta(session.Out.Writer, r.ClientId, ids, Unsent(r, _text.WrittenSpan));
         Touch(session);
         if (r.Stop?.Stopped == true)
         {
@@ -198,9 +198,10 @@ public sealed class WorkerHost : IDisposable
                 r.Stop.AppendUtf8(_piece.WrittenSpan, _text);
                 r.Stop.FlushUtf8(_text);
             }
-            if (_text.WrittenCount > 0)
+            var unsent = Unsent(r, _text.WrittenSpan);
+            if (unsent.Length > 0)
             {
-                lock (r.Session.Out.Lock) FrameWriter.Delta(r.Session.Out.Writer, r.ClientId, [], _text.WrittenSpan);
+                lock (r.Session.Out.Lock) FrameWriter.Delta(r.Session.Out.Writer, r.ClientId, [], unsent);
             }
         }
         var status = (RequestStatus)m.Status;
@@ -218,6 +219,15 @@ public sealed class WorkerHost : IDisposable
         if (f.Status == WireStatus.Unavailable && f.RetryAfterMs == 0) f.RetryAfterMs = 500;
         f.Retriable = WireNames.IsRetriable(f.Status);
         FinishToClient(r, ref f, m, f.Status == WireStatus.Ok ? null : codeStr, f.Status == WireStatus.Ok ? null : Encoding.UTF8.GetString(message));
+    }
+
+    // The output text less what a resumed request's client already has (WorkerRequest.SkipBytes).
+    private static ReadOnlySpan<byte> Unsent(WorkerRequest r, ReadOnlySpan<byte> text)
+    {
+        if (r.SkipBytes == 0) return text;
+        int k = (int)Math.Min(r.SkipBytes, text.Length);
+        r.SkipBytes -= k;
+        return text[k..];
     }
 
     private static WireStatus MapStatus(RequestStatus s, string code) => s switch

@@ -20,7 +20,11 @@ internal sealed class WorkerRequest
     public int PromptTokens;
     /// <summary>The client asked for the log-probability summary in its FINAL (REQUEST flag <c>logprobs</c>).</summary>
     public bool Logprobs;
+    /// <summary>Completion tokens so far: a resumed request (REQUEST flag <c>resume</c>) starts at its resumed ids.</summary>
     public int Completion;
+    /// <summary>Text bytes still to drop from the output before any is sent: the part of a resumed request's text the
+    /// client already had beyond what its resumed ids released (text a stop string held back at the moment of loss).</summary>
+    public long SkipBytes;
     public long Received, Tokenized;           // Stopwatch ticks
     public long FirstTokenSent, LastTokenSent;
     /// <summary>The client already has its FINAL (a stop string matched); the engine's final only clears the entry.</summary>

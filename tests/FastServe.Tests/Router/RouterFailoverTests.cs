@@ -18,14 +18,14 @@ namespace FastServe.Tests.Router;
 public sealed class RouterFailoverTests
 {
     private static ReplicaProcess StartReplica(int port) =>
-        ReplicaProcess.Start(["--backend", "sim", "--model", TestModels.Tiny, "--workers", "1", "--sim-time-scale", "4"], metrics: false, agent: false, port: port);
+        ReplicaProcess.Start(["--backend", "sim", "--model", TestModels.Tiny, "--workers", "1", "--sim-time-scale", "10"], metrics: false, agent: false, port: port);
 
     private static CompletionRequest Request(int i) => new()
     {
         Prompt = $"Correct the grammar: stream {i} have a error in it.",
         Params = RequestParams.Default with
         {
-            MaxTokens = 160, IgnoreEos = true, DeadlineMs = 30_000,
+            MaxTokens = 1000, IgnoreEos = true, DeadlineMs = 30_000,
             // Half greedy, half sampled with a seed.
             Temperature = i % 2 == 0 ? 0 : 0.8f, Seed = i % 2 == 0 ? null : 1000UL + (ulong)i,
         },
@@ -53,7 +53,9 @@ public sealed class RouterFailoverTests
 
             const int streams = 8;
             // Without a fault: the expected ids and text of each stream.
+            sw.Restart();
             var expected = await Task.WhenAll(Enumerable.Range(0, streams).Select(i => client.Start(Request(i)).Completion));
+            TestContext.Out.WriteLine($"without a fault: {streams} streams in {sw.ElapsedMilliseconds} ms");
             Assert.That(expected.Select(r => r.StatusName), Is.All.EqualTo("ok"));
 
             var calls = Enumerable.Range(0, streams).Select(i => client.Start(Request(i))).ToArray();

@@ -203,7 +203,8 @@ public static class FrameParseLoop
         Within(v.Prompt, p, Wire.RequestFixedSize, promptBytes, "REQUEST prompt");
         int stopsAt = Wire.RequestFixedSize + promptBytes;
         bool route = (v.Flags & RequestFlags.Route) != 0;
-        Check(route || v.RouteOffset == p.Length, "REQUEST without routing fields ends after its stops");
+        int resumeAt = v.IsResume ? p.Length - ResumeFields.Size(v.ResumeCount) : p.Length;
+        Check(route || v.RouteOffset == resumeAt, "REQUEST without routing fields ends after its stops (or its resume fields)");
         Within(v.Stops, p, stopsAt, v.RouteOffset - stopsAt, "REQUEST stops");
         if (route)
         {
@@ -214,7 +215,7 @@ public static class FrameParseLoop
             ra += 2 + U16(p, ra);
             Within(v.RouteKey, p, ra + 2, U16(p, ra), "REQUEST routing key");
             ra += 2 + U16(p, ra);
-            Check(v.IsResume || ra == p.Length, "REQUEST routing fields end the payload");
+            Check(ra == resumeAt, "REQUEST routing fields end the payload (or come before the resume fields)");
         }
         else Check(v.Model.IsEmpty && v.ModelVersion.IsEmpty && v.RouteKey.IsEmpty, "REQUEST routing fields without the flag");
         if (v.IsResume)

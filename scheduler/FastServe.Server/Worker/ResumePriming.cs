@@ -78,7 +78,7 @@ internal static class ResumePriming
         }
         if (have < text.WrittenCount) owed.Write(text.WrittenSpan[(int)have..]);
         else r.SkipBytes = have - text.WrittenCount;
-        r.Completion = n;
+        r.Completion = r.Resumed = n;
         return null;
     }
 

@@ -150,7 +150,7 @@ public sealed class WorkerHost : IDisposable
     {
         if (!_requests.TryGetValue(key, out var r) || r.Done) return;
         long now = Stopwatch.GetTimestamp();
-        if (r.Completion == 0) r.FirstTokenSent = now;
+        if (r.FirstTokenSent == 0) r.FirstTokenSent = now;
         r.LastTokenSent = now;
         r.Completion += ids.Length;
         _text.ResetWrittenCount();
@@ -279,11 +279,13 @@ public sealed class WorkerHost : IDisposable
         if (r is not null)
         {
             rep.PromptTokens = (uint)r.PromptTokens;
-            rep.CompletionTokens = (uint)r.Completion;
+            rep.CompletionTokens = (uint)(r.Completion - r.Resumed);   // generated here
             rep.E2eSeconds = (float)((now - r.Received) / f);
             if (firstScheduled != 0) rep.QueueSeconds = (float)((firstScheduled - r.Received) / f);
             if (r.FirstTokenSent != 0) rep.TtftSeconds = (float)((r.FirstTokenSent - r.Received) / f);
-            if (r.Completion > 1) rep.TpotSeconds = (float)((r.LastTokenSent - r.FirstTokenSent) / f / (r.Completion - 1));
+            // Over the tokens generated here (a resumed request's first ids came from another replica).
+            int here = r.Completion - r.Resumed;
+            if (here > 1) rep.TpotSeconds = (float)((r.LastTokenSent - r.FirstTokenSent) / f / (here - 1));
         }
         _engine.TrySend(rep, static (w, x) => Ipc.Ipc.Write(w, IpcType.Report, 0, x));
     }

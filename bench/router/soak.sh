@@ -2,15 +2,18 @@
 # Availability soak (docs/router.md): N simulated replicas behind a router under steady open-loop load for a long
 # run, one replica killed with SIGKILL (supervisor, engine and workers at once) every KILL_EVERY seconds and
 # restarted on its port. Reports the share of requests that succeeded (target 99.99 %), errors by code, and the
-# router's retries, replays and losses. The bounded version is the test RouterChaosTests.
+# router's retries, replays, resumes and losses. By default the requests stream (each DELTA passed on as it comes),
+# so a replica's death mid-stream is survived only by the router resuming the stream on another replica
+# (docs/router.md, "Failover"). The bounded versions are the tests RouterChaosTests and RouterFailoverTests.
 # Usage: bench/router/soak.sh [RESULTS_DIR]   (needs dist/fastserve and python3)
 # Knobs: N (replicas, 4), RATE (req/s, 300), DUR (seconds, 600), KILL_EVERY (seconds, 5), TOKENS (out per request, 50),
-#        WHOLE (1: requests marked whole, so the router may replay one whose replica died mid-generation; 0: streamed).
+#        WHOLE (0, the default: streamed requests, resumed on another replica when theirs dies mid-stream; 1: requests
+#        marked whole, which the router holds back and replays from the start instead).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-build/soak}
 mkdir -p "$out"
-N=${N:-4}; RATE=${RATE:-300}; DUR=${DUR:-600}; KILL_EVERY=${KILL_EVERY:-5}; TOKENS=${TOKENS:-50}; WHOLE=${WHOLE:-1}
+N=${N:-4}; RATE=${RATE:-300}; DUR=${DUR:-600}; KILL_EVERY=${KILL_EVERY:-5}; TOKENS=${TOKENS:-50}; WHOLE=${WHOLE:-0}
 source bench/lib.sh
 
 wait_ready() { # log -> 0 once the ready line is there
@@ -69,5 +72,6 @@ sent, ok = d["sent"], d["ok"]
 print(f"sent {sent}, ok {ok}, unfinished {d['unfinished']}, errors {d.get('errors', {})}")
 print(f"success {100 * ok / max(sent, 1):.4f} % over {kills} kills (target 99.99 %); "
       f"P50 {d['e2e_ms']['p50']} ms, P99 {d['e2e_ms']['p99']} ms; "
-      f"router: retries {st.get('retries')}, replays {st.get('replays')}, upstream_lost {st.get('upstream_lost')}, no_endpoint {st.get('no_endpoint')}")
+      f"router: retries {st.get('retries')}, replays {st.get('replays')}, resumes {st.get('resumes')}, "
+      f"resume_failures {st.get('resume_failures')}, upstream_lost {st.get('upstream_lost')}, no_endpoint {st.get('no_endpoint')}")
 PY

@@ -111,8 +111,10 @@ public static class FrameWriter
     }
 
     /// <summary>A REQUEST with a UTF-8 text prompt (<paramref name="promptIds"/> empty) or a token-id prompt.</summary>
+    /// <summary>Writes a REQUEST. With <paramref name="resumeTextBytes"/> set, it is a resume (protocol 1.3, flag
+    /// <see cref="RequestFlags.Resume"/>): <paramref name="resumeIds"/> and that many text bytes were already delivered.</summary>
     public static void Request(IBufferWriter<byte> w, ulong id, in RequestParams r, ReadOnlySpan<byte> promptText, ReadOnlySpan<int> promptIds,
-        IReadOnlyList<string>? stops = null)
+        IReadOnlyList<string>? stops = null, ReadOnlySpan<int> resumeIds = default, uint? resumeTextBytes = null)
     {
         bool ids = promptText.IsEmpty && !promptIds.IsEmpty;
         int promptBytes = ids ? promptIds.Length * 4 : promptText.Length;
@@ -130,7 +132,9 @@ public static class FrameWriter
             key = Encoding.UTF8.GetBytes(r.RouteKey ?? "");
             routeBytes = Str16Size(model) + Str16Size(version) + Str16Size(key);
         }
-        int n = Wire.RequestFixedSize + promptBytes + stopBytes + routeBytes;
+        bool resume = resumeTextBytes.HasValue;
+        int resumeBytes = resume ? ResumeFields.Size(resumeIds.Length) : 0;
+        int n = Wire.RequestFixedSize + promptBytes + stopBytes + routeBytes + resumeBytes;
         var p = Begin(w, FrameType.Request, 0, id, n);
         BinaryPrimitives.WriteUInt32LittleEndian(p, (uint)r.MaxTokens);
         BinaryPrimitives.WriteSingleLittleEndian(p[4..], r.Temperature);
@@ -147,6 +151,7 @@ public static class FrameWriter
         if (r.Whole) flags |= RequestFlags.Whole;
         if (r.Logprobs) flags |= RequestFlags.Logprobs;
         if (route) flags |= RequestFlags.Route;
+        if (resume) flags |= RequestFlags.Resume;
         p[29] = (byte)flags;
         BinaryPrimitives.WriteUInt16LittleEndian(p[30..], (ushort)Math.Min(stopCount, ushort.MaxValue));
         BinaryPrimitives.WriteUInt32LittleEndian(p[32..], (uint)(ids ? promptIds.Length : promptText.Length));
@@ -164,8 +169,9 @@ public static class FrameWriter
         {
             o += PutStr16(p[o..], model);
             o += PutStr16(p[o..], version);
-            PutStr16(p[o..], key);
+            o += PutStr16(p[o..], key);
         }
+        if (resume) ResumeFields.Write(p[o..], resumeIds, resumeTextBytes!.Value);
         w.Advance(Wire.HeaderSize + n);
     }
 

@@ -64,6 +64,9 @@ public enum RequestParseError : byte
     TrailingBytes,
     /// <summary>The routing fields (flag <see cref="RequestFlags.Route"/>) are missing, too long or not UTF-8.</summary>
     BadRoute,
+    /// <summary>The resume fields (flag <see cref="RequestFlags.Resume"/>) are missing or claim more ids than any
+    /// request may generate.</summary>
+    BadResume,
 }
 
 /// <summary>
@@ -95,15 +98,26 @@ public readonly ref struct RequestView
     /// <summary>Payload offset where the routing fields start (the payload's length when there are none): a router
     /// forwards the payload cut here, with the flag cleared.</summary>
     public readonly int RouteOffset;
+    /// <summary>Protocol 1.3, with <see cref="RequestFlags.Resume"/>: the token ids already delivered to the client,
+    /// 4 × <see cref="ResumeCount"/> bytes of little-endian u32 (use <see cref="ResumeId"/>); empty otherwise.</summary>
+    public readonly ReadOnlySpan<byte> ResumeIds;
+    /// <summary>With <see cref="RequestFlags.Resume"/>: UTF-8 bytes of text already delivered to the client.</summary>
+    public readonly uint ResumeTextBytes;
 
     private RequestView(uint maxTokens, float temperature, float topP, int topK, ulong seed, uint deadlineMs, byte priority, RequestFlags flags,
         int stopCount, ReadOnlySpan<byte> prompt, ReadOnlySpan<byte> stops, ReadOnlySpan<byte> model, ReadOnlySpan<byte> version,
-        ReadOnlySpan<byte> key, int routeOffset)
+        ReadOnlySpan<byte> key, int routeOffset, ReadOnlySpan<byte> resumeIds, uint resumeText)
     {
         MaxTokens = maxTokens; Temperature = temperature; TopP = topP; TopK = topK; Seed = seed; DeadlineMs = deadlineMs;
         Priority = priority; Flags = flags; StopCount = stopCount; Prompt = prompt; Stops = stops;
         Model = model; ModelVersion = version; RouteKey = key; RouteOffset = routeOffset;
+        ResumeIds = resumeIds; ResumeTextBytes = resumeText;
     }
+
+    /// <summary>The request continues a generation (<see cref="RequestFlags.Resume"/>).</summary>
+    public bool IsResume => (Flags & RequestFlags.Resume) != 0;
+    public int ResumeCount => ResumeIds.Length / 4;
+    public int ResumeId(int i) => BinaryPrimitives.ReadInt32LittleEndian(ResumeIds[(i * 4)..]);
 
     public bool PromptIsIds => (Flags & RequestFlags.PromptIds) != 0;
     public int PromptIdCount => Prompt.Length / 4;
@@ -146,9 +160,17 @@ public readonly ref struct RequestView
                 || !Utf8Text.IsValid(model) || !Utf8Text.IsValid(version))
                 return RequestParseError.BadRoute;
         }
+        ReadOnlySpan<byte> resumeIds = default;
+        uint resumeText = 0;
+        if ((flags & (byte)RequestFlags.Resume) != 0)
+        {
+            // Bounded before any length is trusted: no request generates more than RequestRules.MaxTokensLimit ids.
+            if (!r.TryU32(out uint n) || n > RequestRules.MaxTokensLimit || !r.TryBytes((int)n * 4, out resumeIds) || !r.TryU32(out resumeText))
+                return RequestParseError.BadResume;
+        }
         if (r.Remaining != 0) return RequestParseError.TrailingBytes;
         v = new RequestView(maxTokens, temp, topP, topK, seed, deadline, prio, (RequestFlags)flags, stopCount, prompt,
-            payload[stopsStart..routeOffset], model, version, key, routeOffset);
+            payload[stopsStart..routeOffset], model, version, key, routeOffset, resumeIds, resumeText);
         return RequestParseError.None;
     }
 
@@ -160,8 +182,35 @@ public readonly ref struct RequestView
         RequestParseError.PromptLength => "request.prompt_length",
         RequestParseError.TrailingBytes => "frame.trailing_bytes",
         RequestParseError.BadRoute => "request.bad_route",
+        RequestParseError.BadResume => RequestRules.BadResume,
         _ => "",
     };
+}
+
+/// <summary>The resume fields of a REQUEST (protocol 1.3, flag <see cref="RequestFlags.Resume"/>): u32 n, n × u32
+/// token ids already delivered, u32 text bytes already delivered. They follow the stop strings (and the routing
+/// fields when those are present).</summary>
+public static class ResumeFields
+{
+    /// <summary>Bytes the fields take for <paramref name="ids"/> ids.</summary>
+    public static int Size(int ids) => 8 + 4 * ids;
+
+    /// <summary>Writes the fields at the start of <paramref name="dst"/> (at least <see cref="Size"/> bytes).</summary>
+    public static void Write(Span<byte> dst, ReadOnlySpan<int> ids, uint textBytes)
+    {
+        BinaryPrimitives.WriteUInt32LittleEndian(dst, (uint)ids.Length);
+        for (int i = 0; i < ids.Length; i++) BinaryPrimitives.WriteInt32LittleEndian(dst[(4 + 4 * i)..], ids[i]);
+        BinaryPrimitives.WriteUInt32LittleEndian(dst[(4 + 4 * ids.Length)..], textBytes);
+    }
+
+    /// <summary>As <see cref="Write(Span{byte}, ReadOnlySpan{int}, uint)"/> with the ids as little-endian u32 bytes
+    /// (a DELTA's id bytes, as a router records them).</summary>
+    public static void Write(Span<byte> dst, ReadOnlySpan<byte> idBytes, uint textBytes)
+    {
+        BinaryPrimitives.WriteUInt32LittleEndian(dst, (uint)(idBytes.Length / 4));
+        idBytes.CopyTo(dst[4..]);
+        BinaryPrimitives.WriteUInt32LittleEndian(dst[(4 + idBytes.Length)..], textBytes);
+    }
 }
 
 /// <summary>A parsed DELTA: token ids and UTF-8 text, both slices of the payload.</summary>

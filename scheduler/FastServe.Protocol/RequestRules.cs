@@ -46,6 +46,7 @@ public static class RequestRules
     public const string PromptEmpty = "prompt.empty";
     public const string PromptTooLong = "prompt.too_long";
     public const string PromptInvalidToken = "prompt.invalid_token";
+    public const string BadResume = "request.bad_resume";
 
     /// <summary>max_tokens 1 … <see cref="MaxTokensLimit"/>; temperature finite, 0 … 100; top_p finite, (0, 1];
     /// top_k ≥ 0 (0 = off); logprobs 0 … <see cref="MaxLogprobs"/>. Code <c>sampling.invalid</c>, in that order.</summary>
@@ -98,6 +99,25 @@ public static class RequestRules
             return new RuleViolation(PromptTooLong, "prompt", $"the prompt has {tokens} tokens; at most {contextLength - 1} fit the context", WireStatus.TooLarge);
         return null;
     }
+
+    /// <summary>The resume fields of a request (protocol 1.3): <paramref name="resumed"/> ids already delivered, at most
+    /// <paramref name="maxTokens"/> (they count toward it), and with the prompt at most <paramref name="contextLength"/>
+    /// + 1 tokens (one past the context is where a generation ends <c>context_full</c>). Code <c>request.bad_resume</c>.
+    /// The ids' range is <see cref="CheckPromptTokens"/>'s rule (<c>prompt.invalid_token</c>); the text bytes are
+    /// checked where the ids are decoded.</summary>
+    public static RuleViolation? CheckResume(int resumed, long maxTokens, int promptTokens, int contextLength)
+    {
+        if (resumed > maxTokens)
+            return new RuleViolation(BadResume, "resume", $"{resumed} resumed tokens; max_tokens is {maxTokens}", WireStatus.BadRequest);
+        if ((long)promptTokens + resumed > (long)contextLength + 1)
+            return new RuleViolation(BadResume, "resume", $"the prompt's {promptTokens} tokens and {resumed} resumed tokens exceed the context of {contextLength}", WireStatus.BadRequest);
+        return null;
+    }
+
+    /// <summary>The violation for resumed text that the resumed ids do not produce: more bytes than their text, or a
+    /// count that ends inside a UTF-8 sequence. Code <c>request.bad_resume</c>.</summary>
+    public static RuleViolation BadResumeText(uint textBytes, int produced) =>
+        new(BadResume, "resume", $"{textBytes} resumed text bytes do not end on a character of the {produced} bytes the resumed tokens produce", WireStatus.BadRequest);
 
     /// <summary>Every id in 0 … <paramref name="vocabSize"/> − 1. Code <c>prompt.invalid_token</c>.</summary>
     public static RuleViolation? CheckPromptTokens(ReadOnlySpan<int> tokens, int vocabSize)

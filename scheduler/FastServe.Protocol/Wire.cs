@@ -94,6 +94,10 @@ public enum RequestFlags : byte
     Route = 32,
     /// <summary>Protocol 1.2: the FINAL carries the mean and the minimum log-probability of the generated tokens.</summary>
     Logprobs = 64,
+    /// <summary>Protocol 1.3: the request continues a generation another replica began (a router's failover): the
+    /// payload ends with u32 n, n × u32 token ids already delivered to the client, u32 text bytes already delivered
+    /// (docs/protocol.md, "Resuming a request"). A replica of minor &lt; 3 is never sent one.</summary>
+    Resume = 128,
 }
 
 /// <summary>Indexes of the hand-off timing slots of FINAL: microseconds after the server read the request.</summary>

@@ -31,15 +31,16 @@ public sealed class Balancer
     /// retried request already tried) are left out while any other is eligible. With <paramref name="leaving"/> the
     /// endpoints are ones that left the source and serve as a fallback: <see cref="Endpoint.CanServe"/> decides instead
     /// of <see cref="Endpoint.IsEligible"/>. Only endpoints in the pool of <paramref name="model"/> and
-    /// <paramref name="version"/> are candidates (<see cref="Endpoint.Serves"/>; null: any).
+    /// <paramref name="version"/> are candidates (<see cref="Endpoint.Serves"/>; null: any), and with
+    /// <paramref name="minMinor"/> only those whose HELLO_OK declared at least that protocol minor (a resume needs 1.3).
     /// </summary>
     public Endpoint? Pick(ReadOnlySpan<Endpoint> endpoints, long now, ReadOnlySpan<Endpoint?> avoid = default, bool leaving = false,
-        string? model = null, string? version = null)
+        string? model = null, string? version = null, ushort minMinor = 0)
     {
         lock (_lock)
         {
-            int n = Collect(endpoints, now, avoid, leaving, model, version);
-            if (n == 0 && !avoid.IsEmpty) n = Collect(endpoints, now, default, leaving, model, version);
+            int n = Collect(endpoints, now, avoid, leaving, model, version, minMinor);
+            if (n == 0 && !avoid.IsEmpty) n = Collect(endpoints, now, default, leaving, model, version, minMinor);
             if (n == 0) return null;
             double total = 0;
             for (int i = 0; i < n; i++) total += _w[i];
@@ -62,7 +63,7 @@ public sealed class Balancer
         }
     }
 
-    private int Collect(ReadOnlySpan<Endpoint> endpoints, long now, ReadOnlySpan<Endpoint?> avoid, bool leaving, string? model, string? version)
+    private int Collect(ReadOnlySpan<Endpoint> endpoints, long now, ReadOnlySpan<Endpoint?> avoid, bool leaving, string? model, string? version, ushort minMinor)
     {
         if (_cand.Length < endpoints.Length)
         {
@@ -73,6 +74,7 @@ public sealed class Balancer
         foreach (var e in endpoints)
         {
             if (!e.Serves(model, version) || !(leaving ? e.CanServe(now) : e.IsEligible(now)) || Contains(avoid, e)) continue;
+            if (minMinor > 0 && e.Server.Minor < minMinor) continue;
             _cand[n] = e;
             _w[n] = e.EffectiveWeight(now);
             n++;

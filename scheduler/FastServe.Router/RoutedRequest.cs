@@ -24,6 +24,9 @@ internal sealed class RoutedRequest
     private int _refusalLength;
     private byte _refusalFlags;
     private int _released;
+    private byte[]? _delivered;     // ids passed to the client (little-endian u32), recorded once it streams
+    private int _deliveredLength;
+    private long _deliveredText;    // text bytes passed to the client
 
     /// <summary>A request whose payload is forwarded without its routing fields (the router has chosen the pool, and
     /// replicas of older protocol versions would refuse them): <paramref name="payload"/> is cut at
@@ -46,6 +49,19 @@ internal sealed class RoutedRequest
         DeadlineAt = deadlineMs == 0 ? 0 : received + deadlineMs * Stopwatch.Frequency / 1000;
         Tried = new Endpoint?[maxAttempts];
         Whole = payload.Length > 29 && (payload[29] & (byte)RequestFlags.Whole) != 0;
+        if (Length >= Wire.RequestFixedSize) DrawSeed(_payload.AsSpan(0, Length));
+    }
+
+    /// <summary>
+    /// A sampled request without a seed gets one drawn here, in the copy the replicas see: a replica that resumes it
+    /// after a loss then draws exactly the tokens the lost one would have (the counter-based sampler keys each draw
+    /// by seed and position). The client still sees a random answer: the seed is drawn anew for every request.
+    /// </summary>
+    private static void DrawSeed(Span<byte> p)
+    {
+        if ((p[29] & (byte)RequestFlags.HasSeed) != 0 || !(BinaryPrimitives.ReadSingleLittleEndian(p[4..]) > 0)) return;
+        BinaryPrimitives.WriteUInt64LittleEndian(p[16..], (ulong)Random.Shared.NextInt64(long.MinValue, long.MaxValue));
+        p[29] |= (byte)RequestFlags.HasSeed;
     }
 
     /// <summary>A mirror of <paramref name="primary"/> for its shadow comparison: the same payload as forwarded, at
@@ -102,8 +118,9 @@ internal sealed class RoutedRequest
     public bool Cancelled;
     public bool Done;
 
-    /// <summary>A DELTA has been passed to the client: the request can no longer be replayed. Written by the
-    /// receive loop of the connection it runs on.</summary>
+    /// <summary>A DELTA has been passed to the client: the request can no longer be replayed from the start, only
+    /// resumed from what was delivered (<see cref="WriteRequest"/>). Written by the receive loop of the connection it
+    /// runs on.</summary>
     public volatile bool Streamed;
 
     /// <summary>
@@ -142,14 +159,91 @@ internal sealed class RoutedRequest
     /// <summary>Bytes of output held back now.</summary>
     public int HeldBytes { get { lock (Lock) return _heldLength; } }
 
-    /// <summary>Writes the held output (whole client frames) to <paramref name="w"/> and forgets it.</summary>
-    public void PassHeld(IBufferWriter<byte> w)
+    /// <summary>Writes the held output (whole client frames) to <paramref name="w"/> and forgets it; with
+    /// <paramref name="record"/> (the request streams from here on) the DELTAs passed are recorded as delivered.</summary>
+    public void PassHeld(IBufferWriter<byte> w, bool record = false)
     {
         lock (Lock)
         {
             if (_heldLength == 0) return;
             w.Write(_held.AsSpan(0, _heldLength));
+            if (record)
+            {
+                for (int at = 0; at + Wire.HeaderSize <= _heldLength;)
+                {
+                    int len = (int)BinaryPrimitives.ReadUInt32LittleEndian(_held.AsSpan(at));
+                    RecordLocked(_held.AsSpan(at + Wire.HeaderSize, len));
+                    at += Wire.HeaderSize + len;
+                }
+            }
             _heldLength = 0;
+        }
+    }
+
+    /// <summary>
+    /// Records a DELTA passed to the client (its ids and text bytes): what a resume on another replica starts from
+    /// (REQUEST flag <see cref="RequestFlags.Resume"/>). A pooled buffer that grows only for requests that stream.
+    /// Called by the receive loop of the connection the request runs on.
+    /// </summary>
+    public void RecordDelivered(ReadOnlySpan<byte> deltaPayload)
+    {
+        lock (Lock) RecordLocked(deltaPayload);
+    }
+
+    private void RecordLocked(ReadOnlySpan<byte> deltaPayload)
+    {
+        if (_payload is null || !DeltaView.TryParse(deltaPayload, out var d)) return;
+        if (d.IdBytes.Length > 0)
+        {
+            int need = _deliveredLength + d.IdBytes.Length;
+            if (_delivered is null || _delivered.Length < need)
+            {
+                var grown = ArrayPool<byte>.Shared.Rent(Math.Max(Math.Max(256, need), (_delivered?.Length ?? 0) * 2));
+                if (_delivered is not null)
+                {
+                    _delivered.AsSpan(0, _deliveredLength).CopyTo(grown);
+                    ArrayPool<byte>.Shared.Return(_delivered);
+                }
+                _delivered = grown;
+            }
+            d.IdBytes.CopyTo(_delivered.AsSpan(_deliveredLength));
+            _deliveredLength = need;
+        }
+        _deliveredText += d.Text.Length;
+    }
+
+    /// <summary>Token ids passed to the client so far.</summary>
+    public int DeliveredIds { get { lock (Lock) return _deliveredLength / 4; } }
+
+    /// <summary>Bytes of the REQUEST frame's payload as the next attempt sends it: the payload, and once the request has
+    /// streamed (<see cref="Streamed"/>) the resume fields with what was delivered.</summary>
+    public int SendLength { get { lock (Lock) return Length + (Streamed ? ResumeFields.Size(_deliveredLength / 4) : 0); } }
+
+    /// <summary>Writes the REQUEST frame for an attempt under router id <paramref name="rid"/>: the payload as
+    /// forwarded, and once the request has streamed, with flag <see cref="RequestFlags.Resume"/> and the ids and
+    /// text bytes already delivered (the replica continues from there; docs/router.md, "Failover").</summary>
+    public void WriteRequest(IBufferWriter<byte> w, ulong rid)
+    {
+        lock (Lock)
+        {
+            if (_payload is null) return;
+            if (!Streamed)
+            {
+                FrameCopy.Write(w, FrameType.Request, HeaderFlags, rid, _payload.AsSpan(0, Length));
+                return;
+            }
+            int n = Length + ResumeFields.Size(_deliveredLength / 4);
+            var span = w.GetSpan(Wire.HeaderSize + n);
+            BinaryPrimitives.WriteUInt32LittleEndian(span, (uint)n);
+            span[4] = (byte)FrameType.Request;
+            span[5] = HeaderFlags;
+            BinaryPrimitives.WriteUInt16LittleEndian(span[6..], 0);
+            BinaryPrimitives.WriteUInt64LittleEndian(span[8..], rid);
+            var p = span[Wire.HeaderSize..];
+            _payload.AsSpan(0, Length).CopyTo(p);
+            p[29] |= (byte)RequestFlags.Resume;
+            ResumeFields.Write(p[Length..], _delivered.AsSpan(0, _deliveredLength), (uint)Math.Min(_deliveredText, uint.MaxValue));
+            w.Advance(Wire.HeaderSize + n);
         }
     }
 
@@ -209,11 +303,11 @@ internal sealed class RoutedRequest
         if (TriedCount < Tried.Length) Tried[TriedCount++] = e;
     }
 
-    /// <summary>Returns the payload copy, any held output and any kept refusal to the pool (once).</summary>
+    /// <summary>Returns the payload copy, any held output, any kept refusal and the delivered record to the pool (once).</summary>
     public void Release()
     {
         if (Interlocked.Exchange(ref _released, 1) != 0) return;
-        byte[]? p, h, f;
+        byte[]? p, h, f, d;
         lock (Lock)
         {
             p = _payload;
@@ -223,10 +317,14 @@ internal sealed class RoutedRequest
             _heldLength = 0;
             f = _refusal;
             _refusal = null;
+            d = _delivered;
+            _delivered = null;
+            _deliveredLength = 0;
         }
         if (p is not null) ArrayPool<byte>.Shared.Return(p);
         if (h is not null) ArrayPool<byte>.Shared.Return(h);
         if (f is not null) ArrayPool<byte>.Shared.Return(f);
+        if (d is not null) ArrayPool<byte>.Shared.Return(d);
     }
 }
 

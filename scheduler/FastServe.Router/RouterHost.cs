@@ -24,8 +24,28 @@ namespace FastServe.Router;
 /// <param name="UpstreamOverloaded">FINALs with status <c>overloaded</c> received from replicas (every attempt's).</param>
 /// <param name="Saturation">Of the FINALs replicas sent within the last <see cref="RouterOptions.OverloadWindowMs"/>
 /// (every attempt's, any status), the fraction that were <c>overloaded</c>; 0 when none came. In [0, 1].</param>
+/// <param name="Resumes">Of the retries, those of requests that had streamed output: sent on to another replica to
+/// continue from the output already delivered (REQUEST flag <c>resume</c>; docs/router.md, "Failover"), after their
+/// replica was lost or refused them with a retriable status.</param>
+/// <param name="ResumeFailures">Streamed requests whose replica was lost and that could not be resumed (they ended
+/// <c>router.upstream_lost</c>, or <c>deadline_exceeded</c>); by reason in <see cref="RouterHost.ResumeFailuresBy"/>.</param>
 public readonly record struct RouterStats(long Requests, long Rejected, long Completed, long Retries, long Replays, long UpstreamLost, long NoEndpoint, int InFlight,
-    long BudgetExhausted, long UpstreamOverloaded, double Saturation);
+    long BudgetExhausted, long UpstreamOverloaded, double Saturation, long Resumes = 0, long ResumeFailures = 0);
+
+/// <summary>Why a streamed request whose replica was lost was not resumed elsewhere (metric label <c>reason</c>).</summary>
+public enum ResumeFailure
+{
+    /// <summary>No eligible replica of protocol 1.3 or later in its pool could take it.</summary>
+    NoEndpoint,
+    /// <summary>Its deadline had passed.</summary>
+    Deadline,
+    /// <summary>It had been sent <see cref="RouterOptions.MaxAttempts"/> times already.</summary>
+    Attempts,
+    /// <summary>The resume frame (payload and delivered ids) is larger than the replica accepts.</summary>
+    TooLarge,
+    /// <summary>The router is stopping.</summary>
+    Stopping,
+}
 
 /// <summary>
 /// A fleet router (<c>fastserve route</c>, docs/router.md): a listener speaking the replica protocol to clients, a
@@ -60,7 +80,8 @@ public sealed class RouterHost : IAsyncDisposable
     private readonly byte[]? _adminToken;
     private ConfigWatcher? _config;
     private long _escalations, _shedBatch;
-    private long _requests, _rejected, _completed, _retries, _replays, _upstreamLost, _noEndpoint, _budgetExhausted, _upstreamOverloaded;
+    private long _requests, _rejected, _completed, _retries, _replays, _upstreamLost, _noEndpoint, _budgetExhausted, _upstreamOverloaded, _resumes;
+    private readonly long[] _resumeFailures = new long[Enum.GetValues<ResumeFailure>().Length];
     private int _inFlight, _stopOnce;
     private readonly RetryBudget _budget;
     private readonly SaturationWindow _saturation;
@@ -126,7 +147,18 @@ public sealed class RouterHost : IAsyncDisposable
     /// <summary>Counters so far.</summary>
     public RouterStats Stats => new(Interlocked.Read(ref _requests), Interlocked.Read(ref _rejected), Interlocked.Read(ref _completed),
         Interlocked.Read(ref _retries), Interlocked.Read(ref _replays), Interlocked.Read(ref _upstreamLost), Interlocked.Read(ref _noEndpoint),
-        Volatile.Read(ref _inFlight), Interlocked.Read(ref _budgetExhausted), Interlocked.Read(ref _upstreamOverloaded), _saturation.Value);
+        Volatile.Read(ref _inFlight), Interlocked.Read(ref _budgetExhausted), Interlocked.Read(ref _upstreamOverloaded), _saturation.Value,
+        Interlocked.Read(ref _resumes), ResumeFailuresTotal());
+
+    /// <summary>Streamed requests that could not be resumed after their replica was lost, for one reason.</summary>
+    public long ResumeFailuresBy(ResumeFailure reason) => Interlocked.Read(ref _resumeFailures[(int)reason]);
+
+    private long ResumeFailuresTotal()
+    {
+        long n = 0;
+        for (int i = 0; i < _resumeFailures.Length; i++) n += Interlocked.Read(ref _resumeFailures[i]);
+        return n;
+    }
 
     /// <summary>The fleet's load as this router sees it now: the autoscaler's signal (docs/autoscale.md).</summary>
     public FleetLoad Load()
@@ -469,11 +501,14 @@ public sealed class RouterHost : IAsyncDisposable
                 if (req.Cancelled) return SendResult.Cancelled;
                 var tried = req.Tried.AsSpan(0, req.TriedCount);
                 var pool = req.Pool;
-                e = _balancer.Pick(endpoints, now, tried, model: pool.Model, version: pool.Version);
+                // A request that has streamed can only be resumed, which replicas of protocol 1.3 on understand.
+                ushort minMinor = req.Streamed ? ResumeMinor : (ushort)0;
+                e = _balancer.Pick(endpoints, now, tried, model: pool.Model, version: pool.Version, minMinor: minMinor);
                 // A version the split drew (not one the client named) whose replicas cannot take it now (ejected,
                 // draining, down): the model's other versions can.
-                if (e is null && req.DrawnVersion) e = _balancer.Pick(endpoints, now, tried, model: pool.Model);
-                if (e is null && _fallback is { Length: > 0 } fallback) e = _balancer.Pick(fallback, now, tried, leaving: true, model: pool.Model, version: pool.Version);
+                if (e is null && req.DrawnVersion) e = _balancer.Pick(endpoints, now, tried, model: pool.Model, minMinor: minMinor);
+                if (e is null && _fallback is { Length: > 0 } fallback)
+                    e = _balancer.Pick(fallback, now, tried, leaving: true, model: pool.Model, version: pool.Version, minMinor: minMinor);
             }
             if (e is null) return SendResult.NoEndpoint;
             var conn = ChooseConnection(e);
@@ -483,7 +518,7 @@ public sealed class RouterHost : IAsyncDisposable
                 e.SetCongested(true);
                 continue;
             }
-            if (req.Length > conn.MaxFrame) return SendResult.TooLarge;
+            if (req.SendLength > conn.MaxFrame) return SendResult.TooLarge;
             ulong rid = (ulong)Interlocked.Increment(ref _nextId);
             lock (req.Lock)
             {
@@ -526,7 +561,8 @@ public sealed class RouterHost : IAsyncDisposable
 
     private bool CanRetry(RoutedRequest req, long now)
     {
-        if (req.Streamed || req.Session.IsClosed || _stopped) return false;
+        // A request that has streamed is retried as a resume (Forward sends what was delivered with it).
+        if (req.Session.IsClosed || _stopped) return false;
         if (req.DeadlineAt != 0 && now >= req.DeadlineAt) return false;
         lock (req.Lock) return !req.Cancelled && req.Attempts < Options.MaxAttempts;
     }
@@ -637,6 +673,7 @@ public sealed class RouterHost : IAsyncDisposable
     {
         Interlocked.Increment(ref _retries);
         if (req.HeldBytes > 0) Interlocked.Increment(ref _replays);
+        if (req.Streamed) Interlocked.Increment(ref _resumes);
     }
 
     /// <summary>
@@ -733,9 +770,7 @@ public sealed class RouterHost : IAsyncDisposable
             }
             if (req.Streamed)
             {
-                Interlocked.Increment(ref _upstreamLost);
-                FinishWith(req, WireStatus.Unavailable, true, 0, "router.upstream_lost",
-                    $"the connection to replica {conn.Endpoint.Address} broke after the request had streamed output; it is not replayed");
+                Resume(conn, req, now);
                 continue;
             }
             // A mass disconnect draws on the budget too: it must not double the load on the replicas left.
@@ -767,6 +802,59 @@ public sealed class RouterHost : IAsyncDisposable
             FinishWith(req, WireStatus.Unavailable, true, 0, "router.upstream_lost",
                 $"the connection to replica {conn.Endpoint.Address} broke before any output was passed on, after {attempts} attempt(s){(spent ? "; the retry budget is spent" : "")}");
         }
+    }
+
+    /// <summary>Protocol minor from which replicas take REQUEST flag <c>resume</c>.</summary>
+    internal const ushort ResumeMinor = 3;
+
+    /// <summary>
+    /// A streamed request whose replica was lost: sent on to another replica (protocol 1.3 or later, in its pool) with
+    /// the ids and text bytes already delivered, so it continues where the client's stream stopped and the client sees
+    /// one stream and one FINAL. A resume adds no work the lost replica had not been doing, so it does not draw on the
+    /// retry budget; the request's attempt limit and deadline still bound it. Otherwise it ends
+    /// <c>router.upstream_lost</c> (or <c>deadline_exceeded</c> past its deadline).
+    /// </summary>
+    private void Resume(UpstreamConnection conn, RoutedRequest req, long now)
+    {
+        ResumeFailure why;
+        if (_stopped) why = ResumeFailure.Stopping;
+        else if (req.DeadlineAt != 0 && now >= req.DeadlineAt) why = ResumeFailure.Deadline;
+        else
+        {
+            int attempts;
+            lock (req.Lock) attempts = req.Attempts;
+            if (attempts >= Options.MaxAttempts) why = ResumeFailure.Attempts;
+            else
+            {
+                switch (Forward(req, now, null))
+                {
+                    case SendResult.Sent:
+                        CountRetry(req);
+                        return;
+                    case SendResult.Cancelled:
+                        FinishWith(req, WireStatus.Cancelled, false, 0, "request.cancelled", "cancelled while being resumed");
+                        return;
+                    case SendResult.TooLarge: why = ResumeFailure.TooLarge; break;
+                    default: why = ResumeFailure.NoEndpoint; break;
+                }
+            }
+        }
+        Interlocked.Increment(ref _resumeFailures[(int)why]);
+        if (why == ResumeFailure.Deadline)
+        {
+            FinishWith(req, WireStatus.DeadlineExceeded, false, 0, "request.deadline_exceeded", "the deadline passed before a replica could finish it");
+            return;
+        }
+        Interlocked.Increment(ref _upstreamLost);
+        string reason = why switch
+        {
+            ResumeFailure.Attempts => $"it was sent {Options.MaxAttempts} times already",
+            ResumeFailure.TooLarge => "the resumed request is larger than the replicas accept",
+            ResumeFailure.Stopping => "the router is stopping",
+            _ => "no replica of protocol 1.3 or later can take it",
+        };
+        FinishWith(req, WireStatus.Unavailable, true, 0, "router.upstream_lost",
+            $"the connection to replica {conn.Endpoint.Address} broke after the request had streamed output, and it cannot be resumed: {reason}");
     }
 
     /// <summary>Marks the client's request cancelled and forwards CANCEL to the replica running it.</summary>

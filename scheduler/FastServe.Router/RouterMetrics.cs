@@ -14,7 +14,8 @@ public sealed class RouterMetrics : IDisposable
     private readonly RouterHost _router;
     private readonly CollectorRegistry _registry = Metrics.NewCustomRegistry();
     private readonly MetricServer _server;
-    private readonly Counter _requests, _completed, _rejected, _retries, _replays, _upstreamLost, _noEndpoint, _budgetExhausted, _upstreamOverloaded;
+    private readonly Counter _requests, _completed, _rejected, _retries, _replays, _upstreamLost, _noEndpoint, _budgetExhausted, _upstreamOverloaded,
+        _resumes, _resumeFailures;
     private readonly Histogram _added;
     private readonly Gauge _inFlight, _endpoints, _saturation, _epInFlight, _epReady, _epEjected, _epWeight, _fleetReady, _fleetConcurrency, _fleetRefused, _fleetDemand;
     private readonly Counter _epPicks, _epEjections;
@@ -37,6 +38,11 @@ public sealed class RouterMetrics : IDisposable
         _retries = f.CreateCounter("fastserve_router_retries_total", "Attempts beyond the first: requests refused or lost before any output, sent to another replica.");
         _replays = f.CreateCounter("fastserve_router_replays_total", "Retries of 'whole' requests whose lost attempt had produced output (held back, never passed on).");
         _upstreamLost = f.CreateCounter("fastserve_router_upstream_lost_total", "Requests that had streamed output when their replica's connection broke (ended router.upstream_lost).");
+        _resumes = f.CreateCounter("fastserve_router_resumes_total",
+            "Retries of requests that had streamed output: continued on another replica from the output already delivered (REQUEST flag resume).");
+        _resumeFailures = f.CreateCounter("fastserve_router_resume_failures_total",
+            "Streamed requests whose replica was lost and that could not be resumed, by reason (no_endpoint, deadline, attempts, too_large, stopping).",
+            new CounterConfiguration { LabelNames = ["reason"] });
         _noEndpoint = f.CreateCounter("fastserve_router_no_endpoint_total", "Requests answered router.no_endpoint: no replica was eligible.");
         _budgetExhausted = f.CreateCounter("fastserve_router_retry_budget_exhausted_total",
             "Retries not made because the retry budget was spent: the replica's refusal (or router.upstream_lost) went to the client instead.");
@@ -105,6 +111,16 @@ public sealed class RouterMetrics : IDisposable
         _server.Start();
     }
 
+    /// <summary>The <c>reason</c> label of a <see cref="ResumeFailure"/>.</summary>
+    public static string ResumeFailureName(ResumeFailure r) => r switch
+    {
+        ResumeFailure.NoEndpoint => "no_endpoint",
+        ResumeFailure.Deadline => "deadline",
+        ResumeFailure.Attempts => "attempts",
+        ResumeFailure.TooLarge => "too_large",
+        _ => "stopping",
+    };
+
     private void Refresh()
     {
         var st = _router.Stats;
@@ -114,6 +130,9 @@ public sealed class RouterMetrics : IDisposable
         _retries.IncTo(st.Retries);
         _replays.IncTo(st.Replays);
         _upstreamLost.IncTo(st.UpstreamLost);
+        _resumes.IncTo(st.Resumes);
+        foreach (var reason in Enum.GetValues<ResumeFailure>())
+            _resumeFailures.WithLabels(ResumeFailureName(reason)).IncTo(_router.ResumeFailuresBy(reason));
         _noEndpoint.IncTo(st.NoEndpoint);
         _budgetExhausted.IncTo(st.BudgetExhausted);
         _upstreamOverloaded.IncTo(st.UpstreamOverloaded);

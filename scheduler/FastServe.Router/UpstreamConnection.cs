@@ -90,7 +90,7 @@ internal sealed class UpstreamConnection : IFrameConsumer
         lock (o.Lock)
         {
             // A connection that broke meanwhile has handed the request on already; its buffer drops the frame.
-            if (!o.ClosedUnsafe) FrameCopy.Write(o.Writer, FrameType.Request, req.HeaderFlags, rid, req.Payload);
+            if (!o.ClosedUnsafe) req.WriteRequest(o.Writer, rid);
         }
         if (touched is not null) touched.Add(this);
         else o.Flush();
@@ -330,9 +330,11 @@ internal sealed class UpstreamConnection : IFrameConsumer
                 if (s.IsClosed) break;
                 lock (s.Out.Lock)
                 {
-                    req.PassHeld(s.Out.Writer);
+                    req.PassHeld(s.Out.Writer, record: true);
                     FrameCopy.Write(s.Out.Writer, FrameType.Delta, h.Flags, req.ClientId, payload);
                 }
+                // What the client has is where a resume on another replica starts, should this one be lost.
+                req.RecordDelivered(payload);
                 _touched.Add(s);
                 break;
             }

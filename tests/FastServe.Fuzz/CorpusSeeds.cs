@@ -42,6 +42,10 @@ public static class CorpusSeeds
         {
             MaxTokens = 50, Model = "gec-small", ModelVersion = "a1b2c3", RouteKey = "user-42", Logprobs = true,
         }, "Correct: She go home.\nFixed:"u8, default, ["\n"]));
+        Add("request_resume.bin", w => FrameWriter.Request(w, 12, RequestParams.Default with { MaxTokens = 50, Temperature = 0.8f, Seed = 77 },
+            "Correct: She go home.\nFixed:"u8, default, ["\n"], [15043, 29892, 278], 9));
+        Add("request_route_resume.bin", w => FrameWriter.Request(w, 13, RequestParams.Default with { MaxTokens = 50, Model = "gec-small", RouteKey = "user-42" },
+            "Fix: I has a cat."u8, default, null, [42], 3));
         Add("delta.bin", w => FrameWriter.Delta(w, 7, [15043, 29892, 1], "Héllo €😀"u8));
         Add("delta_ids_only.bin", w => FrameWriter.Delta(w, 8, [1, 2, 3, 4], default));
         Add("final_ok.bin", w => FrameWriter.Final(w, 7, Final(WireStatus.Ok, WireFinish.Stop), ReadOnlySpan<byte>.Empty, ReadOnlySpan<byte>.Empty));

@@ -180,6 +180,13 @@ public static class FrameParseLoop
                 pos += 2 + n;
             }
         }
+        if ((p[29] & (byte)RequestFlags.Resume) != 0)
+        {
+            if (pos + 4 > p.Length) return RequestParseError.BadResume;
+            long n = U32(p, (int)pos);
+            if (n > RequestRules.MaxTokensLimit || pos + 4 + 4 * n + 4 > p.Length) return RequestParseError.BadResume;
+            pos += 4 + 4 * n + 4;
+        }
         return pos == p.Length ? RequestParseError.None : RequestParseError.TrailingBytes;
     }
 
@@ -202,7 +209,8 @@ public static class FrameParseLoop
         Within(v.Prompt, p, Wire.RequestFixedSize, promptBytes, "REQUEST prompt");
         int stopsAt = Wire.RequestFixedSize + promptBytes;
         bool route = (v.Flags & RequestFlags.Route) != 0;
-        Check(route || v.RouteOffset == p.Length, "REQUEST without routing fields ends after its stops");
+        int resumeAt = v.IsResume ? p.Length - ResumeFields.Size(v.ResumeCount) : p.Length;
+        Check(route || v.RouteOffset == resumeAt, "REQUEST without routing fields ends after its stops (or its resume fields)");
         Within(v.Stops, p, stopsAt, v.RouteOffset - stopsAt, "REQUEST stops");
         if (route)
         {
@@ -212,9 +220,20 @@ public static class FrameParseLoop
             Within(v.ModelVersion, p, ra + 2, U16(p, ra), "REQUEST model version");
             ra += 2 + U16(p, ra);
             Within(v.RouteKey, p, ra + 2, U16(p, ra), "REQUEST routing key");
-            Check(ra + 2 + U16(p, ra) == p.Length, "REQUEST routing fields end the payload");
+            ra += 2 + U16(p, ra);
+            Check(ra == resumeAt, "REQUEST routing fields end the payload (or come before the resume fields)");
         }
         else Check(v.Model.IsEmpty && v.ModelVersion.IsEmpty && v.RouteKey.IsEmpty, "REQUEST routing fields without the flag");
+        if (v.IsResume)
+        {
+            // The resume fields end the payload: u32 n, n ids, u32 text bytes.
+            int n = v.ResumeCount;
+            Check(n <= RequestRules.MaxTokensLimit && U32(p, p.Length - 8 - 4 * n) == (uint)n, "REQUEST resume count");
+            Within(v.ResumeIds, p, p.Length - 4 - 4 * n, 4 * n, "REQUEST resume ids");
+            Check(v.ResumeTextBytes == U32(p, p.Length - 4), "REQUEST resume text bytes");
+            for (int i = 0; i < n; i++) Check(v.ResumeId(i) == (int)U32(v.ResumeIds, 4 * i), "REQUEST resume id");
+        }
+        else Check(v.ResumeIds.IsEmpty && v.ResumeTextBytes == 0, "REQUEST resume fields without the flag");
 
         var stops = new List<string>(v.StopCount);
         bool stopsText = true;
@@ -254,16 +273,19 @@ public static class FrameParseLoop
             Logprobs = (v.Flags & RequestFlags.Logprobs) != 0,
             Model = Encoding.UTF8.GetString(v.Model), ModelVersion = Encoding.UTF8.GetString(v.ModelVersion), RouteKey = Encoding.UTF8.GetString(v.RouteKey),
         };
-        FrameWriter.Request(w, h.Id, rp, ids ? default : v.Prompt, promptIds, stops);
+        int[] resumeIds = new int[v.ResumeCount];
+        for (int i = 0; i < resumeIds.Length; i++) resumeIds[i] = v.ResumeId(i);
+        FrameWriter.Request(w, h.Id, rp, ids ? default : v.Prompt, promptIds, stops, resumeIds, v.IsResume ? v.ResumeTextBytes : null);
         var back = Reread(w, FrameType.Request, h.Id);
         Check(RequestView.TryParse(back, out var b) == RequestParseError.None, "REQUEST round trip does not parse");
-        const RequestFlags known = RequestFlags.HasSeed | RequestFlags.IgnoreEos | RequestFlags.NoText | RequestFlags.Logprobs;
+        const RequestFlags known = RequestFlags.HasSeed | RequestFlags.IgnoreEos | RequestFlags.NoText | RequestFlags.Logprobs | RequestFlags.Resume;
         Check(b.MaxTokens == v.MaxTokens && BitConverter.SingleToUInt32Bits(b.Temperature) == BitConverter.SingleToUInt32Bits(v.Temperature)
               && BitConverter.SingleToUInt32Bits(b.TopP) == BitConverter.SingleToUInt32Bits(v.TopP) && b.TopK == v.TopK
               && b.DeadlineMs == v.DeadlineMs && b.Priority == v.Priority && (b.Flags & known) == (v.Flags & known)
               && b.Seed == (rp.Seed ?? 0) && b.Prompt.SequenceEqual(v.Prompt) && (v.Prompt.IsEmpty || b.PromptIsIds == ids)
               && b.StopCount == v.StopCount && b.Stops.SequenceEqual(v.Stops)
-              && b.Model.SequenceEqual(v.Model) && b.ModelVersion.SequenceEqual(v.ModelVersion) && b.RouteKey.SequenceEqual(v.RouteKey), "REQUEST round trip");
+              && b.Model.SequenceEqual(v.Model) && b.ModelVersion.SequenceEqual(v.ModelVersion) && b.RouteKey.SequenceEqual(v.RouteKey)
+              && b.ResumeIds.SequenceEqual(v.ResumeIds) && b.ResumeTextBytes == v.ResumeTextBytes, "REQUEST round trip");
     }
 
     private static void LoadQuery(ArrayBufferWriter<byte> w, FrameHeader h, ReadOnlySpan<byte> p)

@@ -246,6 +246,8 @@ internal static class RouteCommand
                     w.WriteNumber("retries", st.Retries);
                     w.WriteNumber("replays", st.Replays);
                     w.WriteNumber("upstream_lost", st.UpstreamLost);
+                    w.WriteNumber("resumes", st.Resumes);
+                    w.WriteNumber("resume_failures", st.ResumeFailures);
                     w.WriteNumber("no_endpoint", st.NoEndpoint);
                     w.WriteNumber("retry_budget_exhausted", st.BudgetExhausted);
                     w.WriteNumber("upstream_overloaded", st.UpstreamOverloaded);

@@ -23,6 +23,9 @@ public sealed class StopMatcher
 
     public bool Stopped { get; private set; }
 
+    /// <summary>The text held back now (UTF-8): what might still turn into a stop string.</summary>
+    public ReadOnlySpan<byte> HeldUtf8 => _held.AsSpan(0, _heldCount);
+
     /// <summary>Feeds a delta; returns the text now safe to emit. Sets <see cref="Stopped"/> when a stop string appears
     /// (the returned text then ends just before it).</summary>
     public string Append(string delta)

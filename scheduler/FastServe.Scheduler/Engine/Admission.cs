@@ -82,24 +82,27 @@ internal sealed class Admission
         if (Validate(request) is { } bad) return Immediate(RequestStatus.Invalid, bad.Code, bad.Message, request, ts);
 
         var prompt = request.Prompt.Span;
+        var resumed = request.Resumed.Span;
+        // Rows to prefill: the prompt and any resumed output (both are recomputed context).
+        int rows = prompt.Length + resumed.Length;
         int cls = (int)request.Priority;
         if (Interlocked.Increment(ref _waitingRequests) > _opt.MaxWaitingRequests)
         {
             Interlocked.Decrement(ref _waitingRequests);
             return Immediate(RequestStatus.Overloaded, "engine.queue_full", $"{_opt.MaxWaitingRequests} requests are already waiting", request, ts, RetryHint(0));
         }
-        if (Interlocked.Add(ref _waitingTokens, prompt.Length) > _opt.MaxWaitingTokens)
+        if (Interlocked.Add(ref _waitingTokens, rows) > _opt.MaxWaitingTokens)
         {
-            Interlocked.Add(ref _waitingTokens, -prompt.Length);
+            Interlocked.Add(ref _waitingTokens, -rows);
             Interlocked.Decrement(ref _waitingRequests);
-            return Immediate(RequestStatus.Overloaded, "engine.queue_tokens_full", $"more than {_opt.MaxWaitingTokens} prompt tokens are already waiting", request, ts, RetryHint(prompt.Length));
+            return Immediate(RequestStatus.Overloaded, "engine.queue_tokens_full", $"more than {_opt.MaxWaitingTokens} prompt tokens are already waiting", request, ts, RetryHint(rows));
         }
         // Admit only what can plausibly finish in time: the work queued ahead at the measured drain rate, then this
         // request's own steps at the measured step interval (OverloadControl). Refusing now costs nothing; a request
         // admitted and then late would waste every step spent on it and delay the ones behind it.
         var p = request.Sampling;
         int expected = _control.ExpectedOutput(p.MaxTokens, p.IgnoreEos, p.Stop.Count > 0);
-        long work = _control.WorkRows(prompt.Length, expected);
+        long work = _control.WorkRows(rows, Math.Max(1, expected - resumed.Length));
         double wait = _control.WaitSeconds(WorkAhead(request.Priority));
         long deadline = long.MaxValue;
         if ((request.Deadline ?? _opt.DefaultDeadline) is { } d)
@@ -110,10 +113,10 @@ internal sealed class Admission
             // idle engine, the fastest step seen (see OverloadControl.FastestStepSeconds).
             bool idle = _counters.Running == 0 && Volatile.Read(ref _waitingRequests) <= 1;
             double step = idle ? _control.FastestStepSeconds : _control.PredictStepSeconds(_counters.Running, Volatile.Read(ref _waitingRequests) > 1);
-            double need = wait + _control.ServiceSeconds(prompt.Length, expected, step);
+            double need = wait + _control.ServiceSeconds(rows, Math.Max(1, expected - resumed.Length), step);
             if (need > left * Headroom)
             {
-                Interlocked.Add(ref _waitingTokens, -prompt.Length);
+                Interlocked.Add(ref _waitingTokens, -rows);
                 Interlocked.Decrement(ref _waitingRequests);
                 return Immediate(RequestStatus.Overloaded, "engine.deadline_unmeetable",
                     $"the estimated queue wait {wait * 1000:F0} ms and run {(need - wait) * 1000:F0} ms exceed the {Math.Max(left, 0) * 1000:F0} ms left before the deadline",
@@ -124,7 +127,7 @@ internal sealed class Admission
         {
             double budget = budgetTicks / (double)Stopwatch.Frequency;
             _control.NoteBudgetRefusal();
-            Interlocked.Add(ref _waitingTokens, -prompt.Length);
+            Interlocked.Add(ref _waitingTokens, -rows);
             Interlocked.Decrement(ref _waitingRequests);
             return Immediate(RequestStatus.Overloaded, QueueBudgetCode,
                 $"the estimated queue wait {wait * 1000:F0} ms exceeds the replica's queue budget of {budget * 1000:F0} ms",
@@ -136,7 +139,10 @@ internal sealed class Admission
         int capTokens = Math.Min(prompt.Length + p.MaxTokens, _ctx + 1) + 1;
         seq.Init(capTokens, (_ctx + _blockSize - 1) / _blockSize);
         prompt.CopyTo(seq.Tokens);
-        seq.PromptLength = seq.Length = prompt.Length;
+        resumed.CopyTo(seq.Tokens.AsSpan(prompt.Length));
+        seq.PromptLength = prompt.Length;
+        seq.Length = rows;
+        seq.Generated = resumed.Length;
         seq.ArrivalOrder = Interlocked.Increment(ref _arrivals);
         seq.Priority = request.Priority;
         seq.DeadlineTicks = deadline;
@@ -148,10 +154,12 @@ internal sealed class Admission
         {
             seq.Stop = new StopMatcher(p.Stop);
             seq.Decoder = _opt.Tokenizer!.CreateDecoder();
+            // Primed with the resumed output, so a stop string that straddles it and the new tokens still ends it.
+            foreach (int t in resumed) seq.Stop.Append(seq.Decoder.Append(t));
         }
         seq.Id = request.Id;
         seq.Received = received;
-        seq.WaitingTokensCounted = prompt.Length;
+        seq.WaitingTokensCounted = rows;
         seq.WaitingWorkCounted = work;
         seq.ExpectedOutput = expected;
         ChannelReader<TokenEvent> reader;
@@ -212,11 +220,26 @@ internal sealed class Admission
         var broken = r.Sampling.Check()
             ?? RequestRules.CheckPromptLength(prompt.Length, _ctx)
             ?? RequestRules.CheckPromptTokens(prompt, _vocab)
-            ?? (r.Deadline is { } d ? RequestRules.CheckDeadline(d) : null);
+            ?? (r.Deadline is { } d ? RequestRules.CheckDeadline(d) : null)
+            ?? CheckResumed(r.Resumed.Span, r.Sampling.MaxTokens, prompt.Length);
         if (broken is { } v) return (v.Code, v.Code == RequestRules.SamplingInvalid ? $"{v.Field}: {v.Message}" : v.Message);
-        int blocksNeeded = (prompt.Length + 1 + _blockSize - 1) / _blockSize;
+        int blocksNeeded = (prompt.Length + r.Resumed.Length + 1 + _blockSize - 1) / _blockSize;
         if (blocksNeeded > _kv.NumBlocks) return (RequestRules.PromptTooLong, $"the prompt needs {blocksNeeded} KV blocks; the cache has {_kv.NumBlocks}");
         if (r.Sampling.Stop.Count > 0 && _opt.Tokenizer is null) return ("request.stop_needs_tokenizer", "stop strings need the engine to have a tokenizer");
+        return null;
+    }
+
+    // Resumed output must leave at least one token to generate within max_tokens and the context (a generation that
+    // had already ended is its caller's to answer), and be made of vocabulary ids.
+    private RuleViolation? CheckResumed(ReadOnlySpan<int> resumed, int maxTokens, int promptTokens)
+    {
+        if (resumed.IsEmpty) return null;
+        if (resumed.Length >= maxTokens || promptTokens + resumed.Length > _ctx)
+            return new RuleViolation(RequestRules.BadResume, "resume",
+                $"{resumed.Length} resumed tokens leave nothing to generate within max_tokens {maxTokens} and the context of {_ctx} (the prompt has {promptTokens})", WireStatus.BadRequest);
+        for (int i = 0; i < resumed.Length; i++)
+            if ((uint)resumed[i] >= (uint)_vocab)
+                return new RuleViolation(RequestRules.PromptInvalidToken, "resume", $"resumed token {i} is {resumed[i]}, outside the vocabulary of {_vocab}", WireStatus.BadRequest);
         return null;
     }
 

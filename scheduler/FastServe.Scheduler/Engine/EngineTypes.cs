@@ -48,6 +48,13 @@ public sealed record EngineRequest
     /// <summary>Prompt token ids (at least one; each in the vocabulary; shorter than the context).</summary>
     public required ReadOnlyMemory<int> Prompt { get; init; }
     public SamplingParams Sampling { get; init; } = new();
+    /// <summary>Initial output tokens: a generation another engine began (a router's failover, docs/router.md). The
+    /// request continues as if it had generated them itself: they follow the prompt in the context, count toward
+    /// <see cref="SamplingParams.MaxTokens"/> and the result's <see cref="RequestResult.OutputTokens"/> (but are not
+    /// streamed again), and each new token is drawn at the position it takes, so a seeded or greedy request draws
+    /// exactly what it would have. Fewer than MaxTokens; with the prompt at most the context; each in the vocabulary
+    /// (<c>request.bad_resume</c>, <c>prompt.invalid_token</c>). Read during Submit only (copied).</summary>
+    public ReadOnlyMemory<int> Resumed { get; init; }
     public Priority Priority { get; init; } = Priority.Interactive;
     /// <summary>Time allowed from <see cref="ReceivedTicks"/> to the final token; null = none. A request still
     /// running at its deadline ends at once with <see cref="RequestStatus.DeadlineExceeded"/>.</summary>

@@ -166,9 +166,11 @@ internal sealed class EngineLink : IpcReader, IRequestSink
                 return true;
             case IpcType.Submit:
             {
-                if (!Ipc.Ipc.TryRead<SubmitMsg>(payload, out var m, out var tail) || tail.Length != (long)m.PromptCount * 4) return false;
+                if (!Ipc.Ipc.TryRead<SubmitMsg>(payload, out var m, out var tail) || tail.Length != ((long)m.PromptCount + m.ResumeCount) * 4) return false;
                 long engineReceived = Stopwatch.GetTimestamp();
-                var prompt = MemoryMarshal.Cast<byte, int>(tail).ToArray();
+                var all = MemoryMarshal.Cast<byte, int>(tail);
+                var prompt = all[..(int)m.PromptCount].ToArray();
+                int[] resumed = m.ResumeCount == 0 ? [] : all[(int)m.PromptCount..].ToArray();
                 var sampling = new SamplingParams
                 {
                     MaxTokens = (int)Math.Min(m.MaxTokens, int.MaxValue),
@@ -189,6 +191,7 @@ internal sealed class EngineLink : IpcReader, IRequestSink
                 entry.Handle = _host.Engine!.Submit(new EngineRequest
                 {
                     Prompt = prompt,
+                    Resumed = resumed,
                     Sampling = sampling,
                     Priority = m.Priority == 1 ? Priority.Batch : Priority.Interactive,
                     Deadline = m.DeadlineMs > 0 ? TimeSpan.FromMilliseconds(m.DeadlineMs) : null,

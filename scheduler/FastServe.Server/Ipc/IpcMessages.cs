@@ -17,7 +17,7 @@ internal enum IpcType : byte
 {
     // worker → engine
     WorkerHello = 0x41,   // u32 pid, u32 worker index
-    Submit = 0x42,        // see SubmitMsg
+    Submit = 0x42,        // see SubmitMsg: the struct, the prompt ids, the resumed ids
     Cancel = 0x43,        // empty
     Report = 0x44,        // a finished request's figures, for metrics (ReportMsg)
     // engine → worker
@@ -54,6 +54,7 @@ internal struct SubmitMsg
     public long ReceivedTicks;    // when the worker read the request off the socket (Stopwatch ticks; CLOCK_MONOTONIC, shared by all processes)
     public long SentTicks;        // when the worker handed it to the IPC link
     public uint PromptCount;      // then PromptCount × i32 ids
+    public uint ResumeCount;      // then ResumeCount × i32 ids: output already delivered (EngineRequest.Resumed)
 }
 
 [StructLayout(LayoutKind.Sequential, Pack = 1)]

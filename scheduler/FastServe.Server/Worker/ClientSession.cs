@@ -87,6 +87,26 @@ internal sealed class ClientSession : FrameSession<WorkerRequest>
             prompt = tok.Encode(Encoding.UTF8.GetString(v.Prompt), addBos: tok.BosId is not null);
         }
         if (RequestRules.CheckPromptLength(prompt.Length, ctx) is { } badPrompt) { Reject(id, badPrompt); return; }
+        // A resume (protocol 1.3): the engine gets the prompt's ids followed by the ids the client already has.
+        int[] ids = prompt;
+        if (v.IsResume)
+        {
+            int n = v.ResumeCount;
+            if (RequestRules.CheckResume(n, v.MaxTokens, prompt.Length, ctx) is { } badResume) { Reject(id, badResume); return; }
+            ids = new int[prompt.Length + n];
+            prompt.CopyTo(ids, 0);
+            int vocab = _host.Vocab;
+            for (int i = 0; i < n; i++)
+            {
+                int t = v.ResumeId(i);
+                if ((uint)t >= (uint)vocab)
+                {
+                    Reject(id, WireStatus.BadRequest, RequestRules.PromptInvalidToken, $"resumed token {i} is {t}, outside the vocabulary of {vocab}");
+                    return;
+                }
+                ids[prompt.Length + i] = t;
+            }
+        }
 
         StopMatcher? stop = null;
         if (v.StopCount > 0)
@@ -115,6 +135,7 @@ internal sealed class ClientSession : FrameSession<WorkerRequest>
             Received = received,
             Tokenized = Stopwatch.GetTimestamp(),
         };
+        if (v.IsResume && !StartResumed(id, r, v, ctx)) return;
         var msg = new SubmitMsg
         {
             MaxTokens = v.MaxTokens,
@@ -128,14 +149,37 @@ internal sealed class ClientSession : FrameSession<WorkerRequest>
             DeadlineMs = v.DeadlineMs,
             ReceivedTicks = received,
             PromptCount = (uint)prompt.Length,
+            ResumeCount = (uint)(ids.Length - prompt.Length),
         };
         AddInFlight(id, r);
         msg.SentTicks = Stopwatch.GetTimestamp();
-        if (!_host.Submit(r, msg, prompt))
+        if (!_host.Submit(r, msg, ids))
         {
             Finished(id);
             Reject(id, WireStatus.Unavailable, "engine.unavailable", "the engine is restarting", 500);
         }
+    }
+
+    // Primes a resumed request and sends the client the text it is owed now; when the resumed ids had already ended the
+    // generation (the lost replica's FINAL never arrived), answers its FINAL here. True when it goes on to the engine.
+    private bool StartResumed(ulong id, WorkerRequest r, in RequestView v, int ctx)
+    {
+        var owed = new System.Buffers.ArrayBufferWriter<byte>(64);
+        if (ResumePriming.Prime(r, v, _host.Tokenizer, r.PromptTokens, ctx, owed, out var finished) is { } bad)
+        {
+            Reject(id, bad);
+            return false;
+        }
+        lock (Out.Lock)
+        {
+            if (owed.WrittenCount > 0) FrameWriter.Delta(Out.Writer, id, [], owed.WrittenSpan);
+            if (finished == WireFinish.None) return true;
+            var f = new FinalInfo { Status = WireStatus.Ok, Finish = finished, PromptTokens = (uint)r.PromptTokens, CompletionTokens = (uint)r.Completion };
+            if (r.Logprobs) { f.HasLogprobs = true; f.LogprobMean = f.LogprobMin = float.NaN; }
+            FrameWriter.Final(Out.Writer, id, f, (string?)null, null);
+        }
+        _host.Report(WireStatus.Ok, finished, null, 0, 0, r.PromptTokens);
+        return false;
     }
 
     // A request that names a model (or version) must name this replica's; a replica that declares none takes any.

@@ -184,7 +184,7 @@ public sealed class WorkerHost : IDisposable
     {
         if (!_requests.TryGetValue(key, out var r) || r.Done) return;
         long now = Stopwatch.GetTimestamp();
-        if (r.Completion == 0) r.FirstTokenSent = now;
+        if (r.FirstTokenSent == 0) r.FirstTokenSent = now;
         r.LastTokenSent = now;
         r.Completion += ids.Length;
         _text.ResetWrittenCount();
@@ -206,7 +206,7 @@ public sealed class WorkerHost : IDisposable
             }
         }
         var session = r.Session;
-        lock (session.Out.Lock) FrameWriter.Delta(session.Out.Writer, r.ClientId, ids, _text.WrittenSpan);
+        lock (session.Out.Lock) FrameWriter.Delta(session.Out.Writer, r.ClientId, ids, Unsent(r, _text.WrittenSpan));
         Touch(session);
         if (r.Stop?.Stopped == true)
         {
@@ -232,9 +232,10 @@ public sealed class WorkerHost : IDisposable
                 r.Stop.AppendUtf8(_piece.WrittenSpan, _text);
                 r.Stop.FlushUtf8(_text);
             }
-            if (_text.WrittenCount > 0)
+            var unsent = Unsent(r, _text.WrittenSpan);
+            if (unsent.Length > 0)
             {
-                lock (r.Session.Out.Lock) FrameWriter.Delta(r.Session.Out.Writer, r.ClientId, [], _text.WrittenSpan);
+                lock (r.Session.Out.Lock) FrameWriter.Delta(r.Session.Out.Writer, r.ClientId, [], unsent);
             }
         }
         var status = (RequestStatus)m.Status;
@@ -252,6 +253,15 @@ public sealed class WorkerHost : IDisposable
         if (f.Status == WireStatus.Unavailable && f.RetryAfterMs == 0) f.RetryAfterMs = 500;
         f.Retriable = WireNames.IsRetriable(f.Status);
         FinishToClient(r, ref f, m, f.Status == WireStatus.Ok ? null : codeStr, f.Status == WireStatus.Ok ? null : Encoding.UTF8.GetString(message));
+    }
+
+    // The output text less what a resumed request's client already has (WorkerRequest.SkipBytes).
+    private static ReadOnlySpan<byte> Unsent(WorkerRequest r, ReadOnlySpan<byte> text)
+    {
+        if (r.SkipBytes == 0) return text;
+        int k = (int)Math.Min(r.SkipBytes, text.Length);
+        r.SkipBytes -= k;
+        return text[k..];
     }
 
     private static WireStatus MapStatus(RequestStatus s, string code) => s switch
@@ -303,11 +313,13 @@ public sealed class WorkerHost : IDisposable
         if (r is not null)
         {
             rep.PromptTokens = (uint)r.PromptTokens;
-            rep.CompletionTokens = (uint)r.Completion;
+            rep.CompletionTokens = (uint)(r.Completion - r.Resumed);   // generated here
             rep.E2eSeconds = (float)((now - r.Received) / f);
             if (firstScheduled != 0) rep.QueueSeconds = (float)((firstScheduled - r.Received) / f);
             if (r.FirstTokenSent != 0) rep.TtftSeconds = (float)((r.FirstTokenSent - r.Received) / f);
-            if (r.Completion > 1) rep.TpotSeconds = (float)((r.LastTokenSent - r.FirstTokenSent) / f / (r.Completion - 1));
+            // Over the tokens generated here (a resumed request's first ids came from another replica).
+            int here = r.Completion - r.Resumed;
+            if (here > 1) rep.TpotSeconds = (float)((r.LastTokenSent - r.FirstTokenSent) / f / (here - 1));
         }
         _engine.TrySend(rep, static (w, x) => Ipc.Ipc.Write(w, IpcType.Report, 0, x));
     }

@@ -32,6 +32,8 @@ public class SpecLayoutTests
         new("40", "…", "the prompt"), new("…", "…", "stop_count × str16 stop strings"),
         new("…", "str16", "with `route` (1.2): the model"), new("…", "str16", "with `route`: the model version"),
         new("…", "str16", "with `route`: the routing key"),
+        new("…", "u32", "with `resume` (1.3): n"), new("…", "n × u32", "with `resume`: those ids"),
+        new("…", "u32", "with `resume`: the bytes of text already delivered"),
     ];
 
     private static readonly Field[] Final =
@@ -119,6 +121,7 @@ public class SpecLayoutTests
             [(int)RequestFlags.PromptIds] = "prompt_ids", [(int)RequestFlags.HasSeed] = "has_seed",
             [(int)RequestFlags.IgnoreEos] = "ignore_eos", [(int)RequestFlags.NoText] = "no_text",
             [(int)RequestFlags.Whole] = "whole", [(int)RequestFlags.Route] = "route", [(int)RequestFlags.Logprobs] = "logprobs",
+            [(int)RequestFlags.Resume] = "resume",
         }));
         Assert.That(Table("### REQUEST payload")[8][2], Does.Contain($"≤ {Wire.MaxStops}"));
         Assert.That(Table("### REQUEST payload")[12][2], Does.Contain($"each 1 … {Wire.MaxStopBytes} bytes"));

@@ -20,7 +20,8 @@ public sealed class RouterChaosTests
     private static ReplicaProcess StartReplica(int port) =>
         ReplicaProcess.Start(["--backend", "sim", "--model", TestModels.Tiny, "--workers", "1"], metrics: false, agent: false, port: port);
 
-    private static void KillHard(ReplicaProcess r)
+    /// <summary>SIGKILL to the replica's supervisor, engine and workers at once; returns when all are gone.</summary>
+    internal static void KillHard(ReplicaProcess r)
     {
         int[] pids = [.. r.Children("serve-worker"), .. r.Children("serve-engine"), r.Proc.Id];
         foreach (int pid in pids) ReplicaProcess.Kill(pid, 9);

@@ -56,6 +56,8 @@ internal sealed class ScriptedReplica : IDisposable
     public float LogprobMean = -0.1f, LogprobMin = -0.5f;
     /// <summary>The device time its FINALs report, µs.</summary>
     public uint DeviceUs = 1000;
+    /// <summary>The protocol minor its HELLO_OK declares (2: it takes no resume; 3: it does).</summary>
+    public volatile ushort Minor = 2;
     /// <summary>Estimated queue wait its load reports give, ms.</summary>
     public volatile int EstimatedWaitMs;
 
@@ -177,7 +179,7 @@ internal sealed class ScriptedReplica : IDisposable
             switch (h.Type)
             {
                 case FrameType.Hello:
-                    Send(w => FrameWriter.HelloOk(w, new HelloOk(1, 2, Wire.DefaultMaxFrame, 2047, 1024, 60_000, 2048, owner.Name, owner.Model, owner.ModelVersion)));
+                    Send(w => FrameWriter.HelloOk(w, new HelloOk(1, owner.Minor, Wire.DefaultMaxFrame, 2047, 1024, 60_000, 2048, owner.Name, owner.Model, owner.ModelVersion)));
                     break;
                 case FrameType.LoadQuery:
                 {

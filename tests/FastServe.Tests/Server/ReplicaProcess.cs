@@ -175,6 +175,8 @@ internal sealed class Outcome
     public List<int> Ids = [];
     public List<byte> Text = [];
     public int Deltas;
+    /// <summary>After each DELTA: the ids and text bytes received so far (where a router's record of a stream stands).</summary>
+    public List<(int Ids, int TextBytes)> Marks = [];
     public FinalInfo Final;
     public string Detail = "", Message = "";
     public bool Done;
@@ -288,6 +290,7 @@ internal sealed class RawConnection : IDisposable
                 for (int i = 0; i < d.Count; i++) o.Ids.Add(d.Id(i));
                 o.Text.AddRange(d.Text.ToArray());
                 o.Deltas++;
+                o.Marks.Add((o.Ids.Count, o.Text.Count));
                 break;
             }
             case FrameType.Final:

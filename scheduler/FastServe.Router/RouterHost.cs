@@ -143,6 +143,19 @@ public sealed class RouterHost : IAsyncDisposable
         return new FleetLoad(ready, concurrency, _saturation.OverloadedPerSecond, _serviceTime.Seconds);
     }
 
+    /// <summary>Whether a request sent now can be routed: not draining and at least one eligible endpoint (the HTTP
+    /// front door's <c>GET /ready</c>).</summary>
+    public bool CanServe()
+    {
+        if (_draining || _stopped) return false;
+        long now = Stopwatch.GetTimestamp();
+        foreach (var e in Fleet.Endpoints) if (e.IsEligible(now)) return true;
+        return false;
+    }
+
+    /// <summary>The model names the fleet's endpoints declare (the HTTP front door's <c>GET /v1/models</c>).</summary>
+    public IReadOnlyList<string> ServedModels() => Routes.Pools.Select(p => p.Model).Where(m => m.Length > 0).Distinct().ToArray();
+
     /// <summary>Retries the retry budget allows now (see <see cref="RouterOptions.RetryBudgetRatio"/>).</summary>
     internal long RetryBudgetAvailable => _budget.Available;
 
@@ -288,6 +301,21 @@ public sealed class RouterHost : IAsyncDisposable
             _sessions[session.Id] = session;
             session.Start();
         }
+    }
+
+    /// <summary>
+    /// Starts a client session on an in-process connection (the server end of a socket pair from the HTTP front door,
+    /// docs/http.md), as if accepted from the listener: the same request rules, routing and overload control. False
+    /// (the socket disposed) when the router is draining or stopped.
+    /// </summary>
+    public bool AcceptLocal(Socket s)
+    {
+        if (_draining || _stopped) { s.Dispose(); return false; }
+        // merge: trusted (the in-process session skips the API key check and TLS)
+        var session = new DownstreamSession(this, s, Interlocked.Increment(ref _nextSession));
+        _sessions[session.Id] = session;
+        session.Start();
+        return true;
     }
 
     internal void OnSessionClosed(DownstreamSession s) => _sessions.TryRemove(s.Id, out _);

@@ -23,6 +23,11 @@ public sealed class RouterMetrics : IDisposable
     private readonly Gauge _poolEndpoints, _poolCost, _mode, _splitShare;
     private readonly Histogram _shadowEdit, _shadowLength, _shadowLogprob, _shadowLatency;
     private HashSet<string> _labelled = [];
+    private readonly Counter _http;
+
+    /// <summary>The HTTP front door's request counts (endpoint, status, count), read at scrape time into
+    /// <c>fastserve_http_requests_total</c>; null = no HTTP front door.</summary>
+    public Func<IEnumerable<(string Endpoint, int Status, long Count)>>? HttpRequests { get; set; }
 
     /// <summary>Starts serving <paramref name="router"/>'s metrics on <paramref name="host"/>:<paramref name="port"/>.</summary>
     /// <exception cref="System.Net.HttpListenerException">The port cannot be bound.</exception>
@@ -93,6 +98,8 @@ public sealed class RouterMetrics : IDisposable
             if (double.IsFinite(d.LogprobDelta)) _shadowLogprob.WithLabels(m, pv, sv).Observe(d.LogprobDelta);
             _shadowLatency.WithLabels(m, pv, sv).Observe(d.LatencyDeltaSeconds);
         };
+        _http = f.CreateCounter("fastserve_http_requests_total", "Requests answered by the OpenAI-compatible HTTP front door (docs/http.md), by endpoint and HTTP status (499: the client went away first).",
+            new CounterConfiguration { LabelNames = ["endpoint", "status"] });
         _registry.AddBeforeCollectCallback(Refresh);
         _server = new MetricServer(host, port, "metrics/", _registry);
         _server.Start();
@@ -100,6 +107,8 @@ public sealed class RouterMetrics : IDisposable
 
     private void Refresh()
     {
+        if (HttpRequests is { } http)
+            foreach (var (endpoint, status, count) in http()) _http.WithLabels(endpoint, status.ToString(System.Globalization.CultureInfo.InvariantCulture)).IncTo(count);
         var st = _router.Stats;
         _requests.IncTo(st.Requests);
         _completed.IncTo(st.Completed);

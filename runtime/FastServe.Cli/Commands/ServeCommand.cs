@@ -27,6 +27,9 @@ internal static class ServeCommand
     private static readonly Option<string?> StartFileOpt = new("--start-file") { Description = "Where to write this process's start stages for the supervisor" };
     private static readonly Option<string?> ModelNameOpt = new("--model-name") { Description = "Model name the replica declares" };
     private static readonly Option<string?> ModelVersionOpt = new("--model-version") { Description = "Model version the replica declares" };
+    private static readonly Option<int> HttpPortOpt = new("--http-port") { Description = "Also serve the OpenAI-compatible HTTP API (docs/http.md) on this port, in every worker (0 = any free port, printed when ready; -1 = off)", DefaultValueFactory = _ => -1 };
+    private static readonly Option<string?> ChatTemplateOpt = new("--chat-template") { Description = "Chat template file for /v1/chat/completions (docs/http.md; default: the grammar-correction prompt format)" };
+    private static readonly Option<long> HttpMaxBodyOpt = new("--http-max-body-bytes") { Description = "Largest HTTP request body; larger ones are refused with 413", DefaultValueFactory = _ => 1 << 20 };
 
     private static Command Serve()
     {
@@ -45,7 +48,7 @@ internal static class ServeCommand
         var modelVersion = new Option<string?>("--model-version") { Description = "Model version this replica declares (default: a fingerprint of the model's files)" };
         var cmd = new Command("serve", "Serve the model over the FastServe protocol: an engine process plus worker processes on one port.");
         e.AddTo(cmd);
-        foreach (Option o in new Option[] { HostOpt, port, workers, metrics, agent, tokenFile, maxInFlight, maxFrame, idle, frameTimeout, name, modelName, modelVersion, GraceOpt }) cmd.Add(o);
+        foreach (Option o in new Option[] { HostOpt, port, workers, metrics, agent, tokenFile, maxInFlight, maxFrame, idle, frameTimeout, name, modelName, modelVersion, GraceOpt, HttpPortOpt, ChatTemplateOpt, HttpMaxBodyOpt }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             bool json = e.Json(r);
@@ -67,6 +70,7 @@ internal static class ServeCommand
             if (replicaName.Length is 0 or > 64) throw new FastServeException("args.invalid_name", "--name must have 1 to 64 characters", "--name");
             if (ftMs < 100) throw new FastServeException("args.invalid_frame_timeout", "--frame-timeout-ms must be at least 100", "--frame-timeout-ms");
             if (grace < 0 || grace > 3_600_000) throw new FastServeException("args.invalid_grace", "--grace-ms must be between 0 and 3600000", "--grace-ms");
+            var http = HttpCli.Read(r, HttpPortOpt, ChatTemplateOpt, HttpMaxBodyOpt);
 
             string? token = Environment.GetEnvironmentVariable("FASTSERVE_ADMIN_TOKEN");
             if (r.GetValue(tokenFile) is { } tf)
@@ -99,15 +103,18 @@ internal static class ServeCommand
             if (ap > 0) engineArgs.AddRange(["--agent-port", $"{ap}"]);
             var workerArgs = new List<string> { "--model", modelDir, "--max-in-flight", $"{mif}", "--max-frame", $"{mf}", "--idle-timeout-ms", $"{idleMs}", "--frame-timeout-ms", $"{ftMs}", "--name", replicaName,
                 "--model-name", declaredName, "--model-version", declaredVersion };
+            if (http.Enabled) workerArgs.AddRange(http.WorkerArgs());
             engineArgs.AddRange(["--model-name", declaredName, "--model-version", declaredVersion]);
             var env = new Dictionary<string, string>();
             if (token is not null) env["FASTSERVE_ADMIN_TOKEN"] = token;
 
-            var sup = new Supervisor(new SupervisorOptions
+            Supervisor? sup = null;
+            sup = new Supervisor(new SupervisorOptions
             {
                 Executable = exe,
                 Host = host,
                 Port = p,
+                HttpPort = http.Port,
                 Workers = k,
                 EngineArgs = engineArgs,
                 WorkerArgs = workerArgs,
@@ -122,6 +129,7 @@ internal static class ServeCommand
                             w.WriteString("event", "ready");
                             w.WriteString("host", host);
                             w.WriteNumber("port", bound);
+                            if (sup!.HttpPort >= 0) w.WriteNumber("http_port", sup.HttpPort);
                             w.WriteNumber("workers", k);
                             w.WriteNumber("metrics_port", mp);
                             w.WriteNumber("agent_port", ap);
@@ -135,7 +143,7 @@ internal static class ServeCommand
                                 if (double.IsFinite(ms)) w.WriteNumber(name, Math.Round(ms, 1)); else w.WriteNull(name);
                             w.WriteEndObject();
                         });
-                    else Console.Out.WriteLine($"fastserve: ready on {host}:{bound} in {stages.Ready:F0} ms ({k} worker{(k == 1 ? "" : "s")}, model {declaredName} version {declaredVersion} from {modelDir}{(mp > 0 ? $", metrics :{mp}" : "")}{(ap > 0 ? $", agent :{ap}" : "")})");
+                    else Console.Out.WriteLine($"fastserve: ready on {host}:{bound} in {stages.Ready:F0} ms ({k} worker{(k == 1 ? "" : "s")}, model {declaredName} version {declaredVersion} from {modelDir}{(sup!.HttpPort >= 0 ? $", http :{sup.HttpPort}" : "")}{(mp > 0 ? $", metrics :{mp}" : "")}{(ap > 0 ? $", agent :{ap}" : "")})");
                     Console.Out.Flush();
                 },
             });
@@ -198,12 +206,13 @@ internal static class ServeCommand
         var frameTimeout = new Option<int>("--frame-timeout-ms") { DefaultValueFactory = _ => 10_000 };
         var name = new Option<string>("--name") { DefaultValueFactory = _ => "fastserve" };
         var cmd = new Command("serve-worker", "A worker process of a replica (started by serve).") { Hidden = true };
-        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, model, port, index, maxInFlight, maxFrame, idle, frameTimeout, name, GraceOpt, StartFileOpt, ModelNameOpt, ModelVersionOpt }) cmd.Add(o);
+        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, model, port, index, maxInFlight, maxFrame, idle, frameTimeout, name, GraceOpt, StartFileOpt, ModelNameOpt, ModelVersionOpt, HttpPortOpt, ChatTemplateOpt, HttpMaxBodyOpt }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             StartTrace.Mark("main");
             int parent = r.GetValue(ParentOpt);
             if (parent > 0 && !Native.DieWithParent(parent)) return 1;
+            var http = HttpCli.Read(r, HttpPortOpt, ChatTemplateOpt, HttpMaxBodyOpt);
             using var host = new WorkerHost(new WorkerOptions
             {
                 IpcPath = r.GetValue(IpcOpt)!,
@@ -224,7 +233,24 @@ internal static class ServeCommand
                 ModelName = r.GetValue(ModelNameOpt) ?? "",
                 ModelVersion = r.GetValue(ModelVersionOpt) ?? "",
             });
-            return host.Run();
+            FastServe.Http.HttpFrontDoor? front = null;
+            if (http.Enabled)
+            {
+                // Every worker listens on the shared HTTP port (SO_REUSEPORT, reserved by the supervisor), so HTTP
+                // connections spread over the workers as binary ones do, and the engine's CPU stays free.
+                string modelName = host.Options.ModelName is { Length: > 0 } mn ? mn : "fastserve";
+                string modelDir = host.Options.ModelDir;
+                front = http.Start(r.GetValue(HostOpt)!, reusePort: true, s => host.AcceptLocal(s), () => host.IsReady, () => [modelName], modelName, host.Options.Index == 0 ? modelDir : null,
+                    msg => Console.Error.WriteLine($"fastserve worker {host.Options.Index}: {msg}"));
+            }
+            try
+            {
+                return host.Run();
+            }
+            finally
+            {
+                front?.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            }
         });
         return cmd;
     }

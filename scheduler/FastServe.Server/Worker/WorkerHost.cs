@@ -88,6 +88,21 @@ public sealed class WorkerHost : IDisposable
         }
     }
 
+    /// <summary>
+    /// Starts a client session on an in-process connection (the server end of a socket pair from the HTTP front door,
+    /// docs/http.md), as if accepted from the listener. False (the socket disposed) once draining.
+    /// </summary>
+    public bool AcceptLocal(Socket s)
+    {
+        if (_draining) { s.Dispose(); return false; }
+        long id = Interlocked.Increment(ref _nextSession);
+        // merge: trusted (the in-process session skips the API key check and TLS)
+        var session = new ClientSession(this, s, id);
+        _sessions[id] = session;
+        session.Start();
+        return true;
+    }
+
     internal void OnSessionClosed(ClientSession s) => _sessions.TryRemove(s.Id, out _);
 
     // ---- admission (session receive loops) -------------------------------------------------------------------
@@ -105,6 +120,9 @@ public sealed class WorkerHost : IDisposable
             return l.TakenTicks == 0 ? ReplicaState.Starting : (ReplicaState)l.State;
         }
     }
+
+    /// <summary>Engine linked and ready, not draining (the HTTP front door's <c>GET /ready</c>).</summary>
+    public bool IsReady => State == ReplicaState.Ready;
 
     internal int ContextLength => _engine.Hello.Context > 0 ? _engine.Hello.Context : 0;
     internal int Vocab => _engine.Hello.Vocab;

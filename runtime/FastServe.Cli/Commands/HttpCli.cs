@@ -12,17 +12,27 @@ namespace FastServe.Cli.Commands;
 /// <param name="Port">TCP port; 0 = any free port; -1 = no HTTP.</param>
 /// <param name="TemplatePath">Chat template file (full path), null = the default or the model's.</param>
 /// <param name="MaxBodyBytes">Largest request body.</param>
-internal sealed record HttpCli(int Port, string? TemplatePath, long MaxBodyBytes)
+/// <param name="HeaderTimeoutMs">Time allowed for a request's line and headers (slow senders).</param>
+internal sealed record HttpCli(int Port, string? TemplatePath, long MaxBodyBytes, int HeaderTimeoutMs)
 {
     public bool Enabled => Port >= 0;
 
     /// <summary>Reads and checks the options (<c>args.*</c> errors naming the option).</summary>
-    public static HttpCli Read(ParseResult r, Option<int> port, Option<string?> template, Option<long> maxBody) =>
-        Check(r.GetValue(port), port.Name, r.GetValue(template), r.GetValue(maxBody));
+    public static HttpCli Read(ParseResult r, Option<int> port, Option<string?> template, Option<long> maxBody, Option<int> headerTimeout) =>
+        Check(r.GetValue(port), port.Name, r.GetValue(template), r.GetValue(maxBody), r.GetValue(headerTimeout));
+
+    /// <summary>The options every HTTP-serving command takes besides its port.</summary>
+    public static (Option<string?> Template, Option<long> MaxBody, Option<int> HeaderTimeout) Options() =>
+    (
+        new("--chat-template") { Description = "Chat template file for /v1/chat/completions (docs/http.md; default: the grammar-correction prompt format)" },
+        new("--http-max-body-bytes") { Description = "Largest HTTP request body; larger ones are refused with 413", DefaultValueFactory = _ => 1 << 20 },
+        new("--http-header-timeout-ms") { Description = "Time an HTTP client has to send a request's line and headers (slow senders)", DefaultValueFactory = _ => 10_000 }
+    );
 
     /// <summary>Checks the settings; <paramref name="portName"/> names the port option in errors.</summary>
-    public static HttpCli Check(int port, string portName, string? template, long maxBody)
+    public static HttpCli Check(int port, string portName, string? template, long maxBody, int headerTimeoutMs)
     {
+        if (headerTimeoutMs < 100 || headerTimeoutMs > 600_000) throw new FastServeException("args.invalid_http_header_timeout", "--http-header-timeout-ms must be between 100 and 600000", "--http-header-timeout-ms");
         if (port < -1 || port > 65535) throw new FastServeException("args.invalid_port", $"{portName} must be between 0 and 65535", portName);
         if (maxBody < 1024 || maxBody > 1L << 30) throw new FastServeException("args.invalid_http_max_body", "--http-max-body-bytes must be between 1024 and 1073741824", "--http-max-body-bytes");
         if (template is not null)
@@ -31,7 +41,7 @@ internal sealed record HttpCli(int Port, string? TemplatePath, long MaxBodyBytes
             template = Path.GetFullPath(template);
             LoadTemplate(template);   // refuse a malformed file now, not at the first chat request
         }
-        return new HttpCli(port, template, maxBody);
+        return new HttpCli(port, template, maxBody, headerTimeoutMs);
     }
 
     /// <summary>The options a worker needs (the port is added by the supervisor).</summary>
@@ -39,6 +49,8 @@ internal sealed record HttpCli(int Port, string? TemplatePath, long MaxBodyBytes
     {
         yield return "--http-max-body-bytes";
         yield return $"{MaxBodyBytes}";
+        yield return "--http-header-timeout-ms";
+        yield return $"{HeaderTimeoutMs}";
         if (TemplatePath is not null)
         {
             yield return "--chat-template";
@@ -61,6 +73,7 @@ internal sealed record HttpCli(int Port, string? TemplatePath, long MaxBodyBytes
             ReusePort = reusePort,
             AcceptLocal = s => acceptLocal(s),
             MaxBodyBytes = MaxBodyBytes,
+            RequestHeadersTimeout = TimeSpan.FromMilliseconds(HeaderTimeoutMs),
             Ready = ready,
             Models = models,
             DefaultModelName = defaultModel,

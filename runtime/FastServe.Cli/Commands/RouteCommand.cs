@@ -27,8 +27,7 @@ internal static class RouteCommand
         var maxFrame = new Option<int>("--max-frame") { Description = "Largest frame payload accepted from clients, in bytes", DefaultValueFactory = _ => 1 << 20 };
         var name = new Option<string>("--name") { Description = "Name sent in HELLO_OK and to replicas in HELLO (at most 64 characters)", DefaultValueFactory = _ => "fastserve-router" };
         var httpListen = new Option<string?>("--http-listen") { Description = "Also serve the OpenAI-compatible HTTP API (docs/http.md) on [HOST:]PORT (0 = any free port, printed when ready)" };
-        var chatTemplate = new Option<string?>("--chat-template") { Description = "Chat template file for /v1/chat/completions (docs/http.md; default: the grammar-correction prompt format)" };
-        var httpMaxBody = new Option<long>("--http-max-body-bytes") { Description = "Largest HTTP request body; larger ones are refused with 413", DefaultValueFactory = _ => 1 << 20 };
+        var (chatTemplate, httpMaxBody, httpHeaderTimeout) = HttpCli.Options();
         var json = new Option<bool>("--json") { Description = "Print the ready and stopped events as JSON lines" };
         var maxHeld = new Option<int>("--max-held-bytes")
         {
@@ -55,7 +54,7 @@ internal static class RouteCommand
         var canaryP99 = new Option<double>("--canary-max-p99-ratio") { Description = "Roll back a canary whose P99 latency exceeds this multiple of the stable version's", DefaultValueFactory = _ => 1.5 };
         var cmd = new Command("route", "Route requests over a fleet of replicas: one address for clients, power-of-two-choices balancing, retries.");
         foreach (Option o in new Option[] { listen, endpoints, host, policy, slowStart, attempts, budget, minRetries, jitter, conns, ejected, grace, maxInFlight, maxFrame, maxHeld, name, json, metricsPort,
-                     defaultModel, tokenFile, config, shadowLog, shadowMax, costPerHour, canaryMin, canaryWindow, canaryErr, canaryP99, httpListen, chatTemplate, httpMaxBody }) cmd.Add(o);
+                     defaultModel, tokenFile, config, shadowLog, shadowMax, costPerHour, canaryMin, canaryWindow, canaryErr, canaryP99, httpListen, chatTemplate, httpMaxBody, httpHeaderTimeout }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             bool asJson = r.GetValue(json);
@@ -100,7 +99,7 @@ internal static class RouteCommand
                 }
                 if (!int.TryParse(hl.AsSpan(colon + 1), out int hp) || hp < 0 || hp > 65535)
                     throw new FastServeException("args.invalid_port", "--http-listen must be [HOST:]PORT with PORT between 0 and 65535", "--http-listen");
-                http = HttpCli.Check(hp, "--http-listen", r.GetValue(chatTemplate), r.GetValue(httpMaxBody));
+                http = HttpCli.Check(hp, "--http-listen", r.GetValue(chatTemplate), r.GetValue(httpMaxBody), r.GetValue(httpHeaderTimeout));
             }
             string? dm = ClientCommand.CheckLabel(r.GetValue(defaultModel), "--default-model");
             string? adminToken = Environment.GetEnvironmentVariable("FASTSERVE_ADMIN_TOKEN");

@@ -28,8 +28,7 @@ internal static class ServeCommand
     private static readonly Option<string?> ModelNameOpt = new("--model-name") { Description = "Model name the replica declares" };
     private static readonly Option<string?> ModelVersionOpt = new("--model-version") { Description = "Model version the replica declares" };
     private static readonly Option<int> HttpPortOpt = new("--http-port") { Description = "Also serve the OpenAI-compatible HTTP API (docs/http.md) on this port, in every worker (0 = any free port, printed when ready; -1 = off)", DefaultValueFactory = _ => -1 };
-    private static readonly Option<string?> ChatTemplateOpt = new("--chat-template") { Description = "Chat template file for /v1/chat/completions (docs/http.md; default: the grammar-correction prompt format)" };
-    private static readonly Option<long> HttpMaxBodyOpt = new("--http-max-body-bytes") { Description = "Largest HTTP request body; larger ones are refused with 413", DefaultValueFactory = _ => 1 << 20 };
+    private static readonly (Option<string?> Template, Option<long> MaxBody, Option<int> HeaderTimeout) HttpOpts = HttpCli.Options();
 
     private static Command Serve()
     {
@@ -48,7 +47,7 @@ internal static class ServeCommand
         var modelVersion = new Option<string?>("--model-version") { Description = "Model version this replica declares (default: a fingerprint of the model's files)" };
         var cmd = new Command("serve", "Serve the model over the FastServe protocol: an engine process plus worker processes on one port.");
         e.AddTo(cmd);
-        foreach (Option o in new Option[] { HostOpt, port, workers, metrics, agent, tokenFile, maxInFlight, maxFrame, idle, frameTimeout, name, modelName, modelVersion, GraceOpt, HttpPortOpt, ChatTemplateOpt, HttpMaxBodyOpt }) cmd.Add(o);
+        foreach (Option o in new Option[] { HostOpt, port, workers, metrics, agent, tokenFile, maxInFlight, maxFrame, idle, frameTimeout, name, modelName, modelVersion, GraceOpt, HttpPortOpt, HttpOpts.Template, HttpOpts.MaxBody, HttpOpts.HeaderTimeout }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             bool json = e.Json(r);
@@ -70,7 +69,7 @@ internal static class ServeCommand
             if (replicaName.Length is 0 or > 64) throw new FastServeException("args.invalid_name", "--name must have 1 to 64 characters", "--name");
             if (ftMs < 100) throw new FastServeException("args.invalid_frame_timeout", "--frame-timeout-ms must be at least 100", "--frame-timeout-ms");
             if (grace < 0 || grace > 3_600_000) throw new FastServeException("args.invalid_grace", "--grace-ms must be between 0 and 3600000", "--grace-ms");
-            var http = HttpCli.Read(r, HttpPortOpt, ChatTemplateOpt, HttpMaxBodyOpt);
+            var http = HttpCli.Read(r, HttpPortOpt, HttpOpts.Template, HttpOpts.MaxBody, HttpOpts.HeaderTimeout);
 
             string? token = Environment.GetEnvironmentVariable("FASTSERVE_ADMIN_TOKEN");
             if (r.GetValue(tokenFile) is { } tf)
@@ -206,13 +205,13 @@ internal static class ServeCommand
         var frameTimeout = new Option<int>("--frame-timeout-ms") { DefaultValueFactory = _ => 10_000 };
         var name = new Option<string>("--name") { DefaultValueFactory = _ => "fastserve" };
         var cmd = new Command("serve-worker", "A worker process of a replica (started by serve).") { Hidden = true };
-        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, model, port, index, maxInFlight, maxFrame, idle, frameTimeout, name, GraceOpt, StartFileOpt, ModelNameOpt, ModelVersionOpt, HttpPortOpt, ChatTemplateOpt, HttpMaxBodyOpt }) cmd.Add(o);
+        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, model, port, index, maxInFlight, maxFrame, idle, frameTimeout, name, GraceOpt, StartFileOpt, ModelNameOpt, ModelVersionOpt, HttpPortOpt, HttpOpts.Template, HttpOpts.MaxBody, HttpOpts.HeaderTimeout }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             StartTrace.Mark("main");
             int parent = r.GetValue(ParentOpt);
             if (parent > 0 && !Native.DieWithParent(parent)) return 1;
-            var http = HttpCli.Read(r, HttpPortOpt, ChatTemplateOpt, HttpMaxBodyOpt);
+            var http = HttpCli.Read(r, HttpPortOpt, HttpOpts.Template, HttpOpts.MaxBody, HttpOpts.HeaderTimeout);
             using var host = new WorkerHost(new WorkerOptions
             {
                 IpcPath = r.GetValue(IpcOpt)!,

@@ -51,7 +51,7 @@ med = statistics.median
 for target in ("direct", "router"):
     b = [json.load(open(f"{out}/binary-{target}-{r}.json"))["points"][0] for r in range(1, rounds + 1)]
     h = [json.load(open(f"{out}/http-{target}-{r}.json")) for r in range(1, rounds + 1)]
-    b_rps = [p["throughput_rps"] for p in b]
+    b_rps = [p["achieved_rps"] for p in b]
     h_rps = [x["requests"] / (x["duration_us"] / 1e6) for x in h]
     b50, b99 = [p["e2e_ms"]["p50"] for p in b], [p["e2e_ms"]["p99"] for p in b]
     h50, h99 = [x["p50_us"] / 1000 for x in h], [x["p99_us"] / 1000 for x in h]

@@ -200,6 +200,46 @@ public sealed class HttpFrontDoorTests
     }
 
     [Test]
+    public async Task ErrorAfterTheStreamStartedIsAnErrorEventThenDone()
+    {
+        await using var rig = await StartAsync();
+        rig.Replica.OnRequest = _ => Reply.StreamThenHold;
+        var req = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = Json("""{"prompt":"hi","max_tokens":50,"stream":true}""") };
+        var res = await rig.Http.SendAsync(req, HttpCompletionOption.ResponseHeadersRead);
+        Assert.That(res.StatusCode, Is.EqualTo(HttpStatusCode.OK));
+        var body = res.Content.ReadAsStringAsync();
+        await RouterRulesTests.Until(() => rig.Replica.HeldCount == 1, "streaming");
+        rig.Replica.DropConnections();   // the replica dies mid-stream
+        string all = await body;
+        var events = all.Split("\n\n", StringSplitOptions.RemoveEmptyEntries);
+        Assert.That(events[^1], Is.EqualTo("data: [DONE]"));
+        using var err = JsonDocument.Parse(events[^2]["data: ".Length..]);
+        Assert.That(err.RootElement.GetProperty("error").GetProperty("code").GetString(), Is.EqualTo("router.upstream_lost"), all);
+    }
+
+    [TestCase(WireStatus.BadRequest, 400, 0u)]
+    [TestCase(WireStatus.Unauthorized, 401, 0u)]
+    [TestCase(WireStatus.NotFound, 404, 0u)]
+    [TestCase(WireStatus.TooLarge, 413, 0u)]
+    [TestCase(WireStatus.Overloaded, 429, 2500u)]
+    [TestCase(WireStatus.TooManyRequests, 429, 1000u)]
+    [TestCase(WireStatus.Draining, 503, 1000u)]
+    [TestCase(WireStatus.Unavailable, 503, 1000u)]
+    [TestCase(WireStatus.DeadlineExceeded, 504, 0u)]
+    [TestCase(WireStatus.Internal, 500, 0u)]
+    public void EveryWireStatusHasItsHttpStatus(WireStatus wire, int http, uint retryAfterMs)
+    {
+        var e = HttpFrontDoor.ErrorOf(new FastServe.Client.CompletionResult
+        {
+            Status = wire, StatusName = WireNames.Of(wire), Detail = "x.y", Message = "m",
+            RetryAfter = wire == WireStatus.Overloaded ? TimeSpan.FromMilliseconds(2500) : null,
+        });
+        Assert.That(e.Status, Is.EqualTo(http));
+        Assert.That(e.Code, Is.EqualTo("x.y"));
+        Assert.That(e.RetryAfterMs, Is.EqualTo(retryAfterMs), "Retry-After on 429 and 503: the server's hint, at least 1 s");
+    }
+
+    [Test]
     public async Task KeysRequiredRefusesMissingAndWrongBearerTokens()
     {
         await using var rig = await StartAsync(o => o with { KeysRequired = true, Authenticate = t => t == "sk-good" ? "team-a" : null });

@@ -424,12 +424,12 @@ public sealed class HttpFrontDoor : IAsyncDisposable
 
     private void Count(string endpoint, int status) => _options.Metrics?.Count(endpoint, status);
 
-    private static string NewId(string prefix)
-    {
-        Span<byte> b = stackalloc byte[12];
-        RandomNumberGenerator.Fill(b);
-        return prefix + Convert.ToHexStringLower(b);
-    }
+    // Unique per process run without a random draw per request: a random prefix fixed at start, then a counter.
+    private static readonly string s_idPrefix = Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(6));
+    private static long s_nextId;
+
+    private static string NewId(string prefix) =>
+        string.Concat(prefix, s_idPrefix, Interlocked.Increment(ref s_nextId).ToString("x12", System.Globalization.CultureInfo.InvariantCulture));
 
     public async ValueTask DisposeAsync()
     {

@@ -17,8 +17,10 @@ public sealed record HttpFrontDoorOptions
     /// <summary>Hands the server end of an in-process connection to this process's binary-protocol host
     /// (<c>RouterHost.AcceptLocal</c> / <c>WorkerHost.AcceptLocal</c>), which starts a normal session on it.</summary>
     public required Action<Socket> AcceptLocal { get; init; }
-    /// <summary>In-process binary clients the HTTP requests share (1 to 16).</summary>
-    public int LocalClients { get; init; } = 2;
+    /// <summary>In-process binary clients the HTTP requests share (1 to 16). The host's per-connection limit
+    /// (<c>--max-in-flight</c>, 1024) times this bounds the HTTP requests one process runs at once; past it they are
+    /// answered 429 <c>too_many_requests</c>.</summary>
+    public int LocalClients { get; init; } = 4;
     /// <summary>PING interval of the in-process clients: below the host's idle timeout.</summary>
     public TimeSpan LocalKeepAlive { get; init; } = TimeSpan.FromSeconds(15);
 

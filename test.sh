@@ -27,9 +27,17 @@ command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v qemu-x86_64 >/dev/null 2>&1 || need+=(qemu-user)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ] && [ "${FASTSERVE_SKIP_APT:-0}" != 1 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1 || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"; }
+fi
+
+# The official `openai` npm client that tests/FastServe.Tests/Http drives against the HTTP front door: installed from
+# tests/http-clients/package-lock.json (pinned) when missing. wrk for bench/router/http-bench.sh, curl for raw checks.
+if [ ! -d tests/http-clients/node_modules/openai ] && command -v npm >/dev/null 2>&1; then
+  (cd tests/http-clients && npm ci --no-audit --no-fund --silent) || echo "test.sh: npm ci in tests/http-clients failed; the openai-client tests will fail" >&2
 fi
 
 log=$(mktemp)

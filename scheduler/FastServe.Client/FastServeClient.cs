@@ -110,7 +110,7 @@ public sealed class FastServeClient : IAsyncDisposable
         options ??= new FastServeClientOptions();
         options.Validate();
         var socket = new Socket(SocketType.Stream, ProtocolType.Tcp) { NoDelay = true };
-        FastServeClient? client = null;
+        System.Net.Security.SslStream? tls = null;
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
         cts.CancelAfter(options.ConnectTimeout);
         try
@@ -123,25 +123,66 @@ public sealed class FastServeClient : IAsyncDisposable
             {
                 throw new FastServeClientException("client.connect_failed", $"cannot connect to {host}:{port}: {e.Message}", inner: e);
             }
-            System.Net.Security.SslStream? tls = null;
             if (options.Tls is { } t)
             {
                 try { tls = await t.AuthenticateAsync(socket, host, cts.Token).ConfigureAwait(false); }
                 catch (FastServe.Protocol.Security.TlsFailedException e) { throw new FastServeClientException("client.tls_failed", e.Message, inner: e); }
             }
-            client = new FastServeClient(socket, options, tls);
-            await client.HandshakeAsync(host, port, cts.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested)
         {
-            Abandon(socket, client);
+            socket.Dispose();
             throw new FastServeClientException("client.connect_timeout",
                 $"no HELLO_OK from {host}:{port} within {options.ConnectTimeout.TotalMilliseconds:F0} ms");
+        }
+        catch
+        {
+            socket.Dispose();
+            throw;
+        }
+        return await HandshakeAsync(socket, $"{host}:{port}", options, tls, cts.Token, ct).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Runs the HELLO / HELLO_OK handshake over a socket that is already connected (any stream socket: TCP, or one end
+    /// of an in-process socket pair, as the HTTP front door uses) and returns the client, which owns the socket from
+    /// then on (it is disposed when the handshake fails).
+    /// </summary>
+    /// <exception cref="FastServeClientException">As <see cref="ConnectAsync(string, int, FastServeClientOptions?, CancellationToken)"/>,
+    /// less the connect failures of TCP.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="ct"/> was cancelled.</exception>
+    public static async Task<FastServeClient> ConnectAsync(Socket connected, FastServeClientOptions? options = null, CancellationToken ct = default)
+    {
+        ArgumentNullException.ThrowIfNull(connected);
+        options ??= new FastServeClientOptions();
+        options.Validate();
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        cts.CancelAfter(options.ConnectTimeout);
+        return await HandshakeAsync(connected, "the connected peer", options, null, cts.Token, ct).ConfigureAwait(false);
+    }
+
+    // Sends HELLO over a connected socket (inside `tls` when not null) and waits for HELLO_OK; on failure the socket is
+    // disposed. `timed` carries the connect timeout, `caller` the caller's own token (to tell a timeout from a
+    // cancellation).
+    private static async Task<FastServeClient> HandshakeAsync(Socket socket, string peer, FastServeClientOptions options,
+        System.Net.Security.SslStream? tls, CancellationToken timed, CancellationToken caller)
+    {
+        FastServeClient? client = null;
+        try
+        {
+            client = new FastServeClient(socket, options, tls);
+            await client.HandshakeAsync(peer, timed).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (!caller.IsCancellationRequested)
+        {
+            Abandon(socket, client);
+            throw new FastServeClientException("client.connect_timeout",
+                $"no HELLO_OK from {peer} within {options.ConnectTimeout.TotalMilliseconds:F0} ms");
         }
         catch (SocketException e)
         {
             Abandon(socket, client);
-            throw new FastServeClientException("client.connect_failed", $"connection to {host}:{port} failed during the handshake: {e.Message}", inner: e);
+            throw new FastServeClientException("client.connect_failed", $"connection to {peer} failed during the handshake: {e.Message}", inner: e);
         }
         catch
         {
@@ -158,12 +199,12 @@ public sealed class FastServeClient : IAsyncDisposable
         else socket.Dispose();
     }
 
-    private async Task HandshakeAsync(string host, int port, CancellationToken ct)
+    private async Task HandshakeAsync(string peer, CancellationToken ct)
     {
         var hello = new ArrayBufferWriter<byte>(64);
         FrameWriter.Hello(hello, Encoding.UTF8.GetBytes(_options.ClientName), apiKey: _options.ApiKey is null ? default : Encoding.ASCII.GetBytes(_options.ApiKey));
         try { await _conn.SendDirectAsync(hello.WrittenMemory, ct).ConfigureAwait(false); }
-        catch (IOException e) { throw new FastServeClientException("client.connect_failed", $"connection to {host}:{port} failed during the handshake: {e.Message}", inner: e); }
+        catch (IOException e) { throw new FastServeClientException("client.connect_failed", $"connection to {peer} failed during the handshake: {e.Message}", inner: e); }
         var reply = new HelloReader();
         var r = await _conn.RunAsync(reply, ct).ConfigureAwait(false);
         switch (r.End)
@@ -171,7 +212,7 @@ public sealed class FastServeClient : IAsyncDisposable
             case FrameRunEnd.TooLarge: throw ProtocolError($"the server's first frame announces {reply.TooLargeLength} bytes");
             case FrameRunEnd.PeerClosed: throw new FastServeClientException("client.connect_failed", "the server closed the connection before HELLO_OK");
             case FrameRunEnd.SocketError:
-                throw new FastServeClientException("client.connect_failed", $"connection to {host}:{port} failed during the handshake: {r.Message}", inner: r.Error);
+                throw new FastServeClientException("client.connect_failed", $"connection to {peer} failed during the handshake: {r.Message}", inner: r.Error);
         }
         if (reply.Error is not null) throw reply.Error;
         Server = reply.Server;

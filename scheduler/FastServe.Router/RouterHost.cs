@@ -175,6 +175,19 @@ public sealed class RouterHost : IAsyncDisposable
         return new FleetLoad(ready, concurrency, _saturation.OverloadedPerSecond, _serviceTime.Seconds);
     }
 
+    /// <summary>Whether a request sent now can be routed: not draining and at least one eligible endpoint (the HTTP
+    /// front door's <c>GET /ready</c>).</summary>
+    public bool CanServe()
+    {
+        if (_draining || _stopped) return false;
+        long now = Stopwatch.GetTimestamp();
+        foreach (var e in Fleet.Endpoints) if (e.IsEligible(now)) return true;
+        return false;
+    }
+
+    /// <summary>The model names the fleet's endpoints declare (the HTTP front door's <c>GET /v1/models</c>).</summary>
+    public IReadOnlyList<string> ServedModels() => Routes.Pools.Select(p => p.Model).Where(m => m.Length > 0).Distinct().ToArray();
+
     /// <summary>Retries the retry budget allows now (see <see cref="RouterOptions.RetryBudgetRatio"/>).</summary>
     internal long RetryBudgetAvailable => _budget.Available;
 
@@ -330,11 +343,17 @@ public sealed class RouterHost : IAsyncDisposable
     }
 
     /// <summary>
-    /// Serves a connection the router's own process opened to itself (the HTTP front door's link), as a client
-    /// session whose HELLO skips the API key check (the front door authenticated its caller). The socket must be
-    /// connected; the session owns it.
+    /// Starts a client session on an in-process connection (the server end of a socket pair from the HTTP front door,
+    /// docs/http.md), as if accepted from the listener: the same request rules, routing and overload control; its HELLO
+    /// skips the API key check (the front door authenticated its caller) and it has no TLS. False (the socket disposed)
+    /// when the router is draining or stopped.
     /// </summary>
-    public void AttachTrusted(Socket s) => StartSession(s, null, trusted: true);
+    public bool AcceptLocal(Socket s)
+    {
+        if (_draining || _stopped) { s.Dispose(); return false; }
+        StartSession(s, null, trusted: true);
+        return true;
+    }
 
     private void StartSession(Socket s, Stream? stream, bool trusted)
     {

@@ -25,6 +25,11 @@ public sealed class RouterMetrics : IDisposable
     private readonly Histogram _shadowEdit, _shadowLength, _shadowLogprob, _shadowLatency;
     private readonly Counter _keyConnections, _keyRequests, _authRefused, _keyReloads, _keyReloadFailures, _tlsHandshakeFailures;
     private HashSet<string> _labelled = [];
+    private readonly Counter _http;
+
+    /// <summary>The HTTP front door's request counts (endpoint, status, count), read at scrape time into
+    /// <c>fastserve_http_requests_total</c>; null = no HTTP front door.</summary>
+    public Func<IEnumerable<(string Endpoint, int Status, long Count)>>? HttpRequests { get; set; }
 
     /// <summary>Starts serving <paramref name="router"/>'s metrics on <paramref name="host"/>:<paramref name="port"/>.</summary>
     /// <exception cref="System.Net.HttpListenerException">The port cannot be bound.</exception>
@@ -106,6 +111,8 @@ public sealed class RouterMetrics : IDisposable
         _keyReloads = f.CreateCounter("fastserve_router_api_keys_reloads_total", "Times the API keys file changed and its keys were put in force.");
         _keyReloadFailures = f.CreateCounter("fastserve_router_api_keys_reload_failures_total", "Times a changed API keys file was refused (the previous keys stayed in force).");
         _tlsHandshakeFailures = f.CreateCounter("fastserve_router_tls_handshake_failures_total", "Client TLS handshakes that failed or timed out.");
+        _http = f.CreateCounter("fastserve_http_requests_total", "Requests answered by the OpenAI-compatible HTTP front door (docs/http.md), by endpoint and HTTP status (499: the client went away first).",
+            new CounterConfiguration { LabelNames = ["endpoint", "status"] });
         _registry.AddBeforeCollectCallback(Refresh);
         _server = new MetricServer(host, port, "metrics/", _registry);
         _server.Start();
@@ -123,6 +130,8 @@ public sealed class RouterMetrics : IDisposable
 
     private void Refresh()
     {
+        if (HttpRequests is { } http)
+            foreach (var (endpoint, status, count) in http()) _http.WithLabels(endpoint, status.ToString(System.Globalization.CultureInfo.InvariantCulture)).IncTo(count);
         var st = _router.Stats;
         _requests.IncTo(st.Requests);
         _completed.IncTo(st.Completed);

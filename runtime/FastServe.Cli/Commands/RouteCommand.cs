@@ -26,6 +26,8 @@ internal static class RouteCommand
         var maxInFlight = new Option<int>("--max-in-flight") { Description = "Requests in flight per client connection", DefaultValueFactory = _ => 1024 };
         var maxFrame = new Option<int>("--max-frame") { Description = "Largest frame payload accepted from clients, in bytes", DefaultValueFactory = _ => 1 << 20 };
         var name = new Option<string>("--name") { Description = "Name sent in HELLO_OK and to replicas in HELLO (at most 64 characters)", DefaultValueFactory = _ => "fastserve-router" };
+        var httpListen = new Option<string?>("--http-listen") { Description = "Also serve the OpenAI-compatible HTTP API (docs/http.md) on [HOST:]PORT (0 = any free port, printed when ready)" };
+        var (chatTemplate, httpMaxBody, httpHeaderTimeout) = HttpCli.Options();
         var json = new Option<bool>("--json") { Description = "Print the ready and stopped events as JSON lines" };
         var maxHeld = new Option<int>("--max-held-bytes")
         {
@@ -61,7 +63,7 @@ internal static class RouteCommand
         var cmd = new Command("route", "Route requests over a fleet of replicas: one address for clients, power-of-two-choices balancing, retries.");
         foreach (Option o in new Option[] { listen, endpoints, host, policy, slowStart, attempts, budget, minRetries, jitter, conns, ejected, grace, maxInFlight, maxFrame, maxHeld, name, json, metricsPort,
                      defaultModel, tokenFile, config, shadowLog, shadowMax, costPerHour, canaryMin, canaryWindow, canaryErr, canaryP99,
-                     apiKeysFile, insecure, tlsCert, tlsKey, upKeyFile, upTls, upTlsCa, upTlsHost }) cmd.Add(o);
+                     apiKeysFile, insecure, tlsCert, tlsKey, upKeyFile, upTls, upTlsCa, upTlsHost, httpListen, chatTemplate, httpMaxBody, httpHeaderTimeout }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             bool asJson = r.GetValue(json);
@@ -93,6 +95,21 @@ internal static class RouteCommand
             string routerName = r.GetValue(name)!;
             if (routerName.Length is 0 or > 64) throw new FastServeException("args.invalid_name", "--name must have 1 to 64 characters", "--name");
 
+            string httpHost = h;
+            HttpCli? http = null;
+            if (r.GetValue(httpListen) is { } hl)
+            {
+                int colon = hl.LastIndexOf(':');
+                if (colon >= 0)
+                {
+                    httpHost = hl[..colon];
+                    if (!System.Net.IPAddress.TryParse(httpHost, out var hip) || hip.AddressFamily != AddressFamily.InterNetwork)
+                        throw new FastServeException("args.invalid_host", $"--http-listen's host must be an IPv4 address, not '{httpHost}'", "--http-listen");
+                }
+                if (!int.TryParse(hl.AsSpan(colon + 1), out int hp) || hp < 0 || hp > 65535)
+                    throw new FastServeException("args.invalid_port", "--http-listen must be [HOST:]PORT with PORT between 0 and 65535", "--http-listen");
+                http = HttpCli.Check(hp, "--http-listen", r.GetValue(chatTemplate), r.GetValue(httpMaxBody), r.GetValue(httpHeaderTimeout));
+            }
             string? dm = ClientCommand.CheckLabel(r.GetValue(defaultModel), "--default-model");
             string? adminToken = Environment.GetEnvironmentVariable("FASTSERVE_ADMIN_TOKEN");
             if (r.GetValue(tokenFile) is { } tf)
@@ -216,6 +233,23 @@ internal static class RouteCommand
                 }
             }
             using var metricsScope = metrics;
+            FastServe.Http.HttpFrontDoor? front = null;
+            FastServe.Http.HttpMetrics? httpMetrics = null;
+            if (http is not null)
+            {
+                httpMetrics = new FastServe.Http.HttpMetrics();
+                if (metrics is not null) metrics.HttpRequests = httpMetrics.Snapshot;
+                try
+                {
+                    front = http.Start(httpHost, reusePort: false, s => router.AcceptLocal(s), router.CanServe, router.ServedModels,
+                        dm ?? "fastserve", modelDir: null, log, httpMetrics);
+                }
+                catch
+                {
+                    router.DisposeAsync().AsTask().GetAwaiter().GetResult();
+                    throw;
+                }
+            }
             int n = router.Fleet.Endpoints.Length;
             if (asJson)
                 Output.WriteJsonLine(w =>
@@ -225,16 +259,18 @@ internal static class RouteCommand
                     w.WriteNumber("port", router.Port);
                     w.WriteNumber("endpoints", n);
                     w.WriteNumber("metrics_port", mport);
+                    if (front is not null) w.WriteNumber("http_port", front.Port);
                     w.WriteString("source", source.Description);
                     w.WriteString("policy", BalancePolicyNames.Of(pol));
                     w.WriteBoolean("api_keys", apiKeys is not null);
                     w.WriteBoolean("tls", tls is not null);
                     w.WriteNumber("pid", Environment.ProcessId);
                 });
-            else Console.Out.WriteLine($"fastserve: routing on {h}:{router.Port} to {n} endpoint{(n == 1 ? "" : "s")} ({source.Description}, policy {BalancePolicyNames.Of(pol)})");
+            else Console.Out.WriteLine($"fastserve: routing on {h}:{router.Port} to {n} endpoint{(n == 1 ? "" : "s")} ({source.Description}, policy {BalancePolicyNames.Of(pol)}){(front is not null ? $"; HTTP on {httpHost}:{front.Port}" : "")}");
             Console.Out.Flush();
 
             router.Completion.GetAwaiter().GetResult();
+            front?.DisposeAsync().AsTask().GetAwaiter().GetResult();
             var st = router.Stats;
             if (asJson)
                 Output.WriteJsonLine(w =>

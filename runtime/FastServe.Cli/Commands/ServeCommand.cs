@@ -30,6 +30,8 @@ internal static class ServeCommand
     private static readonly Option<string?> ApiKeysFileOpt = new("--api-keys-file") { Description = "File of API keys clients must present in HELLO: one 'name key' per line, re-read on change (also FASTSERVE_API_KEYS=name:key,...; docs/security.md)" };
     private static readonly Option<string?> TlsCertOpt = new("--tls-cert") { Description = "PEM certificate (chain) for TLS on the client port, re-read on change (with --tls-key)" };
     private static readonly Option<string?> TlsKeyOpt = new("--tls-key") { Description = "PEM private key of --tls-cert" };
+    private static readonly Option<int> HttpPortOpt = new("--http-port") { Description = "Also serve the OpenAI-compatible HTTP API (docs/http.md) on this port, in every worker (0 = any free port, printed when ready; -1 = off)", DefaultValueFactory = _ => -1 };
+    private static readonly (Option<string?> Template, Option<long> MaxBody, Option<int> HeaderTimeout) HttpOpts = HttpCli.Options();
 
     private static Command Serve()
     {
@@ -49,7 +51,7 @@ internal static class ServeCommand
         var insecure = new Option<bool>("--insecure") { Description = "Serve a non-loopback --host without API keys (refused otherwise)" };
         var cmd = new Command("serve", "Serve the model over the FastServe protocol: an engine process plus worker processes on one port.");
         e.AddTo(cmd);
-        foreach (Option o in new Option[] { HostOpt, port, workers, metrics, agent, tokenFile, maxInFlight, maxFrame, idle, frameTimeout, name, modelName, modelVersion, GraceOpt, ApiKeysFileOpt, insecure, TlsCertOpt, TlsKeyOpt }) cmd.Add(o);
+        foreach (Option o in new Option[] { HostOpt, port, workers, metrics, agent, tokenFile, maxInFlight, maxFrame, idle, frameTimeout, name, modelName, modelVersion, GraceOpt, ApiKeysFileOpt, insecure, TlsCertOpt, TlsKeyOpt, HttpPortOpt, HttpOpts.Template, HttpOpts.MaxBody, HttpOpts.HeaderTimeout }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             bool json = e.Json(r);
@@ -71,6 +73,7 @@ internal static class ServeCommand
             if (replicaName.Length is 0 or > 64) throw new FastServeException("args.invalid_name", "--name must have 1 to 64 characters", "--name");
             if (ftMs < 100) throw new FastServeException("args.invalid_frame_timeout", "--frame-timeout-ms must be at least 100", "--frame-timeout-ms");
             if (grace < 0 || grace > 3_600_000) throw new FastServeException("args.invalid_grace", "--grace-ms must be between 0 and 3600000", "--grace-ms");
+            var http = HttpCli.Read(r, HttpPortOpt, HttpOpts.Template, HttpOpts.MaxBody, HttpOpts.HeaderTimeout);
 
             string? token = Environment.GetEnvironmentVariable("FASTSERVE_ADMIN_TOKEN");
             if (r.GetValue(tokenFile) is { } tf)
@@ -105,17 +108,20 @@ internal static class ServeCommand
             if (ap > 0) engineArgs.AddRange(["--agent-port", $"{ap}"]);
             var workerArgs = new List<string> { "--model", modelDir, "--max-in-flight", $"{mif}", "--max-frame", $"{mf}", "--idle-timeout-ms", $"{idleMs}", "--frame-timeout-ms", $"{ftMs}", "--name", replicaName,
                 "--model-name", declaredName, "--model-version", declaredVersion };
+            if (http.Enabled) workerArgs.AddRange(http.WorkerArgs());
             engineArgs.AddRange(["--model-name", declaredName, "--model-version", declaredVersion]);
             var env = new Dictionary<string, string>();
             if (token is not null) env["FASTSERVE_ADMIN_TOKEN"] = token;
             if (r.GetValue(ApiKeysFileOpt) is { } keysFile) workerArgs.AddRange(["--api-keys-file", Path.GetFullPath(keysFile)]);
             if (security.Tls) workerArgs.AddRange(["--tls-cert", Path.GetFullPath(r.GetValue(TlsCertOpt)!), "--tls-key", Path.GetFullPath(r.GetValue(TlsKeyOpt)!)]);
 
-            var sup = new Supervisor(new SupervisorOptions
+            Supervisor? sup = null;
+            sup = new Supervisor(new SupervisorOptions
             {
                 Executable = exe,
                 Host = host,
                 Port = p,
+                HttpPort = http.Port,
                 Workers = k,
                 EngineArgs = engineArgs,
                 WorkerArgs = workerArgs,
@@ -132,6 +138,7 @@ internal static class ServeCommand
                             w.WriteString("event", "ready");
                             w.WriteString("host", host);
                             w.WriteNumber("port", bound);
+                            if (sup!.HttpPort >= 0) w.WriteNumber("http_port", sup.HttpPort);
                             w.WriteNumber("workers", k);
                             w.WriteNumber("metrics_port", mp);
                             w.WriteNumber("agent_port", ap);
@@ -147,7 +154,7 @@ internal static class ServeCommand
                                 if (double.IsFinite(ms)) w.WriteNumber(name, Math.Round(ms, 1)); else w.WriteNull(name);
                             w.WriteEndObject();
                         });
-                    else Console.Out.WriteLine($"fastserve: ready on {host}:{bound} in {stages.Ready:F0} ms ({k} worker{(k == 1 ? "" : "s")}, model {declaredName} version {declaredVersion} from {modelDir}{(mp > 0 ? $", metrics :{mp}" : "")}{(ap > 0 ? $", agent :{ap}" : "")})");
+                    else Console.Out.WriteLine($"fastserve: ready on {host}:{bound} in {stages.Ready:F0} ms ({k} worker{(k == 1 ? "" : "s")}, model {declaredName} version {declaredVersion} from {modelDir}{(sup!.HttpPort >= 0 ? $", http :{sup.HttpPort}" : "")}{(mp > 0 ? $", metrics :{mp}" : "")}{(ap > 0 ? $", agent :{ap}" : "")})");
                     Console.Out.Flush();
                 },
             });
@@ -210,12 +217,13 @@ internal static class ServeCommand
         var frameTimeout = new Option<int>("--frame-timeout-ms") { DefaultValueFactory = _ => 10_000 };
         var name = new Option<string>("--name") { DefaultValueFactory = _ => "fastserve" };
         var cmd = new Command("serve-worker", "A worker process of a replica (started by serve).") { Hidden = true };
-        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, model, port, index, maxInFlight, maxFrame, idle, frameTimeout, name, GraceOpt, StartFileOpt, ModelNameOpt, ModelVersionOpt, ApiKeysFileOpt, TlsCertOpt, TlsKeyOpt }) cmd.Add(o);
+        foreach (Option o in new Option[] { IpcOpt, ParentOpt, HostOpt, model, port, index, maxInFlight, maxFrame, idle, frameTimeout, name, GraceOpt, StartFileOpt, ModelNameOpt, ModelVersionOpt, ApiKeysFileOpt, TlsCertOpt, TlsKeyOpt, HttpPortOpt, HttpOpts.Template, HttpOpts.MaxBody, HttpOpts.HeaderTimeout }) cmd.Add(o);
         cmd.SetAction(r =>
         {
             StartTrace.Mark("main");
             int parent = r.GetValue(ParentOpt);
             if (parent > 0 && !Native.DieWithParent(parent)) return 1;
+            var http = HttpCli.Read(r, HttpPortOpt, HttpOpts.Template, HttpOpts.MaxBody, HttpOpts.HeaderTimeout);
             using var host = new WorkerHost(new WorkerOptions
             {
                 IpcPath = r.GetValue(IpcOpt)!,
@@ -240,7 +248,24 @@ internal static class ServeCommand
                 TlsCert = r.GetValue(TlsCertOpt),
                 TlsKey = r.GetValue(TlsKeyOpt),
             });
-            return host.Run();
+            FastServe.Http.HttpFrontDoor? front = null;
+            if (http.Enabled)
+            {
+                // Every worker listens on the shared HTTP port (SO_REUSEPORT, reserved by the supervisor), so HTTP
+                // connections spread over the workers as binary ones do, and the engine's CPU stays free.
+                string modelName = host.Options.ModelName is { Length: > 0 } mn ? mn : "fastserve";
+                string modelDir = host.Options.ModelDir;
+                front = http.Start(r.GetValue(HostOpt)!, reusePort: true, s => host.AcceptLocal(s), () => host.IsReady, () => [modelName], modelName, host.Options.Index == 0 ? modelDir : null,
+                    msg => Console.Error.WriteLine($"fastserve worker {host.Options.Index}: {msg}"));
+            }
+            try
+            {
+                return host.Run();
+            }
+            finally
+            {
+                front?.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            }
         });
         return cmd;
     }

@@ -17,6 +17,9 @@ public sealed record SupervisorOptions
     /// <summary>Client port; 0 picks a free one (reserved by the supervisor, then shared by the workers).</summary>
     public int Port { get; init; }
     public int Workers { get; init; } = 1;
+    /// <summary>HTTP port of the OpenAI-compatible API (docs/http.md), reserved and shared by the workers as
+    /// <see cref="Port"/> is; 0 picks a free one; -1 (the default) = no HTTP.</summary>
+    public int HttpPort { get; init; } = -1;
     /// <summary>Arguments of `serve-engine` (model, backend, engine knobs, metrics and agent ports).</summary>
     public required IReadOnlyList<string> EngineArgs { get; init; }
     /// <summary>Arguments of `serve-worker` common to every worker (model, limits).</summary>
@@ -66,6 +69,7 @@ public sealed class Supervisor
     private readonly string _runDir;
     private readonly string _ipcPath;
     private readonly Socket _reserve;
+    private readonly Socket? _httpReserve;
     private readonly Lock _lock = new();
     // StartStages, Stopwatch timestamps (0 = not yet): main and spawned written by Run before the ready thread starts,
     // listening by the ready thread alone.
@@ -113,15 +117,27 @@ public sealed class Supervisor
         Native.ReusePort(_reserve);
         _reserve.Bind(new IPEndPoint(IPAddress.Parse(options.Host), options.Port));
         Port = ((IPEndPoint)_reserve.LocalEndPoint!).Port;
+        string[] http = [];
+        if (options.HttpPort >= 0)
+        {
+            _httpReserve = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+            Native.ReusePort(_httpReserve);
+            _httpReserve.Bind(new IPEndPoint(IPAddress.Parse(options.Host), options.HttpPort));
+            HttpPort = ((IPEndPoint)_httpReserve.LocalEndPoint!).Port;
+            http = ["--http-port", $"{HttpPort}"];
+        }
 
         int me = Environment.ProcessId;
         _engine = new Child { Role = "engine", Index = 0, Args = ["serve-engine", "--ipc", _ipcPath, "--parent", $"{me}", "--grace-ms", $"{(int)options.Grace.TotalMilliseconds}", "--start-file", StartFile("engine", 0), .. options.EngineArgs] };
         _workers = new Child[options.Workers];
         for (int i = 0; i < options.Workers; i++)
-            _workers[i] = new Child { Role = "worker", Index = i, Args = ["serve-worker", "--ipc", _ipcPath, "--parent", $"{me}", "--index", $"{i}", "--host", options.Host, "--port", $"{Port}", "--grace-ms", $"{(int)options.Grace.TotalMilliseconds}", "--start-file", StartFile("worker", i), .. options.WorkerArgs] };
+            _workers[i] = new Child { Role = "worker", Index = i, Args = ["serve-worker", "--ipc", _ipcPath, "--parent", $"{me}", "--index", $"{i}", "--host", options.Host, "--port", $"{Port}", "--grace-ms", $"{(int)options.Grace.TotalMilliseconds}", "--start-file", StartFile("worker", i), .. http, .. options.WorkerArgs] };
     }
 
     public int Port { get; }
+
+    /// <summary>The HTTP port the workers share; -1 without HTTP.</summary>
+    public int HttpPort { get; } = -1;
 
     private string StartFile(string role, int index) => Path.Combine(_runDir, $"{role}-{index}.start");
 
@@ -181,6 +197,7 @@ public sealed class Supervisor
         finally
         {
             _reserve.Dispose();
+            _httpReserve?.Dispose();
             try { Directory.Delete(_runDir, recursive: true); } catch (IOException) { }
         }
     }

@@ -106,10 +106,10 @@ public sealed class WorkerHost : IDisposable
         StartSession(s, ssl);
     }
 
-    private void StartSession(Socket s, Stream? stream)
+    private void StartSession(Socket s, Stream? stream, bool trusted = false)
     {
         long id = Interlocked.Increment(ref _nextSession);
-        var session = new ClientSession(this, s, id, stream);
+        var session = new ClientSession(this, s, id, stream, trusted);
         _sessions[id] = session;
         session.Start();
     }
@@ -121,6 +121,18 @@ public sealed class WorkerHost : IDisposable
     /// <summary>The client port's TLS certificate source, null for plaintext (for another listener's TLS, such as
     /// Kestrel's certificate selector: <see cref="CertificateSource.Current"/>).</summary>
     public CertificateSource? Tls => _tls;
+
+    /// <summary>
+    /// Starts a client session on an in-process connection (the server end of a socket pair from the HTTP front door,
+    /// docs/http.md), as if accepted from the listener; its HELLO skips the API key check (the front door authenticated
+    /// its caller) and it has no TLS. False (the socket disposed) once draining.
+    /// </summary>
+    public bool AcceptLocal(Socket s)
+    {
+        if (_draining) { s.Dispose(); return false; }
+        StartSession(s, null, trusted: true);
+        return true;
+    }
 
     internal void OnSessionClosed(ClientSession s) => _sessions.TryRemove(s.Id, out _);
 
@@ -139,6 +151,9 @@ public sealed class WorkerHost : IDisposable
             return l.TakenTicks == 0 ? ReplicaState.Starting : (ReplicaState)l.State;
         }
     }
+
+    /// <summary>Engine linked and ready, not draining (the HTTP front door's <c>GET /ready</c>).</summary>
+    public bool IsReady => State == ReplicaState.Ready;
 
     internal int ContextLength => _engine.Hello.Context > 0 ? _engine.Hello.Context : 0;
     internal int Vocab => _engine.Hello.Vocab;

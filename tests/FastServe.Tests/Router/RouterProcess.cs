@@ -17,6 +17,8 @@ internal sealed class RouterProcess : IDisposable
 
     public Process Proc { get; }
     public int Port { get; private set; }
+    /// <summary>The ready event's <c>http_port</c> (started with <c>--http-listen</c>), else -1.</summary>
+    public int HttpPort { get; private set; } = -1;
     public string Stderr { get { lock (_err) return _err.ToString(); } }
 
     /// <summary>Starts a router over the replicas' ports and waits for its ready line.</summary>
@@ -44,7 +46,11 @@ internal sealed class RouterProcess : IDisposable
             r.Dispose();
             throw new InvalidOperationException($"the router did not become ready; stderr:\n{r.Stderr}");
         }
-        using (var doc = JsonDocument.Parse(ready.Result)) r.Port = doc.RootElement.GetProperty("port").GetInt32();
+        using (var doc = JsonDocument.Parse(ready.Result))
+        {
+            r.Port = doc.RootElement.GetProperty("port").GetInt32();
+            if (doc.RootElement.TryGetProperty("http_port", out var hp)) r.HttpPort = hp.GetInt32();
+        }
         r._reader = Task.Run(async () =>
         {
             while (await p.StandardOutput.ReadLineAsync() is { } line) lock (r._lines) r._lines.Add(line);

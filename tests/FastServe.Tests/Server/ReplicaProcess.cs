@@ -15,6 +15,8 @@ internal sealed class ReplicaProcess : IDisposable
     private readonly StringBuilder _err = new();
     public Process Proc { get; }
     public int Port { get; private set; }
+    /// <summary>The ready event's <c>http_port</c> (started with <c>--http-port</c>), else -1.</summary>
+    public int HttpPort { get; private set; } = -1;
     public int MetricsPort { get; }
     public int AgentPort { get; }
     /// <summary>The ready event's <c>start_ms</c> object (stage → milliseconds from the supervisor's exec, or null).</summary>
@@ -63,6 +65,7 @@ internal sealed class ReplicaProcess : IDisposable
         }
         using var doc = JsonDocument.Parse(ready.Result);
         r.Port = doc.RootElement.GetProperty("port").GetInt32();
+        if (doc.RootElement.TryGetProperty("http_port", out var hp)) r.HttpPort = hp.GetInt32();
         r.StartMs = doc.RootElement.GetProperty("start_ms").Clone();
         _ = Task.Run(async () => { while (await p.StandardOutput.ReadLineAsync() is not null) { } });
         return r;

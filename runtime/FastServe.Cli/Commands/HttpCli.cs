@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Net.Sockets;
 using FastServe.Http;
+using FastServe.Protocol.Security;
 using FastServe.Runtime;
 
 namespace FastServe.Cli.Commands;
@@ -60,8 +61,11 @@ internal sealed record HttpCli(int Port, string? TemplatePath, long MaxBodyBytes
 
     /// <summary>Starts the front door in front of this process's binary host. <paramref name="modelDir"/>, when given,
     /// is checked for a Jinja chat template this front door does not interpret (one log line).</summary>
+    /// <paramref name="keys"/> (null: none) are the API keys a <c>Authorization: Bearer</c> header must carry, the same
+    /// store the binary listener checks HELLO against (requests counted under the key's name); <paramref name="tls"/>
+    /// (null: plain HTTP) the binary listener's reloading certificate, so both listeners serve the same one.
     public HttpFrontDoor Start(string host, bool reusePort, Action<Socket> acceptLocal, Func<bool> ready, Func<IReadOnlyList<string>> models,
-        string defaultModel, string? modelDir, Action<string> log, HttpMetrics? metrics = null)
+        string defaultModel, string? modelDir, Action<string> log, HttpMetrics? metrics = null, ApiKeyStore? keys = null, CertificateSource? tls = null)
     {
         var template = TemplatePath is null ? ChatTemplate.Default : LoadTemplate(TemplatePath);
         if (TemplatePath is null && modelDir is not null && ChatTemplate.HasJinjaTemplate(modelDir))
@@ -80,6 +84,14 @@ internal sealed record HttpCli(int Port, string? TemplatePath, long MaxBodyBytes
             ChatTemplate = template,
             Metrics = metrics,
             Log = log,
+            KeysRequired = keys is not null,
+            Authenticate = keys is null ? null : token =>
+            {
+                if (keys.TryAuthenticate(token, out string name)) { keys.UsageOf(name).CountRequest(); return name; }
+                keys.CountRefusal(missing: token.Length == 0);
+                return null;
+            },
+            ServerCertificate = tls is null ? null : () => tls.Current,
         });
         try
         {

@@ -137,6 +137,10 @@ internal static class RouteCommand
             Action<string> log = msg => Console.Error.WriteLine($"fastserve route: {msg}");
             // Security (docs/security.md): checked before anything starts; the stores live as long as the router.
             var security = SecurityCli.CheckListener(ip, r.GetValue(apiKeysFile), r.GetValue(insecure), r.GetValue(tlsCert), r.GetValue(tlsKey), "--host");
+            // The HTTP listener may bind another address than --host: the loopback rule holds for it too.
+            if (http is not null && !httpHost.Equals(h, StringComparison.Ordinal) &&
+                FastServe.Protocol.Security.ListenPolicy.Check(System.Net.IPAddress.Parse(httpHost), security.Keys, r.GetValue(insecure), "--http-listen") is { } httpRefusal)
+                throw new FastServeException(httpRefusal.Code, httpRefusal.Message, "--http-listen");
             string? upstreamKey = SecurityCli.ReadClientKey(r.GetValue(upKeyFile), "FASTSERVE_UPSTREAM_API_KEY", "--upstream-api-key-file");
             FastServe.Protocol.Security.TlsClientSettings? upstreamTls = null;
             if (r.GetValue(upTls) || r.GetValue(upTlsCa) is not null)
@@ -242,7 +246,7 @@ internal static class RouteCommand
                 try
                 {
                     front = http.Start(httpHost, reusePort: false, s => router.AcceptLocal(s), router.CanServe, router.ServedModels,
-                        dm ?? "fastserve", modelDir: null, log, httpMetrics);
+                        dm ?? "fastserve", modelDir: null, log, httpMetrics, apiKeys, tls);
                 }
                 catch
                 {

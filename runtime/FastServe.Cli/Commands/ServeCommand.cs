@@ -256,7 +256,7 @@ internal static class ServeCommand
                 string modelName = host.Options.ModelName is { Length: > 0 } mn ? mn : "fastserve";
                 string modelDir = host.Options.ModelDir;
                 front = http.Start(r.GetValue(HostOpt)!, reusePort: true, s => host.AcceptLocal(s), () => host.IsReady, () => [modelName], modelName, host.Options.Index == 0 ? modelDir : null,
-                    msg => Console.Error.WriteLine($"fastserve worker {host.Options.Index}: {msg}"));
+                    msg => Console.Error.WriteLine($"fastserve worker {host.Options.Index}: {msg}"), keys: host.Keys, tls: host.Tls);
             }
             try
             {

@@ -55,6 +55,32 @@ public sealed class RouterResumeTests
     }
 
     [Test]
+    public async Task AStreamLostTwiceIsResumedTwiceFromEverythingDelivered()
+    {
+        using var x = new ScriptedReplica("x") { Minor = 3, Text = "a", OnRequest = _ => ScriptedReplica.Reply.StreamThenHold };
+        using var y = new ScriptedReplica("y") { Minor = 3, State = ReplicaState.Starting, Text = "b", OnRequest = _ => ScriptedReplica.Reply.StreamThenHold };
+        using var z = new ScriptedReplica("z") { Minor = 3, State = ReplicaState.Starting, Text = "c" };
+        await using var router = await Start(new RouterOptions { Port = 0, SlowStartMs = 0, Seed = 17, ConnectionsPerEndpoint = 1 }, Src(x, y, z), 1);
+        await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port);
+        var call = c.Start(Sampled());
+        await Until(() => x.HeldCount == 1 && call.FirstTokenTimestamp != 0, "streaming on x");
+        y.State = ReplicaState.Ready;
+        await Until(() => router.Fleet.Endpoints[1].IsReady, "y ready");
+        x.DropConnections();
+        await Until(() => y.HeldCount == 1, "resumed on y, which streamed a token");
+        z.State = ReplicaState.Ready;
+        await Until(() => router.Fleet.Endpoints[2].IsReady, "z ready");
+        await Task.Delay(50);
+        y.DropConnections();
+        var r = await call.Completion;
+        Assert.That((r.StatusName, r.Ids, r.Text), Is.EqualTo(("ok", new[] { 100, 100, 100, 101, 102 }, "abc")), r.Message);
+        Assert.That(z.Payloads.TryPeek(out var last), Is.True);
+        Assert.That(RequestView.TryParse(last, out var v), Is.EqualTo(RequestParseError.None));
+        Assert.That((v.ResumeCount, v.ResumeTextBytes), Is.EqualTo((2, 2u)), "x's id and text, then y's");
+        Assert.That((router.Stats.Resumes, router.Stats.UpstreamLost), Is.EqualTo((2L, 0L)));
+    }
+
+    [Test]
     public async Task AReplicaOfAnOlderMinorNeverGetsAResume()
     {
         using var x = new ScriptedReplica("x") { Minor = 3, OnRequest = _ => ScriptedReplica.Reply.StreamThenHold };

@@ -117,6 +117,19 @@ public sealed class ResumeTests
     }
 
     [Test]
+    public void ANoTextResumeContinuesTheIds()
+    {
+        var p = Params(0, null) with { NoText = true };
+        var full = Run(p);
+        Assert.That(full.Text, Is.Empty);
+        var ids = full.Ids.ToArray();
+        var r = Run(p, null, ids[..17], 0);
+        Assert.That((r.Final.Status, r.Ids, r.Final.CompletionTokens), Is.EqualTo((WireStatus.Ok, ids[17..], 40u)), r.Detail);
+        var withText = Run(p, null, ids[..17], 5);
+        Assert.That((withText.Final.Status, withText.Detail), Is.EqualTo((WireStatus.BadRequest, "request.bad_resume")), "a no_text client was sent no text");
+    }
+
+    [Test]
     public void ResumeFieldsThatDoNotFitTheRequestAreRefused()
     {
         var p = Params(0, null);

@@ -20,7 +20,8 @@ internal sealed class ClientSession : FrameSession<WorkerRequest>
     private readonly WorkerHost _host;
     private int _touched;                // 1 while in the engine reader's list of sessions to flush
 
-    public ClientSession(WorkerHost host, Socket socket, long id, Stream? stream = null) : base(socket, id, host.SessionOptions, stream)
+    public ClientSession(WorkerHost host, Socket socket, long id, Stream? stream = null, bool trusted = false)
+        : base(socket, id, host.SessionOptions, stream, trusted)
     {
         _host = host;
     }

@@ -106,10 +106,17 @@ public sealed class WorkerHost : IDisposable
         StartSession(s, ssl);
     }
 
-    private void StartSession(Socket s, Stream? stream)
+    /// <summary>
+    /// Serves a connection this worker opened to itself (the HTTP front door's link) as a client session whose HELLO
+    /// skips the API key check: the front door authenticated its caller. The socket must be connected; the session
+    /// owns it.
+    /// </summary>
+    public void AttachTrusted(Socket s) => StartSession(s, null, trusted: true);
+
+    private void StartSession(Socket s, Stream? stream, bool trusted = false)
     {
         long id = Interlocked.Increment(ref _nextSession);
-        var session = new ClientSession(this, s, id, stream);
+        var session = new ClientSession(this, s, id, stream, trusted);
         _sessions[id] = session;
         session.Start();
     }

@@ -46,7 +46,7 @@ public class ModelVersionTests
         using var r = ReplicaProcess.Start(["--backend", "sim", "--model", TestModels.Tiny, "--workers", "1"], agent: false);
         await using var c = await FastServeClient.ConnectAsync("127.0.0.1", r.Port);
         string name = ModelIdentity.DefaultName(TestModels.Tiny), version = ModelIdentity.Fingerprint(TestModels.Tiny);
-        Assert.That((c.Server.Minor, c.Server.Model, c.Server.ModelVersion), Is.EqualTo(((ushort)2, name, version)));
+        Assert.That((c.Server.Minor, c.Server.Model, c.Server.ModelVersion), Is.EqualTo((Wire.Minor, name, version)));
         var load = await c.GetLoadAsync();
         Assert.That((load.Model, load.ModelVersion), Is.EqualTo((name, version)));
 

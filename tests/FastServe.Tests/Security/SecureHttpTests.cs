@@ -14,7 +14,7 @@ namespace FastServe.Tests.Security;
 public sealed class SecureHttpTests
 {
     private const string KeyA = "alpha-http-0123456789", KeyB = "bravo-http-0123456789";
-    private const string Body = "{\"model\":\"gec-tiny\",\"prompt\":\"Fix: he go home.\",\"max_tokens\":4,\"temperature\":0}";
+    private static readonly string Body = "{\"model\":\"" + Path.GetFileName(TestModels.Tiny) + "\",\"prompt\":\"Fix: he go home.\",\"max_tokens\":4,\"temperature\":0}";
 
     private static (int Code, string Out, string Err) Post(int port, string ca, string? key)
     {

@@ -40,15 +40,7 @@ internal static class ResumePriming
                 break;
             }
             if (r.Decoder is null) continue;
-            if (r.Stop is null)
-            {
-                r.Decoder.AppendUtf8(id, text);
-                continue;
-            }
-            piece.ResetWrittenCount();
-            r.Decoder.AppendUtf8(id, piece);
-            r.Stop.AppendUtf8(piece.WrittenSpan, text);
-            if (r.Stop.Stopped) { finished = WireFinish.Stop; break; }
+            if (r.AppendText(id, piece, text)) { finished = WireFinish.Stop; break; }
         }
         if (finished == WireFinish.None)
         {

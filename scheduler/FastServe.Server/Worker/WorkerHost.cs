@@ -209,15 +209,7 @@ public sealed class WorkerHost : IDisposable
             {
                 // The engine sends the EOS that ended a request as its last id; it is not part of the text.
                 if (r.EosEnds && Tokenizer.IsEos(id)) continue;
-                if (r.Stop is null)
-                {
-                    r.Decoder.AppendUtf8(id, _text);
-                    continue;
-                }
-                _piece.ResetWrittenCount();
-                r.Decoder.AppendUtf8(id, _piece);
-                r.Stop.AppendUtf8(_piece.WrittenSpan, _text);
-                if (r.Stop.Stopped) break;
+                if (r.AppendText(id, _piece, _text)) break;
             }
         }
         var session = r.Session;

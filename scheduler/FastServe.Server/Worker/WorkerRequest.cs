@@ -1,3 +1,4 @@
+using System.Buffers;
 using FastServe.Runtime.Generation;
 using FastServe.Runtime.Tokenization;
 
@@ -31,4 +32,23 @@ internal sealed class WorkerRequest
     public long FirstTokenSent, LastTokenSent;
     /// <summary>The client already has its FINAL (a stop string matched); the engine's final only clears the entry.</summary>
     public bool Done;
+
+    /// <summary>
+    /// Appends generated id <paramref name="id"/>'s text to <paramref name="text"/>: straight from the decoder, or, with
+    /// stop strings, through the stop matcher (which holds back what may begin one; <paramref name="piece"/> is its
+    /// scratch). True once a stop string has matched. Needs <see cref="Decoder"/>; the same path serves live tokens and
+    /// a resume's priming, so both release text alike.
+    /// </summary>
+    public bool AppendText(int id, ArrayBufferWriter<byte> piece, ArrayBufferWriter<byte> text)
+    {
+        if (Stop is null)
+        {
+            Decoder!.AppendUtf8(id, text);
+            return false;
+        }
+        piece.ResetWrittenCount();
+        Decoder!.AppendUtf8(id, piece);
+        Stop.AppendUtf8(piece.WrittenSpan, text);
+        return Stop.Stopped;
+    }
 }

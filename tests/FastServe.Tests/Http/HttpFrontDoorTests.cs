@@ -45,6 +45,10 @@ public sealed class HttpFrontDoorTests
     {
         var x = new ScriptedReplica("x") { Text = "hello", Model = model };
         var router = await RouterRulesTests.Start(Opt(), RouterRulesTests.Src(x), 1);
+        // The router's model pools follow the endpoints' HELLO_OKs every 10 ms; until then a request naming a model is
+        // refused as not known yet (retriable), so wait for them before the first request.
+        var until = DateTime.UtcNow.AddSeconds(10);
+        while (router.Routes.Resolve("gec", null, out _) == RouteOutcome.NotYet && DateTime.UtcNow < until) await Task.Delay(5);
         var metrics = new HttpMetrics();
         var o = new HttpFrontDoorOptions
         {

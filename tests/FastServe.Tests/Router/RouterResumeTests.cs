@@ -16,6 +16,16 @@ public sealed class RouterResumeTests
 {
     private static RouterOptions Opt() => new() { Port = 0, SlowStartMs = 0, Seed = 17 };
 
+    // Once the stream runs on `from` and its first token reached the client: `to` (endpoint `toIndex`) becomes ready and
+    // `from` loses its connections, so the router must resume the stream elsewhere.
+    private static async Task LoseMidStream(RouterHost router, CompletionCall call, ScriptedReplica from, ScriptedReplica to, int toIndex)
+    {
+        await Until(() => from.HeldCount == 1 && call.FirstTokenTimestamp != 0, $"streaming on {from.Name}, first token at the client");
+        to.State = ReplicaState.Ready;
+        await Until(() => router.Fleet.Endpoints[toIndex].IsReady, $"{to.Name} ready");
+        from.DropConnections();
+    }
+
     private static CompletionRequest Sampled() =>
         new() { Prompt = "hi", Params = RequestParams.Default with { MaxTokens = 8, Temperature = 0.7f } };
 
@@ -27,10 +37,7 @@ public sealed class RouterResumeTests
         await using var router = await Start(Opt(), Src(x, y), 1);
         await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port);
         var call = c.Start(Sampled());
-        await Until(() => x.HeldCount == 1 && call.FirstTokenTimestamp != 0, "the stream's first token reached the client");
-        y.State = ReplicaState.Ready;
-        await Until(() => router.Fleet.Endpoints[1].IsReady, "y ready");
-        x.DropConnections();
+        await LoseMidStream(router, call, x, y, 1);
         var r = await call.Completion;
 
         Assert.That((r.StatusName, r.Detail ?? ""), Is.EqualTo(("ok", "")), r.Message);
@@ -63,10 +70,7 @@ public sealed class RouterResumeTests
         await using var router = await Start(new RouterOptions { Port = 0, SlowStartMs = 0, Seed = 17, ConnectionsPerEndpoint = 1 }, Src(x, y, z), 1);
         await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port);
         var call = c.Start(Sampled());
-        await Until(() => x.HeldCount == 1 && call.FirstTokenTimestamp != 0, "streaming on x");
-        y.State = ReplicaState.Ready;
-        await Until(() => router.Fleet.Endpoints[1].IsReady, "y ready");
-        x.DropConnections();
+        await LoseMidStream(router, call, x, y, 1);
         await Until(() => y.HeldCount == 1, "resumed on y, which streamed a token");
         z.State = ReplicaState.Ready;
         await Until(() => router.Fleet.Endpoints[2].IsReady, "z ready");
@@ -88,10 +92,7 @@ public sealed class RouterResumeTests
         await using var router = await Start(Opt(), Src(x, y), 1);
         await using var c = await FastServeClient.ConnectAsync("127.0.0.1", router.Port);
         var call = c.Start(Sampled());
-        await Until(() => x.HeldCount == 1 && call.FirstTokenTimestamp != 0, "streaming on x");
-        y.State = ReplicaState.Ready;
-        await Until(() => router.Fleet.Endpoints[1].IsReady, "y ready");
-        x.DropConnections();
+        await LoseMidStream(router, call, x, y, 1);
         var r = await call.Completion;
         Assert.That((r.StatusName, r.Detail, r.Retriable), Is.EqualTo(("unavailable", "router.upstream_lost", true)));
         Assert.That(y.Requests, Is.Empty, "a 1.2 replica would not understand the resume fields");

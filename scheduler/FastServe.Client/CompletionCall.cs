@@ -24,6 +24,7 @@ public sealed class CompletionCall
     // Written only by the client's receive loop until the call completes (the completion publishes them).
     private ArrayBufferWriter<int>? _ids;
     private ArrayBufferWriter<byte>? _text;
+    private List<TokenLogprobs>? _logprobs;
     private int _received;
     private long _firstToken;
 
@@ -86,11 +87,14 @@ public sealed class CompletionCall
             d.Text.CopyTo(_text.GetSpan(d.Text.Length));
             _text.Advance(d.Text.Length);
         }
+        // Only a request that asked for per-token log-probabilities (protocol 1.4) gets a section, so only it allocates.
+        TokenLogprobs[]? logprobs = d.Logprobs.IsEmpty ? null : DeltaLogprobs.Read(d.Logprobs);
+        if (_collect && logprobs is not null) (_logprobs ??= new List<TokenLogprobs>(64)).AddRange(logprobs);
         if (_deltas is not null)
         {
             var ids = n == 0 ? [] : new int[n];
             for (int i = 0; i < n; i++) ids[i] = d.Id(i);
-            _deltas.Writer.TryWrite(new CompletionDelta(ids, Utf8Text.Decode(d.Text)));
+            _deltas.Writer.TryWrite(new CompletionDelta(ids, Utf8Text.Decode(d.Text), logprobs));
         }
     }
 
@@ -116,6 +120,7 @@ public sealed class CompletionCall
             ServerTimings = ServerTimings.From(f.Timings),
             LogprobMean = f.HasLogprobs ? f.LogprobMean : double.NaN,
             LogprobMin = f.HasLogprobs ? f.LogprobMin : double.NaN,
+            TokenLogprobs = _logprobs?.ToArray(),
             StartedTimestamp = StartedTimestamp,
             FirstTokenTimestamp = _firstToken,
             FinalTimestamp = now,

@@ -27,8 +27,10 @@ public sealed record CompletionRequest
 /// One DELTA of a streamed completion: the token ids generated since the last delta and the UTF-8 text they completed.
 /// The server never splits a UTF-8 sequence across deltas, so concatenating <see cref="Text"/> gives the full text.
 /// Either may be empty (text held back by a possible stop string, or a request sent with <c>NoText</c>).
+/// <see cref="Logprobs"/>: for a request sent with <c>TokenLogprobs</c> (protocol 1.4), each generated token's
+/// log-probability and alternatives, in order (an EOS that ended the request has none); null otherwise.
 /// </summary>
-public readonly record struct CompletionDelta(int[] Ids, string Text);
+public readonly record struct CompletionDelta(int[] Ids, string Text, TokenLogprobs[]? Logprobs = null);
 
 /// <summary>
 /// Why a call failed on the client side, without a FINAL from the server. <see cref="None"/> when the server's
@@ -146,6 +148,9 @@ public sealed record CompletionResult
     /// <summary>The lowest log-probability among the generated tokens (a confidence: a cascade escalates on it); NaN
     /// as <see cref="LogprobMean"/>.</summary>
     public double LogprobMin { get; init; } = double.NaN;
+    /// <summary>For a request sent with <c>TokenLogprobs</c> (protocol 1.4) on a client that collects output: every
+    /// generated token's log-probability and alternatives from the deltas, in order; null otherwise.</summary>
+    public TokenLogprobs[]? TokenLogprobs { get; init; }
     /// <summary>When the call was started (its REQUEST queued for sending).</summary>
     public long StartedTimestamp { get; init; }
     /// <summary>When the first DELTA carrying at least one token id arrived; 0 if none did.</summary>

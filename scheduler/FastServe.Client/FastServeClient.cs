@@ -311,11 +311,14 @@ public sealed class FastServeClient : IAsyncDisposable
         var p0 = request.Params;
         if (RequestRules.CheckStops(stops, out int stopText) is { } badStop)
             return Refuse(call, badStop.Status, badStop.Code == RequestRules.TooManyStops ? "client.too_many_stops" : "client.bad_stop", badStop.Message);
-        if ((RequestRules.CheckSampling(p0.MaxTokens, p0.Temperature, p0.TopP, p0.TopK)
+        if ((RequestRules.CheckSampling(p0.MaxTokens, p0.Temperature, p0.TopP, p0.TopK, p0.TokenLogprobs ? p0.TopLogprobs : 0)
              ?? RequestRules.CheckPriority(p0.Priority)
              ?? (p0.DeadlineMs != 0 ? RequestRules.CheckDeadline(TimeSpan.FromMilliseconds(p0.DeadlineMs)) : null)) is { } bad)
             return Refuse(call, bad.Status, bad.Code, bad.Message);
         int stopBytes = stopText + 2 * (stops?.Count ?? 0);
+        if (p0.TokenLogprobs && Server.Major == 1 && Server.Minor < 4)
+            return Refuse(call, WireStatus.BadRequest, "client.logprobs_unsupported",
+                $"the server speaks protocol {Server.Major}.{Server.Minor}; per-token log-probabilities need 1.4");
         if (p0.HasRoute)
         {
             if (Server.Major == 1 && Server.Minor < 2)
@@ -646,7 +649,7 @@ public sealed class FastServeClient : IAsyncDisposable
         {
             case FrameType.Delta:
             {
-                if (!DeltaView.TryParse(payload, out var d)) return $"malformed DELTA for request {h.Id}";
+                if (!DeltaView.TryParse(payload, out var d, h.Flags)) return $"malformed DELTA for request {h.Id}";
                 CompletionCall? call;
                 lock (_lock) _calls.TryGetValue(h.Id, out call);
                 if (call is null) return $"DELTA for unknown request id {h.Id}";

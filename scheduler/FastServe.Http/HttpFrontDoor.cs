@@ -231,6 +231,8 @@ public sealed class HttpFrontDoor : IAsyncDisposable
         p.TopP = req.TopP;
         p.TopK = req.TopK;
         p.Seed = req.Seed;
+        p.TokenLogprobs = req.TokenLogprobs;
+        p.TopLogprobs = req.TopLogprobs;
         var h = ctx.Request.Headers;
         if (h["X-FastServe-Deadline-Ms"] is { Count: > 0 } dl)
         {
@@ -294,8 +296,8 @@ public sealed class HttpFrontDoor : IAsyncDisposable
             return;
         }
         ctx.Response.Headers["X-FastServe-Timing"] = OpenAiJson.TimingHeader(r.ServerTimings);
-        await WriteJsonAsync(ctx, endpoint, 200, (chat, id, created, model, r),
-            static (w, s) => OpenAiJson.Response(w, s.chat, s.id, s.created, s.model, s.r)).ConfigureAwait(false);
+        await WriteJsonAsync(ctx, endpoint, 200, (chat, id, created, model, r, lp: request.Params.TokenLogprobs),
+            static (w, s) => OpenAiJson.Response(w, s.chat, s.id, s.created, s.model, s.r, s.lp)).ConfigureAwait(false);
     }
 
     private async Task StreamAsync(HttpContext ctx, FastServeClient client, CompletionRequest request, bool chat, string endpoint,
@@ -334,6 +336,8 @@ public sealed class HttpFrontDoor : IAsyncDisposable
         var pipe = res.BodyWriter;
         using var w = new Utf8JsonWriter(pipe, WriterOptions);
         var text = new StringBuilder();
+        List<TokenLogprobs>? logprobs = request.Params.TokenLogprobs ? [] : null;
+        var textOffset = new System.Runtime.CompilerServices.StrongBox<int>();
         try
         {
             if (chat)
@@ -345,9 +349,15 @@ public sealed class HttpFrontDoor : IAsyncDisposable
             while (await deltas.WaitToReadAsync(ct).ConfigureAwait(false))
             {
                 text.Clear();
-                while (deltas.TryRead(out var d)) text.Append(d.Text);
-                if (text.Length == 0) continue;
-                Event(pipe, w, static (w, s) => OpenAiJson.Chunk(w, s.chat, s.id, s.created, s.model, s.text, null), (chat, id, created, model, text: text.ToString()));
+                logprobs?.Clear();
+                while (deltas.TryRead(out var d))
+                {
+                    text.Append(d.Text);
+                    if (d.Logprobs is not null) logprobs?.AddRange(d.Logprobs);
+                }
+                if (text.Length == 0 && logprobs is not { Count: > 0 }) continue;
+                Event(pipe, w, static (w, s) => OpenAiJson.Chunk(w, s.chat, s.id, s.created, s.model, s.text, null, logprobs: s.logprobs, textOffset: s.textOffset),
+                    (chat, id, created, model, text: text.ToString(), logprobs, textOffset));
                 if ((await pipe.FlushAsync(ct).ConfigureAwait(false)).IsCanceled) return;
             }
             var r = await call.Completion.ConfigureAwait(false);

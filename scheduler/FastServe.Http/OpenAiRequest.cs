@@ -55,9 +55,14 @@ internal sealed class OpenAiRequest
     public List<string>? Stops;
     public bool Stream;
     public bool IncludeUsage;
+    /// <summary>Per-token log-probabilities asked for: completions <c>logprobs: N</c>, chat <c>logprobs: true</c>.</summary>
+    public bool TokenLogprobs;
+    /// <summary>Alternatives per token: completions' <c>logprobs</c> N, chat's <c>top_logprobs</c> (range checked by the
+    /// request rules, as <c>sampling.invalid</c>).</summary>
+    public int TopLogprobs;
 
     /// <summary>Parses a body; false with the 400 to answer when it is not JSON, a field has the wrong type, or asks for
-    /// what FastServe does not serve (<c>n</c> &gt; 1, per-token log-probabilities). Never throws.</summary>
+    /// what FastServe does not serve (<c>n</c> &gt; 1, a batch of prompts). Never throws.</summary>
     public static bool TryParse(in ReadOnlySequence<byte> body, bool chat, out OpenAiRequest request, out HttpError error)
     {
         request = new OpenAiRequest();
@@ -105,7 +110,7 @@ internal sealed class OpenAiRequest
                     break;
                 case "max_tokens":
                 case "max_completion_tokens" when chat:
-                    if (!v.TryGetInt64(out long mt)) return Fail(ref error, "invalid_type", $"{p.Name} must be an integer", p.Name);
+                    if (!Int64(v, out long mt)) return Fail(ref error, "invalid_type", $"{p.Name} must be an integer", p.Name);
                     MaxTokens = mt;
                     break;
                 case "temperature":
@@ -116,19 +121,19 @@ internal sealed class OpenAiRequest
                     break;
                 case "top_k":
                     // vLLM's convention: -1 (or 0) = off.
-                    if (!v.TryGetInt32(out int tk)) return Fail(ref error, "invalid_type", "top_k must be an integer", "top_k");
+                    if (!Int32(v, out int tk)) return Fail(ref error, "invalid_type", "top_k must be an integer", "top_k");
                     TopK = tk == -1 ? 0 : tk;
                     break;
                 case "seed":
-                    if (v.TryGetInt64(out long sd)) Seed = unchecked((ulong)sd);
-                    else if (v.TryGetUInt64(out ulong us)) Seed = us;
+                    if (Int64(v, out long sd)) Seed = unchecked((ulong)sd);
+                    else if (v.ValueKind == JsonValueKind.Number && v.TryGetUInt64(out ulong us)) Seed = us;
                     else return Fail(ref error, "invalid_type", "seed must be an integer", "seed");
                     break;
                 case "stop":
                     if (!ReadStops(v, ref error)) return false;
                     break;
                 case "n":
-                    if (!v.TryGetInt32(out int n)) return Fail(ref error, "invalid_type", "n must be an integer", "n");
+                    if (!Int32(v, out int n)) return Fail(ref error, "invalid_type", "n must be an integer", "n");
                     if (n != 1) return Fail(ref error, "n_unsupported", "only n = 1 is served", "n");
                     break;
                 case "stream":
@@ -139,19 +144,24 @@ internal sealed class OpenAiRequest
                     if (v.TryGetProperty("include_usage", out var iu) && iu.ValueKind != JsonValueKind.Null
                         && !Bool(iu, "stream_options.include_usage", out IncludeUsage, ref error)) return false;
                     break;
+                case "logprobs" when chat:
+                    if (!Bool(v, "logprobs", out TokenLogprobs, ref error)) return false;
+                    break;
                 case "logprobs":
-                    // Per-token log-probabilities need a protocol addition (the binary protocol returns a per-request
-                    // summary only), so any request for them is refused rather than answered with nothing.
-                    if (v.ValueKind == JsonValueKind.False) break;
-                    if (chat ? v.ValueKind != JsonValueKind.True : !v.TryGetInt32(out _))
-                        return Fail(ref error, "invalid_type", chat ? "logprobs must be a boolean" : "logprobs must be an integer", "logprobs");
-                    return Fail(ref error, "logprobs_unsupported", "per-token log-probabilities are not served (docs/http.md)", "logprobs");
-                case "top_logprobs":
-                    if (!v.TryGetInt32(out int tl)) return Fail(ref error, "invalid_type", "top_logprobs must be an integer", "top_logprobs");
-                    if (tl > 0) return Fail(ref error, "logprobs_unsupported", "per-token log-probabilities are not served (docs/http.md)", "top_logprobs");
+                    // Completions: the number of alternatives per token (OpenAI allows 0 to 5; the request rules, 20).
+                    if (!Int32(v, out int lp)) return Fail(ref error, "invalid_type", "logprobs must be an integer", "logprobs");
+                    TokenLogprobs = true;
+                    TopLogprobs = lp;
+                    break;
+                case "top_logprobs" when chat:
+                    if (!Int32(v, out int tl)) return Fail(ref error, "invalid_type", "top_logprobs must be an integer", "top_logprobs");
+                    TopLogprobs = tl;
                     break;
             }
         }
+        // As OpenAI: alternatives are served only with the log-probabilities themselves.
+        if (chat && TopLogprobs != 0 && !TokenLogprobs)
+            return Fail(ref error, "invalid_request", "top_logprobs needs logprobs: true", "top_logprobs");
         if (!sawInput)
             return chat ? Fail(ref error, "missing_field", "messages is required", "messages") : Fail(ref error, "missing_field", "prompt is required", "prompt");
         return true;
@@ -191,7 +201,7 @@ internal sealed class OpenAiRequest
         int i = 0;
         foreach (var e in v.EnumerateArray())
         {
-            if (!e.TryGetInt32(out int id) || id < 0) return Fail(ref error, "invalid_type", "token ids must be integers ≥ 0", "prompt");
+            if (!Int32(e, out int id) || id < 0) return Fail(ref error, "invalid_type", "token ids must be integers ≥ 0", "prompt");
             ids[i++] = id;
         }
         if (ids.Length == 0) return Fail(ref error, "invalid_type", "prompt must not be an empty array", "prompt");
@@ -270,6 +280,19 @@ internal sealed class OpenAiRequest
         value = v.ValueKind == JsonValueKind.True;
         if (v.ValueKind is JsonValueKind.True or JsonValueKind.False) return true;
         return Fail(ref error, "invalid_type", $"{name} must be a boolean", name);
+    }
+
+    // JsonElement's TryGet* throw on a value that is not a number (a string "3"): hostile bodies must get a 400.
+    private static bool Int32(JsonElement v, out int x)
+    {
+        x = 0;
+        return v.ValueKind == JsonValueKind.Number && v.TryGetInt32(out x);
+    }
+
+    private static bool Int64(JsonElement v, out long x)
+    {
+        x = 0;
+        return v.ValueKind == JsonValueKind.Number && v.TryGetInt64(out x);
     }
 
     private static bool Fail(ref HttpError error, string code, string message, string? param)

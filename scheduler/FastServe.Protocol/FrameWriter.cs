@@ -21,6 +21,11 @@ public struct RequestParams
     public bool Whole;
     /// <summary>Sets <see cref="RequestFlags.Logprobs"/>: the FINAL carries the mean and minimum token log-probability.</summary>
     public bool Logprobs;
+    /// <summary>Protocol 1.4: sets <see cref="RequestFlags2.TokenLogprobs"/>: every DELTA carries each token's
+    /// log-probability and its <see cref="TopLogprobs"/> most likely alternatives.</summary>
+    public bool TokenLogprobs;
+    /// <summary>With <see cref="TokenLogprobs"/>: alternatives per token, 0 … <see cref="RequestRules.MaxLogprobs"/>.</summary>
+    public int TopLogprobs;
     /// <summary>The model to run it on (null or empty: the server's default); with <see cref="ModelVersion"/> or
     /// <see cref="RouteKey"/> these are the routing fields of protocol 1.2 (<see cref="RequestFlags.Route"/>).</summary>
     public string? Model;
@@ -155,7 +160,9 @@ public static class FrameWriter
         p[29] = (byte)flags;
         BinaryPrimitives.WriteUInt16LittleEndian(p[30..], (ushort)Math.Min(stopCount, ushort.MaxValue));
         BinaryPrimitives.WriteUInt32LittleEndian(p[32..], (uint)(ids ? promptIds.Length : promptText.Length));
-        BinaryPrimitives.WriteUInt32LittleEndian(p[36..], 0);
+        p[36] = r.TokenLogprobs ? (byte)RequestFlags2.TokenLogprobs : (byte)0;
+        p[37] = r.TokenLogprobs ? (byte)Math.Clamp(r.TopLogprobs, 0, 255) : (byte)0;
+        BinaryPrimitives.WriteUInt16LittleEndian(p[38..], 0);
         int o = Wire.RequestFixedSize;
         if (ids)
         {
@@ -230,16 +237,18 @@ public static class FrameWriter
         w.Advance(Wire.HeaderSize + 4);
     }
 
-    /// <summary>A DELTA of token ids and the UTF-8 text they completed (either may be empty).</summary>
-    public static void Delta(IBufferWriter<byte> w, ulong id, ReadOnlySpan<int> ids, ReadOnlySpan<byte> text)
+    /// <summary>A DELTA of token ids and the UTF-8 text they completed (either may be empty), and (protocol 1.4) a
+    /// log-probability section built by <see cref="DeltaLogprobs"/> (empty: none, and the flag stays clear).</summary>
+    public static void Delta(IBufferWriter<byte> w, ulong id, ReadOnlySpan<int> ids, ReadOnlySpan<byte> text, ReadOnlySpan<byte> logprobs = default)
     {
-        int n = 8 + ids.Length * 4 + text.Length;
-        var p = Begin(w, FrameType.Delta, 0, id, n);
+        int n = 8 + ids.Length * 4 + text.Length + logprobs.Length;
+        var p = Begin(w, FrameType.Delta, logprobs.IsEmpty ? (byte)0 : (byte)DeltaFlags.Logprobs, id, n);
         BinaryPrimitives.WriteUInt32LittleEndian(p, (uint)ids.Length);
         BinaryPrimitives.WriteUInt32LittleEndian(p[4..], (uint)text.Length);
         if (BitConverter.IsLittleEndian) MemoryMarshal.AsBytes(ids).CopyTo(p[8..]);
         else for (int i = 0; i < ids.Length; i++) BinaryPrimitives.WriteInt32LittleEndian(p[(8 + 4 * i)..], ids[i]);
         text.CopyTo(p[(8 + ids.Length * 4)..]);
+        logprobs.CopyTo(p[(8 + ids.Length * 4 + text.Length)..]);
         w.Advance(Wire.HeaderSize + n);
     }
 

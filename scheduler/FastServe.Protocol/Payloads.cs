@@ -103,11 +103,17 @@ public readonly ref struct RequestView
     public readonly ReadOnlySpan<byte> ResumeIds;
     /// <summary>With <see cref="RequestFlags.Resume"/>: UTF-8 bytes of text already delivered to the client.</summary>
     public readonly uint ResumeTextBytes;
+    /// <summary>Protocol 1.4: the second flags byte (payload offset 36; 0 from older clients).</summary>
+    public readonly RequestFlags2 Flags2;
+    /// <summary>Protocol 1.4, with <see cref="RequestFlags2.TokenLogprobs"/>: alternatives per token (payload offset 37;
+    /// the request rules allow 0 … <see cref="RequestRules.MaxLogprobs"/>).</summary>
+    public readonly byte TopLogprobs;
 
     private RequestView(uint maxTokens, float temperature, float topP, int topK, ulong seed, uint deadlineMs, byte priority, RequestFlags flags,
         int stopCount, ReadOnlySpan<byte> prompt, ReadOnlySpan<byte> stops, ReadOnlySpan<byte> model, ReadOnlySpan<byte> version,
-        ReadOnlySpan<byte> key, int routeOffset, ReadOnlySpan<byte> resumeIds, uint resumeText)
+        ReadOnlySpan<byte> key, int routeOffset, ReadOnlySpan<byte> resumeIds, uint resumeText, RequestFlags2 flags2, byte topLogprobs)
     {
+        Flags2 = flags2; TopLogprobs = topLogprobs;
         MaxTokens = maxTokens; Temperature = temperature; TopP = topP; TopK = topK; Seed = seed; DeadlineMs = deadlineMs;
         Priority = priority; Flags = flags; StopCount = stopCount; Prompt = prompt; Stops = stops;
         Model = model; ModelVersion = version; RouteKey = key; RouteOffset = routeOffset;
@@ -116,6 +122,8 @@ public readonly ref struct RequestView
 
     /// <summary>The request continues a generation (<see cref="RequestFlags.Resume"/>).</summary>
     public bool IsResume => (Flags & RequestFlags.Resume) != 0;
+    /// <summary>Every DELTA should carry per-token log-probabilities (<see cref="RequestFlags2.TokenLogprobs"/>).</summary>
+    public bool WantsTokenLogprobs => (Flags2 & RequestFlags2.TokenLogprobs) != 0;
     public int ResumeCount => ResumeIds.Length / 4;
     public int ResumeId(int i) => BinaryPrimitives.ReadInt32LittleEndian(ResumeIds[(i * 4)..]);
 
@@ -139,7 +147,7 @@ public readonly ref struct RequestView
         var r = new PayloadReader(payload);
         r.TryU32(out uint maxTokens); r.TryF32(out float temp); r.TryF32(out float topP); r.TryI32(out int topK);
         r.TryU64(out ulong seed); r.TryU32(out uint deadline); r.TryU8(out byte prio); r.TryU8(out byte flags);
-        r.TryU16(out ushort stopCount); r.TryU32(out uint promptLen); r.TryU32(out _);
+        r.TryU16(out ushort stopCount); r.TryU32(out uint promptLen); r.TryU8(out byte flags2); r.TryU8(out byte topLogprobs); r.TryU16(out _);
         if (stopCount > Wire.MaxStops) return RequestParseError.TooManyStops;
         bool ids = (flags & (byte)RequestFlags.PromptIds) != 0;
         long promptBytes = ids ? (long)promptLen * 4 : promptLen;
@@ -170,7 +178,8 @@ public readonly ref struct RequestView
         }
         if (r.Remaining != 0) return RequestParseError.TrailingBytes;
         v = new RequestView(maxTokens, temp, topP, topK, seed, deadline, prio, (RequestFlags)flags, stopCount, prompt,
-            payload[stopsStart..routeOffset], model, version, key, routeOffset, resumeIds, resumeText);
+            payload[stopsStart..routeOffset], model, version, key, routeOffset, resumeIds, resumeText, (RequestFlags2)flags2,
+            (flags2 & (byte)RequestFlags2.TokenLogprobs) != 0 ? topLogprobs : (byte)0);
         return RequestParseError.None;
     }
 
@@ -213,25 +222,37 @@ public static class ResumeFields
     }
 }
 
-/// <summary>A parsed DELTA: token ids and UTF-8 text, both slices of the payload.</summary>
+/// <summary>A parsed DELTA: token ids, UTF-8 text and (protocol 1.4) the log-probability section, slices of the payload.</summary>
 public readonly ref struct DeltaView
 {
     public readonly ReadOnlySpan<byte> IdBytes;
     public readonly ReadOnlySpan<byte> Text;
+    /// <summary>With DELTA flag <see cref="DeltaFlags.Logprobs"/>: the section <see cref="DeltaLogprobs"/> reads
+    /// (validated); empty otherwise.</summary>
+    public readonly ReadOnlySpan<byte> Logprobs;
 
-    private DeltaView(ReadOnlySpan<byte> ids, ReadOnlySpan<byte> text) { IdBytes = ids; Text = text; }
+    private DeltaView(ReadOnlySpan<byte> ids, ReadOnlySpan<byte> text, ReadOnlySpan<byte> logprobs) { IdBytes = ids; Text = text; Logprobs = logprobs; }
 
     public int Count => IdBytes.Length / 4;
     public int Id(int i) => BinaryPrimitives.ReadInt32LittleEndian(IdBytes[(i * 4)..]);
 
-    public static bool TryParse(ReadOnlySpan<byte> payload, out DeltaView v)
+    /// <summary>Parses a DELTA payload; <paramref name="flags"/> is the frame header's (with
+    /// <see cref="DeltaFlags.Logprobs"/> the bytes after the text must be a well-formed section of at most one entry
+    /// per id; without it, bytes after the text are a later minor's and are ignored).</summary>
+    public static bool TryParse(ReadOnlySpan<byte> payload, out DeltaView v, byte flags = 0)
     {
         v = default;
         var r = new PayloadReader(payload);
         if (!r.TryU32(out uint n) || !r.TryU32(out uint textLen)) return false;
         if (n > int.MaxValue / 4 || !r.TryBytes((int)n * 4, out var ids)) return false;
         if (textLen > int.MaxValue || !r.TryBytes((int)textLen, out var text)) return false;
-        v = new DeltaView(ids, text);
+        ReadOnlySpan<byte> logprobs = default;
+        if ((flags & (byte)DeltaFlags.Logprobs) != 0)
+        {
+            logprobs = payload[r.Position..];
+            if (!DeltaLogprobs.IsValid(logprobs, (int)n)) return false;
+        }
+        v = new DeltaView(ids, text, logprobs);
         return true;
     }
 }

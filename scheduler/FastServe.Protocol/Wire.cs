@@ -6,7 +6,7 @@ public static class Wire
     /// <summary>"FSRV" read as a little-endian u32: the first field of <c>HELLO</c>.</summary>
     public const uint Magic = 0x56525346;
     public const ushort Major = 1;
-    public const ushort Minor = 3;
+    public const ushort Minor = 4;
     /// <summary>Bytes of every frame header: u32 length, u8 type, u8 flags, u16 reserved, u64 id.</summary>
     public const int HeaderSize = 16;
     public const int DefaultMaxFrame = 1 << 20;
@@ -98,6 +98,26 @@ public enum RequestFlags : byte
     /// payload ends with u32 n, n × u32 token ids already delivered to the client, u32 text bytes already delivered
     /// (docs/protocol.md, "Resuming a request"). A replica of minor &lt; 3 is never sent one.</summary>
     Resume = 128,
+}
+
+/// <summary>Bits of a REQUEST's second flags byte (payload offset 36; protocol 1.4).</summary>
+[Flags]
+public enum RequestFlags2 : byte
+{
+    None = 0,
+    /// <summary>Protocol 1.4: every DELTA carries each generated token's log-probability and its
+    /// <c>top_logprobs</c> (payload offset 37) most likely alternatives (<see cref="DeltaLogprobs"/>). A replica of
+    /// minor &lt; 4 is never sent one.</summary>
+    TokenLogprobs = 1,
+}
+
+/// <summary>Bits of a DELTA's header flags.</summary>
+[Flags]
+public enum DeltaFlags : byte
+{
+    None = 0,
+    /// <summary>Protocol 1.4: the payload ends with a log-probability section (<see cref="DeltaLogprobs"/>).</summary>
+    Logprobs = 1,
 }
 
 /// <summary>Indexes of the hand-off timing slots of FINAL: microseconds after the server read the request.</summary>

@@ -49,6 +49,7 @@ internal sealed class RoutedRequest
         DeadlineAt = deadlineMs == 0 ? 0 : received + deadlineMs * Stopwatch.Frequency / 1000;
         Tried = new Endpoint?[maxAttempts];
         Whole = payload.Length > 29 && (payload[29] & (byte)RequestFlags.Whole) != 0;
+        TokenLogprobs = payload.Length >= Wire.RequestFixedSize && (payload[36] & (byte)RequestFlags2.TokenLogprobs) != 0;
         if (Length >= Wire.RequestFixedSize) DrawSeed(_payload.AsSpan(0, Length));
     }
 
@@ -102,6 +103,10 @@ internal sealed class RoutedRequest
     public bool IsShadow;
     /// <summary>Its output is held back until the FINAL: a <c>whole</c> request, or a tier's cheap attempt.</summary>
     public bool Holds => Whole || (Tier is not null && !Escalated);
+    /// <summary>The client asked for per-token log-probabilities (<see cref="RequestFlags2.TokenLogprobs"/>), which only
+    /// replicas of protocol 1.4 on send.</summary>
+    public bool TokenLogprobs { get; }
+
     /// <summary>The client set <see cref="RequestFlags.Whole"/>: its output is held until the FINAL, so it stays
     /// replayable until then.</summary>
     public readonly bool Whole;

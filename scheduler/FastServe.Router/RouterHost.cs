@@ -520,8 +520,9 @@ public sealed class RouterHost : IAsyncDisposable
                 if (req.Cancelled) return SendResult.Cancelled;
                 var tried = req.Tried.AsSpan(0, req.TriedCount);
                 var pool = req.Pool;
-                // A request that has streamed can only be resumed, which replicas of protocol 1.3 on understand.
-                ushort minMinor = req.Streamed ? ResumeMinor : (ushort)0;
+                // A request that has streamed can only be resumed, which replicas of protocol 1.3 on understand; one
+                // that asks for per-token log-probabilities needs 1.4.
+                ushort minMinor = req.TokenLogprobs ? TokenLogprobsMinor : req.Streamed ? ResumeMinor : (ushort)0;
                 e = _balancer.Pick(endpoints, now, tried, model: pool.Model, version: pool.Version, minMinor: minMinor);
                 // A version the split drew (not one the client named) whose replicas cannot take it now (ejected,
                 // draining, down): the model's other versions can.
@@ -825,6 +826,7 @@ public sealed class RouterHost : IAsyncDisposable
 
     /// <summary>Protocol minor from which replicas take REQUEST flag <c>resume</c>.</summary>
     internal const ushort ResumeMinor = 3;
+    internal const ushort TokenLogprobsMinor = 4;
 
     /// <summary>
     /// A streamed request whose replica was lost: sent on to another replica (protocol 1.3 or later, in its pool) with

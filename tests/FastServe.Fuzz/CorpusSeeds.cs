@@ -48,6 +48,19 @@ public static class CorpusSeeds
             "Fix: I has a cat."u8, default, null, [42], 3));
         Add("delta.bin", w => FrameWriter.Delta(w, 7, [15043, 29892, 1], "Héllo €😀"u8));
         Add("delta_ids_only.bin", w => FrameWriter.Delta(w, 8, [1, 2, 3, 4], default));
+        Add("request_token_logprobs.bin", w => FrameWriter.Request(w, 14, RequestParams.Default with { MaxTokens = 50, TokenLogprobs = true, TopLogprobs = 5 },
+            "Correct: She go home.\nFixed:"u8, default, ["\n"]));
+        Add("delta_logprobs.bin", w =>
+        {
+            var s = new ArrayBufferWriter<byte>();
+            int at = DeltaLogprobs.Begin(s);
+            DeltaLogprobs.WriteToken(s, 15043, -0.25f, " She"u8, 2);
+            DeltaLogprobs.WriteTop(s, 15043, -0.25f, " She"u8);
+            DeltaLogprobs.WriteTop(s, 940, -1.75f, " he"u8);
+            DeltaLogprobs.WriteToken(s, 29892, -3.5f, [0xE2, 0x82], 0);
+            DeltaLogprobs.End(s, at, 2);
+            FrameWriter.Delta(w, 9, [15043, 29892, 2], " She"u8, s.WrittenSpan);
+        });
         Add("final_ok.bin", w => FrameWriter.Final(w, 7, Final(WireStatus.Ok, WireFinish.Stop), ReadOnlySpan<byte>.Empty, ReadOnlySpan<byte>.Empty));
         Add("final_logprobs.bin", w =>
         {

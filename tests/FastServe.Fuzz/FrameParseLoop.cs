@@ -204,6 +204,7 @@ public static class FrameParseLoop
               && BitConverter.SingleToUInt32Bits(v.TopP) == U32(p, 8) && v.TopK == (int)U32(p, 12)
               && v.Seed == BinaryPrimitives.ReadUInt64LittleEndian(p[16..]) && v.DeadlineMs == U32(p, 24)
               && v.Priority == p[28] && (byte)v.Flags == p[29] && v.StopCount == U16(p, 30), "REQUEST fixed fields");
+        Check((byte)v.Flags2 == p[36] && v.TopLogprobs == ((p[36] & 1) != 0 ? p[37] : 0), "REQUEST flags 2 and top_logprobs");
         bool ids = v.PromptIsIds;
         int promptBytes = (int)(ids ? 4 * U32(p, 32) : U32(p, 32));
         Within(v.Prompt, p, Wire.RequestFixedSize, promptBytes, "REQUEST prompt");
@@ -271,6 +272,7 @@ public static class FrameParseLoop
             Seed = (v.Flags & RequestFlags.HasSeed) != 0 ? v.Seed : null, DeadlineMs = v.DeadlineMs, Priority = v.Priority,
             IgnoreEos = (v.Flags & RequestFlags.IgnoreEos) != 0, NoText = (v.Flags & RequestFlags.NoText) != 0,
             Logprobs = (v.Flags & RequestFlags.Logprobs) != 0,
+            TokenLogprobs = v.WantsTokenLogprobs, TopLogprobs = v.TopLogprobs,
             Model = Encoding.UTF8.GetString(v.Model), ModelVersion = Encoding.UTF8.GetString(v.ModelVersion), RouteKey = Encoding.UTF8.GetString(v.RouteKey),
         };
         int[] resumeIds = new int[v.ResumeCount];
@@ -282,6 +284,7 @@ public static class FrameParseLoop
         Check(b.MaxTokens == v.MaxTokens && BitConverter.SingleToUInt32Bits(b.Temperature) == BitConverter.SingleToUInt32Bits(v.Temperature)
               && BitConverter.SingleToUInt32Bits(b.TopP) == BitConverter.SingleToUInt32Bits(v.TopP) && b.TopK == v.TopK
               && b.DeadlineMs == v.DeadlineMs && b.Priority == v.Priority && (b.Flags & known) == (v.Flags & known)
+              && b.WantsTokenLogprobs == v.WantsTokenLogprobs && b.TopLogprobs == v.TopLogprobs
               && b.Seed == (rp.Seed ?? 0) && b.Prompt.SequenceEqual(v.Prompt) && (v.Prompt.IsEmpty || b.PromptIsIds == ids)
               && b.StopCount == v.StopCount && b.Stops.SequenceEqual(v.Stops)
               && b.Model.SequenceEqual(v.Model) && b.ModelVersion.SequenceEqual(v.ModelVersion) && b.RouteKey.SequenceEqual(v.RouteKey)
@@ -349,10 +352,16 @@ public static class FrameParseLoop
 
     private static void Delta(ArrayBufferWriter<byte> w, FrameHeader h, ReadOnlySpan<byte> p)
     {
-        bool ok = DeltaView.TryParse(p, out var v);
+        bool ok = DeltaView.TryParse(p, out var v, h.Flags);
         bool fits = p.Length >= 8 && 8 + 4L * U32(p, 0) + U32(p, 4) <= p.Length;
+        bool withSection = (h.Flags & (byte)DeltaFlags.Logprobs) != 0;
+        // With the flag, the bytes after the text must be a section of at most one entry per id.
+        if (fits && withSection) fits = DeltaLogprobs.IsValid(p[(int)(8 + 4L * U32(p, 0) + U32(p, 4))..], (int)U32(p, 0));
         Check(ok == fits, "DELTA accepted a short payload or refused a full one");
         if (!ok) return;
+        var entries = DeltaLogprobs.Read(v.Logprobs);
+        Check(withSection ? entries.Length <= v.Count && entries.All(e => e.Top.Length <= RequestRules.MaxLogprobs && e.Bytes.Length <= DeltaLogprobs.MaxTokenBytes)
+            : v.Logprobs.IsEmpty, "DELTA log-probability section");
         int n = (int)U32(p, 0), textLen = (int)U32(p, 4);
         Within(v.IdBytes, p, 8, 4 * n, "DELTA ids");
         Within(v.Text, p, 8 + 4 * n, textLen, "DELTA text");
@@ -365,10 +374,11 @@ public static class FrameParseLoop
         }
         CheckCompletePrefix(v.Text);
         _ = Utf8Text.Decode(v.Text);
-        FrameWriter.Delta(w, h.Id, ids, v.Text);
-        var back = Reread(w, FrameType.Delta, h.Id);
-        Check(DeltaView.TryParse(back, out var b) && b.IdBytes.SequenceEqual(v.IdBytes) && b.Text.SequenceEqual(v.Text)
-              && back.Length == 8 + 4 * n + textLen, "DELTA round trip");
+        FrameWriter.Delta(w, h.Id, ids, v.Text, v.Logprobs);
+        var back = Reread(w, FrameType.Delta, h.Id, v.Logprobs.IsEmpty ? (byte)0 : (byte)DeltaFlags.Logprobs);
+        Check(DeltaView.TryParse(back, out var b, v.Logprobs.IsEmpty ? (byte)0 : (byte)DeltaFlags.Logprobs) && b.IdBytes.SequenceEqual(v.IdBytes)
+              && b.Text.SequenceEqual(v.Text) && b.Logprobs.SequenceEqual(v.Logprobs)
+              && back.Length == 8 + 4 * n + textLen + v.Logprobs.Length, "DELTA round trip");
     }
 
     /// <summary><see cref="Utf8Text.CompletePrefix"/> never drops more than 3 bytes, and on every prefix of valid
@@ -449,11 +459,12 @@ public static class FrameParseLoop
     }
 
     /// <summary>Reads back the single frame the writer holds and checks its header.</summary>
-    private static ReadOnlySpan<byte> Reread(ArrayBufferWriter<byte> w, FrameType type, ulong id)
+    private static ReadOnlySpan<byte> Reread(ArrayBufferWriter<byte> w, FrameType type, ulong id, int flags = -1)
     {
         var span = w.WrittenSpan;
         Check(FrameReader.TryRead(span, int.MaxValue, out var h, out var payload, out int consumed) == ReadResult.Frame
               && consumed == span.Length && h.Type == type && h.Id == id, "written frame does not read back as one frame");
+        Check(flags < 0 || h.Flags == flags, "written frame has other header flags");
         Check(span[6] == 0 && span[7] == 0, "written frame has reserved header bits set");
         return payload;
     }

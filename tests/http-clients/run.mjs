@@ -2,6 +2,7 @@
 // (tests/FastServe.Tests/Http/OpenAiClientTests.cs reads it).
 // Usage: node run.mjs BASE_URL MODEL SCENARIO [PROMPT]
 //   completion | completion-stream | chat | chat-stream | chat-stream-usage | error-bad-sampling | error-unknown-model
+//   | completion-logprobs | chat-logprobs | chat-stream-logprobs (per-token log-probabilities, 2 alternatives each)
 import OpenAI from "openai";
 
 const [baseURL, model, scenario, prompt = "Correct: she go to school yesterday\nFixed:"] = process.argv.slice(2);
@@ -36,6 +37,25 @@ async function run() {
         for (const ch of c.choices) { role = ch.delta.role ?? role; text += ch.delta.content ?? ""; finish = ch.finish_reason ?? finish; }
       }
       return { text, finish, role, usage, chunks };
+    }
+    case "completion-logprobs": {
+      const r = await client.completions.create({ model, prompt, max_tokens: 24, temperature: 0, logprobs: 2 });
+      return { text: r.choices[0].text, logprobs: r.choices[0].logprobs, usage: r.usage };
+    }
+    case "chat-logprobs": {
+      const r = await client.chat.completions.create({ model, messages: [{ role: "user", content: user }], max_tokens: 24, temperature: 0,
+        logprobs: true, top_logprobs: 2 });
+      return { text: r.choices[0].message.content, content: r.choices[0].logprobs.content, usage: r.usage };
+    }
+    case "chat-stream-logprobs": {
+      const s = await client.chat.completions.create({ model, messages: [{ role: "user", content: user }], max_tokens: 24, temperature: 0,
+        logprobs: true, top_logprobs: 2, stream: true });
+      let text = "", content = [], chunks = 0;
+      for await (const c of s) {
+        chunks++;
+        for (const ch of c.choices) { text += ch.delta.content ?? ""; if (ch.logprobs?.content) content.push(...ch.logprobs.content); }
+      }
+      return { text, content, chunks };
     }
     case "error-bad-sampling":
       await client.completions.create({ model, prompt, max_tokens: 4, temperature: -1 });

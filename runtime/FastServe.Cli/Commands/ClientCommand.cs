@@ -37,9 +37,10 @@ internal static class ClientCommand
         var json = new Option<bool>("--json") { Description = "Print one JSON object instead of streaming text" };
         var (model, modelVersion, routeKey) = RouteOptions();
         var logprobs = new Option<bool>("--logprobs") { Description = "Ask for the mean and lowest token log-probability of the answer (protocol 1.2)" };
+        var topLogprobs = new Option<int?>("--top-logprobs") { Description = "Ask for every token's log-probability and its N most likely alternatives, 0 … 20 (protocol 1.4; with --json)" };
 
         var cmd = new Command("client", "Send one completion to a FastServe server and stream the answer.");
-        foreach (Option o in new Option[] { host, port, promptIds, maxTokens, temperature, topP, topK, seed, stop, deadline, priority, ignoreEos, model, modelVersion, routeKey, logprobs, timeout, json }) cmd.Add(o);
+        foreach (Option o in new Option[] { host, port, promptIds, maxTokens, temperature, topP, topK, seed, stop, deadline, priority, ignoreEos, model, modelVersion, routeKey, logprobs, topLogprobs, timeout, json }) cmd.Add(o);
         cmd.Add(prompt);
         var security = new ClientSecurityOptions();
         security.AddTo(cmd);
@@ -68,6 +69,8 @@ internal static class ClientCommand
                     Priority = ParsePriority(r.GetValue(priority)!),
                     IgnoreEos = r.GetValue(ignoreEos),
                     Logprobs = r.GetValue(logprobs),
+                    TokenLogprobs = r.GetValue(topLogprobs).HasValue,
+                    TopLogprobs = r.GetValue(topLogprobs) ?? 0,
                     Model = CheckLabel(r.GetValue(model), "--model"),
                     ModelVersion = CheckLabel(r.GetValue(modelVersion), "--model-version"),
                     RouteKey = r.GetValue(routeKey),
@@ -199,6 +202,29 @@ internal static class ClientCommand
         w.WriteEndArray();
         w.WriteString("text", r.Text);
         if (!double.IsNaN(r.LogprobMean)) { w.WriteNumber("logprob_mean", r.LogprobMean); w.WriteNumber("logprob_min", r.LogprobMin); }
+        if (r.TokenLogprobs is { } tl)
+        {
+            w.WriteStartArray("token_logprobs");
+            foreach (var t in tl)
+            {
+                w.WriteStartObject();
+                w.WriteNumber("id", t.Id);
+                w.WriteString("token", Utf8Text.Decode(t.Bytes));
+                w.WriteNumber("logprob", t.Logprob);
+                w.WriteStartArray("top");
+                foreach (var a in t.Top)
+                {
+                    w.WriteStartObject();
+                    w.WriteNumber("id", a.Id);
+                    w.WriteString("token", Utf8Text.Decode(a.Bytes));
+                    w.WriteNumber("logprob", a.Logprob);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+        }
         Ms(w, "ttft_ms", r.TimeToFirstToken);
         Ms(w, "e2e_ms", r.EndToEnd);
         Ms(w, "tpot_ms", r.TimePerOutputToken);

@@ -235,6 +235,11 @@ public sealed class TextTokenizer
         }
     }
 
+    /// <summary>The bytes of token <paramref name="id"/> as the vocabulary defines them (a SentencePiece piece keeps its
+    /// leading space; a special token is its text); empty for ids the tokenizer does not know. What per-token
+    /// log-probabilities name each token by.</summary>
+    public ReadOnlySpan<byte> RawTokenBytes(int id) => (uint)id < (uint)_tokenBytes.Length && _tokenBytes[id] is byte[] b ? b : default;
+
     /// <summary>Whether <paramref name="id"/> is one of <see cref="EosIds"/>.</summary>
     public bool IsEos(int id) => Array.IndexOf(_eosIds, id) >= 0;
 

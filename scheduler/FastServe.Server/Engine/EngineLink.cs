@@ -26,6 +26,9 @@ internal sealed class EngineLink : IpcReader, IRequestSink
         public long EngineReceived;
         // Log-probability summary of a request that asked for it (scheduler thread only).
         public bool Logprobs;
+        // Per-token log-probabilities for the worker (Submit flag 8) and how many alternatives each carries.
+        public bool TokenLogprobs;
+        public int TopLogprobs;
         public int Tokens;
         public double LogprobSum;
         public float LogprobMin = float.PositiveInfinity;
@@ -62,11 +65,20 @@ internal sealed class EngineLink : IpcReader, IRequestSink
     public void OnToken(long tag, in TokenEvent token)
     {
         // Only requests that asked for log-probabilities carry a top list; the others pay no lookup.
-        if (token.Top is not null && _active.TryGetValue(tag, out var e) && e.Logprobs)
+        if (token.Top is not null && _active.TryGetValue(tag, out var e))
         {
-            e.Tokens++;
-            e.LogprobSum += token.Logprob;
-            e.LogprobMin = Math.Min(e.LogprobMin, token.Logprob);
+            if (e.Logprobs)
+            {
+                e.Tokens++;
+                e.LogprobSum += token.Logprob;
+                e.LogprobMin = Math.Min(e.LogprobMin, token.Logprob);
+            }
+            if (e.TokenLogprobs)
+            {
+                lock (_out.Lock) Ipc.Ipc.WriteTokenLogprobs(_out.Writer, (ulong)tag, token.Id, token.Logprob, token.Top, e.TopLogprobs);
+                Volatile.Write(ref _dirty, 1);
+                return;
+            }
         }
         lock (_out.Lock) Ipc.Ipc.WriteTokens(_out.Writer, (ulong)tag, token.Id);
         Volatile.Write(ref _dirty, 1);
@@ -179,9 +191,16 @@ internal sealed class EngineLink : IpcReader, IRequestSink
                     TopK = m.TopK,
                     Seed = (m.Flags & 1) != 0 ? m.Seed : null,
                     IgnoreEos = (m.Flags & 2) != 0,
-                    Logprobs = (m.Flags & 4) != 0 ? 1 : 0,
+                    // The sampler fills a top list of this length; at least 1 so the chosen token's value is computed.
+                    Logprobs = (m.Flags & 8) != 0 ? Math.Clamp((int)m.TopLogprobs, 1, RequestRules.MaxLogprobs) : (m.Flags & 4) != 0 ? 1 : 0,
                 };
-                var entry = new Entry { EngineReceived = engineReceived, Logprobs = (m.Flags & 4) != 0 };
+                var entry = new Entry
+                {
+                    EngineReceived = engineReceived,
+                    Logprobs = (m.Flags & 4) != 0,
+                    TokenLogprobs = (m.Flags & 8) != 0,
+                    TopLogprobs = Math.Min((int)m.TopLogprobs, RequestRules.MaxLogprobs),
+                };
                 _active[tag] = entry;
                 if (_host.Engine is null)
                 {

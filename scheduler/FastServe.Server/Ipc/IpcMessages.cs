@@ -23,6 +23,7 @@ internal enum IpcType : byte
     // engine → worker
     EngineHello = 0xC1,   // u32 pid, u32 vocab, u32 context, u32 max running, u8 state
     Tokens = 0xC2,        // u32 n, n × i32 ids
+    TokenLogprobs = 0xC5, // i32 id, f32 logprob, u8 k, k × (i32 id, f32 logprob): a token of a request with Submit flag 8
     Final = 0xC3,         // FinalMsg + str16 code + str16 message
     Load = 0xC4,          // LoadMsg
 }
@@ -47,9 +48,10 @@ internal struct SubmitMsg
     public float Temperature, TopP;
     public int TopK;
     public ulong Seed;
-    public byte Flags;            // 1 has_seed, 2 ignore_eos, 4 logprobs
+    public byte Flags;            // 1 has_seed, 2 ignore_eos, 4 logprobs (the FINAL's summary), 8 token logprobs
     public byte Priority;
-    public ushort Reserved;
+    public byte TopLogprobs;      // with flag 8: alternatives per token (0 … 20)
+    public byte Reserved;
     public uint DeadlineMs;
     public long ReceivedTicks;    // when the worker read the request off the socket (Stopwatch ticks; CLOCK_MONOTONIC, shared by all processes)
     public long SentTicks;        // when the worker handed it to the IPC link
@@ -123,6 +125,26 @@ internal static class Ipc
         BinaryPrimitives.WriteUInt32LittleEndian(span[16..], 1);
         BinaryPrimitives.WriteInt32LittleEndian(span[20..], token);
         w.Advance(Wire.HeaderSize + 8);
+    }
+
+    /// <summary>A token of a request that asked for per-token log-probabilities, with its first <paramref name="k"/>
+    /// alternatives from <paramref name="top"/>.</summary>
+    public static void WriteTokenLogprobs(IBufferWriter<byte> w, ulong id, int token, float logprob, ReadOnlySpan<FastServe.Runtime.Generation.TokenLogprob> top, int k)
+    {
+        k = Math.Min(k, top.Length);
+        int n = 9 + 8 * k;
+        var span = w.GetSpan(Wire.HeaderSize + n);
+        Header(span, IpcType.TokenLogprobs, id, n);
+        var p = span[Wire.HeaderSize..];
+        BinaryPrimitives.WriteInt32LittleEndian(p, token);
+        BinaryPrimitives.WriteSingleLittleEndian(p[4..], logprob);
+        p[8] = (byte)k;
+        for (int i = 0; i < k; i++)
+        {
+            BinaryPrimitives.WriteInt32LittleEndian(p[(9 + 8 * i)..], top[i].Id);
+            BinaryPrimitives.WriteSingleLittleEndian(p[(13 + 8 * i)..], top[i].Logprob);
+        }
+        w.Advance(Wire.HeaderSize + n);
     }
 
     public static void WriteFinal(IBufferWriter<byte> w, ulong id, in FinalMsg f, string? code, string? message)

@@ -58,7 +58,7 @@ internal sealed class ClientSession : FrameSession<WorkerRequest>
         int ctx = _host.ContextLength;
         // The shared request rules (RequestRules): the engine checks them again, but a broken one is answered here
         // without tokenizing the prompt or a round trip to the engine.
-        if ((RequestRules.CheckSampling(v.MaxTokens, v.Temperature, v.TopP, v.TopK)
+        if ((RequestRules.CheckSampling(v.MaxTokens, v.Temperature, v.TopP, v.TopK, v.TopLogprobs)
              ?? RequestRules.CheckPriority(v.Priority)
              ?? (v.DeadlineMs != 0 ? RequestRules.CheckDeadline(TimeSpan.FromMilliseconds(v.DeadlineMs)) : null)) is { } bad)
         {
@@ -131,6 +131,7 @@ internal sealed class ClientSession : FrameSession<WorkerRequest>
             Stop = noText ? null : stop,
             EosEnds = (v.Flags & RequestFlags.IgnoreEos) == 0,
             Logprobs = (v.Flags & RequestFlags.Logprobs) != 0,
+            TokenLogprobs = v.WantsTokenLogprobs,
             PromptTokens = prompt.Length,
             Received = received,
             Tokenized = Stopwatch.GetTimestamp(),
@@ -144,8 +145,9 @@ internal sealed class ClientSession : FrameSession<WorkerRequest>
             TopK = v.TopK,
             Seed = v.Seed,
             Flags = (byte)(((v.Flags & RequestFlags.HasSeed) != 0 ? 1 : 0) | ((v.Flags & RequestFlags.IgnoreEos) != 0 ? 2 : 0)
-                | ((v.Flags & RequestFlags.Logprobs) != 0 ? 4 : 0)),
+                | ((v.Flags & RequestFlags.Logprobs) != 0 ? 4 : 0) | (v.WantsTokenLogprobs ? 8 : 0)),
             Priority = v.Priority,
+            TopLogprobs = v.TopLogprobs,
             DeadlineMs = v.DeadlineMs,
             ReceivedTicks = received,
             PromptCount = (uint)prompt.Length,

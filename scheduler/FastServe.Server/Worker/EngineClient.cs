@@ -159,6 +159,12 @@ internal sealed class EngineClient : IpcReader
                 _host.OnTokens(h.Id, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(ids));
                 return true;
             }
+            case IpcType.TokenLogprobs:
+            {
+                if (payload.Length < 9 || payload.Length != 9 + 8 * payload[8]) return false;
+                _host.OnTokens(h.Id, System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(payload[..4]), payload[4..]);
+                return true;
+            }
             case IpcType.Final:
             {
                 if (!Ipc.Ipc.TryRead<FinalMsg>(payload, out var f, out var tail)) return false;

@@ -37,6 +37,7 @@ public sealed class WorkerHost : IDisposable
     private volatile bool _draining;
     private readonly ArrayBufferWriter<byte> _text = new(4096);    // engine-reader thread only: a delta's text
     private readonly ArrayBufferWriter<byte> _piece = new(256);    // engine-reader thread only: one token's text
+    private readonly ArrayBufferWriter<byte> _lp = new(256);       // engine-reader thread only: a delta's log-probability section
 
     public WorkerHost(WorkerOptions options)
     {
@@ -195,7 +196,10 @@ public sealed class WorkerHost : IDisposable
 
     // ---- engine output (engine-link reader thread) -----------------------------------------------------------
 
-    internal void OnTokens(ulong key, ReadOnlySpan<int> ids)
+    /// <summary>Ids the engine generated for request <paramref name="key"/>; <paramref name="logprobs"/> is, for a
+    /// request that asked for per-token log-probabilities, the IPC message's part after the id (f32 logprob, u8 k,
+    /// k × (i32 id, f32 logprob)) of its one id.</summary>
+    internal void OnTokens(ulong key, ReadOnlySpan<int> ids, ReadOnlySpan<byte> logprobs = default)
     {
         if (!_requests.TryGetValue(key, out var r) || r.Done) return;
         long now = Stopwatch.GetTimestamp();
@@ -212,8 +216,9 @@ public sealed class WorkerHost : IDisposable
                 if (r.AppendText(id, _piece, _text)) break;
             }
         }
+        var section = r.TokenLogprobs && ids.Length == 1 && !logprobs.IsEmpty ? LogprobSection(r, ids[0], logprobs) : default;
         var session = r.Session;
-        lock (session.Out.Lock) FrameWriter.Delta(session.Out.Writer, r.ClientId, ids, Unsent(r, _text.WrittenSpan));
+        lock (session.Out.Lock) FrameWriter.Delta(session.Out.Writer, r.ClientId, ids, Unsent(r, _text.WrittenSpan), section);
         Touch(session);
         if (r.Stop?.Stopped == true)
         {
@@ -222,6 +227,30 @@ public sealed class WorkerHost : IDisposable
             FinishToClient(r, ref f, default, null, null);
             CancelInEngine(key);
         }
+    }
+
+    // A DELTA's log-probability section for one token, each token named by its bytes (DeltaLogprobs): no entry for an
+    // EOS that ends the request, since it adds no output.
+    private ReadOnlySpan<byte> LogprobSection(WorkerRequest r, int id, ReadOnlySpan<byte> lp)
+    {
+        _lp.ResetWrittenCount();
+        int at = DeltaLogprobs.Begin(_lp);
+        int entries = 0;
+        if (!(r.EosEnds && Tokenizer.IsEos(id)))
+        {
+            var tok = Tokenizer;
+            int k = lp[4];
+            DeltaLogprobs.WriteToken(_lp, id, System.Buffers.Binary.BinaryPrimitives.ReadSingleLittleEndian(lp), tok.RawTokenBytes(id), k);
+            for (int i = 0; i < k; i++)
+            {
+                var alt = lp[(5 + 8 * i)..];
+                int altId = System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(alt);
+                DeltaLogprobs.WriteTop(_lp, altId, System.Buffers.Binary.BinaryPrimitives.ReadSingleLittleEndian(alt[4..]), tok.RawTokenBytes(altId));
+            }
+            entries = 1;
+        }
+        DeltaLogprobs.End(_lp, at, entries);
+        return _lp.WrittenSpan;
     }
 
     internal void OnFinal(ulong key, in FinalMsg m, ReadOnlySpan<byte> code, ReadOnlySpan<byte> message)

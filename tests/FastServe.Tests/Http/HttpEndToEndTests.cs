@@ -57,6 +57,55 @@ public sealed class HttpReplicaEndToEndTests
     }
 
     [Test]
+    public async Task OpenAiClientGetsPerTokenLogprobsEqualToTheBinaryClients()
+    {
+        await using var bin = await FastServeClient.ConnectAsync("127.0.0.1", _replica.Port);
+        var want = await bin.CompleteAsync(new CompletionRequest
+        {
+            Prompt = Prompt,
+            Params = RequestParams.Default with { MaxTokens = 24, Temperature = 0, TokenLogprobs = true, TopLogprobs = 2 },
+        });
+        Assert.That(want.IsOk, want.Message);
+        var lp = want.TokenLogprobs!;
+        Assert.That(lp, Is.Not.Empty);
+
+        // Chat, whole and streamed: content[i] is the binary client's token i, with its two alternatives and bytes.
+        foreach (var s in new[] { "chat-logprobs", "chat-stream-logprobs" })
+        {
+            var r = HttpTools.OpenAi($"{_url}/v1", "gec-tiny", s, Prompt);
+            Assert.That(r.GetProperty("ok").GetBoolean(), Is.True, $"{s}: {r}");
+            Assert.That(r.GetProperty("text").GetString(), Is.EqualTo(want.Text), s);
+            var content = r.GetProperty("content").EnumerateArray().ToArray();
+            Assert.That(content, Has.Length.EqualTo(lp.Length), s);
+            for (int i = 0; i < lp.Length; i++)
+            {
+                var e = content[i];
+                Assert.That(e.GetProperty("logprob").GetSingle(), Is.EqualTo(lp[i].Logprob).Within(1e-5), $"{s} token {i}");
+                Assert.That(e.GetProperty("bytes").EnumerateArray().Select(b => (byte)b.GetInt32()), Is.EqualTo(lp[i].Bytes), $"{s} token {i}");
+                Assert.That(e.GetProperty("token").GetString(), Is.EqualTo(Encoding.UTF8.GetString(lp[i].Bytes)));
+                var top = e.GetProperty("top_logprobs").EnumerateArray().ToArray();
+                Assert.That(top.Select(t => t.GetProperty("logprob").GetSingle()), Is.EqualTo(lp[i].Top.Select(t => t.Logprob)).Within(1e-5));
+            }
+        }
+
+        // Completions (logprobs: 2): tokens, token_logprobs, a top map holding the chosen token, text offsets.
+        var c = HttpTools.OpenAi($"{_url}/v1", "gec-tiny", "completion-logprobs", Prompt);
+        Assert.That(c.GetProperty("ok").GetBoolean(), Is.True, c.ToString());
+        var l = c.GetProperty("logprobs");
+        var tokens = l.GetProperty("tokens").EnumerateArray().Select(t => t.GetString()!).ToArray();
+        Assert.That(string.Concat(tokens), Is.EqualTo(want.Text));
+        Assert.That(l.GetProperty("token_logprobs").EnumerateArray().Select(t => t.GetSingle()), Is.EqualTo(lp.Select(t => t.Logprob)).Within(1e-5));
+        var offsets = l.GetProperty("text_offset").EnumerateArray().Select(t => t.GetInt32()).ToArray();
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            Assert.That(offsets[i], Is.EqualTo(tokens[..i].Sum(t => t.Length)));
+            var map = l.GetProperty("top_logprobs")[i];
+            Assert.That(map.TryGetProperty(tokens[i], out var chosen), Is.True, $"token {i}'s map holds the chosen token");
+            Assert.That(chosen.GetSingle(), Is.EqualTo(lp[i].Logprob).Within(1e-5));
+        }
+    }
+
+    [Test]
     public void OpenAiClientSeesErrorsWithStatusAndCode()
     {
         var bad = HttpTools.OpenAi($"{_url}/v1", "gec-tiny", "error-bad-sampling");
@@ -162,6 +211,23 @@ public sealed class HttpRouterEndToEndTests
             if (!r.GetProperty("ok").GetBoolean() && r.GetProperty("status").GetInt32() == 404)
                 r = HttpTools.OpenAi($"{url}/v1", Path.GetFileName(TestModels.Tiny), s, "hello there");
             Assert.That(r.GetProperty("ok").GetBoolean(), Is.True, $"{s}: {r}");
+        }
+
+        // Per-token log-probabilities pass the router untouched (the sim replica's values, with each token's bytes).
+        string lpBody = "{\"model\":\"" + Path.GetFileName(TestModels.Tiny) + "\",\"prompt\":\"hello\",\"max_tokens\":5,\"logprobs\":3}";
+        var (lpCode, lpOut, lpErr) = HttpTools.Run("curl", ["-sS", "-H", "Content-Type: application/json", "-d", lpBody, $"{url}/v1/completions"]);
+        Assert.That(lpCode, Is.Zero, lpErr);
+        using (var doc = JsonDocument.Parse(lpOut))
+        {
+            var choice = doc.RootElement.GetProperty("choices")[0];
+            var lps = choice.GetProperty("logprobs");
+            int generated = doc.RootElement.GetProperty("usage").GetProperty("completion_tokens").GetInt32();
+            // Every generated token but an EOS that ended the request.
+            int listed = lps.GetProperty("token_logprobs").GetArrayLength();
+            Assert.That(listed, choice.GetProperty("finish_reason").GetString() == "length" ? Is.EqualTo(generated) : Is.InRange(generated - 1, generated), lpOut);
+            Assert.That(listed, Is.GreaterThan(0), lpOut);
+            // Three alternatives and the chosen token, fewer where two tokens read as the same text.
+            Assert.That(lps.GetProperty("top_logprobs")[0].EnumerateObject().Count(), Is.InRange(1, 4), lpOut);
         }
 
         // A stream the client abandons after its first event: curl gives up after 1 s, and the engine counts it cancelled.

@@ -38,8 +38,14 @@ public sealed class OpenAiRequestTests
     [TestCase("""{"prompt":[1,-2]}""", false, "invalid_type")]
     [TestCase("""{"prompt":"a","temperature":"hot"}""", false, "invalid_type")]
     [TestCase("""{"prompt":"a","stream":"yes"}""", false, "invalid_type")]
-    [TestCase("""{"prompt":"a","top_logprobs":3}""", false, "logprobs_unsupported")]
-    [TestCase("""{"messages":[{"role":"user","content":"a"}],"logprobs":true}""", true, "logprobs_unsupported")]
+    [TestCase("""{"prompt":"a","logprobs":true}""", false, "invalid_type")]
+    [TestCase("""{"prompt":"a","n":"3"}""", false, "invalid_type")]
+    [TestCase("""{"prompt":"a","max_tokens":"5"}""", false, "invalid_type")]
+    [TestCase("""{"prompt":[1,"x"]}""", false, "invalid_type")]
+    [TestCase("""{"prompt":"a","seed":"1"}""", false, "invalid_type")]
+    [TestCase("""{"messages":[{"role":"user","content":"a"}],"logprobs":2}""", true, "invalid_type")]
+    [TestCase("""{"messages":[{"role":"user","content":"a"}],"top_logprobs":3}""", true, "invalid_request")]
+    [TestCase("""{"messages":[{"role":"user","content":"a"}],"logprobs":true,"top_logprobs":"3"}""", true, "invalid_type")]
     [TestCase("""{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}""", true, "content_unsupported")]
     [TestCase("""{"messages":[]}""", true, "invalid_type")]
     [TestCase("""{"prompt":"a"}""", true, "missing_field")]
@@ -51,6 +57,41 @@ public sealed class OpenAiRequestTests
         Assert.That(ok, Is.False);
         Assert.That(err.Status, Is.EqualTo(400));
         Assert.That(err.Code, Is.EqualTo(code));
+    }
+
+    /// <summary>Every field given every kind of JSON value: a 400 or a parse, never an exception (JsonElement's
+    /// TryGet* throw on a string where a number belongs).</summary>
+    [Test]
+    public void AnyValueInAnyFieldIsAnswerNeverAnException([Values] bool chat)
+    {
+        string[] fields = ["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n",
+            "stream", "stream_options", "logprobs", "top_logprobs"];
+        string[] values = ["\"3\"", "1.5", "-1", "1e300", "99999999999999999999999", "true", "[]", "[\"x\",1]", "[[1,\"x\"]]", "{}", "{\"include_usage\":\"y\"}",
+            "[{\"role\":1}]", "[{\"role\":\"user\",\"content\":5}]"];
+        string input = chat ? "\"messages\":[{\"role\":\"user\",\"content\":\"a\"}]" : "\"prompt\":\"a\"";
+        foreach (var f in fields)
+            foreach (var v in values)
+            {
+                string json = $"{{{input},\"{f}\":{v}}}";
+                bool ok = false;
+                HttpError err = default;
+                Assert.DoesNotThrow(() => (ok, _, err) = Parse(json, chat), json);
+                Assert.That(ok || err.Status == 400, json);
+            }
+    }
+
+    [Test]
+    public void LogprobsFieldsAsOpenAiSpellsThem()
+    {
+        var c = Parse("""{"prompt":"a","logprobs":3}""").Req;
+        Assert.That((c.TokenLogprobs, c.TopLogprobs), Is.EqualTo((true, 3)));
+        c = Parse("""{"prompt":"a","logprobs":0,"top_logprobs":7}""").Req;
+        Assert.That((c.TokenLogprobs, c.TopLogprobs), Is.EqualTo((true, 0)), "completions: top_logprobs is not a field");
+        Assert.That(Parse("""{"prompt":"a"}""").Req.TokenLogprobs, Is.False);
+        var chat = Parse("""{"messages":[{"role":"user","content":"a"}],"logprobs":true,"top_logprobs":5}""", chat: true).Req;
+        Assert.That((chat.TokenLogprobs, chat.TopLogprobs), Is.EqualTo((true, 5)));
+        chat = Parse("""{"messages":[{"role":"user","content":"a"}],"logprobs":false,"top_logprobs":0}""", chat: true).Req;
+        Assert.That((chat.TokenLogprobs, chat.TopLogprobs), Is.EqualTo((false, 0)));
     }
 
     [Test]

@@ -28,7 +28,8 @@ public class SpecLayoutTests
     [
         new("0", "u32", "max_tokens"), new("4", "f32", "temperature"), new("8", "f32", "top_p"), new("12", "i32", "top_k"),
         new("16", "u64", "seed"), new("24", "u32", "deadline_ms"), new("28", "u8", "priority"), new("29", "u8", "request flags"),
-        new("30", "u16", "stop_count"), new("32", "u32", "prompt_len"), new("36", "u32", "reserved"),
+        new("30", "u16", "stop_count"), new("32", "u32", "prompt_len"), new("36", "u8", "request flags 2 (1.4)"),
+        new("37", "u8", "`top_logprobs` (1.4)"), new("38", "u16", "reserved"),
         new("40", "…", "the prompt"), new("…", "…", "stop_count × str16 stop strings"),
         new("…", "str16", "with `route` (1.2): the model"), new("…", "str16", "with `route`: the model version"),
         new("…", "str16", "with `route`: the routing key"),
@@ -124,7 +125,9 @@ public class SpecLayoutTests
             [(int)RequestFlags.Resume] = "resume",
         }));
         Assert.That(Table("### REQUEST payload")[8][2], Does.Contain($"≤ {Wire.MaxStops}"));
-        Assert.That(Table("### REQUEST payload")[12][2], Does.Contain($"each 1 … {Wire.MaxStopBytes} bytes"));
+        Assert.That(Table("### REQUEST payload")[14][2], Does.Contain($"each 1 … {Wire.MaxStopBytes} bytes"));
+        Assert.That(Bits(Table("### REQUEST payload")[10][2]), Is.EquivalentTo(new Dictionary<int, string> { [(int)RequestFlags2.TokenLogprobs] = "token_logprobs" }));
+        Assert.That(Table("### REQUEST payload")[11][2], Does.Contain($"0 … {RequestRules.MaxLogprobs}"));
     }
 
     [Test]
@@ -268,7 +271,7 @@ public class SpecLayoutTests
         var rp = new RequestParams
         {
             MaxTokens = 300, Temperature = 0.8f, TopP = 0.9f, TopK = -1, Seed = 0xDEADBEEF_01020304, DeadlineMs = 1500, Priority = 1,
-            IgnoreEos = true, NoText = ids,
+            IgnoreEos = true, NoText = ids, TokenLogprobs = ids, TopLogprobs = 7,
         };
         byte[] prompt = ids ? [7, 0, 0, 0, 0x39, 0x30, 0, 0] : "Hello"u8.ToArray();
         var actual = Write(w => FrameWriter.Request(w, 42, rp, ids ? default : prompt, ids ? [7, 12345] : default, ["\n", "END"]));
@@ -284,6 +287,8 @@ public class SpecLayoutTests
         Put(p, Request, "request flags", (ulong)((ids ? 1 : 0) | 2 | 4 | (ids ? 8 : 0)));
         Put(p, Request, "stop_count", 2);
         Put(p, Request, "prompt_len", ids ? 2u : 5u);
+        Put(p, Request, "request flags 2 (1.4)", ids ? 1u : 0u);
+        Put(p, Request, "`top_logprobs` (1.4)", ids ? 7u : 0u);
         Put(p, Request, "reserved", 0);
         var expected = Framed(FrameType.Request, 0, 42, [.. p, .. prompt, .. Str16("\n"), .. Str16("END")]);
         Assert.That(actual, Is.EqualTo(expected));

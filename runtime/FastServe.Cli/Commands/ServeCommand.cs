@@ -255,8 +255,10 @@ internal static class ServeCommand
                 // connections spread over the workers as binary ones do, and the engine's CPU stays free.
                 string modelName = host.Options.ModelName is { Length: > 0 } mn ? mn : "fastserve";
                 string modelDir = host.Options.ModelDir;
+                var httpMetrics = new FastServe.Http.HttpMetrics();
+                host.HttpCounts = httpMetrics.Snapshot;
                 front = http.Start(r.GetValue(HostOpt)!, reusePort: true, s => host.AcceptLocal(s), () => host.IsReady, () => [modelName], modelName, host.Options.Index == 0 ? modelDir : null,
-                    msg => Console.Error.WriteLine($"fastserve worker {host.Options.Index}: {msg}"), keys: host.Keys, tls: host.Tls);
+                    msg => Console.Error.WriteLine($"fastserve worker {host.Options.Index}: {msg}"), metrics: httpMetrics, keys: host.Keys, tls: host.Tls);
             }
             try
             {

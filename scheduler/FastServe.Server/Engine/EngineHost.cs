@@ -60,6 +60,8 @@ public sealed class EngineHost : IDisposable
 
     internal InferenceEngine? Engine => _started?.Engine;
     internal ServerMetrics? Metrics { get; private set; }
+    /// <summary>The workers' own counters (API keys, HTTP answers), summed for <see cref="Metrics"/>.</summary>
+    internal ReplicaCounters WorkerCounters { get; } = new();
     internal EngineHostOptions Options => _opt;
     public ReplicaState State => _state;
 

@@ -227,6 +227,13 @@ internal sealed class EngineLink : IpcReader, IRequestSink
                 if (!Ipc.Ipc.TryRead<ReportMsg>(payload, out var rep, out _)) return false;
                 _host.Metrics?.ObserveRequest(rep);
                 return true;
+            case IpcType.Counters:
+            {
+                var values = new List<CounterValue>();
+                if (!Ipc.WorkerCounters.TryRead(payload, values)) return false;
+                if (Index >= 0) _host.WorkerCounters.Update(Index, Pid, values);
+                return true;
+            }
             default:
                 return false;
         }

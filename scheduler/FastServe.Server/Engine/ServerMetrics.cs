@@ -24,6 +24,7 @@ internal sealed class ServerMetrics : IDisposable
     private readonly Counter _requests, _promptTokens, _generationTokens, _preemptions, _steps, _rows, _wastedRows, _requestDevice;
     private readonly Histogram _queue, _ttft, _tpot, _e2e, _batchSeqs, _batchTokens, _stepSeconds, _deviceTime;
     private readonly Counter _deviceBusy, _deviceUnattributed;
+    private readonly Counter _keyConnections, _keyRequests, _authRefused, _keyReloads, _keyReloadFailures, _httpRequests;
     private readonly Gauge _running, _waiting, _inflight, _kvUsage, _prefixHitRatio, _cpu, _ready, _deviceIdle, _queueWait, _queueBudget;
 
     public ServerMetrics(EngineHost host, string hostname, int port)
@@ -58,6 +59,13 @@ internal sealed class ServerMetrics : IDisposable
         _queueBudget = f.CreateGauge("fastserve_queue_budget_seconds", "Queue wait allowed now to requests without a deadline (CoDel: the target while the queue stands, the interval otherwise; 0 = none).");
         _ready = f.CreateGauge("fastserve_ready", "1 when the replica is ready, 0 when starting or draining.");
         _cpu = f.CreateGauge("fastserve_process_cpu_seconds_total", "CPU time (user + system) of each replica process.", new GaugeConfiguration { LabelNames = ["role", "index"] });
+        // What the workers count (WorkerCounters), summed over them: the same names as the router's, less its prefix.
+        _keyConnections = f.CreateCounter("fastserve_key_connections_total", "Client connections authenticated, by API key name (docs/security.md).", new CounterConfiguration { LabelNames = ["key"] });
+        _keyRequests = f.CreateCounter("fastserve_key_requests_total", "Requests (binary REQUESTs and HTTP requests) by the API key name they came with.", new CounterConfiguration { LabelNames = ["key"] });
+        _authRefused = f.CreateCounter("fastserve_auth_refused_total", "HELLOs and HTTP requests refused: reason key_required (no key) or invalid_key.", new CounterConfiguration { LabelNames = ["reason"] });
+        _keyReloads = f.CreateCounter("fastserve_api_keys_reloads_total", "Times the API keys file changed and its keys were put in force (the most any worker has seen).");
+        _keyReloadFailures = f.CreateCounter("fastserve_api_keys_reload_failures_total", "Times a changed API keys file was refused (the previous keys stayed in force).");
+        _httpRequests = f.CreateCounter("fastserve_http_requests_total", "HTTP requests answered by the workers' front door (docs/http.md), by endpoint and status (499: the client went away first).", new CounterConfiguration { LabelNames = ["endpoint", "status"] });
         foreach (var s in WireNames.All) _requests.WithLabels(WireNames.Of(s));
         // The model this replica declares, as labels to join the other series on (cost per model and version).
         f.CreateGauge("fastserve_model_info", "1, labelled with the model name and version this replica declares.", new GaugeConfiguration { LabelNames = ["model", "version"] })
@@ -115,6 +123,18 @@ internal sealed class ServerMetrics : IDisposable
             _queueBudget.Set(e.QueueBudget.TotalSeconds);
             long p = s.Preemptions;
             if (p > _lastPreemptions) { _preemptions.Inc(p - _lastPreemptions); _lastPreemptions = p; }
+        }
+        foreach (var ((kind, a, b), v) in _host.WorkerCounters.Totals())
+        {
+            switch (kind)
+            {
+                case CounterKind.KeyConnections: _keyConnections.WithLabels(a).IncTo(v); break;
+                case CounterKind.KeyRequests: _keyRequests.WithLabels(a).IncTo(v); break;
+                case CounterKind.AuthRefused: _authRefused.WithLabels(a).IncTo(v); break;
+                case CounterKind.KeyReloads: _keyReloads.IncTo(v); break;
+                case CounterKind.KeyReloadFailures: _keyReloadFailures.IncTo(v); break;
+                case CounterKind.HttpRequests: _httpRequests.WithLabels(a, b).IncTo(v); break;
+            }
         }
         SetCpu("engine", "0", Environment.ProcessId);
         int parent = Native.GetParentPid();

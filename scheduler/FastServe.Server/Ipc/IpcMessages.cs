@@ -20,6 +20,7 @@ internal enum IpcType : byte
     Submit = 0x42,        // see SubmitMsg: the struct, the prompt ids, the resumed ids
     Cancel = 0x43,        // empty
     Report = 0x44,        // a finished request's figures, for metrics (ReportMsg)
+    Counters = 0x45,      // the worker's cumulative counters: keys, HTTP answers (WorkerCounters)
     // engine → worker
     EngineHello = 0xC1,   // u32 pid, u32 vocab, u32 context, u32 max running, u8 state
     Tokens = 0xC2,        // u32 n, n × i32 ids

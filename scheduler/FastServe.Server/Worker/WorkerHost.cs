@@ -32,6 +32,7 @@ public sealed class WorkerHost : IDisposable
     private readonly ManualResetEventSlim _exit = new(false);
     private readonly byte[]? _adminToken;
     private readonly ApiKeyStore? _keys;
+    private readonly List<CounterValue> _counters = new();     // timer thread only
     private readonly CertificateSource? _tls;
     private long _nextKey, _nextSession;
     private volatile bool _draining;
@@ -398,8 +399,37 @@ public sealed class WorkerHost : IDisposable
             Thread.Sleep(10);
             long now = Stopwatch.GetTimestamp();
             foreach (var kv in _sessions) kv.Value.OnTimer(now, tick % 25 == 0);
+            if (tick % 100 == 0) SendCounters();
             tick++;
         }
+    }
+
+    /// <summary>This worker's HTTP answers by endpoint and status, where it serves HTTP (set by the command that
+    /// starts the front door); shipped with the key counters to the engine's /metrics.</summary>
+    public Func<IEnumerable<(string Endpoint, int Status, long Count)>>? HttpCounts { get; set; }
+
+    // Every second: this worker's cumulative key and HTTP counters to the engine, which serves their sums.
+    private void SendCounters()
+    {
+        _counters.Clear();
+        if (_keys is { } k)
+        {
+            foreach (var u in k.Usage)
+            {
+                _counters.Add(new CounterValue(CounterKind.KeyConnections, u.Name, "", u.Connections));
+                _counters.Add(new CounterValue(CounterKind.KeyRequests, u.Name, "", u.Requests));
+            }
+            _counters.Add(new CounterValue(CounterKind.AuthRefused, "key_required", "", k.RefusedMissing));
+            _counters.Add(new CounterValue(CounterKind.AuthRefused, "invalid_key", "", k.RefusedInvalid));
+            _counters.Add(new CounterValue(CounterKind.KeyReloads, "", "", k.Reloads));
+            _counters.Add(new CounterValue(CounterKind.KeyReloadFailures, "", "", k.ReloadFailures));
+        }
+        if (HttpCounts is { } http)
+            foreach (var (endpoint, status, count) in http())
+                _counters.Add(new CounterValue(CounterKind.HttpRequests, endpoint, status.ToString(System.Globalization.CultureInfo.InvariantCulture), count));
+        if (_counters.Count == 0) return;
+        // The link's writer thread flushes within 200 ms; no need to push from this thread.
+        _engine.TrySend(_counters, static (w, c) => WorkerCounters.Write(w, c));
     }
 
     public void BeginDrain()

@@ -126,4 +126,39 @@ public sealed class SecureReplicaTests
             File.Delete(routerKeyFile);
         }
     }
+
+    [Test]
+    public async Task TheReplicasMetricsCountRequestsByKeyRefusalsAndHttpAnswers()
+    {
+        string keys = Temp($"alpha {KeyA}\n");
+        using var r = ReplicaProcess.Start(Sim("--workers", "2", "--http-port", "0", "--api-keys-file", keys), agent: false);
+        await using (var c = await FastServeClient.ConnectAsync("127.0.0.1", r.Port, new FastServeClientOptions { ApiKey = KeyA }))
+            for (int i = 0; i < 3; i++) Assert.That((await c.CompleteAsync(Req)).IsOk);
+        Assert.That(await Outcome(r.Port, new() { ApiKey = KeyB }), Is.EqualTo("client.unauthorized"));
+        string body = "{\"prompt\":\"hi\",\"max_tokens\":2}";
+        var ok = Http.HttpTools.Run("curl", ["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", $"Authorization: Bearer {KeyA}", "-d", body, $"http://127.0.0.1:{r.HttpPort}/v1/completions"]);
+        Assert.That(ok.Out, Is.EqualTo("200"), ok.Err);
+        var no = Http.HttpTools.Run("curl", ["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-d", body, $"http://127.0.0.1:{r.HttpPort}/v1/completions"]);
+        Assert.That(no.Out, Is.EqualTo("401"), no.Err);
+
+        // Workers send their counters every second; the engine serves their sums.
+        string[] want =
+        [
+            "fastserve_key_connections_total{key=\"alpha\"} 1",
+            "fastserve_key_requests_total{key=\"alpha\"} 4",
+            "fastserve_auth_refused_total{reason=\"invalid_key\"} 1",
+            "fastserve_http_requests_total{endpoint=\"completions\",status=\"200\"} 1",
+            "fastserve_http_requests_total{endpoint=\"completions\",status=\"401\"} 1",
+        ];
+        string metrics = "";
+        var until = DateTime.UtcNow.AddSeconds(10);
+        while (DateTime.UtcNow < until)
+        {
+            metrics = Http.HttpTools.Run("curl", ["-sS", $"http://127.0.0.1:{r.MetricsPort}/metrics"]).Out;
+            if (want.All(metrics.Contains)) break;
+            await Task.Delay(200);
+        }
+        foreach (var line in want) Assert.That(metrics, Does.Contain(line));
+        Assert.That(metrics, Does.Not.Contain(KeyA).And.Not.Contain(KeyB), "names, never key material");
+    }
 }

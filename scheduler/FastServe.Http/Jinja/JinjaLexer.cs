@@ -52,6 +52,10 @@ internal sealed class JinjaLexer
     /// <see cref="JinjaException"/> on an unterminated tag, comment or string, or a character no token starts with.</summary>
     public static List<JinjaToken> Tokenize(string source)
     {
+        // As Jinja: every line ending is \n (in text and string literals alike), and one newline ending the template
+        // is dropped (keep_trailing_newline off).
+        source = source.Replace("\r\n", "\n", StringComparison.Ordinal).Replace('\r', '\n');
+        if (source.EndsWith('\n')) source = source[..^1];
         var lx = new JinjaLexer(source);
         lx.Run();
         return lx._tokens;
@@ -166,8 +170,16 @@ internal sealed class JinjaLexer
                 _pos++;
                 while (_pos < _src.Length && char.IsAsciiDigit(_src[_pos])) _pos++;
             }
+            // An exponent: e, an optional sign, digits.
+            int e = _pos + 1 < _src.Length && _src[_pos + 1] is '+' or '-' ? _pos + 2 : _pos + 1;
+            if (_pos < _src.Length && _src[_pos] is 'e' or 'E' && e < _src.Length && char.IsAsciiDigit(_src[e]))
+            {
+                isFloat = true;
+                _pos = e;
+                while (_pos < _src.Length && char.IsAsciiDigit(_src[_pos])) _pos++;
+            }
             var text = _src[s.._pos];
-            if (!double.TryParse(text, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out double v)
+            if (!double.TryParse(text, NumberStyles.AllowDecimalPoint | NumberStyles.AllowExponent, CultureInfo.InvariantCulture, out double v)
                 || (!isFloat && v > long.MaxValue))
                 throw new JinjaException($"number out of range: {text}", line);
             _tokens.Add(new JinjaToken(isFloat ? JinjaTokenKind.Float : JinjaTokenKind.Integer, text, v, line));

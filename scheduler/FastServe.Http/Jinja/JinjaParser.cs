@@ -150,6 +150,8 @@ internal sealed class JinjaParser
                 body.AddRange(ParseBody(["endgeneration"]));
                 ExpectEndTag("endgeneration");
                 break;
+            case "endif" or "endfor" or "elif" or "else" or "endset" or "endmacro" or "endraw" or "endgeneration":
+                throw new JinjaException($"unexpected {{% {tag} %}}: nothing open to close or continue", line);
             default:
                 throw new JinjaException($"unsupported tag {{% {tag} %}}", line);
         }

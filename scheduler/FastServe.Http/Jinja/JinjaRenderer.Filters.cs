@@ -15,7 +15,7 @@ internal sealed partial class JinjaRenderer
         {
             foreach (var (k, e) in f.Kwargs)
                 if (k == name) return Eval(e);
-            return position < args.Count ? args[position] : dflt;
+            return position >= 0 && position < args.Count ? args[position] : dflt;
         }
         string Text(object? x) => JinjaValues.ToText(x, _budget);
         string Produced(string s)
@@ -112,7 +112,7 @@ internal sealed partial class JinjaRenderer
             case "abs":
                 return v switch
                 {
-                    long l => checked(Math.Abs(l)),
+                    long l => (object)checked(Math.Abs(l)),
                     double d => Math.Abs(d),
                     _ => throw new JinjaException($"abs needs a number, not a {JinjaValues.TypeName(v)}", f.Line),
                 };

@@ -307,7 +307,7 @@ internal sealed partial class JinjaRenderer
             "not" => !JinjaValues.IsTrue(v),
             "-" => v switch
             {
-                long l => checked(-l),
+                long l => (object)checked(-l),
                 double d => -d,
                 bool b => b ? -1L : 0L,
                 _ => throw new JinjaException($"cannot negate a {JinjaValues.TypeName(v)}", u.Line),
@@ -416,15 +416,15 @@ internal sealed partial class JinjaRenderer
         long ia = ints ? (a is bool ba ? (ba ? 1 : 0) : (long)a!) : 0, ib = ints ? (b is bool bb ? (bb ? 1 : 0) : (long)b!) : 0;
         switch (op)
         {
-            case "+": return ints ? checked(ia + ib) : x + y;
-            case "-": return ints ? checked(ia - ib) : x - y;
-            case "*": return ints ? checked(ia * ib) : x * y;
+            case "+": return ints ? checked(ia + ib) : (object)(x + y);
+            case "-": return ints ? checked(ia - ib) : (object)(x - y);
+            case "*": return ints ? checked(ia * ib) : (object)(x * y);
             case "/":
                 if (y == 0) throw new JinjaException("division by zero", line);
                 return x / y;
             case "//":
                 if (y == 0) throw new JinjaException("division by zero", line);
-                return ints ? FloorDiv(ia, ib) : Math.Floor(x / y);
+                return ints ? FloorDiv(ia, ib) : (object)Math.Floor(x / y);
             case "%":
                 if (y == 0) throw new JinjaException("modulo by zero", line);
                 if (ints) { long m = ia % ib; return m != 0 && (m < 0) != (ib < 0) ? m + ib : m; }

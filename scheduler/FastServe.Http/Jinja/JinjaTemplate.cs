@@ -60,6 +60,11 @@ internal sealed class JinjaTemplate
         {
             error = "an integer overflowed";
         }
+        catch (Exception e) when (e is ArgumentException or InvalidCastException or IndexOutOfRangeException or InvalidOperationException or NullReferenceException)
+        {
+            // An interpreter bug on some input: the request fails, the process does not.
+            error = $"the template interpreter failed: {e.GetType().Name}";
+        }
         return false;
     }
 }

@@ -199,7 +199,8 @@ internal sealed partial class JinjaRenderer
 
     private bool Test(TestExpr t)
     {
-        // `x is defined` must not fail on an undefined x's attributes: evaluate, keep undefined as a value.
+        // An undefined value is a value here (`x is defined`); only reaching through one (`x.y` with x undefined)
+        // fails, as in Jinja.
         var v = Eval(t.Value);
         return ApplyTest(t.Name, v, EvalArgs(t.Args), t.Line);
     }

@@ -155,14 +155,19 @@ internal sealed partial class JinjaRenderer
 
     /// <summary>The items a <c>for</c> (or a filter) walks: a list's items, a dict's keys, a string's characters;
     /// nothing for undefined.</summary>
-    private List<object?> Iterate(object? v, int line) => v switch
+    private List<object?> Iterate(object? v, int line)
     {
-        List<object?> l => l,
-        Dictionary<string, object?> d => d.Keys.Select(static k => (object?)k).ToList(),
-        string s => s.Select(static c => (object?)c.ToString()).ToList(),
-        JinjaUndefined => [],
-        _ => throw new JinjaException($"a {JinjaValues.TypeName(v)} is not iterable", line),
-    };
+        switch (v)
+        {
+            case List<object?> l: return l;
+            case Dictionary<string, object?> d: return d.Keys.Select(static k => (object?)k).ToList();
+            case string s:
+                _budget.Produce(s.Length);
+                return s.Select(static c => (object?)c.ToString()).ToList();
+            case JinjaUndefined: return [];
+            default: throw new JinjaException($"a {JinjaValues.TypeName(v)} is not iterable", line);
+        }
+    }
 
     private object? Lookup(string name)
     {

@@ -42,7 +42,8 @@ public sealed class HttpChatTemplateEndToEndTests
 
     private static async Task<(HttpStatusCode Status, JsonElement Body)> Chat(HttpClient http, int port, string messagesJson)
     {
-        string body = $"{{\"model\":\"gec-tiny\",\"messages\":{messagesJson},\"max_tokens\":24,\"temperature\":0}}";
+        // No model named: the copy is served under its directory's name.
+        string body = $"{{\"messages\":{messagesJson},\"max_tokens\":24,\"temperature\":0}}";
         using var res = await http.PostAsync($"http://127.0.0.1:{port}/v1/chat/completions", new StringContent(body, Encoding.UTF8, "application/json"));
         using var doc = JsonDocument.Parse(await res.Content.ReadAsStringAsync());
         return (res.StatusCode, doc.RootElement.Clone());

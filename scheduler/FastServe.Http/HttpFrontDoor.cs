@@ -267,9 +267,15 @@ public sealed class HttpFrontDoor : IAsyncDisposable
             error = HttpError.BadRequest("request.bad_route", "a model name or version is 1 to 64 of a-z A-Z 0-9 . _ -", "model");
             return false;
         }
+        string? prompt = req.Prompt;
+        if (chat && !_options.ChatTemplate.TryRender(req.Messages!, out prompt, out string why))
+        {
+            error = HttpError.BadRequest(ChatTemplate.ErrorCode, $"the chat template failed on these messages: {why}", "messages");
+            return false;
+        }
         request = new CompletionRequest
         {
-            Prompt = chat ? _options.ChatTemplate.Render(req.Messages!) : req.Prompt,
+            Prompt = prompt,
             PromptIds = chat ? null : req.PromptIds,
             Params = p,
             Stops = req.Stops,

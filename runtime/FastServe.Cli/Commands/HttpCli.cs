@@ -59,17 +59,36 @@ internal sealed record HttpCli(int Port, string? TemplatePath, long MaxBodyBytes
         }
     }
 
-    /// <summary>Starts the front door in front of this process's binary host. <paramref name="modelDir"/>, when given,
-    /// is checked for a Jinja chat template this front door does not interpret (one log line).</summary>
+    /// <summary>
+    /// The chat template, by precedence: the <c>--chat-template</c> file, else the Jinja <c>chat_template</c> of
+    /// <paramref name="modelDir"/>'s tokenizer_config.json (null: no model directory, as in the router), else the
+    /// default. Throws <see cref="FastServeException"/> <c>model.invalid_chat_template</c> when the model's template
+    /// cannot be read or parsed, so <c>serve</c> stops at start rather than failing every chat request.
+    /// </summary>
+    public ChatTemplate ResolveTemplate(string? modelDir)
+    {
+        if (TemplatePath is not null) return LoadTemplate(TemplatePath);
+        if (modelDir is null) return ChatTemplate.Default;
+        try
+        {
+            return ChatTemplate.FromModel(modelDir) ?? ChatTemplate.Default;
+        }
+        catch (Exception e) when (e is FormatException or IOException or UnauthorizedAccessException)
+        {
+            throw new FastServeException("model.invalid_chat_template",
+                $"{e.Message}; pass --chat-template FILE to serve chat requests with another template", modelDir);
+        }
+    }
+
+    /// <summary>Starts the front door in front of this process's binary host, with the chat template
+    /// <see cref="ResolveTemplate"/> picks for <paramref name="modelDir"/> (null: no model's template).</summary>
     /// <paramref name="keys"/> (null: none) are the API keys a <c>Authorization: Bearer</c> header must carry, the same
     /// store the binary listener checks HELLO against (requests counted under the key's name); <paramref name="tls"/>
     /// (null: plain HTTP) the binary listener's reloading certificate, so both listeners serve the same one.
     public HttpFrontDoor Start(string host, bool reusePort, Action<Socket> acceptLocal, Func<bool> ready, Func<IReadOnlyList<string>> models,
         string defaultModel, string? modelDir, Action<string> log, HttpMetrics? metrics = null, ApiKeyStore? keys = null, CertificateSource? tls = null)
     {
-        var template = TemplatePath is null ? ChatTemplate.Default : LoadTemplate(TemplatePath);
-        if (TemplatePath is null && modelDir is not null && ChatTemplate.HasJinjaTemplate(modelDir))
-            log("the model's tokenizer_config.json has a Jinja chat_template, which is not interpreted; /v1/chat/completions uses the default template (docs/http.md)");
+        var template = ResolveTemplate(modelDir);
         var front = new HttpFrontDoor(new HttpFrontDoorOptions
         {
             Host = host,

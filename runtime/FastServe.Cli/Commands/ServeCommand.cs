@@ -91,6 +91,9 @@ internal static class ServeCommand
             // Children get the resolved model directory, so all of them load the same one whatever their environment.
             string modelDir = r.GetValue(e.Model.Model) ?? ModelOptions.ResolveDefault();
             if (!File.Exists(Path.Combine(modelDir, "config.json"))) throw new FastServeException("model.not_found", "the model directory has no config.json", modelDir);
+            // The workers each load the chat template; checking it here stops a bad one at start, in one line.
+            if (http.Enabled && http.ResolveTemplate(modelDir) is { IsJinja: true } chatTemplate)
+                Console.Error.WriteLine($"fastserve serve: /v1/chat/completions uses {chatTemplate.Source}");
             string exe = Environment.ProcessPath ?? throw new FastServeException("internal", "cannot find the fastserve executable");
             string declaredName = r.GetValue(modelName) ?? ModelIdentity.DefaultName(modelDir);
             if (!ModelIdentity.IsValidLabel(declaredName))
@@ -257,7 +260,7 @@ internal static class ServeCommand
                 string modelDir = host.Options.ModelDir;
                 var httpMetrics = new FastServe.Http.HttpMetrics();
                 host.HttpCounts = httpMetrics.Snapshot;
-                front = http.Start(r.GetValue(HostOpt)!, reusePort: true, s => host.AcceptLocal(s), () => host.IsReady, () => [modelName], modelName, host.Options.Index == 0 ? modelDir : null,
+                front = http.Start(r.GetValue(HostOpt)!, reusePort: true, s => host.AcceptLocal(s), () => host.IsReady, () => [modelName], modelName, modelDir,
                     msg => Console.Error.WriteLine($"fastserve worker {host.Options.Index}: {msg}"), metrics: httpMetrics, keys: host.Keys, tls: host.Tls);
             }
             try

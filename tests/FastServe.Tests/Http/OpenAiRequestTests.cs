@@ -98,14 +98,20 @@ public sealed class OpenAiRequestTests
     public void ChatTemplateDefaultAndFile()
     {
         var msgs = new[] { new ChatMessage("system", "S"), new ChatMessage("user", "first"), new ChatMessage("assistant", "A"), new ChatMessage("user", "last {system}") };
-        Assert.That(ChatTemplate.Default.Render(msgs), Is.EqualTo("Correct: last {system}\nFixed:"), "the gec prompt format; placeholders in content stay");
+        Assert.That(Render(ChatTemplate.Default, msgs), Is.EqualTo("Correct: last {system}\nFixed:"), "the gec prompt format; placeholders in content stay");
         string dir = TestModels.TempDir("chat-template");
         string path = Path.Combine(dir, "t.txt");
         File.WriteAllText(path, "# a comment\nmessage: [{role}] {content}\\n\nprompt: {system}|{messages}<go>\\\\\n");
-        Assert.That(ChatTemplate.Load(path).Render(msgs), Is.EqualTo("S|[system] S\n[user] first\n[assistant] A\n[user] last {system}\n<go>\\"));
+        Assert.That(Render(ChatTemplate.Load(path), msgs), Is.EqualTo("S|[system] S\n[user] first\n[assistant] A\n[user] last {system}\n<go>\\"));
         File.WriteAllText(path, "template: x\n");
         Assert.Throws<FormatException>(() => ChatTemplate.Load(path));
         File.WriteAllText(path, "message: x\n");
         Assert.Throws<FormatException>(() => ChatTemplate.Load(path));
+    }
+
+    private static string Render(ChatTemplate t, ChatMessage[] msgs)
+    {
+        Assert.That(t.TryRender(msgs, out string prompt, out string error), Is.True, error);
+        return prompt;
     }
 }

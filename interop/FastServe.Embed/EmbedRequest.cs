@@ -43,6 +43,8 @@ internal sealed unsafe class EmbedRequest : IRequestSink
     private byte[] _finalText = [];
     private bool _finalDelivered;
     private bool _freed;
+    // Threads inside Next's wait: the scheduler thread pulses only when one is there.
+    private int _waiting;
     // The pinned bytes the last event's text, error code and message point into (valid until the next event).
     private byte[] _out = [];
 
@@ -128,7 +130,7 @@ internal sealed unsafe class EmbedRequest : IRequestSink
                 int offset = _queuedText.WrittenCount;
                 _queuedText.Write(_released.WrittenSpan);
                 _queue.Enqueue(new Queued(token.Id, index, offset, _released.WrittenCount));
-                if (_queue.Count == 1) Monitor.PulseAll(_gate);
+                if (_waiting > 0) Monitor.PulseAll(_gate);
             }
         }
         catch
@@ -220,7 +222,9 @@ internal sealed unsafe class EmbedRequest : IRequestSink
                     LastError.Set(FsStatus.Timeout, "request.timeout", "no event within the timeout");
                     return FsStatus.Timeout;
                 }
-                Monitor.Wait(_gate, wait);
+                _waiting++;
+                try { Monitor.Wait(_gate, wait); }
+                finally { _waiting--; }
             }
         }
     }

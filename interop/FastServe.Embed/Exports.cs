@@ -410,14 +410,25 @@ internal static unsafe class Exports
         if (h == 0) return LastError.Set(FsStatus.Limit, "handles.exhausted", $"too many live requests (at most {HandleTable<EmbedRequest>.Capacity}); free finished ones");
         // Known to the caller before Submit, since a request refused at admission delivers its final inside Submit.
         *request = h;
-        var handle = e.Engine.Submit(new EngineRequest
+        RequestHandle handle;
+        try
         {
-            Prompt = prompt,
-            Sampling = sampling,
-            Priority = (Priority)o.Priority,
-            Deadline = o.DeadlineMs > 0 ? TimeSpan.FromMilliseconds(o.DeadlineMs) : null,
-            Sink = r,
-        });
+            handle = e.Engine.Submit(new EngineRequest
+            {
+                Prompt = prompt,
+                Sampling = sampling,
+                Priority = (Priority)o.Priority,
+                Deadline = o.DeadlineMs > 0 ? TimeSpan.FromMilliseconds(o.DeadlineMs) : null,
+                Sink = r,
+            });
+        }
+        catch
+        {
+            // Submit answers every request with a result rather than throwing; if it ever does, no handle is left behind.
+            Requests.Remove(h);
+            *request = 0;
+            throw;
+        }
         r.Attach(handle);
         return 0;
     }

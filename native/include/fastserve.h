@@ -48,7 +48,8 @@ typedef enum fs_status {
     FS_E_BACKEND = 9,          /* the backend is unknown or cannot run here (no GPU, driver or kernel library) */
     FS_E_STATE = 10,           /* not allowed now: fs_request_next on a callback request, fs_engine_free inside a
                                   callback */
-    FS_E_LIMIT = 11,           /* too many live handles of one kind (about 16 million); free finished requests */
+    FS_E_LIMIT = 11,           /* too many live handles of one kind (over a million per calling thread); free
+                                  finished requests */
     FS_E_OUT_OF_MEMORY = 12,
     FS_E_INTERNAL = 13         /* a bug; fs_last_error() says where. The process and other objects stay usable. */
 } fs_status;

@@ -94,6 +94,55 @@ static void* wait_forever(void* p) {
     return NULL;
 }
 
+/* Cancel storm: STORM threads cancel (and, with free_mine, free their share of) the same requests at once. */
+#define STORM 8
+#define STORM_REQUESTS 64
+typedef struct { fs_request* reqs; int index; int free_mine; atomic_int bad; } storm_arg;
+static void* storm(void* p) {
+    storm_arg* a = p;
+    for (int round = 0; round < 3; round++)
+        for (int i = 0; i < STORM_REQUESTS; i++) {
+            int st = fs_request_cancel(a->reqs[i]);
+            if (st != FS_OK && st != FS_E_INVALID_HANDLE) atomic_fetch_add(&a->bad, 1);
+        }
+    if (a->free_mine)
+        for (int i = a->index; i < STORM_REQUESTS; i += STORM)
+            if (fs_request_free(a->reqs[i]) != FS_OK) atomic_fetch_add(&a->bad, 1);
+    return NULL;
+}
+
+static void run_storm(fs_engine engine, const fs_request_options* lo, int free_mine) {
+    fs_request reqs[STORM_REQUESTS];
+    for (int i = 0; i < STORM_REQUESTS; i++) STATUS(fs_submit_text(engine, PROMPT, strlen(PROMPT), lo, &reqs[i]), FS_OK);
+    storm_arg args[STORM];
+    pthread_t th[STORM];
+    for (int k = 0; k < STORM; k++) {
+        args[k].reqs = reqs;
+        args[k].index = k;
+        args[k].free_mine = free_mine;
+        atomic_init(&args[k].bad, 0);
+        pthread_create(&th[k], NULL, storm, &args[k]);
+    }
+    int bad = 0;
+    for (int k = 0; k < STORM; k++) { pthread_join(th[k], NULL); bad += atomic_load(&args[k].bad); }
+    CHECK(bad == 0, "%d unexpected statuses in the storm", bad);
+    if (free_mine) {
+        for (int i = 0; i < STORM_REQUESTS; i++) STATUS(fs_request_free(reqs[i]), FS_E_INVALID_HANDLE);
+        return;
+    }
+    int finals_ok = 0;
+    for (int i = 0; i < STORM_REQUESTS; i++) {
+        fs_event ev;
+        ev.size = sizeof ev;
+        int tokens;
+        if (drain(reqs[i], &ev, &tokens) == FS_OK && ev.completion_tokens == tokens &&
+            fs_request_next(reqs[i], 0, &ev) == FS_E_ENDED && (ev.status == FS_REQUEST_CANCELLED || ev.status == FS_REQUEST_FINISHED))
+            finals_ok++;
+        fs_request_free(reqs[i]);
+    }
+    CHECK(finals_ok == STORM_REQUESTS, "%d of %d requests ended with one final after the storm", finals_ok, STORM_REQUESTS);
+}
+
 int main(int argc, char** argv) {
     if (argc < 2) { fprintf(stderr, "usage: abi_checks MODEL_DIR\n"); return 2; }
     const char* dir = argv[1];
@@ -311,6 +360,12 @@ int main(int argc, char** argv) {
     STATUS(fs_request_free(req), FS_OK);
     pthread_join(th, NULL);
     CHECK(w.status == FS_E_INVALID_HANDLE, "waiter got %s", fs_status_name(w.status));
+
+    /* Cancel storms: every request still gets exactly one final; frees racing cancels are clean. */
+    fs_request_options so2 = lo;
+    so2.max_tokens = 200;
+    run_storm(engine, &so2, 0);
+    run_storm(engine, &so2, 1);
 
     /* Stats. */
     fs_engine_stats stats;

@@ -43,8 +43,9 @@ internal sealed unsafe class EmbedRequest : IRequestSink
     private byte[] _finalText = [];
     private bool _finalDelivered;
     private bool _freed;
-    // Threads inside Next's wait: the scheduler thread pulses only when one is there.
-    private int _waiting;
+    // Set (outside _gate) whenever an event, the final or a free arrives; reset under _gate by a consumer that found
+    // nothing. Waking outside the lock means a woken consumer never spins on a lock the scheduler thread still holds.
+    private readonly ManualResetEventSlim _ready = new(false);
     // The pinned bytes the last event's text, error code and message point into (valid until the next event).
     private byte[] _out = [];
 
@@ -96,8 +97,8 @@ internal sealed unsafe class EmbedRequest : IRequestSink
         {
             _freed = true;
             _queue.Clear();
-            Monitor.PulseAll(_gate);
         }
+        _ready.Set();
         Cancel();
     }
 
@@ -130,8 +131,8 @@ internal sealed unsafe class EmbedRequest : IRequestSink
                 int offset = _queuedText.WrittenCount;
                 _queuedText.Write(_released.WrittenSpan);
                 _queue.Enqueue(new Queued(token.Id, index, offset, _released.WrittenCount));
-                if (_waiting > 0) Monitor.PulseAll(_gate);
             }
+            _ready.Set();
         }
         catch
         {
@@ -164,16 +165,13 @@ internal sealed unsafe class EmbedRequest : IRequestSink
                     return;
                 }
                 _finalText = _released.WrittenSpan.ToArray();
-                Monitor.PulseAll(_gate);
             }
+            _ready.Set();
         }
         catch
         {
-            lock (_gate)
-            {
-                _final ??= result;
-                Monitor.PulseAll(_gate);
-            }
+            lock (_gate) _final ??= result;
+            _ready.Set();
         }
     }
 
@@ -188,9 +186,9 @@ internal sealed unsafe class EmbedRequest : IRequestSink
             return FsStatus.State;
         }
         long until = timeoutMs > 0 ? Environment.TickCount64 + timeoutMs : 0;
-        lock (_gate)
+        while (true)
         {
-            while (true)
+            lock (_gate)
             {
                 if (_freed) return FsStatus.InvalidHandle;
                 if (_queue.TryDequeue(out var q))
@@ -216,16 +214,15 @@ internal sealed unsafe class EmbedRequest : IRequestSink
                     FillFinal(ref *ev, final, _finalText);
                     return FsStatus.Ok;
                 }
-                int wait = timeoutMs < 0 ? Timeout.Infinite : (int)Math.Max(0, until - Environment.TickCount64);
-                if (timeoutMs == 0 || (timeoutMs > 0 && wait == 0))
-                {
-                    LastError.Set(FsStatus.Timeout, "request.timeout", "no event within the timeout");
-                    return FsStatus.Timeout;
-                }
-                _waiting++;
-                try { Monitor.Wait(_gate, wait); }
-                finally { _waiting--; }
+                _ready.Reset();
             }
+            int wait = timeoutMs < 0 ? Timeout.Infinite : (int)Math.Max(0, until - Environment.TickCount64);
+            if (timeoutMs == 0 || (timeoutMs > 0 && wait == 0))
+            {
+                LastError.Set(FsStatus.Timeout, "request.timeout", "no event within the timeout");
+                return FsStatus.Timeout;
+            }
+            _ready.Wait(wait);
         }
     }
 

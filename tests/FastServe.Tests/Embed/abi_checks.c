@@ -410,6 +410,20 @@ int main(int argc, char** argv) {
     STATUS(fs_engine_free(e2), FS_OK);
     STATUS(fs_model_free(model), FS_OK);
 
+    /* FP8 quantized at load, on the reference backend: a greedy request still runs to its end. */
+    fs_model_options_default(&mo);
+    mo.quantize = FS_QUANTIZE_FP8_PER_CHANNEL;
+    STATUS(fs_model_load(dir, &mo, &model), FS_OK);
+    fs_engine_options ref = eo;
+    ref.backend = "reference";
+    STATUS(fs_engine_create(model, &ref, &e1), FS_OK);
+    STATUS(fs_submit_text(e1, PROMPT, strlen(PROMPT), &ro, &r1), FS_OK);
+    STATUS(drain(r1, &ev, &t1), FS_OK);
+    CHECK(ev.status == FS_REQUEST_FINISHED && t1 > 3, "fp8 on reference: status %d, %d tokens", ev.status, t1);
+    fs_request_free(r1);
+    STATUS(fs_engine_free(e1), FS_OK);
+    STATUS(fs_model_free(model), FS_OK);
+
     if (failures) { fprintf(stderr, "%d of %d checks failed\n", failures, checks); return 1; }
     printf("ok: %d checks\n", checks);
     return 0;

@@ -2,7 +2,7 @@
 # libfastserve from C against `fastserve batch`, same workload, same machine, one after the other (docs/embed.md):
 # gec-tiny over the 1,200 held-out test sentences (tools/gec/data/test.jsonl) in its prompt format, greedy, 64 tokens
 # at most. Prints batch's JSON summary, then embed_bench's line for 1, 2, 4 and 8 submitting threads (pull), and 8
-# threads with callback delivery. Needs ./build.sh's dist/ (dist/libfastserve.so is built for the lowest level
+# threads with callback delivery, then the ABI's added first-token latency (pull and callback). Needs ./build.sh's dist/ (dist/libfastserve.so is built for the lowest level
 # published; compare with the dist/fastserve-vN of the same level), python3 and a C compiler.
 #   bench/embed/run.sh [MODEL_DIR]     REPEAT=N runs each line N times (default 1)
 set -euo pipefail
@@ -28,3 +28,4 @@ for _ in $(seq "$repeat"); do
   for t in 1 2 4 8; do "$work/embed_bench" "$model" "$work/sentences.txt" "$t" pull; done
   "$work/embed_bench" "$model" "$work/sentences.txt" 8 callback
 done
+"$work/embed_bench" "$model" "$work/sentences.txt" 1 latency

@@ -92,6 +92,17 @@ for level in $levels; do
   fi
   test -x "build/publish/x86-64-$level/fastserve" || { log "the x86-64-$level build was not produced"; exit 1; }
 done
+# The embeddable library (docs/embed.md): one more NativeAOT publish, of the engine alone, as dist/libfastserve.so. A
+# shared library cannot pick its instruction set at load time as the launcher does, so it is built for the lowest
+# level published (v3 by default: it loads on every AVX2 host).
+case " $levels " in *" v3 "*) lib_level=v3 ;; *) lib_level=${levels%% *} ;; esac
+log "publishing NativeAOT shared library -> dist/libfastserve.so (x86-64-$lib_level)"
+if ! dotnet publish interop/FastServe.Embed/FastServe.Embed.csproj -c Release -r linux-x64 -o "build/publish/lib-$lib_level" \
+     -nologo -v q -p:DebugType=none -p:FastServeX86Level="$lib_level" >"build/publish-lib.log" 2>&1; then
+  cat build/publish-lib.log >&2
+  log "publish failed (libfastserve.so)"
+  exit 1
+fi
 mkdir -p build/launcher
 clang -O2 -std=c11 -Wall -Wextra -Werror -march=x86-64 -mtune=generic -o build/launcher/fastserve \
   runtime/FastServe.Launcher/launcher.c || { log "launcher compile failed"; exit 1; }
@@ -106,6 +117,7 @@ for level in v4 v3; do
   case " $levels " in *" $level "*) install_file "build/publish/x86-64-$level/fastserve" "dist/fastserve-$level" ;; *) rm -f "dist/fastserve-$level" ;; esac
 done
 install_file build/launcher/fastserve dist/fastserve
+install_file "build/publish/lib-$lib_level/libfastserve.so" dist/libfastserve.so
 echo "$fingerprint" >dist/fastserve.sources-sha256
 log "dist/fastserve $(stat -c %s dist/fastserve) B$(for l in v4 v3; do [ -f "dist/fastserve-$l" ] && printf ', dist/fastserve-%s %s B' "$l" "$(stat -c %s "dist/fastserve-$l")"; done)"
 

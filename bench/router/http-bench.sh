@@ -5,7 +5,9 @@
 # flight), each straight to the replica and through a router. Rounds alternate, so drift on a shared machine hits
 # all alike. Prints requests/s of each, the HTTP/binary ratio, and the latency HTTP adds (P50, P99).
 # Usage: bench/router/http-bench.sh [RESULTS_DIR]   Knobs: C (32), DUR (seconds per run, 15), ROUNDS (3), MAXTOK (2),
-#        WORKERS (replica worker processes, 1), WRK_THREADS (2).
+#        WORKERS (replica worker processes, 1), WRK_THREADS (2); BASE=DIR adds a second build, DIR/fastserve (e.g. a
+#        copy of dist/ from before a change), with its own replica and router, run in the same rounds right after
+#        this build's runs, so both see the same drift; the load generators are this build's for both.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-build/http-bench}
@@ -16,11 +18,18 @@ if ! command -v wrk >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk; }
 fi
 source bench/lib.sh
-start "$out/replica.log" serve --backend sim --sim-time-scale 0 --workers "$WORKERS" --port 0 --http-port 0 --json
-replica=$PORT; replica_http=$(python3 -c "import json; print(json.loads(open('$out/replica.log').readline())['http_port'])")
-start "$out/router.log" route --listen 0 --http-listen 0 --endpoints "127.0.0.1:$replica" --json
-router=$PORT; router_http=$(python3 -c "import json; print(json.loads(open('$out/router.log').readline())['http_port'])")
-for _ in $(seq 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$router_http/ready")" = 200 ] && break; sleep 0.1; done
+builds=(new); exe_new=$fs
+[ -n "${BASE:-}" ] && { builds+=(base); exe_base=$BASE/fastserve; }
+declare -A port http
+http_port() { python3 -c "import json; print(json.loads(open('$1').readline())['http_port'])"; }
+for b in "${builds[@]}"; do
+  exe=exe_$b
+  start_with "${!exe}" "$out/replica-$b.log" serve --model models/gec-small --backend sim --sim-time-scale 0 --workers "$WORKERS" --port 0 --http-port 0 --json
+  port[$b-direct]=$PORT; http[$b-direct]=$(http_port "$out/replica-$b.log")
+  start_with "${!exe}" "$out/router-$b.log" route --listen 0 --http-listen 0 --endpoints "127.0.0.1:$PORT" --json
+  port[$b-router]=$PORT; http[$b-router]=$(http_port "$out/router-$b.log")
+  for _ in $(seq 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${http[$b-router]}/ready")" = 200 ] && break; sleep 0.1; done
+done
 
 # wrk's Lua: one POST body for every request; done() prints one JSON line (latency in µs).
 cat >"$out/post.lua" <<LUA
@@ -34,23 +43,26 @@ function done(summary, latency, requests)
 end
 LUA
 
+echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq "$ROUNDS"); do
   for target in direct router; do
-    port=$replica; http=$replica_http
-    [ "$target" = router ] && { port=$router; http=$router_http; }
-    "$fs" bench --port "$port" --concurrency "$C" --connections 4 --max-tokens "$MAXTOK" --prompt "Hi" --no-throttle \
-      --duration "$DUR" --warmup 2 --json --out-json "$out/binary-$target-$round.json" >/dev/null
-    wrk -t "$WRK_THREADS" -c "$C" -d "${DUR}s" -s "$out/post.lua" "http://127.0.0.1:$http/v1/completions" | tail -1 >"$out/http-$target-$round.json"
+    for b in "${builds[@]}"; do
+      "$fs" bench --port "${port[$b-$target]}" --concurrency "$C" --connections 4 --max-tokens "$MAXTOK" --prompt "Hi" --no-throttle \
+        --duration "$DUR" --warmup 2 --json --out-json "$out/binary-$b-$target-$round.json" >/dev/null
+      wrk -t "$WRK_THREADS" -c "$C" -d "${DUR}s" -s "$out/post.lua" "http://127.0.0.1:${http[$b-$target]}/v1/completions" | tail -1 >"$out/http-$b-$target-$round.json"
+    done
   done
 done
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-python3 - "$out" "$ROUNDS" <<'PY'
+python3 - "$out" "$ROUNDS" "${builds[@]}" <<'PY'
 import json, sys, statistics
-out, rounds = sys.argv[1], int(sys.argv[2])
+out, rounds, builds = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 med = statistics.median
-for target in ("direct", "router"):
-    b = [json.load(open(f"{out}/binary-{target}-{r}.json"))["points"][0] for r in range(1, rounds + 1)]
-    h = [json.load(open(f"{out}/http-{target}-{r}.json")) for r in range(1, rounds + 1)]
+for build, target in ((b, t) for t in ("direct", "router") for b in builds):
+    b = [json.load(open(f"{out}/binary-{build}-{target}-{r}.json"))["points"][0] for r in range(1, rounds + 1)]
+    h = [json.load(open(f"{out}/http-{build}-{target}-{r}.json")) for r in range(1, rounds + 1)]
+    if len(builds) > 1: target = f"{build} {target}"
     b_rps = [p["achieved_rps"] for p in b]
     h_rps = [x["requests"] / (x["duration_us"] / 1e6) for x in h]
     b50, b99 = [p["e2e_ms"]["p50"] for p in b], [p["e2e_ms"]["p99"] for p in b]

@@ -120,6 +120,9 @@ internal sealed class LocalClientPool : IAsyncDisposable
         try
         {
             ObjectDisposedException.ThrowIf(_disposed, this);
+            // A request that waited here behind another's connect takes the client it connected, not a new one.
+            foreach (var c in _clients)
+                if (c is not null && c.IsConnected && c.InFlight < PackLimit) return c;
             for (int i = 0; i < _clients.Length; i++)
             {
                 var c = _clients[i];

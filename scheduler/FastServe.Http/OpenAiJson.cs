@@ -190,13 +190,18 @@ internal static class OpenAiJson
     /// (microseconds after the server read the request; <c>device</c> is a duration).</summary>
     public static string TimingHeader(in ServerTimings t)
     {
-        var sb = new System.Text.StringBuilder(160);
+        // Formatted on the stack: one string per response.
+        var h = new System.Runtime.CompilerServices.DefaultInterpolatedStringHandler(0, 0, System.Globalization.CultureInfo.InvariantCulture, stackalloc char[256]);
+        bool first = true;
         foreach (var (slot, name) in ServerTimings.Names)
         {
-            if (sb.Length > 0) sb.Append(';');
-            sb.Append(name).Append('=').Append(t[slot]);
+            if (!first) h.AppendLiteral(";");
+            first = false;
+            h.AppendLiteral(name);
+            h.AppendLiteral("=");
+            h.AppendFormatted(t[slot]);
         }
-        return sb.ToString();
+        return h.ToStringAndClear();
     }
 
     private static void Head(Utf8JsonWriter w, string id, string obj, long created, string model)

@@ -290,6 +290,35 @@ public sealed class HttpFrontDoorTests
     }
 
     [Test]
+    public async Task ConcurrentRequestsShareOneLocalConnectionUntilItsPackLimit()
+    {
+        // Packing the in-process hop's requests onto one connection batches their frames (docs/benchmarks.md); a
+        // second connection opens only once the first has LocalClientPool.PackLimit calls in flight.
+        int accepted = 0;
+        await using var rig = await StartAsync(o =>
+        {
+            var inner = o.AcceptLocal;
+            return o with { AcceptLocal = s => { Interlocked.Increment(ref accepted); inner(s); } };
+        });
+        rig.Replica.OnRequest = _ => Reply.Hold;
+        async Task<HttpStatusCode> One() => (await Post(rig.Http, "/v1/completions", """{"prompt":"hi","max_tokens":2}""")).Status;
+        async Task HeldReaches(int n)
+        {
+            var until = DateTime.UtcNow.AddSeconds(20);
+            while (rig.Replica.HeldCount < n && DateTime.UtcNow < until) await Task.Delay(5);
+            Assert.That(rig.Replica.HeldCount, Is.EqualTo(n));
+        }
+        var calls = Enumerable.Range(0, LocalClientPool.PackLimit).Select(_ => One()).ToList();
+        await HeldReaches(LocalClientPool.PackLimit);
+        Assert.That(Volatile.Read(ref accepted), Is.EqualTo(1));
+        calls.Add(One());
+        await HeldReaches(LocalClientPool.PackLimit + 1);
+        Assert.That(Volatile.Read(ref accepted), Is.EqualTo(2));
+        rig.Replica.ReleaseHeld();
+        Assert.That(await Task.WhenAll(calls), Has.All.EqualTo(HttpStatusCode.OK));
+    }
+
+    [Test]
     public async Task HealthReadyAndModels()
     {
         await using var rig = await StartAsync(model: "gec");

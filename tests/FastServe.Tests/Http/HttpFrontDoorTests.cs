@@ -197,15 +197,27 @@ public sealed class HttpFrontDoorTests
     {
         await using var rig = await StartAsync();
         rig.Replica.OnRequest = _ => Reply.StreamThenHold;
-        using var cts = new CancellationTokenSource();
-        var req = new HttpRequestMessage(HttpMethod.Post, "/v1/completions") { Content = Json("""{"prompt":"hi","max_tokens":50,"stream":true}""") };
-        var res = await rig.Http.SendAsync(req, HttpCompletionOption.ResponseHeadersRead, cts.Token);
-        var stream = await res.Content.ReadAsStreamAsync(cts.Token);
-        var buf = new byte[256];
-        int n = await stream.ReadAsync(buf, cts.Token);
-        Assert.That(Encoding.UTF8.GetString(buf, 0, n), Does.StartWith("data: "));
-        res.Dispose();   // the HTTP client goes away mid-stream
-        await RouterRulesTests.Until(() => rig.Replica.Cancels.Count == 1, "the CANCEL reached the replica");
+        // A raw socket, so the disconnect is exactly a close after the first event (no client library pooling or
+        // draining the connection).
+        using var sock = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.InterNetwork, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+        await sock.ConnectAsync(System.Net.IPAddress.Loopback, rig.Front.Port);
+        const string body = """{"prompt":"hi","max_tokens":50,"stream":true}""";
+        await sock.SendAsync(Encoding.ASCII.GetBytes(
+            $"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {body.Length}\r\n\r\n{body}"));
+        var seen = new StringBuilder();
+        var buf = new byte[4096];
+        using (var read = new CancellationTokenSource(TimeSpan.FromSeconds(10)))
+            while (!seen.ToString().Contains("data: "))
+            {
+                int n = await sock.ReceiveAsync(buf, read.Token);
+                Assert.That(n, Is.GreaterThan(0), $"the stream ended before its first event: {seen}");
+                seen.Append(Encoding.UTF8.GetString(buf, 0, n));
+            }
+        Assert.That(seen.ToString(), Does.StartWith("HTTP/1.1 200"));
+        sock.Close();   // the HTTP client goes away mid-stream
+        await RouterRulesTests.Until(() => rig.Replica.Cancels.Count == 1,
+            () => $"the CANCEL reached the replica (replica: {rig.Replica.Requests.Count} requests, {rig.Replica.Cancels.Count} cancels; "
+                + $"front door: {string.Join(", ", rig.Metrics.Snapshot().Select(c => $"{c.Endpoint} {c.Status}: {c.Count}"))})");
         Assert.That(rig.Replica.Cancels.Single(), Is.EqualTo(rig.Replica.Requests.Single()));
     }
 

@@ -36,12 +36,16 @@ public sealed class RouterRulesTests
         return r;
     }
 
-    internal static async Task Until(Func<bool> ok, string what, double seconds = 10)
+    internal static Task Until(Func<bool> ok, string what, double seconds = 10) => Until(ok, () => what, seconds);
+
+    /// <summary>As <see cref="Until(Func{bool}, string, double)"/>, with what it waited for described at the moment it
+    /// gives up (the state to report).</summary>
+    internal static async Task Until(Func<bool> ok, Func<string> what, double seconds = 10)
     {
         var sw = Stopwatch.StartNew();
         while (!ok())
         {
-            if (sw.Elapsed.TotalSeconds > seconds) Assert.Fail($"timed out waiting for {what}");
+            if (sw.Elapsed.TotalSeconds > seconds) Assert.Fail($"timed out waiting for {what()}");
             await Task.Delay(10);
         }
     }

@@ -82,7 +82,7 @@ internal unsafe struct FsRequestOptions
     public void* User;
 }
 
-/// <summary>fs_event (96 bytes).</summary>
+/// <summary>fs_event (104 bytes; ABI 1.0's was the first 96, <see cref="V10Size"/>).</summary>
 [StructLayout(LayoutKind.Sequential)]
 internal unsafe struct FsEvent
 {
@@ -103,6 +103,10 @@ internal unsafe struct FsEvent
     public int CompletionTokens;
     public int Preemptions;
     public int TokenIndex;
+    public long EmittedNs;
+
+    /// <summary>sizeof(fs_event) in ABI 1.0 (without emitted_ns): fs_request_next still fills such a struct.</summary>
+    public const uint V10Size = 96;
 }
 
 /// <summary>fs_engine_stats (120 bytes).</summary>

@@ -21,6 +21,8 @@ internal sealed class EmbedEngine : IDisposable
     public TextTokenizer Tokenizer => _model.Tokenizer;
     public int VocabSize => _model.Model.Config.VocabSize;
 
+    static EmbedEngine() => HostLibrary.RegisterBackends();
+
     private EmbedEngine(EmbedModel model, IBackend backend, ModelStepExecutor executor, InferenceEngine engine)
     {
         _model = model;

@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text;
@@ -40,6 +41,7 @@ internal sealed unsafe class EmbedRequest : IRequestSink
     private readonly Queue<Queued> _queue = new();
     private readonly ArrayBufferWriter<byte> _queuedText = new(256);
     private RequestResult? _final;
+    private long _finalEmitted;
     private byte[] _finalText = [];
     private bool _finalDelivered;
     private bool _freed;
@@ -49,7 +51,7 @@ internal sealed unsafe class EmbedRequest : IRequestSink
     // The pinned bytes the last event's text, error code and message point into (valid until the next event).
     private byte[] _out = [];
 
-    private readonly record struct Queued(int Id, int Index, int TextOffset, int TextLength);
+    private readonly record struct Queued(int Id, int Index, int TextOffset, int TextLength, long Emitted);
 
     public EmbedRequest(EmbedEngine engine, SamplingParams sampling, delegate* unmanaged<FsEvent*, void*, void> callback, void* user)
     {
@@ -106,6 +108,7 @@ internal sealed unsafe class EmbedRequest : IRequestSink
     {
         try
         {
+            long emitted = Stopwatch.GetTimestamp();
             int index = _tokens++;
             _released.ResetWrittenCount();
             if (_ignoreEos || !_tokenizer.IsEos(token.Id))
@@ -124,13 +127,14 @@ internal sealed unsafe class EmbedRequest : IRequestSink
                     ev.Kind = (int)FsEventKind.Token;
                     ev.TokenId = token.Id;
                     ev.TokenIndex = index;
+                    ev.EmittedNs = Nanoseconds(emitted);
                     FillText(ref ev, _released.WrittenSpan, null, null);
                     Invoke(&ev);
                     return;
                 }
                 int offset = _queuedText.WrittenCount;
                 _queuedText.Write(_released.WrittenSpan);
-                _queue.Enqueue(new Queued(token.Id, index, offset, _released.WrittenCount));
+                _queue.Enqueue(new Queued(token.Id, index, offset, _released.WrittenCount, emitted));
             }
             _ready.Set();
         }
@@ -142,6 +146,7 @@ internal sealed unsafe class EmbedRequest : IRequestSink
 
     public void OnFinished(long tag, RequestResult result)
     {
+        long emitted = Stopwatch.GetTimestamp();
         try
         {
             _released.ResetWrittenCount();
@@ -155,11 +160,12 @@ internal sealed unsafe class EmbedRequest : IRequestSink
             lock (_gate)
             {
                 _final = result;
+                _finalEmitted = emitted;
                 if (_freed) return;
                 if (_callback != null)
                 {
                     FsEvent ev = default;
-                    FillFinal(ref ev, result, _released.WrittenSpan);
+                    FillFinal(ref ev, result, _released.WrittenSpan, emitted);
                     _finalDelivered = true;
                     Invoke(&ev);
                     return;
@@ -170,7 +176,11 @@ internal sealed unsafe class EmbedRequest : IRequestSink
         }
         catch
         {
-            lock (_gate) _final ??= result;
+            lock (_gate)
+            {
+                _finalEmitted = emitted;
+                _final ??= result;
+            }
             _ready.Set();
         }
     }
@@ -198,6 +208,7 @@ internal sealed unsafe class EmbedRequest : IRequestSink
                     ev->Kind = (int)FsEventKind.Token;
                     ev->TokenId = q.Id;
                     ev->TokenIndex = q.Index;
+                    ev->EmittedNs = Nanoseconds(q.Emitted);
                     FillText(ref *ev, _queuedText.WrittenSpan.Slice(q.TextOffset, q.TextLength), null, null);
                     // The packed text is reset whenever the queue empties, so it never outgrows one burst of tokens.
                     if (_queue.Count == 0) _queuedText.ResetWrittenCount();
@@ -211,7 +222,7 @@ internal sealed unsafe class EmbedRequest : IRequestSink
                         return FsStatus.Ended;
                     }
                     _finalDelivered = true;
-                    FillFinal(ref *ev, final, _finalText);
+                    FillFinal(ref *ev, final, _finalText, _finalEmitted);
                     return FsStatus.Ok;
                 }
                 _ready.Reset();
@@ -234,7 +245,11 @@ internal sealed unsafe class EmbedRequest : IRequestSink
         finally { CallbackScope.Engine = outer; }
     }
 
-    private void FillFinal(ref FsEvent ev, RequestResult r, ReadOnlySpan<byte> text)
+    // fs_event.emitted_ns is CLOCK_MONOTONIC in nanoseconds, which is what Stopwatch reads on Linux (frequency 1 GHz).
+    private static long Nanoseconds(long ticks) =>
+        Stopwatch.Frequency == 1_000_000_000 ? ticks : (long)(ticks * (1e9 / Stopwatch.Frequency));
+
+    private void FillFinal(ref FsEvent ev, RequestResult r, ReadOnlySpan<byte> text, long emitted)
     {
         ev = default;
         ev.Size = (uint)sizeof(FsEvent);
@@ -251,6 +266,7 @@ internal sealed unsafe class EmbedRequest : IRequestSink
         ev.TtftMs = double.IsNaN(ts.TimeToFirstToken) ? -1 : ts.TimeToFirstToken * 1000;
         ev.LatencyMs = double.IsNaN(ts.EndToEnd) ? -1 : ts.EndToEnd * 1000;
         ev.RetryAfterMs = r.RetryAfter is { } ra ? ra.TotalMilliseconds : -1;
+        ev.EmittedNs = Nanoseconds(emitted);
         FillText(ref ev, text, r.ErrorCode, r.ErrorCode is null ? null : r.Message ?? "");
     }
 

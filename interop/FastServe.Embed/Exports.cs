@@ -18,7 +18,7 @@ namespace FastServe.Embed;
 internal static unsafe class Exports
 {
     /// <summary>FS_ABI_VERSION: major in the high 16 bits (incompatible changes), minor in the low 16 (additions).</summary>
-    public const uint AbiVersion = 1u << 16 | 0;
+    public const uint AbiVersion = 1u << 16 | 1;
 
     /// <summary>Longest text accepted by fs_submit_text and fs_tokenize, in bytes.</summary>
     public const int MaxTextBytes = 64 << 20;
@@ -306,9 +306,17 @@ internal static unsafe class Exports
         try
         {
             if (ev == null) return Null("event");
-            if (ev->Size != sizeof(FsEvent)) return WrongSize("fs_event", ev->Size, sizeof(FsEvent));
+            uint size = ev->Size;
+            if (size != sizeof(FsEvent) && size != FsEvent.V10Size) return WrongSize("fs_event", size, sizeof(FsEvent));
             if (Requests.Get(request) is not { } r) return BadHandle("request");
-            var st = r.Next(timeoutMs, ev);
+            // A caller built against ABI 1.0 gets the 1.0 prefix of the event (structs only grow at the end).
+            FsEvent full;
+            var st = r.Next(timeoutMs, size == sizeof(FsEvent) ? ev : &full);
+            if (st == FsStatus.Ok && size != sizeof(FsEvent))
+            {
+                full.Size = size;
+                Buffer.MemoryCopy(&full, ev, size, size);
+            }
             return st == FsStatus.InvalidHandle ? BadHandle("request") : (int)st;
         }
         catch (Exception ex) { return LastError.From(ex); }

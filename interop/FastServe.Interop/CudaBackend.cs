@@ -98,9 +98,13 @@ public sealed unsafe class CudaBackend : BackendBase, IStepRecorder, IDeviceProb
         }
     }
 
-    /// <summary>Makes "cuda" a name <see cref="BackendFactory"/> knows. Hosts call it once at startup.</summary>
-    public static void Register() =>
+    /// <summary>Makes "cuda" a name <see cref="BackendFactory"/> knows. Hosts call it once at startup; a host that is a
+    /// shared library passes its own directory, where libfastserve_cuda.so is looked for first.</summary>
+    public static void Register(string? hostLibraryDirectory = null)
+    {
+        if (hostLibraryDirectory is not null) NativeLibraries.SetHostLibraryDirectory(hostLibraryDirectory);
         BackendFactory.Register("cuda", new BackendFactory.Registration(_ => Create(), () => CudaEnvironment.Check()));
+    }
 
     public override string Name => "cuda";
 

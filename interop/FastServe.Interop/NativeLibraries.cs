@@ -36,6 +36,16 @@ internal static class NativeLibraries
     private static readonly Lock Gate = new();
     // Both written under Gate once; a handle of 0 with a failure means the load was tried and failed.
     private static Loaded? _kernels, _driver;
+    // Set by a host that is itself a shared library (libfastserve.so), before the first load: its own directory, tried
+    // first, since the process's executable is the embedding program's and says nothing about where dist/ is.
+    private static string? _hostLibraryDirectory;
+
+    /// <summary>Makes the directory of the host shared library the first place (after the variable) the kernel library
+    /// is looked for. Call before the first load.</summary>
+    public static void SetHostLibraryDirectory(string? directory)
+    {
+        lock (Gate) _hostLibraryDirectory = directory;
+    }
 
     static NativeLibraries() => NativeLibrary.SetDllImportResolver(typeof(NativeLibraries).Assembly, Resolve);
 
@@ -80,7 +90,7 @@ internal static class NativeLibraries
 
     private static Loaded KernelsOutcome()
     {
-        lock (Gate) return _kernels ??= TryLoad(KernelCandidates(Environment.GetEnvironmentVariable(KernelPathVariable), AppContext.BaseDirectory, Environment.ProcessPath));
+        lock (Gate) return _kernels ??= TryLoad(KernelCandidates(Environment.GetEnvironmentVariable(KernelPathVariable), AppContext.BaseDirectory, Environment.ProcessPath, _hostLibraryDirectory));
     }
 
     private static Loaded DriverOutcome()
@@ -95,7 +105,8 @@ internal static class NativeLibraries
             : [("libcuda.so.1", "default search"), ("libcuda.so", "default search")];
 
     /// <summary>Candidate paths for the kernel library, in resolver order, duplicates removed.</summary>
-    internal static List<(string Path, string Origin)> KernelCandidates(string? envPath, string? baseDirectory, string? processPath)
+    internal static List<(string Path, string Origin)> KernelCandidates(string? envPath, string? baseDirectory, string? processPath,
+        string? hostLibraryDirectory = null)
     {
         var list = new List<(string, string)>();
         void Add(string path, string origin)
@@ -107,10 +118,11 @@ internal static class NativeLibraries
             Add(Path.GetFullPath(envPath), $"${KernelPathVariable}");
             return list;
         }
+        if (!string.IsNullOrEmpty(hostLibraryDirectory)) Add(Path.GetFullPath(Path.Combine(hostLibraryDirectory, KernelFileName)), "next to the host library");
         if (!string.IsNullOrEmpty(baseDirectory)) Add(Path.GetFullPath(Path.Combine(baseDirectory, KernelFileName)), "next to the executable");
         string? exeDir = string.IsNullOrEmpty(processPath) ? null : Path.GetDirectoryName(Path.GetFullPath(processPath));
         if (exeDir is not null) Add(Path.Combine(exeDir, KernelFileName), "next to the executable");
-        foreach (var start in new[] { baseDirectory, exeDir })
+        foreach (var start in new[] { hostLibraryDirectory, baseDirectory, exeDir })
         {
             if (RepositoryRoot(start) is { } root) Add(Path.Combine(root, "dist", KernelFileName), "repository dist/");
         }

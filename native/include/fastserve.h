@@ -29,7 +29,7 @@ extern "C" {
 
 /* ABI version: major in the high 16 bits (a change breaks callers), minor in the low 16 (additions only). A caller
  * checks (fs_abi_version() >> 16) == (FS_ABI_VERSION >> 16) before anything else. */
-#define FS_ABI_VERSION ((1u << 16) | 0u)
+#define FS_ABI_VERSION ((1u << 16) | 1u)
 uint32_t fs_abi_version(void);
 
 /* ---- status codes ------------------------------------------------------------------------------------------- */
@@ -121,7 +121,10 @@ typedef struct fs_engine_options {
     int32_t max_batched_tokens;   /* token budget of one step: decode rows + prefill chunk rows [512] */
     int32_t context_length;       /* tokens per sequence; 0 = the model's, capped at 8192 [0] */
     int64_t kv_memory_bytes;      /* KV cache budget in bytes, at least 1 MiB [1 GiB] */
-    const char* backend;          /* "cpu" (SIMD), "reference" (scalar); NULL = "cpu" [NULL] */
+    const char* backend;          /* "cpu" (SIMD), "reference" (scalar), "cuda" (NVIDIA GPU: needs the driver and
+                                     libfastserve_cuda.so, looked for next to this library, then as docs/cuda.md says;
+                                     where either is missing fs_engine_create returns FS_E_BACKEND and fs_last_error
+                                     says which, "cuda.no_driver: ..."); NULL = "cpu" [NULL] */
     int32_t threads;              /* compute threads of the backend; 0 = all cores [0] */
     int32_t overlap;              /* 1: prepare step N+1 while step N runs [1] */
     int32_t prefix_caching;       /* 1: share KV blocks between requests with equal prefixes [1] */
@@ -206,7 +209,8 @@ typedef enum fs_finish_reason {
  * fs_request_next they stay valid until the next fs_request_next or fs_request_free of the same request; in a
  * callback, until the callback returns. Copy what you keep. */
 typedef struct fs_event {
-    uint32_t size;                /* fs_request_next: set to sizeof(fs_event) before the call */
+    uint32_t size;                /* fs_request_next: set to sizeof(fs_event) before the call (a caller built against
+                                     ABI 1.0 passes its 96-byte struct and gets that prefix filled) */
     int32_t kind;                 /* fs_event_kind */
     int32_t token_id;             /* TOKEN: the id; FINAL: -1 */
     int32_t status;               /* FINAL: fs_request_status; TOKEN: 0 */
@@ -226,6 +230,9 @@ typedef struct fs_event {
     int32_t completion_tokens;    /* FINAL: tokens generated (= TOKEN events delivered) */
     int32_t preemptions;          /* FINAL: times the request was preempted and recomputed */
     int32_t token_index;          /* TOKEN: 0, 1, 2... ; FINAL: -1 */
+    /* ABI 1.1: when the engine handed this event to the request, before detokenizing (CLOCK_MONOTONIC, nanoseconds:
+     * compare with clock_gettime(CLOCK_MONOTONIC) where the event arrives to see what delivery adds). */
+    int64_t emitted_ns;
 } fs_event;
 
 /* Event callback. Called on the engine's scheduler thread (for a request refused at admission: on the submitting

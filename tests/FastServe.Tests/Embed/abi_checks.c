@@ -7,6 +7,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,6 +144,63 @@ static void run_storm(fs_engine engine, const fs_request_options* lo, int free_m
     CHECK(finals_ok == STORM_REQUESTS, "%d of %d requests ended with one final after the storm", finals_ok, STORM_REQUESTS);
 }
 
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Cancel during prefill: a prompt of about 200 tokens on an engine whose steps take 8 prompt tokens each (about 25
+ * prefill steps, on the scalar backend). Once two steps have run, cancel; the final must come with no token generated,
+ * within two engine steps of the cancel (the step running then and, with overlap, the one already prepared). A run
+ * whose prefill ended before the cancel landed (a descheduled checker) is tried again, up to five times. */
+static void prefill_cancel(fs_model model, const fs_engine_options* base) {
+    char prompt[4096] = "Correct:";
+    int32_t ids[512];
+    size_t n = 0;
+    while (n < 190 && strlen(prompt) + 64 < sizeof prompt) {
+        strcat(prompt, " the cat sat on a mat and");
+        STATUS(fs_tokenize(model, prompt, strlen(prompt), 1, ids, 512, &n), FS_OK);
+    }
+    fs_engine_options eo = *base;
+    eo.backend = "reference";
+    eo.max_batched_tokens = 8;
+    eo.prefix_caching = 0;
+    fs_engine engine;
+    STATUS(fs_engine_create(model, &eo, &engine), FS_OK);
+    fs_request_options ro;
+    fs_request_options_default(&ro);
+    ro.max_tokens = 16;
+    fs_engine_stats st;
+    st.size = sizeof st;
+    int landed = 0;
+    for (int attempt = 0; attempt < 5 && !landed; attempt++) {
+        fs_request req;
+        fs_engine_stats_get(engine, &st);
+        int64_t start = st.steps;
+        STATUS(fs_submit_tokens(engine, ids, n, &ro, &req), FS_OK);
+        do fs_engine_stats_get(engine, &st); while (st.steps < start + 2);
+        int64_t at_cancel = st.steps;
+        int64_t t0 = now_ns();
+        STATUS(fs_request_cancel(req), FS_OK);
+        fs_event ev;
+        ev.size = sizeof ev;
+        int tokens;
+        STATUS(drain(req, &ev, &tokens), FS_OK);
+        double ms = (now_ns() - t0) / 1e6;
+        fs_engine_stats_get(engine, &st);
+        fs_request_free(req);
+        if (tokens > 0 || at_cancel - start >= (int64_t)(n + 7) / 8) continue; /* prefill was over: try again */
+        landed = 1;
+        CHECK(ev.status == FS_REQUEST_CANCELLED, "prefill cancel: status %d", ev.status);
+        CHECK(st.steps - at_cancel <= 2, "prefill cancel took %lld steps", (long long)(st.steps - at_cancel));
+        printf("prefill cancel: %zu-token prompt, cancelled after %lld of %zu prefill steps, final %.2f ms and %lld steps later\n",
+               n, (long long)(at_cancel - start), (n + 7) / 8, ms, (long long)(st.steps - at_cancel));
+    }
+    CHECK(landed, "no cancel landed during prefill in 5 tries");
+    STATUS(fs_engine_free(engine), FS_OK);
+}
+
 int main(int argc, char** argv) {
     if (argc < 2) { fprintf(stderr, "usage: abi_checks MODEL_DIR\n"); return 2; }
     const char* dir = argv[1];
@@ -220,6 +278,12 @@ int main(int argc, char** argv) {
     bad = eo;
     bad.backend = "no-such-backend";
     STATUS(fs_engine_create(model, &bad, &engine), FS_E_BACKEND);
+    /* The cuda backend: runs where there is a GPU, else FS_E_BACKEND naming what is missing (cuda.no_driver, ...). */
+    bad = eo;
+    bad.backend = "cuda";
+    int cuda = fs_engine_create(model, &bad, &engine);
+    CHECK(cuda == FS_OK || (cuda == FS_E_BACKEND && strncmp(fs_last_error(), "cuda.", 5) == 0), "cuda: %s", fs_status_name(cuda));
+    if (cuda == FS_OK) STATUS(fs_engine_free(engine), FS_OK);
     bad = eo;
     bad.size = sizeof bad + 8;
     STATUS(fs_engine_create(model, &bad, &engine), FS_E_STRUCT_SIZE);
@@ -281,8 +345,22 @@ int main(int argc, char** argv) {
     ev.size = 0;
     STATUS(fs_request_next(req, 1000, &ev), FS_E_STRUCT_SIZE);
     ev.size = sizeof ev;
+    int64_t before = now_ns();
+    STATUS(fs_request_next(req, 30000, &ev), FS_OK);
+    CHECK(ev.kind == FS_EVENT_TOKEN && ev.emitted_ns >= before - 1000000000ll && ev.emitted_ns <= now_ns(),
+          "emitted_ns %lld is CLOCK_MONOTONIC (%lld..%lld)", (long long)ev.emitted_ns, (long long)before, (long long)now_ns());
+    /* A caller built against ABI 1.0 passes the 96-byte event without emitted_ns: it gets that prefix, and the bytes
+     * after it stay untouched. */
+    fs_event old;
+    memset(&old, 0x5a, sizeof old);
+    old.size = (uint32_t)offsetof(fs_event, emitted_ns);
+    STATUS(fs_request_next(req, 30000, &old), FS_OK);
+    CHECK(old.size == offsetof(fs_event, emitted_ns) && old.kind == FS_EVENT_TOKEN && old.token_index == 1 &&
+          old.emitted_ns == 0x5a5a5a5a5a5a5a5all, "1.0 event: size %u kind %d index %d", old.size, old.kind, old.token_index);
     STATUS(drain(req, &ev, &tokens), FS_OK);
+    tokens += 2;
     CHECK(ev.status == FS_REQUEST_FINISHED && ev.finish_reason == FS_FINISH_EOS, "status %d finish %d", ev.status, ev.finish_reason);
+    CHECK(ev.emitted_ns >= before, "the final has its emitted_ns");
     CHECK(ev.completion_tokens == tokens && tokens > 3, "tokens %d vs %d", ev.completion_tokens, tokens);
     CHECK((size_t)ev.prompt_tokens == n, "prompt tokens %d", ev.prompt_tokens);
     fs_request_free(req);
@@ -372,6 +450,8 @@ int main(int argc, char** argv) {
     so2.max_tokens = 200;
     run_storm(engine, &so2, 0);
     run_storm(engine, &so2, 1);
+
+    prefill_cancel(model, &eo);
 
     /* Stats. */
     fs_engine_stats stats;

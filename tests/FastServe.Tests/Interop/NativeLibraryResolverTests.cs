@@ -30,6 +30,26 @@ public class NativeLibraryResolverTests
     }
 
     [Test]
+    public void AHostSharedLibrarysDirectoryComesFirstAndFindsItsRepository()
+    {
+        // libfastserve.so embedded in some program: the program's directory says nothing; the library's own does.
+        string repo = TestModels.TempDir("repo-lib");
+        File.WriteAllText(Path.Combine(repo, "FastServe.sln"), "");
+        string dist = Path.Combine(repo, "dist");
+        Directory.CreateDirectory(dist);
+        string app = TestModels.TempDir("app");
+        var c = NativeLibraries.KernelCandidates(null, app, Path.Combine(app, "mail-client"), dist);
+        Assert.That(c.Select(x => x.Path), Is.EqualTo(new[]
+        {
+            Path.Combine(dist, "libfastserve_cuda.so"),
+            Path.Combine(app, "libfastserve_cuda.so"),
+            "libfastserve_cuda.so",
+        }), "the repository's dist/ is the host library's own directory, listed once");
+        Assert.That(c[0].Origin, Is.EqualTo("next to the host library"));
+        Assert.That(NativeLibraries.KernelCandidates("/opt/x.so", app, null, dist).Select(x => x.Path), Is.EqualTo(new[] { "/opt/x.so" }));
+    }
+
+    [Test]
     public void DriverIsTheVariablesPathAloneOrTheDefaultNames()
     {
         Assert.That(NativeLibraries.DriverCandidates("/compat/libcuda.so.1"), Is.EqualTo(new[] { ("/compat/libcuda.so.1", "$FASTSERVE_CUDA_DRIVER") }));

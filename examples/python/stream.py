@@ -35,7 +35,7 @@ class Event(C.Structure):
                 ("error_message", C.c_char_p), ("ttft_ms", C.c_double), ("latency_ms", C.c_double),
                 ("retry_after_ms", C.c_double), ("finish_reason", C.c_int32), ("prompt_tokens", C.c_int32),
                 ("cached_prompt_tokens", C.c_int32), ("completion_tokens", C.c_int32), ("preemptions", C.c_int32),
-                ("token_index", C.c_int32)]
+                ("token_index", C.c_int32), ("emitted_ns", C.c_int64)]  # emitted_ns: ABI 1.1
 
 
 def main():

@@ -15,7 +15,9 @@
  * - Units: milliseconds (_ms), bytes (_bytes), tokens (_tokens); counts are totals since the engine started.
  * - Threads: every function may be called from any thread, concurrently, on the same or different objects, except
  *   where noted (one consumer per request for fs_request_next). Engines share nothing but a model's read-only
- *   weights: no lock is held across engines or models, and submitting threads never wait for a decode step.
+ *   weights and tokenizer: no lock is held across engines or models (except the tokenizer's word cache, locked for a
+ *   lookup per word while fs_submit_text or fs_tokenize encodes text), and submitting threads never wait for a decode
+ *   step.
  */
 #ifndef FASTSERVE_H
 #define FASTSERVE_H

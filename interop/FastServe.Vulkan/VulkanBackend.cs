@@ -381,7 +381,7 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
         {
             _readback?.Dispose(); // every earlier use of it was waited for
             _readback = null;
-            _readback = NewBuffer(4UL * (ulong)s.MaxRows * (ulong)s.Cols, VulkanMemory.Host, "readback");
+            _readback = StepBuffer(4UL * (ulong)s.MaxRows * (ulong)s.Cols, VulkanMemory.Host, "readback");
         }
         var rb = _readback;
         Copy(s.Buffer, 0, rb, 0, bytes);
@@ -425,6 +425,9 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
         if (_fault is not null) ThrowFaulted();
         ObjectDisposedException.ThrowIf(_disposed, this);
     }
+
+    /// <summary>Tests: leaves the backend as a failing call returning <paramref name="result"/> would.</summary>
+    internal void InjectFault(Silk.NET.Vulkan.Result result) => _fault ??= VulkanException.From("injected", result);
 
     [DoesNotReturn]
     private void ThrowFaulted()
@@ -474,6 +477,13 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
         }
     }
 
+    /// <summary>A buffer an op needs mid-step: failing to get one faults the backend, as the step cannot complete.</summary>
+    private VulkanBuffer StepBuffer(ulong bytes, VulkanMemory kind, string name)
+    {
+        try { return NewBuffer(bytes, kind, name); }
+        catch (VulkanException e) { Fault(e); }
+    }
+
     /// <summary>Frees a tensor's or weight's buffer once no recorded or submitted work can use it (errors ignored:
     /// the fault behind them is what gets reported, and the memory is released either way).</summary>
     internal void Release(VulkanBuffer b)
@@ -515,7 +525,7 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
             Flush(); // recorded work may use the old scratch
             _scratch?.Dispose();
             _scratch = null;
-            _scratch = NewBuffer(bytes, VulkanMemory.Device, "scratch");
+            _scratch = StepBuffer(bytes, VulkanMemory.Device, "scratch");
         }
         return _scratch;
     }

@@ -481,7 +481,11 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
     private VulkanBuffer StepBuffer(ulong bytes, VulkanMemory kind, string name)
     {
         try { return NewBuffer(bytes, kind, name); }
-        catch (VulkanException e) { Fault(e); }
+        catch (VulkanException e)
+        {
+            Fault(e);
+            throw;
+        }
     }
 
     /// <summary>Frees a tensor's or weight's buffer once no recorded or submitted work can use it (errors ignored:

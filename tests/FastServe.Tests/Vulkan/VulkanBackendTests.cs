@@ -1,5 +1,6 @@
 using System.Text.Json;
 using FastServe.Runtime;
+using FastServe.Runtime.Backends;
 using FastServe.Runtime.Backends.Cpu;
 using FastServe.Runtime.Generation;
 using FastServe.Runtime.Model;

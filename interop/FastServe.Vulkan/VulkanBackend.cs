@@ -45,6 +45,9 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
     private int[] _hostInts = new int[256];
     private VulkanException? _fault;
     private bool _disposed;
+    // Output columns per workgroup of matmul_subgroup (two per subgroup of a 64-thread group); 0 where the device has
+    // no subgroup arithmetic in compute shaders and matmul.comp's shared-memory reduction runs instead.
+    private readonly uint _subgroupColumns;
 
     private VulkanBackend(VulkanManager m, string shaderDir)
     {
@@ -54,7 +57,13 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
         _sets = new VulkanDescriptors(m);
         _arena = new VulkanArena(m, InitialArenaBytes);
         Dummy = VulkanBuffer.Create(m, 16, VulkanMemory.Device, "dummy");
+        var f = m.Features;
+        bool subgroups = f.SubgroupArithmetic && f.SubgroupSize is >= 4 and <= 64 && Environment.GetEnvironmentVariable(NoSubgroupsVariable) != "1";
+        _subgroupColumns = subgroups ? 2 * (64 / f.SubgroupSize) : 0;
     }
+
+    /// <summary>Set to 1: MatMul takes the shared-memory path even where subgroup arithmetic exists (to check it).</summary>
+    public const string NoSubgroupsVariable = "FASTSERVE_VULKAN_NO_SUBGROUPS";
 
     /// <summary>Finds the shaders, creates the device (<see cref="VulkanManager.Create"/>) and the backend's queue
     /// objects.</summary>
@@ -235,10 +244,18 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
         MatMulOperands(x, w, dst, out VulkanTensor xs, out VulkanWeight ws, out VulkanTensor d);
         Enter();
         if (xs.Rows == 0) return;
-        uint n = (uint)ws.Rows;
-        uint gx = Math.Min(n, MaxGroups), gy = (n + gx - 1) / gx, gz = ((uint)xs.Rows + 7) / 8;
+        uint n = (uint)ws.Rows, rowTiles = ((uint)xs.Rows + 7) / 8;
+        if (_subgroupColumns > 0)
+        {
+            uint groups = (n + _subgroupColumns - 1) / _subgroupColumns;
+            uint sx = Math.Min(groups, MaxGroups), sy = (groups + sx - 1) / sx;
+            Span<uint> sp = [(uint)xs.Rows, (uint)xs.Cols, n, ws.OwnBias is null ? 0u : 1u, sx, _subgroupColumns];
+            Run("matmul_subgroup", ws.ShaderDType, [xs.Buffer, ws.Data, ws.Scale, ws.Bias, d.Buffer], sp, sx, sy, rowTiles);
+            return;
+        }
+        uint gx = Math.Min(n, MaxGroups), gy = (n + gx - 1) / gx;
         Span<uint> pc = [(uint)xs.Rows, (uint)xs.Cols, n, ws.OwnBias is null ? 0u : 1u, gx];
-        Run("matmul", ws.ShaderDType, [xs.Buffer, ws.Data, ws.Scale, ws.Bias, d.Buffer], pc, gx, gy, gz);
+        Run("matmul", ws.ShaderDType, [xs.Buffer, ws.Data, ws.Scale, ws.Bias, d.Buffer], pc, gx, gy, rowTiles);
     }
 
     public override void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
@@ -399,11 +416,12 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
         Copy(_arena.Buffer, 4UL * off, d.Buffer, 0, bytes);
     }
 
-    /// <summary>Device-to-device copy bandwidth (bytes read plus written per second) over a 256 MiB buffer.</summary>
+    /// <summary>Device-to-device copy bandwidth (bytes read plus written per second) over a 256 MiB buffer (less where
+    /// the device's largest storage buffer is smaller: 128 MiB on lavapipe).</summary>
     public double MeasureCopyBandwidth()
     {
         Enter();
-        const ulong bytes = 256UL << 20;
+        ulong bytes = Math.Min(256UL << 20, _m.Features.MaxStorageBufferRange & ~0xFFFFFUL);
         using var a = NewBuffer(bytes, VulkanMemory.Device, "bandwidth.a");
         using var b = NewBuffer(bytes, VulkanMemory.Device, "bandwidth.b");
         Copy(a, 0, b, 0, bytes);

@@ -14,7 +14,7 @@ public static class VulkanShaders
 
     /// <summary>Every shader the backend loads, one per op.</summary>
     public static readonly string[] Names =
-        ["embedding", "rmsnorm", "add", "matmul", "rope", "silu_gate", "kv_store", "attention", "gather_rows"];
+        ["embedding", "rmsnorm", "add", "matmul", "matmul_subgroup", "rope", "silu_gate", "kv_store", "attention", "gather_rows"];
 
     /// <summary>The directory the shaders are loaded from.</summary>
     /// <exception cref="VulkanException">vulkan.no_shaders.</exception>

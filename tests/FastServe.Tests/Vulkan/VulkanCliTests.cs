@@ -59,6 +59,18 @@ public sealed class VulkanCliTests
         Assert.That(root.GetProperty("cases").GetInt32(), Is.GreaterThan(150));
     }
 
+    /// <summary>MatMul's shared-memory path, which devices without subgroup arithmetic take, on this device too.</summary>
+    [Test]
+    public void MatMulWithoutSubgroupsPasses()
+    {
+        var r = Run(new() { ["FASTSERVE_VULKAN_NO_SUBGROUPS"] = "1" }, "check-backend", "--backend", "vulkan", "--op", "MatMul", "--json");
+        IgnoreWithoutDevice(r);
+        Assert.That(r.Code, Is.Zero, r.Err + r.Out);
+        using var doc = JsonDocument.Parse(r.Out);
+        Assert.That(doc.RootElement.GetProperty("cases").GetInt32(), Is.GreaterThan(50));
+        Assert.That(doc.RootElement.GetProperty("failed").GetInt32(), Is.Zero);
+    }
+
     [Test]
     public void ServeAnswersARequest()
     {

@@ -249,7 +249,10 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
         {
             uint groups = (n + _subgroupColumns - 1) / _subgroupColumns;
             uint sx = Math.Min(groups, MaxGroups), sy = (groups + sx - 1) / sx;
-            Span<uint> sp = [(uint)xs.Rows, (uint)xs.Cols, n, ws.OwnBias is null ? 0u : 1u, sx, _subgroupColumns];
+            // 16-byte loads where each weight row is a whole number of them (4 F32, 8 F16/BF16 or 16 FP8 weights).
+            int perLoad = ws.DType switch { DType.F32 => 4, DType.F8E4M3 => 16, _ => 8 };
+            uint vec = xs.Cols % perLoad == 0 ? 1u : 0u;
+            Span<uint> sp = [(uint)xs.Rows, (uint)xs.Cols, n, ws.OwnBias is null ? 0u : 1u, sx, _subgroupColumns, vec];
             Run("matmul_subgroup", ws.ShaderDType, [xs.Buffer, ws.Data, ws.Scale, ws.Bias, d.Buffer], sp, sx, sy, rowTiles);
             return;
         }

@@ -4,6 +4,7 @@
 // the 64 partial sums of each row are reduced in shared memory. The output column is
 // gl_WorkGroupID.x + gl_WorkGroupID.y · groupsX (a device may cap a dispatch's x dimension at 65535).
 #extension GL_GOOGLE_include_directive : require
+#extension GL_EXT_control_flow_attributes : require
 #include "common.glsl"
 #define THREADS 64
 #define ROWS 8
@@ -38,7 +39,11 @@ void main()
     for (uint kk = tid; kk < p.k; kk += THREADS)
     {
         float wv = weight_at(wbase + kk);
-        for (uint r = 0u; r < count; r++) acc[r] += x[(row0 + r) * p.k + kk] * wv;
+        // Constant bounds keep acc[] in registers (a dynamically indexed array spills to memory).
+        [[unroll]] for (int r = 0; r < ROWS; r++)
+        {
+            if (uint(r) < count) acc[r] += x[(row0 + uint(r)) * p.k + kk] * wv;
+        }
     }
     for (int r = 0; r < ROWS; r++) red[r][tid] = acc[r];
     barrier();

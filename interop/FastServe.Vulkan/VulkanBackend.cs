@@ -25,13 +25,13 @@ namespace FastServe.Vulkan;
 /// limits throw <c>vulkan.unsupported_shape</c> without faulting.</para>
 /// An instance is used by one thread at a time.
 /// </remarks>
-public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
+public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe, IStepRecorder
 {
     /// <summary>Largest head dimension the attention shader holds (its MAX_DIM).</summary>
     public const int MaxHeadDim = 256;
     private const uint MaxGroups = 65535; // the smallest maxComputeWorkGroupCount Vulkan allows, per dimension
     private const uint Threads = 256;     // local size of the element-wise shaders
-    private const ulong InitialArenaBytes = 1 << 20;
+    private const ulong InitialArenaBytes = 4 << 20;
     private const ulong StagingBytes = 16 << 20;
 
     private readonly VulkanManager _m;
@@ -45,6 +45,19 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
     private int[] _hostInts = new int[256];
     private VulkanException? _fault;
     private bool _disposed;
+
+    // Recorded steps (IStepRecorder). _step says how the current step's ops are issued: Eager (no step, or a key's
+    // first step), Recording into _recording's command buffer, Replaying _replay (ops only checked against its
+    // commands), or Refused (ops do nothing). _generation counts reallocations of the arena, scratch and readback
+    // buffers, which recordings reference: a recording of an older generation is refused instead of replayed.
+    private enum StepMode { Eager, Recording, Replaying, Refused }
+    private readonly StepRecordings<VulkanStepRecording> _recordings = new();
+    private StepMode _step;
+    private StepRecordings<VulkanStepRecording>.Plan _plan;
+    private VulkanStepRecording? _recording, _replay;
+    private int _replayIndex, _generation, _minAttentionBlocks = 1;
+    private bool _stepRead, _inStep;
+    private VulkanSequence _cur;
     // Output columns per workgroup of matmul_subgroup (two per subgroup of a 64-thread group); 0 where the device has
     // no subgroup arithmetic in compute shaders and matmul.comp's shared-memory reduction runs instead.
     private readonly uint _subgroupColumns;
@@ -54,6 +67,7 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
         _m = m;
         _shaderDir = shaderDir;
         _seq = new VulkanSequence(m);
+        _cur = _seq;
         _sets = new VulkanDescriptors(m);
         _arena = new VulkanArena(m, InitialArenaBytes);
         Dummy = VulkanBuffer.Create(m, 16, VulkanMemory.Device, "dummy");
@@ -100,13 +114,148 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
     /// <summary>A buffer every optional binding points at (absent scales, bias, addend).</summary>
     internal VulkanBuffer Dummy { get; }
 
+    // ---- recorded steps -----------------------------------------------------------------------------------------
+
+    /// <summary>Fixes attention's block-table stride at <paramref name="maxBlocksPerSequence"/> (a recording bakes the
+    /// stride into its push constants) and drops earlier recordings.</summary>
+    public void StartStepRecording(int maxBlocksPerSequence)
+    {
+        EnterSetup("StartStepRecording");
+        _minAttentionBlocks = Math.Max(1, maxBlocksPerSequence);
+        _recordings.Clear();
+    }
+
+    public void StopStepRecording()
+    {
+        if (_inStep) throw new InvalidOperationException("StopStepRecording: a step is in progress");
+        _recordings.Clear();
+    }
+
+    /// <summary>Begins a step of <paramref name="key"/>: a key's first step runs op by op, its second is recorded into
+    /// a command buffer of its own, later ones replay it with this step's host inputs (the ops are checked against
+    /// the recorded commands; any difference, or a buffer that would have to grow, refuses the step).</summary>
+    public bool BeginStep(int key)
+    {
+        EnterSetup("BeginStep");
+        Flush(); // the arena restarts at 0, so a step's host inputs land where its recording reads them
+        _arena.Reset();
+        if (!_recordings.Begin(key, out _plan, out var replay)) return false;
+        _inStep = true;
+        _stepRead = false;
+        _replayIndex = 0;
+        switch (_plan)
+        {
+            case StepRecordings<VulkanStepRecording>.Plan.Record:
+                try { _recording = new VulkanStepRecording(_m) { Generation = _generation }; }
+                catch (VulkanException e)
+                {
+                    _inStep = false;
+                    _recordings.End(_plan, refused: true, null);
+                    Fault(e);
+                }
+                _cur = _recording.Sequence;
+                _step = StepMode.Recording;
+                break;
+            case StepRecordings<VulkanStepRecording>.Plan.Replay:
+                _replay = replay;
+                _step = replay!.Generation == _generation ? StepMode.Replaying : StepMode.Refused;
+                break;
+            default:
+                _step = StepMode.Eager;
+                break;
+        }
+        return true;
+    }
+
+    /// <summary>Ends the step: <see cref="StepOutcome.Refused"/> when nothing ran (the caller issues the ops again),
+    /// including a step whose ops threw before its readback.</summary>
+    public StepOutcome EndStep()
+    {
+        if (!_inStep) throw new InvalidOperationException("EndStep without BeginStep");
+        bool refused = _step == StepMode.Refused || !_stepRead;
+        var recorded = _plan == StepRecordings<VulkanStepRecording>.Plan.Record ? _recording : null;
+        if (refused && _step == StepMode.Recording) _cur = _seq; // the abandoned recording is disposed by End
+        _inStep = false;
+        _step = StepMode.Eager;
+        _cur = _seq;
+        _recording = _replay = null;
+        _arena.Reset();
+        return _recordings.End(_plan, refused, recorded);
+    }
+
+    /// <summary>The current recorded step cannot run: nothing of it is submitted.</summary>
+    private void Refuse()
+    {
+        if (_step is StepMode.Recording or StepMode.Replaying) _step = StepMode.Refused;
+    }
+
+    /// <summary>Inside a recorded step: appends the command to the recording, or checks it against the replayed one
+    /// (a difference refuses the step). False when the command must not be issued (replaying, or refused).</summary>
+    private bool Note(in VulkanCommand c)
+    {
+        switch (_step)
+        {
+            case StepMode.Recording:
+                _recording!.Commands.Add(c);
+                return true;
+            case StepMode.Replaying:
+                var list = _replay!.Commands;
+                if (_replayIndex < list.Count && VulkanCommand.Same(list[_replayIndex], c)) _replayIndex++;
+                else Refuse();
+                return false;
+            default:
+                return false;
+        }
+    }
+
+    // The readback that ends a recorded step: the recording is submitted (and kept) or replayed, then the tensor read.
+    private void StepReadback(VulkanTensor s, Span<float> dst, int n)
+    {
+        ulong bytes = 4UL * (ulong)n;
+        if (s.Buffer.Mapped == null && n > 0)
+        {
+            if (_readback is null || _readback.Size < bytes) Refuse(); // no buffer may grow inside a step
+            else Copy(s.Buffer, 0, _readback, 0, bytes);
+        }
+        // What is read back is part of the step too.
+        if (_step != StepMode.Refused) Note(new VulkanCommand { Kind = 3, A = s.Buffer.Id, E = bytes });
+        if (_step == StepMode.Replaying && _replayIndex != _replay!.Commands.Count) Refuse();
+        try
+        {
+            switch (_step)
+            {
+                case StepMode.Recording:
+                    _recording!.Sequence.SubmitAndWait();
+                    break;
+                case StepMode.Replaying:
+                    _replay!.Sequence.Replay();
+                    break;
+                default:
+                    return; // refused: nothing ran, dst is left as it was
+            }
+        }
+        catch (VulkanException e) { Fault(e); }
+        Submissions++;
+        _stepRead = true;
+        if (n == 0) return;
+        byte* from = s.Buffer.Mapped != null ? s.Buffer.Mapped : _readback!.Mapped;
+        new ReadOnlySpan<float>(from, n).CopyTo(dst);
+    }
+
+    /// <summary>Ops that allocate or upload are not part of a step.</summary>
+    private void EnterSetup(string what)
+    {
+        Enter();
+        if (_inStep) throw new InvalidOperationException($"{what}: not allowed inside a recorded step");
+    }
+
     // ---- weights and buffers ------------------------------------------------------------------------------------
 
     public override BackendWeight LoadMatrix(MatrixWeight weight)
     {
         ArgumentNullException.ThrowIfNull(weight);
         if (weight.Data == null) throw new ArgumentException($"{weight.Name}: null data pointer");
-        Enter();
+        EnterSetup("LoadMatrix");
         VulkanBuffer? data = null, scale = null, bias = null;
         try
         {
@@ -139,7 +288,7 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
     public override BackendWeight LoadVector(string name, ReadOnlySpan<float> values)
     {
         if (values.IsEmpty) throw new ArgumentException($"{name}: empty vector");
-        Enter();
+        EnterSetup("LoadVector");
         var data = NewBuffer(4UL * (ulong)values.Length, VulkanMemory.Device, name);
         try
         {
@@ -156,7 +305,7 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
     public override BackendTensor Alloc(string name, int maxRows, int cols)
     {
         OpChecks.Alloc(name, maxRows, cols);
-        Enter();
+        EnterSetup("Alloc");
         var b = NewBuffer(4UL * (ulong)maxRows * (ulong)cols, VulkanMemory.Device, name);
         return new VulkanTensor(this, b, name, maxRows, cols) { Owner = this };
     }
@@ -168,7 +317,7 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
         OpChecks.AllocKvCache(spec);
         if (spec.HeadDim > MaxHeadDim)
             throw new FastServeException("vulkan.unsupported_shape", $"head dimension {spec.HeadDim} exceeds the vulkan attention shader's {MaxHeadDim}", "kv_cache");
-        Enter();
+        EnterSetup("AllocKvCache");
         ulong bytes = (ulong)spec.NumBlocks * (ulong)spec.BlockSize * (ulong)spec.KvHeads * (ulong)spec.HeadDim * (spec.DType == KvDType.F32 ? 4UL : 2UL);
         var k = new VulkanBuffer[spec.Layers];
         var v = new VulkanBuffer[spec.Layers];
@@ -334,7 +483,7 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
         int heads = qs.Cols / spec.HeadDim;
         // seqOfRow [rows] | positions [rows] | block tables [seqs, maxBlocks]; only the blocks a sequence reaches are
         // filled (OpChecks validated exactly those).
-        int maxBlocks = 1;
+        int maxBlocks = _minAttentionBlocks;
         for (int s = 0; s < seqs; s++)
         {
             if (batch.RowCount(s) > 0) maxBlocks = Math.Max(maxBlocks, (batch.StartPos(s) + batch.RowCount(s) - 1) / bs + 1);
@@ -390,6 +539,12 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
         var s = CopyToHostOperand<VulkanTensor>(src, dst);
         Enter();
         int n = s.Rows * s.Cols;
+        if (_step != StepMode.Eager)
+        {
+            StepReadback(s, dst, n);
+            return;
+        }
+        _stepRead = true; // a key's first step runs eagerly and ends here
         if (n == 0 || s.Buffer.Mapped != null)
         {
             Flush();
@@ -402,6 +557,7 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
             _readback?.Dispose(); // every earlier use of it was waited for
             _readback = null;
             _readback = StepBuffer(4UL * (ulong)s.MaxRows * (ulong)s.Cols, VulkanMemory.Host, "readback");
+            _generation++;
         }
         var rb = _readback;
         Copy(s.Buffer, 0, rb, 0, bytes);
@@ -467,7 +623,8 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
 
     private void Copy(VulkanBuffer src, ulong srcOffset, VulkanBuffer dst, ulong dstOffset, ulong bytes)
     {
-        try { _seq.Copy(src, srcOffset, dst, dstOffset, bytes); }
+        if (_step != StepMode.Eager && !Note(VulkanCommand.Copy(src, srcOffset, dst, dstOffset, bytes))) return;
+        try { _cur.Copy(src, srcOffset, dst, dstOffset, bytes); }
         catch (VulkanException e) { Fault(e); }
     }
 
@@ -480,6 +637,12 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
     /// <summary>Submits what was recorded, waits, and recycles the arena.</summary>
     private void Flush()
     {
+        // A recorded or replayed step is submitted whole at its readback: needing to submit earlier refuses it.
+        if (_step != StepMode.Eager)
+        {
+            Refuse();
+            return;
+        }
         if (!_seq.Recording) return;
         try { _seq.SubmitAndWait(); }
         catch (VulkanException e) { Fault(e); }
@@ -547,10 +710,16 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
     {
         if (_scratch is null || _scratch.Size < bytes)
         {
+            if (_step != StepMode.Eager)
+            {
+                Refuse();
+                return Dummy;
+            }
             Flush(); // recorded work may use the old scratch
             _scratch?.Dispose();
             _scratch = null;
             _scratch = StepBuffer(bytes, VulkanMemory.Device, "scratch");
+            _generation++;
         }
         return _scratch;
     }
@@ -566,6 +735,11 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
     private uint Stage<T>(ReadOnlySpan<T> data) where T : unmanaged
     {
         if (_arena.TryPut(data, out uint off)) return off;
+        if (_step != StepMode.Eager)
+        {
+            Refuse(); // the arena cannot be recycled or grown inside a recorded step
+            return 0;
+        }
         MakeRoom((ulong)data.Length * 4);
         _arena.TryPut(data, out off);
         return off;
@@ -574,6 +748,11 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
     private Span<uint> Reserve(int words, out uint off)
     {
         if (_arena.TryReserve(words, out off, out var space)) return space;
+        if (_step != StepMode.Eager)
+        {
+            Refuse();
+            return MemoryMarshal.Cast<int, uint>(HostInts(words).AsSpan(0, words)); // written, never read
+        }
         MakeRoom((ulong)words * 4);
         _arena.TryReserve(words, out off, out space);
         return space;
@@ -586,6 +765,7 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
         {
             try { _arena.Grow(bytes); }
             catch (VulkanException e) { Fault(e); }
+            _generation++;
         }
     }
 
@@ -606,12 +786,13 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
     /// the push constants.</summary>
     private void Run(string shader, int variant, ReadOnlySpan<VulkanBuffer> buffers, ReadOnlySpan<uint> push, uint x, uint y = 1, uint z = 1)
     {
+        if (_step == StepMode.Refused) return;
         var alg = Algorithm(shader, variant, buffers.Length, (uint)push.Length * 4);
-        try
-        {
-            var set = _sets.Get(alg, buffers);
-            _seq.Dispatch(alg, set, MemoryMarshal.AsBytes(push), x, y, z);
-        }
+        Silk.NET.Vulkan.DescriptorSet set = default;
+        try { set = _sets.Get(alg, buffers); }
+        catch (VulkanException e) { Fault(e); }
+        if (_step != StepMode.Eager && !Note(VulkanCommand.Dispatch(alg, set.Handle, push, x, y, z))) return;
+        try { _cur.Dispatch(alg, set, MemoryMarshal.AsBytes(push), x, y, z); }
         catch (VulkanException e) { Fault(e); }
     }
 
@@ -631,6 +812,7 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe
         try { if (_fault is null) Flush(); }
         catch (VulkanException) { }
         _disposed = true;
+        _recordings.Clear();
         foreach (var a in _algorithms.Values) a.Dispose();
         _sets.Dispose();
         _seq.Dispose();

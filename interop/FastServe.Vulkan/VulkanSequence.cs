@@ -7,7 +7,8 @@ namespace FastServe.Vulkan;
 /// <see cref="Copy"/>, <see cref="Fill"/>), each followed by a memory barrier so the next one sees its writes;
 /// <see cref="SubmitAndWait"/> ends the recording, submits it to the compute queue and waits for the fence. A
 /// failing submit or wait (device lost, memory exhausted) throws <see cref="VulkanException"/>; the owner treats it as
-/// fatal.
+/// fatal. A reusable sequence (a recorded step, <see cref="VulkanStepRecording"/>) keeps its command buffer after the
+/// first submission, and <see cref="Replay"/> submits it again.
 /// </summary>
 public sealed unsafe class VulkanSequence : IDisposable
 {
@@ -15,11 +16,13 @@ public sealed unsafe class VulkanSequence : IDisposable
     private readonly CommandPool _pool;
     private readonly CommandBuffer _cmd;
     private readonly Fence _fence;
+    private readonly bool _reusable;
     private bool _disposed;
 
-    public VulkanSequence(VulkanManager m)
+    public VulkanSequence(VulkanManager m, bool reusable = false)
     {
         _m = m;
+        _reusable = reusable;
         var vk = m.Vk;
         var cpci = new CommandPoolCreateInfo
         {
@@ -55,7 +58,7 @@ public sealed unsafe class VulkanSequence : IDisposable
     private void Begin()
     {
         if (Recording) return;
-        var bi = new CommandBufferBeginInfo { SType = StructureType.CommandBufferBeginInfo, Flags = CommandBufferUsageFlags.OneTimeSubmitBit };
+        var bi = new CommandBufferBeginInfo { SType = StructureType.CommandBufferBeginInfo, Flags = _reusable ? 0 : CommandBufferUsageFlags.OneTimeSubmitBit };
         VulkanException.Check(_m.Vk.BeginCommandBuffer(_cmd, &bi), "vkBeginCommandBuffer");
         Recording = true;
         RecordedOps = 0;
@@ -122,6 +125,23 @@ public sealed unsafe class VulkanSequence : IDisposable
         };
         vk.CmdPipelineBarrier(_cmd, PipelineStageFlags.ComputeShaderBit | PipelineStageFlags.TransferBit, PipelineStageFlags.HostBit, 0, 1, &b, 0, null, 0, null);
         VulkanException.Check(vk.EndCommandBuffer(_cmd), "vkEndCommandBuffer");
+        Ended = _reusable;
+        Submit();
+    }
+
+    /// <summary>A reusable sequence's commands were submitted once and can be again (<see cref="Replay"/>).</summary>
+    public bool Ended { get; private set; }
+
+    /// <summary>Submits a reusable sequence's recorded commands again and waits.</summary>
+    public void Replay()
+    {
+        if (!Ended) throw new InvalidOperationException("nothing recorded to replay");
+        Submit();
+    }
+
+    private void Submit()
+    {
+        var vk = _m.Vk;
         var cmd = _cmd;
         var si = new SubmitInfo { SType = StructureType.SubmitInfo, CommandBufferCount = 1, PCommandBuffers = &cmd };
         VulkanException.Check(vk.QueueSubmit(_m.Queue, 1, &si, _fence), "vkQueueSubmit");

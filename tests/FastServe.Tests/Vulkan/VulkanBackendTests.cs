@@ -75,6 +75,71 @@ public sealed class VulkanBackendTests
         Assert.That(vulkan.Submissions - before, Is.EqualTo(r.TokenIds.Length));
     }
 
+    /// <summary>IStepRecorder: a key's first decode step runs op by op, the second is recorded, later ones replay the
+    /// recorded command buffer with their own inputs; the logits equal an eager backend's exactly, and a step of
+    /// another shape under the same key is refused without running (then runs op by op, and the key is recorded
+    /// anew).</summary>
+    [Test]
+    public void RecordedDecodeStepsReplayWithTheLogitsOfEagerOnes()
+    {
+        using var rec = CreateOrIgnore();
+        using var eager = CreateOrIgnore();
+        string dir = Path.Combine(TestModels.RepoRoot, "models", "gec-tiny");
+        using var model = LoadedModel.Load(dir);
+        var c = model.Config;
+        const int blocks = 8;
+        var spec = new KvCacheSpec(c.NumLayers, c.NumKvHeads, c.HeadDim, 16, blocks, KvDType.BF16);
+        using var rr = new ModelRunner(c, model.Weights, rec, spec, 32, 2);
+        using var re = new ModelRunner(c, model.Weights, eager, spec, 32, 2);
+        rec.StartStepRecording(blocks);
+        int[] table = Enumerable.Range(0, blocks).ToArray();
+        int[] prompt = Prompts(dir, 1)[0];
+        var layout = new BatchLayout();
+        layout.AddSequence(0, prompt.Length, table);
+        var a = new float[2 * c.VocabSize];
+        var e = new float[2 * c.VocabSize];
+        rr.Forward(prompt, layout, [prompt.Length - 1], a);
+        re.Forward(prompt, layout, [prompt.Length - 1], e);
+        int pos = prompt.Length, token = ArgMax(e.AsSpan(0, c.VocabSize));
+        var outcomes = new List<StepOutcome>();
+        for (int step = 0; step < 8; step++)
+        {
+            // Step 5 is two tokens under key 1: not the recorded shape.
+            int count = step == 5 ? 2 : 1;
+            int[] tokens = count == 1 ? [token] : [token, token];
+            int[] rows = count == 1 ? [0] : [0, 1];
+            layout.Clear();
+            layout.AddSequence(pos, count, table);
+            Array.Fill(a, float.NaN);
+            Assert.That(rec.BeginStep(1), Is.True);
+            StepOutcome o;
+            try { rr.Forward(tokens, layout, rows, a); }
+            finally { o = rec.EndStep(); }
+            outcomes.Add(o);
+            if (o == StepOutcome.Refused)
+            {
+                Assert.That(a, Has.All.NaN, "a refused step runs nothing");
+                rr.Forward(tokens, layout, rows, a);
+            }
+            re.Forward(tokens, layout, rows, e);
+            Assert.That(a.AsSpan(0, count * c.VocabSize).ToArray(), Is.EqualTo(e.AsSpan(0, count * c.VocabSize).ToArray()), $"step {step} ({o})");
+            token = ArgMax(e.AsSpan((count - 1) * c.VocabSize, c.VocabSize));
+            pos += count;
+        }
+        Assert.That(outcomes, Is.EqualTo(new[]
+        {
+            StepOutcome.Ran, StepOutcome.Recorded, StepOutcome.Replayed, StepOutcome.Replayed, StepOutcome.Replayed,
+            StepOutcome.Refused, StepOutcome.Recorded, StepOutcome.Replayed, // the refused recording is dropped, then made again
+        }));
+    }
+
+    private static int ArgMax(ReadOnlySpan<float> v)
+    {
+        int best = 0;
+        for (int i = 1; i < v.Length; i++) if (v[i] > v[best]) best = i;
+        return best;
+    }
+
     [TestCase(Result.ErrorDeviceLost, "vulkan.device_lost")]
     [TestCase(Result.ErrorOutOfDeviceMemory, "vulkan.out_of_memory")]
     public void AFaultSurfacesAsItsCodeOnEveryLaterOp(Result result, string code)

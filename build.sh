@@ -15,8 +15,9 @@ log() { printf '\033[1m[build]\033[0m %s\n' "$*" >&2; }
 
 # NativeAOT links with clang and needs zlib's headers; CMake drives the native part. test.sh's CUDA 12.4 check
 # (native/cuda12-check.sh, under CI or with FASTSERVE_CUDA12_CHECK=1) fetches with curl, verifies with gpgv and
-# Debian's keyring, and its nvcc takes g++ as host compiler.
-pkgs=(clang zlib1g-dev cmake)
+# Debian's keyring, and its nvcc takes g++ as host compiler. The vulkan backend: the loader, Mesa's drivers (lavapipe,
+# the software device its checks run on) and glslc, which compiles its shaders.
+pkgs=(clang zlib1g-dev cmake libvulkan1 mesa-vulkan-drivers glslc)
 if [ "${FASTSERVE_CUDA12_CHECK:-}" = 1 ] || { [ "${CI:-}" = true ] && [ "${FASTSERVE_CUDA12_CHECK:-}" != 0 ]; }; then
   pkgs+=(curl xz-utils gpgv debian-archive-keyring g++)
 fi
@@ -121,12 +122,16 @@ install_file "build/publish/lib-$lib_level/libfastserve.so" dist/libfastserve.so
 echo "$fingerprint" >dist/fastserve.sources-sha256
 log "dist/fastserve $(stat -c %s dist/fastserve) B$(for l in v4 v3; do [ -f "dist/fastserve-$l" ] && printf ', dist/fastserve-%s %s B' "$l" "$(stat -c %s "dist/fastserve-$l")"; done)"
 
-# Native kernels (CUDA): CMake reports and skips cleanly when no CUDA compiler is present. Any compile error fails
-# the build. With FASTSERVE_CUDA=1 (or under CI) a missing library after the build is an error too.
+# Native kernels (CUDA) and the Vulkan shaders (dist/vulkan/*.spv): CMake reports and skips each cleanly when its
+# compiler (nvcc, glslc) is absent. Any compile error fails the build. With FASTSERVE_CUDA=1 (or under CI) a missing
+# library after the build is an error too, and under CI so are missing shaders (the vulkan tests run on lavapipe).
 if command -v cmake >/dev/null 2>&1; then
   cmake -S . -B build/native -DCMAKE_BUILD_TYPE=Release >build/native.log 2>&1 || { cat build/native.log >&2; log "native configure failed"; exit 1; }
   cmake --build build/native -j"$(nproc)" >>build/native.log 2>&1 || { cat build/native.log >&2; log "native build failed"; exit 1; }
   grep -E '^-- FastServe' build/native.log >&2 || true
+  spv=$(find dist/vulkan -name '*.spv' 2>/dev/null | wc -l)
+  if [ "$spv" -gt 0 ]; then log "vulkan shaders: $spv in dist/vulkan"; else log "vulkan shaders: none built (no glslc; --backend vulkan will report vulkan.no_shaders)"; fi
+  if [ "$spv" -eq 0 ] && [ "${CI:-}" = true ]; then log "CI needs the vulkan shaders: install glslc"; exit 1; fi
   if [ -f dist/libfastserve_cuda.so ] && [ -x build/native/native/fastserve_cuda_smoke ]; then
     build/native/native/fastserve_cuda_smoke dist/libfastserve_cuda.so >build/native-smoke.log 2>&1 \
       || { cat build/native-smoke.log >&2; log "native smoke test failed"; exit 1; }

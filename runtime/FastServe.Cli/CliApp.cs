@@ -2,6 +2,7 @@ using System.CommandLine;
 using FastServe.Cli.Commands;
 using FastServe.Interop;
 using FastServe.Runtime;
+using FastServe.Vulkan;
 
 namespace FastServe.Cli;
 
@@ -14,6 +15,7 @@ internal static class CliApp
         // Backends that live above the runtime. Every fastserve process passes through here (serve's engine and
         // workers are this executable too), so --backend cuda means the same in each of them.
         CudaBackend.Register();
+        VulkanBackend.Register();
         var root = new RootCommand("FastServe: serve Llama-family models with FP8 weights at high request rates.")
         {
             GenerateCommand.Create(),

@@ -18,7 +18,7 @@ internal static class CheckBackendCommand
 {
     public static Command Create()
     {
-        var backendOpt = new Option<string>("--backend") { Description = "Backend to check: cpu, reference or cuda", DefaultValueFactory = _ => "cpu" };
+        var backendOpt = new Option<string>("--backend") { Description = "Backend to check: cpu, reference, cuda or vulkan", DefaultValueFactory = _ => "cpu" };
         var seedOpt = new Option<int>("--seed") { Description = "Seed of the random inputs", DefaultValueFactory = _ => 1 };
         var opOpt = new Option<string?>("--op") { Description = "Only ops whose name contains this text (e.g. MatMul)" };
         var threadsOpt = new Option<int>("--threads", "-t") { Description = "Compute threads of the cpu backend (0 = all cores)" };

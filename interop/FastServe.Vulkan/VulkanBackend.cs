@@ -1,0 +1,821 @@
+using System.Diagnostics;
+using System.Diagnostics.CodeAnalysis;
+using System.Runtime.InteropServices;
+using FastServe.Runtime;
+using FastServe.Runtime.Backends;
+
+namespace FastServe.Vulkan;
+
+/// <summary>
+/// The <c>vulkan</c> backend: every <see cref="IBackend"/> op is a GLSL compute shader (native/vulkan/shaders, one per
+/// op) dispatched through Silk.NET.Vulkan on one compute queue, Kompute-style (<see cref="VulkanManager"/>,
+/// <see cref="VulkanBuffer"/>, <see cref="VulkanAlgorithm"/>, <see cref="VulkanSequence"/>). Numerics are the CPU
+/// backend's: F32 activations and accumulation, weights kept as stored (F32, F16, BF16, FP8 E4M3 with per-row or
+/// per-tensor F32 scales) and decoded in the shader, a paged KV cache of F32 or BF16, never quantized.
+/// </summary>
+/// <remarks>
+/// <para>Ops are recorded into one command buffer as they are issued and submitted when the host needs a result
+/// (<see cref="CopyToHost"/>, and so <see cref="IBackend.Sample"/>), so a decode step is one submission. Pipelines are
+/// made once per (shader, variant); descriptor sets are cached per (pipeline, buffers) (<see cref="VulkanDescriptors"/>);
+/// host arrays go through the per-submission <see cref="VulkanArena"/>, so a step allocates nothing on the device once
+/// the first has run.</para>
+/// <para>Errors: shapes are checked by <see cref="OpChecks"/> (ArgumentException). A failing Vulkan call throws
+/// <see cref="VulkanException"/> (<c>vulkan.device_lost</c>, <c>vulkan.out_of_memory</c>, <c>vulkan.error</c>) and
+/// faults the backend: every later op throws it again, since the submitted work is lost. Shapes beyond the shaders'
+/// limits throw <c>vulkan.unsupported_shape</c> without faulting.</para>
+/// An instance is used by one thread at a time.
+/// </remarks>
+public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe, IStepRecorder
+{
+    /// <summary>Largest head dimension the attention shader holds (its MAX_DIM).</summary>
+    public const int MaxHeadDim = 256;
+    private const uint MaxGroups = 65535; // the smallest maxComputeWorkGroupCount Vulkan allows, per dimension
+    private const uint Threads = 256;     // local size of the element-wise shaders
+    private const ulong InitialArenaBytes = 4 << 20;
+    private const ulong StagingBytes = 16 << 20;
+
+    private readonly VulkanManager _m;
+    private readonly VulkanSequence _seq;
+    private readonly VulkanDescriptors _sets;
+    private readonly VulkanArena _arena;
+    private readonly string _shaderDir;
+    private readonly Dictionary<(string, int), VulkanAlgorithm> _algorithms = new();
+    private readonly Dictionary<string, byte[]> _spirv = new(StringComparer.Ordinal);
+    private VulkanBuffer? _staging, _readback, _scratch;
+    private int[] _hostInts = new int[256];
+    private VulkanException? _fault;
+    private bool _disposed;
+
+    // Recorded steps (IStepRecorder). _step says how the current step's ops are issued: Eager (no step, or a key's
+    // first step), Recording into _recording's command buffer, Replaying _replay (ops only checked against its
+    // commands), or Refused (ops do nothing). _generation counts reallocations of the arena, scratch and readback
+    // buffers, which recordings reference: a recording of an older generation is refused instead of replayed.
+    private enum StepMode { Eager, Recording, Replaying, Refused }
+    private readonly StepRecordings<VulkanStepRecording> _recordings = new();
+    private StepMode _step;
+    private StepRecordings<VulkanStepRecording>.Plan _plan;
+    private VulkanStepRecording? _recording, _replay;
+    private int _replayIndex, _generation, _minAttentionBlocks = 1;
+    private bool _stepRead, _inStep;
+    private VulkanSequence _cur;
+    // Output columns per workgroup of matmul_subgroup (two per subgroup of a 64-thread group); 0 where the device has
+    // no subgroup arithmetic in compute shaders and matmul.comp's shared-memory reduction runs instead.
+    private readonly uint _subgroupColumns;
+
+    private VulkanBackend(VulkanManager m, string shaderDir)
+    {
+        _m = m;
+        _shaderDir = shaderDir;
+        _seq = new VulkanSequence(m);
+        _cur = _seq;
+        _sets = new VulkanDescriptors(m);
+        _arena = new VulkanArena(m, InitialArenaBytes);
+        Dummy = VulkanBuffer.Create(m, 16, VulkanMemory.Device, "dummy");
+        var f = m.Features;
+        bool subgroups = f.SubgroupArithmetic && f.SubgroupSize is >= 4 and <= 64 && Environment.GetEnvironmentVariable(NoSubgroupsVariable) != "1";
+        _subgroupColumns = subgroups ? 2 * (64 / f.SubgroupSize) : 0;
+    }
+
+    /// <summary>Set to 1: MatMul takes the shared-memory path even where subgroup arithmetic exists (to check it).</summary>
+    public const string NoSubgroupsVariable = "FASTSERVE_VULKAN_NO_SUBGROUPS";
+
+    /// <summary>Finds the shaders, creates the device (<see cref="VulkanManager.Create"/>) and the backend's queue
+    /// objects.</summary>
+    /// <exception cref="VulkanException">vulkan.no_loader, vulkan.no_device, vulkan.unsupported_device,
+    /// vulkan.no_shaders, vulkan.out_of_memory, vulkan.error.</exception>
+    public static VulkanBackend Create()
+    {
+        string dir = VulkanShaders.Directory();
+        var m = VulkanManager.Create();
+        try { return new VulkanBackend(m, dir); }
+        catch
+        {
+            m.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Makes "vulkan" a name <see cref="BackendFactory"/> knows, with <see cref="VulkanEnvironment.Check"/> as
+    /// its cheap check. Hosts call it once at startup.</summary>
+    public static void Register() =>
+        BackendFactory.Register("vulkan", new BackendFactory.Registration(_ => Create(), () => VulkanEnvironment.Check()));
+
+    public override string Name => "vulkan";
+
+    /// <summary>The device and what it offers.</summary>
+    public VulkanFeatures Features => _m.Features;
+
+    /// <summary>Descriptor sets made so far: constant once every (op, tensors) pairing of a step has run.</summary>
+    public int DescriptorSets => _sets.Count;
+
+    /// <summary>Submissions (waits) so far: one per decode step once weights are loaded.</summary>
+    public long Submissions { get; private set; }
+
+    /// <summary>A buffer every optional binding points at (absent scales, bias, addend).</summary>
+    internal VulkanBuffer Dummy { get; }
+
+    // ---- recorded steps -----------------------------------------------------------------------------------------
+
+    /// <summary>Fixes attention's block-table stride at <paramref name="maxBlocksPerSequence"/> (a recording bakes the
+    /// stride into its push constants) and drops earlier recordings.</summary>
+    public void StartStepRecording(int maxBlocksPerSequence)
+    {
+        EnterSetup("StartStepRecording");
+        _minAttentionBlocks = Math.Max(1, maxBlocksPerSequence);
+        _recordings.Clear();
+    }
+
+    public void StopStepRecording()
+    {
+        if (_inStep) throw new InvalidOperationException("StopStepRecording: a step is in progress");
+        _recordings.Clear();
+    }
+
+    /// <summary>Begins a step of <paramref name="key"/>: a key's first step runs op by op, its second is recorded into
+    /// a command buffer of its own, later ones replay it with this step's host inputs (the ops are checked against
+    /// the recorded commands; any difference, or a buffer that would have to grow, refuses the step).</summary>
+    public bool BeginStep(int key)
+    {
+        EnterSetup("BeginStep");
+        Flush(); // the arena restarts at 0, so a step's host inputs land where its recording reads them
+        _arena.Reset();
+        if (!_recordings.Begin(key, out _plan, out var replay)) return false;
+        _inStep = true;
+        _stepRead = false;
+        _replayIndex = 0;
+        switch (_plan)
+        {
+            case StepRecordings<VulkanStepRecording>.Plan.Record:
+                try { _recording = new VulkanStepRecording(_m) { Generation = _generation }; }
+                catch (VulkanException e)
+                {
+                    _inStep = false;
+                    _recordings.End(_plan, refused: true, null);
+                    Fault(e);
+                }
+                _cur = _recording.Sequence;
+                _step = StepMode.Recording;
+                break;
+            case StepRecordings<VulkanStepRecording>.Plan.Replay:
+                _replay = replay;
+                _step = replay!.Generation == _generation ? StepMode.Replaying : StepMode.Refused;
+                break;
+            default:
+                _step = StepMode.Eager;
+                break;
+        }
+        return true;
+    }
+
+    /// <summary>Ends the step: <see cref="StepOutcome.Refused"/> when nothing ran (the caller issues the ops again),
+    /// including a step whose ops threw before its readback.</summary>
+    public StepOutcome EndStep()
+    {
+        if (!_inStep) throw new InvalidOperationException("EndStep without BeginStep");
+        bool refused = _step == StepMode.Refused || !_stepRead;
+        var recorded = _plan == StepRecordings<VulkanStepRecording>.Plan.Record ? _recording : null;
+        if (refused && _step == StepMode.Recording) _cur = _seq; // the abandoned recording is disposed by End
+        _inStep = false;
+        _step = StepMode.Eager;
+        _cur = _seq;
+        _recording = _replay = null;
+        _arena.Reset();
+        return _recordings.End(_plan, refused, recorded);
+    }
+
+    /// <summary>The current recorded step cannot run: nothing of it is submitted.</summary>
+    private void Refuse()
+    {
+        if (_step is StepMode.Recording or StepMode.Replaying) _step = StepMode.Refused;
+    }
+
+    /// <summary>Inside a recorded step: appends the command to the recording, or checks it against the replayed one
+    /// (a difference refuses the step). False when the command must not be issued (replaying, or refused).</summary>
+    private bool Note(in VulkanCommand c)
+    {
+        switch (_step)
+        {
+            case StepMode.Recording:
+                _recording!.Commands.Add(c);
+                return true;
+            case StepMode.Replaying:
+                var list = _replay!.Commands;
+                if (_replayIndex < list.Count && VulkanCommand.Same(list[_replayIndex], c)) _replayIndex++;
+                else Refuse();
+                return false;
+            default:
+                return false;
+        }
+    }
+
+    // The readback that ends a recorded step: the recording is submitted (and kept) or replayed, then the tensor read.
+    private void StepReadback(VulkanTensor s, Span<float> dst, int n)
+    {
+        ulong bytes = 4UL * (ulong)n;
+        if (s.Buffer.Mapped == null && n > 0)
+        {
+            if (_readback is null || _readback.Size < bytes) Refuse(); // no buffer may grow inside a step
+            else Copy(s.Buffer, 0, _readback, 0, bytes);
+        }
+        // What is read back is part of the step too.
+        if (_step != StepMode.Refused) Note(new VulkanCommand { Kind = 3, A = s.Buffer.Id, E = bytes });
+        if (_step == StepMode.Replaying && _replayIndex != _replay!.Commands.Count) Refuse();
+        try
+        {
+            switch (_step)
+            {
+                case StepMode.Recording:
+                    _recording!.Sequence.SubmitAndWait();
+                    break;
+                case StepMode.Replaying:
+                    _replay!.Sequence.Replay();
+                    break;
+                default:
+                    return; // refused: nothing ran, dst is left as it was
+            }
+        }
+        catch (VulkanException e) { Fault(e); }
+        Submissions++;
+        _stepRead = true;
+        if (n == 0) return;
+        byte* from = s.Buffer.Mapped != null ? s.Buffer.Mapped : _readback!.Mapped;
+        new ReadOnlySpan<float>(from, n).CopyTo(dst);
+    }
+
+    /// <summary>Ops that allocate or upload are not part of a step.</summary>
+    private void EnterSetup(string what)
+    {
+        Enter();
+        if (_inStep) throw new InvalidOperationException($"{what}: not allowed inside a recorded step");
+    }
+
+    // ---- weights and buffers ------------------------------------------------------------------------------------
+
+    public override BackendWeight LoadMatrix(MatrixWeight weight)
+    {
+        ArgumentNullException.ThrowIfNull(weight);
+        if (weight.Data == null) throw new ArgumentException($"{weight.Name}: null data pointer");
+        EnterSetup("LoadMatrix");
+        VulkanBuffer? data = null, scale = null, bias = null;
+        try
+        {
+            data = NewBuffer((ulong)weight.ByteLength, VulkanMemory.Device, weight.Name);
+            Upload(data, weight.Data, weight.ByteLength);
+            if (weight.DType == DType.F8E4M3)
+            {
+                var s = weight.Scales!;
+                var rows = new float[weight.Rows];
+                for (int n = 0; n < rows.Length; n++) rows[n] = s[s.Length == 1 ? 0 : n];
+                scale = NewBuffer(4UL * (ulong)rows.Length, VulkanMemory.Device, weight.Name + ".scale");
+                fixed (float* p = rows) Upload(scale, (byte*)p, 4L * rows.Length);
+            }
+            if (weight.Bias is { } b)
+            {
+                bias = NewBuffer(4UL * (ulong)b.Length, VulkanMemory.Device, weight.Name + ".bias");
+                fixed (float* p = b) Upload(bias, (byte*)p, 4L * b.Length);
+            }
+            return new VulkanWeight(this, weight.Name, weight.DType, weight.Rows, weight.Cols, false, data, scale, bias) { Owner = this };
+        }
+        catch
+        {
+            data?.Dispose();
+            scale?.Dispose();
+            bias?.Dispose();
+            throw;
+        }
+    }
+
+    public override BackendWeight LoadVector(string name, ReadOnlySpan<float> values)
+    {
+        if (values.IsEmpty) throw new ArgumentException($"{name}: empty vector");
+        EnterSetup("LoadVector");
+        var data = NewBuffer(4UL * (ulong)values.Length, VulkanMemory.Device, name);
+        try
+        {
+            fixed (float* p = values) Upload(data, (byte*)p, 4L * values.Length);
+        }
+        catch
+        {
+            data.Dispose();
+            throw;
+        }
+        return new VulkanWeight(this, name, DType.F32, 1, values.Length, true, data, null, null) { Owner = this };
+    }
+
+    public override BackendTensor Alloc(string name, int maxRows, int cols)
+    {
+        OpChecks.Alloc(name, maxRows, cols);
+        EnterSetup("Alloc");
+        var b = NewBuffer(4UL * (ulong)maxRows * (ulong)cols, VulkanMemory.Device, name);
+        return new VulkanTensor(this, b, name, maxRows, cols) { Owner = this };
+    }
+
+    /// <summary>Allocates the paged cache (F32 or BF16), zeroed. A head dimension above <see cref="MaxHeadDim"/> is
+    /// refused with <c>vulkan.unsupported_shape</c>.</summary>
+    public override KvCache AllocKvCache(KvCacheSpec spec)
+    {
+        OpChecks.AllocKvCache(spec);
+        if (spec.HeadDim > MaxHeadDim)
+            throw new FastServeException("vulkan.unsupported_shape", $"head dimension {spec.HeadDim} exceeds the vulkan attention shader's {MaxHeadDim}", "kv_cache");
+        EnterSetup("AllocKvCache");
+        ulong bytes = (ulong)spec.NumBlocks * (ulong)spec.BlockSize * (ulong)spec.KvHeads * (ulong)spec.HeadDim * (spec.DType == KvDType.F32 ? 4UL : 2UL);
+        var k = new VulkanBuffer[spec.Layers];
+        var v = new VulkanBuffer[spec.Layers];
+        int made = 0;
+        try
+        {
+            for (; made < spec.Layers; made++)
+            {
+                k[made] = NewBuffer(bytes, VulkanMemory.Device, $"kv.k{made}");
+                v[made] = NewBuffer(bytes, VulkanMemory.Device, $"kv.v{made}");
+            }
+            foreach (var b in k) Fill(b);
+            foreach (var b in v) Fill(b);
+            Flush();
+        }
+        catch
+        {
+            for (int i = 0; i < spec.Layers; i++)
+            {
+                k[i]?.Dispose();
+                v[i]?.Dispose();
+            }
+            throw;
+        }
+        return new VulkanKvCache(this, spec, k, v) { Owner = this };
+    }
+
+    // ---- ops ----------------------------------------------------------------------------------------------------
+
+    public override void Embedding(BackendWeight table, ReadOnlySpan<int> tokens, BackendTensor dst)
+    {
+        EmbeddingOperands(table, tokens, dst, out VulkanWeight t, out VulkanTensor d);
+        Enter();
+        if (tokens.IsEmpty) return;
+        uint off = Stage(tokens);
+        uint n = (uint)tokens.Length * (uint)t.Cols;
+        uint groups = Groups(n);
+        Span<uint> pc = [(uint)t.Cols, (uint)tokens.Length, off, groups * Threads];
+        Run("embedding", t.ShaderDType, [t.Data, t.Scale, _arena.Buffer, d.Buffer], pc, groups);
+    }
+
+    public override void RmsNorm(BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
+    {
+        RmsNormOperands(x, gamma, dst, out VulkanTensor xs, out VulkanWeight g, out VulkanTensor d);
+        Enter();
+        if (xs.Rows == 0) return;
+        Span<uint> pc = [(uint)xs.Cols, BitConverter.SingleToUInt32Bits(eps)];
+        Run("rmsnorm", 0, [xs.Buffer, Dummy, g.Data, d.Buffer], pc, RowGroups(xs.Rows));
+    }
+
+    public override void AddRmsNorm(BackendTensor residual, BackendTensor x, BackendWeight gamma, float eps, BackendTensor dst)
+    {
+        AddRmsNormOperands(residual, x, gamma, dst, out VulkanTensor res, out VulkanTensor xs, out VulkanWeight g, out VulkanTensor d);
+        Enter();
+        if (res.Rows == 0) return;
+        Span<uint> pc = [(uint)res.Cols, BitConverter.SingleToUInt32Bits(eps)];
+        Run("rmsnorm", 1, [res.Buffer, xs.Buffer, g.Data, d.Buffer], pc, RowGroups(res.Rows));
+    }
+
+    public override void Add(BackendTensor acc, BackendTensor x)
+    {
+        AddOperands(acc, x, out VulkanTensor a, out VulkanTensor b);
+        Enter();
+        uint n = (uint)a.Rows * (uint)a.Cols;
+        if (n == 0) return;
+        uint groups = Groups(n);
+        Span<uint> pc = [n, groups * Threads];
+        Run("add", 0, [a.Buffer, b.Buffer], pc, groups);
+    }
+
+    public override void MatMul(BackendTensor x, BackendWeight w, BackendTensor dst)
+    {
+        MatMulOperands(x, w, dst, out VulkanTensor xs, out VulkanWeight ws, out VulkanTensor d);
+        Enter();
+        if (xs.Rows == 0) return;
+        uint n = (uint)ws.Rows, rowTiles = ((uint)xs.Rows + 7) / 8;
+        if (_subgroupColumns > 0)
+        {
+            uint groups = (n + _subgroupColumns - 1) / _subgroupColumns;
+            uint sx = Math.Min(groups, MaxGroups), sy = (groups + sx - 1) / sx;
+            // 16-byte loads where each weight row is a whole number of them (4 F32, 8 F16/BF16 or 16 FP8 weights).
+            int perLoad = ws.DType switch { DType.F32 => 4, DType.F8E4M3 => 16, _ => 8 };
+            uint vec = xs.Cols % perLoad == 0 ? 1u : 0u;
+            Span<uint> sp = [(uint)xs.Rows, (uint)xs.Cols, n, ws.OwnBias is null ? 0u : 1u, sx, _subgroupColumns, vec];
+            Run("matmul_subgroup", ws.ShaderDType, [xs.Buffer, ws.Data, ws.Scale, ws.Bias, d.Buffer], sp, sx, sy, rowTiles);
+            return;
+        }
+        uint gx = Math.Min(n, MaxGroups), gy = (n + gx - 1) / gx;
+        Span<uint> pc = [(uint)xs.Rows, (uint)xs.Cols, n, ws.OwnBias is null ? 0u : 1u, gx];
+        Run("matmul", ws.ShaderDType, [xs.Buffer, ws.Data, ws.Scale, ws.Bias, d.Buffer], pc, gx, gy, rowTiles);
+    }
+
+    public override void Rope(BackendTensor x, int heads, ReadOnlySpan<int> positions, RopeTable rope)
+    {
+        var xs = RopeOperand<VulkanTensor>(x, heads, positions, rope);
+        Enter();
+        int rows = xs.Rows, half = rope.HeadDim / 2;
+        if (rows == 0 || half == 0) return;
+        // cos and sin of each row's angles, computed here in F32 exactly as the reference does (a shader's sin and cos
+        // of angles in the thousands of radians are not that precise).
+        int words = 2 * rows * half;
+        Span<uint> cs = Reserve(words, out uint off);
+        var inv = rope.InvFreq;
+        for (int r = 0; r < rows; r++)
+        {
+            float p = positions[r];
+            for (int i = 0; i < half; i++)
+            {
+                float angle = p * inv[i];
+                cs[r * half + i] = BitConverter.SingleToUInt32Bits(MathF.Cos(angle));
+                cs[rows * half + r * half + i] = BitConverter.SingleToUInt32Bits(MathF.Sin(angle));
+            }
+        }
+        uint groups = Groups((uint)(rows * heads * half));
+        Span<uint> pc = [(uint)rows, (uint)heads, (uint)rope.HeadDim, (uint)xs.Cols, off, groups * Threads];
+        Run("rope", 0, [xs.Buffer, _arena.Buffer], pc, groups);
+    }
+
+    public override void SiluGate(BackendTensor gate, BackendTensor up, BackendTensor dst)
+    {
+        SiluGateOperands(gate, up, dst, out VulkanTensor g, out VulkanTensor u, out VulkanTensor d);
+        Enter();
+        uint n = (uint)g.Rows * (uint)g.Cols;
+        if (n == 0) return;
+        uint groups = Groups(n);
+        Span<uint> pc = [n, groups * Threads];
+        Run("silu_gate", 0, [g.Buffer, u.Buffer, d.Buffer], pc, groups);
+    }
+
+    public override void KvStore(KvCache cache, int layer, BackendTensor k, BackendTensor v, BatchLayout batch)
+    {
+        KvStoreOperands(cache, layer, k, v, batch, out VulkanKvCache c, out VulkanTensor ks, out VulkanTensor vs);
+        Enter();
+        var spec = c.Spec;
+        int rows = batch.TotalRows, bs = spec.BlockSize;
+        if (rows == 0) return;
+        var slots = HostInts(rows);
+        for (int s = 0; s < batch.SequenceCount; s++)
+        {
+            var table = batch.BlockTable(s);
+            for (int i = 0; i < batch.RowCount(s); i++)
+            {
+                int pos = batch.StartPos(s) + i;
+                slots[batch.RowStart(s) + i] = table[pos / bs] * bs + pos % bs;
+            }
+        }
+        uint off = Stage<int>(slots.AsSpan(0, rows));
+        uint width = (uint)(spec.KvHeads * spec.HeadDim);
+        uint groups = Groups((uint)rows * width);
+        Span<uint> pc = [(uint)rows, width, off, groups * Threads];
+        Run("kv_store", spec.DType == KvDType.BF16 ? 1 : 0, [ks.Buffer, vs.Buffer, c.K[layer], c.V[layer], _arena.Buffer], pc, groups);
+    }
+
+    public override void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst)
+    {
+        AttentionOperands(q, cache, layer, batch, dst, out VulkanTensor qs, out VulkanKvCache c, out VulkanTensor d);
+        Enter();
+        var spec = c.Spec;
+        int rows = qs.Rows, seqs = batch.SequenceCount, bs = spec.BlockSize;
+        if (rows == 0) return;
+        if ((uint)rows > MaxGroups)
+            throw new FastServeException("vulkan.unsupported_shape", $"attention over {rows} rows exceeds the {MaxGroups} workgroups of a dispatch", "attention");
+        int heads = qs.Cols / spec.HeadDim;
+        // seqOfRow [rows] | positions [rows] | block tables [seqs, maxBlocks]; only the blocks a sequence reaches are
+        // filled (OpChecks validated exactly those).
+        int maxBlocks = _minAttentionBlocks;
+        for (int s = 0; s < seqs; s++)
+        {
+            if (batch.RowCount(s) > 0) maxBlocks = Math.Max(maxBlocks, (batch.StartPos(s) + batch.RowCount(s) - 1) / bs + 1);
+        }
+        long total = 2L * rows + (long)seqs * maxBlocks;
+        if (total > Array.MaxLength) throw new ArgumentException($"Attention: {seqs} sequences x {maxBlocks} blocks is too large");
+        var a = HostInts((int)total);
+        Array.Clear(a, 0, (int)total);
+        for (int s = 0; s < seqs; s++)
+        {
+            int count = batch.RowCount(s);
+            for (int i = 0; i < count; i++)
+            {
+                int row = batch.RowStart(s) + i;
+                a[row] = s;
+                a[rows + row] = batch.StartPos(s) + i;
+            }
+            if (count == 0) continue;
+            int needed = (batch.StartPos(s) + count - 1) / bs + 1;
+            batch.BlockTable(s)[..needed].CopyTo(a.AsSpan(2 * rows + s * maxBlocks));
+        }
+        uint off = Stage<int>(a.AsSpan(0, (int)total));
+        Span<uint> pc = [(uint)rows, (uint)heads, (uint)spec.KvHeads, (uint)spec.HeadDim, (uint)bs, (uint)maxBlocks, off];
+        Run("attention", spec.DType == KvDType.BF16 ? 1 : 0, [qs.Buffer, c.K[layer], c.V[layer], _arena.Buffer, d.Buffer], pc, (uint)heads, (uint)rows);
+    }
+
+    public override void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst)
+    {
+        GatherRowsOperands(src, rows, dst, out VulkanTensor s, out VulkanTensor d);
+        Enter();
+        if (rows.IsEmpty) return;
+        bool inPlace = ReferenceEquals(s, d);
+        if (inPlace)
+        {
+            // Rows are copied in parallel, so in place a row could be read after another thread overwrote it: gather
+            // into scratch, then copy back. Rows already in place need nothing.
+            bool identity = true;
+            for (int i = 0; i < rows.Length && identity; i++) identity = rows[i] == i;
+            if (identity) return;
+        }
+        uint off = Stage(rows);
+        ulong bytes = 4UL * (ulong)rows.Length * (ulong)s.Cols;
+        var target = inPlace ? Scratch(4UL * (ulong)s.MaxRows * (ulong)s.Cols) : d.Buffer;
+        uint groups = Groups((uint)rows.Length * (uint)s.Cols);
+        Span<uint> pc = [(uint)rows.Length, (uint)s.Cols, off, groups * Threads];
+        Run("gather_rows", 0, [s.Buffer, _arena.Buffer, target], pc, groups);
+        if (inPlace) Copy(target, 0, d.Buffer, 0, bytes);
+    }
+
+    /// <summary>Submits everything issued, waits, and copies src's rows out.</summary>
+    public override void CopyToHost(BackendTensor src, Span<float> dst)
+    {
+        var s = CopyToHostOperand<VulkanTensor>(src, dst);
+        Enter();
+        int n = s.Rows * s.Cols;
+        if (_step != StepMode.Eager)
+        {
+            StepReadback(s, dst, n);
+            return;
+        }
+        _stepRead = true; // a key's first step runs eagerly and ends here
+        if (n == 0 || s.Buffer.Mapped != null)
+        {
+            Flush();
+            if (n > 0) new ReadOnlySpan<float>(s.Buffer.Mapped, n).CopyTo(dst);
+            return;
+        }
+        ulong bytes = 4UL * (ulong)n;
+        if (_readback is null || _readback.Size < bytes)
+        {
+            _readback?.Dispose(); // every earlier use of it was waited for
+            _readback = null;
+            _readback = StepBuffer(4UL * (ulong)s.MaxRows * (ulong)s.Cols, VulkanMemory.Host, "readback");
+            _generation++;
+        }
+        var rb = _readback;
+        Copy(s.Buffer, 0, rb, 0, bytes);
+        Flush();
+        new ReadOnlySpan<float>(rb.Mapped, n).CopyTo(dst);
+    }
+
+    public override void CopyFromHost(ReadOnlySpan<float> data, int rows, BackendTensor dst)
+    {
+        var d = CopyFromHostOperand<VulkanTensor>(data, rows, dst);
+        Enter();
+        if (data.IsEmpty) return;
+        uint off = Stage(data);
+        ulong bytes = 4UL * (ulong)data.Length;
+        Copy(_arena.Buffer, 4UL * off, d.Buffer, 0, bytes);
+    }
+
+    /// <summary>Device-to-device copy bandwidth (bytes read plus written per second) over a 256 MiB buffer (less where
+    /// the device's largest storage buffer is smaller: 128 MiB on lavapipe).</summary>
+    public double MeasureCopyBandwidth()
+    {
+        Enter();
+        ulong bytes = Math.Min(256UL << 20, _m.Features.MaxStorageBufferRange & ~0xFFFFFUL);
+        using var a = NewBuffer(bytes, VulkanMemory.Device, "bandwidth.a");
+        using var b = NewBuffer(bytes, VulkanMemory.Device, "bandwidth.b");
+        Copy(a, 0, b, 0, bytes);
+        Flush();
+        const int reps = 4;
+        var sw = Stopwatch.StartNew();
+        for (int i = 0; i < reps; i++)
+        {
+            Copy(i % 2 == 0 ? a : b, 0, i % 2 == 0 ? b : a, 0, bytes);
+        }
+        Flush();
+        return 2.0 * bytes * reps / sw.Elapsed.TotalSeconds;
+    }
+
+    // ---- plumbing -----------------------------------------------------------------------------------------------
+
+    private void Enter()
+    {
+        if (_fault is not null) ThrowFaulted();
+        ObjectDisposedException.ThrowIf(_disposed, this);
+    }
+
+    /// <summary>Tests: leaves the backend as a failing call returning <paramref name="result"/> would.</summary>
+    internal void InjectFault(Silk.NET.Vulkan.Result result) => _fault ??= VulkanException.From("injected", result);
+
+    [DoesNotReturn]
+    private void ThrowFaulted()
+    {
+        var f = _fault!;
+        throw new VulkanException(f.Code, $"an earlier failure left the vulkan backend unusable: {f.Message}", f.Call, f.Result);
+    }
+
+    /// <summary>A failing Vulkan call faults the backend: what was recorded or submitted is lost.</summary>
+    [DoesNotReturn]
+    private void Fault(VulkanException e)
+    {
+        _fault ??= e;
+        throw e;
+    }
+
+    private void Copy(VulkanBuffer src, ulong srcOffset, VulkanBuffer dst, ulong dstOffset, ulong bytes)
+    {
+        if (_step != StepMode.Eager && !Note(VulkanCommand.Copy(src, srcOffset, dst, dstOffset, bytes))) return;
+        try { _cur.Copy(src, srcOffset, dst, dstOffset, bytes); }
+        catch (VulkanException e) { Fault(e); }
+    }
+
+    private void Fill(VulkanBuffer b)
+    {
+        try { _seq.Fill(b, b.Size, 0); }
+        catch (VulkanException e) { Fault(e); }
+    }
+
+    /// <summary>Submits what was recorded, waits, and recycles the arena.</summary>
+    private void Flush()
+    {
+        // A recorded or replayed step is submitted whole at its readback: needing to submit earlier refuses it.
+        if (_step != StepMode.Eager)
+        {
+            Refuse();
+            return;
+        }
+        if (!_seq.Recording) return;
+        try { _seq.SubmitAndWait(); }
+        catch (VulkanException e) { Fault(e); }
+        Submissions++;
+        _arena.Reset();
+    }
+
+    private VulkanBuffer NewBuffer(ulong bytes, VulkanMemory kind, string name)
+    {
+        try { return VulkanBuffer.Create(_m, bytes, kind, name); }
+        catch (VulkanException e) when (e.Code == "vulkan.out_of_memory" && _seq.Recording)
+        {
+            // Memory may be held only until the recorded work completes; not a fault by itself.
+            Flush();
+            return VulkanBuffer.Create(_m, bytes, kind, name);
+        }
+    }
+
+    /// <summary>A buffer an op needs mid-step: failing to get one faults the backend, as the step cannot complete.</summary>
+    private VulkanBuffer StepBuffer(ulong bytes, VulkanMemory kind, string name)
+    {
+        try { return NewBuffer(bytes, kind, name); }
+        catch (VulkanException e)
+        {
+            Fault(e);
+            throw;
+        }
+    }
+
+    /// <summary>Frees a tensor's or weight's buffer once no recorded or submitted work can use it (errors ignored:
+    /// the fault behind them is what gets reported, and the memory is released either way).</summary>
+    internal void Release(VulkanBuffer b)
+    {
+        if (_disposed) return;
+        if (_seq.Recording && _fault is null)
+        {
+            try { Flush(); }
+            catch (VulkanException) { }
+        }
+        b.Dispose();
+    }
+
+    private void Upload(VulkanBuffer dst, byte* src, long bytes)
+    {
+        if (bytes == 0) return;
+        if (dst.Mapped != null)
+        {
+            System.Buffer.MemoryCopy(src, dst.Mapped, (long)dst.Size, bytes);
+            return;
+        }
+        Flush();
+        _staging ??= NewBuffer(StagingBytes, VulkanMemory.Host, "staging");
+        var staging = _staging;
+        for (long done = 0; done < bytes;)
+        {
+            long chunk = Math.Min(bytes - done, (long)staging.Size);
+            System.Buffer.MemoryCopy(src + done, staging.Mapped, (long)staging.Size, chunk);
+            Copy(staging, 0, dst, (ulong)done, (ulong)chunk);
+            Flush();
+            done += chunk;
+        }
+    }
+
+    private VulkanBuffer Scratch(ulong bytes)
+    {
+        if (_scratch is null || _scratch.Size < bytes)
+        {
+            if (_step != StepMode.Eager)
+            {
+                Refuse();
+                return Dummy;
+            }
+            Flush(); // recorded work may use the old scratch
+            _scratch?.Dispose();
+            _scratch = null;
+            _scratch = StepBuffer(bytes, VulkanMemory.Device, "scratch");
+            _generation++;
+        }
+        return _scratch;
+    }
+
+    private int[] HostInts(int n)
+    {
+        if (_hostInts.Length < n) _hostInts = new int[Math.Max(n, _hostInts.Length * 2)];
+        return _hostInts;
+    }
+
+    /// <summary>Appends a host array to the arena (submitting and, for an array larger than it, growing it when
+    /// full) and returns its word offset.</summary>
+    private uint Stage<T>(ReadOnlySpan<T> data) where T : unmanaged
+    {
+        if (_arena.TryPut(data, out uint off)) return off;
+        if (_step != StepMode.Eager)
+        {
+            Refuse(); // the arena cannot be recycled or grown inside a recorded step
+            return 0;
+        }
+        MakeRoom((ulong)data.Length * 4);
+        _arena.TryPut(data, out off);
+        return off;
+    }
+
+    private Span<uint> Reserve(int words, out uint off)
+    {
+        if (_arena.TryReserve(words, out off, out var space)) return space;
+        if (_step != StepMode.Eager)
+        {
+            Refuse();
+            return MemoryMarshal.Cast<int, uint>(HostInts(words).AsSpan(0, words)); // written, never read
+        }
+        MakeRoom((ulong)words * 4);
+        _arena.TryReserve(words, out off, out space);
+        return space;
+    }
+
+    private void MakeRoom(ulong bytes)
+    {
+        Flush();
+        if (_arena.Buffer.Size < bytes)
+        {
+            try { _arena.Grow(bytes); }
+            catch (VulkanException e) { Fault(e); }
+            _generation++;
+        }
+    }
+
+    private VulkanAlgorithm Algorithm(string shader, int variant, int bindings, uint pushBytes)
+    {
+        if (_algorithms.TryGetValue((shader, variant), out var a)) return a;
+        try
+        {
+            if (!_spirv.TryGetValue(shader, out var code)) _spirv[shader] = code = VulkanShaders.Read(_shaderDir, shader);
+            a = VulkanAlgorithm.Create(_m, shader, code, variant, bindings, pushBytes);
+        }
+        catch (VulkanException e) { Fault(e); }
+        _algorithms[(shader, variant)] = a;
+        return a;
+    }
+
+    /// <summary>Records one dispatch: the pipeline of (shader, variant), the cached set of <paramref name="buffers"/>,
+    /// the push constants.</summary>
+    private void Run(string shader, int variant, ReadOnlySpan<VulkanBuffer> buffers, ReadOnlySpan<uint> push, uint x, uint y = 1, uint z = 1)
+    {
+        if (_step == StepMode.Refused) return;
+        var alg = Algorithm(shader, variant, buffers.Length, (uint)push.Length * 4);
+        Silk.NET.Vulkan.DescriptorSet set = default;
+        try { set = _sets.Get(alg, buffers); }
+        catch (VulkanException e) { Fault(e); }
+        if (_step != StepMode.Eager && !Note(VulkanCommand.Dispatch(alg, set.Handle, push, x, y, z))) return;
+        try { _cur.Dispatch(alg, set, MemoryMarshal.AsBytes(push), x, y, z); }
+        catch (VulkanException e) { Fault(e); }
+    }
+
+    /// <summary>Workgroups of <see cref="Threads"/> for n elements, capped (the shaders loop with the stride).</summary>
+    private static uint Groups(uint n) => Math.Clamp((n + Threads - 1) / Threads, 1, MaxGroups);
+
+    private static uint RowGroups(int rows)
+    {
+        if ((uint)rows > MaxGroups)
+            throw new FastServeException("vulkan.unsupported_shape", $"{rows} rows exceed the {MaxGroups} workgroups of a dispatch", "rows");
+        return (uint)rows;
+    }
+
+    public override void Dispose()
+    {
+        if (_disposed) return;
+        try { if (_fault is null) Flush(); }
+        catch (VulkanException) { }
+        _disposed = true;
+        _recordings.Clear();
+        foreach (var a in _algorithms.Values) a.Dispose();
+        _sets.Dispose();
+        _seq.Dispose();
+        _m.Dispose(); // frees every buffer still alive (arena, staging, dummy, tensors not disposed)
+    }
+}

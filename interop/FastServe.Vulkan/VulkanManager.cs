@@ -1,0 +1,287 @@
+using System.Runtime.InteropServices;
+using Silk.NET.Vulkan;
+
+namespace FastServe.Vulkan;
+
+/// <summary>What a physical device offers the backend, probed at device choice. Only the Vulkan 1.1 baseline and a
+/// compute queue are required; the rest is reported (docs/vulkan.md) and picks faster paths where they exist.</summary>
+/// <param name="Name">The driver's device name, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)".</param>
+/// <param name="Type">Discrete, integrated, virtual GPU or CPU (lavapipe).</param>
+/// <param name="ApiVersion">The device's Vulkan version, packed (VK_MAKE_API_VERSION).</param>
+/// <param name="StorageBuffer8Bit">storageBuffer8BitAccess (Vulkan 1.2 / VK_KHR_8bit_storage).</param>
+/// <param name="StorageBuffer16Bit">storageBuffer16BitAccess (Vulkan 1.1 / VK_KHR_16bit_storage).</param>
+/// <param name="ShaderInt8">shaderInt8 (Vulkan 1.2 / VK_KHR_shader_float16_int8).</param>
+/// <param name="ShaderFloat16">shaderFloat16 (Vulkan 1.2 / VK_KHR_shader_float16_int8).</param>
+/// <param name="SubgroupSize">Threads per subgroup (32 on NVIDIA, 64 on AMD GCN, 8 on lavapipe with AVX2).</param>
+/// <param name="SubgroupArithmetic">Subgroup add/max reductions in compute shaders.</param>
+/// <param name="CooperativeMatrix">VK_KHR_cooperative_matrix is offered (tensor-core matrix multiply).</param>
+/// <param name="MaxStorageBufferRange">Largest storage-buffer binding, bytes: the largest tensor or weight.</param>
+public sealed record VulkanFeatures(string Name, PhysicalDeviceType Type, uint ApiVersion, bool StorageBuffer8Bit, bool StorageBuffer16Bit,
+    bool ShaderInt8, bool ShaderFloat16, uint SubgroupSize, bool SubgroupArithmetic, bool CooperativeMatrix, ulong MaxStorageBufferRange)
+{
+    /// <summary>"1.3.255"-style version.</summary>
+    public string Version => $"{ApiVersion >> 22}.{(ApiVersion >> 12) & 0x3FF}.{ApiVersion & 0xFFF}";
+
+    /// <summary>One line for logs and check-backend's header.</summary>
+    public override string ToString() =>
+        $"{Name} ({Type}, Vulkan {Version}; 8-bit storage {YesNo(StorageBuffer8Bit)}, 16-bit storage {YesNo(StorageBuffer16Bit)}, " +
+        $"int8 {YesNo(ShaderInt8)}, float16 {YesNo(ShaderFloat16)}, subgroup {SubgroupSize}{(SubgroupArithmetic ? " with arithmetic" : "")}, " +
+        $"cooperative matrix {YesNo(CooperativeMatrix)})";
+
+    private static string YesNo(bool b) => b ? "yes" : "no";
+}
+
+/// <summary>
+/// Kompute's manager: owns the Vulkan instance, the chosen physical device, the logical device and its compute queue,
+/// and knows the device's memory types and limits. Device choice: <c>$FASTSERVE_VULKAN_DEVICE</c> (an index into the
+/// instance's physical devices) when set; otherwise the first discrete GPU, then integrated, virtual, and last a CPU
+/// implementation (lavapipe), among devices with Vulkan 1.1 and a compute queue. No optional feature is enabled: the
+/// shaders read 8- and 16-bit data as uint words, so they run on the baseline.
+/// </summary>
+public sealed unsafe class VulkanManager : IDisposable
+{
+    public const string DeviceVariable = "FASTSERVE_VULKAN_DEVICE";
+    private const uint Api11 = (1u << 22) | (1u << 12);
+
+    private readonly PhysicalDeviceMemoryProperties _memory;
+    // Buffers not yet disposed: freed before the device at Dispose (a buffer must not outlive its device).
+    private readonly HashSet<VulkanBuffer> _live = new(ReferenceEqualityComparer.Instance);
+    private bool _disposed;
+
+    private VulkanManager(Vk vk, Instance instance, PhysicalDevice physical, VulkanFeatures features, uint queueFamily)
+    {
+        Vk = vk;
+        Instance = instance;
+        Physical = physical;
+        Features = features;
+        QueueFamily = queueFamily;
+        PhysicalDeviceMemoryProperties mem;
+        vk.GetPhysicalDeviceMemoryProperties(physical, &mem);
+        _memory = mem;
+        PhysicalDeviceProperties props;
+        vk.GetPhysicalDeviceProperties(physical, &props);
+        Limits = props.Limits;
+    }
+
+    public Vk Vk { get; }
+    public Instance Instance { get; }
+    public PhysicalDevice Physical { get; }
+    public Device Device { get; private set; }
+    public Queue Queue { get; private set; }
+    public uint QueueFamily { get; }
+    public VulkanFeatures Features { get; }
+    public PhysicalDeviceLimits Limits { get; }
+
+    /// <summary>Loads the loader, creates the instance and picks a device (<see cref="Probe"/>), then creates the
+    /// logical device with one compute queue.</summary>
+    /// <exception cref="VulkanException">vulkan.no_loader, vulkan.no_device, vulkan.unsupported_device,
+    /// vulkan.out_of_memory, vulkan.error.</exception>
+    public static VulkanManager Create()
+    {
+        var m = Probe();
+        try
+        {
+            m.CreateDevice();
+            return m;
+        }
+        catch
+        {
+            m.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Instance and device choice only, no logical device: what <see cref="VulkanEnvironment.Check"/> needs.</summary>
+    internal static VulkanManager Probe()
+    {
+        var vk = VulkanLoader.Api();
+        var app = new ApplicationInfo { SType = StructureType.ApplicationInfo, ApiVersion = Api11 };
+        var ci = new InstanceCreateInfo { SType = StructureType.InstanceCreateInfo, PApplicationInfo = &app };
+        Instance instance;
+        var r = vk.CreateInstance(&ci, null, &instance);
+        if (r != Result.Success)
+        {
+            string code = VulkanException.CodeOf(r) is "vulkan.out_of_memory" ? "vulkan.out_of_memory" : "vulkan.no_device";
+            throw new VulkanException(code, $"vkCreateInstance failed: {r} (no Vulkan driver installed? mesa-vulkan-drivers provides lavapipe){IcdNote()}", "vkCreateInstance", r);
+        }
+        try
+        {
+            var (physical, features, family) = Choose(vk, instance);
+            return new VulkanManager(vk, instance, physical, features, family);
+        }
+        catch
+        {
+            vk.DestroyInstance(instance, null);
+            throw;
+        }
+    }
+
+    private static (PhysicalDevice, VulkanFeatures, uint) Choose(Vk vk, Instance instance)
+    {
+        uint count = 0;
+        VulkanException.Check(vk.EnumeratePhysicalDevices(instance, &count, null), "vkEnumeratePhysicalDevices");
+        if (count == 0) throw new VulkanException("vulkan.no_device", $"the Vulkan loader sees no device{IcdNote()}");
+        var devices = new PhysicalDevice[count];
+        fixed (PhysicalDevice* p = devices) VulkanException.Check(vk.EnumeratePhysicalDevices(instance, &count, p), "vkEnumeratePhysicalDevices");
+
+        var usable = new List<(int Index, PhysicalDevice Device, VulkanFeatures Features, uint Family)>();
+        var refused = new List<string>();
+        for (int i = 0; i < (int)count; i++)
+        {
+            var f = ProbeFeatures(vk, devices[i]);
+            if (f.ApiVersion < Api11)
+            {
+                refused.Add($"{i}: {f.Name} has Vulkan {f.Version}, below 1.1");
+                continue;
+            }
+            int family = ComputeFamily(vk, devices[i]);
+            if (family < 0)
+            {
+                refused.Add($"{i}: {f.Name} has no compute queue");
+                continue;
+            }
+            usable.Add((i, devices[i], f, (uint)family));
+        }
+
+        if (Environment.GetEnvironmentVariable(DeviceVariable) is { Length: > 0 } v)
+        {
+            if (!int.TryParse(v, out int want) || want < 0 || want >= count)
+                throw new VulkanException("vulkan.no_device", $"{DeviceVariable}={v} is not a device index (0..{count - 1})");
+            foreach (var u in usable)
+            {
+                if (u.Index == want) return (u.Device, u.Features, u.Family);
+            }
+            throw new VulkanException("vulkan.unsupported_device", $"{DeviceVariable}={v}: {string.Join("; ", refused)}");
+        }
+        if (usable.Count == 0) throw new VulkanException("vulkan.unsupported_device", $"no Vulkan device has the baseline (Vulkan 1.1, a compute queue): {string.Join("; ", refused)}");
+        foreach (var type in (PhysicalDeviceType[])[PhysicalDeviceType.DiscreteGpu, PhysicalDeviceType.IntegratedGpu, PhysicalDeviceType.VirtualGpu])
+        {
+            foreach (var u in usable)
+            {
+                if (u.Features.Type == type) return (u.Device, u.Features, u.Family);
+            }
+        }
+        return (usable[0].Device, usable[0].Features, usable[0].Family);
+    }
+
+    private static int ComputeFamily(Vk vk, PhysicalDevice d)
+    {
+        uint n = 0;
+        vk.GetPhysicalDeviceQueueFamilyProperties(d, &n, null);
+        var families = new QueueFamilyProperties[n];
+        fixed (QueueFamilyProperties* p = families) vk.GetPhysicalDeviceQueueFamilyProperties(d, &n, p);
+        for (int i = 0; i < families.Length; i++)
+        {
+            if ((families[i].QueueFlags & QueueFlags.ComputeBit) != 0) return i;
+        }
+        return -1;
+    }
+
+    private static VulkanFeatures ProbeFeatures(Vk vk, PhysicalDevice d)
+    {
+        PhysicalDeviceProperties props;
+        vk.GetPhysicalDeviceProperties(d, &props);
+        string name = Marshal.PtrToStringUTF8((nint)props.DeviceName) ?? "?";
+        if (props.ApiVersion < Api11)
+            return new VulkanFeatures(name, props.DeviceType, props.ApiVersion, false, false, false, false, 0, false, false, props.Limits.MaxStorageBufferRange);
+
+        var extensions = Extensions(vk, d);
+        bool has12 = props.ApiVersion >= ((1u << 22) | (2u << 12));
+        var f16i8 = new PhysicalDeviceShaderFloat16Int8Features { SType = StructureType.PhysicalDeviceShaderFloat16Int8Features };
+        var s8 = new PhysicalDevice8BitStorageFeatures { SType = StructureType.PhysicalDevice8BitStorageFeatures, PNext = &f16i8 };
+        var s16 = new PhysicalDevice16BitStorageFeatures { SType = StructureType.PhysicalDevice16BitStorageFeatures };
+        bool chain12 = has12 || (extensions.Contains("VK_KHR_8bit_storage") && extensions.Contains("VK_KHR_shader_float16_int8"));
+        if (chain12) s16.PNext = &s8;
+        var f2 = new PhysicalDeviceFeatures2 { SType = StructureType.PhysicalDeviceFeatures2, PNext = &s16 };
+        vk.GetPhysicalDeviceFeatures2(d, &f2);
+
+        var sub = new PhysicalDeviceSubgroupProperties { SType = StructureType.PhysicalDeviceSubgroupProperties };
+        var p2 = new PhysicalDeviceProperties2 { SType = StructureType.PhysicalDeviceProperties2, PNext = &sub };
+        vk.GetPhysicalDeviceProperties2(d, &p2);
+        bool arith = (sub.SupportedStages & ShaderStageFlags.ComputeBit) != 0 && (sub.SupportedOperations & SubgroupFeatureFlags.ArithmeticBit) != 0;
+        return new VulkanFeatures(name, props.DeviceType, props.ApiVersion,
+            chain12 && s8.StorageBuffer8BitAccess, s16.StorageBuffer16BitAccess,
+            chain12 && f16i8.ShaderInt8, chain12 && f16i8.ShaderFloat16,
+            sub.SubgroupSize, arith, extensions.Contains("VK_KHR_cooperative_matrix"), props.Limits.MaxStorageBufferRange);
+    }
+
+    private static HashSet<string> Extensions(Vk vk, PhysicalDevice d)
+    {
+        uint n = 0;
+        vk.EnumerateDeviceExtensionProperties(d, (byte*)null, &n, null);
+        var props = new ExtensionProperties[n];
+        fixed (ExtensionProperties* p = props) vk.EnumerateDeviceExtensionProperties(d, (byte*)null, &n, p);
+        var set = new HashSet<string>(StringComparer.Ordinal);
+        for (int i = 0; i < (int)n; i++)
+        {
+            fixed (byte* name = props[i].ExtensionName) set.Add(Marshal.PtrToStringUTF8((nint)name) ?? "");
+        }
+        return set;
+    }
+
+    private void CreateDevice()
+    {
+        float priority = 1f;
+        var qci = new DeviceQueueCreateInfo
+        {
+            SType = StructureType.DeviceQueueCreateInfo, QueueFamilyIndex = QueueFamily, QueueCount = 1, PQueuePriorities = &priority,
+        };
+        var dci = new DeviceCreateInfo { SType = StructureType.DeviceCreateInfo, QueueCreateInfoCount = 1, PQueueCreateInfos = &qci };
+        Device device;
+        VulkanException.Check(Vk.CreateDevice(Physical, &dci, null, &device), "vkCreateDevice");
+        Device = device;
+        Queue queue;
+        Vk.GetDeviceQueue(device, QueueFamily, 0, &queue);
+        Queue = queue;
+    }
+
+    /// <summary>A memory type allowed by <paramref name="typeBits"/> with every <paramref name="required"/> property,
+    /// preferring one that also has <paramref name="preferred"/>; -1 when none.</summary>
+    internal int MemoryType(uint typeBits, MemoryPropertyFlags required, MemoryPropertyFlags preferred)
+    {
+        int fallback = -1;
+        for (int i = 0; i < (int)_memory.MemoryTypeCount; i++)
+        {
+            if ((typeBits & (1u << i)) == 0) continue;
+            var flags = _memory.MemoryTypes[i].PropertyFlags;
+            if ((flags & required) != required) continue;
+            if ((flags & preferred) == preferred) return i;
+            if (fallback < 0) fallback = i;
+        }
+        return fallback;
+    }
+
+    /// <summary>The property flags of memory type <paramref name="index"/>.</summary>
+    internal MemoryPropertyFlags MemoryFlags(int index) => _memory.MemoryTypes[index].PropertyFlags;
+
+    private static string IcdNote()
+    {
+        foreach (var v in (string[])["VK_DRIVER_FILES", "VK_ICD_FILENAMES"])
+        {
+            if (Environment.GetEnvironmentVariable(v) is { Length: > 0 } s) return $" ({v}={s})";
+        }
+        return "";
+    }
+
+    internal void Track(VulkanBuffer b) => _live.Add(b);
+
+    internal void Untrack(VulkanBuffer b) => _live.Remove(b);
+
+    /// <summary>Set once <see cref="Dispose"/> ran: objects disposed later have nothing left to free.</summary>
+    public bool Disposed => _disposed;
+
+    /// <summary>Waits for the device, frees every buffer still alive, then the device and the instance.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        if (Device.Handle != 0)
+        {
+            Vk.DeviceWaitIdle(Device);
+            foreach (var b in _live) b.Destroy();
+            _live.Clear();
+            Vk.DestroyDevice(Device, null);
+        }
+        Vk.DestroyInstance(Instance, null);
+    }
+}

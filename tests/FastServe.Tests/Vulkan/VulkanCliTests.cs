@@ -1,0 +1,113 @@
+using System.Diagnostics;
+using System.Text.Json;
+using FastServe.Protocol;
+using FastServe.Tests.Server;
+using NUnit.Framework;
+
+namespace FastServe.Tests.Vulkan;
+
+/// <summary>
+/// <c>--backend vulkan</c> through the published NativeAOT executable: check-backend passes every case, serve answers
+/// a request, and a missing shader directory or Vulkan driver fails in one line with its code and a non-zero exit.
+/// The checks that need a device are skipped, saying why, only where dist/fastserve finds none.
+/// </summary>
+[NonParallelizable]
+public sealed class VulkanCliTests
+{
+    private static (int Code, string Out, string Err) Run(Dictionary<string, string> env, params string[] args)
+    {
+        var psi = new ProcessStartInfo(DistBinary.Path) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        psi.Environment.Remove("FASTSERVE_VULKAN_SHADERS");
+        foreach (var (k, v) in env) psi.Environment[k] = v;
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(TimeSpan.FromMinutes(2))) { p.Kill(true); Assert.Fail($"fastserve {string.Join(' ', args)} timed out"); }
+        return (p.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    private static void IgnoreWithoutDevice((int Code, string Out, string Err) r)
+    {
+        if (r.Err.Contains("error[vulkan.no_loader]") || r.Err.Contains("error[vulkan.no_device]"))
+            Assert.Ignore($"dist/fastserve finds no Vulkan device: {r.Err.Trim()}");
+    }
+
+    private static void AssertOneError((int Code, string Out, string Err) r, params string[] codes)
+    {
+        Assert.That(r.Code, Is.Not.Zero, r.Err);
+        var lines = r.Err.TrimEnd().Split('\n');
+        Assert.That(codes.Any(c => lines[0].StartsWith($"error[{c}]")), Is.True, r.Err);
+        Assert.That(lines, Has.Length.EqualTo(1), r.Err);
+        Assert.That(r.Err, Does.Not.Contain("   at "), "no stack trace");
+        Assert.That(r.Err, Does.Not.Contain("fastserve serve:"), "serve fails before starting its processes");
+    }
+
+    [Test]
+    public void CheckBackendPassesEveryCase()
+    {
+        var sw = Stopwatch.StartNew();
+        var r = Run([], "check-backend", "--backend", "vulkan", "--json");
+        IgnoreWithoutDevice(r);
+        TestContext.Out.WriteLine($"check-backend --backend vulkan: {sw.Elapsed.TotalSeconds:F1} s");
+        Assert.That(r.Code, Is.Zero, r.Err + r.Out);
+        using var doc = JsonDocument.Parse(r.Out);
+        var root = doc.RootElement;
+        Assert.That(root.GetProperty("passed").GetBoolean(), Is.True, r.Out);
+        Assert.That(root.GetProperty("failed").GetInt32(), Is.Zero);
+        Assert.That(root.GetProperty("skipped").GetInt32(), Is.Zero, "the vulkan backend refuses no case (F32 and BF16 KV alike)");
+        Assert.That(root.GetProperty("cases").GetInt32(), Is.GreaterThan(150));
+    }
+
+    /// <summary>MatMul's shared-memory path, which devices without subgroup arithmetic take, on this device too.</summary>
+    [Test]
+    public void MatMulWithoutSubgroupsPasses()
+    {
+        var r = Run(new() { ["FASTSERVE_VULKAN_NO_SUBGROUPS"] = "1" }, "check-backend", "--backend", "vulkan", "--op", "MatMul", "--json");
+        IgnoreWithoutDevice(r);
+        Assert.That(r.Code, Is.Zero, r.Err + r.Out);
+        using var doc = JsonDocument.Parse(r.Out);
+        Assert.That(doc.RootElement.GetProperty("cases").GetInt32(), Is.GreaterThan(50));
+        Assert.That(doc.RootElement.GetProperty("failed").GetInt32(), Is.Zero);
+    }
+
+    [Test]
+    public void ServeAnswersARequest()
+    {
+        var probe = Run([], "check-backend", "--backend", "vulkan", "--op", "Add");
+        IgnoreWithoutDevice(probe);
+        using var r = ReplicaProcess.Start(["--backend", "vulkan", "--model", Path.Combine(TestModels.RepoRoot, "models", "gec-tiny"), "--workers", "1"],
+            metrics: false, agent: false);
+        using var c = RawConnection.Open(r.Port);
+        c.Request(1, "Correct: She don't like apples.\nFixed:", 8);
+        Assert.That(c.Collect([1]), Is.True, r.Stderr);
+        var o = c.Outcomes[1];
+        Assert.That(o.Final.Status, Is.EqualTo(WireStatus.Ok), o.Message + r.Stderr);
+        Assert.That(o.Ids, Has.Count.EqualTo(8));
+    }
+
+    private static IEnumerable<TestCaseData> Commands()
+    {
+        string tiny = Path.Combine(TestModels.RepoRoot, "models", "gec-tiny");
+        yield return new TestCaseData((object)new[] { "generate", "--model", tiny, "--max-tokens", "2", "hi" }).SetArgDisplayNames("generate");
+        yield return new TestCaseData((object)new[] { "serve", "--model", tiny, "--port", "0", "--workers", "1" }).SetArgDisplayNames("serve");
+        yield return new TestCaseData((object)new[] { "check-backend" }).SetArgDisplayNames("check-backend");
+    }
+
+    [TestCaseSource(nameof(Commands))]
+    public void AnEmptyShaderDirectoryIsOneLine(string[] args)
+    {
+        string empty = TestModels.TempDir("vkshaders");
+        var r = Run(new() { ["FASTSERVE_VULKAN_SHADERS"] = empty }, [.. args, "--backend", "vulkan"]);
+        AssertOneError(r, "vulkan.no_shaders");
+        Assert.That(r.Err, Does.Contain(empty).And.Contain("FASTSERVE_VULKAN_SHADERS").And.Contain("lacks"));
+    }
+
+    [TestCaseSource(nameof(Commands))]
+    public void NoVulkanDriverIsOneLine(string[] args)
+    {
+        var env = new Dictionary<string, string> { ["VK_ICD_FILENAMES"] = "/nonexistent/icd.json", ["VK_DRIVER_FILES"] = "/nonexistent/icd.json" };
+        var r = Run(env, [.. args, "--backend", "vulkan"]);
+        AssertOneError(r, "vulkan.no_device", "vulkan.no_loader");
+    }
+}

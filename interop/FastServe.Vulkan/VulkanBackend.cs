@@ -29,6 +29,8 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe, IStepRecor
 {
     /// <summary>Largest head dimension the attention shader holds (its MAX_DIM).</summary>
     public const int MaxHeadDim = 256;
+    /// <summary>Buffers a KV cache layer's K (and V) may span: the bindings kv_store and attention have for it.</summary>
+    public const int MaxKvSegments = 4;
     private const uint MaxGroups = 65535; // the smallest maxComputeWorkGroupCount Vulkan allows, per dimension
     private const uint Threads = 256;     // local size of the element-wise shaders
     private const ulong InitialArenaBytes = 4 << 20;
@@ -318,31 +320,41 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe, IStepRecor
         if (spec.HeadDim > MaxHeadDim)
             throw new FastServeException("vulkan.unsupported_shape", $"head dimension {spec.HeadDim} exceeds the vulkan attention shader's {MaxHeadDim}", "kv_cache");
         EnterSetup("AllocKvCache");
-        ulong bytes = (ulong)spec.NumBlocks * (ulong)spec.BlockSize * (ulong)spec.KvHeads * (ulong)spec.HeadDim * (spec.DType == KvDType.F32 ? 4UL : 2UL);
-        var k = new VulkanBuffer[spec.Layers];
-        var v = new VulkanBuffer[spec.Layers];
-        int made = 0;
+        ulong blockBytes = (ulong)spec.BlockSize * (ulong)spec.KvHeads * (ulong)spec.HeadDim * (spec.DType == KvDType.F32 ? 4UL : 2UL);
+        // Segments of whole blocks, each within the storage-buffer range; BF16 pairs must not straddle two segments.
+        ulong range = _m.Features.MaxStorageBufferRange;
+        long perSegment = (long)Math.Min((ulong)spec.NumBlocks, range / blockBytes);
+        if (blockBytes % 4 != 0 && perSegment < spec.NumBlocks) perSegment = 0;
+        int segments = perSegment > 0 ? (int)((spec.NumBlocks + perSegment - 1) / perSegment) : int.MaxValue;
+        if (segments > MaxKvSegments)
+            throw new VulkanException("vulkan.too_large",
+                $"a KV cache layer of {blockBytes * (ulong)spec.NumBlocks} bytes exceeds {MaxKvSegments} x the device's largest storage buffer ({range} bytes); lower --kv-memory");
+        var k = new VulkanBuffer[spec.Layers][];
+        var v = new VulkanBuffer[spec.Layers][];
         try
         {
-            for (; made < spec.Layers; made++)
+            for (int l = 0; l < spec.Layers; l++)
             {
-                k[made] = NewBuffer(bytes, VulkanMemory.Device, $"kv.k{made}");
-                v[made] = NewBuffer(bytes, VulkanMemory.Device, $"kv.v{made}");
+                k[l] = new VulkanBuffer[segments];
+                v[l] = new VulkanBuffer[segments];
+                for (int sgm = 0; sgm < segments; sgm++)
+                {
+                    long blocks = Math.Min(perSegment, spec.NumBlocks - sgm * perSegment);
+                    k[l][sgm] = NewBuffer(blockBytes * (ulong)blocks, VulkanMemory.Device, $"kv.k{l}.{sgm}");
+                    v[l][sgm] = NewBuffer(blockBytes * (ulong)blocks, VulkanMemory.Device, $"kv.v{l}.{sgm}");
+                }
             }
-            foreach (var b in k) Fill(b);
-            foreach (var b in v) Fill(b);
+            foreach (var layer in k) foreach (var b in layer) Fill(b);
+            foreach (var layer in v) foreach (var b in layer) Fill(b);
             Flush();
         }
         catch
         {
-            for (int i = 0; i < spec.Layers; i++)
-            {
-                k[i]?.Dispose();
-                v[i]?.Dispose();
-            }
+            foreach (var layer in k) if (layer is not null) foreach (var b in layer) b?.Dispose();
+            foreach (var layer in v) if (layer is not null) foreach (var b in layer) b?.Dispose();
             throw;
         }
-        return new VulkanKvCache(this, spec, k, v) { Owner = this };
+        return new VulkanKvCache(this, spec, (int)perSegment, k, v) { Owner = this };
     }
 
     // ---- ops ----------------------------------------------------------------------------------------------------
@@ -467,8 +479,11 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe, IStepRecor
         uint off = Stage<int>(slots.AsSpan(0, rows));
         uint width = (uint)(spec.KvHeads * spec.HeadDim);
         uint groups = Groups((uint)rows * width);
-        Span<uint> pc = [(uint)rows, width, off, groups * Threads];
-        Run("kv_store", spec.DType == KvDType.BF16 ? 1 : 0, [ks.Buffer, vs.Buffer, c.K[layer], c.V[layer], _arena.Buffer], pc, groups);
+        Span<uint> pc = [(uint)rows, width, off, groups * Threads, (uint)bs, (uint)c.BlocksPerSegment];
+        VulkanBuffer[] kl = c.K[layer], vl = c.V[layer];
+        Run("kv_store", spec.DType == KvDType.BF16 ? 1 : 0,
+            [ks.Buffer, vs.Buffer, c.Segment(kl, 0), c.Segment(kl, 1), c.Segment(kl, 2), c.Segment(kl, 3),
+             c.Segment(vl, 0), c.Segment(vl, 1), c.Segment(vl, 2), c.Segment(vl, 3), _arena.Buffer], pc, groups);
     }
 
     public override void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst)
@@ -506,8 +521,11 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe, IStepRecor
             batch.BlockTable(s)[..needed].CopyTo(a.AsSpan(2 * rows + s * maxBlocks));
         }
         uint off = Stage<int>(a.AsSpan(0, (int)total));
-        Span<uint> pc = [(uint)rows, (uint)heads, (uint)spec.KvHeads, (uint)spec.HeadDim, (uint)bs, (uint)maxBlocks, off];
-        Run("attention", spec.DType == KvDType.BF16 ? 1 : 0, [qs.Buffer, c.K[layer], c.V[layer], _arena.Buffer, d.Buffer], pc, (uint)heads, (uint)rows);
+        Span<uint> pc = [(uint)rows, (uint)heads, (uint)spec.KvHeads, (uint)spec.HeadDim, (uint)bs, (uint)maxBlocks, off, (uint)c.BlocksPerSegment];
+        VulkanBuffer[] kl = c.K[layer], vl = c.V[layer];
+        Run("attention", spec.DType == KvDType.BF16 ? 1 : 0,
+            [qs.Buffer, c.Segment(kl, 0), c.Segment(kl, 1), c.Segment(kl, 2), c.Segment(kl, 3),
+             c.Segment(vl, 0), c.Segment(vl, 1), c.Segment(vl, 2), c.Segment(vl, 3), _arena.Buffer, d.Buffer], pc, (uint)heads, (uint)rows);
     }
 
     public override void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst)

@@ -133,6 +133,45 @@ public sealed class VulkanBackendTests
         }));
     }
 
+    /// <summary>A KV cache layer larger than the device's largest storage buffer spans several buffers; attention over
+    /// blocks in two of them gives exactly what it gives over the same K/V in a small cache.</summary>
+    [TestCase(KvDType.F32)]
+    [TestCase(KvDType.BF16)]
+    public void AKvCacheLayerBeyondTheStorageBufferRangeSpansSegments(KvDType kv)
+    {
+        using var b = CreateOrIgnore();
+        ulong range = b.Features.MaxStorageBufferRange;
+        Assume.That(range, Is.LessThanOrEqualTo(256UL << 20), "a device with a small storage-buffer range (lavapipe: 128 MiB)");
+        const int heads = 2, kvHeads = 1, dim = 64, bs = 16, rows = 20;
+        int blockBytes = bs * kvHeads * dim * (kv == KvDType.F32 ? 4 : 2);
+        int perSegment = (int)(range / (ulong)blockBytes), numBlocks = perSegment + 8;
+        using var big = b.AllocKvCache(new KvCacheSpec(1, kvHeads, dim, bs, numBlocks, kv));
+        using var small = b.AllocKvCache(new KvCacheSpec(1, kvHeads, dim, bs, 4, kv));
+        var rng = new Random(5);
+        float[] Random(int n) => Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        using var q = b.Alloc("q", rows, heads * dim);
+        using var k = b.Alloc("k", rows, kvHeads * dim);
+        using var v = b.Alloc("v", rows, kvHeads * dim);
+        using var o = b.Alloc("o", rows, heads * dim);
+        b.CopyFromHost(Random(rows * heads * dim), rows, q);
+        b.CopyFromHost(Random(rows * kvHeads * dim), rows, k);
+        b.CopyFromHost(Random(rows * kvHeads * dim), rows, v);
+        float[] Attend(KvCache cache, int[] table)
+        {
+            var layout = new BatchLayout();
+            layout.AddSequence(0, rows, table);
+            b.KvStore(cache, 0, k, v, layout);
+            b.Attention(q, cache, 0, layout, o);
+            var r = new float[rows * heads * dim];
+            b.CopyToHost(o, r);
+            return r;
+        }
+        var inSegments = Attend(big, [numBlocks - 1, perSegment - 1]); // the second segment's last block, the first's
+        var plain = Attend(small, [2, 0]);
+        Assert.That(inSegments, Is.EqualTo(plain));
+        Assert.That(plain, Has.Some.Not.EqualTo(0f));
+    }
+
     private static int ArgMax(ReadOnlySpan<float> v)
     {
         int best = 0;

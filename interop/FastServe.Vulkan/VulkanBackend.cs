@@ -176,7 +176,6 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe, IStepRecor
         if (!_inStep) throw new InvalidOperationException("EndStep without BeginStep");
         bool refused = _step == StepMode.Refused || !_stepRead;
         var recorded = _plan == StepRecordings<VulkanStepRecording>.Plan.Record ? _recording : null;
-        if (refused && _step == StepMode.Recording) _cur = _seq; // the abandoned recording is disposed by End
         _inStep = false;
         _step = StepMode.Eager;
         _cur = _seq;

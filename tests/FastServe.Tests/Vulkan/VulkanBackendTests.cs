@@ -179,6 +179,22 @@ public sealed class VulkanBackendTests
         return best;
     }
 
+    [Test]
+    public void VulkanRegistersUnderItsName()
+    {
+        VulkanBackend.Register();
+        Assert.That(BackendFactory.Names, Does.Contain("vulkan"));
+    }
+
+    [TestCase(Result.ErrorDeviceLost, "vulkan.device_lost")]
+    [TestCase(Result.ErrorOutOfDeviceMemory, "vulkan.out_of_memory")]
+    [TestCase(Result.ErrorOutOfHostMemory, "vulkan.out_of_memory")]
+    [TestCase(Result.ErrorOutOfPoolMemory, "vulkan.out_of_memory")]
+    [TestCase(Result.ErrorIncompatibleDriver, "vulkan.no_device")]
+    [TestCase(Result.ErrorInitializationFailed, "vulkan.no_device")]
+    [TestCase(Result.ErrorUnknown, "vulkan.error")]
+    public void AVkResultMapsToItsStableCode(Result r, string code) => Assert.That(VulkanException.From("vkTest", r).Code, Is.EqualTo(code));
+
     [TestCase(Result.ErrorDeviceLost, "vulkan.device_lost")]
     [TestCase(Result.ErrorOutOfDeviceMemory, "vulkan.out_of_memory")]
     public void AFaultSurfacesAsItsCodeOnEveryLaterOp(Result result, string code)

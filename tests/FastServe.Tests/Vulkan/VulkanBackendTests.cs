@@ -19,7 +19,7 @@ namespace FastServe.Tests.Vulkan;
 [TestFixture, NonParallelizable]
 public sealed class VulkanBackendTests
 {
-    private static VulkanBackend CreateOrIgnore()
+    internal static VulkanBackend CreateOrIgnore()
     {
         try { return VulkanBackend.Create(); }
         catch (VulkanException e) when (e.Code is "vulkan.no_loader" or "vulkan.no_device")

@@ -25,10 +25,12 @@ namespace FastServe.Vulkan;
 /// limits throw <c>vulkan.unsupported_shape</c> without faulting.</para>
 /// An instance is used by one thread at a time.
 /// </remarks>
-public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe, IStepRecorder
+public sealed unsafe partial class VulkanBackend : BackendBase, IDeviceProbe, IStepRecorder
 {
     /// <summary>Largest head dimension the attention shader holds (its MAX_DIM).</summary>
     public const int MaxHeadDim = 256;
+    /// <summary>Buffers a KV cache layer's K (and V) may span: the bindings kv_store and attention have for it.</summary>
+    public const int MaxKvSegments = 4;
     private const uint MaxGroups = 65535; // the smallest maxComputeWorkGroupCount Vulkan allows, per dimension
     private const uint Threads = 256;     // local size of the element-wise shaders
     private const ulong InitialArenaBytes = 4 << 20;
@@ -114,141 +116,6 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe, IStepRecor
     /// <summary>A buffer every optional binding points at (absent scales, bias, addend).</summary>
     internal VulkanBuffer Dummy { get; }
 
-    // ---- recorded steps -----------------------------------------------------------------------------------------
-
-    /// <summary>Fixes attention's block-table stride at <paramref name="maxBlocksPerSequence"/> (a recording bakes the
-    /// stride into its push constants) and drops earlier recordings.</summary>
-    public void StartStepRecording(int maxBlocksPerSequence)
-    {
-        EnterSetup("StartStepRecording");
-        _minAttentionBlocks = Math.Max(1, maxBlocksPerSequence);
-        _recordings.Clear();
-    }
-
-    public void StopStepRecording()
-    {
-        if (_inStep) throw new InvalidOperationException("StopStepRecording: a step is in progress");
-        _recordings.Clear();
-    }
-
-    /// <summary>Begins a step of <paramref name="key"/>: a key's first step runs op by op, its second is recorded into
-    /// a command buffer of its own, later ones replay it with this step's host inputs (the ops are checked against
-    /// the recorded commands; any difference, or a buffer that would have to grow, refuses the step).</summary>
-    public bool BeginStep(int key)
-    {
-        EnterSetup("BeginStep");
-        Flush(); // the arena restarts at 0, so a step's host inputs land where its recording reads them
-        _arena.Reset();
-        if (!_recordings.Begin(key, out _plan, out var replay)) return false;
-        _inStep = true;
-        _stepRead = false;
-        _replayIndex = 0;
-        switch (_plan)
-        {
-            case StepRecordings<VulkanStepRecording>.Plan.Record:
-                try { _recording = new VulkanStepRecording(_m) { Generation = _generation }; }
-                catch (VulkanException e)
-                {
-                    _inStep = false;
-                    _recordings.End(_plan, refused: true, null);
-                    Fault(e);
-                }
-                _cur = _recording.Sequence;
-                _step = StepMode.Recording;
-                break;
-            case StepRecordings<VulkanStepRecording>.Plan.Replay:
-                _replay = replay;
-                _step = replay!.Generation == _generation ? StepMode.Replaying : StepMode.Refused;
-                break;
-            default:
-                _step = StepMode.Eager;
-                break;
-        }
-        return true;
-    }
-
-    /// <summary>Ends the step: <see cref="StepOutcome.Refused"/> when nothing ran (the caller issues the ops again),
-    /// including a step whose ops threw before its readback.</summary>
-    public StepOutcome EndStep()
-    {
-        if (!_inStep) throw new InvalidOperationException("EndStep without BeginStep");
-        bool refused = _step == StepMode.Refused || !_stepRead;
-        var recorded = _plan == StepRecordings<VulkanStepRecording>.Plan.Record ? _recording : null;
-        if (refused && _step == StepMode.Recording) _cur = _seq; // the abandoned recording is disposed by End
-        _inStep = false;
-        _step = StepMode.Eager;
-        _cur = _seq;
-        _recording = _replay = null;
-        _arena.Reset();
-        return _recordings.End(_plan, refused, recorded);
-    }
-
-    /// <summary>The current recorded step cannot run: nothing of it is submitted.</summary>
-    private void Refuse()
-    {
-        if (_step is StepMode.Recording or StepMode.Replaying) _step = StepMode.Refused;
-    }
-
-    /// <summary>Inside a recorded step: appends the command to the recording, or checks it against the replayed one
-    /// (a difference refuses the step). False when the command must not be issued (replaying, or refused).</summary>
-    private bool Note(in VulkanCommand c)
-    {
-        switch (_step)
-        {
-            case StepMode.Recording:
-                _recording!.Commands.Add(c);
-                return true;
-            case StepMode.Replaying:
-                var list = _replay!.Commands;
-                if (_replayIndex < list.Count && VulkanCommand.Same(list[_replayIndex], c)) _replayIndex++;
-                else Refuse();
-                return false;
-            default:
-                return false;
-        }
-    }
-
-    // The readback that ends a recorded step: the recording is submitted (and kept) or replayed, then the tensor read.
-    private void StepReadback(VulkanTensor s, Span<float> dst, int n)
-    {
-        ulong bytes = 4UL * (ulong)n;
-        if (s.Buffer.Mapped == null && n > 0)
-        {
-            if (_readback is null || _readback.Size < bytes) Refuse(); // no buffer may grow inside a step
-            else Copy(s.Buffer, 0, _readback, 0, bytes);
-        }
-        // What is read back is part of the step too.
-        if (_step != StepMode.Refused) Note(new VulkanCommand { Kind = 3, A = s.Buffer.Id, E = bytes });
-        if (_step == StepMode.Replaying && _replayIndex != _replay!.Commands.Count) Refuse();
-        try
-        {
-            switch (_step)
-            {
-                case StepMode.Recording:
-                    _recording!.Sequence.SubmitAndWait();
-                    break;
-                case StepMode.Replaying:
-                    _replay!.Sequence.Replay();
-                    break;
-                default:
-                    return; // refused: nothing ran, dst is left as it was
-            }
-        }
-        catch (VulkanException e) { Fault(e); }
-        Submissions++;
-        _stepRead = true;
-        if (n == 0) return;
-        byte* from = s.Buffer.Mapped != null ? s.Buffer.Mapped : _readback!.Mapped;
-        new ReadOnlySpan<float>(from, n).CopyTo(dst);
-    }
-
-    /// <summary>Ops that allocate or upload are not part of a step.</summary>
-    private void EnterSetup(string what)
-    {
-        Enter();
-        if (_inStep) throw new InvalidOperationException($"{what}: not allowed inside a recorded step");
-    }
-
     // ---- weights and buffers ------------------------------------------------------------------------------------
 
     public override BackendWeight LoadMatrix(MatrixWeight weight)
@@ -318,31 +185,41 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe, IStepRecor
         if (spec.HeadDim > MaxHeadDim)
             throw new FastServeException("vulkan.unsupported_shape", $"head dimension {spec.HeadDim} exceeds the vulkan attention shader's {MaxHeadDim}", "kv_cache");
         EnterSetup("AllocKvCache");
-        ulong bytes = (ulong)spec.NumBlocks * (ulong)spec.BlockSize * (ulong)spec.KvHeads * (ulong)spec.HeadDim * (spec.DType == KvDType.F32 ? 4UL : 2UL);
-        var k = new VulkanBuffer[spec.Layers];
-        var v = new VulkanBuffer[spec.Layers];
-        int made = 0;
+        ulong blockBytes = (ulong)spec.BlockSize * (ulong)spec.KvHeads * (ulong)spec.HeadDim * (spec.DType == KvDType.F32 ? 4UL : 2UL);
+        // Segments of whole blocks, each within the storage-buffer range; BF16 pairs must not straddle two segments.
+        ulong range = _m.Features.MaxStorageBufferRange;
+        long perSegment = (long)Math.Min((ulong)spec.NumBlocks, range / blockBytes);
+        if (blockBytes % 4 != 0 && perSegment < spec.NumBlocks) perSegment = 0;
+        int segments = perSegment > 0 ? (int)((spec.NumBlocks + perSegment - 1) / perSegment) : int.MaxValue;
+        if (segments > MaxKvSegments)
+            throw new VulkanException("vulkan.too_large",
+                $"a KV cache layer of {blockBytes * (ulong)spec.NumBlocks} bytes exceeds {MaxKvSegments} x the device's largest storage buffer ({range} bytes); lower --kv-memory");
+        var k = new VulkanBuffer[spec.Layers][];
+        var v = new VulkanBuffer[spec.Layers][];
         try
         {
-            for (; made < spec.Layers; made++)
+            for (int l = 0; l < spec.Layers; l++)
             {
-                k[made] = NewBuffer(bytes, VulkanMemory.Device, $"kv.k{made}");
-                v[made] = NewBuffer(bytes, VulkanMemory.Device, $"kv.v{made}");
+                k[l] = new VulkanBuffer[segments];
+                v[l] = new VulkanBuffer[segments];
+                for (int sgm = 0; sgm < segments; sgm++)
+                {
+                    long blocks = Math.Min(perSegment, spec.NumBlocks - sgm * perSegment);
+                    k[l][sgm] = NewBuffer(blockBytes * (ulong)blocks, VulkanMemory.Device, $"kv.k{l}.{sgm}");
+                    v[l][sgm] = NewBuffer(blockBytes * (ulong)blocks, VulkanMemory.Device, $"kv.v{l}.{sgm}");
+                }
             }
-            foreach (var b in k) Fill(b);
-            foreach (var b in v) Fill(b);
+            foreach (var layer in k) foreach (var b in layer) Fill(b);
+            foreach (var layer in v) foreach (var b in layer) Fill(b);
             Flush();
         }
         catch
         {
-            for (int i = 0; i < spec.Layers; i++)
-            {
-                k[i]?.Dispose();
-                v[i]?.Dispose();
-            }
+            foreach (var layer in k) if (layer is not null) foreach (var b in layer) b?.Dispose();
+            foreach (var layer in v) if (layer is not null) foreach (var b in layer) b?.Dispose();
             throw;
         }
-        return new VulkanKvCache(this, spec, k, v) { Owner = this };
+        return new VulkanKvCache(this, spec, (int)perSegment, k, v) { Owner = this };
     }
 
     // ---- ops ----------------------------------------------------------------------------------------------------
@@ -467,8 +344,11 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe, IStepRecor
         uint off = Stage<int>(slots.AsSpan(0, rows));
         uint width = (uint)(spec.KvHeads * spec.HeadDim);
         uint groups = Groups((uint)rows * width);
-        Span<uint> pc = [(uint)rows, width, off, groups * Threads];
-        Run("kv_store", spec.DType == KvDType.BF16 ? 1 : 0, [ks.Buffer, vs.Buffer, c.K[layer], c.V[layer], _arena.Buffer], pc, groups);
+        Span<uint> pc = [(uint)rows, width, off, groups * Threads, (uint)bs, (uint)c.BlocksPerSegment];
+        VulkanBuffer[] kl = c.K[layer], vl = c.V[layer];
+        Run("kv_store", spec.DType == KvDType.BF16 ? 1 : 0,
+            [ks.Buffer, vs.Buffer, c.Segment(kl, 0), c.Segment(kl, 1), c.Segment(kl, 2), c.Segment(kl, 3),
+             c.Segment(vl, 0), c.Segment(vl, 1), c.Segment(vl, 2), c.Segment(vl, 3), _arena.Buffer], pc, groups);
     }
 
     public override void Attention(BackendTensor q, KvCache cache, int layer, BatchLayout batch, BackendTensor dst)
@@ -506,8 +386,11 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe, IStepRecor
             batch.BlockTable(s)[..needed].CopyTo(a.AsSpan(2 * rows + s * maxBlocks));
         }
         uint off = Stage<int>(a.AsSpan(0, (int)total));
-        Span<uint> pc = [(uint)rows, (uint)heads, (uint)spec.KvHeads, (uint)spec.HeadDim, (uint)bs, (uint)maxBlocks, off];
-        Run("attention", spec.DType == KvDType.BF16 ? 1 : 0, [qs.Buffer, c.K[layer], c.V[layer], _arena.Buffer, d.Buffer], pc, (uint)heads, (uint)rows);
+        Span<uint> pc = [(uint)rows, (uint)heads, (uint)spec.KvHeads, (uint)spec.HeadDim, (uint)bs, (uint)maxBlocks, off, (uint)c.BlocksPerSegment];
+        VulkanBuffer[] kl = c.K[layer], vl = c.V[layer];
+        Run("attention", spec.DType == KvDType.BF16 ? 1 : 0,
+            [qs.Buffer, c.Segment(kl, 0), c.Segment(kl, 1), c.Segment(kl, 2), c.Segment(kl, 3),
+             c.Segment(vl, 0), c.Segment(vl, 1), c.Segment(vl, 2), c.Segment(vl, 3), _arena.Buffer, d.Buffer], pc, (uint)heads, (uint)rows);
     }
 
     public override void GatherRows(BackendTensor src, ReadOnlySpan<int> rows, BackendTensor dst)
@@ -595,227 +478,4 @@ public sealed unsafe class VulkanBackend : BackendBase, IDeviceProbe, IStepRecor
         return 2.0 * bytes * reps / sw.Elapsed.TotalSeconds;
     }
 
-    // ---- plumbing -----------------------------------------------------------------------------------------------
-
-    private void Enter()
-    {
-        if (_fault is not null) ThrowFaulted();
-        ObjectDisposedException.ThrowIf(_disposed, this);
-    }
-
-    /// <summary>Tests: leaves the backend as a failing call returning <paramref name="result"/> would.</summary>
-    internal void InjectFault(Silk.NET.Vulkan.Result result) => _fault ??= VulkanException.From("injected", result);
-
-    [DoesNotReturn]
-    private void ThrowFaulted()
-    {
-        var f = _fault!;
-        throw new VulkanException(f.Code, $"an earlier failure left the vulkan backend unusable: {f.Message}", f.Call, f.Result);
-    }
-
-    /// <summary>A failing Vulkan call faults the backend: what was recorded or submitted is lost.</summary>
-    [DoesNotReturn]
-    private void Fault(VulkanException e)
-    {
-        _fault ??= e;
-        throw e;
-    }
-
-    private void Copy(VulkanBuffer src, ulong srcOffset, VulkanBuffer dst, ulong dstOffset, ulong bytes)
-    {
-        if (_step != StepMode.Eager && !Note(VulkanCommand.Copy(src, srcOffset, dst, dstOffset, bytes))) return;
-        try { _cur.Copy(src, srcOffset, dst, dstOffset, bytes); }
-        catch (VulkanException e) { Fault(e); }
-    }
-
-    private void Fill(VulkanBuffer b)
-    {
-        try { _seq.Fill(b, b.Size, 0); }
-        catch (VulkanException e) { Fault(e); }
-    }
-
-    /// <summary>Submits what was recorded, waits, and recycles the arena.</summary>
-    private void Flush()
-    {
-        // A recorded or replayed step is submitted whole at its readback: needing to submit earlier refuses it.
-        if (_step != StepMode.Eager)
-        {
-            Refuse();
-            return;
-        }
-        if (!_seq.Recording) return;
-        try { _seq.SubmitAndWait(); }
-        catch (VulkanException e) { Fault(e); }
-        Submissions++;
-        _arena.Reset();
-    }
-
-    private VulkanBuffer NewBuffer(ulong bytes, VulkanMemory kind, string name)
-    {
-        try { return VulkanBuffer.Create(_m, bytes, kind, name); }
-        catch (VulkanException e) when (e.Code == "vulkan.out_of_memory" && _seq.Recording)
-        {
-            // Memory may be held only until the recorded work completes; not a fault by itself.
-            Flush();
-            return VulkanBuffer.Create(_m, bytes, kind, name);
-        }
-    }
-
-    /// <summary>A buffer an op needs mid-step: failing to get one faults the backend, as the step cannot complete.</summary>
-    private VulkanBuffer StepBuffer(ulong bytes, VulkanMemory kind, string name)
-    {
-        try { return NewBuffer(bytes, kind, name); }
-        catch (VulkanException e)
-        {
-            Fault(e);
-            throw;
-        }
-    }
-
-    /// <summary>Frees a tensor's or weight's buffer once no recorded or submitted work can use it (errors ignored:
-    /// the fault behind them is what gets reported, and the memory is released either way).</summary>
-    internal void Release(VulkanBuffer b)
-    {
-        if (_disposed) return;
-        if (_seq.Recording && _fault is null)
-        {
-            try { Flush(); }
-            catch (VulkanException) { }
-        }
-        b.Dispose();
-    }
-
-    private void Upload(VulkanBuffer dst, byte* src, long bytes)
-    {
-        if (bytes == 0) return;
-        if (dst.Mapped != null)
-        {
-            System.Buffer.MemoryCopy(src, dst.Mapped, (long)dst.Size, bytes);
-            return;
-        }
-        Flush();
-        _staging ??= NewBuffer(StagingBytes, VulkanMemory.Host, "staging");
-        var staging = _staging;
-        for (long done = 0; done < bytes;)
-        {
-            long chunk = Math.Min(bytes - done, (long)staging.Size);
-            System.Buffer.MemoryCopy(src + done, staging.Mapped, (long)staging.Size, chunk);
-            Copy(staging, 0, dst, (ulong)done, (ulong)chunk);
-            Flush();
-            done += chunk;
-        }
-    }
-
-    private VulkanBuffer Scratch(ulong bytes)
-    {
-        if (_scratch is null || _scratch.Size < bytes)
-        {
-            if (_step != StepMode.Eager)
-            {
-                Refuse();
-                return Dummy;
-            }
-            Flush(); // recorded work may use the old scratch
-            _scratch?.Dispose();
-            _scratch = null;
-            _scratch = StepBuffer(bytes, VulkanMemory.Device, "scratch");
-            _generation++;
-        }
-        return _scratch;
-    }
-
-    private int[] HostInts(int n)
-    {
-        if (_hostInts.Length < n) _hostInts = new int[Math.Max(n, _hostInts.Length * 2)];
-        return _hostInts;
-    }
-
-    /// <summary>Appends a host array to the arena (submitting and, for an array larger than it, growing it when
-    /// full) and returns its word offset.</summary>
-    private uint Stage<T>(ReadOnlySpan<T> data) where T : unmanaged
-    {
-        if (_arena.TryPut(data, out uint off)) return off;
-        if (_step != StepMode.Eager)
-        {
-            Refuse(); // the arena cannot be recycled or grown inside a recorded step
-            return 0;
-        }
-        MakeRoom((ulong)data.Length * 4);
-        _arena.TryPut(data, out off);
-        return off;
-    }
-
-    private Span<uint> Reserve(int words, out uint off)
-    {
-        if (_arena.TryReserve(words, out off, out var space)) return space;
-        if (_step != StepMode.Eager)
-        {
-            Refuse();
-            return MemoryMarshal.Cast<int, uint>(HostInts(words).AsSpan(0, words)); // written, never read
-        }
-        MakeRoom((ulong)words * 4);
-        _arena.TryReserve(words, out off, out space);
-        return space;
-    }
-
-    private void MakeRoom(ulong bytes)
-    {
-        Flush();
-        if (_arena.Buffer.Size < bytes)
-        {
-            try { _arena.Grow(bytes); }
-            catch (VulkanException e) { Fault(e); }
-            _generation++;
-        }
-    }
-
-    private VulkanAlgorithm Algorithm(string shader, int variant, int bindings, uint pushBytes)
-    {
-        if (_algorithms.TryGetValue((shader, variant), out var a)) return a;
-        try
-        {
-            if (!_spirv.TryGetValue(shader, out var code)) _spirv[shader] = code = VulkanShaders.Read(_shaderDir, shader);
-            a = VulkanAlgorithm.Create(_m, shader, code, variant, bindings, pushBytes);
-        }
-        catch (VulkanException e) { Fault(e); }
-        _algorithms[(shader, variant)] = a;
-        return a;
-    }
-
-    /// <summary>Records one dispatch: the pipeline of (shader, variant), the cached set of <paramref name="buffers"/>,
-    /// the push constants.</summary>
-    private void Run(string shader, int variant, ReadOnlySpan<VulkanBuffer> buffers, ReadOnlySpan<uint> push, uint x, uint y = 1, uint z = 1)
-    {
-        if (_step == StepMode.Refused) return;
-        var alg = Algorithm(shader, variant, buffers.Length, (uint)push.Length * 4);
-        Silk.NET.Vulkan.DescriptorSet set = default;
-        try { set = _sets.Get(alg, buffers); }
-        catch (VulkanException e) { Fault(e); }
-        if (_step != StepMode.Eager && !Note(VulkanCommand.Dispatch(alg, set.Handle, push, x, y, z))) return;
-        try { _cur.Dispatch(alg, set, MemoryMarshal.AsBytes(push), x, y, z); }
-        catch (VulkanException e) { Fault(e); }
-    }
-
-    /// <summary>Workgroups of <see cref="Threads"/> for n elements, capped (the shaders loop with the stride).</summary>
-    private static uint Groups(uint n) => Math.Clamp((n + Threads - 1) / Threads, 1, MaxGroups);
-
-    private static uint RowGroups(int rows)
-    {
-        if ((uint)rows > MaxGroups)
-            throw new FastServeException("vulkan.unsupported_shape", $"{rows} rows exceed the {MaxGroups} workgroups of a dispatch", "rows");
-        return (uint)rows;
-    }
-
-    public override void Dispose()
-    {
-        if (_disposed) return;
-        try { if (_fault is null) Flush(); }
-        catch (VulkanException) { }
-        _disposed = true;
-        _recordings.Clear();
-        foreach (var a in _algorithms.Values) a.Dispose();
-        _sets.Dispose();
-        _seq.Dispose();
-        _m.Dispose(); // frees every buffer still alive (arena, staging, dummy, tensors not disposed)
-    }
 }

@@ -10,7 +10,7 @@ namespace FastServe.Vulkan;
 /// </summary>
 internal sealed unsafe class VulkanDescriptors : IDisposable
 {
-    public const int MaxBindings = 6;
+    public const int MaxBindings = 12;
     private const uint SetsPerPool = 512;
 
     private readonly VulkanManager _m;
@@ -23,14 +23,34 @@ internal sealed unsafe class VulkanDescriptors : IDisposable
     /// <summary>Sets made so far (a step that makes none reuses everything).</summary>
     public int Count => _sets.Count;
 
-    private readonly record struct Key(int Algorithm, long B0, long B1, long B2, long B3, long B4, long B5);
+    private readonly record struct Key(int Algorithm, Ids Buffers);
+
+    [System.Runtime.CompilerServices.InlineArray(MaxBindings)]
+    private struct Ids : IEquatable<Ids>
+    {
+        private long _first;
+
+        public readonly bool Equals(Ids other) =>
+            ((ReadOnlySpan<long>)this).SequenceEqual((ReadOnlySpan<long>)other);
+
+        public override readonly bool Equals(object? obj) => obj is Ids o && Equals(o);
+
+        public override readonly int GetHashCode()
+        {
+            var h = new HashCode();
+            foreach (long id in (ReadOnlySpan<long>)this) h.Add(id);
+            return h.ToHashCode();
+        }
+    }
 
     /// <summary>The set binding <paramref name="buffers"/> (whole) to bindings 0.. of <paramref name="alg"/>.</summary>
     public DescriptorSet Get(VulkanAlgorithm alg, ReadOnlySpan<VulkanBuffer> buffers)
     {
         if (buffers.Length != alg.Bindings || buffers.Length > MaxBindings)
             throw new ArgumentException($"{alg.Name}: {buffers.Length} buffers for {alg.Bindings} bindings");
-        var key = new Key(alg.Id, Id(buffers, 0), Id(buffers, 1), Id(buffers, 2), Id(buffers, 3), Id(buffers, 4), Id(buffers, 5));
+        var ids = new Ids();
+        for (int i = 0; i < buffers.Length; i++) ids[i] = buffers[i].Id;
+        var key = new Key(alg.Id, ids);
         if (_sets.TryGetValue(key, out var set)) return set;
         set = Allocate(alg);
         var infos = stackalloc DescriptorBufferInfo[buffers.Length];
@@ -48,8 +68,6 @@ internal sealed unsafe class VulkanDescriptors : IDisposable
         _sets.Add(key, set);
         return set;
     }
-
-    private static long Id(ReadOnlySpan<VulkanBuffer> b, int i) => i < b.Length ? b[i].Id : 0;
 
     private DescriptorSet Allocate(VulkanAlgorithm alg)
     {

@@ -58,28 +58,36 @@ internal sealed class VulkanWeight : BackendWeight
     }
 }
 
-/// <summary>The paged cache: one K and one V buffer per layer, each [block][slot][kvHead][dim] of F32 or BF16 (two per
-/// word), zeroed at allocation. Per-layer buffers keep each binding within the device's storage-buffer range.</summary>
+/// <summary>The paged cache: per layer, K and V each in up to <see cref="VulkanBackend.MaxKvSegments"/> buffers
+/// ("segments") of <see cref="BlocksPerSegment"/> blocks, [block][slot][kvHead][dim] of F32 or BF16 (two per word),
+/// zeroed at allocation. Segments keep every binding within the device's storage-buffer range (128 MiB on lavapipe);
+/// a layer with fewer segments binds the backend's dummy buffer for the rest.</summary>
 internal sealed class VulkanKvCache : KvCache
 {
     private readonly VulkanBackend _backend;
 
-    public VulkanKvCache(VulkanBackend backend, KvCacheSpec spec, VulkanBuffer[] k, VulkanBuffer[] v) : base(spec)
+    public VulkanKvCache(VulkanBackend backend, KvCacheSpec spec, int blocksPerSegment, VulkanBuffer[][] k, VulkanBuffer[][] v) : base(spec)
     {
         _backend = backend;
+        BlocksPerSegment = blocksPerSegment;
         K = k;
         V = v;
     }
 
-    public VulkanBuffer[] K { get; }
-    public VulkanBuffer[] V { get; }
+    public int BlocksPerSegment { get; }
+    /// <summary>[layer][segment].</summary>
+    public VulkanBuffer[][] K { get; }
+    public VulkanBuffer[][] V { get; }
+
+    /// <summary>Segment <paramref name="s"/> of a layer's K or V, or the dummy buffer past its last.</summary>
+    public VulkanBuffer Segment(VulkanBuffer[] layer, int s) => s < layer.Length ? layer[s] : _backend.Dummy;
 
     public override void Dispose()
     {
         if (!Disposed)
         {
-            foreach (var b in K) _backend.Release(b);
-            foreach (var b in V) _backend.Release(b);
+            foreach (var layer in K) foreach (var b in layer) _backend.Release(b);
+            foreach (var layer in V) foreach (var b in layer) _backend.Release(b);
         }
         base.Dispose();
     }

@@ -2,7 +2,8 @@
 // Causal grouped-query attention over one layer's paged cache. One workgroup per (query head, row): the row's
 // positions 0..pos are visited in chunks of THREADS, one score per thread (q · k / sqrt(dim)), with an online
 // softmax (running max and sum, F32) rescaling the output accumulators; thread t owns output dims t, t + THREADS, ...
-// Arena at off: seqOfRow[rows] | position[rows] | blockTables[seqs][maxBlocks].
+// Arena at off: seqOfRow[rows] | position[rows] | blockTables[seqs][maxBlocks]. A layer's cache is split into up to
+// four segments of blocksPerSeg blocks (bindings K0..K3, V0..V3), each within the device's storage-buffer range.
 #extension GL_GOOGLE_include_directive : require
 #include "common.glsl"
 #define THREADS 64
@@ -11,27 +12,40 @@
 layout(local_size_x = THREADS) in;
 layout(constant_id = 0) const int BF16 = 0;
 layout(std430, binding = 0) readonly buffer Q { float q[]; };
-layout(std430, binding = 1) readonly buffer KC { uint kc[]; };
-layout(std430, binding = 2) readonly buffer VC { uint vc[]; };
-layout(std430, binding = 3) readonly buffer Arena { int arena[]; };
-layout(std430, binding = 4) writeonly buffer Dst { float dst[]; };
-layout(push_constant) uniform P { uint rows; uint heads; uint kvHeads; uint dim; uint blockSize; uint maxBlocks; uint off; } p;
+layout(std430, binding = 1) readonly buffer KC0 { uint kc0[]; };
+layout(std430, binding = 2) readonly buffer KC1 { uint kc1[]; };
+layout(std430, binding = 3) readonly buffer KC2 { uint kc2[]; };
+layout(std430, binding = 4) readonly buffer KC3 { uint kc3[]; };
+layout(std430, binding = 5) readonly buffer VC0 { uint vc0[]; };
+layout(std430, binding = 6) readonly buffer VC1 { uint vc1[]; };
+layout(std430, binding = 7) readonly buffer VC2 { uint vc2[]; };
+layout(std430, binding = 8) readonly buffer VC3 { uint vc3[]; };
+layout(std430, binding = 9) readonly buffer Arena { int arena[]; };
+layout(std430, binding = 10) writeonly buffer Dst { float dst[]; };
+layout(push_constant) uniform P { uint rows; uint heads; uint kvHeads; uint dim; uint blockSize; uint maxBlocks; uint off; uint blocksPerSeg; } p;
 shared float qs[MAX_DIM];
 shared float sc[THREADS];
 shared float red[THREADS];
 
-float cache_at(bool isK, uint e)
+uint word_at(bool isK, uint seg, uint i)
 {
-    if (BF16 == 0) return uintBitsToFloat(isK ? kc[e] : vc[e]);
-    uint word = isK ? kc[e >> 1] : vc[e >> 1];
-    return bf16_to_f32(half_at(word, e));
+    if (isK) return seg == 0u ? kc0[i] : seg == 1u ? kc1[i] : seg == 2u ? kc2[i] : kc3[i];
+    return seg == 0u ? vc0[i] : seg == 1u ? vc1[i] : seg == 2u ? vc2[i] : vc3[i];
 }
 
-// First element of position pos's K/V vector for KV head kvh in this layer's [block][slot][kvHead][dim] layout.
-uint slot_base(uint seq, uint pos, uint kvh)
+float cache_at(bool isK, uint seg, uint e)
+{
+    if (BF16 == 0) return uintBitsToFloat(word_at(isK, seg, e));
+    return bf16_to_f32(half_at(word_at(isK, seg, e >> 1), e));
+}
+
+// Segment and first element of position pos's K/V vector for KV head kvh in the segment's
+// [block][slot][kvHead][dim] layout.
+uvec2 slot_base(uint seq, uint pos, uint kvh)
 {
     uint block = uint(arena[p.off + 2u * p.rows + seq * p.maxBlocks + pos / p.blockSize]);
-    return ((block * p.blockSize + pos % p.blockSize) * p.kvHeads + kvh) * p.dim;
+    uint local = block % p.blocksPerSeg;
+    return uvec2(block / p.blocksPerSeg, ((local * p.blockSize + pos % p.blockSize) * p.kvHeads + kvh) * p.dim);
 }
 
 float reduce_max(float v, uint tid)
@@ -82,9 +96,9 @@ void main()
         float s = -1.0 / 0.0;
         if (pp <= pos)
         {
-            uint kb = slot_base(seq, pp, kvh);
+            uvec2 kb = slot_base(seq, pp, kvh);
             float dot = 0.0;
-            for (uint j = 0u; j < p.dim; j++) dot += qs[j] * cache_at(true, kb + j);
+            for (uint j = 0u; j < p.dim; j++) dot += qs[j] * cache_at(true, kb.x, kb.y + j);
             s = dot * scale;
         }
         float mNew = max(m, reduce_max(s, tid));
@@ -98,12 +112,12 @@ void main()
         for (int t = 0; t < PER_THREAD; t++) acc[t] *= corr;
         for (uint c = 0u; c < count; c++)
         {
-            uint vb = slot_base(seq, base + c, kvh);
+            uvec2 vb = slot_base(seq, base + c, kvh);
             float w = sc[c];
             for (int t = 0; t < PER_THREAD; t++)
             {
                 uint j = tid + uint(t) * THREADS;
-                if (j < p.dim) acc[t] += w * cache_at(false, vb + j);
+                if (j < p.dim) acc[t] += w * cache_at(false, vb.x, vb.y + j);
             }
         }
         barrier(); // sc is rewritten by the next chunk

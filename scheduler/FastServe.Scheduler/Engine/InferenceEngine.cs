@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using FastServe.Runtime;
 using FastServe.Scheduler.Execution;
 using Microsoft.Extensions.ObjectPool;
 
@@ -179,7 +180,9 @@ public sealed class InferenceEngine : IDisposable
         catch (Exception e)
         {
             // A device fault or a scheduler bug: end every request with Failed and refuse new ones, rather than hang.
-            string failure = Environment.GetEnvironmentVariable("FASTSERVE_DEBUG") == "1" ? e.ToString() : $"{e.GetType().Name}: {e.Message}";
+            // A backend's fault keeps its stable code (cuda.error, vulkan.device_lost...) in the requests' message.
+            string failure = Environment.GetEnvironmentVariable("FASTSERVE_DEBUG") == "1" ? e.ToString()
+                : e is FastServeException fe ? $"{fe.Code}: {fe.Message}" : $"{e.GetType().Name}: {e.Message}";
             _admission.Fail(failure);
             try { FailAll(RequestStatus.Failed, "engine.failed", failure); _opt.AfterIteration?.Invoke(); }
             catch (Exception again) { Console.Error.WriteLine($"fastserve: the engine failed ({failure}) and could not end every request: {again}"); }

@@ -19,7 +19,7 @@ namespace FastServe.Tests.Vulkan;
 [TestFixture, NonParallelizable]
 public sealed class VulkanBackendTests
 {
-    private static VulkanBackend CreateOrIgnore()
+    internal static VulkanBackend CreateOrIgnore()
     {
         try { return VulkanBackend.Create(); }
         catch (VulkanException e) when (e.Code is "vulkan.no_loader" or "vulkan.no_device")
@@ -133,12 +133,67 @@ public sealed class VulkanBackendTests
         }));
     }
 
+    /// <summary>A KV cache layer larger than the device's largest storage buffer spans several buffers; attention over
+    /// blocks in two of them gives exactly what it gives over the same K/V in a small cache.</summary>
+    [TestCase(KvDType.F32)]
+    [TestCase(KvDType.BF16)]
+    public void AKvCacheLayerBeyondTheStorageBufferRangeSpansSegments(KvDType kv)
+    {
+        using var b = CreateOrIgnore();
+        ulong range = b.Features.MaxStorageBufferRange;
+        Assume.That(range, Is.LessThanOrEqualTo(256UL << 20), "a device with a small storage-buffer range (lavapipe: 128 MiB)");
+        const int heads = 2, kvHeads = 1, dim = 64, bs = 16, rows = 20;
+        int blockBytes = bs * kvHeads * dim * (kv == KvDType.F32 ? 4 : 2);
+        int perSegment = (int)(range / (ulong)blockBytes), numBlocks = perSegment + 8;
+        using var big = b.AllocKvCache(new KvCacheSpec(1, kvHeads, dim, bs, numBlocks, kv));
+        using var small = b.AllocKvCache(new KvCacheSpec(1, kvHeads, dim, bs, 4, kv));
+        var rng = new Random(5);
+        float[] Random(int n) => Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        using var q = b.Alloc("q", rows, heads * dim);
+        using var k = b.Alloc("k", rows, kvHeads * dim);
+        using var v = b.Alloc("v", rows, kvHeads * dim);
+        using var o = b.Alloc("o", rows, heads * dim);
+        b.CopyFromHost(Random(rows * heads * dim), rows, q);
+        b.CopyFromHost(Random(rows * kvHeads * dim), rows, k);
+        b.CopyFromHost(Random(rows * kvHeads * dim), rows, v);
+        float[] Attend(KvCache cache, int[] table)
+        {
+            var layout = new BatchLayout();
+            layout.AddSequence(0, rows, table);
+            b.KvStore(cache, 0, k, v, layout);
+            b.Attention(q, cache, 0, layout, o);
+            var r = new float[rows * heads * dim];
+            b.CopyToHost(o, r);
+            return r;
+        }
+        var inSegments = Attend(big, [numBlocks - 1, perSegment - 1]); // the second segment's last block, the first's
+        var plain = Attend(small, [2, 0]);
+        Assert.That(inSegments, Is.EqualTo(plain));
+        Assert.That(plain, Has.Some.Not.EqualTo(0f));
+    }
+
     private static int ArgMax(ReadOnlySpan<float> v)
     {
         int best = 0;
         for (int i = 1; i < v.Length; i++) if (v[i] > v[best]) best = i;
         return best;
     }
+
+    [Test]
+    public void VulkanRegistersUnderItsName()
+    {
+        VulkanBackend.Register();
+        Assert.That(BackendFactory.Names, Does.Contain("vulkan"));
+    }
+
+    [TestCase(Result.ErrorDeviceLost, "vulkan.device_lost")]
+    [TestCase(Result.ErrorOutOfDeviceMemory, "vulkan.out_of_memory")]
+    [TestCase(Result.ErrorOutOfHostMemory, "vulkan.out_of_memory")]
+    [TestCase(Result.ErrorOutOfPoolMemory, "vulkan.out_of_memory")]
+    [TestCase(Result.ErrorIncompatibleDriver, "vulkan.no_device")]
+    [TestCase(Result.ErrorInitializationFailed, "vulkan.no_device")]
+    [TestCase(Result.ErrorUnknown, "vulkan.error")]
+    public void AVkResultMapsToItsStableCode(Result r, string code) => Assert.That(VulkanException.From("vkTest", r).Code, Is.EqualTo(code));
 
     [TestCase(Result.ErrorDeviceLost, "vulkan.device_lost")]
     [TestCase(Result.ErrorOutOfDeviceMemory, "vulkan.out_of_memory")]

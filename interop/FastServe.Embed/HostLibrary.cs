@@ -1,22 +1,27 @@
 using System.Runtime.InteropServices;
 using FastServe.Interop;
+using FastServe.Vulkan;
 
 namespace FastServe.Embed;
 
 /// <summary>
 /// Where libfastserve.so itself lies, and the backends it registers there. The process's executable is the embedding
-/// program's, so the CUDA kernel library (dist/libfastserve_cuda.so, built beside this one) is looked for next to this
-/// library first: the dynamic loader's dladdr names the file an exported function came from.
+/// program's, so the CUDA kernel library and the Vulkan shaders (dist/libfastserve_cuda.so, dist/vulkan/, built beside
+/// this one) are looked for next to this library first: the dynamic loader's dladdr names the file an exported function
+/// came from.
 /// </summary>
 internal static unsafe partial class HostLibrary
 {
     private static int _registered;
 
-    /// <summary>Registers the "cuda" backend once per process, told this library's directory. Idempotent, any thread.</summary>
+    /// <summary>Registers the "cuda" and "vulkan" backends once per process, told this library's directory (where
+    /// libfastserve_cuda.so and vulkan/*.spv lie in dist/). Idempotent, any thread.</summary>
     public static void RegisterBackends()
     {
         if (Interlocked.Exchange(ref _registered, 1) == 1) return;
-        CudaBackend.Register(Directory());
+        string? dir = Directory();
+        CudaBackend.Register(dir);
+        VulkanBackend.Register(dir);
     }
 
     /// <summary>The directory of the shared object holding fs_abi_version, or null (not a published library: tests).</summary>

@@ -59,7 +59,7 @@ internal static unsafe class LastError
         return (dot < 0 ? code : code[..dot]) switch
         {
             "model" or "config" or "safetensors" or "checkpoint" or "tokenizer" or "quantize" => FsStatus.Model,
-            "backend" or "cuda" => FsStatus.Backend,
+            "backend" or "cuda" or "vulkan" => FsStatus.Backend,
             "args" when code == "args.unknown_backend" => FsStatus.Backend,
             "args" or "engine" or "sampling" or "request" or "prompt" => FsStatus.InvalidArgument,
             _ => FsStatus.Internal,

@@ -99,8 +99,13 @@ public sealed unsafe partial class VulkanBackend : BackendBase, IDeviceProbe, IS
 
     /// <summary>Makes "vulkan" a name <see cref="BackendFactory"/> knows, with <see cref="VulkanEnvironment.Check"/> as
     /// its cheap check. Hosts call it once at startup.</summary>
-    public static void Register() =>
+    /// <param name="hostLibraryDirectory">For a host that is a shared library: its directory, whose <c>vulkan/</c> holds
+    /// the shaders (<see cref="VulkanShaders.SetHostLibraryDirectory"/>).</param>
+    public static void Register(string? hostLibraryDirectory = null)
+    {
+        if (hostLibraryDirectory is not null) VulkanShaders.SetHostLibraryDirectory(hostLibraryDirectory);
         BackendFactory.Register("vulkan", new BackendFactory.Registration(_ => Create(), () => VulkanEnvironment.Check()));
+    }
 
     public override string Name => "vulkan";
 

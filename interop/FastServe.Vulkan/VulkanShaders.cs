@@ -3,7 +3,7 @@ namespace FastServe.Vulkan;
 /// <summary>
 /// Finds and reads the backend's SPIR-V files (<c>&lt;op&gt;.spv</c>, built from native/vulkan/shaders by glslc). Places, in
 /// order: <c>$FASTSERVE_VULKAN_SHADERS</c> alone when set (a directory named on purpose is that directory or an error);
-/// otherwise <c>vulkan/</c> next to the executable (<see cref="AppContext.BaseDirectory"/>, then the directory of
+/// otherwise <c>vulkan/</c> next to the host shared library (libfastserve.so, when it set one), next to the executable (<see cref="AppContext.BaseDirectory"/>, then the directory of
 /// <see cref="Environment.ProcessPath"/>), then the repository's <c>dist/vulkan</c> when the executable runs from inside
 /// a checkout (the nearest directory above it holding FastServe.sln). The first directory holding every file of
 /// <see cref="Names"/> wins; none: <c>vulkan.no_shaders</c>, listing each place tried and what it lacked.
@@ -11,6 +11,13 @@ namespace FastServe.Vulkan;
 public static class VulkanShaders
 {
     public const string DirectoryVariable = "FASTSERVE_VULKAN_SHADERS";
+
+    // Set by a host that is itself a shared library (libfastserve.so) before the first lookup: its own directory, whose
+    // vulkan/ is tried first, since the process's executable is the embedding program's.
+    private static volatile string? _hostLibraryDirectory;
+
+    /// <summary>Makes <c>vulkan/</c> next to the host shared library the first place (after the variable) looked in.</summary>
+    public static void SetHostLibraryDirectory(string? directory) => _hostLibraryDirectory = directory;
 
     /// <summary>Every shader the backend loads, one per op.</summary>
     public static readonly string[] Names =
@@ -57,13 +64,14 @@ public static class VulkanShaders
         }
         var seen = new HashSet<string>(StringComparer.Ordinal);
         string? exeDir = Environment.ProcessPath is { } p ? Path.GetDirectoryName(p) : null;
-        foreach (var (start, origin) in new (string?, string)[] { (AppContext.BaseDirectory, "next to the executable"), (exeDir, "next to the process") })
+        string? host = _hostLibraryDirectory;
+        foreach (var (start, origin) in new (string?, string)[] { (host, "next to the host library"), (AppContext.BaseDirectory, "next to the executable"), (exeDir, "next to the process") })
         {
             if (string.IsNullOrEmpty(start)) continue;
             string d = Path.GetFullPath(Path.Combine(start, "vulkan"));
             if (seen.Add(d)) yield return (d, origin);
         }
-        foreach (var start in new[] { AppContext.BaseDirectory, exeDir })
+        foreach (var start in new[] { host, AppContext.BaseDirectory, exeDir })
         {
             if (RepositoryRoot(start) is { } root && seen.Add(Path.Combine(root, "dist", "vulkan")))
                 yield return (Path.Combine(root, "dist", "vulkan"), "the repository's dist");

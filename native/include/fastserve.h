@@ -126,7 +126,10 @@ typedef struct fs_engine_options {
     const char* backend;          /* "cpu" (SIMD), "reference" (scalar), "cuda" (NVIDIA GPU: needs the driver and
                                      libfastserve_cuda.so, looked for next to this library, then as docs/cuda.md says;
                                      where either is missing fs_engine_create returns FS_E_BACKEND and fs_last_error
-                                     says which, "cuda.no_driver: ..."); NULL = "cpu" [NULL] */
+                                     says which, "cuda.no_driver: ..."), "vulkan" (any Vulkan 1.1 device, lavapipe
+                                     included: needs libvulkan.so.1 and the shaders, vulkan/ next to this library or
+                                     $FASTSERVE_VULKAN_SHADERS, docs/vulkan.md; else FS_E_BACKEND, "vulkan.no_device:
+                                     ..."); NULL = "cpu" [NULL] */
     int32_t threads;              /* compute threads of the backend; 0 = all cores [0] */
     int32_t overlap;              /* 1: prepare step N+1 while step N runs [1] */
     int32_t prefix_caching;       /* 1: share KV blocks between requests with equal prefixes [1] */

@@ -58,6 +58,16 @@ public sealed class EmbedLibraryTests
         var (code, stdout, stderr) = HttpTools.Run(exe, [GecTiny], seconds: 120);
         Assert.That(code, Is.Zero, stdout + stderr);
         Assert.That(stdout, Does.Match(@"(?m)^ok: \d+ checks$").And.Contain("prefill cancel: "));
+        // Where this process can run the vulkan backend (lavapipe on CI), the library must run it too, finding the
+        // shaders next to itself (dist/vulkan), with cpu's greedy tokens.
+        bool vulkanHere;
+        try
+        {
+            FastServe.Vulkan.VulkanEnvironment.Check();
+            vulkanHere = true;
+        }
+        catch (FastServe.Runtime.FastServeException) { vulkanHere = false; }
+        Assert.That(stdout, vulkanHere ? Does.Match(@"(?m)^vulkan: \d+ greedy tokens, equal to cpu's$") : Does.Contain("vulkan: unavailable (vulkan."));
     }
 
     [Test]

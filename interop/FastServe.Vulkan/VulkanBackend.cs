@@ -63,6 +63,11 @@ public sealed unsafe partial class VulkanBackend : BackendBase, IDeviceProbe, IS
     // Output columns per workgroup of matmul_subgroup (two per subgroup of a 64-thread group); 0 where the device has
     // no subgroup arithmetic in compute shaders and matmul.comp's shared-memory reduction runs instead.
     private readonly uint _subgroupColumns;
+    // RoPE's cos/sin words for the last positions roped (host memory, copied into the arena per call).
+    private RopeTable? _ropeFor;
+    private int[] _ropePositions = new int[64];
+    private uint[] _ropeWords = new uint[4096];
+    private int _ropeRows;
 
     private VulkanBackend(VulkanManager m, string shaderDir)
     {
@@ -299,20 +304,30 @@ public sealed unsafe partial class VulkanBackend : BackendBase, IDeviceProbe, IS
         int rows = xs.Rows, half = rope.HeadDim / 2;
         if (rows == 0 || half == 0) return;
         // cos and sin of each row's angles, computed here in F32 exactly as the reference does (a shader's sin and cos
-        // of angles in the thousands of radians are not that precise).
+        // of angles in the thousands of radians are not that precise). A step ropes q and k of every layer at the same
+        // positions, so the table is computed once per step and copied into the arena for each call.
         int words = 2 * rows * half;
-        Span<uint> cs = Reserve(words, out uint off);
-        var inv = rope.InvFreq;
-        for (int r = 0; r < rows; r++)
+        if (!ReferenceEquals(rope, _ropeFor) || !positions.SequenceEqual(_ropePositions.AsSpan(0, _ropeRows)))
         {
-            float p = positions[r];
-            for (int i = 0; i < half; i++)
+            if (_ropeWords.Length < words) _ropeWords = new uint[Math.Max(words, 2 * _ropeWords.Length)];
+            if (_ropePositions.Length < rows) _ropePositions = new int[Math.Max(rows, 2 * _ropePositions.Length)];
+            var inv = rope.InvFreq;
+            for (int r = 0; r < rows; r++)
             {
-                float angle = p * inv[i];
-                cs[r * half + i] = BitConverter.SingleToUInt32Bits(MathF.Cos(angle));
-                cs[rows * half + r * half + i] = BitConverter.SingleToUInt32Bits(MathF.Sin(angle));
+                float p = positions[r];
+                for (int i = 0; i < half; i++)
+                {
+                    float angle = p * inv[i];
+                    _ropeWords[r * half + i] = BitConverter.SingleToUInt32Bits(MathF.Cos(angle));
+                    _ropeWords[rows * half + r * half + i] = BitConverter.SingleToUInt32Bits(MathF.Sin(angle));
+                }
             }
+            positions.CopyTo(_ropePositions);
+            _ropeRows = rows;
+            _ropeFor = rope;
         }
+        Span<uint> cs = Reserve(words, out uint off);
+        _ropeWords.AsSpan(0, words).CopyTo(cs);
         uint groups = Groups((uint)(rows * heads * half));
         Span<uint> pc = [(uint)rows, (uint)heads, (uint)rope.HeadDim, (uint)xs.Cols, off, groups * Threads];
         Run("rope", 0, [xs.Buffer, _arena.Buffer], pc, groups);

@@ -37,6 +37,36 @@ public sealed class VulkanBackendTests
             return doc.RootElement.GetProperty("prompt_ids").EnumerateArray().Select(x => x.GetInt32()).ToArray();
         }).ToList();
 
+    /// <summary>RoPE's cos/sin table is kept between calls at the same positions (every layer's q and k in a step):
+    /// calls at other positions, at the same positions again, and with another table must each match the reference.</summary>
+    [Test]
+    public void RopeAtChangingPositionsMatchesTheReference()
+    {
+        using var vulkan = CreateOrIgnore();
+        using var reference = new FastServe.Runtime.Backends.Reference.ReferenceBackend();
+        var rng = new Random(7);
+        var a = new RopeTable(64, 10000);
+        var b = new RopeTable(64, 500000);
+        int[][] positions = [[0, 5, 9], [1, 6, 10], [0, 5, 9], [3000, 4, 77]];
+        foreach (var (table, pos) in new[] { (a, positions[0]), (a, positions[1]), (a, positions[2]), (b, positions[2]), (b, positions[3]), (a, positions[3]) })
+        {
+            const int heads = 4;
+            var data = new float[pos.Length * heads * 64];
+            for (int i = 0; i < data.Length; i++) data[i] = (float)(rng.NextDouble() * 2 - 1);
+            var got = new float[data.Length];
+            var want = new float[data.Length];
+            foreach (var (backend, output) in new (IBackend, float[])[] { (vulkan, got), (reference, want) })
+            {
+                using var t = backend.Alloc("x", pos.Length, heads * 64);
+                backend.CopyFromHost(data, pos.Length, t);
+                backend.Rope(t, heads, pos, table);
+                backend.CopyToHost(t, output);
+            }
+            for (int i = 0; i < got.Length; i++)
+                Assert.That(got[i], Is.EqualTo(want[i]).Within(1e-5f), $"theta {table.InvFreq[1]}, positions [{string.Join(", ", pos)}], element {i}");
+        }
+    }
+
     [TestCase("gec-tiny", KvDType.F32)]
     [TestCase("gec-tiny", KvDType.BF16)]
     [TestCase("gec-small", KvDType.F32)]

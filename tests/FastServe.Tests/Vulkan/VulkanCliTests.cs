@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using FastServe.Protocol;
+using FastServe.Tests.Cli;
 using FastServe.Tests.Server;
 using NUnit.Framework;
 
@@ -72,7 +73,7 @@ public sealed class VulkanCliTests
     }
 
     [Test]
-    public void ServeAnswersARequest()
+    public void ServeAnswersARequestAndABenchRun()
     {
         var probe = Run([], "check-backend", "--backend", "vulkan", "--op", "Add");
         IgnoreWithoutDevice(probe);
@@ -84,6 +85,15 @@ public sealed class VulkanCliTests
         var o = c.Outcomes[1];
         Assert.That(o.Final.Status, Is.EqualTo(WireStatus.Ok), o.Message + r.Stderr);
         Assert.That(o.Ids, Has.Count.EqualTo(8));
+
+        // fastserve bench against it: an open loop well under lavapipe's capacity; every request sent ends ok.
+        var b = CliTests.Run("bench", "--port", r.Port.ToString(), "--connections", "2", "--rate", "10", "--duration", "1",
+            "--warmup", "0.2", "--drain", "10", "--max-tokens", "8", "--json");
+        Assert.That(b.Code, Is.Zero, b.Err + r.Stderr);
+        using var doc = JsonDocument.Parse(b.Out);
+        var p = doc.RootElement.GetProperty("points")[0];
+        Assert.That(p.GetProperty("sent").GetInt64(), Is.GreaterThanOrEqualTo(5));
+        Assert.That(p.GetProperty("ok").GetInt64(), Is.EqualTo(p.GetProperty("sent").GetInt64()), b.Out);
     }
 
     private static IEnumerable<TestCaseData> Commands()

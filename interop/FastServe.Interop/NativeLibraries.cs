@@ -124,21 +124,10 @@ internal static class NativeLibraries
         if (exeDir is not null) Add(Path.Combine(exeDir, KernelFileName), "next to the executable");
         foreach (var start in new[] { hostLibraryDirectory, baseDirectory, exeDir })
         {
-            if (RepositoryRoot(start) is { } root) Add(Path.Combine(root, "dist", KernelFileName), "repository dist/");
+            if (Checkout.Root(start) is { } root) Add(Path.Combine(root, "dist", KernelFileName), "repository dist/");
         }
         Add(KernelFileName, "default search");
         return list;
-    }
-
-    /// <summary>The nearest directory at or above <paramref name="start"/> that holds FastServe.sln, or null.</summary>
-    private static string? RepositoryRoot(string? start)
-    {
-        if (string.IsNullOrEmpty(start)) return null;
-        for (var d = new DirectoryInfo(Path.GetFullPath(start)); d is not null; d = d.Parent)
-        {
-            if (File.Exists(Path.Combine(d.FullName, "FastServe.sln"))) return d.FullName;
-        }
-        return null;
     }
 
     /// <summary>Tries each candidate in order; the first that loads wins.</summary>

@@ -1,3 +1,5 @@
+using FastServe.Runtime;
+
 namespace FastServe.Vulkan;
 
 /// <summary>
@@ -73,7 +75,7 @@ public static class VulkanShaders
         }
         foreach (var start in new[] { host, AppContext.BaseDirectory, exeDir })
         {
-            if (RepositoryRoot(start) is { } root && seen.Add(Path.Combine(root, "dist", "vulkan")))
+            if (Checkout.Root(start) is { } root && seen.Add(Path.Combine(root, "dist", "vulkan")))
                 yield return (Path.Combine(root, "dist", "vulkan"), "the repository's dist");
         }
     }
@@ -83,15 +85,5 @@ public static class VulkanShaders
         if (!System.IO.Directory.Exists(dir)) return "no such directory";
         var missing = Names.Where(n => !File.Exists(Path.Combine(dir, n + ".spv"))).ToList();
         return missing.Count == 0 ? null : $"lacks {string.Join(", ", missing.Select(n => n + ".spv"))}";
-    }
-
-    private static string? RepositoryRoot(string? start)
-    {
-        if (string.IsNullOrEmpty(start)) return null;
-        for (var d = new DirectoryInfo(Path.GetFullPath(start)); d is not null; d = d.Parent)
-        {
-            if (File.Exists(Path.Combine(d.FullName, "FastServe.sln"))) return d.FullName;
-        }
-        return null;
     }
 }

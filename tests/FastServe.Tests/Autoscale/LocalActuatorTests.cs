@@ -95,7 +95,9 @@ public class LocalActuatorTests
         try
         {
             a.ScaleAsync(1, default).AsTask().Wait();
-            WaitFor(() => Listed(file).Length == 1, "one ready", events);
+            // The actuator publishes the file before it emits replica.ready (whoever acts on the event finds the
+            // replica listed), so the event may come a moment after the file shows it.
+            WaitFor(() => Listed(file).Length == 1 && events.Any(e => e.Event == "replica.ready"), "one ready", events);
             int pid = events.First(e => e.Event == "replica.ready").Pid!.Value;
             ReplicaProcess.Kill(pid, 9);
             WaitFor(() => events.Any(e => e.Event == "replica.exited"), "the exit to be seen", events);

@@ -219,7 +219,15 @@ public sealed class HttpFrontDoor : IAsyncDisposable
         string model = req.Model ?? _options.DefaultModelName;
         string id = NewId(chat ? "chatcmpl-" : "cmpl-");
         long created = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
-        if (req.Stream) await StreamAsync(ctx, client, request, chat, endpoint, id, created, model, req.IncludeUsage).ConfigureAwait(false);
+        if (req.Stream)
+        {
+            var call = client.Start(request);
+            try { await StreamAsync(ctx, call, request, chat, endpoint, id, created, model, req.IncludeUsage).ConfigureAwait(false); }
+            // However the handler leaves (a failed write, a cancelled flush, the end), an unfinished upstream request does
+            // not outlive it: the RequestAborted registration alone can miss when Kestrel cancels the token only after
+            // the handler has returned and disposed it. A no-op once the call has ended or its CANCEL was sent.
+            finally { call.Cancel(); }
+        }
         else await WholeAsync(ctx, client, request, chat, endpoint, id, created, model).ConfigureAwait(false);
     }
 
@@ -314,11 +322,10 @@ public sealed class HttpFrontDoor : IAsyncDisposable
             static (w, s) => OpenAiJson.Response(w, s.chat, s.id, s.created, s.model, s.r, s.lp)).ConfigureAwait(false);
     }
 
-    private async Task StreamAsync(HttpContext ctx, FastServeClient client, CompletionRequest request, bool chat, string endpoint,
+    private async Task StreamAsync(HttpContext ctx, CompletionCall call, CompletionRequest request, bool chat, string endpoint,
         string id, long created, string model, bool includeUsage)
     {
         var ct = ctx.RequestAborted;
-        var call = client.Start(request);
         using var reg = ct.Register(static c => ((CompletionCall)c!).Cancel(), call);
         var deltas = call.Deltas;
         bool any;

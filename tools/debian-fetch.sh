@@ -28,7 +28,7 @@
 #                                          without the mirror, deb_stamp (ROOT's stamp file: the set, when verified).
 
 log() { printf '[%s] %s\n' "$deb_name" "$*" >&2; }
-declare -A deb_codes=([setup]=1 [network]=2 [download]=3 [checksum]=4 [signature]=5 [extract]=6)
+declare -gA deb_codes=([setup]=1 [network]=2 [download]=3 [checksum]=4 [signature]=5 [extract]=6)
 fail() {
   local what=$1
   shift
@@ -39,7 +39,7 @@ fail() {
 deb_mirror=${FASTSERVE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 deb_keyring=${FASTSERVE_DEBIAN_KEYRING:-/usr/share/keyrings/debian-archive-keyring.gpg}
 deb_unsigned=${FASTSERVE_DEBIAN_UNSIGNED:-0}
-declare -A deb_file
+declare -gA deb_file
 
 deb_require() {
   local tool

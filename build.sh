@@ -8,6 +8,11 @@
 #                         FASTSERVE_CUDA=0 opts out even under CI.
 #   FASTSERVE_LEVELS=v4   publish only the named x86-64 levels (default "v4 v3"); for quick iteration on a machine
 #                         that runs that level. A level not published is removed from dist/ (never a stale binary).
+#   FASTSERVE_VULKAN_COOPMAT=1  also compile the Vulkan cooperative-matrix shaders (native/vulkan/shaders/coopmat/)
+#                         with Debian 13's glslc, fetched, verified and unpacked (never installed) by
+#                         native/vulkan/glslc-coopmat.sh into ~/.cache/fastserve/glslc-trixie (about 25 MB, once);
+#                         CI (CI=true) does this by default, and fails when that glslc cannot be had.
+#                         FASTSERVE_VULKAN_COOPMAT=0 opts out even under CI.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,8 +21,14 @@ log() { printf '\033[1m[build]\033[0m %s\n' "$*" >&2; }
 # NativeAOT links with clang and needs zlib's headers; CMake drives the native part. test.sh's CUDA 12.4 check
 # (native/cuda12-check.sh, under CI or with FASTSERVE_CUDA12_CHECK=1) fetches with curl, verifies with gpgv and
 # Debian's keyring, and its nvcc takes g++ as host compiler. The vulkan backend: the loader, Mesa's drivers (lavapipe,
-# the software device its checks run on) and glslc, which compiles its shaders.
+# the software device its checks run on) and glslc, which compiles its shaders; the cooperative-matrix shaders' glslc
+# comes from Debian 13 the same way as CUDA 12.4 (tools/debian-fetch.sh).
 pkgs=(clang zlib1g-dev cmake libvulkan1 mesa-vulkan-drivers glslc)
+want_coopmat="${FASTSERVE_VULKAN_COOPMAT:-}"
+if [ -z "$want_coopmat" ] && [ "${CI:-}" = true ]; then want_coopmat=1; fi
+if [ "$want_coopmat" = 1 ]; then
+  pkgs+=(curl xz-utils gpgv debian-archive-keyring)
+fi
 if [ "${FASTSERVE_CUDA12_CHECK:-}" = 1 ] || { [ "${CI:-}" = true ] && [ "${FASTSERVE_CUDA12_CHECK:-}" != 0 ]; }; then
   pkgs+=(curl xz-utils gpgv debian-archive-keyring g++)
 fi
@@ -126,12 +137,36 @@ log "dist/fastserve $(stat -c %s dist/fastserve) B$(for l in v4 v3; do [ -f "dis
 # compiler (nvcc, glslc) is absent. Any compile error fails the build. With FASTSERVE_CUDA=1 (or under CI) a missing
 # library after the build is an error too, and under CI so are missing shaders (the vulkan tests run on lavapipe).
 if command -v cmake >/dev/null 2>&1; then
-  cmake -S . -B build/native -DCMAKE_BUILD_TYPE=Release >build/native.log 2>&1 || { cat build/native.log >&2; log "native configure failed"; exit 1; }
+  # The cooperative-matrix shaders' compiler, or none: always passed, so a build without FASTSERVE_VULKAN_COOPMAT=1 does
+  # not use the GLSLC_COOPMAT an earlier configure cached (CMake then removes their stale .spv from dist/vulkan).
+  glslc_coopmat="" coopmat_skipped="skipped (FASTSERVE_VULKAN_COOPMAT=1 builds them)"
+  if [ "$want_coopmat" = 1 ]; then
+    if ! glslc_coopmat=$(native/vulkan/glslc-coopmat.sh 2>build/glslc-coopmat.log); then
+      coopmat_skipped="skipped: $glslc_coopmat (log: build/glslc-coopmat.log)"
+      glslc_coopmat=""
+      if [ "${CI:-}" = true ]; then
+        cat build/glslc-coopmat.log >&2
+        log "vulkan cooperative-matrix shaders: $coopmat_skipped"
+        log "CI needs the vulkan cooperative-matrix shaders: their glslc could not be had"
+        exit 1
+      fi
+    fi
+  fi
+  cmake -S . -B build/native -DCMAKE_BUILD_TYPE=Release -DGLSLC_COOPMAT="$glslc_coopmat" >build/native.log 2>&1 || { cat build/native.log >&2; log "native configure failed"; exit 1; }
   cmake --build build/native -j"$(nproc)" >>build/native.log 2>&1 || { cat build/native.log >&2; log "native build failed"; exit 1; }
   grep -E '^-- FastServe' build/native.log >&2 || true
   spv=$(find dist/vulkan -name '*.spv' 2>/dev/null | wc -l)
   if [ "$spv" -gt 0 ]; then log "vulkan shaders: $spv in dist/vulkan"; else log "vulkan shaders: none built (no glslc; --backend vulkan will report vulkan.no_shaders)"; fi
   if [ "$spv" -eq 0 ] && [ "${CI:-}" = true ]; then log "CI needs the vulkan shaders: install glslc"; exit 1; fi
+  if [ -n "$glslc_coopmat" ]; then
+    coopmat_spv=0
+    for f in native/vulkan/shaders/coopmat/*.comp; do
+      [ -e "$f" ] && [ -f "dist/vulkan/$(basename "$f" .comp).spv" ] && coopmat_spv=$((coopmat_spv + 1))
+    done
+    log "vulkan cooperative-matrix shaders: $coopmat_spv built with $("$glslc_coopmat" --version 2>&1 | head -1)"
+  else
+    log "vulkan cooperative-matrix shaders: $coopmat_skipped"
+  fi
   if [ -f dist/libfastserve_cuda.so ] && [ -x build/native/native/fastserve_cuda_smoke ]; then
     build/native/native/fastserve_cuda_smoke dist/libfastserve_cuda.so >build/native-smoke.log 2>&1 \
       || { cat build/native-smoke.log >&2; log "native smoke test failed"; exit 1; }

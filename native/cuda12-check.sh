@@ -6,16 +6,10 @@
 #
 #   native/cuda12-check.sh [DIR]     DIR: cache, toolkit, build tree and library (default build/cuda-12.4, or
 #                                    $FASTSERVE_CUDA12_DIR); a second run reuses what is there
-#   FASTSERVE_DEBIAN_MIRROR          default http://deb.debian.org/debian
-#   FASTSERVE_DEBIAN_KEYRING         default /usr/share/keyrings/debian-archive-keyring.gpg
-#   FASTSERVE_CUDA12_UNSIGNED=1      go on when the signature cannot be checked (no gpgv or keyring) or no key in the
-#                                    keyring verifies it; the SHA256 chain then only proves that the packages match an
-#                                    unauthenticated index. Without it that is a failure: falling back on its own
-#                                    would let a server that strips or replaces the signature skip the check.
-#
-# Everything downloaded is treated as hostile: InRelease's signature is checked with gpgv against Debian's archive
-# keyring (bookworm's debian-archive-keyring has the trixie keys), Packages.xz against the SHA256 in the signed part
-# of InRelease, each .deb against the SHA256 and size in Packages. Only then is anything unpacked.
+#   FASTSERVE_DEBIAN_MIRROR, FASTSERVE_DEBIAN_KEYRING, FASTSERVE_DEBIAN_UNSIGNED=1: as in tools/debian-fetch.sh, which
+#                                    fetches and verifies the packages (hostile until InRelease's signature, the index's
+#                                    and each .deb's SHA256 check out)
+#   FASTSERVE_CUDA12_UNSIGNED=1      the older name of FASTSERVE_DEBIAN_UNSIGNED=1
 #
 # Steps: fetch and verify (network), unpack nvcc, ptxas, headers and the static runtime (about 30 s for the 900 MB
 # nvidia-cuda-dev), configure and build the library for 89-real;90a-real, then check
@@ -32,235 +26,58 @@ set -uo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
-dir=${1:-${FASTSERVE_CUDA12_DIR:-$repo/build/cuda-12.4}}
-mirror=${FASTSERVE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-keyring=${FASTSERVE_DEBIAN_KEYRING:-/usr/share/keyrings/debian-archive-keyring.gpg}
-suite=trixie
-index_path=non-free/binary-amd64/Packages.xz
+deb_name=cuda12-check
+# shellcheck source=../tools/debian-fetch.sh
+. "$repo/tools/debian-fetch.sh"
+deb_codes+=([compile]=7 [fp8]=8 [exports]=9 [tests]=10)
+[ "${FASTSERVE_CUDA12_UNSIGNED:-0}" = 1 ] && deb_unsigned=1
 archs="89-real;90a-real"
 layout=1  # bump when what is unpacked or how changes, so a cached toolkit is unpacked again
 start=$SECONDS
 
-log() { printf '[cuda12-check] %s\n' "$*" >&2; }
-fail() {
-  local what=$1 code
-  shift
-  case $what in
-    setup) code=1 ;; network) code=2 ;; download) code=3 ;; checksum) code=4 ;; signature) code=5 ;;
-    extract) code=6 ;; compile) code=7 ;; fp8) code=8 ;; exports) code=9 ;; tests) code=10 ;; *) code=1 ;;
-  esac
-  echo "cuda12-check: FAIL ($what): $*"
-  exit "$code"
-}
-
-for tool in curl xz dpkg dpkg-deb tar sha256sum cmake nm awk; do
-  command -v "$tool" >/dev/null 2>&1 || fail setup "$tool is not installed"
-done
-mkdir -p "$dir" || fail setup "cannot create $dir"
-dir=$(cd "$dir" && pwd)
+deb_require cmake nm
+deb_init "${1:-${FASTSERVE_CUDA12_DIR:-$repo/build/cuda-12.4}}" trixie non-free/binary-amd64/Packages.xz
+dir=$deb_dir suite=$deb_suite
 [ "$dir/dist" != "$repo/dist" ] || fail setup "DIR would put the library in $repo/dist; pick another DIR"
-meta=$dir/meta debs=$dir/debs root=$dir/root build=$dir/build out=$dir/dist
-mkdir -p "$meta" "$debs"
+root=$dir/root build=$dir/build out=$dir/dist
 
-# One run at a time per DIR.
-if command -v flock >/dev/null 2>&1; then
-  exec 9>"$dir/.lock"
-  flock -n 9 || { log "waiting for another run using $dir"; flock 9; }
-fi
-
-# fetch URL FILE [MAX_BYTES]: FILE only appears complete; the result says whether the network or the server failed.
-fetch() {
-  local url=$1 file=$2 max=${3:-} rc
-  rm -f "$file.part"
-  curl -fsSL --proto '=http,https' --proto-redir '=http,https' --connect-timeout 20 --retry 2 --retry-delay 2 \
-    --speed-limit 10240 --speed-time 60 ${max:+--max-filesize "$max"} -o "$file.part" "$url"
-  rc=$?
-  if [ $rc -ne 0 ]; then
-    rm -f "$file.part"
-    case $rc in
-      5 | 6 | 7 | 28 | 35 | 52 | 55 | 56) return 2 ;;  # resolve, connect, timeout, TLS, empty reply, send, receive
-      *) return 3 ;;
-    esac
-  fi
-  mv "$file.part" "$file"
-}
-sha256_of() { sha256sum "$1" | awk '{print $1}'; }
-size_of() { stat -c %s "$1"; }
-
-stamp_file=$root/.fastserve-toolkit
-offline=0
-
-# --- 1. InRelease: signature, then the SHA256 of the package index ----------------------------------------------------
-log "fetching $mirror/dists/$suite/InRelease"
-fetch "$mirror/dists/$suite/InRelease" "$meta/InRelease" 4194304
-rc=$?
-if [ $rc -ne 0 ]; then
-  if [ $rc -eq 2 ] && [ -f "$stamp_file" ]; then
-    offline=1
-    log "no network ($mirror unreachable): reusing the toolkit verified on $(sed -n 's/^verified=//p' "$stamp_file")"
-  elif [ $rc -eq 2 ]; then
-    fail network "cannot reach $mirror (no network?) and no toolkit is cached in $dir"
-  else
-    fail download "$mirror/dists/$suite/InRelease"
-  fi
-fi
-
-if [ $offline = 0 ]; then
-  signed=$meta/InRelease.signed
-  rm -f "$signed"
-  if command -v gpgv >/dev/null 2>&1 && [ -r "$keyring" ]; then
-    gpgv --keyring "$keyring" --status-fd 3 --output "$signed" "$meta/InRelease" 3>"$meta/gpgv.status" 2>"$meta/gpgv.log"
-    good=$(grep -c '^\[GNUPG:\] GOODSIG ' "$meta/gpgv.status")
-    bad=$(grep -c '^\[GNUPG:\] BADSIG ' "$meta/gpgv.status")
-    if [ "$bad" -gt 0 ]; then
-      fail signature "InRelease has a bad signature ($(grep '^\[GNUPG:\] BADSIG ' "$meta/gpgv.status" | head -1 | cut -d' ' -f3-))"
-    elif [ "$good" -gt 0 ] && [ -s "$signed" ]; then
-      log "InRelease: $good good signature(s): $(grep '^\[GNUPG:\] GOODSIG ' "$meta/gpgv.status" | cut -d' ' -f4- | sed 's/ <.*//' | paste -sd';' | sed 's/;/; /g')"
-    elif [ "${FASTSERVE_CUDA12_UNSIGNED:-0}" = 1 ]; then
-      log "WARNING: no key in $keyring verifies InRelease; FASTSERVE_CUDA12_UNSIGNED=1, so relying on the SHA256 chain of an unauthenticated index"
-      signed=""
-    else
-      fail signature "no key in $keyring verifies $mirror/dists/$suite/InRelease ($(grep -oE '(NO_PUBKEY|EXPKEYSIG|REVKEYSIG|ERRSIG) [0-9A-F]+' "$meta/gpgv.status" | paste -sd, -)); update debian-archive-keyring, or FASTSERVE_CUDA12_UNSIGNED=1"
-    fi
-  elif [ "${FASTSERVE_CUDA12_UNSIGNED:-0}" = 1 ]; then
-    log "WARNING: signature NOT checked (no gpgv or no $keyring); FASTSERVE_CUDA12_UNSIGNED=1, so relying on the SHA256 chain of an unauthenticated index"
-    signed=""
-  else
-    fail signature "cannot check InRelease's signature: no gpgv or no $keyring (apt-get install gpgv debian-archive-keyring, or FASTSERVE_CUDA12_UNSIGNED=1)"
-  fi
-  if [ -z "$signed" ]; then
-    # The cleartext part of the signed message, dash-escaping undone.
-    signed=$meta/InRelease.unverified
-    awk '/^-----BEGIN PGP SIGNED MESSAGE-----/ {hdr=1; next} hdr && /^$/ {hdr=0; body=1; next} hdr {next}
-         /^-----BEGIN PGP SIGNATURE-----/ {exit} body {sub(/^- /, ""); print}' "$meta/InRelease" >"$signed"
-  fi
-  codename=$(sed -n 's/^Codename: //p' "$signed" | head -1)
-  [ "$codename" = "$suite" ] || fail signature "InRelease is for '$codename', not $suite"
-  valid_until=$(sed -n 's/^Valid-Until: //p' "$signed" | head -1)
-  if [ -n "$valid_until" ] && [ "$(date -d "$valid_until" +%s 2>/dev/null || echo 0)" -lt "$(date +%s)" ]; then
-    fail signature "InRelease expired ($valid_until)"
-  fi
-  read -r index_sha index_size < <(awk -v p="$index_path" '/^[^ ]/ {in_sha = ($1 == "SHA256:")} in_sha && $3 == p {print $1, $2; exit}' "$signed")
-  [[ "${index_sha:-}" =~ ^[0-9a-f]{64}$ && "${index_size:-}" =~ ^[0-9]+$ ]] || fail checksum "InRelease lists no SHA256 for $index_path"
-
-  # --- 2. Packages.xz, by hash where the archive offers it (no race with a mirror update) ------------------------------
-  by_hash_url="$mirror/dists/$suite/${index_path%/*}/by-hash/SHA256/$index_sha"
-  plain_url="$mirror/dists/$suite/$index_path"
-  url=$plain_url
-  grep -q '^Acquire-By-Hash: yes' "$signed" && url=$by_hash_url
-  log "fetching $index_path ($index_size bytes)"
-  fetch "$url" "$meta/Packages.xz" "$index_size"
-  rc=$?
-  if [ $rc -eq 3 ] && [ "$url" != "$plain_url" ]; then fetch "$plain_url" "$meta/Packages.xz" "$index_size"; rc=$?; fi
-  [ $rc -eq 2 ] && fail network "lost $mirror while fetching $index_path"
-  [ $rc -ne 0 ] && fail download "$index_path"
-  [ "$(size_of "$meta/Packages.xz")" = "$index_size" ] && [ "$(sha256_of "$meta/Packages.xz")" = "$index_sha" ] \
-    || { rm -f "$meta/Packages.xz"; fail checksum "$index_path does not match InRelease's SHA256"; }
-  xz -dc "$meta/Packages.xz" >"$meta/Packages" || fail checksum "$index_path does not decompress"
-
-  # --- 3. Which packages: the newest nvidia-cuda-toolkit, and the nvidia-cuda-dev it depends on -------------------------
-  # Fields of one package version: "Version Filename Size SHA256 Depends", one line per version.
-  stanzas() {
-    awk -v want="$1" 'BEGIN {RS = ""; FS = "\n"}
-      { pkg = ver = fn = size = sha = dep = ""
-        for (i = 1; i <= NF; i++) {
-          if ($i ~ /^Package: /) pkg = substr($i, 10)
-          else if ($i ~ /^Version: /) ver = substr($i, 10)
-          else if ($i ~ /^Filename: /) fn = substr($i, 11)
-          else if ($i ~ /^Size: /) size = substr($i, 7)
-          else if ($i ~ /^SHA256: /) sha = substr($i, 9)
-          else if ($i ~ /^Depends: /) { dep = substr($i, 10); gsub(/ /, "", dep) }
-        }
-        if (pkg == want) print ver, fn, size, sha, dep }' "$meta/Packages"
-  }
-  pick() {  # pick PACKAGE [VERSION]: that version, or the newest
-    local best="" line ver
-    while read -r line; do
-      ver=${line%% *}
-      if [ -n "${2:-}" ]; then
-        [ "$ver" = "$2" ] && best=$line
-      elif [ -z "$best" ] || dpkg --compare-versions "$ver" gt "${best%% *}"; then
-        best=$line
-      fi
-    done < <(stanzas "$1")
-    echo "$best"
-  }
-  toolkit=$(pick nvidia-cuda-toolkit)
-  [ -n "$toolkit" ] || fail download "no nvidia-cuda-toolkit in $suite's $index_path"
-  dev_version=$(echo "$toolkit" | awk '{print $5}' | grep -oE '(^|,)nvidia-cuda-dev\(=[^)]+\)' | sed 's/.*(=//; s/)//')
+# The newest nvidia-cuda-toolkit, and the nvidia-cuda-dev it depends on.
+pick_toolkit() {
+  local toolkit dev dev_version
+  toolkit=$(deb_pick nvidia-cuda-toolkit)
+  [ -n "$toolkit" ] || fail download "no nvidia-cuda-toolkit in $suite's $deb_index_path"
+  dev_version=$(echo "$toolkit" | awk '{print $6}' | grep -oE '(^|,)nvidia-cuda-dev\(=[^)]+\)' | sed 's/.*(=//; s/)//')
   [ -n "$dev_version" ] || fail download "nvidia-cuda-toolkit does not depend on an exact nvidia-cuda-dev version"
-  dev=$(pick nvidia-cuda-dev "$dev_version")
-  [ -n "$dev" ] || fail download "nvidia-cuda-dev $dev_version is not in $index_path"
-  wanted=()
-  for entry in "$toolkit" "$dev"; do
-    read -r ver fn size sha _ <<<"$entry"
-    # Hostile index: a pool path without "..", a plain SHA256 and size.
-    [[ "$fn" =~ ^pool/[A-Za-z0-9._+~/-]+\.deb$ && "$fn" != *..* && "$sha" =~ ^[0-9a-f]{64}$ && "$size" =~ ^[0-9]+$ ]] \
-      || fail checksum "implausible entry in $index_path: $fn $size $sha"
-    wanted+=("$(basename "$fn") $sha $size $fn")
-  done
-  want_stamp=$(printf 'layout=%s\n' "$layout"; printf '%s\n' "${wanted[@]}" | awk '{print $1, $2}')
-  log "packages: $(printf '%s\n' "${wanted[@]}" | awk '{printf "%s%s (%d MB)", (NR > 1 ? ", " : ""), $1, $3 / 1048576}')"
+  dev=$(deb_pick nvidia-cuda-dev "$dev_version")
+  [ -n "$dev" ] || fail download "nvidia-cuda-dev $dev_version is not in $deb_index_path"
+  deb_want "$toolkit"
+  deb_want "$dev"
+}
 
-  # --- 4. Download (or reuse) and unpack, unless this exact set is already unpacked ----------------------------------
-  if [ -f "$stamp_file" ] && [ "$(grep -v '^verified=' "$stamp_file")" = "$want_stamp" ]; then
-    log "toolkit already unpacked in $root"
-  else
-    for entry in "${wanted[@]}"; do
-      read -r name sha size fn <<<"$entry"
-      if [ -f "$debs/$name" ] && [ "$(size_of "$debs/$name")" = "$size" ] && [ "$(sha256_of "$debs/$name")" = "$sha" ]; then
-        log "$name: cached"
-        continue
-      fi
-      log "downloading $name ($((size / 1048576)) MB)"
-      t0=$SECONDS
-      fetch "$mirror/$fn" "$debs/$name" "$size"
-      rc=$?
-      [ $rc -eq 2 ] && fail network "lost $mirror while fetching $name"
-      [ $rc -ne 0 ] && fail download "$mirror/$fn"
-      if [ "$(size_of "$debs/$name")" != "$size" ] || [ "$(sha256_of "$debs/$name")" != "$sha" ]; then
-        rm -f "$debs/$name"
-        fail checksum "$name does not match the SHA256 in $index_path"
-      fi
-      log "$name: $((SECONDS - t0)) s, SHA256 ok"
-    done
-    # Older versions' packages are of no further use.
-    for f in "$debs"/*.deb; do
-      [ -e "$f" ] || continue
-      printf '%s\n' "${wanted[@]}" | awk '{print $1}' | grep -qxF "$(basename "$f")" || rm -f "$f"
-    done
-
-    log "unpacking nvcc, ptxas, cuobjdump, headers and the static runtime (about 30 s: the 900 MB package is decompressed whole)"
-    t0=$SECONDS
-    rm -rf "$root.new" && mkdir -p "$root.new"
-    untar() {  # untar DEB PATTERN...: only members matching a pattern; every pattern must match something
-      local deb=$1
-      shift
-      dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$root.new" --no-same-owner --wildcards \
-        --exclude='*/nvcc.profile' --exclude=./usr/bin/nvcc --exclude=./usr/bin/compute-sanitizer "$@"
-      local st=("${PIPESTATUS[@]}")
-      [ "${st[0]}" = 0 ] && [ "${st[1]}" = 0 ]
-    }
-    tk_deb=$debs/$(echo "${wanted[0]}" | awk '{print $1}')
-    dev_deb=$debs/$(echo "${wanted[1]}" | awk '{print $1}')
-    untar "$tk_deb" './usr/bin/*' './usr/lib/nvidia-cuda-toolkit/bin/*' './usr/lib/nvidia-cuda-toolkit/libdevice/*' \
-      || fail extract "$(basename "$tk_deb")"
-    untar "$dev_deb" './usr/include/*' './usr/lib/x86_64-linux-gnu/libcudart_static.a' \
-      './usr/lib/x86_64-linux-gnu/libcudadevrt.a' './usr/lib/x86_64-linux-gnu/libculibos.a' \
-      || fail extract "$(basename "$dev_deb")"
-    # The package's nvcc.profile points at /usr and /etc; this one finds everything relative to nvcc itself.
-    cat >"$root.new/usr/lib/nvidia-cuda-toolkit/bin/nvcc.profile" <<'EOF'
+# nvcc, ptxas, cuobjdump, the headers and the static runtime. The build tree was configured against the toolkit this
+# replaces, so it goes too.
+unpack_toolkit() {
+  local stage=$1 x=(--exclude='*/nvcc.profile' --exclude=./usr/bin/nvcc --exclude=./usr/bin/compute-sanitizer)
+  log "unpacking nvcc, ptxas, cuobjdump, headers and the static runtime (about 30 s: the 900 MB package is decompressed whole)"
+  deb_untar "${deb_file[nvidia-cuda-toolkit]}" "$stage" "${x[@]}" './usr/bin/*' './usr/lib/nvidia-cuda-toolkit/bin/*' \
+    './usr/lib/nvidia-cuda-toolkit/libdevice/*' || fail extract "$(basename "${deb_file[nvidia-cuda-toolkit]}")"
+  deb_untar "${deb_file[nvidia-cuda-dev]}" "$stage" "${x[@]}" './usr/include/*' './usr/lib/x86_64-linux-gnu/libcudart_static.a' \
+    './usr/lib/x86_64-linux-gnu/libcudadevrt.a' './usr/lib/x86_64-linux-gnu/libculibos.a' \
+    || fail extract "$(basename "${deb_file[nvidia-cuda-dev]}")"
+  # The package's nvcc.profile points at /usr and /etc; this one finds everything relative to nvcc itself.
+  cat >"$stage/usr/lib/nvidia-cuda-toolkit/bin/nvcc.profile" <<'EOF'
 TOP = $(_HERE_)/../../..
 NVVMIR_LIBRARY_DIR = $(_HERE_)/../libdevice
 PATH += $(_HERE_):$(TOP)/bin:
 INCLUDES += "-I$(TOP)/include" $(_SPACE_)
 LIBRARIES =+ $(_SPACE_) "-L$(TOP)/lib/x86_64-linux-gnu"
 EOF
-    rm -rf "$root" "$build" && mv "$root.new" "$root" || fail extract "cannot move the toolkit into $root"
-    { echo "$want_stamp"; echo "verified=$(date -u +%Y-%m-%dT%H:%M:%SZ)"; } >"$stamp_file"
-    log "unpacked in $((SECONDS - t0)) s ($(du -sh "$root" | cut -f1))"
-  fi
-fi
+  rm -rf "$build"
+}
+
+# --- 1-4. Fetch, verify and unpack (tools/debian-fetch.sh) -----------------------------------------------------------
+deb_fetch "$root" "$layout" pick_toolkit unpack_toolkit
+stamp_file=$deb_stamp offline=$deb_offline
 
 nvcc=$root/usr/lib/nvidia-cuda-toolkit/bin/nvcc
 bin=$root/usr/bin

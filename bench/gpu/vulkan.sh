@@ -5,6 +5,9 @@
 #   2. bench-model: prefill tok/s (--prompt-tokens) and batch-1 decode tok/s;
 #   3. bench-engine with --max-seqs 32 at an overloading rate: decode at batch 32, as rows per second of the engine's
 #      steps (mean sequences per step / forward seconds per step) and finished output tokens per second.
+# vulkan runs twice: as it starts (MatMul on the cooperative-matrix shader where the device offers it and
+# dist/vulkan/matmul_coopmat.spv exists) and as "vulkan-nocoop" (FASTSERVE_VULKAN_NO_COOPMAT=1: the tiled F32 GEMM);
+# check-backend's device line in the log says which MatMul shaders each took.
 # Then the vulkan/cuda ratios (the issue's target: decode >= 0.85x cuda). Both backends use a BF16 KV cache. Where a
 # backend cannot start (no NVIDIA Vulkan driver on the machine: `vulkaninfo --summary` lists the devices), its line
 # says why and the other still runs. On lavapipe (no GPU) only step 1 means anything: pass --check-only.
@@ -24,19 +27,24 @@ say() { printf '[vulkan] %s\n' "$*" | tee -a "$out/vulkan.log" >&2; }
 command -v vulkaninfo >/dev/null 2>&1 && vulkaninfo --summary >"$out/vulkaninfo.txt" 2>&1
 [ -f dist/libfastserve_cuda.so ] && export FASTSERVE_CUDA_LIB="$PWD/dist/libfastserve_cuda.so"
 
-backends=(vulkan)
-[ "$check_only" = 1 ] || backends+=(cuda)
-for b in "${backends[@]}"; do
+# label, backend, environment (NAME=VALUE or empty)
+runs=("vulkan vulkan" "vulkan-nocoop vulkan FASTSERVE_VULKAN_NO_COOPMAT=1" "cuda cuda")
+[ "$check_only" = 1 ] && runs=("vulkan vulkan")
+for run in "${runs[@]}"; do
+  read -r b backend env_set <<<"$run"
+  fs() { env ${env_set:+"$env_set"} dist/fastserve "$@"; }
   start=$(date +%s.%N)
-  if dist/fastserve check-backend --backend "$b" --json >"$out/check-$b.json" 2>"$out/check-$b.err"; then
+  if fs check-backend --backend "$backend" --json >"$out/check-$b.json" 2>"$out/check-$b.err"; then
     say "$b check-backend: passed in $(echo "$(date +%s.%N) - $start" | bc) s"
   else
     say "$b check-backend: FAILED ($(head -1 "$out/check-$b.err"))"
   fi
+  device=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("device", ""))' "$out/check-$b.json" 2>/dev/null)
+  [ -n "$device" ] && say "$b device: $device"
   [ "$check_only" = 1 ] && continue
-  dist/fastserve bench-model --backend "$b" --model "$model" --kv-dtype bf16 --prompt-tokens 128 --decode-tokens 64 --json \
+  fs bench-model --backend "$backend" --model "$model" --kv-dtype bf16 --prompt-tokens 128 --decode-tokens 64 --json \
     >"$out/bench-model-$b.json" 2>"$out/bench-model-$b.err" || say "$b bench-model failed: $(head -1 "$out/bench-model-$b.err")"
-  dist/fastserve bench-engine --backend "$b" --model "$model" --kv-dtype bf16 --max-seqs 32 --rate 1000 --in 64 --out 128 \
+  fs bench-engine --backend "$backend" --model "$model" --kv-dtype bf16 --max-seqs 32 --rate 1000 --in 64 --out 128 \
     --duration 10 --warmup 3 --json >"$out/bench-engine-$b.json" 2>"$out/bench-engine-$b.err" \
     || say "$b bench-engine failed: $(head -1 "$out/bench-engine-$b.err")"
 done
@@ -60,7 +68,7 @@ def find(o, key):
             if r is not None: return r
     return None
 rows = {}
-for b in ("vulkan", "cuda"):
+for b in ("vulkan", "vulkan-nocoop", "cuda"):
     bm, be = load(f"bench-model-{b}.json"), load(f"bench-engine-{b}.json")
     r = {}
     if bm:
@@ -72,10 +80,12 @@ for b in ("vulkan", "cuda"):
         r["seqs"] = seqs
     rows[b] = r
 def f(v): return f"{v:10.1f}" if isinstance(v, (int, float)) else f"{'-':>10}"
-print(f"{'':8}{'prefill tok/s':>16}{'decode b1 tok/s':>18}{'decode b32 tok/s':>18}{'seqs/step':>11}")
+print(f"{'':14}{'prefill tok/s':>16}{'decode b1 tok/s':>18}{'decode b32 tok/s':>18}{'seqs/step':>11}")
 for b, r in rows.items():
-    print(f"{b:8}{f(r.get('prefill')):>16}{f(r.get('decode1')):>18}{f(r.get('decode32')):>18}{f(r.get('seqs')):>11}")
-v, c = rows["vulkan"], rows["cuda"]
-for k, label in (("prefill", "prefill"), ("decode1", "decode batch 1"), ("decode32", "decode batch 32")):
-    if v.get(k) and c.get(k): print(f"vulkan/cuda {label}: {v[k] / c[k]:.2f}x")
+    print(f"{b:14}{f(r.get('prefill')):>16}{f(r.get('decode1')):>18}{f(r.get('decode32')):>18}{f(r.get('seqs')):>11}")
+c = rows["cuda"]
+for name in ("vulkan", "vulkan-nocoop"):
+    v = rows[name]
+    for k, label in (("prefill", "prefill"), ("decode1", "decode batch 1"), ("decode32", "decode batch 32")):
+        if v.get(k) and c.get(k): print(f"{name}/cuda {label}: {v[k] / c[k]:.2f}x")
 PY

@@ -6,7 +6,9 @@ namespace FastServe.Vulkan;
 /// Kompute's algorithm: one compute shader ready to dispatch — its shader module, a descriptor set layout of
 /// <see cref="Bindings"/> storage buffers (bindings 0..n-1), a pipeline layout with <see cref="PushBytes"/> of push
 /// constants, and the compute pipeline with specialization constant 0 set to <see cref="Variant"/> (the shaders' DTYPE,
-/// ADD or BF16 switch). Made once per (shader, variant) and kept for the backend's lifetime.
+/// ADD or BF16 switch), constants 1.. to the shader's further constants where it has any (the cooperative-matrix shape),
+/// and a required subgroup size where the shader relies on one. Made once per (shader, variant) and kept for the
+/// backend's lifetime.
 /// </summary>
 public sealed unsafe class VulkanAlgorithm : IDisposable
 {
@@ -40,8 +42,12 @@ public sealed unsafe class VulkanAlgorithm : IDisposable
     public Pipeline Pipeline { get; }
 
     /// <summary>Builds the pipeline of <paramref name="spirv"/> (entry point "main").</summary>
+    /// <param name="constants">Specialization constants 1, 2, ... (32-bit each), after the variant's constant 0.</param>
+    /// <param name="subgroupSize">Non-zero: the pipeline runs full subgroups of exactly this size (the device must
+    /// offer it for compute and have subgroupSizeControl and computeFullSubgroups enabled).</param>
     /// <exception cref="VulkanException">vulkan.* for a failing create call (vulkan.error for a module the driver rejects).</exception>
-    public static VulkanAlgorithm Create(VulkanManager m, string name, byte[] spirv, int variant, int bindings, uint pushBytes)
+    public static VulkanAlgorithm Create(VulkanManager m, string name, byte[] spirv, int variant, int bindings, uint pushBytes,
+        ReadOnlySpan<uint> constants = default, uint subgroupSize = 0)
     {
         var vk = m.Vk;
         var device = m.Device;
@@ -73,15 +79,30 @@ public sealed unsafe class VulkanAlgorithm : IDisposable
             };
             VulkanException.Check(vk.CreatePipelineLayout(device, &plci, null, &layout), "vkCreatePipelineLayout");
 
-            int value = variant;
-            var entry = new SpecializationMapEntry { ConstantID = 0, Offset = 0, Size = sizeof(int) };
-            var spec = new SpecializationInfo { MapEntryCount = 1, PMapEntries = &entry, DataSize = sizeof(int), PData = &value };
+            int count = 1 + constants.Length;
+            var values = stackalloc uint[count];
+            var entries = stackalloc SpecializationMapEntry[count];
+            for (int i = 0; i < count; i++)
+            {
+                values[i] = i == 0 ? (uint)variant : constants[i - 1];
+                entries[i] = new SpecializationMapEntry { ConstantID = (uint)i, Offset = (uint)(4 * i), Size = 4 };
+            }
+            var spec = new SpecializationInfo { MapEntryCount = (uint)count, PMapEntries = entries, DataSize = (nuint)(4 * count), PData = values };
             byte* main = stackalloc byte[] { (byte)'m', (byte)'a', (byte)'i', (byte)'n', 0 };
+            var required = new PipelineShaderStageRequiredSubgroupSizeCreateInfo
+            {
+                SType = StructureType.PipelineShaderStageRequiredSubgroupSizeCreateInfo, RequiredSubgroupSize = subgroupSize,
+            };
             var stage = new PipelineShaderStageCreateInfo
             {
                 SType = StructureType.PipelineShaderStageCreateInfo, Stage = ShaderStageFlags.ComputeBit, Module = module, PName = main,
                 PSpecializationInfo = &spec,
             };
+            if (subgroupSize != 0)
+            {
+                stage.PNext = &required;
+                stage.Flags = PipelineShaderStageCreateFlags.RequireFullSubgroupsBit;
+            }
             var cpci = new ComputePipelineCreateInfo { SType = StructureType.ComputePipelineCreateInfo, Stage = stage, Layout = layout };
             Pipeline pipeline;
             VulkanException.Check(vk.CreateComputePipelines(device, default, 1, &cpci, null, &pipeline), $"vkCreateComputePipelines({name})");

@@ -188,7 +188,9 @@ public sealed unsafe partial class VulkanBackend
         try
         {
             if (!_spirv.TryGetValue(shader, out var code)) _spirv[shader] = code = VulkanShaders.Read(_shaderDir, shader);
-            a = VulkanAlgorithm.Create(_m, shader, code, variant, bindings, pushBytes);
+            a = shader == CoopMatrixShader && _coop is { } c
+                ? VulkanAlgorithm.Create(_m, shader, code, variant, bindings, pushBytes, [c.M, c.N, c.K], CoopMatrixShape.SubgroupSize)
+                : VulkanAlgorithm.Create(_m, shader, code, variant, bindings, pushBytes);
         }
         catch (VulkanException e) { Fault(e); }
         _algorithms[(shader, variant)] = a;

@@ -63,6 +63,10 @@ public sealed unsafe partial class VulkanBackend : BackendBase, IDeviceProbe, IS
     // Output columns per workgroup of matmul_subgroup (two per subgroup of a 64-thread group); 0 where the device has
     // no subgroup arithmetic in compute shaders and matmul.comp's shared-memory reduction runs instead.
     private readonly uint _subgroupColumns;
+    // Activation rows from which MatMul takes matmul_tiled (the GEMV shaders below): TiledVariable overrides.
+    private readonly int _tiledMinRows;
+    // The cooperative-matrix shape matmul_coopmat runs with (F16 and FP8 weights, from _tiledMinRows rows), or null.
+    private readonly CoopMatrixShape? _coop;
     // RoPE's cos/sin words for the last positions roped (host memory, copied into the arena per call).
     private RopeTable? _ropeFor;
     private int[] _ropePositions = new int[64];
@@ -81,7 +85,35 @@ public sealed unsafe partial class VulkanBackend : BackendBase, IDeviceProbe, IS
         var f = m.Features;
         bool subgroups = f.SubgroupArithmetic && f.SubgroupSize is >= 4 and <= 64 && Environment.GetEnvironmentVariable(NoSubgroupsVariable) != "1";
         _subgroupColumns = subgroups ? 2 * (64 / f.SubgroupSize) : 0;
+        _tiledMinRows = Environment.GetEnvironmentVariable(TiledVariable) switch { "0" => int.MaxValue, "1" => 1, _ => TiledMinRows };
+        string coop;
+        if (f.CooperativeMatrix is not { } shape) coop = f.CooperativeMatrixNote == "no" ? "no cooperative matrix" : $"cooperative matrix {f.CooperativeMatrixNote}";
+        else if (Environment.GetEnvironmentVariable(NoCoopMatrixVariable) == "1") coop = $"cooperative matrix {shape} off ({NoCoopMatrixVariable}=1)";
+        else if (!VulkanShaders.Has(shaderDir, CoopMatrixShader)) coop = $"cooperative matrix {shape} unused: no {CoopMatrixShader}.spv (native/vulkan/glslc-coopmat.sh builds it)";
+        else
+        {
+            _coop = shape;
+            coop = $"cooperative matrix {shape} for f16 and fp8 weights";
+        }
+        MatMulPaths = (subgroups ? "subgroup GEMV" : "shared-memory GEMV") +
+            (_tiledMinRows == int.MaxValue ? ", no tiled GEMM" : $", tiled GEMM from {_tiledMinRows} rows") + "; " + coop;
     }
+
+    /// <summary>Set to 1: MatMul never takes the cooperative-matrix shader, even where the device offers it.</summary>
+    public const string NoCoopMatrixVariable = "FASTSERVE_VULKAN_NO_COOPMAT";
+
+    private const string CoopMatrixShader = "matmul_coopmat";
+
+    /// <summary>Which MatMul shaders this backend takes, for logs and check-backend: the GEMV kind, where the tiled GEMM
+    /// starts, and the cooperative-matrix path or why there is none.</summary>
+    public string MatMulPaths { get; }
+
+    /// <summary>MatMul's tiled GEMM from this many activation rows; below it the GEMV shaders, which read each weight
+    /// once per 8 rows but spread one column over a whole subgroup.</summary>
+    public const int TiledMinRows = 16;
+
+    /// <summary>Set to 0: MatMul never takes the tiled GEMM; 1: always, whatever the rows (to check and compare it).</summary>
+    public const string TiledVariable = "FASTSERVE_VULKAN_TILED";
 
     /// <summary>Set to 1: MatMul takes the shared-memory path even where subgroup arithmetic exists (to check it).</summary>
     public const string NoSubgroupsVariable = "FASTSERVE_VULKAN_NO_SUBGROUPS";
@@ -281,6 +313,22 @@ public sealed unsafe partial class VulkanBackend : BackendBase, IDeviceProbe, IS
         Enter();
         if (xs.Rows == 0) return;
         uint n = (uint)ws.Rows, rowTiles = ((uint)xs.Rows + 7) / 8;
+        if (_tiledMinRows <= xs.Rows && _coop is { } cm && ws.DType is DType.F16 or DType.F8E4M3)
+        {
+            // matmul_coopmat: (4·M) x (4·N) output blocks (its BM x BN: 2 x 2 subgroups of 2 x 2 fragments).
+            uint cols = 4 * cm.N, blocks = (n + cols - 1) / cols, bx = Math.Min(blocks, MaxGroups), by = (blocks + bx - 1) / bx;
+            Span<uint> cp = [(uint)xs.Rows, (uint)xs.Cols, n, ws.OwnBias is null ? 0u : 1u, bx];
+            Run("matmul_coopmat", ws.ShaderDType, [xs.Buffer, ws.Data, ws.Scale, ws.Bias, d.Buffer], cp, bx, by, ((uint)xs.Rows + 4 * cm.M - 1) / (4 * cm.M));
+            return;
+        }
+        if (_tiledMinRows <= xs.Rows)
+        {
+            // matmul_tiled: 32 x 64 output blocks (its BM x BN).
+            uint blocks = (n + 63) / 64, bx = Math.Min(blocks, MaxGroups), by = (blocks + bx - 1) / bx;
+            Span<uint> tp = [(uint)xs.Rows, (uint)xs.Cols, n, ws.OwnBias is null ? 0u : 1u, bx];
+            Run("matmul_tiled", ws.ShaderDType, [xs.Buffer, ws.Data, ws.Scale, ws.Bias, d.Buffer], tp, bx, by, ((uint)xs.Rows + 31) / 32);
+            return;
+        }
         if (_subgroupColumns > 0)
         {
             uint groups = (n + _subgroupColumns - 1) / _subgroupColumns;

@@ -14,10 +14,13 @@ namespace FastServe.Vulkan;
 /// <param name="ShaderFloat16">shaderFloat16 (Vulkan 1.2 / VK_KHR_shader_float16_int8).</param>
 /// <param name="SubgroupSize">Threads per subgroup (32 on NVIDIA, 64 on AMD GCN, 8 on lavapipe with AVX2).</param>
 /// <param name="SubgroupArithmetic">Subgroup add/max reductions in compute shaders.</param>
-/// <param name="CooperativeMatrix">VK_KHR_cooperative_matrix is offered (tensor-core matrix multiply).</param>
+/// <param name="CooperativeMatrix">The VK_KHR_cooperative_matrix shape MatMul's tensor-core shader runs with, where the
+/// device can run it (<see cref="CoopMatrixShape"/>); null otherwise, and <paramref name="CooperativeMatrixNote"/> says why.</param>
+/// <param name="CooperativeMatrixNote">"no" (not offered), or what an offering device lacks for the shader.</param>
 /// <param name="MaxStorageBufferRange">Largest storage-buffer binding, bytes: the largest tensor or weight.</param>
 public sealed record VulkanFeatures(string Name, PhysicalDeviceType Type, uint ApiVersion, bool StorageBuffer8Bit, bool StorageBuffer16Bit,
-    bool ShaderInt8, bool ShaderFloat16, uint SubgroupSize, bool SubgroupArithmetic, bool CooperativeMatrix, ulong MaxStorageBufferRange)
+    bool ShaderInt8, bool ShaderFloat16, uint SubgroupSize, bool SubgroupArithmetic, CoopMatrixShape? CooperativeMatrix,
+    string CooperativeMatrixNote, ulong MaxStorageBufferRange)
 {
     /// <summary>"1.3.255"-style version.</summary>
     public string Version => $"{ApiVersion >> 22}.{(ApiVersion >> 12) & 0x3FF}.{ApiVersion & 0xFFF}";
@@ -26,17 +29,28 @@ public sealed record VulkanFeatures(string Name, PhysicalDeviceType Type, uint A
     public override string ToString() =>
         $"{Name} ({Type}, Vulkan {Version}; 8-bit storage {YesNo(StorageBuffer8Bit)}, 16-bit storage {YesNo(StorageBuffer16Bit)}, " +
         $"int8 {YesNo(ShaderInt8)}, float16 {YesNo(ShaderFloat16)}, subgroup {SubgroupSize}{(SubgroupArithmetic ? " with arithmetic" : "")}, " +
-        $"cooperative matrix {YesNo(CooperativeMatrix)})";
+        $"cooperative matrix {(CooperativeMatrix is { } c ? c.ToString() : CooperativeMatrixNote)})";
 
     private static string YesNo(bool b) => b ? "yes" : "no";
+}
+
+/// <summary>A cooperative-matrix shape (M × N × K) with F16 A and B, F32 accumulator and result, at subgroup scope: what
+/// matmul_coopmat.comp multiplies with, on subgroups of <see cref="SubgroupSize"/> threads.</summary>
+public readonly record struct CoopMatrixShape(uint M, uint N, uint K)
+{
+    /// <summary>The subgroup size the shader's pipeline requires (its 128 threads are 4 subgroups).</summary>
+    public const uint SubgroupSize = 32;
+
+    public override string ToString() => $"{M}x{N}x{K} f16";
 }
 
 /// <summary>
 /// Kompute's manager: owns the Vulkan instance, the chosen physical device, the logical device and its compute queue,
 /// and knows the device's memory types and limits. Device choice: <c>$FASTSERVE_VULKAN_DEVICE</c> (an index into the
 /// instance's physical devices) when set; otherwise the first discrete GPU, then integrated, virtual, and last a CPU
-/// implementation (lavapipe), among devices with Vulkan 1.1 and a compute queue. No optional feature is enabled: the
-/// shaders read 8- and 16-bit data as uint words, so they run on the baseline.
+/// implementation (lavapipe), among devices with Vulkan 1.1 and a compute queue. No optional feature is needed: the
+/// shaders read 8- and 16-bit data as uint words, so they run on the baseline; the cooperative-matrix MatMul's
+/// extension and features are enabled only on a device that can run it (<see cref="VulkanFeatures.CooperativeMatrix"/>).
 /// </summary>
 public sealed unsafe class VulkanManager : IDisposable
 {
@@ -95,7 +109,9 @@ public sealed unsafe class VulkanManager : IDisposable
     internal static VulkanManager Probe()
     {
         var vk = VulkanLoader.Api();
-        var app = new ApplicationInfo { SType = StructureType.ApplicationInfo, ApiVersion = Api11 };
+        // The highest version the backend uses (1.3 where the cooperative-matrix path runs); a device below it still
+        // works at its own version, and devices below 1.1 are refused at device choice.
+        var app = new ApplicationInfo { SType = StructureType.ApplicationInfo, ApiVersion = Api13 };
         var ci = new InstanceCreateInfo { SType = StructureType.InstanceCreateInfo, PApplicationInfo = &app };
         Instance instance;
         var r = vk.CreateInstance(&ci, null, &instance);
@@ -128,7 +144,7 @@ public sealed unsafe class VulkanManager : IDisposable
         var refused = new List<string>();
         for (int i = 0; i < (int)count; i++)
         {
-            var f = ProbeFeatures(vk, devices[i]);
+            var f = ProbeFeatures(vk, instance, devices[i]);
             if (f.ApiVersion < Api11)
             {
                 refused.Add($"{i}: {f.Name} has Vulkan {f.Version}, below 1.1");
@@ -177,13 +193,13 @@ public sealed unsafe class VulkanManager : IDisposable
         return -1;
     }
 
-    private static VulkanFeatures ProbeFeatures(Vk vk, PhysicalDevice d)
+    private static VulkanFeatures ProbeFeatures(Vk vk, Instance instance, PhysicalDevice d)
     {
         PhysicalDeviceProperties props;
         vk.GetPhysicalDeviceProperties(d, &props);
         string name = Marshal.PtrToStringUTF8((nint)props.DeviceName) ?? "?";
         if (props.ApiVersion < Api11)
-            return new VulkanFeatures(name, props.DeviceType, props.ApiVersion, false, false, false, false, 0, false, false, props.Limits.MaxStorageBufferRange);
+            return new VulkanFeatures(name, props.DeviceType, props.ApiVersion, false, false, false, false, 0, false, null, "no", props.Limits.MaxStorageBufferRange);
 
         var extensions = Extensions(vk, d);
         bool has12 = props.ApiVersion >= ((1u << 22) | (2u << 12));
@@ -199,10 +215,65 @@ public sealed unsafe class VulkanManager : IDisposable
         var p2 = new PhysicalDeviceProperties2 { SType = StructureType.PhysicalDeviceProperties2, PNext = &sub };
         vk.GetPhysicalDeviceProperties2(d, &p2);
         bool arith = (sub.SupportedStages & ShaderStageFlags.ComputeBit) != 0 && (sub.SupportedOperations & SubgroupFeatureFlags.ArithmeticBit) != 0;
+        var (coop, note) = extensions.Contains(CoopMatrixExtension) ? ProbeCoopMatrix(vk, instance, d, props.ApiVersion, arith) : (null, "no");
         return new VulkanFeatures(name, props.DeviceType, props.ApiVersion,
             chain12 && s8.StorageBuffer8BitAccess, s16.StorageBuffer16BitAccess,
             chain12 && f16i8.ShaderInt8, chain12 && f16i8.ShaderFloat16,
-            sub.SubgroupSize, arith, extensions.Contains("VK_KHR_cooperative_matrix"), props.Limits.MaxStorageBufferRange);
+            sub.SubgroupSize, arith, coop, note, props.Limits.MaxStorageBufferRange);
+    }
+
+    private const string CoopMatrixExtension = "VK_KHR_cooperative_matrix";
+    private const uint Api13 = (1u << 22) | (3u << 12);
+
+    // What matmul_coopmat.spv needs beyond the extension: Vulkan 1.3 (its SPIR-V 1.6; subgroup size control),
+    // cooperativeMatrix, shaderFloat16 (F16 shared memory), vulkanMemoryModel (the extension's scopes), subgroup
+    // arithmetic (its row maxima), compute pipelines with a required subgroup size of 32 in full subgroups, and an
+    // F16 x F16 + F32 -> F32 subgroup-scope shape. The first such shape listed wins, 16x16x16 where offered.
+    private static (CoopMatrixShape?, string) ProbeCoopMatrix(Vk vk, Instance instance, PhysicalDevice d, uint api, bool arith)
+    {
+        if (api < Api13) return (null, "offered, unused: needs Vulkan 1.3");
+        if (!arith) return (null, "offered, unused: no subgroup arithmetic");
+        var coop = new PhysicalDeviceCooperativeMatrixFeaturesKHR { SType = StructureType.PhysicalDeviceCooperativeMatrixFeaturesKhr };
+        var v13 = new PhysicalDeviceVulkan13Features { SType = StructureType.PhysicalDeviceVulkan13Features, PNext = &coop };
+        var v12 = new PhysicalDeviceVulkan12Features { SType = StructureType.PhysicalDeviceVulkan12Features, PNext = &v13 };
+        var f2 = new PhysicalDeviceFeatures2 { SType = StructureType.PhysicalDeviceFeatures2, PNext = &v12 };
+        vk.GetPhysicalDeviceFeatures2(d, &f2);
+        var lacks = new List<string>();
+        if (!coop.CooperativeMatrix) lacks.Add("cooperativeMatrix");
+        if (!v12.ShaderFloat16) lacks.Add("shaderFloat16");
+        if (!v12.VulkanMemoryModel) lacks.Add("vulkanMemoryModel");
+        if (!v13.SubgroupSizeControl) lacks.Add("subgroupSizeControl");
+        if (!v13.ComputeFullSubgroups) lacks.Add("computeFullSubgroups");
+        var size = new PhysicalDeviceSubgroupSizeControlProperties { SType = StructureType.PhysicalDeviceSubgroupSizeControlProperties };
+        var p2 = new PhysicalDeviceProperties2 { SType = StructureType.PhysicalDeviceProperties2, PNext = &size };
+        vk.GetPhysicalDeviceProperties2(d, &p2);
+        if ((size.RequiredSubgroupSizeStages & ShaderStageFlags.ComputeBit) == 0 ||
+            size.MinSubgroupSize > CoopMatrixShape.SubgroupSize || size.MaxSubgroupSize < CoopMatrixShape.SubgroupSize)
+            lacks.Add($"compute subgroups of {CoopMatrixShape.SubgroupSize}");
+        if (lacks.Count > 0) return (null, $"offered, unused: no {string.Join(", ", lacks)}");
+
+        var get = (delegate* unmanaged<PhysicalDevice, uint*, CooperativeMatrixPropertiesKHR*, Result>)
+            vk.GetInstanceProcAddr(instance, "vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR").Handle;
+        if (get == null) return (null, "offered, unused: no vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR");
+        uint n = 0;
+        if (get(d, &n, null) != Result.Success || n == 0) return (null, "offered, unused: no shapes listed");
+        var shapes = new CooperativeMatrixPropertiesKHR[n];
+        for (int i = 0; i < shapes.Length; i++) shapes[i].SType = StructureType.CooperativeMatrixPropertiesKhr;
+        fixed (CooperativeMatrixPropertiesKHR* p = shapes)
+        {
+            if (get(d, &n, p) is not (Result.Success or Result.Incomplete)) return (null, "offered, unused: the shape query failed");
+        }
+        CoopMatrixShape? pick = null;
+        foreach (var s in shapes.AsSpan(0, (int)n))
+        {
+            if (s.AType != ComponentTypeKHR.Float16Khr || s.BType != ComponentTypeKHR.Float16Khr || s.CType != ComponentTypeKHR.Float32Khr ||
+                s.ResultType != ComponentTypeKHR.Float32Khr || s.SaturatingAccumulation || s.Scope != ScopeKHR.SubgroupKhr) continue;
+            // The shader's tiles: every dimension a multiple of 8 (16-byte aligned F16 fragment loads), at most 32.
+            if (s.MSize % 8 != 0 || s.NSize % 8 != 0 || s.KSize % 8 != 0 || s.MSize > 32 || s.NSize > 32 || s.KSize > 32) continue;
+            var shape = new CoopMatrixShape(s.MSize, s.NSize, s.KSize);
+            if (pick is null || shape == new CoopMatrixShape(16, 16, 16)) pick = shape;
+        }
+        return pick is null ? (null, "offered, unused: no f16 x f16 + f32 subgroup shape") : (pick, "");
     }
 
     private static HashSet<string> Extensions(Vk vk, PhysicalDevice d)
@@ -227,6 +298,25 @@ public sealed unsafe class VulkanManager : IDisposable
             SType = StructureType.DeviceQueueCreateInfo, QueueFamilyIndex = QueueFamily, QueueCount = 1, PQueuePriorities = &priority,
         };
         var dci = new DeviceCreateInfo { SType = StructureType.DeviceCreateInfo, QueueCreateInfoCount = 1, PQueueCreateInfos = &qci };
+        // The cooperative-matrix shader's features (ProbeCoopMatrix checked each), enabled only where it can run.
+        var coop = new PhysicalDeviceCooperativeMatrixFeaturesKHR { SType = StructureType.PhysicalDeviceCooperativeMatrixFeaturesKhr, CooperativeMatrix = true };
+        var v13 = new PhysicalDeviceVulkan13Features
+        {
+            SType = StructureType.PhysicalDeviceVulkan13Features, PNext = &coop, SubgroupSizeControl = true, ComputeFullSubgroups = true,
+        };
+        var v12 = new PhysicalDeviceVulkan12Features
+        {
+            SType = StructureType.PhysicalDeviceVulkan12Features, PNext = &v13, ShaderFloat16 = true, VulkanMemoryModel = true,
+        };
+        byte* ext = stackalloc byte[CoopMatrixExtension.Length + 1];
+        System.Text.Encoding.ASCII.GetBytes(CoopMatrixExtension, new Span<byte>(ext, CoopMatrixExtension.Length));
+        ext[CoopMatrixExtension.Length] = 0;
+        if (Features.CooperativeMatrix is not null)
+        {
+            dci.PNext = &v12;
+            dci.EnabledExtensionCount = 1;
+            dci.PpEnabledExtensionNames = &ext;
+        }
         Device device;
         VulkanException.Check(Vk.CreateDevice(Physical, &dci, null, &device), "vkCreateDevice");
         Device = device;

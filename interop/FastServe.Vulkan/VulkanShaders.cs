@@ -23,7 +23,7 @@ public static class VulkanShaders
 
     /// <summary>Every shader the backend loads, one per op.</summary>
     public static readonly string[] Names =
-        ["embedding", "rmsnorm", "add", "matmul", "matmul_subgroup", "rope", "silu_gate", "kv_store", "attention", "gather_rows"];
+        ["embedding", "rmsnorm", "add", "matmul", "matmul_subgroup", "matmul_tiled", "rope", "silu_gate", "kv_store", "attention", "gather_rows"];
 
     /// <summary>The directory the shaders are loaded from.</summary>
     /// <exception cref="VulkanException">vulkan.no_shaders.</exception>
@@ -39,6 +39,10 @@ public static class VulkanShaders
         throw new VulkanException("vulkan.no_shaders",
             $"no Vulkan shaders: build them with ./build.sh (needs glslc) or set {DirectoryVariable}; tried {string.Join("; ", tried)}");
     }
+
+    /// <summary>Whether <paramref name="directory"/> holds <c>&lt;name&gt;.spv</c>: for the optional shaders outside
+    /// <see cref="Names"/> (matmul_coopmat, built only with a compiler that knows GL_KHR_cooperative_matrix).</summary>
+    public static bool Has(string directory, string name) => File.Exists(Path.Combine(directory, name + ".spv"));
 
     /// <summary>Reads <c>&lt;name&gt;.spv</c> from <paramref name="directory"/>.</summary>
     /// <exception cref="VulkanException">vulkan.no_shaders when the file is gone or not SPIR-V.</exception>

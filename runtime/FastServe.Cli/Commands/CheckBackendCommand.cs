@@ -4,6 +4,7 @@ using FastServe.Runtime;
 using FastServe.Runtime.Backends;
 using FastServe.Runtime.Backends.Cpu;
 using FastServe.Runtime.Backends.Reference;
+using FastServe.Vulkan;
 using Spectre.Console;
 
 namespace FastServe.Cli.Commands;
@@ -54,14 +55,16 @@ internal static class CheckBackendCommand
             int skipped = results.Count(x => x.Outcome == CheckOutcome.Skip);
             // The CPU backend's kernel path (avx512, avx2, portable): which build of fastserve ran is part of what passed.
             string? isa = backend is CpuBackend cpu ? cpu.Isa : null;
-            if (json) WriteJson(name, isa, seed, results, failed, skipped);
-            else WriteTable(name, isa, seed, results, failed, skipped);
+            // Likewise the Vulkan device and the MatMul shaders it took (GEMV, tiled, cooperative matrix).
+            string? device = backend is VulkanBackend vk ? $"{vk.Features}; matmul: {vk.MatMulPaths}" : null;
+            if (json) WriteJson(name, isa, device, seed, results, failed, skipped);
+            else WriteTable(name, isa, device, seed, results, failed, skipped);
             return failed == 0 ? 0 : 1;
         });
         return cmd;
     }
 
-    private static void WriteJson(string backend, string? isa, int seed, List<CheckResult> results, int failed, int skipped)
+    private static void WriteJson(string backend, string? isa, string? device, int seed, List<CheckResult> results, int failed, int skipped)
     {
         static void Num(Utf8JsonWriter w, string name, double v)
         {
@@ -72,6 +75,7 @@ internal static class CheckBackendCommand
         {
             w.WriteString("backend", backend);
             if (isa is not null) w.WriteString("isa", isa);
+            if (device is not null) w.WriteString("device", device);
             w.WriteNumber("seed", seed);
             w.WriteBoolean("passed", failed == 0);
             w.WriteNumber("cases", results.Count);
@@ -96,7 +100,7 @@ internal static class CheckBackendCommand
         });
     }
 
-    private static void WriteTable(string backend, string? isa, int seed, List<CheckResult> results, int failed, int skipped)
+    private static void WriteTable(string backend, string? isa, string? device, int seed, List<CheckResult> results, int failed, int skipped)
     {
         static string E(double v) => double.IsNaN(v) ? "-" : double.IsInfinity(v) ? "inf" : v == 0 ? "0" : v.ToString("0.00e+00", System.Globalization.CultureInfo.InvariantCulture);
         // Piped output has no terminal width; keep one case per line instead of Spectre's 80-column default.
@@ -114,6 +118,7 @@ internal static class CheckBackendCommand
             t.AddRow(Markup.Escape(x.Op), Markup.Escape(x.Shape), Markup.Escape(x.DType), E(x.MaxAbsError), E(x.MaxRelError), E(x.Nrmse), E(x.Tolerance), outcome);
         }
         AnsiConsole.Write(t);
+        if (device is not null) AnsiConsole.MarkupLine($"device: {Markup.Escape(device)}");
         AnsiConsole.MarkupLine($"backend [bold]{Markup.Escape(backend)}[/]{(isa is null ? "" : $" ({isa})")}, seed {seed}: {results.Count - failed - skipped} passed, " +
             $"{(failed > 0 ? $"[red]{failed} failed[/]" : "0 failed")}, {skipped} skipped");
     }

@@ -188,13 +188,39 @@ public sealed unsafe partial class VulkanBackend
         try
         {
             if (!_spirv.TryGetValue(shader, out var code)) _spirv[shader] = code = VulkanShaders.Read(_shaderDir, shader);
-            a = shader == CoopMatrixShader && _coop is { } c
-                ? VulkanAlgorithm.Create(_m, shader, code, variant, bindings, pushBytes, [c.M, c.N, c.K], CoopMatrixShape.SubgroupSize)
-                : VulkanAlgorithm.Create(_m, shader, code, variant, bindings, pushBytes);
+            a = VulkanAlgorithm.Create(_m, shader, code, variant, bindings, pushBytes);
         }
         catch (VulkanException e) { Fault(e); }
         _algorithms[(shader, variant)] = a;
         return a;
+    }
+
+    /// <summary>Makes the cooperative-matrix pipeline of weight dtype <paramref name="variant"/> on first use, with the
+    /// device's shape as constants 1-3 and subgroups of 32. A driver that refuses it, or a .spv that is not SPIR-V,
+    /// turns the cooperative-matrix path off (MatMul takes the tiled GEMM, <see cref="MatMulPaths"/> says why) instead
+    /// of faulting the backend: that shader has run on few devices. Device loss and exhausted memory still fault.</summary>
+    private bool CoopPipeline(int variant)
+    {
+        if (_coop is not { } c) return false;
+        if (_algorithms.ContainsKey((CoopMatrixShader, variant))) return true;
+        try
+        {
+            if (!_spirv.TryGetValue(CoopMatrixShader, out var code)) _spirv[CoopMatrixShader] = code = VulkanShaders.Read(_shaderDir, CoopMatrixShader);
+            _algorithms[(CoopMatrixShader, variant)] =
+                VulkanAlgorithm.Create(_m, CoopMatrixShader, code, variant, 5, 5 * 4, [c.M, c.N, c.K], CoopMatrixShape.SubgroupSize);
+            return true;
+        }
+        catch (VulkanException e) when (e.Code is "vulkan.error" or "vulkan.no_shaders")
+        {
+            _coop = null;
+            MatMulPaths += $" (refused: {e.Message}; the tiled GEMM instead)";
+            return false;
+        }
+        catch (VulkanException e)
+        {
+            Fault(e);
+            return false;
+        }
     }
 
     /// <summary>Records one dispatch: the pipeline of (shader, variant), the cached set of <paramref name="buffers"/>,

@@ -66,7 +66,7 @@ public sealed unsafe partial class VulkanBackend : BackendBase, IDeviceProbe, IS
     // Activation rows from which MatMul takes matmul_tiled (the GEMV shaders below): TiledVariable overrides.
     private readonly int _tiledMinRows;
     // The cooperative-matrix shape matmul_coopmat runs with (F16 and FP8 weights, from _tiledMinRows rows), or null.
-    private readonly CoopMatrixShape? _coop;
+    private CoopMatrixShape? _coop;
     // RoPE's cos/sin words for the last positions roped (host memory, copied into the arena per call).
     private RopeTable? _ropeFor;
     private int[] _ropePositions = new int[64];
@@ -106,7 +106,7 @@ public sealed unsafe partial class VulkanBackend : BackendBase, IDeviceProbe, IS
 
     /// <summary>Which MatMul shaders this backend takes, for logs and check-backend: the GEMV kind, where the tiled GEMM
     /// starts, and the cooperative-matrix path or why there is none.</summary>
-    public string MatMulPaths { get; }
+    public string MatMulPaths { get; private set; }
 
     /// <summary>MatMul's tiled GEMM from this many activation rows; below it the GEMV shaders, which read each weight
     /// once per 8 rows but spread one column over a whole subgroup.</summary>
@@ -313,20 +313,16 @@ public sealed unsafe partial class VulkanBackend : BackendBase, IDeviceProbe, IS
         Enter();
         if (xs.Rows == 0) return;
         uint n = (uint)ws.Rows, rowTiles = ((uint)xs.Rows + 7) / 8;
-        if (_tiledMinRows <= xs.Rows && _coop is { } cm && ws.DType is DType.F16 or DType.F8E4M3)
-        {
-            // matmul_coopmat: (4·M) x (4·N) output blocks (its BM x BN: 2 x 2 subgroups of 2 x 2 fragments).
-            uint cols = 4 * cm.N, blocks = (n + cols - 1) / cols, bx = Math.Min(blocks, MaxGroups), by = (blocks + bx - 1) / bx;
-            Span<uint> cp = [(uint)xs.Rows, (uint)xs.Cols, n, ws.OwnBias is null ? 0u : 1u, bx];
-            Run("matmul_coopmat", ws.ShaderDType, [xs.Buffer, ws.Data, ws.Scale, ws.Bias, d.Buffer], cp, bx, by, ((uint)xs.Rows + 4 * cm.M - 1) / (4 * cm.M));
-            return;
-        }
         if (_tiledMinRows <= xs.Rows)
         {
-            // matmul_tiled: 32 x 64 output blocks (its BM x BN).
-            uint blocks = (n + 63) / 64, bx = Math.Min(blocks, MaxGroups), by = (blocks + bx - 1) / bx;
-            Span<uint> tp = [(uint)xs.Rows, (uint)xs.Cols, n, ws.OwnBias is null ? 0u : 1u, bx];
-            Run("matmul_tiled", ws.ShaderDType, [xs.Buffer, ws.Data, ws.Scale, ws.Bias, d.Buffer], tp, bx, by, ((uint)xs.Rows + 31) / 32);
+            // A GEMM: output blocks of bm x bn, column blocks over x (and y past 65535), row blocks over z.
+            // matmul_coopmat's are (4·M) x (4·N): 2 x 2 subgroups of 2 x 2 fragments; matmul_tiled's 32 x 64.
+            bool coop = _coop is not null && ws.DType is DType.F16 or DType.F8E4M3 && CoopPipeline(ws.ShaderDType);
+            uint bm = coop ? 4 * _coop!.Value.M : 32, bn = coop ? 4 * _coop!.Value.N : 64;
+            uint blocks = (n + bn - 1) / bn, bx = Math.Min(blocks, MaxGroups), by = (blocks + bx - 1) / bx;
+            Span<uint> gp = [(uint)xs.Rows, (uint)xs.Cols, n, ws.OwnBias is null ? 0u : 1u, bx];
+            Run(coop ? CoopMatrixShader : "matmul_tiled", ws.ShaderDType, [xs.Buffer, ws.Data, ws.Scale, ws.Bias, d.Buffer], gp,
+                bx, by, ((uint)xs.Rows + bm - 1) / bm);
             return;
         }
         if (_subgroupColumns > 0)

@@ -263,17 +263,25 @@ public sealed unsafe class VulkanManager : IDisposable
         {
             if (get(d, &n, p) is not (Result.Success or Result.Incomplete)) return (null, "offered, unused: the shape query failed");
         }
+        var pick = PickCoopShape(shapes.AsSpan(0, (int)n));
+        return pick is null ? (null, "offered, unused: no f16 x f16 + f32 subgroup shape") : (pick, "");
+    }
+
+    /// <summary>The shape matmul_coopmat runs with among those a device lists: F16 A and B, F32 C and result, not
+    /// saturating, subgroup scope, every dimension a multiple of 8 (16-byte aligned F16 fragment loads) and at most 32
+    /// (the shader's shared-memory tiles); 16x16x16 where listed, else the first that fits. Null: none fits.</summary>
+    internal static CoopMatrixShape? PickCoopShape(ReadOnlySpan<CooperativeMatrixPropertiesKHR> listed)
+    {
         CoopMatrixShape? pick = null;
-        foreach (var s in shapes.AsSpan(0, (int)n))
+        foreach (var s in listed)
         {
             if (s.AType != ComponentTypeKHR.Float16Khr || s.BType != ComponentTypeKHR.Float16Khr || s.CType != ComponentTypeKHR.Float32Khr ||
                 s.ResultType != ComponentTypeKHR.Float32Khr || s.SaturatingAccumulation || s.Scope != ScopeKHR.SubgroupKhr) continue;
-            // The shader's tiles: every dimension a multiple of 8 (16-byte aligned F16 fragment loads), at most 32.
             if (s.MSize % 8 != 0 || s.NSize % 8 != 0 || s.KSize % 8 != 0 || s.MSize > 32 || s.NSize > 32 || s.KSize > 32) continue;
             var shape = new CoopMatrixShape(s.MSize, s.NSize, s.KSize);
             if (pick is null || shape == new CoopMatrixShape(16, 16, 16)) pick = shape;
         }
-        return pick is null ? (null, "offered, unused: no f16 x f16 + f32 subgroup shape") : (pick, "");
+        return pick;
     }
 
     private static HashSet<string> Extensions(Vk vk, PhysicalDevice d)

@@ -244,9 +244,11 @@ public sealed unsafe class VulkanManager : IDisposable
         if (!v12.VulkanMemoryModel) lacks.Add("vulkanMemoryModel");
         if (!v13.SubgroupSizeControl) lacks.Add("subgroupSizeControl");
         if (!v13.ComputeFullSubgroups) lacks.Add("computeFullSubgroups");
-        var size = new PhysicalDeviceSubgroupSizeControlProperties { SType = StructureType.PhysicalDeviceSubgroupSizeControlProperties };
+        var stages = new PhysicalDeviceCooperativeMatrixPropertiesKHR { SType = StructureType.PhysicalDeviceCooperativeMatrixPropertiesKhr };
+        var size = new PhysicalDeviceSubgroupSizeControlProperties { SType = StructureType.PhysicalDeviceSubgroupSizeControlProperties, PNext = &stages };
         var p2 = new PhysicalDeviceProperties2 { SType = StructureType.PhysicalDeviceProperties2, PNext = &size };
         vk.GetPhysicalDeviceProperties2(d, &p2);
+        if ((stages.CooperativeMatrixSupportedStages & ShaderStageFlags.ComputeBit) == 0) lacks.Add("cooperative matrices in compute shaders");
         if ((size.RequiredSubgroupSizeStages & ShaderStageFlags.ComputeBit) == 0 ||
             size.MinSubgroupSize > CoopMatrixShape.SubgroupSize || size.MaxSubgroupSize < CoopMatrixShape.SubgroupSize)
             lacks.Add($"compute subgroups of {CoopMatrixShape.SubgroupSize}");

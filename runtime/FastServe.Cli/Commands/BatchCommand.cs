@@ -42,7 +42,7 @@ internal static class BatchCommand
         if (!File.Exists(inputPath)) throw new FastServeException("batch.input_not_found", "the input file does not exist", inputPath);
         if (window < 0) throw new FastServeException("args.invalid_window", "--window must be ≥ 0", "--window");
         if (r.GetValue(e.Model.Backend) == "sim")
-            throw new FastServeException("args.unknown_backend", "batch generates real text: use --backend cpu, reference or cuda (sim is for bench-engine)", "--backend");
+            throw new FastServeException("args.unknown_backend", "batch generates real text: use --backend cpu, reference, cuda or vulkan (sim is for bench-engine)", "--backend");
         long totalBytes = new FileInfo(inputPath).Length;
         using var session = e.Open(r);
         var engine = session.Engine!;

@@ -12,7 +12,7 @@ internal sealed class ModelOptions
     public readonly Option<string?> Model = new("--model", "-m") { Description = "Model directory (Hugging Face layout). Default: the built-in default model (gec-small; see FASTSERVE_DEFAULT_MODEL)." };
     public readonly Option<string?> Quantize = new("--quantize") { Description = "Quantize weights at load time: fp8" };
     public readonly Option<string> Scheme = new("--scheme") { Description = "FP8 scale granularity for --quantize: per-channel or per-tensor", DefaultValueFactory = _ => "per-channel" };
-    public readonly Option<string> Backend = new("--backend") { Description = "Compute backend: cpu, reference or cuda (serve and bench-engine also take sim, a simulated H100)", DefaultValueFactory = _ => "cpu" };
+    public readonly Option<string> Backend = new("--backend") { Description = "Compute backend: cpu, reference, cuda or vulkan (serve and bench-engine also take sim, a simulated H100)", DefaultValueFactory = _ => "cpu" };
     public readonly Option<int> Threads = new("--threads", "-t") { Description = "Compute threads (0 = all cores)", DefaultValueFactory = _ => 0 };
     public readonly Option<bool> Json = new("--json") { Description = "Machine-readable JSON output" };
 

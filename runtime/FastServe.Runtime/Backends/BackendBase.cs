@@ -4,7 +4,7 @@ using System.Runtime.CompilerServices;
 namespace FastServe.Runtime.Backends;
 
 /// <summary>
-/// Base of the backends (cpu, reference, cuda): <see cref="IBackend"/> with every op abstract, plus the per-op
+/// Base of the backends (cpu, reference, cuda, vulkan): <see cref="IBackend"/> with every op abstract, plus the per-op
 /// prologue written once. An op's prologue casts its operands to the backend's own types, refusing another
 /// backend's objects (<see cref="BackendTensor.Owner"/>), a disposed cache, and a matrix where a vector is due (or
 /// the reverse); checks shapes (<see cref="OpChecks"/>); and sets the output's <see cref="BackendTensor.Rows"/>.

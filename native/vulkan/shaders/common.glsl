@@ -45,3 +45,15 @@ uint f32_to_bf16(float x)
 
 // Element e of a 16-bit array stored two per uint word (little-endian: element 2i is the low half of word i).
 uint half_at(uint word, uint e) { return (e & 1u) != 0u ? (word >> 16) : (word & 0xFFFFu); }
+
+// A weight matrix stored as dtype is read as uint words: weight e sits in word weight_word(dtype, e) (4, 2 or 1 bytes a
+// weight), and weight_from decodes it from that word. The shaders' weight_at binds these to their own buffer.
+uint weight_word(int dtype, uint e) { return dtype == DT_F32 ? e : (dtype == DT_FP8 ? e >> 2 : e >> 1); }
+
+float weight_from(int dtype, uint word, uint e)
+{
+    if (dtype == DT_F32) return uintBitsToFloat(word);
+    if (dtype == DT_F16) return f16_to_f32(half_at(word, e));
+    if (dtype == DT_BF16) return bf16_to_f32(half_at(word, e));
+    return e4m3_to_f32((word >> ((e & 3u) * 8u)) & 0xFFu);
+}

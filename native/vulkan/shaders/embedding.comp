@@ -10,13 +10,7 @@ layout(std430, binding = 2) readonly buffer Arena { int arena[]; };
 layout(std430, binding = 3) writeonly buffer Dst { float dst[]; };
 layout(push_constant) uniform P { uint cols; uint tokens; uint tokOff; uint stride; } p;
 
-float weight_at(uint e)
-{
-    if (DTYPE == DT_F32) return uintBitsToFloat(w[e]);
-    if (DTYPE == DT_F16) return f16_to_f32(half_at(w[e >> 1], e));
-    if (DTYPE == DT_BF16) return bf16_to_f32(half_at(w[e >> 1], e));
-    return e4m3_to_f32((w[e >> 2] >> ((e & 3u) * 8u)) & 0xFFu);
-}
+float weight_at(uint e) { return weight_from(DTYPE, w[weight_word(DTYPE, e)], e); }
 
 void main()
 {

@@ -23,25 +23,13 @@ layout(std430, binding = 3) readonly buffer Bias { float bias[]; };
 layout(std430, binding = 4) writeonly buffer Dst { float dst[]; };
 layout(push_constant) uniform P { uint rows; uint k; uint n; uint hasBias; uint groupsX; uint cols; uint vec; } p;
 
-float weight_at(uint e)
-{
-    if (DTYPE == DT_F32) return uintBitsToFloat(w[e]);
-    if (DTYPE == DT_F16) return f16_to_f32(half_at(w[e >> 1], e));
-    if (DTYPE == DT_BF16) return bf16_to_f32(half_at(w[e >> 1], e));
-    return e4m3_to_f32((w[e >> 2] >> ((e & 3u) * 8u)) & 0xFFu);
-}
+float weight_at(uint e) { return weight_from(DTYPE, w[weight_word(DTYPE, e)], e); }
 
 // Weights per 16-byte load.
 const uint EPV = DTYPE == DT_F32 ? 4u : (DTYPE == DT_FP8 ? 16u : 8u);
 
 // Weight j (0..EPV-1) of a 16-byte load.
-float unpack_at(uvec4 q, uint j)
-{
-    if (DTYPE == DT_F32) return uintBitsToFloat(q[j]);
-    if (DTYPE == DT_F16) return f16_to_f32(half_at(q[j >> 1], j));
-    if (DTYPE == DT_BF16) return bf16_to_f32(half_at(q[j >> 1], j));
-    return e4m3_to_f32((q[j >> 2] >> ((j & 3u) * 8u)) & 0xFFu);
-}
+float unpack_at(uvec4 q, uint j) { return weight_from(DTYPE, q[weight_word(DTYPE, j)], j); }
 
 void main()
 {

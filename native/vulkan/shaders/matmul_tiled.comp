@@ -28,13 +28,7 @@ layout(push_constant) uniform P { uint rows; uint k; uint n; uint hasBias; uint 
 shared float xs[BK][BM + 1];
 shared float ws[BK][BN + 1];
 
-float weight_at(uint e)
-{
-    if (DTYPE == DT_F32) return uintBitsToFloat(w[e]);
-    if (DTYPE == DT_F16) return f16_to_f32(half_at(w[e >> 1], e));
-    if (DTYPE == DT_BF16) return bf16_to_f32(half_at(w[e >> 1], e));
-    return e4m3_to_f32((w[e >> 2] >> ((e & 3u) * 8u)) & 0xFFu);
-}
+float weight_at(uint e) { return weight_from(DTYPE, w[weight_word(DTYPE, e)], e); }
 
 void main()
 {

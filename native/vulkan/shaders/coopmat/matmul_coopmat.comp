@@ -48,11 +48,8 @@ shared float16_t ws[BN * LD];   // [column][k]: B = wᵀ is column-major with st
 shared float out_[BM * LDC];
 shared float rowScale[BM];
 
-float16_t weight16(uint e)
-{
-    if (DTYPE == DT_F16) return float16_t(f16_to_f32(half_at(w[e >> 1], e)));
-    return float16_t(e4m3_to_f32((w[e >> 2] >> ((e & 3u) * 8u)) & 0xFFu));
-}
+// Exact: every F16 and E4M3 value is an F16.
+float16_t weight16(uint e) { return float16_t(weight_from(DTYPE, w[weight_word(DTYPE, e)], e)); }
 
 void main()
 {

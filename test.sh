@@ -7,6 +7,10 @@
 #                               FASTSERVE_FUZZ=1 or FASTSERVE_CUDA12_CHECK=1. A filter that selects nothing fails.
 #   FASTSERVE_FUZZ=0|1          skip or force the fuzz run; FASTSERVE_FUZZ_SECONDS its length (default 60)
 #   FASTSERVE_CUDA12_CHECK=0|1  skip or force the CUDA 12.4 compile check (on by default only under CI=true)
+#   FASTSERVE_VULKAN_COOPMAT=1  (set by .ci/run under CI) also fetch a lavapipe that offers VK_KHR_cooperative_matrix
+#                               (native/vulkan/lavapipe-coopmat.sh, cached per machine) and set
+#                               FASTSERVE_LAVAPIPE_COOPMAT to its wrapper, so tests/FastServe.Tests/Vulkan runs the
+#                               cooperative-matrix shader; where the fetch fails those tests are skipped, saying why
 set -uo pipefail
 cd "$(dirname "$0")"
 
@@ -38,6 +42,18 @@ fi
 # tests/http-clients/package-lock.json (pinned) when missing. wrk for bench/router/http-bench.sh, curl for raw checks.
 if [ ! -d tests/http-clients/node_modules/openai ] && command -v npm >/dev/null 2>&1; then
   (cd tests/http-clients && npm ci --no-audit --no-fund --silent) || echo "test.sh: npm ci in tests/http-clients failed; the openai-client tests will fail" >&2
+fi
+
+# A lavapipe with VK_KHR_cooperative_matrix for the tests that run the cooperative-matrix shader (built only with
+# FASTSERVE_VULKAN_COOPMAT=1). Not fatal: that lavapipe comes from Debian 13 backports, whose index a stale mirror can
+# let expire; the tests then report themselves skipped with the reason below.
+if [ "${FASTSERVE_VULKAN_COOPMAT:-0}" = 1 ] && [ -z "${FASTSERVE_LAVAPIPE_COOPMAT:-}" ]; then
+  if lavapipe_out=$(native/vulkan/lavapipe-coopmat.sh 2>/tmp/fastserve-lavapipe-coopmat.log); then
+    export FASTSERVE_LAVAPIPE_COOPMAT=$lavapipe_out
+    echo "test.sh: cooperative-matrix tests run on $(tail -1 /tmp/fastserve-lavapipe-coopmat.log | sed 's/^\[[^]]*\] //')" >&2
+  else
+    echo "test.sh: no lavapipe with VK_KHR_cooperative_matrix, its tests will be skipped: $lavapipe_out (log: /tmp/fastserve-lavapipe-coopmat.log)" >&2
+  fi
 fi
 
 log=$(mktemp)

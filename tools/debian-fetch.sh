@@ -3,7 +3,8 @@
 # and unpacks them; this does the rest, the one copy of it.
 #
 # Everything downloaded is treated as hostile: InRelease's signature is checked with gpgv against Debian's archive
-# keyring (bookworm's debian-archive-keyring has the trixie keys), then its Codename and Valid-Until; the package index
+# keyring (bookworm's debian-archive-keyring has the trixie keys), then its Codename and Valid-Until (past it, a
+# verified set already unpacked is reused, as without network; nothing new is trusted); the package index
 # (Packages.xz) against the SHA256 in the signed part of InRelease, each .deb against the SHA256 and size in that index.
 # Only then is anything unpacked. The verified set is unpacked once into ROOT and stamped; a later run whose index
 # names the same set reuses it, and a run that cannot reach the mirror reuses whatever verified set ROOT holds.
@@ -19,13 +20,16 @@
 # "deb_name: FAIL (WHAT): ..." on stdout, with WHAT's exit code from deb_codes (setup 1, network 2, download 3,
 # checksum 4, signature 5, extract 6; the caller adds its own kinds from 7 up). Then:
 #   deb_require TOOL...                    fail (setup) unless each is on PATH
-#   deb_init DIR SUITE INDEX_PATH          e.g. trixie main/binary-amd64/Packages.xz; DIR (made absolute: deb_dir)
-#                                          holds meta/ (InRelease, index) and debs/ (the verified .debs); one run per DIR
+#   deb_init DIR SUITES INDEX_PATH         e.g. trixie main/binary-amd64/Packages.xz; DIR (made absolute: deb_dir)
+#                                          holds meta/ (InRelease, index) and debs/ (the verified .debs); one run per DIR.
+#                                          SUITES: one, or several separated by spaces ("trixie-backports trixie"),
+#                                          each verified on its own (meta/SUITE/), whose indexes deb_pick then reads as
+#                                          one: the newest version of a package in any of them wins
 #   deb_fetch ROOT LAYOUT PICK UNPACK      PICK, a function of the caller, chooses the packages with deb_pick, deb_want
 #                                          and deb_closure; UNPACK STAGE unpacks them (deb_untar, deb_file) into STAGE,
 #                                          which then replaces ROOT. LAYOUT: bump it when what UNPACK does changes, so
 #                                          a cached ROOT is unpacked again. Sets deb_offline=1 when ROOT was reused
-#                                          without the mirror, deb_stamp (ROOT's stamp file: the set, when verified).
+#                                          without the mirror or past an index's Valid-Until, deb_stamp (ROOT's stamp file: the set, when verified).
 
 log() { printf '[%s] %s\n' "$deb_name" "$*" >&2; }
 declare -gA deb_codes=([setup]=1 [network]=2 [download]=3 [checksum]=4 [signature]=5 [extract]=6)
@@ -52,7 +56,9 @@ deb_init() {
   deb_require curl xz dpkg dpkg-deb tar sha256sum awk
   mkdir -p "$1" || fail setup "cannot create $1"
   deb_dir=$(cd "$1" && pwd)
-  deb_suite=$2 deb_index_path=$3
+  read -r -a deb_suites <<<"$2"
+  [ ${#deb_suites[@]} -gt 0 ] || fail setup "deb_init: no suite"
+  deb_suite=${deb_suites[0]} deb_index_path=$3
   deb_meta=$deb_dir/meta deb_debs=$deb_dir/debs
   mkdir -p "$deb_meta" "$deb_debs" || fail setup "cannot create $deb_meta and $deb_debs"
   # One run at a time per DIR. The descriptor stays open until the caller exits.
@@ -120,7 +126,9 @@ deb_verify_release() {
   [ "$codename" = "$deb_suite" ] || fail signature "InRelease is for '$codename', not $deb_suite"
   valid_until=$(sed -n 's/^Valid-Until: //p' "$deb_release" | head -1)
   if [ -n "$valid_until" ] && [ "$(date -d "$valid_until" +%s 2>/dev/null || echo 0)" -lt "$(date +%s)" ]; then
-    fail signature "InRelease expired ($valid_until)"
+    # An expired index may be a replay of an old one: nothing in it is trusted. What was verified before still is.
+    [ -f "$deb_stamp" ] || fail signature "$deb_suite's InRelease expired ($valid_until) and no verified set is cached in $deb_dir"
+    deb_expired="$deb_suite's InRelease expired ($valid_until)"
   fi
 }
 
@@ -221,26 +229,40 @@ deb_untar() {
 }
 
 deb_fetch() {
-  local root=$1 layout=$2 pick=$3 unpack=$4 rc entry name sha size fn t0 f want_stamp
-  deb_stamp=$root/.fastserve-toolkit deb_offline=0 deb_wanted=() deb_file=()
+  local root=$1 layout=$2 pick=$3 unpack=$4 rc entry name sha size fn t0 f want_stamp tables=() meta=$deb_meta
+  deb_stamp=$root/.fastserve-toolkit deb_offline=0 deb_expired="" deb_wanted=() deb_file=()
 
-  # --- InRelease: signature, then the package index it names ----------------------------------------------------------
-  log "fetching $deb_mirror/dists/$deb_suite/InRelease"
-  deb_get "$deb_mirror/dists/$deb_suite/InRelease" "$deb_meta/InRelease" 4194304
-  rc=$?
-  if [ $rc -ne 0 ]; then
-    if [ $rc -eq 2 ] && [ -f "$deb_stamp" ]; then
-      deb_offline=1
-      log "no network ($deb_mirror unreachable): reusing the toolkit verified on $(sed -n 's/^verified=//p' "$deb_stamp")"
-      return 0
-    elif [ $rc -eq 2 ]; then
-      fail network "cannot reach $deb_mirror (no network?) and no toolkit is cached in $deb_dir"
-    else
-      fail download "$deb_mirror/dists/$deb_suite/InRelease"
+  # --- Each suite's InRelease: signature, then the package index it names ------------------------------------------
+  for deb_suite in "${deb_suites[@]}"; do
+    [ ${#deb_suites[@]} -gt 1 ] && deb_meta=$meta/$deb_suite
+    mkdir -p "$deb_meta" || fail setup "cannot create $deb_meta"
+    log "fetching $deb_mirror/dists/$deb_suite/InRelease"
+    deb_get "$deb_mirror/dists/$deb_suite/InRelease" "$deb_meta/InRelease" 4194304
+    rc=$?
+    if [ $rc -ne 0 ]; then
+      if [ $rc -eq 2 ] && [ -f "$deb_stamp" ]; then
+        deb_offline=1
+        log "no network ($deb_mirror unreachable): reusing the toolkit verified on $(sed -n 's/^verified=//p' "$deb_stamp")"
+        return 0
+      elif [ $rc -eq 2 ]; then
+        fail network "cannot reach $deb_mirror (no network?) and no toolkit is cached in $deb_dir"
+      else
+        fail download "$deb_mirror/dists/$deb_suite/InRelease"
+      fi
     fi
+    deb_verify_release
+    if [ -n "$deb_expired" ]; then
+      deb_offline=1
+      log "$deb_expired: reusing the toolkit verified on $(sed -n 's/^verified=//p' "$deb_stamp")"
+      return 0
+    fi
+    deb_load_index
+    tables+=("$deb_table")
+  done
+  if [ ${#tables[@]} -gt 1 ]; then
+    deb_table=$meta/packages.all deb_suite="${deb_suites[*]// /+}"
+    cat "${tables[@]}" >"$deb_table" || fail setup "cannot write $deb_table"
   fi
-  deb_verify_release
-  deb_load_index
 
   # --- Which packages: the caller's choice ------------------------------------------------------------------------------
   "$pick"

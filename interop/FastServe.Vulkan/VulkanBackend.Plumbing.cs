@@ -196,7 +196,8 @@ public sealed unsafe partial class VulkanBackend
     }
 
     /// <summary>Makes the cooperative-matrix pipeline of weight dtype <paramref name="variant"/> on first use, with the
-    /// device's shape as constants 1-3 and subgroups of 32. A driver that refuses it, or a .spv that is not SPIR-V,
+    /// device's shape as constants 1-3, its workgroup size as constant 4, and full subgroups of the size the shape was
+    /// picked for. A driver that refuses it, or a .spv that is not SPIR-V,
     /// turns the cooperative-matrix path off (MatMul takes the tiled GEMM, <see cref="MatMulPaths"/> says why) instead
     /// of faulting the backend: that shader has run on few devices. Device loss and exhausted memory still fault.</summary>
     private bool CoopPipeline(int variant)
@@ -207,7 +208,7 @@ public sealed unsafe partial class VulkanBackend
         {
             if (!_spirv.TryGetValue(CoopMatrixShader, out var code)) _spirv[CoopMatrixShader] = code = VulkanShaders.Read(_shaderDir, CoopMatrixShader);
             _algorithms[(CoopMatrixShader, variant)] =
-                VulkanAlgorithm.Create(_m, CoopMatrixShader, code, variant, 5, 5 * 4, [c.M, c.N, c.K], CoopMatrixShape.SubgroupSize);
+                VulkanAlgorithm.Create(_m, CoopMatrixShader, code, variant, 5, 5 * 4, [c.M, c.N, c.K, c.Threads], c.Subgroup);
             return true;
         }
         catch (VulkanException e) when (e.Code is "vulkan.error" or "vulkan.no_shaders")

@@ -34,14 +34,32 @@ public sealed record VulkanFeatures(string Name, PhysicalDeviceType Type, uint A
     private static string YesNo(bool b) => b ? "yes" : "no";
 }
 
-/// <summary>A cooperative-matrix shape (M × N × K) with F16 A and B, F32 accumulator and result, at subgroup scope: what
-/// matmul_coopmat.comp multiplies with, on subgroups of <see cref="SubgroupSize"/> threads.</summary>
-public readonly record struct CoopMatrixShape(uint M, uint N, uint K)
+/// <summary>A cooperative-matrix shape (M × N × K) with F16 A and B, F32 accumulator and result, at subgroup scope, and
+/// the subgroup size: what matmul_coopmat.comp multiplies with, in workgroups of 4 full subgroups of
+/// <paramref name="Subgroup"/> threads (the size its pipeline requires).</summary>
+public readonly record struct CoopMatrixShape(uint M, uint N, uint K, uint Subgroup = 32)
 {
-    /// <summary>The subgroup size the shader's pipeline requires (its 128 threads are 4 subgroups).</summary>
-    public const uint SubgroupSize = 32;
+    /// <summary>Threads per workgroup: 4 subgroups (2 x 2 over the output block).</summary>
+    public uint Threads => 4 * Subgroup;
 
-    public override string ToString() => $"{M}x{N}x{K} f16";
+    /// <summary>Shared memory the shader declares with this shape, bytes (its arrays, as sized there): the split
+    /// activation block and the weight block, F16 with lines of 2K + 8; half the output block, F32 with lines of 4N + 4;
+    /// one F32 scale per row.</summary>
+    public uint SharedBytes
+    {
+        get
+        {
+            uint bm = 4 * M, bn = 4 * N, ld = 2 * K + 8;
+            return 2 * bm * ld * 2 + bn * ld * 2 + bm / 2 * (bn + 4) * 4 + bm * 4;
+        }
+    }
+
+    /// <summary>The subgroup size the shader asks for on a device whose compute pipelines can require any power of two
+    /// in [<paramref name="min"/>, <paramref name="max"/>]: 32 (NVIDIA's, and Intel's and AMD's widest common one)
+    /// where allowed, else the nearest end (8 on lavapipe with AVX2, 64 on AMD GCN).</summary>
+    public static uint SubgroupFor(uint min, uint max) => Math.Clamp(32u, min, Math.Max(min, max));
+
+    public override string ToString() => $"{M}x{N}x{K} f16 on subgroups of {Subgroup}";
 }
 
 /// <summary>
@@ -227,8 +245,8 @@ public sealed unsafe class VulkanManager : IDisposable
 
     // What matmul_coopmat.spv needs beyond the extension: Vulkan 1.3 (its SPIR-V 1.6; subgroup size control),
     // cooperativeMatrix, shaderFloat16 (F16 shared memory), vulkanMemoryModel (the extension's scopes), subgroup
-    // arithmetic (its row maxima), compute pipelines with a required subgroup size of 32 in full subgroups, and an
-    // F16 x F16 + F32 -> F32 subgroup-scope shape. The first such shape listed wins, 16x16x16 where offered.
+    // arithmetic (its row maxima), compute pipelines with a required subgroup size in full subgroups, 4 subgroups per
+    // workgroup, and an F16 x F16 + F32 -> F32 subgroup-scope shape whose tiles fit the device's shared memory.
     private static (CoopMatrixShape?, string) ProbeCoopMatrix(Vk vk, Instance instance, PhysicalDevice d, uint api, bool arith)
     {
         if (api < Api13) return (null, "offered, unused: needs Vulkan 1.3");
@@ -249,9 +267,12 @@ public sealed unsafe class VulkanManager : IDisposable
         var p2 = new PhysicalDeviceProperties2 { SType = StructureType.PhysicalDeviceProperties2, PNext = &size };
         vk.GetPhysicalDeviceProperties2(d, &p2);
         if ((stages.CooperativeMatrixSupportedStages & ShaderStageFlags.ComputeBit) == 0) lacks.Add("cooperative matrices in compute shaders");
-        if ((size.RequiredSubgroupSizeStages & ShaderStageFlags.ComputeBit) == 0 ||
-            size.MinSubgroupSize > CoopMatrixShape.SubgroupSize || size.MaxSubgroupSize < CoopMatrixShape.SubgroupSize)
-            lacks.Add($"compute subgroups of {CoopMatrixShape.SubgroupSize}");
+        if ((size.RequiredSubgroupSizeStages & ShaderStageFlags.ComputeBit) == 0) lacks.Add("a required subgroup size for compute");
+        uint subgroup = CoopMatrixShape.SubgroupFor(size.MinSubgroupSize, size.MaxSubgroupSize);
+        if (size.MaxComputeWorkgroupSubgroups < 4) lacks.Add("4 subgroups per workgroup");
+        PhysicalDeviceProperties props;
+        vk.GetPhysicalDeviceProperties(d, &props);
+        if (props.Limits.MaxComputeWorkGroupInvocations < 4 * subgroup) lacks.Add($"workgroups of {4 * subgroup}");
         if (lacks.Count > 0) return (null, $"offered, unused: no {string.Join(", ", lacks)}");
 
         var get = (delegate* unmanaged<PhysicalDevice, uint*, CooperativeMatrixPropertiesKHR*, Result>)
@@ -265,14 +286,15 @@ public sealed unsafe class VulkanManager : IDisposable
         {
             if (get(d, &n, p) is not (Result.Success or Result.Incomplete)) return (null, "offered, unused: the shape query failed");
         }
-        var pick = PickCoopShape(shapes.AsSpan(0, (int)n));
-        return pick is null ? (null, "offered, unused: no f16 x f16 + f32 subgroup shape") : (pick, "");
+        var pick = PickCoopShape(shapes.AsSpan(0, (int)n), subgroup, props.Limits.MaxComputeSharedMemorySize);
+        return pick is null ? (null, "offered, unused: no f16 x f16 + f32 subgroup shape whose tiles fit") : (pick, "");
     }
 
     /// <summary>The shape matmul_coopmat runs with among those a device lists: F16 A and B, F32 C and result, not
-    /// saturating, subgroup scope, every dimension a multiple of 8 (16-byte aligned F16 fragment loads) and at most 32
-    /// (the shader's shared-memory tiles); 16x16x16 where listed, else the first that fits. Null: none fits.</summary>
-    internal static CoopMatrixShape? PickCoopShape(ReadOnlySpan<CooperativeMatrixPropertiesKHR> listed)
+    /// saturating, subgroup scope, every dimension a multiple of 8 (16-byte aligned F16 fragment loads) and at most 32,
+    /// tiles within <paramref name="maxShared"/> bytes of shared memory (<see cref="CoopMatrixShape.SharedBytes"/>);
+    /// 16x16x16 where listed, else the first that fits. Null: none fits.</summary>
+    internal static CoopMatrixShape? PickCoopShape(ReadOnlySpan<CooperativeMatrixPropertiesKHR> listed, uint subgroup, uint maxShared)
     {
         CoopMatrixShape? pick = null;
         foreach (var s in listed)
@@ -280,8 +302,9 @@ public sealed unsafe class VulkanManager : IDisposable
             if (s.AType != ComponentTypeKHR.Float16Khr || s.BType != ComponentTypeKHR.Float16Khr || s.CType != ComponentTypeKHR.Float32Khr ||
                 s.ResultType != ComponentTypeKHR.Float32Khr || s.SaturatingAccumulation || s.Scope != ScopeKHR.SubgroupKhr) continue;
             if (s.MSize % 8 != 0 || s.NSize % 8 != 0 || s.KSize % 8 != 0 || s.MSize > 32 || s.NSize > 32 || s.KSize > 32) continue;
-            var shape = new CoopMatrixShape(s.MSize, s.NSize, s.KSize);
-            if (pick is null || shape == new CoopMatrixShape(16, 16, 16)) pick = shape;
+            var shape = new CoopMatrixShape(s.MSize, s.NSize, s.KSize, subgroup);
+            if (shape.SharedBytes > maxShared) continue;
+            if (pick is null || shape == new CoopMatrixShape(16, 16, 16, subgroup)) pick = shape;
         }
         return pick;
     }

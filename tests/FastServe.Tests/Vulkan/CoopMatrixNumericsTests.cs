@@ -4,13 +4,15 @@ using NUnit.Framework;
 namespace FastServe.Tests.Vulkan;
 
 /// <summary>
-/// The numerics of native/vulkan/shaders/coopmat/matmul_coopmat.comp, which no device here can run (lavapipe offers no
-/// VK_KHR_cooperative_matrix): a scalar model of what it computes, held to MatMul's check-backend tolerance against an
-/// exact (double) product. Each activation row is scaled by a power of two that brings its largest element below 2^14,
-/// split into hi = f16(x·s) and lo = f16(x·s − hi), and both halves multiply the weights in F16 (FP8 E4M3 and F16 are
-/// exact there) with F32 accumulation over k blocks; the sum is divided by s again. F16 conversion may round to nearest
-/// or toward zero on a device (GLSL leaves it to the implementation): both are modelled. The same model without the lo
-/// half shows why the split is there, and without the row scale why that is.
+/// The numerics of native/vulkan/shaders/coopmat/matmul_coopmat.comp: a scalar model of what it computes, held to
+/// MatMul's check-backend tolerance against an exact (double) product, for the rounding choices a device may make
+/// (the shader itself runs on lavapipe in <see cref="VulkanCoopmatLavapipeTests"/>, with one driver's choices). Each
+/// activation row is scaled by a power of two that brings its largest element below 2^14, split into hi = x·s cut to
+/// F16's 11 significant bits (a mask: exact in F16) and lo = f16(x·s − hi), and both halves multiply the weights in F16
+/// (FP8 E4M3 and F16 are exact there) with F32 accumulation over k blocks; the sum is divided by s again. F16
+/// conversion of lo may round to nearest or toward zero (GLSL leaves it to the implementation): both are modelled. The
+/// same model without the lo half shows why the split is there (and what a compiler that folds f32(f16(v)) into v made
+/// of the shader's first split, hi = f16(v), lo = f16(v − f32(hi)): lo = 0), and without the row scale why that is.
 /// </summary>
 public sealed class CoopMatrixNumericsTests
 {
@@ -85,8 +87,9 @@ public sealed class CoopMatrixNumericsTests
                     for (int i = k0; i < Math.Min(k, k0 + 32); i++)
                     {
                         float v = row[i] * s;
-                        float hi = ToF16(v, towardZero);
-                        float lo = mode == Mode.HiOnly ? 0 : ToF16(v - hi, towardZero);
+                        float h = BitConverter.UInt32BitsToSingle(BitConverter.SingleToUInt32Bits(v) & 0xFFFFE000u);
+                        float hi = ToF16(h, false); // exact for a scaled row; infinite beyond F16's range
+                        float lo = mode == Mode.HiOnly ? 0 : ToF16(v - h, towardZero);
                         float wf = ToF16(wc[i], false); // exact
                         block += hi * wf + lo * wf;
                     }

@@ -5,15 +5,18 @@
 // device offers an F16 x F16 + F32 subgroup-scope shape (CM x CN x CK, specialization constants 1-3).
 //
 // Numerics stay the CPU path's within F32 rounding: each activation row is scaled by a power of two s (so its largest
-// element is below 2^14, far from F16's 65504), split into hi = f16(x·s) and lo = f16(x·s − hi), and both halves are
-// multiplied by the F16 weights with F32 accumulation: hi + lo carries 22 bits of x (F32 has 24), every product is
-// exact in F32, and the result is divided by s again (exact). Two tensor-core products per tile are still far cheaper
-// than one on the F32 ALUs.
+// element is below 2^14, far from F16's 65504), split into hi = x·s cut to F16's 11 significant bits and
+// lo = f16(x·s − hi), and both halves are multiplied by the F16 weights with F32 accumulation: hi + lo carries 22 bits
+// of x (F32 has 24), every product is exact in F32, and the result is divided by s again (exact). Two tensor-core
+// products per tile are still far cheaper than one on the F32 ALUs. hi is cut with a mask, not by converting to F16 and
+// back: a compiler may fold f32(f16(v)) into v, which made lo zero on lavapipe (the hi-only error, 2e-4, twice
+// MatMul's tolerance, caught by check-backend there).
 //
-// Tiling: a workgroup of 4 subgroups owns a BM × BN output block (BM = 2·RM·CM, BN = 2·RN·CN); subgroup (sr, sc) the
+// Tiling: a workgroup of 4 subgroups (of the pipeline's required size: 32 on NVIDIA, 8 on lavapipe) owns a BM × BN output block (BM = 2·RM·CM, BN = 2·RN·CN); subgroup (sr, sc) the
 // RM × RN fragments of its quarter. k is walked in steps of BK = 2·CK: the x block (split) and the decoded weight
 // block are staged in shared memory, from where the fragments are loaded. The accumulators go through shared memory
-// at the end, where the scales, the bias and the matrix edges are applied. Blocks are column tiles gx + gy · groupsX
+// at the end, one half of the block at a time (which keeps 16x16x16 within 32 KiB, lavapipe's limit), where the
+// scales, the bias and the matrix edges are applied. Blocks are column tiles gx + gy · groupsX
 // and row tiles z, as in matmul_tiled.comp.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
@@ -25,11 +28,12 @@
 #include "../common.glsl"
 #define RM 2
 #define RN 2
-layout(local_size_x = 128) in; // 4 subgroups of 32 (the pipeline requires that size)
+layout(local_size_x_id = 4) in; // 4 subgroups: 4 x the subgroup size the pipeline requires
 layout(constant_id = 0) const int DTYPE = DT_FP8;
 layout(constant_id = 1) const uint CM = 16;
 layout(constant_id = 2) const uint CN = 16;
 layout(constant_id = 3) const uint CK = 16;
+layout(constant_id = 4) const uint THREADS = 128;
 const uint BM = 2u * RM * CM;
 const uint BN = 2u * RN * CN;
 const uint BK = 2u * CK;
@@ -45,7 +49,7 @@ layout(push_constant) uniform P { uint rows; uint k; uint n; uint hasBias; uint 
 shared float16_t xhi[BM * LD];
 shared float16_t xlo[BM * LD];
 shared float16_t ws[BN * LD];   // [column][k]: B = wᵀ is column-major with stride LD
-shared float out_[BM * LDC];
+shared float out_[BM / 2u * LDC]; // one half of the rows at a time
 shared float rowScale[BM];
 
 // Exact: every F16 and E4M3 value is an F16.
@@ -87,9 +91,9 @@ void main()
         {
             uint r = e / BK, kk = e % BK;
             float v = (row0 + r < p.rows && k0 + kk < p.k) ? x[(row0 + r) * p.k + k0 + kk] * rowScale[r] : 0.0;
-            float16_t h = float16_t(v);
-            xhi[r * LD + kk] = h;
-            xlo[r * LD + kk] = float16_t(v - float(h));
+            float h = uintBitsToFloat(floatBitsToUint(v) & 0xFFFFE000u); // 1 + 10 mantissa bits: exact in F16
+            xhi[r * LD + kk] = float16_t(h);
+            xlo[r * LD + kk] = float16_t(v - h);
         }
         for (uint e = tid; e < BN * BK; e += threads)
         {
@@ -118,17 +122,24 @@ void main()
         barrier();
     }
 
-    [[unroll]] for (int i = 0; i < RM; i++)
-        [[unroll]] for (int j = 0; j < RN; j++)
-            coopMatStore(acc[i][j], out_, ((sr * RM + uint(i)) * CM) * LDC + (sc * RN + uint(j)) * CN, LDC, gl_CooperativeMatrixLayoutRowMajor);
-    barrier();
-    for (uint e = tid; e < BM * BN; e += threads)
+    // Half h of the block's rows belongs to subgroup row sr = h.
+    const uint HM = BM / 2u;
+    [[unroll]] for (uint h = 0u; h < 2u; h++)
     {
-        uint r = e / BN, c = e % BN;
-        if (row0 + r >= p.rows || col0 + c >= p.n) continue;
-        float v = out_[r * LDC + c] / rowScale[r];
-        if (DTYPE == DT_FP8) v *= scale[col0 + c];
-        if (p.hasBias != 0u) v += bias[col0 + c];
-        dst[(row0 + r) * p.n + col0 + c] = v;
+        if (sr == h)
+            [[unroll]] for (int i = 0; i < RM; i++)
+                [[unroll]] for (int j = 0; j < RN; j++)
+                    coopMatStore(acc[i][j], out_, (uint(i) * CM) * LDC + (sc * RN + uint(j)) * CN, LDC, gl_CooperativeMatrixLayoutRowMajor);
+        barrier();
+        for (uint e = tid; e < HM * BN; e += threads)
+        {
+            uint r = h * HM + e / BN, c = e % BN;
+            if (row0 + r >= p.rows || col0 + c >= p.n) continue;
+            float v = out_[(e / BN) * LDC + c] / rowScale[r];
+            if (DTYPE == DT_FP8) v *= scale[col0 + c];
+            if (p.hasBias != 0u) v += bias[col0 + c];
+            dst[(row0 + r) * p.n + col0 + c] = v;
+        }
+        barrier();
     }
 }

@@ -24,7 +24,8 @@
 #                                          holds meta/ (InRelease, index) and debs/ (the verified .debs); one run per DIR.
 #                                          SUITES: one, or several separated by spaces ("trixie-backports trixie"),
 #                                          each verified on its own (meta/SUITE/), whose indexes deb_pick then reads as
-#                                          one: the newest version of a package in any of them wins
+#                                          one: the newest version of a package in any of them wins; fails (setup)
+#                                          unless the host is of INDEX_PATH's architecture (binary-ARCH)
 #   deb_fetch ROOT LAYOUT PICK UNPACK      PICK, a function of the caller, chooses the packages with deb_pick, deb_want
 #                                          and deb_closure; UNPACK STAGE unpacks them (deb_untar, deb_file) into STAGE,
 #                                          which then replaces ROOT. LAYOUT: bump it when what UNPACK does changes, so
@@ -59,6 +60,11 @@ deb_init() {
   read -r -a deb_suites <<<"$2"
   [ ${#deb_suites[@]} -gt 0 ] || fail setup "deb_init: no suite"
   deb_suite=${deb_suites[0]} deb_index_path=$3
+  # Packages of one architecture run only on a host of it.
+  local arch host
+  arch=$(sed -n 's|.*/binary-\([a-z0-9]*\)/.*|\1|p' <<<"$3")
+  host=$(dpkg --print-architecture 2>/dev/null || uname -m)
+  [ -z "$arch" ] || [ "$arch" = "$host" ] || fail setup "only $arch hosts are supported (this is $host)"
   deb_meta=$deb_dir/meta deb_debs=$deb_dir/debs
   mkdir -p "$deb_meta" "$deb_debs" || fail setup "cannot create $deb_meta and $deb_debs"
   # One run at a time per DIR. The descriptor stays open until the caller exits.

@@ -9,6 +9,9 @@
 # Prints per round and a median summary with each path's ratio to gemv; --json prints the same as one JSON object.
 #   bench/vulkan/matmul-paths.sh [--json] [MODEL_DIR]
 #   ROUNDS=3 PROMPT=128 DECODE=8 QUANTIZE=fp8 (empty: weights as stored)  FASTSERVE_VULKAN_DEVICE=N
+#   FASTSERVE_LAVAPIPE_COOPMAT=WRAPPER   run on the lavapipe that offers VK_KHR_cooperative_matrix
+#                                        (WRAPPER: what native/vulkan/lavapipe-coopmat.sh prints), so "default" is the
+#                                        cooperative-matrix shader; the wrapper runs the build dist/fastserve would pick
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 json=0
@@ -21,6 +24,15 @@ for a in "$@"; do
 done
 rounds=${ROUNDS:-3} prompt=${PROMPT:-128} decode=${DECODE:-8} quantize=${QUANTIZE-fp8}
 [ -x dist/fastserve ] || { echo "dist/fastserve is missing: run ./build.sh" >&2; exit 2; }
+run=(dist/fastserve)
+if [ -n "${FASTSERVE_LAVAPIPE_COOPMAT:-}" ]; then
+  # The wrapper runs an ELF file on another loader: the launcher's choice by hand, and the shaders named (the
+  # executable looks for them, and the built-in default model, beside itself, which is then that loader).
+  exe=dist/fastserve-v3
+  [ -x dist/fastserve-v4 ] && [ "$(grep -m1 '^flags' /proc/cpuinfo | grep -owE 'avx512(f|bw|cd|dq|vl)' | sort -u | wc -l)" = 5 ] && exe=dist/fastserve-v4
+  run=("$FASTSERVE_LAVAPIPE_COOPMAT" "$exe")
+  export FASTSERVE_VULKAN_SHADERS=$PWD/dist/vulkan FASTSERVE_DEFAULT_MODEL=${FASTSERVE_DEFAULT_MODEL:-$PWD/models/gec-small}
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 paths=("gemv FASTSERVE_VULKAN_TILED=0" "tiled FASTSERVE_VULKAN_NO_COOPMAT=1" "default")
@@ -28,7 +40,7 @@ for ((r = 1; r <= rounds; r++)); do
   for p in "${paths[@]}"; do
     read -r name env_set <<<"$p"
     [ "$json" = 1 ] || printf '[matmul-paths] round %d/%d: %s\n' "$r" "$rounds" "$name" >&2
-    env ${env_set:+"$env_set"} dist/fastserve bench-model --backend vulkan ${model:+--model "$model"} ${quantize:+--quantize "$quantize"} \
+    env ${env_set:+"$env_set"} "${run[@]}" bench-model --backend vulkan ${model:+--model "$model"} ${quantize:+--quantize "$quantize"} \
       --prompt-tokens "$prompt" --decode-tokens "$decode" --json >"$tmp/$name.$r.json" 2>"$tmp/$name.$r.err" \
       || { echo "bench-model ($name) failed: $(head -1 "$tmp/$name.$r.err")" >&2; exit 1; }
   done

@@ -29,7 +29,6 @@ deb_name=glslc-coopmat
 deb_codes+=([run]=7 [compile]=8)
 layout=1  # bump when what is unpacked or how changes, so a cached glslc is unpacked again
 
-[ "$(dpkg --print-architecture 2>/dev/null)" = amd64 ] || fail setup "only amd64 hosts are supported (this is $(dpkg --print-architecture 2>/dev/null || uname -m))"
 deb_init "${1:-${FASTSERVE_GLSLC_COOPMAT_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/fastserve/glslc-trixie}}" trixie main/binary-amd64/Packages.xz
 root=$deb_dir/root wrapper=$deb_dir/bin/glslc
 libdir=$root/usr/lib/x86_64-linux-gnu

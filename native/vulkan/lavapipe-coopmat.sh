@@ -35,7 +35,6 @@ deb_name=lavapipe-coopmat
 deb_codes+=([run]=7 [version]=8)
 layout=1 # bump when what is unpacked or how changes, so a cached driver is unpacked again
 
-[ "$(dpkg --print-architecture 2>/dev/null)" = amd64 ] || fail setup "only amd64 hosts are supported (this is $(dpkg --print-architecture 2>/dev/null || uname -m))"
 deb_init "${1:-${FASTSERVE_LAVAPIPE_COOPMAT_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/fastserve/lavapipe-trixie}}" \
   "trixie-backports trixie" main/binary-amd64/Packages.xz
 root=$deb_dir/root wrapper=$deb_dir/bin/with-lavapipe

@@ -5,7 +5,7 @@ namespace FastServe.Tests.Vulkan;
 
 /// <summary>
 /// The scripts that fetch a toolchain from Debian 13 through tools/debian-fetch.sh (native/vulkan/glslc-coopmat.sh,
-/// native/cuda12-check.sh): with the mirror unreachable and nothing cached, each fails at once with its network code
+/// native/cuda12-check.sh, native/vulkan/lavapipe-coopmat.sh): with the mirror unreachable and nothing cached, each fails at once with its network code
 /// (2) and one FAIL line on stdout, which is what build.sh and test.sh read. No network is used: the mirror is a
 /// closed local port.
 /// </summary>
@@ -13,6 +13,7 @@ public sealed class CoopmatToolchainTests
 {
     [TestCase("native/vulkan/glslc-coopmat.sh", "glslc-coopmat")]
     [TestCase("native/cuda12-check.sh", "cuda12-check")]
+    [TestCase("native/vulkan/lavapipe-coopmat.sh", "lavapipe-coopmat")]
     public void UnreachableMirrorWithEmptyCacheFailsWithTheNetworkCode(string script, string name)
     {
         string dir = Path.Combine(Path.GetTempPath(), $"fastserve-debfetch-{Guid.NewGuid():N}");

@@ -48,11 +48,12 @@ fi
 # FASTSERVE_VULKAN_COOPMAT=1). Not fatal: that lavapipe comes from Debian 13 backports, whose index a stale mirror can
 # let expire; the tests then report themselves skipped with the reason below.
 if [ "${FASTSERVE_VULKAN_COOPMAT:-0}" = 1 ] && [ -z "${FASTSERVE_LAVAPIPE_COOPMAT:-}" ]; then
-  if lavapipe_out=$(native/vulkan/lavapipe-coopmat.sh 2>/tmp/fastserve-lavapipe-coopmat.log); then
+  mkdir -p build
+  if lavapipe_out=$(native/vulkan/lavapipe-coopmat.sh 2>build/lavapipe-coopmat.log); then
     export FASTSERVE_LAVAPIPE_COOPMAT=$lavapipe_out
-    echo "test.sh: cooperative-matrix tests run on $(tail -1 /tmp/fastserve-lavapipe-coopmat.log | sed 's/^\[[^]]*\] //')" >&2
+    echo "test.sh: cooperative-matrix tests run on $(tail -1 build/lavapipe-coopmat.log | sed 's/^\[[^]]*\] //')" >&2
   else
-    echo "test.sh: no lavapipe with VK_KHR_cooperative_matrix, its tests will be skipped: $lavapipe_out (log: /tmp/fastserve-lavapipe-coopmat.log)" >&2
+    echo "test.sh: no lavapipe with VK_KHR_cooperative_matrix, its tests will be skipped: $lavapipe_out (log: build/lavapipe-coopmat.log)" >&2
   fi
 fi
 

@@ -12,12 +12,12 @@
 // back: a compiler may fold f32(f16(v)) into v, which made lo zero on lavapipe (the hi-only error, 2e-4, twice
 // MatMul's tolerance, caught by check-backend there).
 //
-// Tiling: a workgroup of 4 subgroups (of the pipeline's required size: 32 on NVIDIA, 8 on lavapipe) owns a BM × BN output block (BM = 2·RM·CM, BN = 2·RN·CN); subgroup (sr, sc) the
-// RM × RN fragments of its quarter. k is walked in steps of BK = 2·CK: the x block (split) and the decoded weight
-// block are staged in shared memory, from where the fragments are loaded. The accumulators go through shared memory
-// at the end, one half of the block at a time (which keeps 16x16x16 within 32 KiB, lavapipe's limit), where the
-// scales, the bias and the matrix edges are applied. Blocks are column tiles gx + gy · groupsX
-// and row tiles z, as in matmul_tiled.comp.
+// Tiling: a workgroup of 4 subgroups (of the pipeline's required size: 32 on NVIDIA, 8 on lavapipe) owns a BM × BN
+// output block (BM = 2·RM·CM, BN = 2·RN·CN); subgroup (sr, sc) the RM × RN fragments of its quarter. k is walked in
+// steps of BK = 2·CK: the x block (split) and the decoded weight block are staged in shared memory, from where the
+// fragments are loaded. The accumulators go through shared memory at the end, one half of the block at a time (which
+// keeps 16x16x16 within 32 KiB, lavapipe's limit), where the scales, the bias and the matrix edges are applied. Blocks
+// are column tiles gx + gy · groupsX and row tiles z, as in matmul_tiled.comp.
 #extension GL_GOOGLE_include_directive : require
 #extension GL_EXT_control_flow_attributes : require
 #extension GL_KHR_cooperative_matrix : require
@@ -91,7 +91,9 @@ void main()
         {
             uint r = e / BK, kk = e % BK;
             float v = (row0 + r < p.rows && k0 + kk < p.k) ? x[(row0 + r) * p.k + k0 + kk] * rowScale[r] : 0.0;
-            float h = uintBitsToFloat(floatBitsToUint(v) & 0xFFFFE000u); // 1 + 10 mantissa bits: exact in F16
+            // 1 + 10 mantissa bits: exact in F16 down to 2^-14 (below that, 2^-27 of the row's largest, F16's
+            // subnormals drop bits that cannot matter)
+            float h = uintBitsToFloat(floatBitsToUint(v) & 0xFFFFE000u);
             xhi[r * LD + kk] = float16_t(h);
             xlo[r * LD + kk] = float16_t(v - h);
         }

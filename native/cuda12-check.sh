@@ -32,7 +32,7 @@ deb_name=cuda12-check
 deb_codes+=([compile]=7 [fp8]=8 [exports]=9 [tests]=10)
 [ "${FASTSERVE_CUDA12_UNSIGNED:-0}" = 1 ] && deb_unsigned=1
 archs="89-real;90a-real"
-layout=1  # bump when what is unpacked or how changes, so a cached toolkit is unpacked again
+layout=2  # bump when what is unpacked or how changes, so a cached toolkit is unpacked again
 start=$SECONDS
 
 deb_require cmake nm
@@ -64,10 +64,15 @@ unpack_toolkit() {
   deb_untar "${deb_file[nvidia-cuda-dev]}" "$stage" "${x[@]}" './usr/include/*' './usr/lib/x86_64-linux-gnu/libcudart_static.a' \
     './usr/lib/x86_64-linux-gnu/libcudadevrt.a' './usr/lib/x86_64-linux-gnu/libculibos.a' \
     || fail extract "$(basename "${deb_file[nvidia-cuda-dev]}")"
-  # The package's nvcc.profile points at /usr and /etc; this one finds everything relative to nvcc itself.
+  # The package's nvcc.profile points at /usr and /etc; this one finds everything relative to nvcc itself. libdevice is
+  # named through nvvm/libdevice because CMake takes the CUDA library root from a NVVMIR_LIBRARY_DIR ending so; any
+  # other name sends it to the host's /usr/lib/cuda (Debian 12's CUDA 11.8 libdevice), and without that to "Couldn't
+  # find CUDA library root".
+  mkdir -p "$stage/usr/lib/nvidia-cuda-toolkit/nvvm" && ln -s ../libdevice "$stage/usr/lib/nvidia-cuda-toolkit/nvvm/libdevice" \
+    || fail extract "cannot link nvvm/libdevice"
   cat >"$stage/usr/lib/nvidia-cuda-toolkit/bin/nvcc.profile" <<'EOF'
 TOP = $(_HERE_)/../../..
-NVVMIR_LIBRARY_DIR = $(_HERE_)/../libdevice
+NVVMIR_LIBRARY_DIR = $(_HERE_)/../nvvm/libdevice
 PATH += $(_HERE_):$(TOP)/bin:
 INCLUDES += "-I$(TOP)/include" $(_SPACE_)
 LIBRARIES =+ $(_SPACE_) "-L$(TOP)/lib/x86_64-linux-gnu"

@@ -13,7 +13,8 @@ namespace FastServe.Tests.Vulkan;
 /// test.sh sets <see cref="WrapperVariable"/> to that wrapper when the cooperative-matrix shaders are built
 /// (FASTSERVE_VULKAN_COOPMAT=1, as under CI); without it these tests are skipped, saying so.
 /// check-backend passes every case with the path taken, and with it forced for every row count; the gec-small model
-/// quantized to FP8 gives the cpu backend's greedy tokens with every MatMul on it.
+/// quantized to FP8 gives the cpu backend's greedy tokens with every MatMul on it, and so does the batching engine on
+/// 24 requests at once (prefill and decode batches of 16 rows or more take the path by default).
 /// </summary>
 [NonParallelizable]
 public sealed class VulkanCoopmatLavapipeTests
@@ -115,6 +116,32 @@ public sealed class VulkanCoopmatLavapipeTests
             Assert.That(c.Code, Is.Zero, c.Err);
             Assert.That(Tokens(v.Out), Is.EqualTo(Tokens(c.Out)), $"\"{prompt}\": vulkan {v.Out} vs cpu {c.Out}");
             Assert.That(Tokens(v.Out), Has.Length.EqualTo(16));
+        }
+    }
+
+    /// <summary>The batching engine (fastserve batch) on the path: 24 requests prefilled together (one step of some 430
+    /// rows) and decoded 24 rows a step, through recorded decode steps, give the cpu backend's greedy tokens.</summary>
+    [Test]
+    public void TheBatchingEngineGivesTheCpuBackendsTokens()
+    {
+        string model = Path.Combine(TestModels.RepoRoot, "models", "gec-small");
+        string dir = TestModels.TempDir("coopbatch"), input = Path.Combine(dir, "in.jsonl");
+        File.WriteAllLines(input, File.ReadLines(Path.Combine(model, "reference_outputs.jsonl")).Take(24).Select(line =>
+        {
+            using var doc = JsonDocument.Parse(line);
+            return $"{{\"prompt_ids\": {doc.RootElement.GetProperty("prompt_ids").GetRawText()}, \"max_tokens\": 12, \"ignore_eos\": true}}";
+        }));
+        string[] args = ["batch", "--model", model, "--quantize", "fp8", "-i", input];
+        var v = Run([], [.. args, "--backend", "vulkan", "-o", Path.Combine(dir, "vulkan.jsonl")]);
+        Assert.That(v.Code, Is.Zero, v.Err + v.Out);
+        var c = CliTests.Run([.. args, "--backend", "cpu", "-o", Path.Combine(dir, "cpu.jsonl")]);
+        Assert.That(c.Code, Is.Zero, c.Err + c.Out);
+        string[] vk = File.ReadAllLines(Path.Combine(dir, "vulkan.jsonl")), cpu = File.ReadAllLines(Path.Combine(dir, "cpu.jsonl"));
+        Assert.That(vk, Has.Length.EqualTo(24));
+        for (int i = 0; i < vk.Length; i++)
+        {
+            Assert.That(Tokens(vk[i]), Has.Length.EqualTo(12), vk[i]);
+            Assert.That(Tokens(vk[i]), Is.EqualTo(Tokens(cpu[i])), $"request {i}: vulkan {vk[i]} vs cpu {cpu[i]}");
         }
     }
 

@@ -13,6 +13,13 @@
 # says why and the other still runs. On lavapipe (no GPU) only step 1 means anything: pass --check-only.
 #   bench/gpu/vulkan.sh RESULTS_DIR [MODEL_DIR] [--check-only]
 #   FASTSERVE_VULKAN_DEVICE=N  pick a Vulkan device by index (default: the first discrete GPU)
+# GPU machines made for CUDA often lack what Vulkan needs, so first (and logged in vulkan.log, with the NVIDIA
+# libraries the machine has in nvidia-libs.txt):
+#   - no Vulkan loader (libvulkan.so.1) on the machine: the carried dist/vulkan-loader/libvulkan.so.1 is used
+#     (docs/cuda.md: copy this machine's loader there before a lease);
+#   - no NVIDIA ICD manifest, but the driver's Vulkan library (libGLX_nvidia.so.0) is there: a manifest naming it is
+#     written to RESULTS_DIR and given to the loader (VK_DRIVER_FILES). Where the library is missing too (a container
+#     started without the "graphics" driver capability), the log says so and the vulkan runs fail in one line each.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out="${1:?usage: bench/gpu/vulkan.sh RESULTS_DIR [MODEL_DIR] [--check-only]}"
@@ -25,6 +32,26 @@ say() { printf '[vulkan] %s\n' "$*" | tee -a "$out/vulkan.log" >&2; }
 [ -x dist/fastserve ] || { say "dist/fastserve is missing: run ./build.sh or carry the published executable"; exit 2; }
 [ -f "$model/config.json" ] || { say "$model has no config.json"; exit 2; }
 command -v vulkaninfo >/dev/null 2>&1 && vulkaninfo --summary >"$out/vulkaninfo.txt" 2>&1
+ldconfig -p 2>/dev/null | grep -iE 'nvidia|libcuda|libvulkan' >"$out/nvidia-libs.txt"
+if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1 '; then
+  if [ -f dist/vulkan-loader/libvulkan.so.1 ]; then
+    export LD_LIBRARY_PATH="$PWD/dist/vulkan-loader${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    say "no Vulkan loader on this machine: using the carried dist/vulkan-loader/libvulkan.so.1"
+  else
+    say "no Vulkan loader on this machine and none carried (dist/vulkan-loader/libvulkan.so.1, docs/cuda.md)"
+  fi
+fi
+if [ -z "${VK_DRIVER_FILES:-}${VK_ICD_FILENAMES:-}" ] && ! ls /etc/vulkan/icd.d/nvidia*.json /usr/share/vulkan/icd.d/nvidia*.json \
+     /usr/local/share/vulkan/icd.d/nvidia*.json >/dev/null 2>&1; then
+  if ldconfig -p 2>/dev/null | grep -q 'libGLX_nvidia\.so\.0 '; then
+    printf '{"file_format_version": "1.0.1", "ICD": {"library_path": "libGLX_nvidia.so.0", "api_version": "1.3.0"}}\n' >"$out/nvidia_icd.json"
+    export VK_DRIVER_FILES="$PWD/$out/nvidia_icd.json" VK_ICD_FILENAMES="$PWD/$out/nvidia_icd.json"
+    [[ "$out" = /* ]] && export VK_DRIVER_FILES="$out/nvidia_icd.json" VK_ICD_FILENAMES="$out/nvidia_icd.json"
+    say "no NVIDIA Vulkan ICD manifest: wrote $VK_DRIVER_FILES naming the driver's libGLX_nvidia.so.0"
+  else
+    say "no NVIDIA Vulkan driver here: neither an ICD manifest nor libGLX_nvidia.so.0 (a container needs the 'graphics' driver capability); see nvidia-libs.txt"
+  fi
+fi
 [ -f dist/libfastserve_cuda.so ] && export FASTSERVE_CUDA_LIB="$PWD/dist/libfastserve_cuda.so"
 
 # label, backend, environment (NAME=VALUE or empty)

@@ -21,7 +21,7 @@
 # checksum 4, signature 5, extract 6; the caller adds its own kinds from 7 up). Then:
 #   deb_require TOOL...                    fail (setup) unless each is on PATH
 #   deb_init DIR SUITES INDEX_PATH         e.g. trixie main/binary-amd64/Packages.xz; DIR (made absolute: deb_dir)
-#                                          holds meta/ (InRelease, index) and debs/ (the verified .debs); one run per DIR.
+#                                          holds meta/ (InRelease, index) and debs/ (the verified .debs), one run a DIR.
 #                                          SUITES: one, or several separated by spaces ("trixie-backports trixie"),
 #                                          each verified on its own (meta/SUITE/), whose indexes deb_pick then reads as
 #                                          one: the newest version of a package in any of them wins; fails (setup)
@@ -30,7 +30,8 @@
 #                                          and deb_closure; UNPACK STAGE unpacks them (deb_untar, deb_file) into STAGE,
 #                                          which then replaces ROOT. LAYOUT: bump it when what UNPACK does changes, so
 #                                          a cached ROOT is unpacked again. Sets deb_offline=1 when ROOT was reused
-#                                          without the mirror or past an index's Valid-Until, deb_stamp (ROOT's stamp file: the set, when verified).
+#                                          without the mirror or past an index's Valid-Until, deb_stamp (ROOT's stamp
+#                                          file: the set, when verified).
 
 log() { printf '[%s] %s\n' "$deb_name" "$*" >&2; }
 declare -gA deb_codes=([setup]=1 [network]=2 [download]=3 [checksum]=4 [signature]=5 [extract]=6)
@@ -266,7 +267,7 @@ deb_fetch() {
     tables+=("$deb_table")
   done
   if [ ${#tables[@]} -gt 1 ]; then
-    deb_table=$meta/packages.all deb_suite="${deb_suites[*]// /+}"
+    deb_table=$meta/packages.all deb_suite="${deb_suites[*]}"
     cat "${tables[@]}" >"$deb_table" || fail setup "cannot write $deb_table"
   fi
 

@@ -13,9 +13,15 @@ public class CliTests
     internal static (int Code, string Out, string Err) Run(params string[] args) => RunWith(null, args);
 
     /// <summary><see cref="Run"/> with environment changes: a null value removes the variable.</summary>
-    internal static (int Code, string Out, string Err) RunWith(IReadOnlyDictionary<string, string?>? env, params string[] args)
+    internal static (int Code, string Out, string Err) RunWith(IReadOnlyDictionary<string, string?>? env, params string[] args) =>
+        RunProgram(Exe, args, env, TimeSpan.FromMinutes(3));
+
+    /// <summary>Runs <paramref name="program"/> to its end and returns its exit code and output; a null value in
+    /// <paramref name="env"/> removes that variable. Past <paramref name="timeout"/> it is killed and the test fails.</summary>
+    internal static (int Code, string Out, string Err) RunProgram(string program, IReadOnlyList<string> args,
+        IReadOnlyDictionary<string, string?>? env, TimeSpan timeout)
     {
-        var psi = new ProcessStartInfo(Exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        var psi = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in args) psi.ArgumentList.Add(a);
         if (env is not null)
             foreach (var (k, v) in env)
@@ -23,7 +29,7 @@ public class CliTests
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(TimeSpan.FromMinutes(3))) { p.Kill(true); Assert.Fail($"fastserve {string.Join(' ', args)} timed out"); }
+        if (!p.WaitForExit(timeout)) { p.Kill(true); Assert.Fail($"{Path.GetFileName(program)} {string.Join(' ', args)} timed out"); }
         return (p.ExitCode, stdout.Result, stderr.Result);
     }
 

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using FastServe.Tests.Cli;
 using NUnit.Framework;
 
 namespace FastServe.Tests.Interop;
@@ -16,15 +17,9 @@ public class CudaCliTests
 
     private static (int Code, string Out, string Err) Run(Dictionary<string, string> env, params string[] args)
     {
-        var psi = new ProcessStartInfo(Exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        psi.Environment.Remove("FASTSERVE_CUDA_LIB");
-        foreach (var (k, v) in env) psi.Environment[k] = v;
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(TimeSpan.FromMinutes(1))) { p.Kill(true); Assert.Fail($"fastserve {string.Join(' ', args)} timed out"); }
-        return (p.ExitCode, stdout.Result, stderr.Result);
+        var vars = new Dictionary<string, string?> { ["FASTSERVE_CUDA_LIB"] = null };
+        foreach (var (k, v) in env) vars[k] = v;
+        return CliTests.RunProgram(Exe, args, vars, TimeSpan.FromMinutes(1));
     }
 
     /// <summary>Every command that takes --backend, with what it needs to get as far as creating the backend.</summary>

@@ -17,15 +17,9 @@ public sealed class VulkanCliTests
 {
     private static (int Code, string Out, string Err) Run(Dictionary<string, string> env, params string[] args)
     {
-        var psi = new ProcessStartInfo(DistBinary.Path) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        psi.Environment.Remove("FASTSERVE_VULKAN_SHADERS");
-        foreach (var (k, v) in env) psi.Environment[k] = v;
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(TimeSpan.FromMinutes(2))) { p.Kill(true); Assert.Fail($"fastserve {string.Join(' ', args)} timed out"); }
-        return (p.ExitCode, stdout.Result, stderr.Result);
+        var vars = new Dictionary<string, string?> { ["FASTSERVE_VULKAN_SHADERS"] = null };
+        foreach (var (k, v) in env) vars[k] = v;
+        return CliTests.RunProgram(DistBinary.Path, args, vars, TimeSpan.FromMinutes(2));
     }
 
     private static void IgnoreWithoutDevice((int Code, string Out, string Err) r)

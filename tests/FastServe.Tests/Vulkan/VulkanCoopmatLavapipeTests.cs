@@ -50,19 +50,15 @@ public sealed class VulkanCoopmatLavapipeTests
     private static (int Code, string Out, string Err) Run(Dictionary<string, string> env, params string[] args)
     {
         string exe = Build();
-        var psi = new ProcessStartInfo(Wrapper()) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.ArgumentList.Add(exe);
-        foreach (var a in args) psi.ArgumentList.Add(a);
         // The executable finds its shaders beside itself; under another loader "itself" is that loader.
-        psi.Environment["FASTSERVE_VULKAN_SHADERS"] = Path.Combine(Path.GetDirectoryName(exe)!, "vulkan");
-        psi.Environment.Remove("FASTSERVE_VULKAN_TILED");
-        psi.Environment.Remove("FASTSERVE_VULKAN_NO_COOPMAT");
-        foreach (var (k, v) in env) psi.Environment[k] = v;
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(TimeSpan.FromMinutes(3))) { p.Kill(true); Assert.Fail($"with-lavapipe fastserve {string.Join(' ', args)} timed out"); }
-        return (p.ExitCode, stdout.Result, stderr.Result);
+        var vars = new Dictionary<string, string?>
+        {
+            ["FASTSERVE_VULKAN_SHADERS"] = Path.Combine(Path.GetDirectoryName(exe)!, "vulkan"),
+            ["FASTSERVE_VULKAN_TILED"] = null,
+            ["FASTSERVE_VULKAN_NO_COOPMAT"] = null,
+        };
+        foreach (var (k, v) in env) vars[k] = v;
+        return CliTests.RunProgram(Wrapper(), [exe, .. args], vars, TimeSpan.FromMinutes(3));
     }
 
     private static JsonElement CheckBackend(Dictionary<string, string> env, params string[] extra)
